@@ -1,0 +1,129 @@
+//! Configuration: every flag can also come from an environment variable, so
+//! the same binary runs from a shell, a systemd unit or a container spec.
+
+use std::{net::SocketAddr, time::Duration};
+
+use clap::{Parser, ValueEnum};
+
+const DEFAULT_GRPC_ADDR: &str = "127.0.0.1:50051";
+const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:3030";
+const DEFAULT_MAX_WAIT: &str = "10s";
+const DEFAULT_MAX_PAYLOAD: &str = "64KiB";
+const DEFAULT_SHUTDOWN_GRACE: &str = "5s";
+
+/// The largest `--max-payload` accepted: payloads are meant to be small, and
+/// every parked caller can hold one in memory.
+pub const PAYLOAD_CEILING: usize = 16 << 20;
+
+/// The rendezvous server's settings.
+#[derive(Debug, Clone, Parser)]
+#[command(version, about, long_about = None)]
+pub struct Config {
+    /// Address for gRPC (HTTP/2 cleartext): rendezvous.v1.Sync, health, reflection.
+    #[arg(long, env = "RENDEZVOUS_GRPC_ADDR", default_value = DEFAULT_GRPC_ADDR)]
+    pub grpc_addr: SocketAddr,
+
+    /// Address for HTTP/1.1 and HTTP/2: POST /wait-for-second-party/{id}, /healthz, /readyz.
+    #[arg(long, env = "RENDEZVOUS_HTTP_ADDR", default_value = DEFAULT_HTTP_ADDR)]
+    pub http_addr: SocketAddr,
+
+    /// The longest a caller waits for its partner (250ms, 10s, 1m, ...). A gRPC
+    /// deadline or an HTTP ?wait= can only shorten it.
+    #[arg(long, env = "RENDEZVOUS_MAX_WAIT", default_value = DEFAULT_MAX_WAIT, value_parser = positive_duration)]
+    pub max_wait: Duration,
+
+    /// The largest payload a caller may send (512B, 64KiB, 1MiB, ...; at most 16MiB).
+    #[arg(long, env = "RENDEZVOUS_MAX_PAYLOAD", default_value = DEFAULT_MAX_PAYLOAD, value_parser = payload_size)]
+    pub max_payload: usize,
+
+    /// Log line format. RUST_LOG filters what is logged (default: info).
+    #[arg(long, env = "RENDEZVOUS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// How long shutdown waits for open connections to finish after parked
+    /// callers were answered UNAVAILABLE, before closing them anyway.
+    #[arg(long, env = "RENDEZVOUS_SHUTDOWN_GRACE", default_value = DEFAULT_SHUTDOWN_GRACE, value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines, for a terminal.
+    Text,
+    /// One JSON object per line, for a log pipeline.
+    Json,
+}
+
+impl Default for Config {
+    /// The documented defaults, without reading flags or the environment.
+    fn default() -> Self {
+        Self {
+            grpc_addr: DEFAULT_GRPC_ADDR.parse().expect("valid default"),
+            http_addr: DEFAULT_HTTP_ADDR.parse().expect("valid default"),
+            max_wait: positive_duration(DEFAULT_MAX_WAIT).expect("valid default"),
+            max_payload: payload_size(DEFAULT_MAX_PAYLOAD).expect("valid default"),
+            log_format: LogFormat::Text,
+            shutdown_grace: humantime::parse_duration(DEFAULT_SHUTDOWN_GRACE)
+                .expect("valid default"),
+        }
+    }
+}
+
+fn positive_duration(value: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(value) {
+        Ok(d) if d.is_zero() => Err("must be greater than zero".into()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(format!("{e}; use a duration such as 250ms, 10s or 1m")),
+    }
+}
+
+fn payload_size(value: &str) -> Result<usize, String> {
+    let size: bytesize::ByteSize = value
+        .parse()
+        .map_err(|e| format!("{e}; use a size such as 512B, 64KiB or 1MiB"))?;
+    match usize::try_from(size.as_u64()) {
+        Ok(n) if n <= PAYLOAD_CEILING => Ok(n),
+        _ => Err(format!("{size} is over the ceiling of 16MiB")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_docs() {
+        let c = Config::default();
+        assert_eq!(c.grpc_addr.to_string(), "127.0.0.1:50051");
+        assert_eq!(c.http_addr.to_string(), "127.0.0.1:3030");
+        assert_eq!(c.max_wait, Duration::from_secs(10));
+        assert_eq!(c.max_payload, 65536);
+        assert_eq!(c.shutdown_grace, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn flags_parse_and_bad_values_are_refused() {
+        let c = Config::try_parse_from([
+            "rendezvous",
+            "--max-wait=1m",
+            "--max-payload=1MiB",
+            "--log-format=json",
+        ])
+        .unwrap();
+        assert_eq!(c.max_wait, Duration::from_secs(60));
+        assert_eq!(c.max_payload, 1 << 20);
+        assert_eq!(c.log_format, LogFormat::Json);
+
+        for bad in [
+            &["rendezvous", "--max-wait=0s"][..],
+            &["rendezvous", "--max-wait=soon"],
+            &["rendezvous", "--max-payload=1GiB"],
+            &["rendezvous", "--max-payload=lots"],
+            &["rendezvous", "--log-format=xml"],
+            &["rendezvous", "--grpc-addr=localhost"],
+        ] {
+            assert!(Config::try_parse_from(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,340 @@
+//! The HTTP gateway: the legacy `POST /wait-for-second-party/{id}` endpoint,
+//! mapped onto the same [`Rendezvous`] call as gRPC, plus probes.
+//!
+//! Legacy callers must not notice the switch, so the default answers are the
+//! old service's to the byte: `200 Synced` or `408 Timeout`, as
+//! `text/plain; charset=utf-8`. `Accept: application/json` opts into a JSON
+//! body with the response fields, in proto3's JSON mapping.
+
+use std::{borrow::Cow, sync::Arc, time::Duration};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+
+use crate::{
+    health::Health,
+    pairing::{LocalEngine, Meeting, PairError, Role},
+    service::{CallError, Protocol, Rendezvous},
+};
+
+/// The path prefix of the rendezvous route.
+const ROUTE: &str = "/wait-for-second-party/";
+
+const TEXT: &str = "text/plain; charset=utf-8";
+const JSON: &str = "application/json";
+
+/// Serves every HTTP request on the HTTP port. Cheap to clone per connection.
+#[derive(Debug, Clone)]
+pub struct Gateway {
+    service: Rendezvous<LocalEngine>,
+    health: Arc<Health>,
+}
+
+/// What went wrong with an HTTP request, mapped to a response in one place
+/// ([`HttpError::into_response`]).
+#[derive(Debug, thiserror::Error)]
+enum HttpError {
+    #[error(transparent)]
+    Call(#[from] CallError),
+    #[error("bad wait {0:?}: {1}; use a duration such as 250ms, 2s or 1m")]
+    BadWait(String, humantime::DurationError),
+    #[error("bad id: the path segment is not valid UTF-8 once percent-decoded")]
+    IdNotUtf8,
+    #[error("could not read the request body: {0}")]
+    Body(String),
+    #[error("{method} is not allowed on {path}; use {allow}")]
+    MethodNotAllowed {
+        method: Method,
+        path: &'static str,
+        allow: &'static str,
+    },
+    #[error("no such route; the rendezvous endpoint is POST {ROUTE}{{id}}")]
+    NotFound,
+}
+
+impl Gateway {
+    /// A gateway onto `service`, whose probes report `health`.
+    pub fn new(service: Rendezvous<LocalEngine>, health: Arc<Health>) -> Self {
+        Self { service, health }
+    }
+
+    /// Answers one request. Never fails: every error becomes a response with
+    /// a body that says what is wrong.
+    pub async fn handle<B>(&self, request: Request<B>) -> Response<Full<Bytes>>
+    where
+        B: http_body::Body<Data = Bytes>,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        let json = wants_json(request.headers());
+        let result = match request.uri().path() {
+            "/healthz" => self.probe(request.method(), "/healthz", true),
+            "/readyz" => self.probe(request.method(), "/readyz", self.health.is_ready()),
+            path if path.starts_with(ROUTE) => self.rendezvous(request).await,
+            _ => Err(HttpError::NotFound),
+        };
+        result.unwrap_or_else(|error| error.into_response(json))
+    }
+
+    fn probe(
+        &self,
+        method: &Method,
+        path: &'static str,
+        up: bool,
+    ) -> Result<Response<Full<Bytes>>, HttpError> {
+        if method != Method::GET && method != Method::HEAD {
+            return Err(HttpError::MethodNotAllowed {
+                method: method.clone(),
+                path,
+                allow: "GET, HEAD",
+            });
+        }
+        Ok(match up {
+            true => text(StatusCode::OK, "OK"),
+            false => text(StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
+        })
+    }
+
+    async fn rendezvous<B>(&self, request: Request<B>) -> Result<Response<Full<Bytes>>, HttpError>
+    where
+        B: http_body::Body<Data = Bytes>,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        if request.method() != Method::POST {
+            return Err(HttpError::MethodNotAllowed {
+                method: request.method().clone(),
+                path: "/wait-for-second-party/{id}",
+                allow: "POST",
+            });
+        }
+        let segment = &request.uri().path()[ROUTE.len()..];
+        if segment.contains('/') {
+            return Err(HttpError::NotFound);
+        }
+        let id = percent_encoding::percent_decode_str(segment)
+            .decode_utf8()
+            .map_err(|_| HttpError::IdNotUtf8)?
+            .into_owned();
+        let wait = requested_wait(request.uri().query())?;
+        let json = wants_json(request.headers());
+
+        let limit = self.service.limits().max_payload;
+        let payload = read_body(request.into_body(), limit).await?;
+        let meeting = self.service.call(Protocol::Http, id, payload, wait).await?;
+        Ok(match json {
+            true => json_response(StatusCode::OK, &JsonMeeting::from(meeting)),
+            false => text(StatusCode::OK, "Synced"),
+        })
+    }
+}
+
+/// `?wait=<duration>`; other query parameters are ignored, as they always were.
+fn requested_wait(query: Option<&str>) -> Result<Option<Duration>, HttpError> {
+    let Some(query) = query else { return Ok(None) };
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(key, _)| key == "wait")
+        .map(|(_, value)| {
+            humantime::parse_duration(&value).map_err(|e| HttpError::BadWait(value.into_owned(), e))
+        })
+        .transpose()
+}
+
+/// Reads the whole body, refusing it as soon as it passes `limit` bytes
+/// rather than after buffering all of it.
+async fn read_body<B>(body: B, limit: usize) -> Result<Bytes, HttpError>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let too_large = |size| CallError::PayloadTooLarge { size, limit }.into();
+    if let Some(size) = body.size_hint().exact() {
+        let size = usize::try_from(size).unwrap_or(usize::MAX);
+        if size > limit {
+            return Err(too_large(size));
+        }
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<LengthLimitError>() => Err(too_large(limit + 1)),
+        Err(e) => Err(HttpError::Body(e.to_string())),
+    }
+}
+
+fn wants_json(headers: &http::HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|range| {
+            let media = range.split(';').next().unwrap_or("").trim();
+            media.eq_ignore_ascii_case(JSON)
+        })
+}
+
+impl HttpError {
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::Call(CallError::InvalidId(_))
+            | Self::BadWait(..)
+            | Self::IdNotUtf8
+            | Self::Body(_) => StatusCode::BAD_REQUEST,
+            Self::Call(CallError::PayloadTooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Call(CallError::Pair(PairError::TimedOut { .. })) => StatusCode::REQUEST_TIMEOUT,
+            Self::Call(CallError::Pair(PairError::ShuttingDown)) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Self::NotFound => StatusCode::NOT_FOUND,
+        }
+    }
+
+    /// The gRPC code name for the JSON body, so both protocols speak alike.
+    fn code(&self) -> &'static str {
+        match self.status() {
+            StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE => "INVALID_ARGUMENT",
+            StatusCode::REQUEST_TIMEOUT => "DEADLINE_EXCEEDED",
+            StatusCode::SERVICE_UNAVAILABLE => "UNAVAILABLE",
+            StatusCode::METHOD_NOT_ALLOWED => "UNIMPLEMENTED",
+            _ => "NOT_FOUND",
+        }
+    }
+
+    fn into_response(self, json: bool) -> Response<Full<Bytes>> {
+        let status = self.status();
+        let mut response = match (json, &self) {
+            (true, _) => json_response(
+                status,
+                &JsonError {
+                    code: self.code(),
+                    message: self.to_string(),
+                },
+            ),
+            // The legacy body, byte for byte.
+            (false, Self::Call(CallError::Pair(PairError::TimedOut { .. }))) => {
+                text(status, "Timeout")
+            }
+            (false, _) => text(status, self.to_string()),
+        };
+        if let Self::MethodNotAllowed { allow, .. } = self {
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        response
+    }
+}
+
+fn text(status: StatusCode, body: impl Into<Cow<'static, str>>) -> Response<Full<Bytes>> {
+    let body = match body.into() {
+        Cow::Borrowed(s) => Bytes::from_static(s.as_bytes()),
+        Cow::Owned(s) => Bytes::from(s),
+    };
+    respond(status, TEXT, body)
+}
+
+fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Response<Full<Bytes>> {
+    let body = serde_json::to_vec(body).expect("plain structs always serialize");
+    respond(status, JSON, body.into())
+}
+
+fn respond(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+/// `WaitForSecondPartyResponse` in proto3's JSON mapping: enum names,
+/// durations as `"1.5s"`, bytes as standard base64.
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct JsonMeeting {
+    role: &'static str,
+    waited: String,
+    peer_payload: String,
+}
+
+impl From<Meeting> for JsonMeeting {
+    fn from(meeting: Meeting) -> Self {
+        Self {
+            role: match meeting.role {
+                Role::First => "ROLE_FIRST",
+                Role::Second => "ROLE_SECOND",
+            },
+            waited: proto3_duration(meeting.waited),
+            peer_payload: base64::engine::general_purpose::STANDARD.encode(&meeting.peer_payload),
+        }
+    }
+}
+
+/// An error in the same shape for every route, with the gRPC code name.
+#[derive(Debug, serde::Serialize)]
+struct JsonError {
+    code: &'static str,
+    message: String,
+}
+
+/// proto3 JSON for a Duration: seconds with 0, 3, 6 or 9 fractional digits.
+fn proto3_duration(d: Duration) -> String {
+    let (secs, nanos) = (d.as_secs(), d.subsec_nanos());
+    match nanos {
+        0 => format!("{secs}s"),
+        n if n % 1_000_000 == 0 => format!("{secs}.{:03}s", n / 1_000_000),
+        n if n % 1_000 == 0 => format!("{secs}.{:06}s", n / 1_000),
+        n => format!("{secs}.{n:09}s"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_use_the_proto3_json_form() {
+        assert_eq!(proto3_duration(Duration::ZERO), "0s");
+        assert_eq!(proto3_duration(Duration::from_millis(1500)), "1.500s");
+        assert_eq!(proto3_duration(Duration::from_micros(2)), "0.000002s");
+        assert_eq!(
+            proto3_duration(Duration::from_nanos(1_000_000_007)),
+            "1.000000007s"
+        );
+    }
+
+    #[test]
+    fn accept_parsing() {
+        let accepts = |v: &str| {
+            let mut h = http::HeaderMap::new();
+            h.insert(header::ACCEPT, v.parse().unwrap());
+            wants_json(&h)
+        };
+        assert!(accepts("application/json"));
+        assert!(accepts("text/html, Application/JSON;q=0.9"));
+        assert!(!accepts("text/plain"));
+        assert!(!accepts("*/*"));
+        assert!(!wants_json(&http::HeaderMap::new()));
+    }
+
+    #[test]
+    fn wait_parsing() {
+        assert_eq!(requested_wait(None).unwrap(), None);
+        assert_eq!(requested_wait(Some("x=1")).unwrap(), None);
+        assert_eq!(
+            requested_wait(Some("wait=250ms")).unwrap(),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(
+            requested_wait(Some("a=b&wait=1m")).unwrap(),
+            Some(Duration::from_secs(60))
+        );
+        assert!(matches!(
+            requested_wait(Some("wait=soon")),
+            Err(HttpError::BadWait(..))
+        ));
+        assert!(matches!(
+            requested_wait(Some("wait=")),
+            Err(HttpError::BadWait(..))
+        ));
+    }
+}

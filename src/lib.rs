@@ -1,0 +1,50 @@
+//! rendezvous: two processes that must meet call
+//! `rendezvous.v1.Sync/WaitForSecondParty` (or the legacy
+//! `POST /wait-for-second-party/{id}`) with the same id. The first waits;
+//! when the second arrives both return at once, each with the other's payload.
+//!
+//! # Layout
+//!
+//! Read it from the inside out:
+//!
+//! - [`pairing`]: the engine. Ids, waiters, pairing, cleanup on drop. No
+//!   transport types, so another engine (one shared by replicas) can take its
+//!   place behind [`pairing::Engine`].
+//! - [`service`]: the one call both protocols map onto: validation, the wait
+//!   limit, the per-call span, and the typed [`service::CallError`].
+//! - [`grpc`]: `rendezvous.v1.Sync` in tonic: the caller's `grpc-timeout`,
+//!   and `CallError` to `tonic::Status`.
+//! - [`gateway`]: the HTTP routes, and `CallError` to HTTP responses.
+//! - [`health`]: gRPC health and `/healthz`, `/readyz`, switched together.
+//! - [`server`]: listeners, connections, reflection, and ordered shutdown.
+//! - [`config`] and [`telemetry`]: flags (and their environment variables),
+//!   and logging.
+//!
+//! The binary (`src/main.rs`) only parses flags, sets up logging, and runs
+//! [`Application`] until SIGINT or SIGTERM. Tests start the same
+//! [`Application`] on port 0 with their own shutdown future.
+
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod gateway;
+pub mod grpc;
+pub mod health;
+pub mod pairing;
+pub mod server;
+pub mod service;
+pub mod telemetry;
+
+/// The generated `rendezvous.v1` types, client and server.
+#[allow(missing_docs, clippy::all)]
+pub mod proto {
+    tonic::include_proto!("rendezvous.v1");
+
+    /// The encoded descriptors of `rendezvous/v1/sync.proto` and its imports,
+    /// with comments, served by reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/rendezvous_descriptor.bin"));
+}
+
+pub use config::Config;
+pub use server::{Application, ServerError, run};

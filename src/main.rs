@@ -1,0 +1,51 @@
+//! The `rendezvous` server binary: flags, logging, and a run until a signal.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use rendezvous::{Application, Config, telemetry};
+use tokio::signal::unix::{SignalKind, signal};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let config = Config::parse();
+    telemetry::init(config.log_format);
+
+    let app = match Application::build(config).await {
+        Ok(app) => app,
+        Err(error) => {
+            tracing::error!(%error, "cannot start");
+            return ExitCode::FAILURE;
+        }
+    };
+    match app.run_until_stopped(shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(%error, "server failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Completes on the first SIGINT or SIGTERM. A second one exits at once, for
+/// an operator who does not want to wait out the grace period.
+async fn shutdown_signal() {
+    let mut interrupt = signal(SignalKind::interrupt()).expect("can install a SIGINT handler");
+    let mut terminate = signal(SignalKind::terminate()).expect("can install a SIGTERM handler");
+    let name = tokio::select! {
+        _ = interrupt.recv() => "SIGINT",
+        _ = terminate.recv() => "SIGTERM",
+    };
+    tracing::info!(
+        signal = name,
+        "shutdown requested; a second signal exits at once"
+    );
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+        tracing::warn!("second signal: exiting without waiting");
+        std::process::exit(130);
+    });
+}

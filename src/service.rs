@@ -1,0 +1,227 @@
+//! The one rendezvous call that both transports map onto.
+//!
+//! gRPC ([`crate::grpc`]) and HTTP ([`crate::gateway`]) each turn their
+//! request into a [`Rendezvous::call`] and its [`CallError`] into their own
+//! answer. Validation, the wait limit and the per-call span live here, once,
+//! so the two protocols cannot drift apart, and so that an HTTP caller and a
+//! gRPC caller with the same id meet in the same engine.
+
+use std::{sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use tokio::time::Instant;
+use tracing::{Instrument, field::Empty};
+
+use crate::pairing::{Engine, Id, IdError, LocalEngine, Meeting, PairError, Role};
+
+/// The limits a call is held to; they come from [`crate::Config`].
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// The longest any caller waits, whatever it asks for.
+    pub max_wait: Duration,
+    /// The largest payload accepted, in bytes.
+    pub max_payload: usize,
+}
+
+/// The rendezvous service, shared by every connection of both protocols.
+///
+/// Cheap to clone: clones share one engine.
+#[derive(Debug)]
+pub struct Rendezvous<E = LocalEngine> {
+    engine: Arc<E>,
+    limits: Limits,
+}
+
+impl<E> Clone for Rendezvous<E> {
+    fn clone(&self) -> Self {
+        Self {
+            engine: self.engine.clone(),
+            limits: self.limits,
+        }
+    }
+}
+
+/// Which transport a call came in on; recorded on its span.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// `rendezvous.v1.Sync/WaitForSecondParty`.
+    Grpc,
+    /// `POST /wait-for-second-party/{id}`.
+    Http,
+}
+
+impl Protocol {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Grpc => "grpc",
+            Self::Http => "http",
+        }
+    }
+}
+
+/// Every way a call can fail. Each transport maps it to its own answer in
+/// exactly one place; the messages are written for the caller to act on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    /// The id is empty or too long.
+    #[error(transparent)]
+    InvalidId(#[from] IdError),
+    /// The payload is over `--max-payload`.
+    #[error("payload is {size} bytes; the limit is {limit} bytes (--max-payload)")]
+    PayloadTooLarge {
+        /// The size the caller sent, in bytes (at least this much, for a
+        /// streamed body that was cut off at the limit).
+        size: usize,
+        /// The configured limit, in bytes.
+        limit: usize,
+    },
+    /// Nobody came in time, or the server is shutting down.
+    #[error(transparent)]
+    Pair(#[from] PairError),
+}
+
+impl<E: Engine> Rendezvous<E> {
+    /// A service over `engine`, holding every call to `limits`.
+    pub fn new(engine: Arc<E>, limits: Limits) -> Self {
+        Self { engine, limits }
+    }
+
+    /// The limits this service enforces, for adapters that check early (an
+    /// HTTP `content-length`, a gRPC message size).
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// The engine behind this service, for shutdown and for tests.
+    pub fn engine(&self) -> &Arc<E> {
+        &self.engine
+    }
+
+    /// Meets the other caller with `id`.
+    ///
+    /// `wait` is how long the caller is willing to wait; it is capped at
+    /// `max_wait`, and `None` means `max_wait`.
+    pub async fn call(
+        &self,
+        protocol: Protocol,
+        id: String,
+        payload: Bytes,
+        wait: Option<Duration>,
+    ) -> Result<Meeting, CallError> {
+        let id = Id::new(id)?;
+        if payload.len() > self.limits.max_payload {
+            return Err(CallError::PayloadTooLarge {
+                size: payload.len(),
+                limit: self.limits.max_payload,
+            });
+        }
+        let wait = wait.map_or(self.limits.max_wait, |w| w.min(self.limits.max_wait));
+        let deadline = Instant::now() + wait;
+
+        // Ids can be secret pairing codes: only at debug level, never on the span.
+        tracing::debug!(
+            id = id.as_str(),
+            ?wait,
+            protocol = protocol.as_str(),
+            "arrived"
+        );
+        let span = tracing::info_span!(
+            "rendezvous",
+            protocol = protocol.as_str(),
+            outcome = Empty,
+            role = Empty,
+            waited = Empty,
+        );
+        let result = self
+            .engine
+            .meet(id, payload, deadline)
+            .instrument(span.clone())
+            .await;
+        if !span.is_disabled() {
+            record(&span, &result);
+        }
+        result.map_err(CallError::from)
+    }
+}
+
+fn record(span: &tracing::Span, result: &Result<Meeting, PairError>) {
+    let (outcome, waited) = match result {
+        Ok(meeting) => {
+            span.record(
+                "role",
+                match meeting.role {
+                    Role::First => "first",
+                    Role::Second => "second",
+                },
+            );
+            ("paired", meeting.waited)
+        }
+        Err(PairError::TimedOut { waited }) => ("timed_out", *waited),
+        Err(PairError::ShuttingDown) => ("shutting_down", Duration::ZERO),
+    };
+    span.record("outcome", outcome);
+    span.record("waited", tracing::field::debug(waited));
+    span.in_scope(|| tracing::debug!(outcome, ?waited, "finished"));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(max_wait: Duration) -> Rendezvous {
+        Rendezvous::new(
+            Arc::new(LocalEngine::new()),
+            Limits {
+                max_wait,
+                max_payload: 4,
+            },
+        )
+    }
+
+    #[tokio::test]
+    async fn bad_inputs_are_refused_before_the_engine() {
+        let svc = service(Duration::from_secs(1));
+        let call = |id: &str, payload: &'static [u8]| {
+            svc.call(Protocol::Grpc, id.into(), Bytes::from_static(payload), None)
+        };
+        assert_eq!(
+            call("", b"").await,
+            Err(CallError::InvalidId(IdError::Empty))
+        );
+        assert_eq!(
+            call(&"x".repeat(257), b"").await,
+            Err(CallError::InvalidId(IdError::TooLong { len: 257 }))
+        );
+        assert_eq!(
+            call("a", b"12345").await,
+            Err(CallError::PayloadTooLarge { size: 5, limit: 4 })
+        );
+        assert_eq!(svc.engine().waiting(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_shorter_of_the_callers_wait_and_max_wait_wins() {
+        let svc = service(Duration::from_secs(10));
+        let timed_out = |waited| {
+            Err(CallError::Pair(PairError::TimedOut {
+                waited: Duration::from_secs(waited),
+            }))
+        };
+        let short = svc.call(
+            Protocol::Http,
+            "a".into(),
+            Bytes::new(),
+            Some(Duration::from_secs(2)),
+        );
+        assert_eq!(short.await, timed_out(2));
+        let long = svc.call(
+            Protocol::Http,
+            "a".into(),
+            Bytes::new(),
+            Some(Duration::from_secs(60)),
+        );
+        assert_eq!(long.await, timed_out(10));
+        let default = svc.call(Protocol::Grpc, "a".into(), Bytes::new(), None);
+        assert_eq!(default.await, timed_out(10));
+    }
+}

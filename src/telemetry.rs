@@ -1,0 +1,19 @@
+//! Logging setup, kept out of `main` so tests and tools can share it.
+
+use tracing_subscriber::{EnvFilter, fmt};
+
+use crate::config::LogFormat;
+
+/// Installs the global subscriber. `RUST_LOG` filters (default `info`); the
+/// format is text for people or JSON for log pipelines.
+///
+/// Calls are not logged one by one at `info`: each gets a span, and its
+/// events appear at `debug`. That keeps the hot path cheap.
+pub fn init(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
