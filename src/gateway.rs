@@ -44,6 +44,8 @@ enum HttpError {
     IdNotUtf8,
     #[error("could not read the request body: {0}")]
     Body(String),
+    #[error("request body is over the limit of {limit} bytes (--max-payload)")]
+    BodyTooLarge { limit: usize },
     #[error("{method} is not allowed on {path}; use {allow}")]
     MethodNotAllowed {
         method: Method,
@@ -147,16 +149,16 @@ where
     B: http_body::Body<Data = Bytes>,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
-    let too_large = |size| CallError::PayloadTooLarge { size, limit }.into();
+    // A declared length over the limit is refused before reading a byte.
     if let Some(size) = body.size_hint().exact() {
         let size = usize::try_from(size).unwrap_or(usize::MAX);
         if size > limit {
-            return Err(too_large(size));
+            return Err(CallError::PayloadTooLarge { size, limit }.into());
         }
     }
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<LengthLimitError>() => Err(too_large(limit + 1)),
+        Err(e) if e.is::<LengthLimitError>() => Err(HttpError::BodyTooLarge { limit }),
         Err(e) => Err(HttpError::Body(e.to_string())),
     }
 }
@@ -180,7 +182,9 @@ impl HttpError {
             | Self::BadWait(..)
             | Self::IdNotUtf8
             | Self::Body(_) => StatusCode::BAD_REQUEST,
-            Self::Call(CallError::PayloadTooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Call(CallError::PayloadTooLarge { .. }) | Self::BodyTooLarge { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             Self::Call(CallError::Pair(PairError::TimedOut { .. })) => StatusCode::REQUEST_TIMEOUT,
             Self::Call(CallError::Pair(PairError::ShuttingDown)) => StatusCode::SERVICE_UNAVAILABLE,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,

@@ -187,7 +187,7 @@ mod tests {
         assert_eq!(
             code(
                 PairError::TimedOut {
-                    waited: Duration::ZERO
+                    wait: Duration::ZERO
                 }
                 .into()
             ),

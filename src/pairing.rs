@@ -106,10 +106,10 @@ pub struct Meeting {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PairError {
     /// Nobody came with the same id before the deadline.
-    #[error("nobody else arrived with this id within {}", humantime::format_duration(*waited))]
+    #[error("nobody else arrived with this id within {}", humantime::format_duration(*wait))]
     TimedOut {
-        /// How long the caller waited before giving up.
-        waited: Duration,
+        /// The wait the caller was allowed: from its arrival to its deadline.
+        wait: Duration,
     },
     /// The engine was closed, by a server shutdown, before a partner came.
     #[error("the server is shutting down; retry against another instance")]
@@ -122,7 +122,7 @@ pub enum PairError {
 /// Implementations must keep the invariant in the module docs, and must
 /// remove a caller's waiter when the future returned by `meet` is dropped.
 pub trait Engine: Send + Sync + 'static {
-    /// Meets the other caller with `id`, or gives up at `deadline`.
+    /// Meets the other caller with `id`, or gives up after `wait`.
     ///
     /// `payload` goes to the partner; the partner's comes back in the
     /// [`Meeting`].
@@ -130,7 +130,7 @@ pub trait Engine: Send + Sync + 'static {
         &self,
         id: Id,
         payload: Bytes,
-        deadline: Instant,
+        wait: Duration,
     ) -> impl Future<Output = Result<Meeting, PairError>> + Send;
 
     /// Answers every parked caller [`PairError::ShuttingDown`], and every
@@ -184,8 +184,9 @@ impl fmt::Debug for LocalEngine {
 }
 
 impl Engine for LocalEngine {
-    async fn meet(&self, id: Id, payload: Bytes, deadline: Instant) -> Result<Meeting, PairError> {
+    async fn meet(&self, id: Id, payload: Bytes, wait: Duration) -> Result<Meeting, PairError> {
         let start = Instant::now();
+        let deadline = start + wait;
         let hash = self.hasher.hash_one(&id);
         let shard = self.shard(hash);
         let mut parking = match shard.arrive(id, hash, payload) {
@@ -205,7 +206,7 @@ impl Engine for LocalEngine {
             delivered = &mut parking.rx => delivered.ok(),
             () = sleep_until(deadline) => {
                 if parking.withdraw() {
-                    return Err(PairError::TimedOut { waited: start.elapsed() });
+                    return Err(PairError::TimedOut { wait });
                 }
                 // Too late to withdraw: the partner removed the entry first,
                 // and handed its payload over before releasing the lock.
@@ -363,9 +364,8 @@ mod tests {
         Id::new(s).unwrap()
     }
 
-    fn far() -> Instant {
-        Instant::now() + Duration::from_secs(3600)
-    }
+    const FAR: Duration = Duration::from_secs(3600);
+    const SECOND: Duration = Duration::from_secs(1);
 
     #[test]
     fn ids_are_validated() {
@@ -392,7 +392,7 @@ mod tests {
         let engine = Arc::new(LocalEngine::new());
         let e = engine.clone();
         let first = tokio::spawn(async move {
-            e.meet(id("a"), Bytes::from_static(b"from first"), far())
+            e.meet(id("a"), Bytes::from_static(b"from first"), FAR)
                 .await
         });
         tokio::task::yield_now().await;
@@ -400,7 +400,7 @@ mod tests {
         tokio::time::advance(Duration::from_secs(2)).await;
 
         let second = engine
-            .meet(id("a"), Bytes::from_static(b"from second"), far())
+            .meet(id("a"), Bytes::from_static(b"from second"), FAR)
             .await
             .unwrap();
         let first = first.await.unwrap().unwrap();
@@ -417,21 +417,17 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_third_caller_starts_a_new_pair() {
         let engine = LocalEngine::new();
-        let first = engine.meet(id("a"), Bytes::new(), far());
+        let first = engine.meet(id("a"), Bytes::new(), FAR);
         tokio::pin!(first);
         assert!(futures_poll(first.as_mut()).is_pending());
-        engine.meet(id("a"), Bytes::new(), far()).await.unwrap();
+        engine.meet(id("a"), Bytes::new(), FAR).await.unwrap();
         assert_eq!(first.await.unwrap().role, Role::First);
 
-        let third = engine.meet(
-            id("a"),
-            Bytes::new(),
-            Instant::now() + Duration::from_secs(1),
-        );
+        let third = engine.meet(id("a"), Bytes::new(), SECOND);
         assert_eq!(
             third.await,
             Err(PairError::TimedOut {
-                waited: Duration::from_secs(1)
+                wait: Duration::from_secs(1)
             })
         );
         assert_eq!(engine.waiting(), 0);
@@ -440,7 +436,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn different_ids_do_not_pair() {
         let engine = LocalEngine::new();
-        let deadline = Instant::now() + Duration::from_millis(500);
+        let deadline = Duration::from_millis(500);
         let (a, b) = tokio::join!(
             engine.meet(id("a"), Bytes::new(), deadline),
             engine.meet(id("b"), Bytes::new(), deadline),
@@ -454,7 +450,7 @@ mod tests {
     async fn a_dropped_waiter_leaves_nothing_behind() {
         let engine = LocalEngine::new();
         {
-            let gone = engine.meet(id("a"), Bytes::from_static(b"stale"), far());
+            let gone = engine.meet(id("a"), Bytes::from_static(b"stale"), FAR);
             tokio::pin!(gone);
             assert!(futures_poll(gone.as_mut()).is_pending());
             assert_eq!(engine.waiting(), 1);
@@ -462,11 +458,7 @@ mod tests {
         assert_eq!(engine.waiting(), 0);
 
         // The next caller waits instead of pairing with the one that left.
-        let next = engine.meet(
-            id("a"),
-            Bytes::new(),
-            Instant::now() + Duration::from_secs(1),
-        );
+        let next = engine.meet(id("a"), Bytes::new(), SECOND);
         assert!(matches!(next.await, Err(PairError::TimedOut { .. })));
     }
 
@@ -474,7 +466,7 @@ mod tests {
     async fn a_partner_arriving_after_the_deadline_fired_but_before_the_waiter_ran_still_pairs_both()
      {
         let engine = LocalEngine::new();
-        let deadline = Instant::now() + Duration::from_secs(1);
+        let deadline = SECOND;
         let first = engine.meet(id("a"), Bytes::from_static(b"1"), deadline);
         tokio::pin!(first);
         assert!(futures_poll(first.as_mut()).is_pending());
@@ -482,7 +474,7 @@ mod tests {
         // The deadline passes, but the waiter has not been polled since; the
         // partner gets there first and takes the entry.
         tokio::time::advance(Duration::from_secs(2)).await;
-        let second = engine.meet(id("a"), Bytes::from_static(b"2"), far()).await;
+        let second = engine.meet(id("a"), Bytes::from_static(b"2"), FAR).await;
         assert_eq!(second.unwrap().peer_payload, "1");
 
         let first = first.await.unwrap();
@@ -493,14 +485,14 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn close_answers_parked_and_later_callers() {
         let engine = LocalEngine::new();
-        let parked = engine.meet(id("a"), Bytes::new(), far());
+        let parked = engine.meet(id("a"), Bytes::new(), FAR);
         tokio::pin!(parked);
         assert!(futures_poll(parked.as_mut()).is_pending());
 
         engine.close();
         assert_eq!(parked.await, Err(PairError::ShuttingDown));
         assert_eq!(
-            engine.meet(id("b"), Bytes::new(), far()).await,
+            engine.meet(id("b"), Bytes::new(), FAR).await,
             Err(PairError::ShuttingDown)
         );
         assert_eq!(engine.waiting(), 0);

@@ -67,6 +67,7 @@ pub struct Application {
     config: Config,
     grpc: TcpListener,
     http: TcpListener,
+    engine: Arc<LocalEngine>,
 }
 
 impl Application {
@@ -79,7 +80,19 @@ impl Application {
         };
         let grpc = bind("gRPC", config.grpc_addr).await?;
         let http = bind("HTTP", config.http_addr).await?;
-        Ok(Self { config, grpc, http })
+        Ok(Self::from_listeners(config, grpc, http))
+    }
+
+    /// A server on listeners bound elsewhere (a test, socket activation); the
+    /// addresses in `config` are not used.
+    pub fn from_listeners(config: Config, grpc: TcpListener, http: TcpListener) -> Self {
+        let engine = Arc::new(LocalEngine::new());
+        Self {
+            config,
+            grpc,
+            http,
+            engine,
+        }
     }
 
     /// Where gRPC callers connect.
@@ -96,92 +109,106 @@ impl Application {
             .expect("a bound listener has an address")
     }
 
-    /// Serves until `shutdown` completes, then shuts down in order.
+    /// The pairing engine this server will use, so that a test or an
+    /// embedding program can see how many callers are parked.
+    pub fn engine(&self) -> Arc<LocalEngine> {
+        self.engine.clone()
+    }
+
+    /// Serves until `shutdown` completes, then shuts down in order, and
+    /// returns once every connection has finished or been closed.
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), ServerError> {
-        run(&self.config, self.grpc, self.http, shutdown).await
+        let Self {
+            config,
+            grpc,
+            http,
+            engine,
+        } = self;
+        let limits = Limits {
+            max_wait: config.max_wait,
+            max_payload: config.max_payload,
+        };
+        let service = Rendezvous::new(engine.clone(), limits);
+        let (health, health_server) = Health::serving().await;
+        let health = Arc::new(health);
+
+        let routes = Routes::new(health_server)
+            .add_service(grpc::server(service.clone()))
+            .add_service(reflection().build_v1()?)
+            .add_service(reflection().build_v1alpha()?)
+            .prepare();
+        let gateway = Arc::new(Gateway::new(service, health.clone()));
+
+        tracing::info!(
+            grpc = %grpc.local_addr()?,
+            http = %http.local_addr()?,
+            max_wait = %humantime::format_duration(config.max_wait),
+            max_payload = config.max_payload,
+            "listening"
+        );
+
+        let (stop, stopping) = watch::channel(false);
+        let mut connections = JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                accepted = grpc.accept() => {
+                    if let Some(stream) = accepted_stream(accepted).await {
+                        connections.spawn(serve_grpc(stream, routes.clone(), stopping.clone()));
+                    }
+                }
+                accepted = http.accept() => {
+                    if let Some(stream) = accepted_stream(accepted).await {
+                        connections.spawn(serve_http(stream, gateway.clone(), stopping.clone()));
+                    }
+                }
+                // Reap finished connections so the set does not grow forever.
+                Some(_) = connections.join_next() => {}
+            }
+        }
+
+        tracing::info!(open_connections = connections.len(), "shutting down");
+        health.drain().await;
+        drop((grpc, http));
+        let parked = engine.waiting();
+        engine.close();
+        let _ = stop.send(true);
+        tracing::info!(parked, "answered parked callers UNAVAILABLE");
+
+        let drained = tokio::time::timeout(config.shutdown_grace, async {
+            while connections.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                open_connections = connections.len(),
+                grace = %humantime::format_duration(config.shutdown_grace),
+                "grace period over; closing the remaining connections"
+            );
+            connections.shutdown().await;
+        }
+        tracing::info!("stopped");
+        Ok(())
     }
 }
 
 /// Serves gRPC on `grpc` and HTTP on `http` until `shutdown` completes.
 ///
 /// The entry point for anything that brings its own listeners, such as tests
-/// on port 0. Returns once every connection has finished or been closed.
+/// on port 0: `Application::from_listeners(..).run_until_stopped(..)`.
 pub async fn run(
-    config: &Config,
+    config: Config,
     grpc: TcpListener,
     http: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
-    let engine = Arc::new(LocalEngine::new());
-    let limits = Limits {
-        max_wait: config.max_wait,
-        max_payload: config.max_payload,
-    };
-    let service = Rendezvous::new(engine.clone(), limits);
-    let (health, health_server) = Health::serving().await;
-    let health = Arc::new(health);
-
-    let routes = Routes::new(health_server)
-        .add_service(grpc::server(service.clone()))
-        .add_service(reflection().build_v1()?)
-        .add_service(reflection().build_v1alpha()?)
-        .prepare();
-    let gateway = Arc::new(Gateway::new(service, health.clone()));
-
-    tracing::info!(
-        grpc = %grpc.local_addr()?,
-        http = %http.local_addr()?,
-        max_wait = %humantime::format_duration(config.max_wait),
-        max_payload = config.max_payload,
-        "listening"
-    );
-
-    let (stop, stopping) = watch::channel(false);
-    let mut connections = JoinSet::new();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            () = &mut shutdown => break,
-            accepted = grpc.accept() => {
-                if let Some(stream) = accepted_stream(accepted).await {
-                    connections.spawn(serve_grpc(stream, routes.clone(), stopping.clone()));
-                }
-            }
-            accepted = http.accept() => {
-                if let Some(stream) = accepted_stream(accepted).await {
-                    connections.spawn(serve_http(stream, gateway.clone(), stopping.clone()));
-                }
-            }
-            // Reap finished connections so the set does not grow forever.
-            Some(_) = connections.join_next() => {}
-        }
-    }
-
-    tracing::info!(open_connections = connections.len(), "shutting down");
-    health.drain().await;
-    drop((grpc, http));
-    let parked = engine.waiting();
-    engine.close();
-    let _ = stop.send(true);
-    tracing::info!(parked, "answered parked callers UNAVAILABLE");
-
-    let drained = tokio::time::timeout(config.shutdown_grace, async {
-        while connections.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
-        tracing::warn!(
-            open_connections = connections.len(),
-            grace = %humantime::format_duration(config.shutdown_grace),
-            "grace period over; closing the remaining connections"
-        );
-        connections.shutdown().await;
-    }
-    tracing::info!("stopped");
-    Ok(())
+    Application::from_listeners(config, grpc, http)
+        .run_until_stopped(shutdown)
+        .await
 }
 
 fn reflection() -> tonic_reflection::server::Builder<'static> {

@@ -9,7 +9,6 @@
 use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
-use tokio::time::Instant;
 use tracing::{Instrument, field::Empty};
 
 use crate::pairing::{Engine, Id, IdError, LocalEngine, Meeting, PairError, Role};
@@ -69,8 +68,7 @@ pub enum CallError {
     /// The payload is over `--max-payload`.
     #[error("payload is {size} bytes; the limit is {limit} bytes (--max-payload)")]
     PayloadTooLarge {
-        /// The size the caller sent, in bytes (at least this much, for a
-        /// streamed body that was cut off at the limit).
+        /// The size the caller sent, in bytes.
         size: usize,
         /// The configured limit, in bytes.
         limit: usize,
@@ -116,7 +114,6 @@ impl<E: Engine> Rendezvous<E> {
             });
         }
         let wait = wait.map_or(self.limits.max_wait, |w| w.min(self.limits.max_wait));
-        let deadline = Instant::now() + wait;
 
         // Ids can be secret pairing codes: only at debug level, never on the span.
         tracing::debug!(
@@ -134,7 +131,7 @@ impl<E: Engine> Rendezvous<E> {
         );
         let result = self
             .engine
-            .meet(id, payload, deadline)
+            .meet(id, payload, wait)
             .instrument(span.clone())
             .await;
         if !span.is_disabled() {
@@ -156,7 +153,7 @@ fn record(span: &tracing::Span, result: &Result<Meeting, PairError>) {
             );
             ("paired", meeting.waited)
         }
-        Err(PairError::TimedOut { waited }) => ("timed_out", *waited),
+        Err(PairError::TimedOut { wait }) => ("timed_out", *wait),
         Err(PairError::ShuttingDown) => ("shutting_down", Duration::ZERO),
     };
     span.record("outcome", outcome);
@@ -202,9 +199,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_shorter_of_the_callers_wait_and_max_wait_wins() {
         let svc = service(Duration::from_secs(10));
-        let timed_out = |waited| {
+        let timed_out = |secs| {
             Err(CallError::Pair(PairError::TimedOut {
-                waited: Duration::from_secs(waited),
+                wait: Duration::from_secs(secs),
             }))
         };
         let short = svc.call(

@@ -1,0 +1,191 @@
+//! A real server on 127.0.0.1:0 for each test, and real clients for it.
+#![allow(dead_code)] // each test file uses a different part of this
+
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use prost::Message;
+use rendezvous::{
+    Application, Config,
+    pairing::{Engine, LocalEngine},
+    proto::{WaitForSecondPartyRequest, WaitForSecondPartyResponse, sync_client::SyncClient},
+};
+use tokio::{sync::oneshot, task::JoinHandle};
+use tonic::transport::Channel;
+
+/// A running server and the handles a test needs to drive it.
+pub struct TestServer {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub engine: Arc<LocalEngine>,
+    stop: Option<oneshot::Sender<()>>,
+    pub task: JoinHandle<Result<(), rendezvous::ServerError>>,
+}
+
+/// Settings for tests: ports picked by the OS, and waits short enough that
+/// no test sits through the 10 s default.
+pub fn test_config() -> Config {
+    Config {
+        grpc_addr: "127.0.0.1:0".parse().unwrap(),
+        http_addr: "127.0.0.1:0".parse().unwrap(),
+        max_wait: Duration::from_millis(500),
+        shutdown_grace: Duration::from_secs(2),
+        ..Config::default()
+    }
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::with(test_config()).await
+    }
+
+    pub async fn with(config: Config) -> Self {
+        let app = Application::build(config).await.expect("binds on port 0");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let grpc_addr = app.grpc_addr();
+        let http_addr = app.http_addr();
+        let engine = app.engine();
+        let task = tokio::spawn(app.run_until_stopped(async {
+            let _ = stopped.await;
+        }));
+        Self {
+            grpc_addr,
+            http_addr,
+            engine,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    pub async fn grpc(&self) -> SyncClient<Channel> {
+        SyncClient::new(self.channel().await)
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.grpc_addr))
+            .unwrap()
+            .connect()
+            .await
+            .expect("connects to the test server")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.http_addr, path)
+    }
+
+    /// Begins shutdown, as a signal would in the binary.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    /// How many callers are parked in the server right now.
+    pub fn waiting(&self) -> usize {
+        self.engine.waiting()
+    }
+
+    /// Waits until exactly `n` callers are parked. The engine count is the
+    /// signal; the short pause between looks is only the polling interval.
+    pub async fn parked(&self, n: usize) {
+        eventually(
+            || self.engine.waiting() == n,
+            &format!("{n} parked callers"),
+        )
+        .await;
+    }
+}
+
+/// Polls `condition` until it holds; fails the test after 10 s.
+pub async fn eventually(mut condition: impl FnMut() -> bool, what: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gave up waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Fails the test instead of hanging if `future` takes longer than 10 s.
+pub async fn within<T>(future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(10), future)
+        .await
+        .expect("finished within 10 s")
+}
+
+pub fn request(id: &str, payload: &'static [u8]) -> tonic::Request<WaitForSecondPartyRequest> {
+    tonic::Request::new(WaitForSecondPartyRequest {
+        id: id.into(),
+        payload: Bytes::from_static(payload),
+    })
+}
+
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder().build().unwrap()
+}
+
+/// What a raw gRPC call answered: the status from the headers or trailers.
+#[derive(Debug)]
+pub struct RawGrpcAnswer {
+    pub grpc_status: String,
+    pub grpc_message: String,
+    pub message: Option<WaitForSecondPartyResponse>,
+}
+
+/// A bare HTTP/2 gRPC call with hand-set headers. Unlike a tonic client it
+/// enforces no deadline of its own, so whatever it sees came from the server.
+pub async fn raw_grpc_call(
+    addr: SocketAddr,
+    headers: &'static [(&'static str, &'static str)],
+    request: WaitForSecondPartyRequest,
+) -> RawGrpcAnswer {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+
+    let message = request.encode_to_vec();
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&message);
+    let mut builder = http::Request::post(format!(
+        "http://{addr}/rendezvous.v1.Sync/WaitForSecondParty"
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers");
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    let response = sender
+        .send_request(builder.body(Full::new(Bytes::from(frame))).unwrap())
+        .await
+        .unwrap();
+    let (parts, body) = response.into_parts();
+    let collected = body.collect().await.unwrap();
+    let trailers = collected.trailers().cloned().unwrap_or_default();
+    let data = collected.to_bytes();
+    let find = |name: &str| {
+        trailers
+            .get(name)
+            .or_else(|| parts.headers.get(name))
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default()
+    };
+    RawGrpcAnswer {
+        grpc_status: find("grpc-status"),
+        grpc_message: percent_decode(&find("grpc-message")),
+        message: (data.len() > 5).then(|| WaitForSecondPartyResponse::decode(&data[5..]).unwrap()),
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
+}

@@ -1,0 +1,313 @@
+//! The HTTP gateway with a real HTTP client: the legacy answers byte for byte,
+//! JSON on request, every error with its status and message, and probes.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TestServer, within};
+use reqwest::StatusCode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const TEXT: &str = "text/plain; charset=utf-8";
+
+async fn text_of(response: reqwest::Response) -> (StatusCode, String, String) {
+    let status = response.status();
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    (status, content_type, response.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn two_callers_pair_with_the_legacy_answer() {
+    let server = TestServer::start().await;
+    let http = common::http_client();
+    let url = server.url("/wait-for-second-party/legacy");
+
+    let first = tokio::spawn(http.post(&url).send());
+    server.parked(1).await;
+    let second = http.post(&url).send().await.unwrap();
+    let first = within(first).await.unwrap().unwrap();
+
+    for response in [first, second] {
+        assert_eq!(
+            text_of(response).await,
+            (StatusCode::OK, TEXT.into(), "Synced".into())
+        );
+    }
+}
+
+#[tokio::test]
+async fn nobody_coming_is_408_timeout() {
+    let server = TestServer::start().await;
+    let response = within(
+        common::http_client()
+            .post(server.url("/wait-for-second-party/alone"))
+            .send(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        text_of(response).await,
+        (StatusCode::REQUEST_TIMEOUT, TEXT.into(), "Timeout".into())
+    );
+    assert_eq!(server.waiting(), 0);
+}
+
+#[tokio::test]
+async fn wait_shortens_the_wait() {
+    let server = TestServer::with(rendezvous::Config {
+        max_wait: Duration::from_secs(30),
+        ..common::test_config()
+    })
+    .await;
+    let response = within(
+        common::http_client()
+            .post(server.url("/wait-for-second-party/short?wait=200ms"))
+            .send(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status(), StatusCode::REQUEST_TIMEOUT);
+    assert_eq!(response.text().await.unwrap(), "Timeout");
+}
+
+#[tokio::test]
+async fn json_carries_role_time_waited_and_the_peers_payload_both_ways() {
+    let server = TestServer::start().await;
+    let http = common::http_client();
+    let url = server.url("/wait-for-second-party/json");
+
+    let first = tokio::spawn(
+        http.post(&url)
+            .header("accept", "application/json")
+            .body("payload one")
+            .send(),
+    );
+    server.parked(1).await;
+    let second = http
+        .post(&url)
+        .header("accept", "application/json")
+        .body(vec![0u8, 255, 7])
+        .send()
+        .await
+        .unwrap();
+    let first = within(first).await.unwrap().unwrap();
+
+    for response in [&first, &second] {
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()["content-type"], "application/json");
+    }
+    let first: serde_json::Value = first.json_body().await;
+    let second: serde_json::Value = second.json_body().await;
+    assert_eq!(first["role"], "ROLE_FIRST");
+    assert_eq!(first["peerPayload"], "AP8H"); // base64 of [0, 255, 7]
+    assert_eq!(second["role"], "ROLE_SECOND");
+    assert_eq!(second["peerPayload"], "cGF5bG9hZCBvbmU="); // "payload one"
+    for body in [&first, &second] {
+        let waited = body["waited"].as_str().unwrap();
+        assert!(waited.ends_with('s'), "{waited}");
+        waited.trim_end_matches('s').parse::<f64>().unwrap();
+    }
+}
+
+/// reqwest's `json()` needs a feature we do not otherwise use.
+trait JsonBody {
+    async fn json_body(self) -> serde_json::Value;
+}
+
+impl JsonBody for reqwest::Response {
+    async fn json_body(self) -> serde_json::Value {
+        serde_json::from_slice(&self.bytes().await.unwrap()).unwrap()
+    }
+}
+
+#[tokio::test]
+async fn json_errors_say_what_is_wrong() {
+    let server = TestServer::start().await;
+    let response = common::http_client()
+        .post(server.url("/wait-for-second-party/alone?wait=100ms"))
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::REQUEST_TIMEOUT);
+    let body = response.json_body().await;
+    assert_eq!(body["code"], "DEADLINE_EXCEEDED");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("nobody else arrived"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn every_bad_request_has_its_status_and_a_message() {
+    let server = TestServer::start().await;
+    let http = common::http_client();
+    let long_id = "x".repeat(257);
+    let cases: Vec<(reqwest::RequestBuilder, StatusCode, &str)> = vec![
+        (
+            http.post(server.url("/wait-for-second-party/a?wait=soon")),
+            StatusCode::BAD_REQUEST,
+            "bad wait \"soon\": expected number at 0; use a duration such as 250ms, 2s or 1m",
+        ),
+        (
+            http.post(server.url("/wait-for-second-party/")),
+            StatusCode::BAD_REQUEST,
+            "id is empty: send the meeting id both parties agreed on",
+        ),
+        (
+            http.post(server.url(&format!("/wait-for-second-party/{long_id}"))),
+            StatusCode::BAD_REQUEST,
+            "id is 257 bytes long; the limit is 256 bytes",
+        ),
+        (
+            http.post(server.url("/wait-for-second-party/%FF")),
+            StatusCode::BAD_REQUEST,
+            "bad id: the path segment is not valid UTF-8 once percent-decoded",
+        ),
+        (
+            http.post(server.url("/wait-for-second-party/big"))
+                .body(vec![0u8; 64 * 1024 + 1]),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload is 65537 bytes; the limit is 65536 bytes (--max-payload)",
+        ),
+        (
+            http.get(server.url("/wait-for-second-party/a")),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "GET is not allowed on /wait-for-second-party/{id}; use POST",
+        ),
+        (
+            http.put(server.url("/wait-for-second-party/a")),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "PUT is not allowed on /wait-for-second-party/{id}; use POST",
+        ),
+        (
+            http.post(server.url("/wait-for-second-party/a/b")),
+            StatusCode::NOT_FOUND,
+            "no such route; the rendezvous endpoint is POST /wait-for-second-party/{id}",
+        ),
+        (
+            http.post(server.url("/")),
+            StatusCode::NOT_FOUND,
+            "no such route; the rendezvous endpoint is POST /wait-for-second-party/{id}",
+        ),
+        (
+            http.post(server.url("/healthz")),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "POST is not allowed on /healthz; use GET, HEAD",
+        ),
+    ];
+    for (request, status, message) in cases {
+        let response = request.send().await.unwrap();
+        let allow = response.headers().get("allow").cloned();
+        let (got_status, content_type, body) = text_of(response).await;
+        assert_eq!((got_status, body.as_str()), (status, message));
+        assert_eq!(content_type, TEXT);
+        if status == StatusCode::METHOD_NOT_ALLOWED {
+            let expected = if message.contains("healthz") {
+                "GET, HEAD"
+            } else {
+                "POST"
+            };
+            assert_eq!(allow.unwrap(), expected);
+        }
+    }
+    assert_eq!(server.waiting(), 0);
+}
+
+#[tokio::test]
+async fn a_streamed_body_over_the_limit_is_refused_without_reading_it_all() {
+    let server = TestServer::start().await;
+    let mut stream = tokio::net::TcpStream::connect(server.http_addr)
+        .await
+        .unwrap();
+    // Chunked, so the size is not known up front: the limit applies as it streams.
+    stream
+        .write_all(
+            b"POST /wait-for-second-party/chunked HTTP/1.1\r\nhost: x\r\n\
+              transfer-encoding: chunked\r\n\r\n10000\r\n",
+        )
+        .await
+        .unwrap();
+    stream.write_all(&[b'a'; 0x10000]).await.unwrap();
+    stream
+        .write_all(b"\r\n10\r\n0123456789abcdef\r\n")
+        .await
+        .unwrap();
+    // The rest of the body never comes: the answer must not wait for it.
+    let mut answer = vec![0; 4096];
+    let n = within(stream.read(&mut answer)).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(
+        answer.starts_with("HTTP/1.1 413 Payload Too Large\r\n"),
+        "{answer}"
+    );
+    assert!(
+        answer.ends_with("\r\n\r\nrequest body is over the limit of 65536 bytes (--max-payload)"),
+        "{answer}"
+    );
+}
+
+#[tokio::test]
+async fn percent_encoded_ids_are_decoded() {
+    let server = TestServer::start().await;
+    let http = common::http_client();
+    let first = tokio::spawn(
+        http.post(server.url("/wait-for-second-party/a%20b%2Fc"))
+            .send(),
+    );
+    server.parked(1).await;
+    // The same id over gRPC, decoded: "a b/c".
+    let second = server
+        .grpc()
+        .await
+        .wait_for_second_party(common::request("a b/c", b""))
+        .await;
+    assert!(second.is_ok(), "{second:?}");
+    assert_eq!(
+        within(first).await.unwrap().unwrap().status(),
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn a_closed_connection_leaves_no_waiter_behind() {
+    let server = TestServer::start().await;
+    let mut stream = tokio::net::TcpStream::connect(server.http_addr)
+        .await
+        .unwrap();
+    stream
+        .write_all(b"POST /wait-for-second-party/hang-up HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\nstale")
+        .await
+        .unwrap();
+    server.parked(1).await;
+    drop(stream);
+    server.parked(0).await;
+
+    // The next caller waits instead of being told "Synced" with nobody there.
+    let response = common::http_client()
+        .post(server.url("/wait-for-second-party/hang-up?wait=100ms"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::REQUEST_TIMEOUT);
+}
+
+#[tokio::test]
+async fn probes_answer_while_serving() {
+    let server = TestServer::start().await;
+    let http = common::http_client();
+    for path in ["/healthz", "/readyz"] {
+        let response = http.get(server.url(path)).send().await.unwrap();
+        assert_eq!(
+            text_of(response).await,
+            (StatusCode::OK, TEXT.into(), "OK".into())
+        );
+    }
+}
