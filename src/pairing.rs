@@ -106,7 +106,7 @@ pub struct Meeting {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PairError {
     /// Nobody came with the same id before the deadline.
-    #[error("nobody else arrived with this id within {}", humantime::format_duration(*wait))]
+    #[error("nobody else arrived with this id within {}", whole_millis(*wait))]
     TimedOut {
         /// The wait the caller was allowed: from its arrival to its deadline.
         wait: Duration,
@@ -114,6 +114,11 @@ pub enum PairError {
     /// The engine was closed, by a server shutdown, before a partner came.
     #[error("the server is shutting down; retry against another instance")]
     ShuttingDown,
+}
+
+/// A wait as people read it: `1s 950ms`, not `1s 949ms 998us 389ns`.
+fn whole_millis(wait: Duration) -> humantime::FormattedDuration {
+    humantime::format_duration(Duration::from_millis(wait.as_millis() as u64))
 }
 
 /// The interface every pairing engine offers: the in-process one here, and
