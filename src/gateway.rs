@@ -320,6 +320,37 @@ mod tests {
         assert!(!wants_json(&http::HeaderMap::new()));
     }
 
+    #[tokio::test]
+    async fn readyz_turns_503_when_draining_while_healthz_stays_200() {
+        use std::time::Duration;
+
+        use crate::{pairing::LocalEngine, service::Limits};
+        let (health, _server) = Health::serving().await;
+        let health = Arc::new(health);
+        let limits = Limits {
+            max_wait: Duration::from_secs(1),
+            max_payload: 1,
+        };
+        let gateway = Gateway::new(
+            Rendezvous::new(Arc::new(LocalEngine::new()), limits),
+            health.clone(),
+        );
+        let get = |path: &'static str| {
+            let gateway = gateway.clone();
+            async move {
+                let request = Request::get(path).body(Full::new(Bytes::new())).unwrap();
+                let response = gateway.handle(request).await;
+                let status = response.status();
+                let body = response.into_body().collect().await.unwrap().to_bytes();
+                (status.as_u16(), String::from_utf8(body.to_vec()).unwrap())
+            }
+        };
+        assert_eq!(get("/readyz").await, (200, "OK".into()));
+        health.drain().await;
+        assert_eq!(get("/readyz").await, (503, "shutting down".into()));
+        assert_eq!(get("/healthz").await, (200, "OK".into()));
+    }
+
     #[test]
     fn wait_parsing() {
         assert_eq!(requested_wait(None).unwrap(), None);
