@@ -7,8 +7,9 @@ use crate::config::LogFormat;
 /// Installs the global subscriber. `RUST_LOG` filters (default `info`); the
 /// format is text for people or JSON for log pipelines.
 ///
-/// Calls are not logged one by one at `info`: each gets a span, and its
-/// events appear at `debug`. That keeps the hot path cheap.
+/// Calls are not logged one by one at `info`: each gets a `debug` span with
+/// its protocol, outcome, role and time waited, and `debug` events for its
+/// arrival and end. That keeps the hot path cheap at the default level.
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);

@@ -1,0 +1,165 @@
+#!/usr/bin/env bash
+# Reproduces every figure in BENCHMARKS.md, in a few minutes:
+#   1. CPU per pair and throughput, the project against its ceilings (a bare
+#      tonic server, a bare hyper HTTP/1.1 server), alternating, ROUNDS rounds;
+#   2. memory per parked caller, and mass parking and release;
+#   3. throughput with 50,000 callers parked against none;
+#   4. the pairing engine alone (criterion).
+# Servers run on core 0 and the load on core 1 when there are two cores.
+#
+#   scripts/bench.sh                 # everything
+#   ROUNDS=3 PAIRS=50000 scripts/bench.sh
+#   ONLY=cpu scripts/bench.sh        # one part: cpu, memory, parked or engine
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ROUNDS=${ROUNDS:-5}
+PAIRS=${PAIRS:-100000}
+ONLY=${ONLY:-all}
+out=${OUT:-target/bench}
+mkdir -p "$out"
+results="$out/results.jsonl"
+: >"$results"
+
+if [ "$(nproc)" -ge 2 ]; then
+  server_cpu=(taskset -c 0)
+  load_cpu=(taskset -c 1)
+else
+  server_cpu=()
+  load_cpu=()
+fi
+
+cargo build --quiet --release --bin rendezvous --bin rendezvous-bench --example ceiling
+bin=target/release
+bench=("${load_cpu[@]}" "$bin/rendezvous-bench")
+
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+wait_for_port() {
+  for _ in $(seq 200); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.05
+  done
+  echo "nothing listening on port $1" >&2
+  return 1
+}
+
+# A fresh project server with default settings plus "$@"; sets $server.
+start_project() {
+  "${server_cpu[@]}" "$bin/rendezvous" --grpc-addr 127.0.0.1:50051 --http-addr 127.0.0.1:3030 "$@" \
+    >"$out/server.log" 2>&1 &
+  server=$!
+  pids+=("$server")
+  wait_for_port 50051
+  wait_for_port 3030
+}
+
+start_ceiling() {
+  "${server_cpu[@]}" "$bin/examples/ceiling" 127.0.0.1:50061 127.0.0.1:3031 >"$out/ceiling.log" 2>&1 &
+  ceiling=$!
+  pids+=("$ceiling")
+  wait_for_port 50061
+  wait_for_port 3031
+}
+
+stop() { kill "$1"; wait "$1" 2>/dev/null || true; }
+
+# record LABEL -- bench args...: runs the load tool and tags its JSON line.
+record() {
+  local label=$1
+  shift 2
+  "${bench[@]}" "$@" --json | python3 -c '
+import json, sys
+d = json.loads(sys.stdin.read()); d["label"] = sys.argv[1]
+print(json.dumps(d))' "$label" | tee -a "$results"
+}
+
+if [[ $ONLY == all || $ONLY == cpu ]]; then
+  start_project
+  start_ceiling
+  for round in $(seq "$ROUNDS"); do
+    echo "== round $round of $ROUNDS"
+    record grpc-project -- pairs --protocol grpc --target 127.0.0.1:50051 --server-pid "$server" --pairs "$PAIRS"
+    record grpc-ceiling -- pairs --protocol grpc --target 127.0.0.1:50061 --server-pid "$ceiling" --pairs "$PAIRS"
+    record http-project -- pairs --protocol http --target 127.0.0.1:3030 --server-pid "$server" --pairs "$PAIRS"
+    record http-ceiling -- pairs --protocol http --target 127.0.0.1:3031 --server-pid "$ceiling" --pairs "$PAIRS"
+  done
+  stop "$server"
+  stop "$ceiling"
+fi
+
+if [[ $ONLY == all || $ONLY == memory ]]; then
+  # Parked callers need longer than the default 10 s wait while the rest park.
+  long=(--max-wait 10m)
+  start_project "${long[@]}"
+  record idle-grpc-20k-64conn -- idle --protocol grpc --target 127.0.0.1:50051 --server-pid "$server" --waiters 20000 --connections 64
+  stop "$server"
+  start_project "${long[@]}"
+  record idle-grpc-20k-1conn -- idle --protocol grpc --target 127.0.0.1:50051 --server-pid "$server" --waiters 20000 --connections 1
+  stop "$server"
+  start_project "${long[@]}"
+  # One connection per caller: bounded by the open-file limit of both sides.
+  record idle-http-8k -- idle --protocol http --target 127.0.0.1:3030 --server-pid "$server" --waiters 8000
+  stop "$server"
+  start_project "${long[@]}"
+  record idle-grpc-100k-64conn -- idle --protocol grpc --target 127.0.0.1:50051 --server-pid "$server" --waiters 100000 --connections 64
+  stop "$server"
+fi
+
+if [[ $ONLY == all || $ONLY == parked ]]; then
+  for round in $(seq "$ROUNDS"); do
+    start_project --max-wait 10m
+    record parked-0 -- pairs --protocol grpc --target 127.0.0.1:50051 --server-pid "$server" --pairs "$PAIRS"
+    stop "$server"
+    start_project --max-wait 10m
+    record parked-50k -- pairs --protocol grpc --target 127.0.0.1:50051 --server-pid "$server" --pairs "$PAIRS" --parked 50000
+    stop "$server"
+  done
+fi
+
+if [[ $ONLY == all || $ONLY == engine ]]; then
+  cargo bench --quiet --bench engine -- --noplot 2>&1 | tee "$out/engine.txt"
+fi
+
+python3 - "$results" <<'PY'
+import json, statistics, sys
+from collections import defaultdict
+
+runs = defaultdict(list)
+for line in open(sys.argv[1]):
+    d = json.loads(line)
+    runs[d["label"]].append(d)
+
+def med(label, key):
+    values = [r[key] for r in runs.get(label, []) if key in r]
+    return statistics.median(values) if values else None
+
+print("\n## Results (medians)\n")
+if "grpc-project" in runs:
+    print("| case | project | ceiling | project / ceiling |")
+    print("| --- | --- | --- | --- |")
+    for proto in ["grpc", "http"]:
+        p, c = f"{proto}-project", f"{proto}-ceiling"
+        for key, name in [("server_cpu_us_per_pair", "server CPU µs per pair"),
+                          ("pairs_per_second", "pairs/s"),
+                          ("latency_p50_us", "pair latency p50 µs"),
+                          ("latency_p99_us", "pair latency p99 µs"),
+                          ("latency_p999_us", "pair latency p999 µs"),
+                          ("latency_max_us", "pair latency max µs")]:
+            pv, cv = med(p, key), med(c, key)
+            print(f"| {proto}: {name} | {pv:.1f} | {cv:.1f} | {pv / cv:.3f} |")
+        errors = sum(r["errors"] + r["timeouts"] for r in runs[p] + runs[c])
+        print(f"| {proto}: errors + timeouts, all rounds | {errors} | | |")
+for label, r in ((l, rs[-1]) for l, rs in runs.items() if l.startswith("idle")):
+    print(f"\n{label}: {r['waiters']} parked over {r['connections']} connections: "
+          f"{r.get('bytes_per_parked_caller', float('nan')):.0f} B each "
+          f"({r['bytes_per_parked_caller'] / 1024:.2f} KiB), "
+          f"released in {r['release_seconds']:.2f} s, {r['answered_ok']} OK, {r['failed']} failed")
+if "parked-0" in runs:
+    none, parked = med("parked-0", "pairs_per_second"), med("parked-50k", "pairs_per_second")
+    failed = sum(r["parked_failed"] for r in runs["parked-50k"])
+    print(f"\npairs/s with 50,000 parked: {parked:.0f}; with none: {none:.0f}; "
+          f"ratio {parked / none:.3f}; parked callers that failed: {failed}")
+PY

@@ -1,0 +1,527 @@
+//! `rendezvous-bench`: load for a rendezvous server, or for a ceiling that
+//! answers at once (`examples/ceiling.rs`), so the two can be compared.
+//!
+//! - `pairs`: many pairs (two callers with one fresh id, sent together);
+//!   reports pairs/s, pair latency, errors, timeouts, and with `--server-pid`
+//!   the server's CPU per pair and RSS, from /proc.
+//! - `idle`: parks W callers, reads the server's RSS, then releases them all
+//!   by sending their partners; reports bytes per parked caller and the
+//!   release time.
+//!
+//! Not a test: nothing here asserts a timing. `scripts/bench.sh` runs it.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use rendezvous::proto::{WaitForSecondPartyRequest, sync_client::SyncClient};
+use tokio::{net::TcpStream, sync::mpsc, task::JoinSet};
+use tonic::{Code, transport::Channel};
+
+#[derive(Debug, Parser)]
+#[command(
+    about = "Load for a rendezvous server (or a ceiling), with server CPU and RSS from /proc"
+)]
+struct Cli {
+    #[command(subcommand)]
+    mode: Mode,
+    /// Print one JSON object instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Mode {
+    /// Run pairs as fast as the concurrency allows.
+    Pairs(PairsArgs),
+    /// Park callers, measure memory, then release them.
+    Idle(IdleArgs),
+}
+
+#[derive(Debug, Args)]
+struct Target {
+    /// grpc: rendezvous.v1.Sync over HTTP/2. http: the legacy endpoint over HTTP/1.1.
+    #[arg(long, value_enum, default_value_t = Protocol::Grpc)]
+    protocol: Protocol,
+    /// The server's address (its gRPC or HTTP port, to match --protocol).
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    target: SocketAddr,
+    /// Connections to open. gRPC multiplexes calls over them; HTTP/1.1 needs
+    /// one per call in flight (default: twice the calls in flight).
+    #[arg(long)]
+    connections: Option<usize>,
+    /// The server's pid, to read its CPU time and RSS from /proc.
+    #[arg(long)]
+    server_pid: Option<u32>,
+}
+
+#[derive(Debug, Args)]
+struct PairsArgs {
+    #[command(flatten)]
+    target: Target,
+    /// Pairs to run (after the warm-up).
+    #[arg(long, default_value_t = 100_000)]
+    pairs: u64,
+    /// Pairs in flight at once.
+    #[arg(long, default_value_t = 128)]
+    concurrency: usize,
+    /// Pairs to run first, unmeasured.
+    #[arg(long, default_value_t = 2_000)]
+    warmup: u64,
+    /// Callers to park before measuring (and release after), to see how
+    /// throughput holds up with many waiting.
+    #[arg(long, default_value_t = 0)]
+    parked: usize,
+}
+
+#[derive(Debug, Args)]
+struct IdleArgs {
+    #[command(flatten)]
+    target: Target,
+    /// Callers to park.
+    #[arg(long, default_value_t = 20_000)]
+    waiters: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Protocol {
+    Grpc,
+    Http,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Ok,
+    Timeout,
+    Error,
+}
+
+/// Connections to the server, and one call over them.
+#[derive(Clone)]
+enum Client {
+    Grpc(Arc<[SyncClient<Channel>]>),
+    Http(HttpPool),
+}
+
+impl Client {
+    async fn connect(target: &Target, connections: usize) -> Self {
+        match target.protocol {
+            Protocol::Grpc => {
+                let mut clients = Vec::with_capacity(connections);
+                for _ in 0..connections {
+                    let channel = Channel::from_shared(format!("http://{}", target.target))
+                        .expect("a valid URI")
+                        .tcp_nodelay(true)
+                        // Windows large enough that flow control never stalls
+                        // tens of thousands of parked streams.
+                        .initial_connection_window_size(16 << 20)
+                        .initial_stream_window_size(1 << 20)
+                        .connect()
+                        .await
+                        .expect("connects to the target");
+                    clients.push(
+                        SyncClient::new(channel)
+                            .max_decoding_message_size(usize::MAX)
+                            .max_encoding_message_size(usize::MAX),
+                    );
+                }
+                Self::Grpc(clients.into())
+            }
+            Protocol::Http => Self::Http(HttpPool::connect(target.target, connections).await),
+        }
+    }
+
+    async fn call(&self, slot: usize, id: String) -> Outcome {
+        match self {
+            Self::Grpc(clients) => {
+                let mut client = clients[slot % clients.len()].clone();
+                let request = WaitForSecondPartyRequest {
+                    id,
+                    payload: Bytes::new(),
+                };
+                match client.wait_for_second_party(request).await {
+                    Ok(_) => Outcome::Ok,
+                    Err(status) if status.code() == Code::DeadlineExceeded => Outcome::Timeout,
+                    Err(_) => Outcome::Error,
+                }
+            }
+            Self::Http(pool) => pool.call(&id).await,
+        }
+    }
+}
+
+/// HTTP/1.1 connections, each used by one call at a time.
+#[derive(Clone)]
+struct HttpPool {
+    target: SocketAddr,
+    free: Arc<
+        tokio::sync::Mutex<mpsc::Receiver<hyper::client::conn::http1::SendRequest<Empty<Bytes>>>>,
+    >,
+    give_back: mpsc::Sender<hyper::client::conn::http1::SendRequest<Empty<Bytes>>>,
+}
+
+impl HttpPool {
+    async fn connect(target: SocketAddr, connections: usize) -> Self {
+        let (give_back, free) = mpsc::channel(connections);
+        for _ in 0..connections {
+            give_back.send(Self::open(target).await).await.unwrap();
+        }
+        Self {
+            target,
+            free: Arc::new(tokio::sync::Mutex::new(free)),
+            give_back,
+        }
+    }
+
+    async fn open(target: SocketAddr) -> hyper::client::conn::http1::SendRequest<Empty<Bytes>> {
+        let stream = TcpStream::connect(target)
+            .await
+            .expect("connects to the target");
+        stream.set_nodelay(true).unwrap();
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .expect("HTTP/1.1 handshake");
+        tokio::spawn(connection);
+        sender
+    }
+
+    async fn call(&self, id: &str) -> Outcome {
+        let mut sender = self.free.lock().await.recv().await.expect("pool open");
+        let request = http::Request::post(format!("/wait-for-second-party/{id}"))
+            .header(http::header::HOST, self.target.to_string())
+            .body(Empty::new())
+            .unwrap();
+        let outcome = match sender.send_request(request).await {
+            Ok(response) => {
+                let status = response.status();
+                let complete = response.into_body().collect().await.is_ok();
+                match status.as_u16() {
+                    200 if complete => Outcome::Ok,
+                    408 => Outcome::Timeout,
+                    _ => Outcome::Error,
+                }
+            }
+            Err(_) => Outcome::Error,
+        };
+        if sender.is_closed() {
+            sender = Self::open(self.target).await;
+        }
+        let _ = self.give_back.send(sender).await;
+        outcome
+    }
+}
+
+/// Server CPU time and RSS, from /proc.
+#[derive(Debug, Clone, Copy)]
+struct Usage {
+    cpu: Duration,
+    rss_bytes: u64,
+}
+
+fn usage(pid: u32) -> Usage {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("reads /proc/PID/stat");
+    // Fields after the ")" that closes the command name; utime and stime are
+    // fields 14 and 15 of the whole line, in clock ticks.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let rss_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    Usage {
+        cpu: Duration::from_millis(ticks * 1000 / clock_ticks_per_second()),
+        rss_bytes: rss_kib * 1024,
+    }
+}
+
+fn clock_ticks_per_second() -> u64 {
+    static TICKS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(100)
+    })
+}
+
+/// Waits until the server has stopped using CPU (no tick for 300 ms), so that
+/// every request sent so far has been handled. Gives up after 60 s.
+async fn quiesce(pid: u32) {
+    let give_up = Instant::now() + Duration::from_secs(60);
+    let mut last = usage(pid).cpu;
+    let mut still = 0;
+    while still < 3 && Instant::now() < give_up {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = usage(pid).cpu;
+        still = if now == last { still + 1 } else { 0 };
+        last = now;
+    }
+}
+
+static RUN: AtomicU64 = AtomicU64::new(0);
+
+/// A fresh id per pair, unique across runs against the same server.
+fn fresh_id(tag: &str, i: u64) -> String {
+    let run = RUN.load(Ordering::Relaxed);
+    format!("{tag}-{run:x}-{i}")
+}
+
+async fn run_pairs(client: &Client, pairs: u64, concurrency: usize, tag: &str) -> PairStats {
+    let next = Arc::new(AtomicU64::new(0));
+    let mut workers = JoinSet::new();
+    let started = Instant::now();
+    for _ in 0..concurrency {
+        let (client, next, tag) = (client.clone(), next.clone(), tag.to_owned());
+        workers.spawn(async move {
+            let mut stats = PairStats::default();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= pairs {
+                    return stats;
+                }
+                let id = fresh_id(&tag, i);
+                let t = Instant::now();
+                let slot = i as usize * 2;
+                let (a, b) = tokio::join!(client.call(slot, id.clone()), client.call(slot + 1, id));
+                stats.latencies.push(t.elapsed());
+                for outcome in [a, b] {
+                    match outcome {
+                        Outcome::Ok => {}
+                        Outcome::Timeout => stats.timeouts += 1,
+                        Outcome::Error => stats.errors += 1,
+                    }
+                }
+            }
+        });
+    }
+    let mut total = PairStats::default();
+    while let Some(stats) = workers.join_next().await {
+        let stats = stats.unwrap();
+        total.latencies.extend(stats.latencies);
+        total.timeouts += stats.timeouts;
+        total.errors += stats.errors;
+    }
+    total.elapsed = started.elapsed();
+    total
+}
+
+#[derive(Debug, Default)]
+struct PairStats {
+    latencies: Vec<Duration>,
+    timeouts: u64,
+    errors: u64,
+    elapsed: Duration,
+}
+
+/// Parks `n` callers with ids nobody else uses; returns them as tasks, and
+/// their ids so that partners can release them.
+fn park(client: &Client, n: usize, tag: &str) -> (JoinSet<Outcome>, Vec<String>) {
+    let mut parked = JoinSet::new();
+    let mut ids = Vec::with_capacity(n);
+    for i in 0..n {
+        let id = fresh_id(tag, i as u64);
+        ids.push(id.clone());
+        let client = client.clone();
+        parked.spawn(async move { client.call(i, id).await });
+    }
+    (parked, ids)
+}
+
+/// Sends a partner for every id, and waits for both sides of every pair.
+async fn release(
+    client: &Client,
+    parked: &mut JoinSet<Outcome>,
+    ids: Vec<String>,
+) -> (Duration, u64, u64) {
+    let started = Instant::now();
+    let mut partners = JoinSet::new();
+    for (i, id) in ids.into_iter().enumerate() {
+        let client = client.clone();
+        partners.spawn(async move { client.call(i, id).await });
+    }
+    let (mut ok, mut failed) = (0, 0);
+    for set in [&mut partners, parked] {
+        while let Some(outcome) = set.join_next().await {
+            match outcome.unwrap() {
+                Outcome::Ok => ok += 1,
+                _ => failed += 1,
+            }
+        }
+    }
+    (started.elapsed(), ok, failed)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn micros(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    RUN.store(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64,
+        Ordering::Relaxed,
+    );
+    let report = match cli.mode {
+        Mode::Pairs(args) => pairs(args).await,
+        Mode::Idle(args) => idle(args).await,
+    };
+    if cli.json {
+        println!("{report}");
+    } else {
+        for (key, value) in report.as_object().unwrap() {
+            println!("{key:>24}: {value}");
+        }
+    }
+}
+
+async fn pairs(args: PairsArgs) -> serde_json::Value {
+    let connections = args
+        .target
+        .connections
+        .unwrap_or(match args.target.protocol {
+            Protocol::Grpc => 4,
+            Protocol::Http => 2 * args.concurrency,
+        });
+    let background = if args.parked > 0 {
+        // Their own connections, so that HTTP/1.1 calls in flight still have theirs.
+        let parked_client = Client::connect(
+            &args.target,
+            match args.target.protocol {
+                Protocol::Grpc => connections,
+                Protocol::Http => args.parked,
+            },
+        )
+        .await;
+        let (set, ids) = park(&parked_client, args.parked, "parked");
+        if let Some(pid) = args.target.server_pid {
+            quiesce(pid).await;
+        }
+        Some((parked_client, set, ids))
+    } else {
+        None
+    };
+
+    let client = Client::connect(&args.target, connections).await;
+    run_pairs(&client, args.warmup, args.concurrency, "warmup").await;
+    let before = args.target.server_pid.map(usage);
+    let mut stats = run_pairs(&client, args.pairs, args.concurrency, "pair").await;
+    let after = args.target.server_pid.map(usage);
+
+    let parked_failed = match background {
+        // Partners go over the measuring client's connections: over HTTP/1.1
+        // the parked callers hold every one of their own.
+        Some((_parked_client, mut set, ids)) => release(&client, &mut set, ids).await.2,
+        None => 0,
+    };
+
+    stats.latencies.sort_unstable();
+    let l = &stats.latencies;
+    let mut report = serde_json::json!({
+        "mode": "pairs",
+        "protocol": format!("{:?}", args.target.protocol).to_lowercase(),
+        "pairs": args.pairs,
+        "concurrency": args.concurrency,
+        "connections": connections,
+        "parked_in_background": args.parked,
+        "parked_failed": parked_failed,
+        "seconds": stats.elapsed.as_secs_f64(),
+        "pairs_per_second": args.pairs as f64 / stats.elapsed.as_secs_f64(),
+        "latency_p50_us": micros(percentile(l, 50.0)),
+        "latency_p99_us": micros(percentile(l, 99.0)),
+        "latency_p999_us": micros(percentile(l, 99.9)),
+        "latency_max_us": micros(l.last().copied().unwrap_or_default()),
+        "timeouts": stats.timeouts,
+        "errors": stats.errors,
+    });
+    if let (Some(before), Some(after)) = (before, after) {
+        let cpu = after.cpu.saturating_sub(before.cpu);
+        report["server_cpu_us_per_pair"] = (micros(cpu) / args.pairs as f64).into();
+        report["server_cpu_utilisation"] = (cpu.as_secs_f64() / stats.elapsed.as_secs_f64()).into();
+        report["server_rss_bytes"] = after.rss_bytes.into();
+    }
+    report
+}
+
+async fn idle(args: IdleArgs) -> serde_json::Value {
+    let connections = args
+        .target
+        .connections
+        .unwrap_or(match args.target.protocol {
+            Protocol::Grpc => 64,
+            Protocol::Http => args.waiters,
+        });
+    let client = Client::connect(&args.target, connections).await;
+    // Warm the server's allocator and connection state, so the RSS delta is
+    // what the parked callers cost, not first-use growth.
+    run_pairs(&client, 2_000, 64, "warmup").await;
+    let pid = args.target.server_pid;
+    if let Some(pid) = pid {
+        quiesce(pid).await;
+    }
+    let before = pid.map(usage);
+
+    let park_started = Instant::now();
+    let (mut parked, ids) = park(&client, args.waiters, "idle");
+    if let Some(pid) = pid {
+        quiesce(pid).await;
+    }
+    let park_time = park_started.elapsed();
+    let during = pid.map(usage);
+    // Over HTTP/1.1 the parked callers hold every connection: partners need
+    // their own (few: each partner's call completes at once).
+    let partners = match args.target.protocol {
+        Protocol::Grpc => client.clone(),
+        Protocol::Http => Client::connect(&args.target, 256).await,
+    };
+    let (release_time, ok, failed) = release(&partners, &mut parked, ids).await;
+
+    let mut report = serde_json::json!({
+        "mode": "idle",
+        "protocol": format!("{:?}", args.target.protocol).to_lowercase(),
+        "waiters": args.waiters,
+        "connections": connections,
+        "park_seconds": park_time.as_secs_f64(),
+        "release_seconds": release_time.as_secs_f64(),
+        "answered_ok": ok,
+        "failed": failed,
+    });
+    if let (Some(before), Some(during)) = (before, during) {
+        let delta = during.rss_bytes.saturating_sub(before.rss_bytes);
+        report["server_rss_before_bytes"] = before.rss_bytes.into();
+        report["server_rss_parked_bytes"] = during.rss_bytes.into();
+        report["bytes_per_parked_caller"] = (delta as f64 / args.waiters as f64).into();
+    }
+    report
+}
