@@ -10,6 +10,11 @@ const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:3030";
 const DEFAULT_MAX_WAIT: &str = "10s";
 const DEFAULT_MAX_PAYLOAD: &str = "64KiB";
 const DEFAULT_SHUTDOWN_GRACE: &str = "5s";
+const DEFAULT_HTTP2_MAX_STREAMS: u32 = 32_768;
+const DEFAULT_HTTP2_CONNECTION_WINDOW: &str = "16MiB";
+const DEFAULT_HTTP2_STREAM_WINDOW: &str = "1MiB";
+const DEFAULT_HTTP2_KEEPALIVE_INTERVAL: &str = "20s";
+const DEFAULT_HTTP2_KEEPALIVE_TIMEOUT: &str = "20s";
 
 /// The largest `--max-payload` accepted: payloads are meant to be small, and
 /// every parked caller can hold one in memory.
@@ -44,6 +49,42 @@ pub struct Config {
     /// callers were answered UNAVAILABLE, before closing them anyway.
     #[arg(long, env = "RENDEZVOUS_SHUTDOWN_GRACE", default_value = DEFAULT_SHUTDOWN_GRACE, value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
+
+    /// HTTP/2 settings, for both listeners.
+    #[command(flatten)]
+    pub http2: Http2Config,
+}
+
+/// HTTP/2 settings. Callers park tens of thousands of calls on one or a few
+/// connections, so the defaults are sized for that, not for hyper's 200
+/// streams per connection.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct Http2Config {
+    /// Most calls one HTTP/2 connection may have open at once. Further calls
+    /// wait in the client until one finishes.
+    #[arg(long = "http2-max-streams", env = "RENDEZVOUS_HTTP2_MAX_STREAMS", default_value_t = DEFAULT_HTTP2_MAX_STREAMS, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_streams: u32,
+
+    /// HTTP/2 connection flow-control window (64KiB to 1GiB). It also sizes
+    /// h2's budget for small DATA frames (half the window): too small, and a
+    /// burst of thousands of calls on one connection is refused with GOAWAY
+    /// ENHANCE_YOUR_CALM.
+    #[arg(long = "http2-connection-window", env = "RENDEZVOUS_HTTP2_CONNECTION_WINDOW", default_value = DEFAULT_HTTP2_CONNECTION_WINDOW, value_parser = window_size)]
+    pub connection_window: u32,
+
+    /// HTTP/2 per-call flow-control window (64KiB to 1GiB).
+    #[arg(long = "http2-stream-window", env = "RENDEZVOUS_HTTP2_STREAM_WINDOW", default_value = DEFAULT_HTTP2_STREAM_WINDOW, value_parser = window_size)]
+    pub stream_window: u32,
+
+    /// How long a connection may be silent before the server PINGs it. A live
+    /// client answers at once, however long its calls are parked; a peer that
+    /// vanished does not, and its connection (and its callers) are dropped.
+    #[arg(long = "http2-keepalive-interval", env = "RENDEZVOUS_HTTP2_KEEPALIVE_INTERVAL", default_value = DEFAULT_HTTP2_KEEPALIVE_INTERVAL, value_parser = positive_duration)]
+    pub keepalive_interval: Duration,
+
+    /// How long to wait for a PING's answer before closing the connection.
+    #[arg(long = "http2-keepalive-timeout", env = "RENDEZVOUS_HTTP2_KEEPALIVE_TIMEOUT", default_value = DEFAULT_HTTP2_KEEPALIVE_TIMEOUT, value_parser = positive_duration)]
+    pub keepalive_timeout: Duration,
 }
 
 /// How log lines are written.
@@ -66,7 +107,33 @@ impl Default for Config {
             log_format: LogFormat::Text,
             shutdown_grace: humantime::parse_duration(DEFAULT_SHUTDOWN_GRACE)
                 .expect("valid default"),
+            http2: Http2Config::default(),
         }
+    }
+}
+
+impl Default for Http2Config {
+    fn default() -> Self {
+        Self {
+            max_concurrent_streams: DEFAULT_HTTP2_MAX_STREAMS,
+            connection_window: window_size(DEFAULT_HTTP2_CONNECTION_WINDOW).expect("valid default"),
+            stream_window: window_size(DEFAULT_HTTP2_STREAM_WINDOW).expect("valid default"),
+            keepalive_interval: positive_duration(DEFAULT_HTTP2_KEEPALIVE_INTERVAL)
+                .expect("valid default"),
+            keepalive_timeout: positive_duration(DEFAULT_HTTP2_KEEPALIVE_TIMEOUT)
+                .expect("valid default"),
+        }
+    }
+}
+
+fn window_size(value: &str) -> Result<u32, String> {
+    let size: bytesize::ByteSize = value
+        .parse()
+        .map_err(|e| format!("{e}; use a size such as 1MiB or 16MiB"))?;
+    match u32::try_from(size.as_u64()) {
+        // HTTP/2 windows are 31-bit; below 64KiB is below the protocol default.
+        Ok(n) if (65_535..=(1 << 30)).contains(&n) => Ok(n),
+        _ => Err(format!("{size} is outside 64KiB to 1GiB")),
     }
 }
 
@@ -100,6 +167,11 @@ mod tests {
         assert_eq!(c.max_wait, Duration::from_secs(10));
         assert_eq!(c.max_payload, 65536);
         assert_eq!(c.shutdown_grace, Duration::from_secs(5));
+        assert_eq!(c.http2.max_concurrent_streams, 32_768);
+        assert_eq!(c.http2.connection_window, 16 << 20);
+        assert_eq!(c.http2.stream_window, 1 << 20);
+        assert_eq!(c.http2.keepalive_interval, Duration::from_secs(20));
+        assert_eq!(c.http2.keepalive_timeout, Duration::from_secs(20));
     }
 
     #[test]
@@ -122,6 +194,9 @@ mod tests {
             &["rendezvous", "--max-payload=lots"],
             &["rendezvous", "--log-format=xml"],
             &["rendezvous", "--grpc-addr=localhost"],
+            &["rendezvous", "--http2-max-streams=0"],
+            &["rendezvous", "--http2-connection-window=1KiB"],
+            &["rendezvous", "--http2-keepalive-interval=0s"],
         ] {
             assert!(Config::try_parse_from(bad).is_err(), "{bad:?}");
         }

@@ -6,7 +6,7 @@
 //! `text/plain; charset=utf-8`. `Accept: application/json` opts into a JSON
 //! body with the response fields, in proto3's JSON mapping.
 
-use std::{borrow::Cow, sync::Arc, time::Duration};
+use std::{borrow::Cow, convert::Infallible, sync::Arc, time::Duration};
 
 use base64::Engine as _;
 use bytes::Bytes;
@@ -64,45 +64,45 @@ impl Gateway {
 
     /// Answers one request. Never fails: every error becomes a response with
     /// a body that says what is wrong.
-    pub async fn handle<B>(&self, request: Request<B>) -> Response<Full<Bytes>>
+    ///
+    /// Not an `async fn`: the request's head is read and dropped before the
+    /// returned future exists, so that a parked caller's future holds only
+    /// what the call needs (id, wait, body), not the whole request.
+    pub fn handle<B>(
+        &self,
+        request: Request<B>,
+    ) -> impl Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send + use<B>
     where
-        B: http_body::Body<Data = Bytes>,
+        B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
         let json = wants_json(request.headers());
-        let result = match request.uri().path() {
-            "/healthz" => self.probe(request.method(), "/healthz", true),
-            "/readyz" => self.probe(request.method(), "/readyz", self.health.is_ready()),
-            path if path.starts_with(ROUTE) => self.rendezvous(request).await,
-            _ => Err(HttpError::NotFound),
-        };
-        result.unwrap_or_else(|error| error.into_response(json))
-    }
-
-    fn probe(
-        &self,
-        method: &Method,
-        path: &'static str,
-        up: bool,
-    ) -> Result<Response<Full<Bytes>>, HttpError> {
-        if method != Method::GET && method != Method::HEAD {
-            return Err(HttpError::MethodNotAllowed {
-                method: method.clone(),
-                path,
-                allow: "GET, HEAD",
-            });
+        let route = self.route(request);
+        let service = self.service.clone();
+        async move {
+            let result = match route {
+                Ok(Route::Answered(response)) => Ok(response),
+                Ok(Route::Rendezvous { id, wait, body }) => {
+                    rendezvous(&service, id, wait, body, json).await
+                }
+                Err(error) => Err(error),
+            };
+            Ok(result.unwrap_or_else(|error| error.into_response(json)))
         }
-        Ok(match up {
-            true => text(StatusCode::OK, "OK"),
-            false => text(StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
-        })
     }
 
-    async fn rendezvous<B>(&self, request: Request<B>) -> Result<Response<Full<Bytes>>, HttpError>
-    where
-        B: http_body::Body<Data = Bytes>,
-        B::Error: std::error::Error + Send + Sync + 'static,
-    {
+    /// Everything that can be decided from the request's head.
+    fn route<B>(&self, request: Request<B>) -> Result<Route<B>, HttpError> {
+        let path = request.uri().path();
+        if path == "/healthz" {
+            return self.probe(request.method(), "/healthz", true);
+        }
+        if path == "/readyz" {
+            return self.probe(request.method(), "/readyz", self.health.is_ready());
+        }
+        let Some(segment) = path.strip_prefix(ROUTE) else {
+            return Err(HttpError::NotFound);
+        };
         if request.method() != Method::POST {
             return Err(HttpError::MethodNotAllowed {
                 method: request.method().clone(),
@@ -110,7 +110,6 @@ impl Gateway {
                 allow: "POST",
             });
         }
-        let segment = &request.uri().path()[ROUTE.len()..];
         if segment.contains('/') {
             return Err(HttpError::NotFound);
         }
@@ -119,16 +118,62 @@ impl Gateway {
             .map_err(|_| HttpError::IdNotUtf8)?
             .into_owned();
         let wait = requested_wait(request.uri().query())?;
-        let json = wants_json(request.headers());
-
-        let limit = self.service.limits().max_payload;
-        let payload = read_body(request.into_body(), limit).await?;
-        let meeting = self.service.call(Protocol::Http, id, payload, wait).await?;
-        Ok(match json {
-            true => json_response(StatusCode::OK, &JsonMeeting::from(meeting)),
-            false => text(StatusCode::OK, "Synced"),
+        Ok(Route::Rendezvous {
+            id,
+            wait,
+            body: request.into_body(),
         })
     }
+
+    fn probe<B>(
+        &self,
+        method: &Method,
+        path: &'static str,
+        up: bool,
+    ) -> Result<Route<B>, HttpError> {
+        if method != Method::GET && method != Method::HEAD {
+            return Err(HttpError::MethodNotAllowed {
+                method: method.clone(),
+                path,
+                allow: "GET, HEAD",
+            });
+        }
+        Ok(Route::Answered(match up {
+            true => text(StatusCode::OK, "OK"),
+            false => text(StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
+        }))
+    }
+}
+
+/// What is left of a request once its head has been read.
+enum Route<B> {
+    /// A probe, answered from the head alone.
+    Answered(Response<Full<Bytes>>),
+    /// A rendezvous call: the body is the payload.
+    Rendezvous {
+        id: String,
+        wait: Option<Duration>,
+        body: B,
+    },
+}
+
+async fn rendezvous<B>(
+    service: &Rendezvous<LocalEngine>,
+    id: String,
+    wait: Option<Duration>,
+    body: B,
+    json: bool,
+) -> Result<Response<Full<Bytes>>, HttpError>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let payload = read_body(body, service.limits().max_payload).await?;
+    let meeting = service.call(Protocol::Http, id, payload, wait).await?;
+    Ok(match json {
+        true => json_response(StatusCode::OK, &JsonMeeting::from(meeting)),
+        false => text(StatusCode::OK, "Synced"),
+    })
 }
 
 /// `?wait=<duration>`; other query parameters are ignored, as they always were.
@@ -149,12 +194,17 @@ where
     B: http_body::Body<Data = Bytes>,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
-    // A declared length over the limit is refused before reading a byte.
-    if let Some(size) = body.size_hint().exact() {
-        let size = usize::try_from(size).unwrap_or(usize::MAX);
-        if size > limit {
-            return Err(CallError::PayloadTooLarge { size, limit }.into());
+    // A declared length over the limit is refused before reading a byte; an
+    // empty body (the legacy callers' usual) needs no reading at all.
+    match body.size_hint().exact() {
+        Some(0) => return Ok(Bytes::new()),
+        Some(size) => {
+            let size = usize::try_from(size).unwrap_or(usize::MAX);
+            if size > limit {
+                return Err(CallError::PayloadTooLarge { size, limit }.into());
+            }
         }
+        None => {}
     }
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
@@ -339,7 +389,7 @@ mod tests {
             let gateway = gateway.clone();
             async move {
                 let request = Request::get(path).body(Full::new(Bytes::new())).unwrap();
-                let response = gateway.handle(request).await;
+                let Ok(response) = gateway.handle(request).await;
                 let status = response.status();
                 let body = response.into_body().collect().await.unwrap().to_bytes();
                 (status.as_u16(), String::from_utf8(body.to_vec()).unwrap())

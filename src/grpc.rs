@@ -1,70 +1,272 @@
-//! The gRPC adapter: `rendezvous.v1.Sync` on top of [`Rendezvous`].
+//! The gRPC port: `rendezvous.v1.Sync/WaitForSecondParty` on top of
+//! [`Rendezvous`], and tonic's health and reflection services beside it.
 //!
-//! Its two jobs are the caller's deadline and the mapping of [`CallError`] to
-//! [`Status`]. The deadline is handled here rather than by tonic's timeout
-//! layer because that layer answers `CANCELLED "Timeout expired"` (status 1)
-//! when `grpc-timeout` fires; callers must see `DEADLINE_EXCEEDED` (status 4),
-//! and the server, not the network, must decide the outcome.
+//! The rendezvous method is served by a lean handler of its own rather than
+//! by tonic's generated server, for three reasons:
+//! - a parked call must cost little memory, and tonic's unary path boxes a
+//!   future of about 1.6 KiB (plus our own, plus axum's routing) per call,
+//!   for as long as the call waits;
+//! - tonic's timeout layer answers `CANCELLED "Timeout expired"` (status 1)
+//!   when `grpc-timeout` fires; callers must see `DEADLINE_EXCEEDED`
+//!   (status 4), decided by the server a little before their deadline;
+//! - a payload over the limit must be `INVALID_ARGUMENT` whatever its size.
+//!
+//! A unary gRPC call is small enough to handle directly: one length-prefixed
+//! protobuf message in, one out, and the status in the trailers. Everything
+//! else on the port (health, reflection) goes to tonic unchanged.
 
-use std::time::Duration;
+use std::{convert::Infallible, pin::Pin, time::Duration};
 
-use tonic::{Request, Response, Status, metadata::MetadataMap};
+use bytes::{BufMut, Bytes};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, LengthLimitError, Limited, StreamBody};
+use hyper::body::{Frame, Incoming};
+use prost::Message;
+use tonic::{Status, codegen::Service, service::Routes};
 
 use crate::{
     pairing::{LocalEngine, Meeting, PairError, Role},
-    proto::{self, sync_server::SyncServer},
+    proto,
     service::{CallError, Protocol, Rendezvous},
 };
+
+/// The rendezvous method's path on the wire.
+pub const WAIT_FOR_SECOND_PARTY: &str = "/rendezvous.v1.Sync/WaitForSecondParty";
 
 /// Room left for encoding and sending a `DEADLINE_EXCEEDED` answer before the
 /// caller's own deadline: a twentieth of its timeout, at most this much.
 const MAX_DEADLINE_MARGIN: Duration = Duration::from_millis(50);
 
-/// How much bigger than `--max-payload` a request message may be before tonic
-/// refuses to decode it: room for the id (at most 256 bytes) and the framing.
+/// How much bigger than `--max-payload` a request message may be: room for
+/// the id (at most 256 bytes) and the protobuf framing.
 pub const MESSAGE_OVERHEAD: usize = 1024;
 
-/// The `rendezvous.v1.Sync` service, ready to add to a router.
-pub fn server(service: Rendezvous<LocalEngine>) -> SyncServer<GrpcSync> {
-    let limit = service.limits().max_payload + MESSAGE_OVERHEAD;
-    SyncServer::new(GrpcSync(service)).max_decoding_message_size(limit)
+/// Serves every request on the gRPC port. Cheap to clone per connection.
+#[derive(Debug, Clone)]
+pub struct GrpcService {
+    service: Rendezvous<LocalEngine>,
+    /// Health, reflection, and an `UNIMPLEMENTED` answer for anything else.
+    routes: Routes,
 }
 
-/// The tonic implementation of `rendezvous.v1.Sync`.
-#[derive(Debug, Clone)]
-pub struct GrpcSync(Rendezvous<LocalEngine>);
+/// Everything that can go wrong with a call, mapped to a [`Status`] in one
+/// place.
+#[derive(Debug, thiserror::Error)]
+enum GrpcError {
+    #[error(transparent)]
+    Call(#[from] CallError),
+    #[error(
+        "grpc-timeout header {0:?} is malformed: expected 1 to 8 digits and a unit \
+         (H, M, S, m, u or n), as in \"500m\""
+    )]
+    BadTimeout(HeaderValue),
+    #[error(
+        "compressed requests are not supported; send them uncompressed (grpc-encoding: identity)"
+    )]
+    Compressed,
+    #[error(
+        "request message is over {limit} bytes: the payload limit is {payload_limit} bytes (--max-payload)"
+    )]
+    TooLarge { limit: usize, payload_limit: usize },
+    #[error("request is not one gRPC message: {0}")]
+    Framing(&'static str),
+    #[error("request is not a valid rendezvous.v1.WaitForSecondPartyRequest: {0}")]
+    Decode(#[from] prost::DecodeError),
+    #[error("could not read the request: {0}")]
+    Body(String),
+}
 
-#[tonic::async_trait]
-impl proto::sync_server::Sync for GrpcSync {
-    async fn wait_for_second_party(
-        &self,
-        request: Request<proto::WaitForSecondPartyRequest>,
-    ) -> Result<Response<proto::WaitForSecondPartyResponse>, Status> {
-        let wait = caller_wait(request.metadata())?;
-        // Let the metadata go now: it would otherwise stay alive, per parked
-        // caller, for the whole wait.
-        let proto::WaitForSecondPartyRequest { id, payload } = request.into_inner();
-        let meeting = self.0.call(Protocol::Grpc, id, payload, wait).await?;
-        Ok(Response::new(meeting.into()))
+impl From<GrpcError> for Status {
+    fn from(error: GrpcError) -> Self {
+        let message = error.to_string();
+        match error {
+            GrpcError::Call(CallError::InvalidId(_) | CallError::PayloadTooLarge { .. })
+            | GrpcError::BadTimeout(_)
+            | GrpcError::TooLarge { .. }
+            | GrpcError::Framing(_)
+            | GrpcError::Decode(_) => Status::invalid_argument(message),
+            GrpcError::Call(CallError::Pair(PairError::TimedOut { .. })) => {
+                Status::deadline_exceeded(message)
+            }
+            GrpcError::Call(CallError::Pair(PairError::ShuttingDown)) => {
+                Status::unavailable(message)
+            }
+            GrpcError::Compressed => Status::unimplemented(message),
+            GrpcError::Body(_) => Status::cancelled(message),
+        }
     }
+}
+
+impl GrpcService {
+    /// The gRPC port's service: `service` for the rendezvous method, `routes`
+    /// for the rest.
+    pub fn new(service: Rendezvous<LocalEngine>, routes: Routes) -> Self {
+        Self { service, routes }
+    }
+
+    /// Answers one request. The rendezvous method is handled here; anything
+    /// else goes to tonic.
+    ///
+    /// Not an `async fn`: the request is taken apart before the returned
+    /// future exists, so that a parked call's future holds only its body's
+    /// handle, not the whole request (see [`Call`]).
+    pub fn handle(
+        &self,
+        request: Request<Incoming>,
+    ) -> impl Future<Output = Result<Response<tonic::body::Body>, Infallible>> + Send + use<> {
+        let call = self.accept(request);
+        let service = self.service.clone();
+        // Returned as is, not wrapped in another `async` block by the caller:
+        // awaiting a future inside another one stores it twice (rustc #62958),
+        // which doubled what each parked call cost.
+        async move {
+            match call {
+                Call::Wait { wait, body } => {
+                    Ok(respond(wait_for_second_party(&service, wait, body).await))
+                }
+                Call::Other(future) => future.await,
+                Call::Refused(response) => Ok(response),
+            }
+        }
+    }
+
+    /// Routes a request and checks its headers, keeping only what the call
+    /// needs from here on.
+    fn accept(&self, request: Request<Incoming>) -> Call {
+        if request.uri().path() != WAIT_FOR_SECOND_PARTY {
+            // Boxed: tonic's routing future is large, and inline it would
+            // make every parked rendezvous call as large.
+            return Call::Other(Box::pin(self.routes.clone().call(request)));
+        }
+        if !is_grpc(request.headers()) {
+            let mut response = Response::new(tonic::body::Body::empty());
+            *response.status_mut() = StatusCode::UNSUPPORTED_MEDIA_TYPE;
+            return Call::Refused(response);
+        }
+        let wait = match caller_wait(request.headers()) {
+            Ok(wait) => wait,
+            Err(error) => return Call::Refused(Status::from(error).into_http()),
+        };
+        if request
+            .headers()
+            .get("grpc-encoding")
+            .is_some_and(|e| e != "identity")
+        {
+            return Call::Refused(Status::from(GrpcError::Compressed).into_http());
+        }
+        Call::Wait {
+            wait,
+            body: request.into_body(),
+        }
+    }
+}
+
+/// What is left of a request once its headers have been read.
+enum Call {
+    /// The rendezvous method: the caller's wait, and the body to read.
+    Wait {
+        wait: Option<Duration>,
+        body: Incoming,
+    },
+    /// Health or reflection, already handed to tonic.
+    Other(Pin<Box<dyn Future<Output = Result<Response<tonic::body::Body>, Infallible>> + Send>>),
+    /// Answered without reading the body.
+    Refused(Response<tonic::body::Body>),
+}
+
+/// The answer to a rendezvous call. Kept out of the `async` block that awaits
+/// the call, so that building it adds nothing to the future a parked call
+/// keeps alive.
+fn respond(result: Result<Meeting, GrpcError>) -> Response<tonic::body::Body> {
+    match result {
+        Ok(meeting) => ok_response(&proto::WaitForSecondPartyResponse::from(meeting)),
+        Err(error) => Status::from(error).into_http(),
+    }
+}
+
+async fn wait_for_second_party(
+    service: &Rendezvous<LocalEngine>,
+    wait: Option<Duration>,
+    body: Incoming,
+) -> Result<Meeting, GrpcError> {
+    let message = read_message(body, service.limits().max_payload).await?;
+    let proto::WaitForSecondPartyRequest { id, payload } =
+        proto::WaitForSecondPartyRequest::decode(message)?;
+    Ok(service.call(Protocol::Grpc, id, payload, wait).await?)
+}
+
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
+}
+
+/// Reads a unary request body: one uncompressed, length-prefixed message.
+async fn read_message(body: Incoming, payload_limit: usize) -> Result<Bytes, GrpcError> {
+    let limit = payload_limit + MESSAGE_OVERHEAD + 5;
+    let mut bytes = match Limited::new(body, limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<LengthLimitError>() => {
+            return Err(GrpcError::TooLarge {
+                limit: limit - 5,
+                payload_limit,
+            });
+        }
+        Err(e) => return Err(GrpcError::Body(e.to_string())),
+    };
+    if bytes.len() < 5 {
+        return Err(GrpcError::Framing(
+            "it is shorter than the 5-byte message prefix",
+        ));
+    }
+    let prefix = bytes.split_to(5);
+    if prefix[0] != 0 {
+        return Err(GrpcError::Compressed);
+    }
+    let len = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
+    match len.cmp(&bytes.len()) {
+        std::cmp::Ordering::Equal => Ok(bytes),
+        std::cmp::Ordering::Greater => Err(GrpcError::Framing("the message is cut short")),
+        std::cmp::Ordering::Less => Err(GrpcError::Framing(
+            "a unary call carries exactly one message",
+        )),
+    }
+}
+
+/// A successful answer: the message, then `grpc-status: 0` in the trailers.
+fn ok_response(message: &proto::WaitForSecondPartyResponse) -> Response<tonic::body::Body> {
+    let len = message.encoded_len();
+    let mut data = Vec::with_capacity(5 + len);
+    data.put_u8(0);
+    data.put_u32(len as u32);
+    message
+        .encode(&mut data)
+        .expect("a Vec with the exact capacity has room");
+    let mut trailers = HeaderMap::with_capacity(1);
+    trailers.insert("grpc-status", HeaderValue::from_static("0"));
+    let frames: [Result<Frame<Bytes>, Infallible>; 2] =
+        [Ok(Frame::data(data.into())), Ok(Frame::trailers(trailers))];
+    let body = StreamBody::new(tokio_stream::iter(frames));
+    let mut response = Response::new(tonic::body::Body::new(body));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    response
 }
 
 /// How long the caller can wait, from its `grpc-timeout` header, less the
 /// margin the server needs to answer in time. `None` if it set no deadline.
-fn caller_wait(metadata: &MetadataMap) -> Result<Option<Duration>, Status> {
-    let Some(header) = metadata.get("grpc-timeout") else {
+fn caller_wait(headers: &HeaderMap) -> Result<Option<Duration>, GrpcError> {
+    let Some(header) = headers.get("grpc-timeout") else {
         return Ok(None);
     };
     let timeout = header
         .to_str()
         .ok()
         .and_then(parse_grpc_timeout)
-        .ok_or_else(|| {
-            Status::invalid_argument(format!(
-                "grpc-timeout header {header:?} is malformed: expected 1 to 8 digits and a unit \
-                 (H, M, S, m, u or n), as in \"500m\""
-            ))
-        })?;
+        .ok_or_else(|| GrpcError::BadTimeout(header.clone()))?;
     let margin = (timeout / 20).min(MAX_DEADLINE_MARGIN);
     Ok(Some(timeout - margin))
 }
@@ -86,19 +288,6 @@ pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
         "n" => Duration::from_nanos(n),
         _ => return None,
     })
-}
-
-impl From<CallError> for Status {
-    fn from(error: CallError) -> Self {
-        let message = error.to_string();
-        match error {
-            CallError::InvalidId(_) | CallError::PayloadTooLarge { .. } => {
-                Status::invalid_argument(message)
-            }
-            CallError::Pair(PairError::TimedOut { .. }) => Status::deadline_exceeded(message),
-            CallError::Pair(PairError::ShuttingDown) => Status::unavailable(message),
-        }
-    }
 }
 
 impl From<Role> for proto::Role {
@@ -153,7 +342,7 @@ mod tests {
 
     #[test]
     fn the_server_answers_before_the_callers_deadline() {
-        let mut metadata = MetadataMap::new();
+        let mut metadata = HeaderMap::new();
         assert_eq!(caller_wait(&metadata).unwrap(), None);
         metadata.insert("grpc-timeout", "200m".parse().unwrap());
         assert_eq!(
@@ -166,7 +355,7 @@ mod tests {
             Some(Duration::from_millis(9950))
         );
         metadata.insert("grpc-timeout", "soon".parse().unwrap());
-        let status = caller_wait(&metadata).unwrap_err();
+        let status = Status::from(caller_wait(&metadata).unwrap_err());
         assert_eq!(status.code(), tonic::Code::InvalidArgument);
         assert!(
             status.message().contains("grpc-timeout"),
@@ -178,7 +367,7 @@ mod tests {
     #[test]
     fn errors_map_to_the_documented_codes() {
         use crate::pairing::IdError;
-        let code = |e: CallError| Status::from(e).code();
+        let code = |e: CallError| Status::from(GrpcError::from(e)).code();
         assert_eq!(code(IdError::Empty.into()), tonic::Code::InvalidArgument);
         assert_eq!(
             code(CallError::PayloadTooLarge { size: 2, limit: 1 }),

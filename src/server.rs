@@ -12,13 +12,15 @@
 //! `UNAVAILABLE` (HTTP 503); open connections get `--shutdown-grace` to
 //! finish, and are then closed.
 
-use std::{convert::Infallible, future::Future, io, net::SocketAddr, sync::Arc, time::Duration};
+use std::{future::Future, io, net::SocketAddr, sync::Arc, time::Duration};
 
-use hyper::service::service_fn;
+use hyper::{
+    server::conn::{http1::Builder as Http1Builder, http2::Builder as Http2Builder},
+    service::service_fn,
+};
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::{conn::auto, graceful::GracefulConnection},
-    service::TowerToHyperService,
+    server::graceful::GracefulConnection,
 };
 use tokio::{
     net::{TcpListener, TcpStream},
@@ -28,9 +30,9 @@ use tokio::{
 use tonic::service::Routes;
 
 use crate::{
-    config::Config,
+    config::{Config, Http2Config},
     gateway::Gateway,
-    grpc,
+    grpc::GrpcService,
     health::Health,
     pairing::{Engine, LocalEngine},
     proto,
@@ -136,10 +138,10 @@ impl Application {
         let health = Arc::new(health);
 
         let routes = Routes::new(health_server)
-            .add_service(grpc::server(service.clone()))
             .add_service(reflection().build_v1()?)
             .add_service(reflection().build_v1alpha()?)
             .prepare();
+        let grpc_service = Arc::new(GrpcService::new(service.clone(), routes));
         let gateway = Arc::new(Gateway::new(service, health.clone()));
 
         tracing::info!(
@@ -158,12 +160,12 @@ impl Application {
                 () = &mut shutdown => break,
                 accepted = grpc.accept() => {
                     if let Some(stream) = accepted_stream(accepted).await {
-                        connections.spawn(serve_grpc(stream, routes.clone(), stopping.clone()));
+                        connections.spawn(serve_grpc(stream, grpc_service.clone(), config.http2, stopping.clone()));
                     }
                 }
                 accepted = http.accept() => {
                     if let Some(stream) = accepted_stream(accepted).await {
-                        connections.spawn(serve_http(stream, gateway.clone(), stopping.clone()));
+                        connections.spawn(serve_http(stream, gateway.clone(), config.http2, stopping.clone()));
                     }
                 }
                 // Reap finished connections so the set does not grow forever.
@@ -235,23 +237,73 @@ async fn accepted_stream(accepted: io::Result<(TcpStream, SocketAddr)>) -> Optio
     }
 }
 
-async fn serve_grpc(stream: TcpStream, routes: Routes, stopping: watch::Receiver<bool>) {
-    let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+/// Applies `--http2-*` to a connection builder; both listeners share them.
+fn configure_http2(builder: &mut Http2Builder<TokioExecutor>, settings: &Http2Config) {
+    builder
         .timer(TokioTimer::new())
-        .serve_connection(TokioIo::new(stream), TowerToHyperService::new(routes));
+        .max_concurrent_streams(settings.max_concurrent_streams)
+        .initial_connection_window_size(settings.connection_window)
+        .initial_stream_window_size(settings.stream_window)
+        .keep_alive_interval(settings.keepalive_interval)
+        .keep_alive_timeout(settings.keepalive_timeout);
+}
+
+async fn serve_grpc(
+    stream: TcpStream,
+    grpc: Arc<GrpcService>,
+    settings: Http2Config,
+    stopping: watch::Receiver<bool>,
+) {
+    let service = service_fn(move |request| grpc.handle(request));
+    let mut builder = Http2Builder::new(TokioExecutor::new());
+    configure_http2(&mut builder, &settings);
+    let connection = builder.serve_connection(TokioIo::new(stream), service);
     drive(connection, stopping).await;
 }
 
-async fn serve_http(stream: TcpStream, gateway: Arc<Gateway>, stopping: watch::Receiver<bool>) {
-    let service = service_fn(move |request| {
-        let gateway = gateway.clone();
-        async move { Ok::<_, Infallible>(gateway.handle(request).await) }
-    });
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new());
-    builder.http2().timer(TokioTimer::new());
-    let connection = builder.serve_connection(TokioIo::new(stream), service);
-    drive(connection, stopping).await;
+async fn serve_http(
+    stream: TcpStream,
+    gateway: Arc<Gateway>,
+    settings: Http2Config,
+    stopping: watch::Receiver<bool>,
+) {
+    let service = service_fn(move |request| gateway.handle(request));
+    if speaks_http2(&stream).await {
+        // Boxed: HTTP/2 is rare on this port, and its connection state inline
+        // would make every HTTP/1.1 connection (one per parked legacy caller)
+        // that much larger.
+        let mut builder = Http2Builder::new(TokioExecutor::new());
+        configure_http2(&mut builder, &settings);
+        let connection = builder.serve_connection(TokioIo::new(stream), service);
+        Box::pin(drive(connection, stopping)).await;
+    } else {
+        let connection = Http1Builder::new()
+            .timer(TokioTimer::new())
+            // hyper's minimum: it caps the request head (and each buffered
+            // read) at 8 KiB instead of letting the read buffer double to 16.
+            .max_buf_size(8192)
+            .serve_connection(TokioIo::new(stream), service);
+        drive(connection, stopping).await;
+    }
+}
+
+/// Whether a connection opens with HTTP/2's prior-knowledge preface, which
+/// starts "PRI " (no HTTP/1.1 method is PRI). Peeks, so nothing is consumed.
+async fn speaks_http2(stream: &TcpStream) -> bool {
+    const PREFACE_START: &[u8] = b"PRI ";
+    let mut start = [0u8; PREFACE_START.len()];
+    // peek returns at once while anything is buffered, so a preface split
+    // across packets is waited for with short pauses, a bounded number of
+    // times; the HTTP/1.1 header timeout deals with anything slower.
+    for _ in 0..100 {
+        match stream.peek(&mut start).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) if start[..n] != PREFACE_START[..n] => return false,
+            Ok(n) if n == PREFACE_START.len() => return true,
+            Ok(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+    false
 }
 
 /// Runs a connection to its end, asking it to finish gracefully (GOAWAY, or
@@ -263,6 +315,7 @@ where
 {
     tokio::pin!(connection);
     let result = tokio::select! {
+        biased;
         result = connection.as_mut() => result,
         // The flag only ever goes from false to true, so any change means stop.
         _ = stopping.changed() => {

@@ -274,12 +274,12 @@ async fn bad_inputs_are_invalid_argument_with_a_message() {
         "payload is 65537 bytes; the limit is 65536 bytes (--max-payload)"
     );
 
-    // Far over the limit, tonic refuses the message before decoding it.
+    // Far over the limit, the request is refused before it is all read.
     let huge = call("huge".into(), vec![0; 1 << 20]).await;
-    assert_eq!(huge.code(), Code::OutOfRange, "{huge:?}");
-    assert!(
-        huge.message().contains("message length too large"),
-        "{huge:?}"
+    assert_eq!(huge.code(), Code::InvalidArgument, "{huge:?}");
+    assert_eq!(
+        huge.message(),
+        "request message is over 66560 bytes: the payload limit is 65536 bytes (--max-payload)"
     );
 
     // Exactly at the limits is fine: it waits (and times out) like any call.
@@ -366,4 +366,73 @@ async fn pairs_straddling_the_deadline_are_decided_once() {
     }
     eprintln!("{paired} of {PAIRS} pairs met; the rest timed out on both sides");
     server.parked(0).await;
+}
+
+/// Requests a generated client would never send, but a hand-rolled one might.
+#[tokio::test]
+async fn malformed_grpc_requests_get_a_status_that_says_why() {
+    let server = TestServer::start().await;
+    let message = WaitForSecondPartyRequest {
+        id: "x".into(),
+        payload: Bytes::new(),
+    };
+    type Headers = &'static [(&'static str, &'static str)];
+    let cases: [(Headers, Vec<u8>, &str, &str); 5] = [
+        (
+            &[("grpc-encoding", "gzip")],
+            common::grpc_frame(0, &message),
+            "12",
+            "compressed requests are not supported; send them uncompressed (grpc-encoding: identity)",
+        ),
+        (
+            &[],
+            common::grpc_frame(1, &message),
+            "12",
+            "compressed requests are not supported; send them uncompressed (grpc-encoding: identity)",
+        ),
+        (
+            &[],
+            vec![0, 0, 0],
+            "3",
+            "request is not one gRPC message: it is shorter than the 5-byte message prefix",
+        ),
+        (
+            &[],
+            [
+                common::grpc_frame(0, &message),
+                common::grpc_frame(0, &message),
+            ]
+            .concat(),
+            "3",
+            "request is not one gRPC message: a unary call carries exactly one message",
+        ),
+        (
+            &[],
+            vec![0, 0, 0, 0, 2, 0xff, 0xff],
+            "3",
+            "request is not a valid rendezvous.v1.WaitForSecondPartyRequest: ",
+        ),
+    ];
+    for (headers, body, status, message) in cases {
+        let answer = within(common::raw_grpc_body(server.grpc_addr, headers, body)).await;
+        assert_eq!(answer.grpc_status, status, "{answer:?}");
+        assert!(answer.grpc_message.starts_with(message), "{answer:?}");
+    }
+    assert_eq!(server.waiting(), 0);
+}
+
+#[tokio::test]
+async fn an_unknown_method_is_unimplemented() {
+    let server = TestServer::start().await;
+    let mut client = tonic::client::Grpc::new(server.channel().await);
+    client.ready().await.unwrap();
+    let status = client
+        .unary::<_, WaitForSecondPartyRequest, _>(
+            tonic::Request::new(WaitForSecondPartyRequest::default()),
+            "/rendezvous.v1.Sync/NoSuchMethod".parse().unwrap(),
+            tonic_prost::ProstCodec::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unimplemented);
 }

@@ -310,3 +310,35 @@ async fn probes_answer_while_serving() {
         );
     }
 }
+
+/// The legacy service also spoke HTTP/2 with prior knowledge (h2c) on this
+/// port; so does this one, and a payload at the limit goes through.
+#[tokio::test]
+async fn http2_prior_knowledge_pairs_with_a_payload_at_the_limit() {
+    let server = TestServer::start().await;
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let url = server.url("/wait-for-second-party/h2c");
+    let full = vec![7u8; 64 * 1024];
+    let first = tokio::spawn(h2.post(&url).body(full.clone()).send());
+    server.parked(1).await;
+    let second = h2
+        .post(&url)
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(second.version(), reqwest::Version::HTTP_2);
+    assert_eq!(second.status(), StatusCode::OK);
+    let body: serde_json::Value = serde_json::from_slice(&second.bytes().await.unwrap()).unwrap();
+    use base64::Engine as _;
+    let peer = base64::engine::general_purpose::STANDARD
+        .decode(body["peerPayload"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(peer, full);
+    let first = within(first).await.unwrap().unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    assert_eq!(first.text().await.unwrap(), "Synced");
+}

@@ -90,6 +90,10 @@ struct IdleArgs {
     /// Callers to park.
     #[arg(long, default_value_t = 20_000)]
     waiters: usize,
+    /// How long to keep them parked after measuring, before releasing them:
+    /// time to take a heap profile or a look at the server.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
+    hold: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -482,16 +486,18 @@ async fn idle(args: IdleArgs) -> serde_json::Value {
             Protocol::Grpc => 64,
             Protocol::Http => args.waiters,
         });
-    let client = Client::connect(&args.target, connections).await;
-    // Warm the server's allocator and connection state, so the RSS delta is
-    // what the parked callers cost, not first-use growth.
-    run_pairs(&client, 2_000, 64, "warmup").await;
+    // Warm the server's allocator first, on a few connections of its own, so
+    // that the RSS delta is what the parked callers (and, over HTTP/1.1, their
+    // connections) cost, not first-use growth.
+    let warmup = Client::connect(&args.target, 64).await;
+    run_pairs(&warmup, 2_000, 64, "warmup").await;
     let pid = args.target.server_pid;
     if let Some(pid) = pid {
         quiesce(pid).await;
     }
     let before = pid.map(usage);
 
+    let client = Client::connect(&args.target, connections).await;
     let park_started = Instant::now();
     let (mut parked, ids) = park(&client, args.waiters, "idle");
     if let Some(pid) = pid {
@@ -499,11 +505,12 @@ async fn idle(args: IdleArgs) -> serde_json::Value {
     }
     let park_time = park_started.elapsed();
     let during = pid.map(usage);
+    tokio::time::sleep(args.hold).await;
     // Over HTTP/1.1 the parked callers hold every connection: partners need
     // their own (few: each partner's call completes at once).
     let partners = match args.target.protocol {
         Protocol::Grpc => client.clone(),
-        Protocol::Http => Client::connect(&args.target, 256).await,
+        Protocol::Http => warmup,
     };
     let (release_time, ok, failed) = release(&partners, &mut parked, ids).await;
 

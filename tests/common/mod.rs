@@ -143,6 +143,24 @@ pub async fn raw_grpc_call(
     headers: &'static [(&'static str, &'static str)],
     request: WaitForSecondPartyRequest,
 ) -> RawGrpcAnswer {
+    raw_grpc_body(addr, headers, grpc_frame(0, &request)).await
+}
+
+/// One length-prefixed gRPC message; `flag` 1 claims it is compressed.
+pub fn grpc_frame(flag: u8, message: &WaitForSecondPartyRequest) -> Vec<u8> {
+    let message = message.encode_to_vec();
+    let mut frame = vec![flag];
+    frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&message);
+    frame
+}
+
+/// A bare HTTP/2 gRPC call with any body at all.
+pub async fn raw_grpc_body(
+    addr: SocketAddr,
+    headers: &'static [(&'static str, &'static str)],
+    frame: Vec<u8>,
+) -> RawGrpcAnswer {
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (mut sender, connection) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
@@ -150,10 +168,6 @@ pub async fn raw_grpc_call(
             .unwrap();
     tokio::spawn(connection);
 
-    let message = request.encode_to_vec();
-    let mut frame = vec![0u8];
-    frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
-    frame.extend_from_slice(&message);
     let mut builder = http::Request::post(format!(
         "http://{addr}/rendezvous.v1.Sync/WaitForSecondParty"
     ))
