@@ -11,7 +11,7 @@ const DEFAULT_MAX_WAIT: &str = "10s";
 const DEFAULT_MAX_PAYLOAD: &str = "64KiB";
 const DEFAULT_SHUTDOWN_GRACE: &str = "5s";
 const DEFAULT_HTTP2_MAX_STREAMS: u32 = 32_768;
-const DEFAULT_HTTP2_CONNECTION_WINDOW: &str = "16MiB";
+const DEFAULT_HTTP2_CONNECTION_WINDOW: &str = "64MiB";
 const DEFAULT_HTTP2_STREAM_WINDOW: &str = "1MiB";
 const DEFAULT_HTTP2_KEEPALIVE_INTERVAL: &str = "20s";
 const DEFAULT_HTTP2_KEEPALIVE_TIMEOUT: &str = "20s";
@@ -68,7 +68,8 @@ pub struct Http2Config {
     /// HTTP/2 connection flow-control window (64KiB to 1GiB). It also sizes
     /// h2's budget for small DATA frames (half the window): too small, and a
     /// burst of thousands of calls on one connection is refused with GOAWAY
-    /// ENHANCE_YOUR_CALM.
+    /// ENHANCE_YOUR_CALM. It is credit, not memory: the server reads each
+    /// request as it arrives.
     #[arg(long = "http2-connection-window", env = "RENDEZVOUS_HTTP2_CONNECTION_WINDOW", default_value = DEFAULT_HTTP2_CONNECTION_WINDOW, value_parser = window_size)]
     pub connection_window: u32,
 
@@ -168,7 +169,7 @@ mod tests {
         assert_eq!(c.max_payload, 65536);
         assert_eq!(c.shutdown_grace, Duration::from_secs(5));
         assert_eq!(c.http2.max_concurrent_streams, 32_768);
-        assert_eq!(c.http2.connection_window, 16 << 20);
+        assert_eq!(c.http2.connection_window, 64 << 20);
         assert_eq!(c.http2.stream_window, 1 << 20);
         assert_eq!(c.http2.keepalive_interval, Duration::from_secs(20));
         assert_eq!(c.http2.keepalive_timeout, Duration::from_secs(20));

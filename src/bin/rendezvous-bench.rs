@@ -6,7 +6,8 @@
 //!   the server's CPU per pair and RSS, from /proc.
 //! - `idle`: parks W callers, reads the server's RSS, then releases them all
 //!   by sending their partners; reports bytes per parked caller and the
-//!   release time.
+//!   release time. With `--hold`, it keeps them parked a while first, so that
+//!   another run of `pairs` can measure throughput with them in place.
 //!
 //! Not a test: nothing here asserts a timing. `scripts/bench.sh` runs it.
 
@@ -77,10 +78,6 @@ struct PairsArgs {
     /// Pairs to run first, unmeasured.
     #[arg(long, default_value_t = 2_000)]
     warmup: u64,
-    /// Callers to park before measuring (and release after), to see how
-    /// throughput holds up with many waiting.
-    #[arg(long, default_value_t = 0)]
-    parked: usize,
 }
 
 #[derive(Debug, Args)]
@@ -268,16 +265,18 @@ fn clock_ticks_per_second() -> u64 {
     })
 }
 
-/// Waits until the server has stopped using CPU (no tick for 300 ms), so that
-/// every request sent so far has been handled. Gives up after 60 s.
+/// Waits until the server has settled: no CPU tick and no RSS change for a
+/// whole second, so that every request sent so far has been handled (and
+/// every caller sent so far is parked). Gives up after 120 s.
 async fn quiesce(pid: u32) {
-    let give_up = Instant::now() + Duration::from_secs(60);
-    let mut last = usage(pid).cpu;
+    let give_up = Instant::now() + Duration::from_secs(120);
+    let mut last = usage(pid);
     let mut still = 0;
-    while still < 3 && Instant::now() < give_up {
+    while still < 10 && Instant::now() < give_up {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let now = usage(pid).cpu;
-        still = if now == last { still + 1 } else { 0 };
+        let now = usage(pid);
+        let settled = now.cpu == last.cpu && now.rss_bytes == last.rss_bytes;
+        still = if settled { still + 1 } else { 0 };
         last = now;
     }
 }
@@ -418,37 +417,11 @@ async fn pairs(args: PairsArgs) -> serde_json::Value {
             Protocol::Grpc => 4,
             Protocol::Http => 2 * args.concurrency,
         });
-    let background = if args.parked > 0 {
-        // Their own connections, so that HTTP/1.1 calls in flight still have theirs.
-        let parked_client = Client::connect(
-            &args.target,
-            match args.target.protocol {
-                Protocol::Grpc => connections,
-                Protocol::Http => args.parked,
-            },
-        )
-        .await;
-        let (set, ids) = park(&parked_client, args.parked, "parked");
-        if let Some(pid) = args.target.server_pid {
-            quiesce(pid).await;
-        }
-        Some((parked_client, set, ids))
-    } else {
-        None
-    };
-
     let client = Client::connect(&args.target, connections).await;
     run_pairs(&client, args.warmup, args.concurrency, "warmup").await;
     let before = args.target.server_pid.map(usage);
     let mut stats = run_pairs(&client, args.pairs, args.concurrency, "pair").await;
     let after = args.target.server_pid.map(usage);
-
-    let parked_failed = match background {
-        // Partners go over the measuring client's connections: over HTTP/1.1
-        // the parked callers hold every one of their own.
-        Some((_parked_client, mut set, ids)) => release(&client, &mut set, ids).await.2,
-        None => 0,
-    };
 
     stats.latencies.sort_unstable();
     let l = &stats.latencies;
@@ -458,8 +431,6 @@ async fn pairs(args: PairsArgs) -> serde_json::Value {
         "pairs": args.pairs,
         "concurrency": args.concurrency,
         "connections": connections,
-        "parked_in_background": args.parked,
-        "parked_failed": parked_failed,
         "seconds": stats.elapsed.as_secs_f64(),
         "pairs_per_second": args.pairs as f64 / stats.elapsed.as_secs_f64(),
         "latency_p50_us": micros(percentile(l, 50.0)),
@@ -505,6 +476,9 @@ async fn idle(args: IdleArgs) -> serde_json::Value {
     }
     let park_time = park_started.elapsed();
     let during = pid.map(usage);
+    // For scripts that run other load while these are parked: a line that
+    // says they are all in place.
+    eprintln!("parked {}", args.waiters);
     tokio::time::sleep(args.hold).await;
     // Over HTTP/1.1 the parked callers hold every connection: partners need
     // their own (few: each partner's call completes at once).
