@@ -12,8 +12,9 @@
 //!   place behind [`pairing::Engine`].
 //! - [`service`]: the one call both protocols map onto: validation, the wait
 //!   limit, the per-call span, and the typed [`service::CallError`].
-//! - [`grpc`]: `rendezvous.v1.Sync` in tonic: the caller's `grpc-timeout`,
-//!   and `CallError` to `tonic::Status`.
+//! - [`grpc`]: the gRPC port. `rendezvous.v1.Sync` by a lean handler of its
+//!   own (the caller's `grpc-timeout`, and errors to `tonic::Status`); health
+//!   and reflection by tonic.
 //! - [`gateway`]: the HTTP routes, and `CallError` to HTTP responses.
 //! - [`health`]: gRPC health and `/healthz`, `/readyz`, switched together.
 //! - [`server`]: listeners, connections, reflection, and ordered shutdown.

@@ -268,7 +268,12 @@ async fn serve_http(
     stopping: watch::Receiver<bool>,
 ) {
     let service = service_fn(move |request| gateway.handle(request));
-    if speaks_http2(&stream).await {
+    // hyper's own header timeout only starts once it has the connection; a
+    // peer that sends nothing at all is dropped here after as long.
+    let Ok(http2) = tokio::time::timeout(FIRST_BYTES_TIMEOUT, speaks_http2(&stream)).await else {
+        return;
+    };
+    if http2 {
         // Boxed: HTTP/2 is rare on this port, and its connection state inline
         // would make every HTTP/1.1 connection (one per parked legacy caller)
         // that much larger.
@@ -286,6 +291,10 @@ async fn serve_http(
         drive(connection, stopping).await;
     }
 }
+
+/// How long a new HTTP connection may stay silent: hyper's default timeout
+/// for reading a request head.
+const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Whether a connection opens with HTTP/2's prior-knowledge preface, which
 /// starts "PRI " (no HTTP/1.1 method is PRI). Peeks, so nothing is consumed.

@@ -125,6 +125,15 @@ impl Process {
         within(Self::line_with(&mut self.lines, message)).await
     }
 
+    /// A gRPC connection to the process.
+    async fn channel(&self) -> tonic::transport::Channel {
+        tonic::transport::Channel::from_shared(format!("http://{}", self.grpc))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
     fn signal(&self, name: &str) {
         let pid = self.child.id().unwrap().to_string();
         let status = std::process::Command::new("kill")
@@ -138,11 +147,7 @@ impl Process {
 #[tokio::test]
 async fn sigterm_answers_parked_callers_and_exits_zero_within_the_grace_period() {
     let mut server = Process::start().await;
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.grpc))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = server.channel().await;
     // A health watch never ends on its own: the grace period has to end it.
     let mut watch = HealthClient::new(channel.clone())
         .watch(HealthCheckRequest::default())
@@ -182,12 +187,7 @@ async fn sigterm_answers_parked_callers_and_exits_zero_within_the_grace_period()
 async fn a_second_signal_exits_at_once() {
     let mut server = Process::start().await;
     // Keep a connection open so the first signal has a grace period to wait out.
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.grpc))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let _watch = HealthClient::new(channel)
+    let _watch = HealthClient::new(server.channel().await)
         .watch(HealthCheckRequest::default())
         .await
         .unwrap();
