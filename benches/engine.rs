@@ -44,6 +44,11 @@ fn run_pairs(engine: &LocalEngine, ids: &[Id], pairs: u64) {
     }
 }
 
+/// The engine as the server builds it, with the default cap on waiters.
+fn server_engine() -> LocalEngine {
+    LocalEngine::with_capacity(rendezvous::Config::default().max_waiters)
+}
+
 fn ids(prefix: &str) -> Vec<Id> {
     (0..1024)
         .map(|i| Id::new(format!("{prefix}-{i}")).unwrap())
@@ -52,7 +57,7 @@ fn ids(prefix: &str) -> Vec<Id> {
 
 fn one_thread(c: &mut Criterion) {
     let rt = runtime();
-    let engine = LocalEngine::new();
+    let engine = server_engine();
     let ids = ids("one");
     let mut group = c.benchmark_group("engine");
     group.throughput(Throughput::Elements(1));
@@ -68,7 +73,7 @@ fn one_thread(c: &mut Criterion) {
 }
 
 fn two_threads(c: &mut Criterion) {
-    let engine = Arc::new(LocalEngine::new());
+    let engine = Arc::new(server_engine());
     let mut group = c.benchmark_group("engine");
     // One iteration is one pair on each thread.
     group.throughput(Throughput::Elements(2));

@@ -10,6 +10,7 @@ const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:3030";
 const DEFAULT_MAX_WAIT: &str = "10s";
 const DEFAULT_MAX_PAYLOAD: &str = "64KiB";
 const DEFAULT_SHUTDOWN_GRACE: &str = "5s";
+const DEFAULT_MAX_WAITERS: usize = 200_000;
 const DEFAULT_HTTP2_MAX_STREAMS: u32 = 32_768;
 const DEFAULT_HTTP2_CONNECTION_WINDOW: &str = "64MiB";
 const DEFAULT_HTTP2_STREAM_WINDOW: &str = "1MiB";
@@ -49,6 +50,14 @@ pub struct Config {
     /// callers were answered UNAVAILABLE, before closing them anyway.
     #[arg(long, env = "RENDEZVOUS_SHUTDOWN_GRACE", default_value = DEFAULT_SHUTDOWN_GRACE, value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
+
+    /// The most callers that may wait at once, over both protocols. Past it, a
+    /// caller that would have to wait is refused (RESOURCE_EXHAUSTED, or HTTP
+    /// 503 with Retry-After); one that completes a pair is always let in. A
+    /// parked caller costs about 2 KiB over gRPC, 12 KiB over HTTP/1.1. Exact
+    /// below 65536; within 256 above, where shards keep spare places.
+    #[arg(long, env = "RENDEZVOUS_MAX_WAITERS", default_value_t = DEFAULT_MAX_WAITERS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_waiters: usize,
 
     /// HTTP/2 settings, for both listeners.
     #[command(flatten)]
@@ -108,6 +117,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             shutdown_grace: humantime::parse_duration(DEFAULT_SHUTDOWN_GRACE)
                 .expect("valid default"),
+            max_waiters: DEFAULT_MAX_WAITERS,
             http2: Http2Config::default(),
         }
     }
@@ -168,6 +178,7 @@ mod tests {
         assert_eq!(c.max_wait, Duration::from_secs(10));
         assert_eq!(c.max_payload, 65536);
         assert_eq!(c.shutdown_grace, Duration::from_secs(5));
+        assert_eq!(c.max_waiters, 200_000);
         assert_eq!(c.http2.max_concurrent_streams, 32_768);
         assert_eq!(c.http2.connection_window, 64 << 20);
         assert_eq!(c.http2.stream_window, 1 << 20);
@@ -196,6 +207,7 @@ mod tests {
             &["rendezvous", "--log-format=xml"],
             &["rendezvous", "--grpc-addr=localhost"],
             &["rendezvous", "--http2-max-streams=0"],
+            &["rendezvous", "--max-waiters=0"],
             &["rendezvous", "--http2-connection-window=1KiB"],
             &["rendezvous", "--http2-keepalive-interval=0s"],
         ] {

@@ -236,7 +236,9 @@ impl HttpError {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
             Self::Call(CallError::Pair(PairError::TimedOut { .. })) => StatusCode::REQUEST_TIMEOUT,
-            Self::Call(CallError::Pair(PairError::ShuttingDown)) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Call(CallError::Pair(PairError::ShuttingDown | PairError::Full { .. })) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::NotFound => StatusCode::NOT_FOUND,
         }
@@ -244,12 +246,15 @@ impl HttpError {
 
     /// The gRPC code name for the JSON body, so both protocols speak alike.
     fn code(&self) -> &'static str {
-        match self.status() {
-            StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE => "INVALID_ARGUMENT",
-            StatusCode::REQUEST_TIMEOUT => "DEADLINE_EXCEEDED",
-            StatusCode::SERVICE_UNAVAILABLE => "UNAVAILABLE",
-            StatusCode::METHOD_NOT_ALLOWED => "UNIMPLEMENTED",
-            _ => "NOT_FOUND",
+        match self {
+            Self::Call(CallError::Pair(PairError::Full { .. })) => "RESOURCE_EXHAUSTED",
+            _ => match self.status() {
+                StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE => "INVALID_ARGUMENT",
+                StatusCode::REQUEST_TIMEOUT => "DEADLINE_EXCEEDED",
+                StatusCode::SERVICE_UNAVAILABLE => "UNAVAILABLE",
+                StatusCode::METHOD_NOT_ALLOWED => "UNIMPLEMENTED",
+                _ => "NOT_FOUND",
+            },
         }
     }
 
@@ -269,10 +274,19 @@ impl HttpError {
             }
             (false, _) => text(status, self.to_string()),
         };
-        if let Self::MethodNotAllowed { allow, .. } = self {
-            response
-                .headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static(allow));
+        match self {
+            Self::MethodNotAllowed { allow, .. } => {
+                response
+                    .headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static(allow));
+            }
+            // Places free up as pairs complete: a second is plenty to wait.
+            Self::Call(CallError::Pair(PairError::Full { .. })) => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
         }
         response
     }

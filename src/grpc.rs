@@ -91,6 +91,9 @@ impl From<GrpcError> for Status {
             GrpcError::Call(CallError::Pair(PairError::ShuttingDown)) => {
                 Status::unavailable(message)
             }
+            GrpcError::Call(CallError::Pair(PairError::Full { .. })) => {
+                Status::resource_exhausted(message)
+            }
             GrpcError::Compressed => Status::unimplemented(message),
             GrpcError::Body(_) => Status::cancelled(message),
         }

@@ -88,7 +88,7 @@ impl Application {
     /// A server on listeners bound elsewhere (a test, socket activation); the
     /// addresses in `config` are not used.
     pub fn from_listeners(config: Config, grpc: TcpListener, http: TcpListener) -> Self {
-        let engine = Arc::new(LocalEngine::new());
+        let engine = Arc::new(LocalEngine::with_capacity(config.max_waiters));
         Self {
             config,
             grpc,

@@ -154,6 +154,7 @@ fn record(span: &tracing::Span, result: &Result<Meeting, PairError>) {
         }
         Err(PairError::TimedOut { wait }) => ("timed_out", *wait),
         Err(PairError::ShuttingDown) => ("shutting_down", Duration::ZERO),
+        Err(PairError::Full { .. }) => ("full", Duration::ZERO),
     };
     span.record("outcome", outcome);
     span.record("waited", tracing::field::debug(waited));
