@@ -11,6 +11,9 @@ const DEFAULT_MAX_WAIT: &str = "10s";
 const DEFAULT_MAX_PAYLOAD: &str = "64KiB";
 const DEFAULT_SHUTDOWN_GRACE: &str = "5s";
 const DEFAULT_MAX_WAITERS: usize = 200_000;
+const DEFAULT_MAX_CONNECTIONS: usize = 16_384;
+const DEFAULT_HEADER_TIMEOUT: &str = "30s";
+const DEFAULT_TCP_KEEPALIVE: &str = "30s";
 const DEFAULT_HTTP2_MAX_STREAMS: u32 = 32_768;
 const DEFAULT_HTTP2_CONNECTION_WINDOW: &str = "64MiB";
 const DEFAULT_HTTP2_STREAM_WINDOW: &str = "1MiB";
@@ -58,6 +61,23 @@ pub struct Config {
     /// below 65536; within 256 above, where shards keep spare places.
     #[arg(long, env = "RENDEZVOUS_MAX_WAITERS", default_value_t = DEFAULT_MAX_WAITERS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub max_waiters: usize,
+
+    /// The most connections open at once, over both listeners. Past it, new
+    /// connections are closed at once (HTTP ones with a 503 that says why).
+    #[arg(long, env = "RENDEZVOUS_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_connections: usize,
+
+    /// How long a client may take to send a whole HTTP/1.1 request head, or
+    /// its first bytes on a new connection (slowloris). The connection is
+    /// closed after that.
+    #[arg(long, env = "RENDEZVOUS_HEADER_TIMEOUT", default_value = DEFAULT_HEADER_TIMEOUT, value_parser = positive_duration)]
+    pub header_timeout: Duration,
+
+    /// TCP keepalive on every connection: idle time before the first probe,
+    /// and between probes (three are sent). Finds peers whose network vanished
+    /// without a FIN or RST, over HTTP/1.1 as well as HTTP/2.
+    #[arg(long, env = "RENDEZVOUS_TCP_KEEPALIVE", default_value = DEFAULT_TCP_KEEPALIVE, value_parser = positive_duration)]
+    pub tcp_keepalive: Duration,
 
     /// HTTP/2 settings, for both listeners.
     #[command(flatten)]
@@ -118,6 +138,9 @@ impl Default for Config {
             shutdown_grace: humantime::parse_duration(DEFAULT_SHUTDOWN_GRACE)
                 .expect("valid default"),
             max_waiters: DEFAULT_MAX_WAITERS,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            header_timeout: positive_duration(DEFAULT_HEADER_TIMEOUT).expect("valid default"),
+            tcp_keepalive: positive_duration(DEFAULT_TCP_KEEPALIVE).expect("valid default"),
             http2: Http2Config::default(),
         }
     }
@@ -179,6 +202,9 @@ mod tests {
         assert_eq!(c.max_payload, 65536);
         assert_eq!(c.shutdown_grace, Duration::from_secs(5));
         assert_eq!(c.max_waiters, 200_000);
+        assert_eq!(c.max_connections, 16_384);
+        assert_eq!(c.header_timeout, Duration::from_secs(30));
+        assert_eq!(c.tcp_keepalive, Duration::from_secs(30));
         assert_eq!(c.http2.max_concurrent_streams, 32_768);
         assert_eq!(c.http2.connection_window, 64 << 20);
         assert_eq!(c.http2.stream_window, 1 << 20);

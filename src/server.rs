@@ -22,6 +22,7 @@ use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::graceful::GracefulConnection,
 };
+use socket2::{SockRef, TcpKeepalive};
 use tokio::{
     net::{TcpListener, TcpStream},
     sync::watch,
@@ -152,6 +153,10 @@ impl Application {
             "listening"
         );
 
+        let settings = ConnectionSettings {
+            header_timeout: config.header_timeout,
+            http2: config.http2,
+        };
         let (stop, stopping) = watch::channel(false);
         let mut connections = JoinSet::new();
         tokio::pin!(shutdown);
@@ -159,13 +164,13 @@ impl Application {
             tokio::select! {
                 () = &mut shutdown => break,
                 accepted = grpc.accept() => {
-                    if let Some(stream) = accepted_stream(accepted).await {
-                        connections.spawn(serve_grpc(stream, grpc_service.clone(), config.http2, stopping.clone()));
+                    if let Some(stream) = accepted_stream(accepted, &config, connections.len()).await {
+                        connections.spawn(serve_grpc(stream, grpc_service.clone(), settings, stopping.clone()));
                     }
                 }
                 accepted = http.accept() => {
-                    if let Some(stream) = accepted_stream(accepted).await {
-                        connections.spawn(serve_http(stream, gateway.clone(), config.http2, stopping.clone()));
+                    if let Some(stream) = accepted_stream(accepted, &config, connections.len()).await {
+                        connections.spawn(serve_http(stream, gateway.clone(), settings, stopping.clone()));
                     }
                 }
                 // Reap finished connections so the set does not grow forever.
@@ -219,14 +224,32 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
 }
 
-/// Unwraps an accepted connection. Accept errors are mostly transient (a
-/// peer that reset before we got to it, or out of file descriptors); the
-/// pause keeps the latter from spinning the loop.
-async fn accepted_stream(accepted: io::Result<(TcpStream, SocketAddr)>) -> Option<TcpStream> {
+/// Unwraps an accepted connection, or turns it away when `--max-connections`
+/// are already open. Accept errors are mostly transient (a peer that reset
+/// before we got to it, or out of file descriptors); the pause keeps the
+/// latter from spinning the loop.
+async fn accepted_stream(
+    accepted: io::Result<(TcpStream, SocketAddr)>,
+    config: &Config,
+    open: usize,
+) -> Option<TcpStream> {
     match accepted {
+        Ok((stream, peer)) if open >= config.max_connections => {
+            // Best effort, and never waited for: a plain HTTP answer that
+            // says why (a gRPC client sees the connection close).
+            let _ = stream.try_write(too_many_connections().as_bytes());
+            tracing::debug!(%peer, open, "refused a connection: --max-connections reached");
+            None
+        }
         Ok((stream, _)) => {
             // Answers are tiny and latency is the product: do not batch them.
             let _ = stream.set_nodelay(true);
+            // The only dead-peer detection HTTP/1.1 has (HTTP/2 also PINGs).
+            let keepalive = TcpKeepalive::new()
+                .with_time(config.tcp_keepalive)
+                .with_interval(config.tcp_keepalive)
+                .with_retries(3);
+            let _ = SockRef::from(&stream).set_tcp_keepalive(&keepalive);
             Some(stream)
         }
         Err(error) => {
@@ -235,6 +258,24 @@ async fn accepted_stream(accepted: io::Result<(TcpStream, SocketAddr)>) -> Optio
             None
         }
     }
+}
+
+/// The answer to a connection over `--max-connections`, as plain HTTP/1.1.
+fn too_many_connections() -> String {
+    let body = "the server has --max-connections connections open; retry in a moment\n";
+    format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n\
+         connection: close\r\nretry-after: 1\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// What each connection needs from the configuration: kept small, because
+/// every connection task holds a copy for its whole life.
+#[derive(Debug, Clone, Copy)]
+struct ConnectionSettings {
+    header_timeout: Duration,
+    http2: Http2Config,
 }
 
 /// Applies `--http2-*` to a connection builder; both listeners share them.
@@ -251,12 +292,19 @@ fn configure_http2(builder: &mut Http2Builder<TokioExecutor>, settings: &Http2Co
 async fn serve_grpc(
     stream: TcpStream,
     grpc: Arc<GrpcService>,
-    settings: Http2Config,
+    config: ConnectionSettings,
     stopping: watch::Receiver<bool>,
 ) {
+    // hyper waits for the HTTP/2 preface without a timeout of its own.
+    if tokio::time::timeout(config.header_timeout, stream.readable())
+        .await
+        .is_err()
+    {
+        return;
+    }
     let service = service_fn(move |request| grpc.handle(request));
     let mut builder = Http2Builder::new(TokioExecutor::new());
-    configure_http2(&mut builder, &settings);
+    configure_http2(&mut builder, &config.http2);
     let connection = builder.serve_connection(TokioIo::new(stream), service);
     drive(connection, stopping).await;
 }
@@ -264,13 +312,13 @@ async fn serve_grpc(
 async fn serve_http(
     stream: TcpStream,
     gateway: Arc<Gateway>,
-    settings: Http2Config,
+    config: ConnectionSettings,
     stopping: watch::Receiver<bool>,
 ) {
     let service = service_fn(move |request| gateway.handle(request));
     // hyper's own header timeout only starts once it has the connection; a
     // peer that sends nothing at all is dropped here after as long.
-    let Ok(http2) = tokio::time::timeout(FIRST_BYTES_TIMEOUT, speaks_http2(&stream)).await else {
+    let Ok(http2) = tokio::time::timeout(config.header_timeout, speaks_http2(&stream)).await else {
         return;
     };
     if http2 {
@@ -278,12 +326,14 @@ async fn serve_http(
         // would make every HTTP/1.1 connection (one per parked legacy caller)
         // that much larger.
         let mut builder = Http2Builder::new(TokioExecutor::new());
-        configure_http2(&mut builder, &settings);
+        configure_http2(&mut builder, &config.http2);
         let connection = builder.serve_connection(TokioIo::new(stream), service);
         Box::pin(drive(connection, stopping)).await;
     } else {
         let connection = Http1Builder::new()
             .timer(TokioTimer::new())
+            // Slowloris: the whole request head must arrive within this.
+            .header_read_timeout(config.header_timeout)
             // hyper's minimum: it caps the request head (and each buffered
             // read) at 8 KiB instead of letting the read buffer double to 16.
             .max_buf_size(8192)
@@ -291,10 +341,6 @@ async fn serve_http(
         drive(connection, stopping).await;
     }
 }
-
-/// How long a new HTTP connection may stay silent: hyper's default timeout
-/// for reading a request head.
-const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Whether a connection opens with HTTP/2's prior-knowledge preface, which
 /// starts "PRI " (no HTTP/1.1 method is PRI). Peeks, so nothing is consumed.

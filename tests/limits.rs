@@ -1,10 +1,16 @@
-//! Limits that keep any input from exhausting the server: the cap on waiting
-//! callers, over both protocols.
+//! Limits that keep any input from exhausting the server: the caps on
+//! waiting callers and on connections, and the slowloris timeout.
 
 mod common;
 
+use std::time::Duration;
+
 use common::{TestServer, request, within};
 use rendezvous::Config;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
 use tonic::Code;
 
 const FULL: &str = "the server already has 1 callers waiting (--max-waiters); retry shortly, \
@@ -71,4 +77,108 @@ async fn past_max_waiters_callers_are_refused_but_partners_still_pair() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::DeadlineExceeded);
+}
+
+#[tokio::test]
+async fn past_max_connections_new_connections_are_turned_away_with_a_reason() {
+    let server = TestServer::with(Config {
+        max_connections: 1,
+        ..common::test_config()
+    })
+    .await;
+    // The one allowed connection, held open (keep-alive).
+    let mut held = TcpStream::connect(server.http_addr).await.unwrap();
+    held.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = [0u8; 64];
+    let n = held.read(&mut answer).await.unwrap();
+    assert!(answer[..n].starts_with(b"HTTP/1.1 200 OK"));
+
+    let mut refused = TcpStream::connect(server.http_addr).await.unwrap();
+    let mut answer = String::new();
+    within(refused.read_to_string(&mut answer)).await.unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+        "{answer}"
+    );
+    assert!(answer.contains("retry-after: 1\r\n"), "{answer}");
+    assert!(
+        answer.ends_with(
+            "\r\n\r\nthe server has --max-connections connections open; retry in a moment\n"
+        ),
+        "{answer}"
+    );
+
+    // Once the held connection closes, there is room again.
+    drop(held);
+    server.parked(0).await;
+    let mut healthy = false;
+    for _ in 0..200 {
+        let mut probe = TcpStream::connect(server.http_addr).await.unwrap();
+        probe
+            .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        let _ = within(probe.read_to_string(&mut answer)).await;
+        if answer.starts_with("HTTP/1.1 200 OK") {
+            healthy = true;
+            break;
+        }
+        // The server notices the close asynchronously: poll for the slot.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(healthy, "a connection slot came free");
+}
+
+/// Slowloris: a client that sends its request head a byte at a time is cut
+/// off once --header-timeout has passed, and the server keeps pairing others.
+#[tokio::test]
+async fn a_request_head_sent_byte_by_byte_is_cut_off() {
+    let server = TestServer::with(Config {
+        header_timeout: Duration::from_millis(300),
+        ..common::test_config()
+    })
+    .await;
+    let stream = TcpStream::connect(server.http_addr).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    let dribble = tokio::spawn(async move {
+        for byte in b"POST /wait-for-second-party/slow HTTP/1.1\r\nhost: x\r\nx-padding: "
+            .iter()
+            .cycle()
+        {
+            if writer.write_all(&[*byte]).await.is_err() {
+                return;
+            }
+            // The experiment, not synchronisation: a byte every 20 ms.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    let mut rest = Vec::new();
+    // The server closes the connection: the read ends (EOF or reset).
+    let _ = within(reader.read_to_end(&mut rest)).await;
+    dribble.abort();
+    assert_eq!(server.waiting(), 0);
+
+    // A silent connection (no byte at all) is closed too.
+    let mut silent = TcpStream::connect(server.http_addr).await.unwrap();
+    let mut nothing = Vec::new();
+    let _ = within(silent.read_to_end(&mut nothing)).await;
+    assert!(nothing.is_empty());
+
+    let (a, b) = tokio::join!(
+        common::http_client()
+            .post(server.url("/wait-for-second-party/fine"))
+            .send(),
+        async {
+            server.parked(1).await;
+            common::http_client()
+                .post(server.url("/wait-for-second-party/fine"))
+                .send()
+                .await
+        },
+    );
+    assert_eq!(a.unwrap().status(), 200);
+    assert_eq!(b.unwrap().status(), 200);
 }
