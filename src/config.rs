@@ -1,7 +1,7 @@
 //! Configuration: every flag can also come from an environment variable, so
 //! the same binary runs from a shell, a systemd unit or a container spec.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Parser, ValueEnum};
 
@@ -61,6 +61,12 @@ pub struct Config {
     /// below 65536; within 256 above, where shards keep spare places.
     #[arg(long, env = "RENDEZVOUS_MAX_WAITERS", default_value_t = DEFAULT_MAX_WAITERS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub max_waiters: usize,
+
+    /// Require bearer tokens: a file with one `TOKEN [NAMESPACE]` per line.
+    /// Callers meet only within their token's namespace. Reloaded on SIGHUP.
+    /// Health, reflection, /healthz and /readyz stay open to probes.
+    #[arg(long, env = "RENDEZVOUS_AUTH_TOKEN_FILE", value_name = "FILE")]
+    pub auth_token_file: Option<PathBuf>,
 
     /// The most connections open at once, over both listeners. Past it, new
     /// connections are closed at once (HTTP ones with a 503 that says why).
@@ -139,6 +145,7 @@ impl Default for Config {
                 .expect("valid default"),
             max_waiters: DEFAULT_MAX_WAITERS,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            auth_token_file: None,
             header_timeout: positive_duration(DEFAULT_HEADER_TIMEOUT).expect("valid default"),
             tcp_keepalive: positive_duration(DEFAULT_TCP_KEEPALIVE).expect("valid default"),
             http2: Http2Config::default(),

@@ -14,9 +14,10 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 
 use crate::{
+    auth::AuthError,
     health::Health,
     pairing::{LocalEngine, Meeting, PairError, Role},
-    service::{CallError, Protocol, Rendezvous},
+    service::{CallError, Namespace, Protocol, Rendezvous},
 };
 
 /// The path prefix of the rendezvous route.
@@ -82,9 +83,12 @@ impl Gateway {
         async move {
             let result = match route {
                 Ok(Route::Answered(response)) => Ok(response),
-                Ok(Route::Rendezvous { id, wait, body }) => {
-                    rendezvous(&service, id, wait, body, json).await
-                }
+                Ok(Route::Rendezvous {
+                    namespace,
+                    id,
+                    wait,
+                    body,
+                }) => rendezvous(&service, namespace, id, wait, body, json).await,
                 Err(error) => Err(error),
             };
             Ok(result.unwrap_or_else(|error| error.into_response(json)))
@@ -113,12 +117,16 @@ impl Gateway {
         if segment.contains('/') {
             return Err(HttpError::NotFound);
         }
+        let namespace = self
+            .service
+            .authenticate(request.headers().get(header::AUTHORIZATION))?;
         let id = percent_encoding::percent_decode_str(segment)
             .decode_utf8()
             .map_err(|_| HttpError::IdNotUtf8)?
             .into_owned();
         let wait = requested_wait(request.uri().query())?;
         Ok(Route::Rendezvous {
+            namespace,
             id,
             wait,
             body: request.into_body(),
@@ -151,6 +159,7 @@ enum Route<B> {
     Answered(Response<Full<Bytes>>),
     /// A rendezvous call: the body is the payload.
     Rendezvous {
+        namespace: Namespace,
         id: String,
         wait: Option<Duration>,
         body: B,
@@ -159,6 +168,7 @@ enum Route<B> {
 
 async fn rendezvous<B>(
     service: &Rendezvous<LocalEngine>,
+    namespace: Namespace,
     id: String,
     wait: Option<Duration>,
     body: B,
@@ -169,7 +179,9 @@ where
     B::Error: std::error::Error + Send + Sync + 'static,
 {
     let payload = read_body(body, service.limits().max_payload).await?;
-    let meeting = service.call(Protocol::Http, id, payload, wait).await?;
+    let meeting = service
+        .call(Protocol::Http, namespace, id, payload, wait)
+        .await?;
     Ok(match json {
         true => json_response(StatusCode::OK, &JsonMeeting::from(meeting)),
         false => text(StatusCode::OK, "Synced"),
@@ -239,6 +251,7 @@ impl HttpError {
             Self::Call(CallError::Pair(PairError::ShuttingDown | PairError::Full { .. })) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            Self::Call(CallError::Unauthenticated(_)) => StatusCode::UNAUTHORIZED,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::NotFound => StatusCode::NOT_FOUND,
         }
@@ -248,6 +261,7 @@ impl HttpError {
     fn code(&self) -> &'static str {
         match self {
             Self::Call(CallError::Pair(PairError::Full { .. })) => "RESOURCE_EXHAUSTED",
+            Self::Call(CallError::Unauthenticated(_)) => "UNAUTHENTICATED",
             _ => match self.status() {
                 StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE => "INVALID_ARGUMENT",
                 StatusCode::REQUEST_TIMEOUT => "DEADLINE_EXCEEDED",
@@ -279,6 +293,17 @@ impl HttpError {
                 response
                     .headers_mut()
                     .insert(header::ALLOW, HeaderValue::from_static(allow));
+            }
+            // RFC 6750: say which scheme, and whether the token was wrong.
+            Self::Call(CallError::Unauthenticated(error)) => {
+                let challenge = match error {
+                    AuthError::Unknown => r#"Bearer realm="rendezvous", error="invalid_token""#,
+                    AuthError::Missing | AuthError::Malformed => r#"Bearer realm="rendezvous""#,
+                };
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(challenge),
+                );
             }
             // Places free up as pairs complete: a second is plenty to wait.
             Self::Call(CallError::Pair(PairError::Full { .. })) => {

@@ -27,7 +27,7 @@ use tonic::{Status, codegen::Service, service::Routes};
 use crate::{
     pairing::{LocalEngine, Meeting, PairError, Role},
     proto,
-    service::{CallError, Protocol, Rendezvous},
+    service::{CallError, Namespace, Protocol, Rendezvous},
 };
 
 /// The rendezvous method's path on the wire.
@@ -94,6 +94,7 @@ impl From<GrpcError> for Status {
             GrpcError::Call(CallError::Pair(PairError::Full { .. })) => {
                 Status::resource_exhausted(message)
             }
+            GrpcError::Call(CallError::Unauthenticated(_)) => Status::unauthenticated(message),
             GrpcError::Compressed => Status::unimplemented(message),
             GrpcError::Body(_) => Status::cancelled(message),
         }
@@ -124,9 +125,13 @@ impl GrpcService {
         // which doubled what each parked call cost.
         async move {
             match call {
-                Call::Wait { wait, body } => {
-                    Ok(respond(wait_for_second_party(&service, wait, body).await))
-                }
+                Call::Wait {
+                    namespace,
+                    wait,
+                    body,
+                } => Ok(respond(
+                    wait_for_second_party(&service, namespace, wait, body).await,
+                )),
                 Call::Other(future) => future.await,
                 Call::Refused(response) => Ok(response),
             }
@@ -146,6 +151,11 @@ impl GrpcService {
             *response.status_mut() = StatusCode::UNSUPPORTED_MEDIA_TYPE;
             return Call::Refused(response);
         }
+        let authorization = request.headers().get(header::AUTHORIZATION);
+        let namespace = match self.service.authenticate(authorization) {
+            Ok(namespace) => namespace,
+            Err(error) => return Call::Refused(Status::from(GrpcError::from(error)).into_http()),
+        };
         let wait = match caller_wait(request.headers()) {
             Ok(wait) => wait,
             Err(error) => return Call::Refused(Status::from(error).into_http()),
@@ -158,6 +168,7 @@ impl GrpcService {
             return Call::Refused(Status::from(GrpcError::Compressed).into_http());
         }
         Call::Wait {
+            namespace,
             wait,
             body: request.into_body(),
         }
@@ -168,6 +179,7 @@ impl GrpcService {
 enum Call {
     /// The rendezvous method: the caller's wait, and the body to read.
     Wait {
+        namespace: Namespace,
         wait: Option<Duration>,
         body: Incoming,
     },
@@ -189,13 +201,16 @@ fn respond(result: Result<Meeting, GrpcError>) -> Response<tonic::body::Body> {
 
 async fn wait_for_second_party(
     service: &Rendezvous<LocalEngine>,
+    namespace: Namespace,
     wait: Option<Duration>,
     body: Incoming,
 ) -> Result<Meeting, GrpcError> {
     let message = read_message(body, service.limits().max_payload).await?;
     let proto::WaitForSecondPartyRequest { id, payload } =
         proto::WaitForSecondPartyRequest::decode(message)?;
-    Ok(service.call(Protocol::Grpc, id, payload, wait).await?)
+    Ok(service
+        .call(Protocol::Grpc, namespace, id, payload, wait)
+        .await?)
 }
 
 fn is_grpc(headers: &HeaderMap) -> bool {

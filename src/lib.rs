@@ -27,6 +27,7 @@
 
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod config;
 pub mod gateway;
 pub mod grpc;
@@ -48,4 +49,4 @@ pub mod proto {
 }
 
 pub use config::Config;
-pub use server::{Application, ServerError, run};
+pub use server::{Application, Reloader, ServerError, run};

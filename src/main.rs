@@ -18,6 +18,13 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let reloader = app.reloader();
+    tokio::spawn(async move {
+        let mut hangup = signal(SignalKind::hangup()).expect("can install a SIGHUP handler");
+        while hangup.recv().await.is_some() {
+            reloader.reload();
+        }
+    });
     match app.run_until_stopped(shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

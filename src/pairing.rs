@@ -57,7 +57,18 @@ impl Id {
         }
     }
 
-    /// The id as the caller sent it.
+    /// Validates `id` and scopes it to `namespace`, so that callers in
+    /// different namespaces never meet. Namespace names contain no `/`, so
+    /// `namespace/id` is unambiguous.
+    pub fn in_namespace(namespace: Option<&str>, id: String) -> Result<Self, IdError> {
+        let id = Self::new(id)?;
+        Ok(match namespace {
+            None => id,
+            Some(namespace) => Self(format!("{namespace}/{}", id.0)),
+        })
+    }
+
+    /// The id as the caller sent it (prefixed by its namespace, if any).
     pub fn as_str(&self) -> &str {
         &self.0
     }

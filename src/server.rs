@@ -31,6 +31,7 @@ use tokio::{
 use tonic::service::Routes;
 
 use crate::{
+    auth::{Auth, TokenFileError},
     config::{Config, Http2Config},
     gateway::Gateway,
     grpc::GrpcService,
@@ -53,6 +54,9 @@ pub enum ServerError {
         /// What the operating system said.
         source: io::Error,
     },
+    /// `--auth-token-file` could not be read, or has a bad line.
+    #[error("cannot load the token file: {0}")]
+    Auth(#[from] TokenFileError),
     /// The reflection service could not load the descriptor set.
     #[error("cannot build the reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
@@ -71,6 +75,23 @@ pub struct Application {
     grpc: TcpListener,
     http: TcpListener,
     engine: Arc<LocalEngine>,
+    auth: Option<Arc<Auth>>,
+}
+
+/// Reloads what SIGHUP reloads (the token file), keeping the old contents
+/// when the new ones are unusable.
+#[derive(Debug, Clone)]
+pub struct Reloader(Option<Arc<Auth>>);
+
+impl Reloader {
+    /// Reloads, and logs the outcome: an error keeps the old tokens.
+    pub fn reload(&self) {
+        let Some(auth) = &self.0 else { return };
+        match auth.reload() {
+            Ok(tokens) => tracing::info!(tokens, "reloaded the token file"),
+            Err(error) => tracing::error!(%error, "kept the old tokens"),
+        }
+    }
 }
 
 impl Application {
@@ -83,19 +104,33 @@ impl Application {
         };
         let grpc = bind("gRPC", config.grpc_addr).await?;
         let http = bind("HTTP", config.http_addr).await?;
-        Ok(Self::from_listeners(config, grpc, http))
+        Self::from_listeners(config, grpc, http)
     }
 
     /// A server on listeners bound elsewhere (a test, socket activation); the
     /// addresses in `config` are not used.
-    pub fn from_listeners(config: Config, grpc: TcpListener, http: TcpListener) -> Self {
+    pub fn from_listeners(
+        config: Config,
+        grpc: TcpListener,
+        http: TcpListener,
+    ) -> Result<Self, ServerError> {
         let engine = Arc::new(LocalEngine::with_capacity(config.max_waiters));
-        Self {
+        let auth = match &config.auth_token_file {
+            Some(path) => Some(Arc::new(Auth::load(path.clone())?)),
+            None => None,
+        };
+        Ok(Self {
             config,
             grpc,
             http,
             engine,
-        }
+            auth,
+        })
+    }
+
+    /// What SIGHUP should call, to reload the token file.
+    pub fn reloader(&self) -> Reloader {
+        Reloader(self.auth.clone())
     }
 
     /// Where gRPC callers connect.
@@ -129,12 +164,13 @@ impl Application {
             grpc,
             http,
             engine,
+            auth,
         } = self;
         let limits = Limits {
             max_wait: config.max_wait,
             max_payload: config.max_payload,
         };
-        let service = Rendezvous::new(engine.clone(), limits);
+        let service = Rendezvous::new(engine.clone(), limits).with_auth(auth);
         let (health, health_server) = Health::serving().await;
         let health = Arc::new(health);
 
@@ -213,7 +249,7 @@ pub async fn run(
     http: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
-    Application::from_listeners(config, grpc, http)
+    Application::from_listeners(config, grpc, http)?
         .run_until_stopped(shutdown)
         .await
 }

@@ -11,7 +11,15 @@ use std::{sync::Arc, time::Duration};
 use bytes::Bytes;
 use tracing::{Instrument, field::Empty};
 
-use crate::pairing::{Engine, Id, IdError, LocalEngine, Meeting, PairError, Role};
+use http::HeaderValue;
+
+use crate::{
+    auth::{Auth, AuthError},
+    pairing::{Engine, Id, IdError, LocalEngine, Meeting, PairError, Role},
+};
+
+/// The namespace a call meets in: `None` when tokens are not required.
+pub type Namespace = Option<Arc<str>>;
 
 /// The limits a call is held to; they come from [`crate::Config`].
 #[derive(Debug, Clone, Copy)]
@@ -29,6 +37,8 @@ pub struct Limits {
 pub struct Rendezvous<E = LocalEngine> {
     engine: Arc<E>,
     limits: Limits,
+    /// `None` when `--auth-token-file` is not set: everyone may call.
+    auth: Option<Arc<Auth>>,
 }
 
 impl<E> Clone for Rendezvous<E> {
@@ -36,6 +46,7 @@ impl<E> Clone for Rendezvous<E> {
         Self {
             engine: self.engine.clone(),
             limits: self.limits,
+            auth: self.auth.clone(),
         }
     }
 }
@@ -73,6 +84,9 @@ pub enum CallError {
         /// The configured limit, in bytes.
         limit: usize,
     },
+    /// The caller sent no valid bearer token, and `--auth-token-file` is set.
+    #[error(transparent)]
+    Unauthenticated(#[from] AuthError),
     /// Nobody came in time, or the server is shutting down.
     #[error(transparent)]
     Pair(#[from] PairError),
@@ -81,7 +95,25 @@ pub enum CallError {
 impl<E: Engine> Rendezvous<E> {
     /// A service over `engine`, holding every call to `limits`.
     pub fn new(engine: Arc<E>, limits: Limits) -> Self {
-        Self { engine, limits }
+        Self {
+            engine,
+            limits,
+            auth: None,
+        }
+    }
+
+    /// The same service, calls to which need a bearer token from `auth`.
+    pub fn with_auth(self, auth: Option<Arc<Auth>>) -> Self {
+        Self { auth, ..self }
+    }
+
+    /// Checks a call's `authorization` header, and returns the namespace it
+    /// may meet in: `Ok(None)` when tokens are not required.
+    pub fn authenticate(&self, header: Option<&HeaderValue>) -> Result<Namespace, CallError> {
+        match &self.auth {
+            None => Ok(None),
+            Some(auth) => Ok(Some(auth.namespace_of(header)?)),
+        }
     }
 
     /// The limits this service enforces, for adapters that check early (an
@@ -102,11 +134,12 @@ impl<E: Engine> Rendezvous<E> {
     pub async fn call(
         &self,
         protocol: Protocol,
+        namespace: Namespace,
         id: String,
         payload: Bytes,
         wait: Option<Duration>,
     ) -> Result<Meeting, CallError> {
-        let id = Id::new(id)?;
+        let id = Id::in_namespace(namespace.as_deref(), id)?;
         if payload.len() > self.limits.max_payload {
             return Err(CallError::PayloadTooLarge {
                 size: payload.len(),
@@ -179,7 +212,13 @@ mod tests {
     async fn bad_inputs_are_refused_before_the_engine() {
         let svc = service(Duration::from_secs(1));
         let call = |id: &str, payload: &'static [u8]| {
-            svc.call(Protocol::Grpc, id.into(), Bytes::from_static(payload), None)
+            svc.call(
+                Protocol::Grpc,
+                None,
+                id.into(),
+                Bytes::from_static(payload),
+                None,
+            )
         };
         assert_eq!(
             call("", b"").await,
@@ -206,6 +245,7 @@ mod tests {
         };
         let short = svc.call(
             Protocol::Http,
+            None,
             "a".into(),
             Bytes::new(),
             Some(Duration::from_secs(2)),
@@ -213,12 +253,13 @@ mod tests {
         assert_eq!(short.await, timed_out(2));
         let long = svc.call(
             Protocol::Http,
+            None,
             "a".into(),
             Bytes::new(),
             Some(Duration::from_secs(60)),
         );
         assert_eq!(long.await, timed_out(10));
-        let default = svc.call(Protocol::Grpc, "a".into(), Bytes::new(), None);
+        let default = svc.call(Protocol::Grpc, None, "a".into(), Bytes::new(), None);
         assert_eq!(default.await, timed_out(10));
     }
 }

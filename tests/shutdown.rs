@@ -2,13 +2,8 @@
 
 mod common;
 
-use std::process::Stdio;
-
-use common::{TestServer, request, within};
-use tokio::{
-    io::{AsyncBufReadExt, BufReader},
-    process::{Child, Command},
-};
+use common::{Process, TestServer, request, within};
+use tokio::process::Command;
 use tonic::Code;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
@@ -73,80 +68,9 @@ async fn shutdown_goes_not_serving_answers_parked_callers_and_refuses_new_connec
     );
 }
 
-/// The binary, started as users start it, with its addresses read from its
-/// own startup log line.
-struct Process {
-    child: Child,
-    lines: tokio::io::Lines<BufReader<tokio::process::ChildStderr>>,
-    grpc: String,
-    http: String,
-}
-
-impl Process {
-    async fn start() -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_rendezvous"))
-            .args(["--grpc-addr=127.0.0.1:0", "--http-addr=127.0.0.1:0"])
-            .args(["--log-format=json", "--shutdown-grace=1s", "--max-wait=30s"])
-            .env("RUST_LOG", "info,rendezvous::service=debug")
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let listening = within(Self::line_with(&mut lines, "listening")).await;
-        let field = |name: &str| listening["fields"][name].as_str().unwrap().to_owned();
-        let (grpc, http) = (field("grpc"), field("http"));
-        Self {
-            child,
-            lines,
-            grpc,
-            http,
-        }
-    }
-
-    async fn line_with(
-        lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStderr>>,
-        message: &str,
-    ) -> serde_json::Value {
-        loop {
-            let line = lines
-                .next_line()
-                .await
-                .unwrap()
-                .expect("the server is still running");
-            let event: serde_json::Value = serde_json::from_str(&line).unwrap();
-            if event["fields"]["message"] == message {
-                return event;
-            }
-        }
-    }
-
-    async fn next(&mut self, message: &str) -> serde_json::Value {
-        within(Self::line_with(&mut self.lines, message)).await
-    }
-
-    /// A gRPC connection to the process.
-    async fn channel(&self) -> tonic::transport::Channel {
-        tonic::transport::Channel::from_shared(format!("http://{}", self.grpc))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap()
-    }
-
-    fn signal(&self, name: &str) {
-        let pid = self.child.id().unwrap().to_string();
-        let status = std::process::Command::new("kill")
-            .args(["-s", name, &pid])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-}
-
 #[tokio::test]
 async fn sigterm_answers_parked_callers_and_exits_zero_within_the_grace_period() {
-    let mut server = Process::start().await;
+    let mut server = Process::start(&[]).await;
     let channel = server.channel().await;
     // A health watch never ends on its own: the grace period has to end it.
     let mut watch = HealthClient::new(channel.clone())
@@ -185,7 +109,7 @@ async fn sigterm_answers_parked_callers_and_exits_zero_within_the_grace_period()
 
 #[tokio::test]
 async fn a_second_signal_exits_at_once() {
-    let mut server = Process::start().await;
+    let mut server = Process::start(&[]).await;
     // Keep a connection open so the first signal has a grace period to wait out.
     let _watch = HealthClient::new(server.channel().await)
         .watch(HealthCheckRequest::default())

@@ -1,7 +1,7 @@
 //! A real server on 127.0.0.1:0 for each test, and real clients for it.
 #![allow(dead_code)] // each test file uses a different part of this
 
-use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+use std::{future::Future, net::SocketAddr, process::Stdio, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -12,7 +12,12 @@ use rendezvous::{
     pairing::{Engine, LocalEngine},
     proto::{WaitForSecondPartyRequest, WaitForSecondPartyResponse, sync_client::SyncClient},
 };
-use tokio::{sync::oneshot, task::JoinHandle};
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::{Child, Command},
+    sync::oneshot,
+    task::JoinHandle,
+};
 use tonic::transport::Channel;
 
 /// A running server and the handles a test needs to drive it.
@@ -202,4 +207,79 @@ fn percent_decode(s: &str) -> String {
     percent_encoding::percent_decode_str(s)
         .decode_utf8_lossy()
         .into_owned()
+}
+
+/// The binary, started as users start it, with its addresses read from its
+/// own startup log line.
+pub struct Process {
+    pub child: Child,
+    lines: tokio::io::Lines<BufReader<tokio::process::ChildStderr>>,
+    pub grpc: String,
+    pub http: String,
+}
+
+impl Process {
+    /// Starts the binary on port 0 with `args` added to the defaults here.
+    pub async fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_rendezvous"))
+            .args(["--grpc-addr=127.0.0.1:0", "--http-addr=127.0.0.1:0"])
+            .args(["--log-format=json", "--shutdown-grace=1s", "--max-wait=30s"])
+            .args(args)
+            .env("RUST_LOG", "info,rendezvous::service=debug")
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let listening = within(Self::line_with(&mut lines, "listening")).await;
+        let field = |name: &str| listening["fields"][name].as_str().unwrap().to_owned();
+        let (grpc, http) = (field("grpc"), field("http"));
+        Self {
+            child,
+            lines,
+            grpc,
+            http,
+        }
+    }
+
+    async fn line_with(
+        lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStderr>>,
+        message: &str,
+    ) -> serde_json::Value {
+        loop {
+            let line = lines
+                .next_line()
+                .await
+                .unwrap()
+                .expect("the server is still running");
+            let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+            if event["fields"]["message"] == message {
+                return event;
+            }
+        }
+    }
+
+    /// Waits for the next log line with this message.
+    pub async fn next(&mut self, message: &str) -> serde_json::Value {
+        within(Self::line_with(&mut self.lines, message)).await
+    }
+
+    /// A gRPC connection to the process.
+    pub async fn channel(&self) -> tonic::transport::Channel {
+        tonic::transport::Channel::from_shared(format!("http://{}", self.grpc))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    /// Sends a signal by name, as `kill -s NAME` would.
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.id().unwrap().to_string();
+        let status = std::process::Command::new("kill")
+            .args(["-s", name, &pid])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
 }

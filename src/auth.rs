@@ -1,0 +1,254 @@
+//! Bearer tokens with namespaces: who may call, and whose meetings a caller
+//! can reach.
+//!
+//! `--auth-token-file` holds one token per line, optionally followed by a
+//! namespace name. Two callers meet only if they send the same id under the
+//! same namespace, so tenants cannot reach (or squat on) each other's
+//! meetings even when their ids collide. Tokens are compared in constant time,
+//! by their SHA-256 digests, and never logged.
+
+use std::{fmt, path::PathBuf, sync::Arc};
+
+use arc_swap::ArcSwap;
+use http::HeaderValue;
+use sha2::{Digest, Sha256};
+use subtle::{ConditionallySelectable, ConstantTimeEq};
+
+/// The namespace of a line that names none.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// Why a caller was refused. The messages go to callers, and never contain
+/// the token they sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// No `authorization` header at all.
+    #[error("missing credentials: send the header `authorization: Bearer <token>`")]
+    Missing,
+    /// A header that is not `Bearer <token>`.
+    #[error("malformed credentials: the authorization header must be `Bearer <token>`")]
+    Malformed,
+    /// A well-formed token that is not in the token file.
+    #[error("the bearer token is not valid")]
+    Unknown,
+}
+
+/// Why a token file could not be used. The old tokens stay in force when a
+/// reload fails.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenFileError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The configured path.
+        path: PathBuf,
+        /// What the operating system said.
+        source: std::io::Error,
+    },
+    /// A line is not `TOKEN [NAMESPACE]`.
+    #[error("{path}, line {line}: {problem}")]
+    Line {
+        /// The configured path.
+        path: PathBuf,
+        /// The 1-based line number.
+        line: usize,
+        /// What is wrong with it (never the token itself).
+        problem: &'static str,
+    },
+}
+
+/// The tokens in force: digests and the namespace each one opens.
+pub struct Tokens {
+    entries: Vec<([u8; 32], Arc<str>)>,
+}
+
+// Never prints digests, let alone tokens.
+impl fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Tokens({} entries)", self.entries.len())
+    }
+}
+
+impl Tokens {
+    /// Parses a token file: `TOKEN [NAMESPACE]` per line; blank lines and
+    /// lines starting with `#` are skipped.
+    pub fn parse(text: &str, path: &std::path::Path) -> Result<Self, TokenFileError> {
+        let mut entries = Vec::new();
+        for (number, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let problem = |problem| TokenFileError::Line {
+                path: path.to_owned(),
+                line: number + 1,
+                problem,
+            };
+            let mut words = line.split_whitespace();
+            let token = words.next().expect("a non-empty line has a word");
+            let namespace = words.next().unwrap_or(DEFAULT_NAMESPACE);
+            if words.next().is_some() {
+                return Err(problem("expected `TOKEN [NAMESPACE]`, found more words"));
+            }
+            if token.len() < 16 {
+                return Err(problem("the token is shorter than 16 characters"));
+            }
+            if namespace.len() > 64
+                || !namespace
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+            {
+                return Err(problem(
+                    "a namespace is 1 to 64 of the characters A-Z, a-z, 0-9, '.', '_' and '-'",
+                ));
+            }
+            entries.push((
+                Sha256::digest(token.as_bytes()).into(),
+                Arc::from(namespace),
+            ));
+        }
+        if entries.is_empty() {
+            return Err(TokenFileError::Line {
+                path: path.to_owned(),
+                line: 0,
+                problem: "the file holds no tokens, so nobody could call",
+            });
+        }
+        Ok(Self { entries })
+    }
+
+    /// The namespace opened by the credentials in an `authorization` header.
+    ///
+    /// Every entry is compared, whatever matches, so the time taken does not
+    /// depend on which token (if any) was sent.
+    pub fn namespace_of(&self, header: Option<&HeaderValue>) -> Result<Arc<str>, AuthError> {
+        let header = header.ok_or(AuthError::Missing)?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|h| {
+                h.strip_prefix("Bearer ")
+                    .or_else(|| h.strip_prefix("bearer "))
+            })
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or(AuthError::Malformed)?;
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let mut found = subtle::Choice::from(0);
+        let mut index = 0u64;
+        for (i, (known, _)) in self.entries.iter().enumerate() {
+            let matches = known.ct_eq(&digest);
+            index = u64::conditional_select(&index, &(i as u64), matches);
+            found |= matches;
+        }
+        if bool::from(found) {
+            Ok(self.entries[index as usize].1.clone())
+        } else {
+            Err(AuthError::Unknown)
+        }
+    }
+}
+
+/// The token file and the tokens loaded from it, reloadable while serving.
+#[derive(Debug)]
+pub struct Auth {
+    path: PathBuf,
+    tokens: ArcSwap<Tokens>,
+}
+
+impl Auth {
+    /// Loads `path`, failing (so the server does not start) if it is unusable.
+    pub fn load(path: PathBuf) -> Result<Self, TokenFileError> {
+        let tokens = read(&path)?;
+        Ok(Self {
+            path,
+            tokens: ArcSwap::from_pointee(tokens),
+        })
+    }
+
+    /// Reads the file again. On any error the tokens in force are kept.
+    pub fn reload(&self) -> Result<usize, TokenFileError> {
+        let tokens = read(&self.path)?;
+        let count = tokens.entries.len();
+        self.tokens.store(Arc::new(tokens));
+        Ok(count)
+    }
+
+    /// See [`Tokens::namespace_of`].
+    pub fn namespace_of(&self, header: Option<&HeaderValue>) -> Result<Arc<str>, AuthError> {
+        self.tokens.load().namespace_of(header)
+    }
+}
+
+fn read(path: &std::path::Path) -> Result<Tokens, TokenFileError> {
+    let text = std::fs::read_to_string(path).map_err(|source| TokenFileError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    Tokens::parse(&text, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn tokens(text: &str) -> Result<Tokens, TokenFileError> {
+        Tokens::parse(text, Path::new("tokens"))
+    }
+
+    fn bearer(token: &str) -> HeaderValue {
+        HeaderValue::from_str(&format!("Bearer {token}")).unwrap()
+    }
+
+    #[test]
+    fn tokens_open_their_namespaces() {
+        let t = tokens(
+            "# comment\n\nalpha-token-0000000 alpha\nbeta-token-00000000 beta\nplain-token-0000000\n",
+        )
+        .unwrap();
+        assert_eq!(
+            &*t.namespace_of(Some(&bearer("alpha-token-0000000")))
+                .unwrap(),
+            "alpha"
+        );
+        assert_eq!(
+            &*t.namespace_of(Some(&bearer("beta-token-00000000")))
+                .unwrap(),
+            "beta"
+        );
+        assert_eq!(
+            &*t.namespace_of(Some(&bearer("plain-token-0000000")))
+                .unwrap(),
+            DEFAULT_NAMESPACE
+        );
+        assert_eq!(
+            t.namespace_of(Some(&bearer("alpha-token-0000001"))),
+            Err(AuthError::Unknown)
+        );
+        assert_eq!(t.namespace_of(None), Err(AuthError::Missing));
+        let basic = HeaderValue::from_static("Basic YWxhZGRpbjpvcGVuc2VzYW1l");
+        assert_eq!(t.namespace_of(Some(&basic)), Err(AuthError::Malformed));
+        assert_eq!(format!("{t:?}"), "Tokens(3 entries)");
+    }
+
+    #[test]
+    fn bad_files_say_which_line_and_never_echo_the_token() {
+        for (text, needle) in [
+            ("short\n", "line 1: the token is shorter than 16 characters"),
+            (
+                "a-long-enough-token x y\n",
+                "line 1: expected `TOKEN [NAMESPACE]`",
+            ),
+            (
+                "\na-long-enough-token bad/name\n",
+                "line 2: a namespace is 1 to 64",
+            ),
+            ("# nothing\n", "the file holds no tokens"),
+        ] {
+            let error = tokens(text).unwrap_err().to_string();
+            assert!(error.contains(needle), "{error}");
+            assert!(!error.contains("a-long-enough-token"), "{error}");
+        }
+    }
+}
