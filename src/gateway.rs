@@ -117,9 +117,7 @@ impl Gateway {
         if segment.contains('/') {
             return Err(HttpError::NotFound);
         }
-        let namespace = self
-            .service
-            .authenticate(request.headers().get(header::AUTHORIZATION))?;
+        let namespace = self.service.authenticate(request.headers())?;
         let id = percent_encoding::percent_decode_str(segment)
             .decode_utf8()
             .map_err(|_| HttpError::IdNotUtf8)?

@@ -151,8 +151,7 @@ impl GrpcService {
             *response.status_mut() = StatusCode::UNSUPPORTED_MEDIA_TYPE;
             return Call::Refused(response);
         }
-        let authorization = request.headers().get(header::AUTHORIZATION);
-        let namespace = match self.service.authenticate(authorization) {
+        let namespace = match self.service.authenticate(request.headers()) {
             Ok(namespace) => namespace,
             Err(error) => return Call::Refused(Status::from(GrpcError::from(error)).into_http()),
         };

@@ -11,7 +11,7 @@ use std::{sync::Arc, time::Duration};
 use bytes::Bytes;
 use tracing::{Instrument, field::Empty};
 
-use http::HeaderValue;
+use http::{HeaderMap, header::AUTHORIZATION};
 
 use crate::{
     auth::{Auth, AuthError},
@@ -108,11 +108,12 @@ impl<E: Engine> Rendezvous<E> {
     }
 
     /// Checks a call's `authorization` header, and returns the namespace it
-    /// may meet in: `Ok(None)` when tokens are not required.
-    pub fn authenticate(&self, header: Option<&HeaderValue>) -> Result<Namespace, CallError> {
+    /// may meet in: `Ok(None)` when tokens are not required (and then the
+    /// headers are not even looked at).
+    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Namespace, CallError> {
         match &self.auth {
             None => Ok(None),
-            Some(auth) => Ok(Some(auth.namespace_of(header)?)),
+            Some(auth) => Ok(Some(auth.namespace_of(headers.get(AUTHORIZATION))?)),
         }
     }
 
