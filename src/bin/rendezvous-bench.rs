@@ -22,6 +22,7 @@ use std::{
 
 use bytes::Bytes;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use http::HeaderValue;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use rendezvous::proto::{WaitForSecondPartyRequest, sync_client::SyncClient};
@@ -63,6 +64,9 @@ struct Target {
     /// The server's pid, to read its CPU time and RSS from /proc.
     #[arg(long)]
     server_pid: Option<u32>,
+    /// A bearer token to send, for a server run with --auth-token-file.
+    #[arg(long)]
+    token: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -109,7 +113,7 @@ enum Outcome {
 /// Connections to the server, and one call over them.
 #[derive(Clone)]
 enum Client {
-    Grpc(Arc<[SyncClient<Channel>]>),
+    Grpc(Arc<[SyncClient<Channel>]>, Option<HeaderValue>),
     Http(HttpPool),
 }
 
@@ -135,20 +139,27 @@ impl Client {
                             .max_encoding_message_size(usize::MAX),
                     );
                 }
-                Self::Grpc(clients.into())
+                Self::Grpc(clients.into(), authorization(target))
             }
-            Protocol::Http => Self::Http(HttpPool::connect(target.target, connections).await),
+            Protocol::Http => Self::Http(
+                HttpPool::connect(target.target, connections, authorization(target)).await,
+            ),
         }
     }
 
     async fn call(&self, slot: usize, id: String) -> Outcome {
         match self {
-            Self::Grpc(clients) => {
+            Self::Grpc(clients, authorization) => {
                 let mut client = clients[slot % clients.len()].clone();
-                let request = WaitForSecondPartyRequest {
+                let mut request = tonic::Request::new(WaitForSecondPartyRequest {
                     id,
                     payload: Bytes::new(),
-                };
+                });
+                if let Some(value) = authorization {
+                    let value = tonic::metadata::MetadataValue::try_from(value.as_bytes())
+                        .expect("a valid header is valid metadata");
+                    request.metadata_mut().insert("authorization", value);
+                }
                 match client.wait_for_second_party(request).await {
                     Ok(_) => Outcome::Ok,
                     Err(status) if status.code() == Code::DeadlineExceeded => Outcome::Timeout,
@@ -164,6 +175,7 @@ impl Client {
 #[derive(Clone)]
 struct HttpPool {
     target: SocketAddr,
+    authorization: Option<HeaderValue>,
     free: Arc<
         tokio::sync::Mutex<mpsc::Receiver<hyper::client::conn::http1::SendRequest<Empty<Bytes>>>>,
     >,
@@ -171,13 +183,18 @@ struct HttpPool {
 }
 
 impl HttpPool {
-    async fn connect(target: SocketAddr, connections: usize) -> Self {
+    async fn connect(
+        target: SocketAddr,
+        connections: usize,
+        authorization: Option<HeaderValue>,
+    ) -> Self {
         let (give_back, free) = mpsc::channel(connections);
         for _ in 0..connections {
             give_back.send(Self::open(target).await).await.unwrap();
         }
         Self {
             target,
+            authorization,
             free: Arc::new(tokio::sync::Mutex::new(free)),
             give_back,
         }
@@ -197,10 +214,15 @@ impl HttpPool {
 
     async fn call(&self, id: &str) -> Outcome {
         let mut sender = self.free.lock().await.recv().await.expect("pool open");
-        let request = http::Request::post(format!("/wait-for-second-party/{id}"))
+        let mut request = http::Request::post(format!("/wait-for-second-party/{id}"))
             .header(http::header::HOST, self.target.to_string())
             .body(Empty::new())
             .unwrap();
+        if let Some(value) = &self.authorization {
+            request
+                .headers_mut()
+                .insert(http::header::AUTHORIZATION, value.clone());
+        }
         let outcome = match sender.send_request(request).await {
             Ok(response) => {
                 let status = response.status();
@@ -219,6 +241,12 @@ impl HttpPool {
         let _ = self.give_back.send(sender).await;
         outcome
     }
+}
+
+fn authorization(target: &Target) -> Option<HeaderValue> {
+    target.token.as_ref().map(|token| {
+        HeaderValue::from_str(&format!("Bearer {token}")).expect("a token is a valid header value")
+    })
 }
 
 /// Server CPU time and RSS, from /proc.
