@@ -23,23 +23,16 @@ async fn thousands_of_callers_park_and_pair_on_one_connection() {
     .await;
     let client = server.grpc().await; // one channel: one connection
     let mut calls = tokio::task::JoinSet::new();
-    for i in 0..CALLERS {
-        let mut client = client.clone();
-        calls.spawn(async move {
-            client
-                .wait_for_second_party(request(&format!("burst-{i}"), b""))
-                .await
-        });
-    }
+    let burst = |calls: &mut tokio::task::JoinSet<_>| {
+        for i in 0..CALLERS {
+            let mut client = client.clone();
+            let id = format!("burst-{i}");
+            calls.spawn(async move { client.wait_for_second_party(request(&id, b"")).await });
+        }
+    };
+    burst(&mut calls); // every one of them parks...
     server.parked(CALLERS).await;
-    for i in 0..CALLERS {
-        let mut client = client.clone();
-        calls.spawn(async move {
-            client
-                .wait_for_second_party(request(&format!("burst-{i}"), b""))
-                .await
-        });
-    }
+    burst(&mut calls); // ...and then meets its partner
     let mut ok = 0;
     while let Some(call) = within(calls.join_next()).await {
         let answer = call.unwrap();
