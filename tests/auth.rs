@@ -183,6 +183,6 @@ async fn sighup_reloads_the_token_file_and_a_bad_one_keeps_the_old_tokens() {
     server.signal("HUP");
     let logged = server.next("kept the old tokens").await;
     assert_eq!(logged["level"], "ERROR");
-    assert!(!logged.to_string().contains("tiny\""), "{logged}");
+    assert!(!logged.to_string().contains("tiny"), "{logged}");
     assert_eq!(code(BETA).await, Code::DeadlineExceeded);
 }
