@@ -182,3 +182,31 @@ async fn a_request_head_sent_byte_by_byte_is_cut_off() {
     assert_eq!(a.unwrap().status(), 200);
     assert_eq!(b.unwrap().status(), 200);
 }
+
+/// A request head over 8 KiB is refused (431) before the handler runs, and
+/// the server keeps serving.
+#[tokio::test]
+async fn an_oversized_request_head_is_refused() {
+    let server = TestServer::start().await;
+    let mut stream = TcpStream::connect(server.http_addr).await.unwrap();
+    let padding = "x".repeat(16 * 1024);
+    let head = format!(
+        "POST /wait-for-second-party/big-head HTTP/1.1\r\nhost: x\r\nx-padding: {padding}\r\n\r\n"
+    );
+    // The server may stop reading (and close) before it has all of it.
+    let _ = stream.write_all(head.as_bytes()).await;
+    let mut answer = Vec::new();
+    let _ = within(stream.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"),
+        "{answer}"
+    );
+    assert_eq!(server.waiting(), 0);
+    let healthy = common::http_client()
+        .get(server.url("/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(healthy.status(), 200);
+}
