@@ -68,6 +68,35 @@ pub struct Config {
     #[arg(long, env = "RENDEZVOUS_AUTH_TOKEN_FILE", value_name = "FILE")]
     pub auth_token_file: Option<PathBuf>,
 
+    /// Serve TLS on both listeners with this PEM certificate chain (leaf
+    /// first). Needs --tls-key. Reloaded on SIGHUP.
+    #[arg(
+        long,
+        env = "RENDEZVOUS_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The PEM private key for --tls-cert. Reloaded on SIGHUP.
+    #[arg(
+        long,
+        env = "RENDEZVOUS_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+
+    /// Require client certificates (mTLS) on both listeners, chaining to
+    /// these PEM CA certificates. Needs --tls-cert.
+    #[arg(
+        long,
+        env = "RENDEZVOUS_TLS_CLIENT_CA",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_client_ca: Option<PathBuf>,
+
     /// The most connections open at once, over both listeners. Past it, new
     /// connections are closed at once (HTTP ones with a 503 that says why).
     #[arg(long, env = "RENDEZVOUS_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
@@ -146,6 +175,9 @@ impl Default for Config {
             max_waiters: DEFAULT_MAX_WAITERS,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             auth_token_file: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
             header_timeout: positive_duration(DEFAULT_HEADER_TIMEOUT).expect("valid default"),
             tcp_keepalive: positive_duration(DEFAULT_TCP_KEEPALIVE).expect("valid default"),
             http2: Http2Config::default(),
@@ -175,6 +207,18 @@ fn window_size(value: &str) -> Result<u32, String> {
         // HTTP/2 windows are 31-bit; below 64KiB is below the protocol default.
         Ok(n) if (65_535..=(1 << 30)).contains(&n) => Ok(n),
         _ => Err(format!("{size} is outside 64KiB to 1GiB")),
+    }
+}
+
+impl Config {
+    /// The TLS files, if TLS is on (clap makes sure cert and key come
+    /// together).
+    pub fn tls_files(&self) -> Option<crate::tls::TlsFiles> {
+        Some(crate::tls::TlsFiles {
+            cert: self.tls_cert.clone()?,
+            key: self.tls_key.clone()?,
+            client_ca: self.tls_client_ca.clone(),
+        })
     }
 }
 
@@ -241,6 +285,9 @@ mod tests {
             &["rendezvous", "--grpc-addr=localhost"],
             &["rendezvous", "--http2-max-streams=0"],
             &["rendezvous", "--max-waiters=0"],
+            &["rendezvous", "--tls-cert=cert.pem"],
+            &["rendezvous", "--tls-key=key.pem"],
+            &["rendezvous", "--tls-client-ca=ca.pem"],
             &["rendezvous", "--http2-connection-window=1KiB"],
             &["rendezvous", "--http2-keepalive-interval=0s"],
         ] {

@@ -36,6 +36,7 @@ pub mod pairing;
 pub mod server;
 pub mod service;
 pub mod telemetry;
+pub mod tls;
 
 /// The generated `rendezvous.v1` types, client and server.
 #[allow(missing_docs, clippy::all)]

@@ -24,10 +24,12 @@ use hyper_util::{
 };
 use socket2::{SockRef, TcpKeepalive};
 use tokio::{
+    io::{AsyncRead, AsyncWrite},
     net::{TcpListener, TcpStream},
     sync::watch,
     task::JoinSet,
 };
+use tokio_rustls::TlsAcceptor;
 use tonic::service::Routes;
 
 use crate::{
@@ -39,6 +41,7 @@ use crate::{
     pairing::{Engine, LocalEngine},
     proto,
     service::{Limits, Rendezvous},
+    tls::{Tls, TlsError},
 };
 
 /// Why the server could not start.
@@ -54,6 +57,9 @@ pub enum ServerError {
         /// What the operating system said.
         source: io::Error,
     },
+    /// `--tls-cert`, `--tls-key` or `--tls-client-ca` could not be used.
+    #[error("cannot set up TLS: {0}")]
+    Tls(#[from] TlsError),
     /// `--auth-token-file` could not be read, or has a bad line.
     #[error("cannot load the token file: {0}")]
     Auth(#[from] TokenFileError),
@@ -76,20 +82,31 @@ pub struct Application {
     http: TcpListener,
     engine: Arc<LocalEngine>,
     auth: Option<Arc<Auth>>,
+    tls: Option<Arc<Tls>>,
 }
 
-/// Reloads what SIGHUP reloads (the token file), keeping the old contents
-/// when the new ones are unusable.
+/// Reloads what SIGHUP reloads (the token file, the TLS certificate and
+/// key), keeping the old contents of whatever is unusable.
 #[derive(Debug, Clone)]
-pub struct Reloader(Option<Arc<Auth>>);
+pub struct Reloader {
+    auth: Option<Arc<Auth>>,
+    tls: Option<Arc<Tls>>,
+}
 
 impl Reloader {
-    /// Reloads, and logs the outcome: an error keeps the old tokens.
+    /// Reloads, and logs each outcome: an error keeps the old contents.
     pub fn reload(&self) {
-        let Some(auth) = &self.0 else { return };
-        match auth.reload() {
-            Ok(tokens) => tracing::info!(tokens, "reloaded the token file"),
-            Err(error) => tracing::error!(%error, "kept the old tokens"),
+        if let Some(auth) = &self.auth {
+            match auth.reload() {
+                Ok(tokens) => tracing::info!(tokens, "reloaded the token file"),
+                Err(error) => tracing::error!(%error, "kept the old tokens"),
+            }
+        }
+        if let Some(tls) = &self.tls {
+            match tls.reload() {
+                Ok(()) => tracing::info!("reloaded the TLS certificate and key"),
+                Err(error) => tracing::error!(%error, "kept the old TLS certificate"),
+            }
         }
     }
 }
@@ -119,18 +136,26 @@ impl Application {
             Some(path) => Some(Arc::new(Auth::load(path.clone())?)),
             None => None,
         };
+        let tls = match config.tls_files() {
+            Some(files) => Some(Arc::new(Tls::load(files)?)),
+            None => None,
+        };
         Ok(Self {
             config,
             grpc,
             http,
             engine,
             auth,
+            tls,
         })
     }
 
     /// What SIGHUP should call, to reload the token file.
     pub fn reloader(&self) -> Reloader {
-        Reloader(self.auth.clone())
+        Reloader {
+            auth: self.auth.clone(),
+            tls: self.tls.clone(),
+        }
     }
 
     /// Where gRPC callers connect.
@@ -165,6 +190,7 @@ impl Application {
             http,
             engine,
             auth,
+            tls,
         } = self;
         let limits = Limits {
             max_wait: config.max_wait,
@@ -192,6 +218,7 @@ impl Application {
         let settings = ConnectionSettings {
             header_timeout: config.header_timeout,
             http2: config.http2,
+            tls,
         };
         let (stop, stopping) = watch::channel(false);
         let mut connections = JoinSet::new();
@@ -201,12 +228,12 @@ impl Application {
                 () = &mut shutdown => break,
                 accepted = grpc.accept() => {
                     if let Some(stream) = accepted_stream(accepted, &config, connections.len()).await {
-                        connections.spawn(serve_grpc(stream, grpc_service.clone(), settings, stopping.clone()));
+                        connections.spawn(serve_grpc(stream, grpc_service.clone(), settings.clone(), stopping.clone()));
                     }
                 }
                 accepted = http.accept() => {
                     if let Some(stream) = accepted_stream(accepted, &config, connections.len()).await {
-                        connections.spawn(serve_http(stream, gateway.clone(), settings, stopping.clone()));
+                        connections.spawn(serve_http(stream, gateway.clone(), settings.clone(), stopping.clone()));
                     }
                 }
                 // Reap finished connections so the set does not grow forever.
@@ -308,10 +335,11 @@ fn too_many_connections() -> String {
 
 /// What each connection needs from the configuration: kept small, because
 /// every connection task holds a copy for its whole life.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct ConnectionSettings {
     header_timeout: Duration,
     http2: Http2Config,
+    tls: Option<Arc<Tls>>,
 }
 
 /// Applies `--http2-*` to a connection builder; both listeners share them.
@@ -341,8 +369,24 @@ async fn serve_grpc(
     let service = service_fn(move |request| grpc.handle(request));
     let mut builder = Http2Builder::new(TokioExecutor::new());
     configure_http2(&mut builder, &config.http2);
-    let connection = builder.serve_connection(TokioIo::new(stream), service);
-    drive(connection, stopping).await;
+    match &config.tls {
+        None => {
+            drive(
+                builder.serve_connection(TokioIo::new(stream), service),
+                stopping,
+            )
+            .await
+        }
+        Some(tls) => {
+            let Some(stream) = handshake(tls.grpc_acceptor(), stream, &config).await else {
+                return;
+            };
+            // Boxed, like every TLS connection: the session's state inline
+            // would enlarge cleartext connections too.
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            Box::pin(drive(connection, stopping)).await;
+        }
+    }
 }
 
 async fn serve_http(
@@ -351,19 +395,43 @@ async fn serve_http(
     config: ConnectionSettings,
     stopping: watch::Receiver<bool>,
 ) {
+    match &config.tls {
+        None => {
+            // hyper's own header timeout only starts once it has the
+            // connection; a peer that sends nothing at all is dropped here
+            // after as long.
+            let sniff = tokio::time::timeout(config.header_timeout, speaks_http2(&stream));
+            let Ok(http2) = sniff.await else { return };
+            serve_http_on(stream, http2, gateway, &config, stopping).await;
+        }
+        Some(tls) => {
+            let Some(stream) = handshake(tls.http_acceptor(), stream, &config).await else {
+                return;
+            };
+            let http2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+            Box::pin(serve_http_on(stream, http2, gateway, &config, stopping)).await;
+        }
+    }
+}
+
+/// Serves the HTTP port's protocols over cleartext or TLS.
+async fn serve_http_on<I>(
+    io: I,
+    http2: bool,
+    gateway: Arc<Gateway>,
+    config: &ConnectionSettings,
+    stopping: watch::Receiver<bool>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let service = service_fn(move |request| gateway.handle(request));
-    // hyper's own header timeout only starts once it has the connection; a
-    // peer that sends nothing at all is dropped here after as long.
-    let Ok(http2) = tokio::time::timeout(config.header_timeout, speaks_http2(&stream)).await else {
-        return;
-    };
     if http2 {
         // Boxed: HTTP/2 is rare on this port, and its connection state inline
         // would make every HTTP/1.1 connection (one per parked legacy caller)
         // that much larger.
         let mut builder = Http2Builder::new(TokioExecutor::new());
         configure_http2(&mut builder, &config.http2);
-        let connection = builder.serve_connection(TokioIo::new(stream), service);
+        let connection = builder.serve_connection(TokioIo::new(io), service);
         Box::pin(drive(connection, stopping)).await;
     } else {
         let connection = Http1Builder::new()
@@ -373,8 +441,29 @@ async fn serve_http(
             // hyper's minimum: it caps the request head (and each buffered
             // read) at 8 KiB instead of letting the read buffer double to 16.
             .max_buf_size(8192)
-            .serve_connection(TokioIo::new(stream), service);
+            .serve_connection(TokioIo::new(io), service);
         drive(connection, stopping).await;
+    }
+}
+
+/// A TLS handshake, held to `--header-timeout` like any request head. A
+/// client that fails it (no client certificate under mTLS, a plaintext
+/// client on a TLS port) is dropped and logged at debug.
+async fn handshake(
+    acceptor: TlsAcceptor,
+    stream: TcpStream,
+    config: &ConnectionSettings,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    match tokio::time::timeout(config.header_timeout, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => Some(stream),
+        Ok(Err(error)) => {
+            tracing::debug!(%error, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!("TLS handshake timed out");
+            None
+        }
     }
 }
 

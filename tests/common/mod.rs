@@ -25,6 +25,8 @@ pub struct TestServer {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
     pub engine: Arc<LocalEngine>,
+    /// What SIGHUP calls in the binary.
+    pub reloader: rendezvous::Reloader,
     stop: Option<oneshot::Sender<()>>,
     pub task: JoinHandle<Result<(), rendezvous::ServerError>>,
 }
@@ -52,6 +54,7 @@ impl TestServer {
         let grpc_addr = app.grpc_addr();
         let http_addr = app.http_addr();
         let engine = app.engine();
+        let reloader = app.reloader();
         let task = tokio::spawn(app.run_until_stopped(async {
             let _ = stopped.await;
         }));
@@ -59,6 +62,7 @@ impl TestServer {
             grpc_addr,
             http_addr,
             engine,
+            reloader,
             stop: Some(stop),
             task,
         }

@@ -1,0 +1,258 @@
+//! TLS and mTLS on both listeners, with certificates made at run time, and
+//! a certificate reloaded while serving.
+
+mod common;
+
+use std::{path::Path, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use common::{TestServer, request, within};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+use rendezvous::{Config, proto::sync_client::SyncClient};
+use tokio_rustls::{
+    TlsConnector,
+    rustls::{
+        self, ClientConfig, RootCertStore,
+        pki_types::{CertificateDer, ServerName, pem::PemObject},
+    },
+};
+use tonic::{
+    Code,
+    transport::{Certificate, Channel, ClientTlsConfig, Identity},
+};
+
+/// A throwaway CA, and certificates it signs. Nothing is committed.
+struct Ca {
+    params: CertificateParams,
+    key: KeyPair,
+    pem: String,
+}
+
+struct Leaf {
+    cert: String,
+    key: String,
+}
+
+impl Ca {
+    fn new() -> Self {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let pem = params.self_signed(&key).unwrap().pem();
+        Self { params, key, pem }
+    }
+
+    fn leaf(&self, names: &[&str]) -> Leaf {
+        let key = KeyPair::generate().unwrap();
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let params = CertificateParams::new(names).unwrap();
+        let issuer = Issuer::from_params(&self.params, &self.key);
+        Leaf {
+            cert: params.signed_by(&key, &issuer).unwrap().pem(),
+            key: key.serialize_pem(),
+        }
+    }
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+async fn tls_server(dir: &Path, server: &Leaf, client_ca: Option<&Ca>) -> TestServer {
+    TestServer::with(Config {
+        tls_cert: Some(write(dir, "server.pem", &server.cert)),
+        tls_key: Some(write(dir, "server.key", &server.key)),
+        tls_client_ca: client_ca.map(|ca| write(dir, "client-ca.pem", &ca.pem)),
+        max_wait: Duration::from_secs(5),
+        ..common::test_config()
+    })
+    .await
+}
+
+async fn grpc_client(
+    server: &TestServer,
+    ca: &Ca,
+    identity: Option<&Leaf>,
+) -> Result<SyncClient<Channel>, tonic::transport::Error> {
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&ca.pem))
+        .domain_name("localhost");
+    if let Some(leaf) = identity {
+        tls = tls.identity(Identity::from_pem(&leaf.cert, &leaf.key));
+    }
+    let channel = Channel::from_shared(format!("https://{}", server.grpc_addr))
+        .unwrap()
+        .tls_config(tls)?
+        .connect()
+        .await?;
+    Ok(SyncClient::new(channel))
+}
+
+/// An HTTPS request with rustls and hyper, as any HTTPS client would send it.
+async fn https(
+    server: &TestServer,
+    ca: &Ca,
+    method: http::Method,
+    path: &str,
+) -> Result<(u16, String), String> {
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca.pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(server.http_addr)
+        .await
+        .unwrap();
+    let tls = TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(connection);
+    let request = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "localhost")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+#[tokio::test]
+async fn grpc_over_tls_pairs_with_https() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new();
+    let server = tls_server(dir.path(), &ca.leaf(&["localhost", "127.0.0.1"]), None).await;
+
+    let mut client = grpc_client(&server, &ca, None).await.unwrap();
+    let waiter = tokio::spawn(async move {
+        client
+            .wait_for_second_party(request("secure", b"over tls"))
+            .await
+    });
+    server.parked(1).await;
+    let (status, body) = https(
+        &server,
+        &ca,
+        http::Method::POST,
+        "/wait-for-second-party/secure",
+    )
+    .await
+    .unwrap();
+    assert_eq!((status, body.as_str()), (200, "Synced"));
+    let answer = within(waiter).await.unwrap().unwrap().into_inner();
+    assert_eq!(answer.peer_payload, Bytes::new());
+
+    // A cleartext client gets no service from a TLS port.
+    let plain = Channel::from_shared(format!("http://{}", server.grpc_addr))
+        .unwrap()
+        .connect()
+        .await;
+    if let Ok(channel) = plain {
+        let refused = SyncClient::new(channel)
+            .wait_for_second_party(request("secure", b""))
+            .await;
+        assert!(refused.is_err(), "{refused:?}");
+    }
+    assert_eq!(server.waiting(), 0);
+}
+
+#[tokio::test]
+async fn mtls_refuses_a_client_without_a_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new();
+    let clients = Ca::new();
+    let server = tls_server(dir.path(), &ca.leaf(&["localhost"]), Some(&clients)).await;
+
+    // Without a client certificate: the handshake fails, on both ports.
+    let refused = match grpc_client(&server, &ca, None).await {
+        Err(error) => format!("{error:?}"),
+        Ok(mut client) => format!(
+            "{:?}",
+            client
+                .wait_for_second_party(request("m", b""))
+                .await
+                .unwrap_err()
+        ),
+    };
+    assert!(refused.contains("CertificateRequired"), "{refused}");
+    assert!(
+        https(&server, &ca, http::Method::POST, "/wait-for-second-party/m")
+            .await
+            .is_err()
+    );
+    assert_eq!(server.waiting(), 0);
+
+    // With one from the client CA: served (and, alone, timed out by the server).
+    let mut client = grpc_client(&server, &ca, Some(&clients.leaf(&["client"])))
+        .await
+        .unwrap();
+    let mut call = request("m", b"");
+    call.set_timeout(Duration::from_millis(200));
+    let status = client.wait_for_second_party(call).await.unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded);
+}
+
+#[tokio::test]
+async fn a_reload_serves_the_new_certificate_and_a_bad_one_keeps_the_old() {
+    let dir = tempfile::tempdir().unwrap();
+    let (old_ca, new_ca) = (Ca::new(), Ca::new());
+    let server = tls_server(dir.path(), &old_ca.leaf(&["localhost"]), None).await;
+    assert_eq!(
+        https(&server, &old_ca, http::Method::GET, "/readyz")
+            .await
+            .unwrap()
+            .0,
+        200
+    );
+
+    let new = new_ca.leaf(&["localhost"]);
+    write(dir.path(), "server.pem", &new.cert);
+    write(dir.path(), "server.key", &new.key);
+    server.reloader.reload();
+    assert_eq!(
+        https(&server, &new_ca, http::Method::GET, "/readyz")
+            .await
+            .unwrap()
+            .0,
+        200
+    );
+    let old = https(&server, &old_ca, http::Method::GET, "/readyz").await;
+    assert!(old.is_err(), "the old certificate is gone: {old:?}");
+
+    // A broken file on reload: the server keeps the certificate it has.
+    write(dir.path(), "server.key", "not a key");
+    server.reloader.reload();
+    assert_eq!(
+        https(&server, &new_ca, http::Method::GET, "/readyz")
+            .await
+            .unwrap()
+            .0,
+        200
+    );
+    let mut client = grpc_client(&server, &new_ca, None).await.unwrap();
+    let mut call = request("after-reload", b"");
+    call.set_timeout(Duration::from_millis(200));
+    assert_eq!(
+        client.wait_for_second_party(call).await.unwrap_err().code(),
+        Code::DeadlineExceeded
+    );
+}
