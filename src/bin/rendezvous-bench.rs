@@ -67,6 +67,10 @@ struct Target {
     /// A bearer token to send, for a server run with --auth-token-file.
     #[arg(long)]
     token: Option<String>,
+    /// Connect with TLS, trusting this PEM CA, to a server whose
+    /// certificate is for "localhost".
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -123,8 +127,22 @@ impl Client {
             Protocol::Grpc => {
                 let mut clients = Vec::with_capacity(connections);
                 for _ in 0..connections {
-                    let channel = Channel::from_shared(format!("http://{}", target.target))
-                        .expect("a valid URI")
+                    let scheme = if target.tls_ca.is_some() {
+                        "https"
+                    } else {
+                        "http"
+                    };
+                    let mut endpoint =
+                        Channel::from_shared(format!("{scheme}://{}", target.target))
+                            .expect("a valid URI");
+                    if let Some(ca) = &target.tls_ca {
+                        let ca = std::fs::read(ca).expect("reads the CA file");
+                        let tls = tonic::transport::ClientTlsConfig::new()
+                            .ca_certificate(tonic::transport::Certificate::from_pem(ca))
+                            .domain_name("localhost");
+                        endpoint = endpoint.tls_config(tls).expect("a valid TLS setup");
+                    }
+                    let channel = endpoint
                         .tcp_nodelay(true)
                         // Windows large enough that flow control never stalls
                         // tens of thousands of parked streams.
@@ -142,7 +160,13 @@ impl Client {
                 Self::Grpc(clients.into(), authorization(target))
             }
             Protocol::Http => Self::Http(
-                HttpPool::connect(target.target, connections, authorization(target)).await,
+                HttpPool::connect(
+                    target.target,
+                    connections,
+                    authorization(target),
+                    tls_connector(target),
+                )
+                .await,
             ),
         }
     }
@@ -176,6 +200,7 @@ impl Client {
 struct HttpPool {
     target: SocketAddr,
     authorization: Option<HeaderValue>,
+    tls: Option<tokio_rustls::TlsConnector>,
     free: Arc<
         tokio::sync::Mutex<mpsc::Receiver<hyper::client::conn::http1::SendRequest<Empty<Bytes>>>>,
     >,
@@ -187,24 +212,41 @@ impl HttpPool {
         target: SocketAddr,
         connections: usize,
         authorization: Option<HeaderValue>,
+        tls: Option<tokio_rustls::TlsConnector>,
     ) -> Self {
         let (give_back, free) = mpsc::channel(connections);
         for _ in 0..connections {
-            give_back.send(Self::open(target).await).await.unwrap();
+            give_back
+                .send(Self::open(target, tls.as_ref()).await)
+                .await
+                .unwrap();
         }
         Self {
             target,
             authorization,
+            tls,
             free: Arc::new(tokio::sync::Mutex::new(free)),
             give_back,
         }
     }
 
-    async fn open(target: SocketAddr) -> hyper::client::conn::http1::SendRequest<Empty<Bytes>> {
+    async fn open(
+        target: SocketAddr,
+        tls: Option<&tokio_rustls::TlsConnector>,
+    ) -> hyper::client::conn::http1::SendRequest<Empty<Bytes>> {
         let stream = TcpStream::connect(target)
             .await
             .expect("connects to the target");
         stream.set_nodelay(true).unwrap();
+        let Some(tls) = tls else {
+            let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .expect("HTTP/1.1 handshake");
+            tokio::spawn(connection);
+            return sender;
+        };
+        let name = tokio_rustls::rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let stream = tls.connect(name, stream).await.expect("TLS handshake");
         let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .expect("HTTP/1.1 handshake");
@@ -236,11 +278,32 @@ impl HttpPool {
             Err(_) => Outcome::Error,
         };
         if sender.is_closed() {
-            sender = Self::open(self.target).await;
+            sender = Self::open(self.target, self.tls.as_ref()).await;
         }
         let _ = self.give_back.send(sender).await;
         outcome
     }
+}
+
+/// A rustls client for `--tls-ca`, speaking HTTP/1.1.
+fn tls_connector(target: &Target) -> Option<tokio_rustls::TlsConnector> {
+    use tokio_rustls::rustls::{
+        self,
+        pki_types::{CertificateDer, pem::PemObject},
+    };
+    let path = target.tls_ca.as_ref()?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(path).expect("reads the CA file") {
+        roots.add(cert.expect("a PEM certificate")).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Some(tokio_rustls::TlsConnector::from(Arc::new(config)))
 }
 
 fn authorization(target: &Target) -> Option<HeaderValue> {
