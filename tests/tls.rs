@@ -94,7 +94,7 @@ async fn grpc_client(
 
 /// An HTTPS request with rustls and hyper, as any HTTPS client would send it.
 async fn https(
-    server: &TestServer,
+    addr: std::net::SocketAddr,
     ca: &Ca,
     method: http::Method,
     path: &str,
@@ -110,9 +110,7 @@ async fn https(
         .with_root_certificates(roots)
         .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(server.http_addr)
-        .await
-        .unwrap();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let tls = TlsConnector::from(Arc::new(config))
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await
@@ -150,7 +148,7 @@ async fn grpc_over_tls_pairs_with_https() {
     });
     server.parked(1).await;
     let (status, body) = https(
-        &server,
+        server.http_addr,
         &ca,
         http::Method::POST,
         "/wait-for-second-party/secure",
@@ -195,9 +193,14 @@ async fn mtls_refuses_a_client_without_a_certificate() {
     };
     assert!(refused.contains("CertificateRequired"), "{refused}");
     assert!(
-        https(&server, &ca, http::Method::POST, "/wait-for-second-party/m")
-            .await
-            .is_err()
+        https(
+            server.http_addr,
+            &ca,
+            http::Method::POST,
+            "/wait-for-second-party/m"
+        )
+        .await
+        .is_err()
     );
     assert_eq!(server.waiting(), 0);
 
@@ -217,7 +220,7 @@ async fn a_reload_serves_the_new_certificate_and_a_bad_one_keeps_the_old() {
     let (old_ca, new_ca) = (Ca::new(), Ca::new());
     let server = tls_server(dir.path(), &old_ca.leaf(&["localhost"]), None).await;
     assert_eq!(
-        https(&server, &old_ca, http::Method::GET, "/readyz")
+        https(server.http_addr, &old_ca, http::Method::GET, "/readyz")
             .await
             .unwrap()
             .0,
@@ -229,20 +232,20 @@ async fn a_reload_serves_the_new_certificate_and_a_bad_one_keeps_the_old() {
     write(dir.path(), "server.key", &new.key);
     server.reloader.reload();
     assert_eq!(
-        https(&server, &new_ca, http::Method::GET, "/readyz")
+        https(server.http_addr, &new_ca, http::Method::GET, "/readyz")
             .await
             .unwrap()
             .0,
         200
     );
-    let old = https(&server, &old_ca, http::Method::GET, "/readyz").await;
+    let old = https(server.http_addr, &old_ca, http::Method::GET, "/readyz").await;
     assert!(old.is_err(), "the old certificate is gone: {old:?}");
 
     // A broken file on reload: the server keeps the certificate it has.
     write(dir.path(), "server.key", "not a key");
     server.reloader.reload();
     assert_eq!(
-        https(&server, &new_ca, http::Method::GET, "/readyz")
+        https(server.http_addr, &new_ca, http::Method::GET, "/readyz")
             .await
             .unwrap()
             .0,
@@ -254,5 +257,43 @@ async fn a_reload_serves_the_new_certificate_and_a_bad_one_keeps_the_old() {
     assert_eq!(
         client.wait_for_second_party(call).await.unwrap_err().code(),
         Code::DeadlineExceeded
+    );
+}
+
+/// The same through the binary and a real SIGHUP.
+#[tokio::test]
+async fn sighup_reloads_the_certificate_in_a_running_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let (old_ca, new_ca) = (Ca::new(), Ca::new());
+    let old = old_ca.leaf(&["localhost"]);
+    let cert = write(dir.path(), "server.pem", &old.cert);
+    let key = write(dir.path(), "server.key", &old.key);
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let mut server = common::Process::start(&["--tls-cert", cert, "--tls-key", key]).await;
+    let addr = server.http.parse().unwrap();
+    assert_eq!(
+        https(addr, &old_ca, http::Method::GET, "/healthz")
+            .await
+            .unwrap()
+            .0,
+        200
+    );
+
+    let new = new_ca.leaf(&["localhost"]);
+    std::fs::write(cert, &new.cert).unwrap();
+    std::fs::write(key, &new.key).unwrap();
+    server.signal("HUP");
+    server.next("reloaded the TLS certificate and key").await;
+    assert_eq!(
+        https(addr, &new_ca, http::Method::GET, "/healthz")
+            .await
+            .unwrap()
+            .0,
+        200
+    );
+    assert!(
+        https(addr, &old_ca, http::Method::GET, "/healthz")
+            .await
+            .is_err()
     );
 }
