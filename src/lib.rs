@@ -17,6 +17,8 @@
 //!   and reflection by tonic.
 //! - [`gateway`]: the HTTP routes, and `CallError` to HTTP responses.
 //! - [`health`]: gRPC health and `/healthz`, `/readyz`, switched together.
+//! - [`auth`] and [`tls`]: bearer tokens with namespaces, and TLS/mTLS; both
+//!   reloaded on SIGHUP through [`Reloader`].
 //! - [`server`]: listeners, connections, reflection, and ordered shutdown.
 //! - [`config`] and [`telemetry`]: flags (and their environment variables),
 //!   and logging.
