@@ -113,7 +113,7 @@ impl GrpcService {
     ///
     /// Not an `async fn`: the request is taken apart before the returned
     /// future exists, so that a parked call's future holds only its body's
-    /// handle, not the whole request (see [`Call`]).
+    /// handle, not the whole request.
     pub fn handle(
         &self,
         request: Request<Incoming>,
