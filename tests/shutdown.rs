@@ -144,3 +144,34 @@ async fn a_taken_port_is_a_clear_startup_error() {
         "{stderr}"
     );
 }
+
+/// SIGTERM with thousands of callers parked: every one of them gets an
+/// answer (UNAVAILABLE), none hangs, and the process exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_thousands_parked_answers_every_one() {
+    const PARKED: usize = 3_000;
+    let mut server = Process::start(&[]).await;
+    let channel = server.channel().await;
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..PARKED {
+        let mut client = rendezvous::proto::sync_client::SyncClient::new(channel.clone());
+        calls.spawn(async move {
+            client
+                .wait_for_second_party(request(&format!("many-{i}"), b""))
+                .await
+        });
+    }
+    // Every caller has reached the server once each has logged its arrival.
+    for _ in 0..PARKED {
+        server.next("arrived").await;
+    }
+    server.signal("TERM");
+    let mut unavailable = 0;
+    while let Some(call) = within(calls.join_next()).await {
+        let status = call.unwrap().unwrap_err();
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        unavailable += 1;
+    }
+    assert_eq!(unavailable, PARKED);
+    assert_eq!(within(server.child.wait()).await.unwrap().code(), Some(0));
+}

@@ -217,7 +217,9 @@ fn percent_decode(s: &str) -> String {
 /// own startup log line.
 pub struct Process {
     pub child: Child,
-    lines: tokio::io::Lines<BufReader<tokio::process::ChildStderr>>,
+    /// The log, parsed, line by line. A task drains the pipe all the time:
+    /// a server whose stderr fills up blocks on its next log line.
+    events: tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>,
     pub grpc: String,
     pub http: String,
 }
@@ -235,37 +237,39 @@ impl Process {
             .spawn()
             .unwrap();
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let listening = within(Self::line_with(&mut lines, "listening")).await;
-        let field = |name: &str| listening["fields"][name].as_str().unwrap().to_owned();
-        let (grpc, http) = (field("grpc"), field("http"));
-        Self {
-            child,
-            lines,
-            grpc,
-            http,
-        }
-    }
-
-    async fn line_with(
-        lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStderr>>,
-        message: &str,
-    ) -> serde_json::Value {
-        loop {
-            let line = lines
-                .next_line()
-                .await
-                .unwrap()
-                .expect("the server is still running");
-            let event: serde_json::Value = serde_json::from_str(&line).unwrap();
-            if event["fields"]["message"] == message {
-                return event;
+        let (sender, events) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                let _ = sender.send(serde_json::from_str(&line).unwrap());
             }
-        }
+        });
+        let mut process = Self {
+            child,
+            events,
+            grpc: String::new(),
+            http: String::new(),
+        };
+        let listening = process.next("listening").await;
+        let field = |name: &str| listening["fields"][name].as_str().unwrap().to_owned();
+        (process.grpc, process.http) = (field("grpc"), field("http"));
+        process
     }
 
     /// Waits for the next log line with this message.
     pub async fn next(&mut self, message: &str) -> serde_json::Value {
-        within(Self::line_with(&mut self.lines, message)).await
+        within(async {
+            loop {
+                let event = self
+                    .events
+                    .recv()
+                    .await
+                    .expect("the server is still running");
+                if event["fields"]["message"] == message {
+                    return event;
+                }
+            }
+        })
+        .await
     }
 
     /// A gRPC connection to the process.
