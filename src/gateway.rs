@@ -16,6 +16,8 @@ use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use crate::{
     auth::AuthError,
     health::Health,
+    metrics::Rejection,
+    pairing::Engine as _,
     pairing::{LocalEngine, Meeting, PairError, Role},
     service::{CallError, Namespace, Protocol, Rendezvous},
 };
@@ -25,6 +27,7 @@ const ROUTE: &str = "/wait-for-second-party/";
 
 const TEXT: &str = "text/plain; charset=utf-8";
 const JSON: &str = "application/json";
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Serves every HTTP request on the HTTP port. Cheap to clone per connection.
 #[derive(Debug, Clone)]
@@ -91,7 +94,22 @@ impl Gateway {
                 }) => rendezvous(&service, namespace, id, wait, body, json).await,
                 Err(error) => Err(error),
             };
-            Ok(result.unwrap_or_else(|error| error.into_response(json)))
+            Ok(result.unwrap_or_else(|error| {
+                // The service counts its own refusals; wrong routes and
+                // methods, and clients that went away, are not refusals.
+                if matches!(
+                    error,
+                    HttpError::BadWait(..)
+                        | HttpError::IdNotUtf8
+                        | HttpError::BodyTooLarge { .. }
+                        | HttpError::Call(CallError::PayloadTooLarge { .. })
+                ) {
+                    service
+                        .metrics()
+                        .rejected(Protocol::Http, Rejection::InvalidArgument);
+                }
+                error.into_response(json)
+            }))
         }
     }
 
@@ -103,6 +121,22 @@ impl Gateway {
         }
         if path == "/readyz" {
             return self.probe(request.method(), "/readyz", self.health.is_ready());
+        }
+        if path == "/metrics" {
+            if request.method() != Method::GET && request.method() != Method::HEAD {
+                return Err(HttpError::MethodNotAllowed {
+                    method: request.method().clone(),
+                    path: "/metrics",
+                    allow: "GET, HEAD",
+                });
+            }
+            let waiting = self.service.engine().waiting();
+            let text = self.service.metrics().render(waiting);
+            return Ok(Route::Answered(respond(
+                StatusCode::OK,
+                OPENMETRICS,
+                Bytes::from(text),
+            )));
         }
         let Some(segment) = path.strip_prefix(ROUTE) else {
             return Err(HttpError::NotFound);
@@ -117,7 +151,9 @@ impl Gateway {
         if segment.contains('/') {
             return Err(HttpError::NotFound);
         }
-        let namespace = self.service.authenticate(request.headers())?;
+        let namespace = self
+            .service
+            .authenticate(Protocol::Http, request.headers())?;
         let id = percent_encoding::percent_decode_str(segment)
             .decode_utf8()
             .map_err(|_| HttpError::IdNotUtf8)?

@@ -25,6 +25,7 @@ use prost::Message;
 use tonic::{Status, codegen::Service, service::Routes};
 
 use crate::{
+    metrics::Rejection,
     pairing::{LocalEngine, Meeting, PairError, Role},
     proto,
     service::{CallError, Namespace, Protocol, Rendezvous},
@@ -129,9 +130,10 @@ impl GrpcService {
                     namespace,
                     wait,
                     body,
-                } => Ok(respond(
-                    wait_for_second_party(&service, namespace, wait, body).await,
-                )),
+                } => {
+                    let result = wait_for_second_party(&service, namespace, wait, body).await;
+                    Ok(respond(&service, result))
+                }
                 Call::Other(future) => future.await,
                 Call::Refused(response) => Ok(response),
             }
@@ -151,20 +153,20 @@ impl GrpcService {
             *response.status_mut() = StatusCode::UNSUPPORTED_MEDIA_TYPE;
             return Call::Refused(response);
         }
-        let namespace = match self.service.authenticate(request.headers()) {
+        let namespace = match self.service.authenticate(Protocol::Grpc, request.headers()) {
             Ok(namespace) => namespace,
             Err(error) => return Call::Refused(Status::from(GrpcError::from(error)).into_http()),
         };
         let wait = match caller_wait(request.headers()) {
             Ok(wait) => wait,
-            Err(error) => return Call::Refused(Status::from(error).into_http()),
+            Err(error) => return Call::Refused(respond(&self.service, Err(error))),
         };
         if request
             .headers()
             .get("grpc-encoding")
             .is_some_and(|e| e != "identity")
         {
-            return Call::Refused(Status::from(GrpcError::Compressed).into_http());
+            return Call::Refused(respond(&self.service, Err(GrpcError::Compressed)));
         }
         Call::Wait {
             namespace,
@@ -191,10 +193,22 @@ enum Call {
 /// The answer to a rendezvous call. Kept out of the `async` block that awaits
 /// the call, so that building it adds nothing to the future a parked call
 /// keeps alive.
-fn respond(result: Result<Meeting, GrpcError>) -> Response<tonic::body::Body> {
+fn respond(
+    service: &Rendezvous<LocalEngine>,
+    result: Result<Meeting, GrpcError>,
+) -> Response<tonic::body::Body> {
     match result {
         Ok(meeting) => ok_response(&proto::WaitForSecondPartyResponse::from(meeting)),
-        Err(error) => Status::from(error).into_http(),
+        Err(error) => {
+            // The service counts its own refusals; a client that went away
+            // mid-request is not a refusal.
+            if !matches!(error, GrpcError::Call(_) | GrpcError::Body(_)) {
+                service
+                    .metrics()
+                    .rejected(Protocol::Grpc, Rejection::InvalidArgument);
+            }
+            Status::from(error).into_http()
+        }
     }
 }
 

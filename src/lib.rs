@@ -34,6 +34,7 @@ pub mod config;
 pub mod gateway;
 pub mod grpc;
 pub mod health;
+pub mod metrics;
 pub mod pairing;
 pub mod server;
 pub mod service;

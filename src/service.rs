@@ -15,6 +15,7 @@ use http::{HeaderMap, header::AUTHORIZATION};
 
 use crate::{
     auth::{Auth, AuthError},
+    metrics::{Metrics, Rejection},
     pairing::{Engine, Id, IdError, LocalEngine, Meeting, PairError, Role},
 };
 
@@ -39,6 +40,7 @@ pub struct Rendezvous<E = LocalEngine> {
     limits: Limits,
     /// `None` when `--auth-token-file` is not set: everyone may call.
     auth: Option<Arc<Auth>>,
+    metrics: Arc<Metrics>,
 }
 
 impl<E> Clone for Rendezvous<E> {
@@ -47,6 +49,7 @@ impl<E> Clone for Rendezvous<E> {
             engine: self.engine.clone(),
             limits: self.limits,
             auth: self.auth.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -61,7 +64,7 @@ pub enum Protocol {
 }
 
 impl Protocol {
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Grpc => "grpc",
             Self::Http => "http",
@@ -99,7 +102,13 @@ impl<E: Engine> Rendezvous<E> {
             engine,
             limits,
             auth: None,
+            metrics: Arc::new(Metrics::new()),
         }
+    }
+
+    /// The series this service counts its calls in.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// The same service, calls to which need a bearer token from `auth`.
@@ -110,10 +119,20 @@ impl<E: Engine> Rendezvous<E> {
     /// Checks a call's `authorization` header, and returns the namespace it
     /// may meet in: `Ok(None)` when tokens are not required (and then the
     /// headers are not even looked at).
-    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Namespace, CallError> {
-        match &self.auth {
-            None => Ok(None),
-            Some(auth) => Ok(Some(auth.namespace_of(headers.get(AUTHORIZATION))?)),
+    pub fn authenticate(
+        &self,
+        protocol: Protocol,
+        headers: &HeaderMap,
+    ) -> Result<Namespace, CallError> {
+        let Some(auth) = &self.auth else {
+            return Ok(None);
+        };
+        match auth.namespace_of(headers.get(AUTHORIZATION)) {
+            Ok(namespace) => Ok(Some(namespace)),
+            Err(error) => {
+                self.metrics.rejected(protocol, Rejection::Unauthenticated);
+                Err(error.into())
+            }
         }
     }
 
@@ -140,9 +159,16 @@ impl<E: Engine> Rendezvous<E> {
         payload: Bytes,
         wait: Option<Duration>,
     ) -> Result<Meeting, CallError> {
-        let id = Id::in_namespace(namespace.as_deref(), id)?;
+        let invalid = |error: CallError| {
+            self.metrics.rejected(protocol, Rejection::InvalidArgument);
+            Err(error)
+        };
+        let id = match Id::in_namespace(namespace.as_deref(), id) {
+            Ok(id) => id,
+            Err(error) => return invalid(error.into()),
+        };
         if payload.len() > self.limits.max_payload {
-            return Err(CallError::PayloadTooLarge {
+            return invalid(CallError::PayloadTooLarge {
                 size: payload.len(),
                 limit: self.limits.max_payload,
             });
@@ -162,15 +188,45 @@ impl<E: Engine> Rendezvous<E> {
         // Ids can be secret pairing codes: only in this debug event, never on
         // the span, whose fields show up on every event inside it.
         span.in_scope(|| tracing::debug!(id = id.as_str(), ?wait, "arrived"));
+        // Counts the caller as cancelled if its future is dropped first.
+        let mut pending = Pending {
+            metrics: &self.metrics,
+            protocol,
+            settled: false,
+        };
         let result = self
             .engine
             .meet(id, payload, wait)
             .instrument(span.clone())
             .await;
+        pending.settled = true;
+        match &result {
+            Ok(meeting) => self.metrics.paired(protocol, meeting.waited),
+            Err(PairError::TimedOut { .. }) => self.metrics.timed_out(protocol),
+            Err(PairError::Full { .. }) => self.metrics.rejected(protocol, Rejection::Full),
+            Err(PairError::ShuttingDown) => {
+                self.metrics.rejected(protocol, Rejection::ShuttingDown)
+            }
+        }
         if !span.is_disabled() {
             record(&span, &result);
         }
         result.map_err(CallError::from)
+    }
+}
+
+/// A call on its way: dropped unsettled, the caller went away.
+struct Pending<'a> {
+    metrics: &'a Metrics,
+    protocol: Protocol,
+    settled: bool,
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.metrics.cancelled(self.protocol);
+        }
     }
 }
 

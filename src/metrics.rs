@@ -1,0 +1,178 @@
+//! Prometheus metrics, served at `GET /metrics` on the HTTP port.
+//!
+//! The per-call counters and histograms are looked up once, at start-up, so
+//! a call pays an atomic increment (and, when it pairs, one histogram
+//! observation); the parked-callers gauge is read from the engine only when
+//! scraped.
+
+use std::time::Duration;
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+use crate::service::Protocol;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProtocolLabel {
+    protocol: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RejectionLabels {
+    protocol: &'static str,
+    reason: &'static str,
+}
+
+/// Every series, registered once. Cheap to share behind an `Arc`.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    parked: Gauge,
+    /// Indexed by [`Protocol`] (gRPC, then HTTP).
+    paired: [Counter; 2],
+    timeouts: [Counter; 2],
+    cancellations: [Counter; 2],
+    waited: [Histogram; 2],
+    rejections: Family<RejectionLabels, Counter>,
+}
+
+/// Why a call was refused, as the `reason` label says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// A bad id, payload, deadline header, body or request.
+    InvalidArgument,
+    /// No valid bearer token.
+    Unauthenticated,
+    /// `--max-waiters` callers were already waiting.
+    Full,
+    /// The server was shutting down.
+    ShuttingDown,
+}
+
+impl Rejection {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidArgument => "invalid_argument",
+            Self::Unauthenticated => "unauthenticated",
+            Self::Full => "full",
+            Self::ShuttingDown => "shutting_down",
+        }
+    }
+}
+
+const PROTOCOLS: [Protocol; 2] = [Protocol::Grpc, Protocol::Http];
+
+fn index(protocol: Protocol) -> usize {
+    match protocol {
+        Protocol::Grpc => 0,
+        Protocol::Http => 1,
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every series, with zero values, so a scrape shows them all
+    /// from the start.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("rendezvous");
+        let parked = Gauge::default();
+        registry.register(
+            "parked_callers",
+            "Callers waiting for their partner right now",
+            parked.clone(),
+        );
+        let counters = |registry: &mut Registry, name: &str, help: &str| {
+            let family = Family::<ProtocolLabel, Counter>::default();
+            registry.register(name, help, family.clone());
+            PROTOCOLS.map(|p| {
+                family
+                    .get_or_create(&ProtocolLabel {
+                        protocol: p.as_str(),
+                    })
+                    .clone()
+            })
+        };
+        let paired = counters(&mut registry, "paired", "Callers that met their partner");
+        let timeouts = counters(&mut registry, "timeouts", "Callers whose wait ran out");
+        let cancellations = counters(
+            &mut registry,
+            "cancellations",
+            "Callers that went away while waiting (cancel, closed connection, dead peer)",
+        );
+        let waited = Family::<ProtocolLabel, Histogram>::new_with_constructor(|| {
+            // 1 ms to about 16 min, in factors of 4.
+            Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+                0.001, 4.0, 11,
+            ))
+        });
+        registry.register(
+            "waited_seconds",
+            "How long callers that paired waited for their partner",
+            waited.clone(),
+        );
+        let waited = PROTOCOLS.map(|p| {
+            waited
+                .get_or_create(&ProtocolLabel {
+                    protocol: p.as_str(),
+                })
+                .clone()
+        });
+        let rejections = Family::<RejectionLabels, Counter>::default();
+        registry.register(
+            "rejections",
+            "Calls refused before they could wait, by reason",
+            rejections.clone(),
+        );
+        Self {
+            registry,
+            parked,
+            paired,
+            timeouts,
+            cancellations,
+            waited,
+            rejections,
+        }
+    }
+
+    /// A caller met its partner after `waited`.
+    pub fn paired(&self, protocol: Protocol, waited: Duration) {
+        self.paired[index(protocol)].inc();
+        self.waited[index(protocol)].observe(waited.as_secs_f64());
+    }
+
+    /// A caller's wait ran out.
+    pub fn timed_out(&self, protocol: Protocol) {
+        self.timeouts[index(protocol)].inc();
+    }
+
+    /// A caller went away before its outcome.
+    pub fn cancelled(&self, protocol: Protocol) {
+        self.cancellations[index(protocol)].inc();
+    }
+
+    /// A call was refused.
+    pub fn rejected(&self, protocol: Protocol, reason: Rejection) {
+        self.rejections
+            .get_or_create(&RejectionLabels {
+                protocol: protocol.as_str(),
+                reason: reason.as_str(),
+            })
+            .inc();
+    }
+
+    /// The Prometheus text exposition, with the gauge set to `parked`.
+    pub fn render(&self, parked: usize) -> String {
+        self.parked.set(i64::try_from(parked).unwrap_or(i64::MAX));
+        let mut text = String::new();
+        encode(&mut text, &self.registry).expect("writing to a String cannot fail");
+        text
+    }
+}
