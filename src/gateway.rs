@@ -123,13 +123,7 @@ impl Gateway {
             return self.probe(request.method(), "/readyz", self.health.is_ready());
         }
         if path == "/metrics" {
-            if request.method() != Method::GET && request.method() != Method::HEAD {
-                return Err(HttpError::MethodNotAllowed {
-                    method: request.method().clone(),
-                    path: "/metrics",
-                    allow: "GET, HEAD",
-                });
-            }
+            only_get(request.method(), "/metrics")?;
             let waiting = self.service.engine().waiting();
             let text = self.service.metrics().render(waiting);
             return Ok(Route::Answered(respond(
@@ -173,18 +167,24 @@ impl Gateway {
         path: &'static str,
         up: bool,
     ) -> Result<Route<B>, HttpError> {
-        if method != Method::GET && method != Method::HEAD {
-            return Err(HttpError::MethodNotAllowed {
-                method: method.clone(),
-                path,
-                allow: "GET, HEAD",
-            });
-        }
+        only_get(method, path)?;
         Ok(Route::Answered(match up {
             true => text(StatusCode::OK, "OK"),
             false => text(StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
         }))
     }
+}
+
+/// Probes and metrics are read-only: GET and HEAD.
+fn only_get(method: &Method, path: &'static str) -> Result<(), HttpError> {
+    if method == Method::GET || method == Method::HEAD {
+        return Ok(());
+    }
+    Err(HttpError::MethodNotAllowed {
+        method: method.clone(),
+        path,
+        allow: "GET, HEAD",
+    })
 }
 
 /// What is left of a request once its head has been read.

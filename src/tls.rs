@@ -61,8 +61,7 @@ const HTTP_ALPN: &[&[u8]] = &[b"h2", b"http/1.1"];
 impl Tls {
     /// Loads the files, failing (so the server does not start) if unusable.
     pub fn load(files: TlsFiles) -> Result<Self, TlsError> {
-        let grpc = build(&files, GRPC_ALPN)?;
-        let http = build(&files, HTTP_ALPN)?;
+        let (grpc, http) = build(&files)?;
         Ok(Self {
             files,
             grpc: ArcSwap::from_pointee(grpc),
@@ -73,8 +72,7 @@ impl Tls {
     /// Reads the files again. Open connections keep their sessions; new
     /// ones get the new certificate. On error nothing changes.
     pub fn reload(&self) -> Result<(), TlsError> {
-        let grpc = build(&self.files, GRPC_ALPN)?;
-        let http = build(&self.files, HTTP_ALPN)?;
+        let (grpc, http) = build(&self.files)?;
         self.grpc.store(Arc::new(grpc));
         self.http.store(Arc::new(http));
         Ok(())
@@ -91,7 +89,10 @@ impl Tls {
     }
 }
 
-fn build(files: &TlsFiles, alpn: &[&[u8]]) -> Result<ServerConfig, TlsError> {
+/// The gRPC and HTTP configurations, from one reading of the files, so that
+/// both listeners always serve the same certificate (a file rewritten
+/// between two readings could otherwise split them).
+fn build(files: &TlsFiles) -> Result<(ServerConfig, ServerConfig), TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?;
@@ -111,9 +112,15 @@ fn build(files: &TlsFiles, alpn: &[&[u8]]) -> Result<ServerConfig, TlsError> {
         path: files.key.clone(),
         problem: e.to_string(),
     })?;
-    let mut config = builder.with_single_cert(certificates(&files.cert)?, key)?;
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    Ok(config)
+    let mut grpc = builder.with_single_cert(certificates(&files.cert)?, key)?;
+    let mut http = grpc.clone();
+    grpc.alpn_protocols = alpn(GRPC_ALPN);
+    http.alpn_protocols = alpn(HTTP_ALPN);
+    Ok((grpc, http))
+}
+
+fn alpn(protocols: &[&[u8]]) -> Vec<Vec<u8>> {
+    protocols.iter().map(|p| p.to_vec()).collect()
 }
 
 fn certificates(path: &PathBuf) -> Result<Vec<CertificateDer<'static>>, TlsError> {
