@@ -23,7 +23,7 @@ use crate::{
 };
 
 /// The path prefix of the rendezvous route.
-const ROUTE: &str = "/wait-for-second-party/";
+pub(crate) const ROUTE: &str = "/wait-for-second-party/";
 
 const TEXT: &str = "text/plain; charset=utf-8";
 const JSON: &str = "application/json";
@@ -39,7 +39,7 @@ pub struct Gateway {
 /// What went wrong with an HTTP request, mapped to a response in one place
 /// ([`HttpError::into_response`]).
 #[derive(Debug, thiserror::Error)]
-enum HttpError {
+pub(crate) enum HttpError {
     #[error(transparent)]
     Call(#[from] CallError),
     #[error("bad wait {0:?}: {1}; use a duration such as 250ms, 2s or 1m")]
@@ -148,11 +148,7 @@ impl Gateway {
         let namespace = self
             .service
             .authenticate(Protocol::Http, request.headers())?;
-        let id = percent_encoding::percent_decode_str(segment)
-            .decode_utf8()
-            .map_err(|_| HttpError::IdNotUtf8)?
-            .into_owned();
-        let wait = requested_wait(request.uri().query())?;
+        let (id, wait) = call_target(segment, request.uri().query())?;
         Ok(Route::Rendezvous {
             namespace,
             id,
@@ -222,6 +218,19 @@ where
     })
 }
 
+/// The id (percent-decoded, not yet validated) and the wait a rendezvous
+/// request asks for, from the path segment after the route and the query.
+pub(crate) fn call_target(
+    segment: &str,
+    query: Option<&str>,
+) -> Result<(String, Option<Duration>), HttpError> {
+    let id = percent_encoding::percent_decode_str(segment)
+        .decode_utf8()
+        .map_err(|_| HttpError::IdNotUtf8)?
+        .into_owned();
+    Ok((id, requested_wait(query)?))
+}
+
 /// `?wait=<duration>`; other query parameters are ignored, as they always were.
 fn requested_wait(query: Option<&str>) -> Result<Option<Duration>, HttpError> {
     let Some(query) = query else { return Ok(None) };
@@ -259,7 +268,7 @@ where
     }
 }
 
-fn wants_json(headers: &http::HeaderMap) -> bool {
+pub(crate) fn wants_json(headers: &http::HeaderMap) -> bool {
     headers
         .get_all(header::ACCEPT)
         .iter()

@@ -36,7 +36,7 @@ pub const WAIT_FOR_SECOND_PARTY: &str = "/rendezvous.v1.Sync/WaitForSecondParty"
 
 /// Room left for encoding and sending a `DEADLINE_EXCEEDED` answer before the
 /// caller's own deadline: a twentieth of its timeout, at most this much.
-const MAX_DEADLINE_MARGIN: Duration = Duration::from_millis(50);
+pub(crate) const MAX_DEADLINE_MARGIN: Duration = Duration::from_millis(50);
 
 /// How much bigger than `--max-payload` a request message may be: room for
 /// the id (at most 256 bytes) and the protobuf framing.
@@ -53,7 +53,7 @@ pub struct GrpcService {
 /// Everything that can go wrong with a call, mapped to a [`Status`] in one
 /// place.
 #[derive(Debug, thiserror::Error)]
-enum GrpcError {
+pub(crate) enum GrpcError {
     #[error(transparent)]
     Call(#[from] CallError),
     #[error(
@@ -289,7 +289,7 @@ fn ok_response(message: &proto::WaitForSecondPartyResponse) -> Response<tonic::b
 
 /// How long the caller can wait, from its `grpc-timeout` header, less the
 /// margin the server needs to answer in time. `None` if it set no deadline.
-fn caller_wait(headers: &HeaderMap) -> Result<Option<Duration>, GrpcError> {
+pub(crate) fn caller_wait(headers: &HeaderMap) -> Result<Option<Duration>, GrpcError> {
     let Some(header) = headers.get("grpc-timeout") else {
         return Ok(None);
     };

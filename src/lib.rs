@@ -23,6 +23,9 @@
 //! - [`config`] and [`telemetry`]: flags (and their environment variables),
 //!   and logging.
 //!
+//! - `fuzzing` (hidden, feature `fuzzing`): the fuzz targets' bodies, shared by `fuzz/` and
+//!   the corpus replay in `tests/fuzz_corpus.rs`.
+//!
 //! The binary (`src/main.rs`) only parses flags, sets up logging, and runs
 //! [`Application`] until SIGINT or SIGTERM. Tests start the same
 //! [`Application`] on port 0 with their own shutdown future.
@@ -31,6 +34,9 @@
 
 pub mod auth;
 pub mod config;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gateway;
 pub mod grpc;
 pub mod health;

@@ -19,22 +19,26 @@
 //!   its caller goes away (RST_STREAM, a closed connection). A caller that left
 //!   is therefore gone from the map before anyone can pair with it.
 
-use std::{
-    fmt,
-    hash::BuildHasher,
-    sync::{
-        Mutex, MutexGuard, PoisonError,
-        atomic::{AtomicUsize, Ordering},
-    },
-    time::Duration,
-};
+use std::{fmt, hash::BuildHasher, time::Duration};
 
 use bytes::Bytes;
-use hashbrown::HashTable;
-use tokio::{
-    sync::oneshot,
-    time::{Instant, sleep_until},
-};
+use tokio::time::{Instant, sleep_until};
+
+#[cfg(test)]
+mod model;
+mod shard;
+
+use shard::{Arrival, Occupancy, Outcome, Shard};
+
+/// The primitives the shards synchronise with. The loom model swaps in its
+/// own versions of exactly these (see `model.rs`).
+mod sync {
+    pub(super) use std::sync::{
+        Mutex, MutexGuard,
+        atomic::{AtomicUsize, Ordering},
+    };
+    pub(super) use tokio::sync::oneshot;
+}
 
 /// The longest id accepted, in bytes. Ids are meeting codes, not documents;
 /// the bound also caps the memory a parked caller can pin with its id.
@@ -196,12 +200,15 @@ impl LocalEngine {
         Self {
             shards: (0..SHARDS).map(|_| Shard::default()).collect(),
             hasher: std::hash::RandomState::new(),
-            occupancy: Occupancy {
-                taken: CachePadded(AtomicUsize::new(0)),
-                capacity,
-                spares_per_shard: usize::from(capacity >= SHARDS * 256),
-            },
+            occupancy: Occupancy::new(capacity, SHARDS),
         }
+    }
+
+    /// Places taken against the cap by parked callers (the shards' spares
+    /// aside): every path out of the map must give its place back.
+    #[cfg(test)]
+    fn places_in_use(&self) -> usize {
+        self.occupancy.taken() - self.shards.iter().map(Shard::spares).sum::<usize>()
     }
 
     fn shard(&self, hash: u64) -> &Shard {
@@ -228,7 +235,7 @@ impl fmt::Debug for LocalEngine {
 impl Engine for LocalEngine {
     async fn meet(&self, id: Id, payload: Bytes, wait: Duration) -> Result<Meeting, PairError> {
         let hash = self.hasher.hash_one(&id);
-        let mut parking = match self.shard(hash).arrive(id, hash, payload, &self.occupancy) {
+        let parking = match self.shard(hash).arrive(id, hash, payload, &self.occupancy) {
             // The second caller never waits: it finds its partner already there.
             Arrival::Paired(peer_payload) => {
                 return Ok(Meeting {
@@ -246,227 +253,25 @@ impl Engine for LocalEngine {
             Arrival::Parked(parking) => parking,
         };
         let start = Instant::now();
-        let deadline = start + wait;
-
-        let delivered = tokio::select! {
-            biased;
-            delivered = &mut parking.rx => delivered.ok(),
-            () = sleep_until(deadline) => {
-                if parking.withdraw() {
-                    return Err(PairError::TimedOut { wait });
-                }
-                // Too late to withdraw: the partner removed the entry first,
-                // and handed its payload over before releasing the lock.
-                parking.rx.try_recv().ok()
-            }
-        };
-        parking.settled = true;
-        match delivered {
-            Some(peer_payload) => Ok(Meeting {
+        match parking.outcome(sleep_until(start + wait)).await {
+            Outcome::Paired(peer_payload) => Ok(Meeting {
                 role: Role::First,
                 peer_payload,
                 waited: start.elapsed(),
             }),
-            // The sender was dropped without a payload: only `close` does that.
-            None => Err(PairError::ShuttingDown),
+            Outcome::TimedOut => Err(PairError::TimedOut { wait }),
+            Outcome::Closed => Err(PairError::ShuttingDown),
         }
     }
 
     fn close(&self) {
         for shard in self.shards.iter() {
-            let mut state = shard.lock();
-            state.closed = true;
-            // Dropping the senders wakes each parked caller with an error,
-            // which it reports as `ShuttingDown`.
-            state.table.clear();
+            shard.close(&self.occupancy);
         }
     }
 
     fn waiting(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().table.len()).sum()
-    }
-}
-
-/// Places for parked callers, against the cap.
-///
-/// One counter for the whole engine would put a cache line that every core
-/// writes on every park (it cut the engine's two-core scaling from 1.55 to
-/// 1.23). So a shard that frees a place may keep it as a spare for its next
-/// parked caller instead of handing it back. With large caps a shard keeps at
-/// most one spare, so the cap holds to within [`SHARDS`] places (0.4% at the
-/// smallest cap that allows spares); below that, every place goes through the
-/// counter and the cap is exact.
-struct Occupancy {
-    /// Places taken: parked callers plus the shards' spares.
-    taken: CachePadded<AtomicUsize>,
-    capacity: usize,
-    /// How many spares one shard may keep.
-    spares_per_shard: usize,
-}
-
-/// Keeps a hot atomic on cache lines of its own.
-#[repr(align(128))]
-struct CachePadded<T>(T);
-
-impl Occupancy {
-    /// Takes a place for one more parked caller in `state`'s shard: its
-    /// spare if it has one, or a new one if the cap allows.
-    fn admit(&self, state: &mut ShardState) -> bool {
-        if state.spares > 0 {
-            state.spares -= 1;
-            return true;
-        }
-        // Relaxed: the count orders nothing else; the shard lock does that.
-        if self.taken.0.fetch_add(1, Ordering::Relaxed) < self.capacity {
-            return true;
-        }
-        self.taken.0.fetch_sub(1, Ordering::Relaxed);
-        false
-    }
-
-    /// Frees the place of a caller that left `state`'s shard.
-    fn release(&self, state: &mut ShardState) {
-        if state.spares < self.spares_per_shard {
-            state.spares += 1;
-        } else {
-            self.taken.0.fetch_sub(1, Ordering::Relaxed);
-        }
-    }
-}
-
-/// Aligned to its own cache lines (128 bytes covers the adjacent-line
-/// prefetcher), so that two cores working on neighbouring shards do not
-/// slow each other down through false sharing.
-#[derive(Default)]
-#[repr(align(128))]
-struct Shard {
-    state: Mutex<ShardState>,
-}
-
-#[derive(Default)]
-struct ShardState {
-    table: HashTable<Box<Parked>>,
-    next_ticket: u64,
-    closed: bool,
-    /// Places this shard holds for its next parked callers (see [`Occupancy`]).
-    spares: usize,
-}
-
-/// A caller waiting in the map.
-struct Parked {
-    id: Id,
-    hash: u64,
-    /// Unique within the shard: cleanup removes by ticket, never by id.
-    ticket: u64,
-    /// Goes to the partner.
-    payload: Bytes,
-    /// Brings the partner's payload back to the waiting caller.
-    tx: oneshot::Sender<Bytes>,
-}
-
-enum Arrival<'a> {
-    Paired(Bytes),
-    Parked(Parking<'a>),
-    Closed,
-    Full,
-}
-
-impl Shard {
-    fn lock(&self) -> MutexGuard<'_, ShardState> {
-        // No code panics while holding the lock, and the state stays
-        // consistent at every step, so a poisoned lock is still usable.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Completes the pair if someone waits for `id`, or parks the caller.
-    fn arrive<'a>(
-        &'a self,
-        id: Id,
-        hash: u64,
-        mut payload: Bytes,
-        occupancy: &'a Occupancy,
-    ) -> Arrival<'a> {
-        let mut state = self.lock();
-        if state.closed {
-            return Arrival::Closed;
-        }
-        if let Ok(entry) = state.table.find_entry(hash, |p| p.id == id) {
-            let (waiter, _) = entry.remove();
-            occupancy.release(&mut state);
-            // Sent under the lock: a waiter that finds its entry gone can rely
-            // on the payload already being in its channel.
-            match waiter.tx.send(payload) {
-                Ok(()) => return Arrival::Paired(waiter.payload),
-                // Its caller went away and its cleanup has not run yet. Never
-                // pair with it: park in its place instead.
-                Err(returned) => payload = returned,
-            }
-        }
-        if !occupancy.admit(&mut state) {
-            return Arrival::Full;
-        }
-        let ticket = state.next_ticket;
-        state.next_ticket += 1;
-        let (tx, rx) = oneshot::channel();
-        let parked = Parked {
-            id,
-            hash,
-            ticket,
-            payload,
-            tx,
-        };
-        state
-            .table
-            .insert_unique(hash, Box::new(parked), |p| p.hash);
-        Arrival::Parked(Parking {
-            shard: self,
-            occupancy,
-            hash,
-            ticket,
-            settled: false,
-            rx,
-        })
-    }
-}
-
-/// A parked caller's claim on its entry. Dropping it unsettled (the caller
-/// went away) removes the entry, so nobody can pair with a caller that left.
-struct Parking<'a> {
-    shard: &'a Shard,
-    occupancy: &'a Occupancy,
-    hash: u64,
-    ticket: u64,
-    /// Set once the outcome is known and the entry is already gone.
-    settled: bool,
-    // Declared last so it drops after `Drop::drop` has removed the entry.
-    rx: oneshot::Receiver<Bytes>,
-}
-
-impl Parking<'_> {
-    /// Removes this caller's entry if it is still there. `false` means a
-    /// partner (or `close`) already took it, so the outcome is in `rx`.
-    fn withdraw(&mut self) -> bool {
-        self.settled = true;
-        let mut state = self.shard.lock();
-        match state
-            .table
-            .find_entry(self.hash, |p| p.ticket == self.ticket)
-        {
-            Ok(entry) => {
-                entry.remove();
-                self.occupancy.release(&mut state);
-                true
-            }
-            Err(_) => false,
-        }
-    }
-}
-
-impl Drop for Parking<'_> {
-    fn drop(&mut self) {
-        if !self.settled {
-            self.withdraw();
-        }
+        self.shards.iter().map(Shard::waiting).sum()
     }
 }
 
@@ -612,6 +417,9 @@ mod tests {
             Err(PairError::ShuttingDown)
         );
         assert_eq!(engine.waiting(), 0);
+        // Found by the loom model (`shutdown_races_a_pair`): closing used to
+        // drop the parked callers without giving their places back.
+        assert_eq!(engine.places_in_use(), 0);
     }
 
     #[tokio::test(start_paused = true)]
@@ -642,8 +450,29 @@ mod tests {
         assert!(matches!(c.await, Err(PairError::TimedOut { .. })));
         drop(b);
         assert_eq!(engine.waiting(), 0);
+        assert_eq!(engine.places_in_use(), 0);
         engine.close();
         assert_eq!(engine.waiting(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_spares_every_path_still_gives_its_place_back() {
+        let engine = Arc::new(LocalEngine::with_capacity(1 << 20));
+        let e = engine.clone();
+        let first = tokio::spawn(async move { e.meet(id("a"), Bytes::new(), FAR).await });
+        tokio::task::yield_now().await;
+        assert_eq!(engine.places_in_use(), 1);
+        engine.meet(id("a"), Bytes::new(), FAR).await.unwrap();
+        first.await.unwrap().unwrap();
+        let timed_out = engine.meet(id("b"), Bytes::new(), SECOND).await;
+        assert!(matches!(timed_out, Err(PairError::TimedOut { .. })));
+        {
+            let gone = engine.meet(id("c"), Bytes::new(), FAR);
+            tokio::pin!(gone);
+            assert!(futures_poll(gone.as_mut()).is_pending());
+            assert_eq!(engine.places_in_use(), 1);
+        }
+        assert_eq!(engine.places_in_use(), 0);
     }
 
     /// Polls a future once, as an executor would, without waiting for it.
