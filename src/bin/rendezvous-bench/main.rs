@@ -8,6 +8,9 @@
 //!   by sending their partners; reports bytes per parked caller and the
 //!   release time. With `--hold`, it keeps them parked a while first, so that
 //!   another run of `pairs` can measure throughput with them in place.
+//! - `soak`: a long mixed run over both ports, with cancellations and
+//!   timeouts, checking every pair's payloads, the RSS and the parked gauge
+//!   (see `soak.rs`).
 //!
 //! Not a test: nothing here asserts a timing. `scripts/bench.sh` runs it.
 
@@ -29,6 +32,8 @@ use rendezvous::proto::{WaitForSecondPartyRequest, sync_client::SyncClient};
 use tokio::{net::TcpStream, sync::mpsc, task::JoinSet};
 use tonic::{Code, transport::Channel};
 
+mod soak;
+
 #[derive(Debug, Parser)]
 #[command(
     about = "Load for a rendezvous server (or a ceiling), with server CPU and RSS from /proc"
@@ -47,6 +52,8 @@ enum Mode {
     Pairs(PairsArgs),
     /// Park callers, measure memory, then release them.
     Idle(IdleArgs),
+    /// A long mixed run that checks correctness, leaks and the gauge.
+    Soak(soak::SoakArgs),
 }
 
 #[derive(Debug, Args)]
@@ -490,6 +497,7 @@ async fn main() {
     let report = match cli.mode {
         Mode::Pairs(args) => pairs(args).await,
         Mode::Idle(args) => idle(args).await,
+        Mode::Soak(args) => soak::soak(args).await,
     };
     if cli.json {
         println!("{report}");

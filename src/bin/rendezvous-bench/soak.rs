@@ -1,0 +1,451 @@
+//! `soak`: a long mixed run that checks the server stays correct and does
+//! not leak. `scripts/soak.sh` starts a server and runs it.
+//!
+//! The work comes in rounds of six jobs, so that of every ten callers eight
+//! pair, one cancels and one times out:
+//! - four pairs, over gRPC + gRPC, HTTP + HTTP, gRPC + HTTP and HTTP + gRPC,
+//!   each caller sending its own payload and checking it got its partner's;
+//! - one caller that goes away mid-wait (gRPC: RST_STREAM; HTTP: the
+//!   connection is reset), with an id nobody else uses;
+//! - one caller with an id nobody else uses and a short wait, which must
+//!   time out.
+//!
+//! A wrong pair is any caller told it paired when it should not have been
+//! (the cancelling and the timing-out ones), or paired with a payload other
+//! than its partner's. After a warm-up, the RSS is read; after the run, once
+//! the server is idle, it is read again, and `/metrics` is scraped for the
+//! parked-callers gauge and the counters.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use clap::Args;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use rendezvous::proto::{WaitForSecondPartyRequest, sync_client::SyncClient};
+use tokio::{net::TcpStream, sync::mpsc, task::JoinSet};
+use tonic::{Code, transport::Channel};
+
+use crate::{fresh_id, quiesce, usage};
+
+#[derive(Debug, Args)]
+pub struct SoakArgs {
+    /// The server's gRPC port.
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    grpc: SocketAddr,
+    /// The server's HTTP port.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    http: SocketAddr,
+    /// The server's pid, for its RSS.
+    #[arg(long)]
+    server_pid: u32,
+    /// Pairs to complete in the measured run (callers: 2.5 times as many).
+    #[arg(long, default_value_t = 1_000_000)]
+    pairs: u64,
+    /// Pairs in the warm-up, before the first RSS reading.
+    #[arg(long, default_value_t = 100_000)]
+    warmup_pairs: u64,
+    /// Jobs in flight at once.
+    #[arg(long, default_value_t = 256)]
+    concurrency: usize,
+    /// The wait of the callers that must time out.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "100ms")]
+    timeout_wait: Duration,
+    /// How long the cancelling callers wait before they go away.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "20ms")]
+    cancel_after: Duration,
+}
+
+/// What one caller was told.
+#[derive(Debug)]
+enum Told {
+    Paired(Bytes),
+    TimedOut,
+    Failed(String),
+}
+
+/// Tallies of a run; `wrong` must stay 0.
+#[derive(Debug, Default)]
+struct Tally {
+    pairs_ok: AtomicU64,
+    timeouts_ok: AtomicU64,
+    cancels_ok: AtomicU64,
+    wrong: AtomicU64,
+    failed: AtomicU64,
+}
+
+impl Tally {
+    fn json(&self) -> serde_json::Value {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        serde_json::json!({
+            "pairs_ok": get(&self.pairs_ok),
+            "timeouts_ok": get(&self.timeouts_ok),
+            "cancels_ok": get(&self.cancels_ok),
+            "wrong": get(&self.wrong),
+            "failed": get(&self.failed),
+        })
+    }
+}
+
+#[derive(Clone)]
+struct Clients {
+    grpc: Arc<[SyncClient<Channel>]>,
+    http: HttpPool,
+    http_addr: SocketAddr,
+    timeout_wait: Duration,
+    cancel_after: Duration,
+}
+
+impl Clients {
+    async fn grpc_call(
+        &self,
+        slot: u64,
+        id: String,
+        payload: Bytes,
+        wait: Option<Duration>,
+    ) -> Told {
+        let mut client = self.grpc[slot as usize % self.grpc.len()].clone();
+        let mut request = tonic::Request::new(WaitForSecondPartyRequest { id, payload });
+        if let Some(wait) = wait {
+            request.set_timeout(wait);
+        }
+        match client.wait_for_second_party(request).await {
+            Ok(response) => Told::Paired(response.into_inner().peer_payload),
+            Err(status) if status.code() == Code::DeadlineExceeded => Told::TimedOut,
+            // tonic enforces the deadline in the client too; when its timer
+            // wins the race with the server's answer, the caller still timed
+            // out (and the server counts a cancellation).
+            Err(status)
+                if status.code() == Code::Cancelled && status.message() == "Timeout expired" =>
+            {
+                Told::TimedOut
+            }
+            Err(status) => Told::Failed(format!("grpc: {status}")),
+        }
+    }
+
+    async fn http_call(&self, id: &str, payload: Bytes, wait: Option<Duration>) -> Told {
+        let mut sender = self.http.take().await;
+        let told = http_call(&mut sender, self.http_addr, id, payload, wait).await;
+        self.http.give_back(sender, self.http_addr).await;
+        told
+    }
+
+    async fn call(
+        &self,
+        grpc: bool,
+        slot: u64,
+        id: String,
+        payload: Bytes,
+        wait: Option<Duration>,
+    ) -> Told {
+        match grpc {
+            true => self.grpc_call(slot, id, payload, wait).await,
+            false => self.http_call(&id, payload, wait).await,
+        }
+    }
+
+    /// One job: see the module docs for the mix.
+    async fn job(&self, j: u64, tag: &str, tally: &Tally) {
+        let id = fresh_id(tag, j);
+        let (round, kind) = (j / 6, j % 6);
+        match kind {
+            0..=3 => {
+                let (a_grpc, b_grpc) =
+                    [(true, true), (false, false), (true, false), (false, true)][kind as usize];
+                let (a_sent, b_sent) = (
+                    Bytes::from(format!("{id}/a")),
+                    Bytes::from(format!("{id}/b")),
+                );
+                let (a, b) = tokio::join!(
+                    self.call(a_grpc, j, id.clone(), a_sent.clone(), None),
+                    self.call(b_grpc, j + 1, id.clone(), b_sent.clone(), None),
+                );
+                match (a, b) {
+                    (Told::Paired(a_got), Told::Paired(b_got))
+                        if a_got == b_sent && b_got == a_sent =>
+                    {
+                        tally.pairs_ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    (Told::Paired(_), _) | (_, Told::Paired(_)) => {
+                        tally.wrong.fetch_add(1, Ordering::Relaxed);
+                    }
+                    (a, b) => {
+                        tally.failed.fetch_add(1, Ordering::Relaxed);
+                        eprintln!("pair {id} failed: {a:?} / {b:?}");
+                    }
+                }
+            }
+            4 => {
+                let grpc = round % 2 == 0;
+                let call = async {
+                    match grpc {
+                        true => {
+                            self.grpc_call(j, id.clone(), Bytes::from_static(b"cancel"), None)
+                                .await
+                        }
+                        false => self.http_cancelled_call(&id).await,
+                    }
+                };
+                match tokio::time::timeout(self.cancel_after, call).await {
+                    // Dropped mid-wait: that is the cancellation.
+                    Err(_) => tally.cancels_ok.fetch_add(1, Ordering::Relaxed),
+                    Ok(Told::Paired(_)) => tally.wrong.fetch_add(1, Ordering::Relaxed),
+                    Ok(other) => {
+                        eprintln!("cancelling caller {id} was answered first: {other:?}");
+                        tally.failed.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+            }
+            _ => {
+                let grpc = round % 2 == 1;
+                let wait = Some(self.timeout_wait);
+                match self
+                    .call(grpc, j, id.clone(), Bytes::from_static(b"alone"), wait)
+                    .await
+                {
+                    Told::TimedOut => tally.timeouts_ok.fetch_add(1, Ordering::Relaxed),
+                    Told::Paired(_) => tally.wrong.fetch_add(1, Ordering::Relaxed),
+                    Told::Failed(error) => {
+                        eprintln!("timing-out caller {id}: {error}");
+                        tally.failed.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+            }
+        }
+    }
+
+    /// An HTTP caller on a connection of its own, which is reset (not
+    /// closed: no TIME_WAIT to pile up) when the caller is dropped.
+    async fn http_cancelled_call(&self, id: &str) -> Told {
+        let stream = TcpStream::connect(self.http_addr).await.expect("connects");
+        socket2::SockRef::from(&stream)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .expect("HTTP/1.1 handshake");
+        // Aborted with this future, taking the socket with it.
+        let connection = AbortOnDrop(tokio::spawn(connection));
+        let told = http_call(
+            &mut sender,
+            self.http_addr,
+            id,
+            Bytes::from_static(b"cancel"),
+            None,
+        )
+        .await;
+        drop(connection);
+        told
+    }
+}
+
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The legacy endpoint in JSON mode, which carries the peer's payload.
+async fn http_call(
+    sender: &mut SendRequest<Full<Bytes>>,
+    host: SocketAddr,
+    id: &str,
+    payload: Bytes,
+    wait: Option<Duration>,
+) -> Told {
+    let query = wait
+        .map(|w| format!("?wait={}ms", w.as_millis()))
+        .unwrap_or_default();
+    let request = http::Request::post(format!("/wait-for-second-party/{id}{query}"))
+        .header(http::header::HOST, host.to_string())
+        .header(http::header::ACCEPT, "application/json")
+        .body(Full::new(payload))
+        .unwrap();
+    let response = match sender.send_request(request).await {
+        Ok(response) => response,
+        Err(error) => return Told::Failed(format!("http: {error}")),
+    };
+    let status = response.status();
+    let Ok(body) = response.into_body().collect().await else {
+        return Told::Failed("http: body cut short".into());
+    };
+    match status.as_u16() {
+        200 => {
+            let json: serde_json::Value = serde_json::from_slice(&body.to_bytes()).expect("JSON");
+            let payload = base64::engine::general_purpose::STANDARD
+                .decode(json["peerPayload"].as_str().unwrap_or_default())
+                .expect("base64");
+            Told::Paired(payload.into())
+        }
+        408 => Told::TimedOut,
+        other => Told::Failed(format!("http: status {other}")),
+    }
+}
+
+/// Keep-alive HTTP/1.1 connections, one call at a time on each.
+#[derive(Clone)]
+struct HttpPool {
+    free: Arc<tokio::sync::Mutex<mpsc::Receiver<SendRequest<Full<Bytes>>>>>,
+    back: mpsc::Sender<SendRequest<Full<Bytes>>>,
+}
+
+impl HttpPool {
+    async fn connect(addr: SocketAddr, connections: usize) -> Self {
+        let (back, free) = mpsc::channel(connections);
+        for _ in 0..connections {
+            back.send(open(addr).await).await.unwrap();
+        }
+        Self {
+            free: Arc::new(tokio::sync::Mutex::new(free)),
+            back,
+        }
+    }
+
+    async fn take(&self) -> SendRequest<Full<Bytes>> {
+        self.free.lock().await.recv().await.expect("pool open")
+    }
+
+    async fn give_back(&self, sender: SendRequest<Full<Bytes>>, addr: SocketAddr) {
+        let sender = match sender.is_closed() {
+            true => open(addr).await,
+            false => sender,
+        };
+        let _ = self.back.send(sender).await;
+    }
+}
+
+async fn open(addr: SocketAddr) -> SendRequest<Full<Bytes>> {
+    let stream = TcpStream::connect(addr).await.expect("connects");
+    stream.set_nodelay(true).unwrap();
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("HTTP/1.1 handshake");
+    tokio::spawn(connection);
+    sender
+}
+
+async fn run(clients: &Clients, rounds: u64, concurrency: usize, tag: &str) -> (Tally, Duration) {
+    let tally = Arc::new(Tally::default());
+    let next = Arc::new(AtomicU64::new(0));
+    let jobs = rounds * 6;
+    let started = Instant::now();
+    let mut workers = JoinSet::new();
+    for _ in 0..concurrency {
+        let (clients, next, tally, tag) =
+            (clients.clone(), next.clone(), tally.clone(), tag.to_owned());
+        workers.spawn(async move {
+            loop {
+                let j = next.fetch_add(1, Ordering::Relaxed);
+                if j >= jobs {
+                    return;
+                }
+                clients.job(j, &tag, &tally).await;
+            }
+        });
+    }
+    while workers.join_next().await.is_some() {}
+    let elapsed = started.elapsed();
+    (Arc::into_inner(tally).unwrap(), elapsed)
+}
+
+/// The value of an unlabelled series, or the sum of a labelled one.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|line| {
+            line.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .fold(0.0, |sum, value| sum + value)
+}
+
+async fn scrape(addr: SocketAddr) -> String {
+    let mut sender = open(addr).await;
+    let request = http::Request::get("/metrics")
+        .header(http::header::HOST, addr.to_string())
+        .body(Full::default())
+        .unwrap();
+    let response = sender
+        .send_request(request)
+        .await
+        .expect("scrapes /metrics");
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8(body.to_vec()).unwrap()
+}
+
+pub async fn soak(args: SoakArgs) -> serde_json::Value {
+    let mut grpc = Vec::new();
+    for _ in 0..4 {
+        let channel = Channel::from_shared(format!("http://{}", args.grpc))
+            .unwrap()
+            .tcp_nodelay(true)
+            .initial_connection_window_size(16 << 20)
+            .connect()
+            .await
+            .expect("connects to the gRPC port");
+        grpc.push(SyncClient::new(channel));
+    }
+    let clients = Clients {
+        grpc: grpc.into(),
+        // Each job holds at most two pooled connections.
+        http: HttpPool::connect(args.http, 2 * args.concurrency).await,
+        http_addr: args.http,
+        timeout_wait: args.timeout_wait,
+        cancel_after: args.cancel_after,
+    };
+
+    let (warmup, _) = run(
+        &clients,
+        args.warmup_pairs.div_ceil(4),
+        args.concurrency,
+        "soak-warmup",
+    )
+    .await;
+    quiesce(args.server_pid).await;
+    let after_warmup = usage(args.server_pid);
+    eprintln!(
+        "warm-up done: {}; RSS {} KiB",
+        warmup.json(),
+        after_warmup.rss_bytes / 1024
+    );
+
+    let rounds = args.pairs.div_ceil(4);
+    let (tally, elapsed) = run(&clients, rounds, args.concurrency, "soak").await;
+    quiesce(args.server_pid).await;
+    let after = usage(args.server_pid);
+    let metrics = scrape(args.http).await;
+
+    let rss_ratio = after.rss_bytes as f64 / after_warmup.rss_bytes as f64;
+    let parked = metric(&metrics, "rendezvous_parked_callers");
+    let wrong = tally.wrong.load(Ordering::Relaxed) + warmup.wrong.load(Ordering::Relaxed);
+    serde_json::json!({
+        "mode": "soak",
+        "rounds": rounds,
+        "callers": rounds * 10,
+        "seconds": elapsed.as_secs_f64(),
+        "run": tally.json(),
+        "warmup": warmup.json(),
+        "wrong_pairs": wrong,
+        "rss_after_warmup_bytes": after_warmup.rss_bytes,
+        "rss_after_bytes": after.rss_bytes,
+        "rss_ratio": rss_ratio,
+        "parked_gauge_after": parked,
+        "server_paired_total": metric(&metrics, "rendezvous_paired_total"),
+        "server_timeouts_total": metric(&metrics, "rendezvous_timeouts_total"),
+        "server_cancellations_total": metric(&metrics, "rendezvous_cancellations_total"),
+        "server_rejections_total": metric(&metrics, "rendezvous_rejections_total"),
+        "pass": wrong == 0 && parked == 0.0 && rss_ratio <= 1.10,
+    })
+}
