@@ -17,7 +17,7 @@ cd "$(dirname "$0")/.."
 
 MINUTES=${MINUTES:-5}
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(id grpc_timeout http_target gateway)
+[ ${#targets[@]} -gt 0 ] || targets=(id grpc_timeout http_target gateway auth)
 
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal

@@ -122,14 +122,13 @@ impl Tokens {
     /// depend on which token (if any) was sent.
     pub fn namespace_of(&self, header: Option<&HeaderValue>) -> Result<Arc<str>, AuthError> {
         let header = header.ok_or(AuthError::Missing)?;
+        // RFC 7235: the scheme is case-insensitive.
         let token = header
             .to_str()
             .ok()
-            .and_then(|h| {
-                h.strip_prefix("Bearer ")
-                    .or_else(|| h.strip_prefix("bearer "))
-            })
-            .map(str::trim)
+            .and_then(|h| h.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim())
             .filter(|t| !t.is_empty())
             .ok_or(AuthError::Malformed)?;
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
@@ -230,6 +229,30 @@ mod tests {
         let basic = HeaderValue::from_static("Basic YWxhZGRpbjpvcGVuc2VzYW1l");
         assert_eq!(t.namespace_of(Some(&basic)), Err(AuthError::Malformed));
         assert_eq!(format!("{t:?}"), "Tokens(3 entries)");
+    }
+
+    /// RFC 7235 makes the scheme case-insensitive; `BEARER x` used to be
+    /// refused as malformed (the auth fuzz target's property showed it).
+    #[test]
+    fn the_scheme_is_case_insensitive() {
+        let t = tokens("alpha-token-0000000 alpha\n").unwrap();
+        for header in [
+            "bearer alpha-token-0000000",
+            "BEARER alpha-token-0000000",
+            "BeArEr alpha-token-0000000",
+        ] {
+            let header = HeaderValue::from_static(header);
+            assert_eq!(t.namespace_of(Some(&header)).as_deref(), Ok("alpha"));
+        }
+        for header in [
+            "Bearer",
+            "Bearer ",
+            "Bearer\talpha-token-0000000",
+            "Bearerx alpha-token-0000000",
+        ] {
+            let header = HeaderValue::from_static(header);
+            assert_eq!(t.namespace_of(Some(&header)), Err(AuthError::Malformed));
+        }
     }
 
     #[test]

@@ -16,6 +16,7 @@ use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
 use percent_encoding::{NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
 
 use crate::{
+    auth::{DEFAULT_NAMESPACE, Tokens},
     gateway::{self, Gateway},
     grpc::{self, MAX_DEADLINE_MARGIN},
     health::Health,
@@ -32,6 +33,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("grpc_timeout", grpc_timeout),
     ("http_target", http_target),
     ("gateway", gateway),
+    ("auth", auth),
 ];
 
 /// Id validation: the verdict depends on the length in bytes alone, a valid
@@ -297,5 +299,38 @@ impl GatewayInput {
         *request.uri_mut() = self.uri.clone();
         *request.headers_mut() = self.headers.clone();
         request
+    }
+}
+
+/// Token files and `authorization` headers. The input is a token file, then
+/// a NUL and a header value. Any header against any file is refused or let
+/// in without a panic; a file that loads lets in every token it lists, under
+/// the namespace it gives that token, whatever the case of `Bearer`.
+pub fn auth(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let (file, header) = text.split_once('\0').unwrap_or((&text, ""));
+    let Ok(tokens) = Tokens::parse(file, std::path::Path::new("tokens")) else {
+        return;
+    };
+    if let Ok(value) = HeaderValue::from_str(header) {
+        let _ = tokens.namespace_of(Some(&value));
+    }
+    let listed = file
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'));
+    for line in listed {
+        let mut words = line.split_whitespace();
+        let token = words.next().unwrap();
+        let namespace = words.next().unwrap_or(DEFAULT_NAMESPACE);
+        for scheme in ["Bearer", "bearer", "BEARER"] {
+            let header = HeaderValue::from_str(&format!("{scheme} {token}"))
+                .unwrap_or_else(|_| panic!("{token:?} loaded, but no header can carry it"));
+            assert_eq!(
+                tokens.namespace_of(Some(&header)).as_deref(),
+                Ok(namespace),
+                "{scheme} {token:?} from {file:?}"
+            );
+        }
     }
 }

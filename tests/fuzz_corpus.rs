@@ -51,3 +51,8 @@ fn http_target_corpus() {
 fn gateway_corpus() {
     replay("gateway");
 }
+
+#[test]
+fn auth_corpus() {
+    replay("auth");
+}
