@@ -18,6 +18,10 @@
 //! - Removal runs in `Drop`, because the transports drop a handler future when
 //!   its caller goes away (RST_STREAM, a closed connection). A caller that left
 //!   is therefore gone from the map before anyone can pair with it.
+//!
+//! The part where callers race, one shard, is in `shard.rs`; `model.rs`
+//! model-checks that same file with loom (see the README's "How it is
+//! tested").
 
 use std::{fmt, hash::BuildHasher, time::Duration};
 

@@ -1,7 +1,8 @@
 //! Property tests of the pairing engine: random schedules of callers over a
 //! few ids, with random arrivals, waits and cancellations, on paused time.
 //! Whatever the schedule, a pair is decided once for both sides, nobody is
-//! paired with a caller that left, and nothing is left behind.
+//! paired with a caller that left, at most one caller per id waits at a
+//! time, and nothing is left behind.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -47,8 +48,17 @@ fn caller() -> impl Strategy<Value = Caller> {
         })
 }
 
-/// Runs every caller on paused time and returns what each was told.
-fn run(callers: &[Caller], capacity: usize) -> (Vec<Outcome>, usize) {
+/// What a run saw: what each caller was told, the most callers ever parked
+/// at one time, and how many were left parked at the end.
+struct Run {
+    outcomes: Vec<Outcome>,
+    most_waiting: usize,
+    left: usize,
+}
+
+/// Runs every caller on paused time, reading the waiting count every
+/// millisecond, and returns what each caller was told.
+fn run(callers: &[Caller], capacity: usize) -> Run {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
@@ -90,11 +100,28 @@ fn run(callers: &[Caller], capacity: usize) -> (Vec<Outcome>, usize) {
                 }
             }));
         }
+        // Every caller is done by 200 + 150 ms: arrival plus the longest
+        // wait. Paused time makes each reading land between two events.
+        let watcher = {
+            let engine = engine.clone();
+            tokio::spawn(async move {
+                let mut most = 0;
+                for _ in 0..400 {
+                    most = most.max(engine.waiting());
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                most
+            })
+        };
         let mut outcomes = Vec::new();
         for task in tasks {
             outcomes.push(task.await.unwrap());
         }
-        (outcomes, engine.waiting())
+        Run {
+            outcomes,
+            most_waiting: watcher.await.unwrap(),
+            left: engine.waiting(),
+        }
     })
 }
 
@@ -107,8 +134,12 @@ proptest! {
         // Mostly no cap; sometimes a tiny one, so refusals mix in.
         capacity in prop_oneof![3 => Just(usize::MAX), 1 => 1usize..5],
     ) {
-        let (outcomes, left) = run(&callers, capacity);
+        let Run { outcomes, most_waiting, left } = run(&callers, capacity);
         prop_assert_eq!(left, 0, "waiters left in the engine");
+        // A second caller pairs at once, so at most one caller per id waits,
+        // and never more than the cap allows.
+        let ids = callers.iter().map(|c| c.id).collect::<std::collections::HashSet<_>>().len();
+        prop_assert!(most_waiting <= ids.min(capacity), "{} waiting at once", most_waiting);
         let mut oks_per_id = HashMap::<u8, usize>::new();
         for (me, outcome) in outcomes.iter().enumerate() {
             match outcome {

@@ -193,9 +193,8 @@ impl Shard {
     pub(super) fn close(&self, occupancy: &Occupancy) {
         let mut state = self.lock();
         state.closed = true;
-        // Give the places back too (the loom model caught this left out):
-        // nothing may be left behind, and a count that only ever grows
-        // would hide a real leak in the metrics and the tests.
+        // Give their places back too (the loom model caught this missing):
+        // nothing may be left behind, not even in a count.
         let parked = state.table.len();
         state.table.clear();
         for _ in 0..parked {
