@@ -73,6 +73,7 @@ impl Tokens {
     /// lines starting with `#` are skipped.
     pub fn parse(text: &str, path: &std::path::Path) -> Result<Self, TokenFileError> {
         let mut entries = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         for (number, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
@@ -92,6 +93,14 @@ impl Tokens {
             if token.len() < 16 {
                 return Err(problem("the token is shorter than 16 characters"));
             }
+            // Anything else could never arrive: headers carry visible ASCII
+            // only. Found by the auth fuzz target: such a token loaded, and
+            // every call that sent it was refused as malformed.
+            if !token.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(problem(
+                    "the token has characters an HTTP header cannot carry; use visible ASCII",
+                ));
+            }
             if namespace.len() > 64
                 || !namespace
                     .bytes()
@@ -101,10 +110,15 @@ impl Tokens {
                     "a namespace is 1 to 64 of the characters A-Z, a-z, 0-9, '.', '_' and '-'",
                 ));
             }
-            entries.push((
-                Sha256::digest(token.as_bytes()).into(),
-                Arc::from(namespace),
-            ));
+            let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+            // A token listed twice would open whichever namespace came last.
+            // Found by the auth fuzz target.
+            if !seen.insert(digest) {
+                return Err(problem(
+                    "this token is already listed on an earlier line; a token opens one namespace",
+                ));
+            }
+            entries.push((digest, Arc::from(namespace)));
         }
         if entries.is_empty() {
             return Err(TokenFileError::Line {
@@ -268,6 +282,15 @@ mod tests {
                 "line 2: a namespace is 1 to 64",
             ),
             ("# nothing\n", "the file holds no tokens"),
+            // Both found by the auth fuzz target.
+            (
+                "a-long-enough-token ns-a\n\na-long-enough-token ns-b\n",
+                "line 3: this token is already listed on an earlier line",
+            ),
+            (
+                "a-long-enough-token-é\n",
+                "line 1: the token has characters an HTTP header cannot carry",
+            ),
         ] {
             let error = tokens(text).unwrap_err().to_string();
             assert!(error.contains(needle), "{error}");
