@@ -26,7 +26,7 @@ use std::{
 use bytes::Bytes;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use http::HeaderValue;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use rendezvous::proto::{WaitForSecondPartyRequest, sync_client::SyncClient};
 use tokio::{net::TcpStream, sync::mpsc, task::JoinSet};
@@ -202,16 +202,17 @@ impl Client {
     }
 }
 
+/// One HTTP/1.1 connection's request handle.
+type HttpSender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
 /// HTTP/1.1 connections, each used by one call at a time.
 #[derive(Clone)]
 struct HttpPool {
     target: SocketAddr,
     authorization: Option<HeaderValue>,
     tls: Option<tokio_rustls::TlsConnector>,
-    free: Arc<
-        tokio::sync::Mutex<mpsc::Receiver<hyper::client::conn::http1::SendRequest<Empty<Bytes>>>>,
-    >,
-    give_back: mpsc::Sender<hyper::client::conn::http1::SendRequest<Empty<Bytes>>>,
+    free: Arc<tokio::sync::Mutex<mpsc::Receiver<HttpSender>>>,
+    give_back: mpsc::Sender<HttpSender>,
 }
 
 impl HttpPool {
@@ -237,10 +238,7 @@ impl HttpPool {
         }
     }
 
-    async fn open(
-        target: SocketAddr,
-        tls: Option<&tokio_rustls::TlsConnector>,
-    ) -> hyper::client::conn::http1::SendRequest<Empty<Bytes>> {
+    async fn open(target: SocketAddr, tls: Option<&tokio_rustls::TlsConnector>) -> HttpSender {
         let stream = TcpStream::connect(target)
             .await
             .expect("connects to the target");
@@ -261,11 +259,25 @@ impl HttpPool {
         sender
     }
 
+    /// A free connection, waiting for one if all are in use.
+    async fn take(&self) -> HttpSender {
+        self.free.lock().await.recv().await.expect("pool open")
+    }
+
+    /// Returns a connection to the pool, replacing it if the server closed it.
+    async fn put_back(&self, sender: HttpSender) {
+        let sender = match sender.is_closed() {
+            true => Self::open(self.target, self.tls.as_ref()).await,
+            false => sender,
+        };
+        let _ = self.give_back.send(sender).await;
+    }
+
     async fn call(&self, id: &str) -> Outcome {
-        let mut sender = self.free.lock().await.recv().await.expect("pool open");
+        let mut sender = self.take().await;
         let mut request = http::Request::post(format!("/wait-for-second-party/{id}"))
             .header(http::header::HOST, self.target.to_string())
-            .body(Empty::new())
+            .body(Full::default())
             .unwrap();
         if let Some(value) = &self.authorization {
             request
@@ -284,10 +296,7 @@ impl HttpPool {
             }
             Err(_) => Outcome::Error,
         };
-        if sender.is_closed() {
-            sender = Self::open(self.target, self.tls.as_ref()).await;
-        }
-        let _ = self.give_back.send(sender).await;
+        self.put_back(sender).await;
         outcome
     }
 }

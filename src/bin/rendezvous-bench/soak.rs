@@ -29,13 +29,12 @@ use base64::Engine as _;
 use bytes::Bytes;
 use clap::Args;
 use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use rendezvous::proto::{WaitForSecondPartyRequest, sync_client::SyncClient};
-use tokio::{net::TcpStream, sync::mpsc, task::JoinSet};
+use tokio::{net::TcpStream, task::JoinSet};
 use tonic::{Code, transport::Channel};
 
-use crate::{fresh_id, quiesce, usage};
+use crate::{HttpPool, HttpSender, fresh_id, quiesce, usage};
 
 #[derive(Debug, Args)]
 pub struct SoakArgs {
@@ -136,7 +135,7 @@ impl Clients {
     async fn http_call(&self, id: &str, payload: Bytes, wait: Option<Duration>) -> Told {
         let mut sender = self.http.take().await;
         let told = http_call(&mut sender, self.http_addr, id, payload, wait).await;
-        self.http.give_back(sender, self.http_addr).await;
+        self.http.put_back(sender).await;
         told
     }
 
@@ -259,7 +258,7 @@ impl<T> Drop for AbortOnDrop<T> {
 
 /// The legacy endpoint in JSON mode, which carries the peer's payload.
 async fn http_call(
-    sender: &mut SendRequest<Full<Bytes>>,
+    sender: &mut HttpSender,
     host: SocketAddr,
     id: &str,
     payload: Bytes,
@@ -292,48 +291,6 @@ async fn http_call(
         408 => Told::TimedOut,
         other => Told::Failed(format!("http: status {other}")),
     }
-}
-
-/// Keep-alive HTTP/1.1 connections, one call at a time on each.
-#[derive(Clone)]
-struct HttpPool {
-    free: Arc<tokio::sync::Mutex<mpsc::Receiver<SendRequest<Full<Bytes>>>>>,
-    back: mpsc::Sender<SendRequest<Full<Bytes>>>,
-}
-
-impl HttpPool {
-    async fn connect(addr: SocketAddr, connections: usize) -> Self {
-        let (back, free) = mpsc::channel(connections);
-        for _ in 0..connections {
-            back.send(open(addr).await).await.unwrap();
-        }
-        Self {
-            free: Arc::new(tokio::sync::Mutex::new(free)),
-            back,
-        }
-    }
-
-    async fn take(&self) -> SendRequest<Full<Bytes>> {
-        self.free.lock().await.recv().await.expect("pool open")
-    }
-
-    async fn give_back(&self, sender: SendRequest<Full<Bytes>>, addr: SocketAddr) {
-        let sender = match sender.is_closed() {
-            true => open(addr).await,
-            false => sender,
-        };
-        let _ = self.back.send(sender).await;
-    }
-}
-
-async fn open(addr: SocketAddr) -> SendRequest<Full<Bytes>> {
-    let stream = TcpStream::connect(addr).await.expect("connects");
-    stream.set_nodelay(true).unwrap();
-    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .expect("HTTP/1.1 handshake");
-    tokio::spawn(connection);
-    sender
 }
 
 async fn run(clients: &Clients, rounds: u64, concurrency: usize, tag: &str) -> (Tally, Duration) {
@@ -372,7 +329,7 @@ fn metric(text: &str, name: &str) -> f64 {
 }
 
 async fn scrape(addr: SocketAddr) -> String {
-    let mut sender = open(addr).await;
+    let mut sender = HttpPool::open(addr, None).await;
     let request = http::Request::get("/metrics")
         .header(http::header::HOST, addr.to_string())
         .body(Full::default())
@@ -400,7 +357,7 @@ pub async fn soak(args: SoakArgs) -> serde_json::Value {
     let clients = Clients {
         grpc: grpc.into(),
         // Each job holds at most two pooled connections.
-        http: HttpPool::connect(args.http, 2 * args.concurrency).await,
+        http: HttpPool::connect(args.http, 2 * args.concurrency, None, None).await,
         http_addr: args.http,
         timeout_wait: args.timeout_wait,
         cancel_after: args.cancel_after,
