@@ -17,7 +17,6 @@ use crate::{
     auth::AuthError,
     health::Health,
     metrics::Rejection,
-    pairing::Engine as _,
     pairing::{LocalEngine, Meeting, PairError, Role},
     service::{CallError, Namespace, Protocol, Rendezvous},
 };
@@ -124,8 +123,7 @@ impl Gateway {
         }
         if path == "/metrics" {
             only_get(request.method(), "/metrics")?;
-            let waiting = self.service.engine().waiting();
-            let text = self.service.metrics().render(waiting);
+            let text = self.service.metrics().render();
             return Ok(Route::Answered(respond(
                 StatusCode::OK,
                 OPENMETRICS,

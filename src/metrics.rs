@@ -1,9 +1,9 @@
 //! Prometheus metrics, served at `GET /metrics` on the HTTP port.
 //!
-//! The per-call counters and histograms are looked up once, at start-up, so
-//! a call pays an atomic increment (and, when it pairs, one histogram
-//! observation); the parked-callers gauge is read from the engine only when
-//! scraped.
+//! Every series is looked up once, at start-up, so a call pays a few atomic
+//! operations: the parked gauge up and down, one counter, and when it pairs
+//! one histogram observation. The gauge is kept by the service, per protocol,
+//! because the engine knows nothing of protocols.
 
 use std::time::Duration;
 
@@ -30,8 +30,8 @@ struct RejectionLabels {
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
-    parked: Gauge,
-    /// Indexed by [`Protocol`] (gRPC, then HTTP).
+    /// Indexed by [`Protocol`] (gRPC, then HTTP), like every array here.
+    parked: [Gauge; 2],
     paired: [Counter; 2],
     timeouts: [Counter; 2],
     cancellations: [Counter; 2],
@@ -83,12 +83,19 @@ impl Metrics {
     /// from the start.
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("rendezvous");
-        let parked = Gauge::default();
+        let parked = Family::<ProtocolLabel, Gauge>::default();
         registry.register(
             "parked_callers",
             "Callers waiting for their partner right now",
             parked.clone(),
         );
+        let parked = PROTOCOLS.map(|p| {
+            parked
+                .get_or_create(&ProtocolLabel {
+                    protocol: p.as_str(),
+                })
+                .clone()
+        });
         let counters = |registry: &mut Registry, name: &str, help: &str| {
             let family = Family::<ProtocolLabel, Counter>::default();
             registry.register(name, help, family.clone());
@@ -142,6 +149,18 @@ impl Metrics {
         }
     }
 
+    /// A caller's call was accepted: from now until [`Metrics::left`], it
+    /// counts as parked (a second party only for the instant it takes to
+    /// pair).
+    pub fn arrived(&self, protocol: Protocol) {
+        self.parked[index(protocol)].inc();
+    }
+
+    /// A caller's call is over, however it ended.
+    pub fn left(&self, protocol: Protocol) {
+        self.parked[index(protocol)].dec();
+    }
+
     /// A caller met its partner after `waited`.
     pub fn paired(&self, protocol: Protocol, waited: Duration) {
         self.paired[index(protocol)].inc();
@@ -168,9 +187,8 @@ impl Metrics {
             .inc();
     }
 
-    /// The Prometheus text exposition, with the gauge set to `parked`.
-    pub fn render(&self, parked: usize) -> String {
-        self.parked.set(i64::try_from(parked).unwrap_or(i64::MAX));
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
         let mut text = String::new();
         encode(&mut text, &self.registry).expect("writing to a String cannot fail");
         text

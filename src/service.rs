@@ -188,7 +188,9 @@ impl<E: Engine> Rendezvous<E> {
         // Ids can be secret pairing codes: only in this debug event, never on
         // the span, whose fields show up on every event inside it.
         span.in_scope(|| tracing::debug!(id = id.as_str(), ?wait, "arrived"));
-        // Counts the caller as cancelled if its future is dropped first.
+        // Counts the caller as parked until it leaves, and as cancelled if
+        // its future is dropped before the outcome.
+        self.metrics.arrived(protocol);
         let mut pending = Pending {
             metrics: &self.metrics,
             protocol,
@@ -215,7 +217,8 @@ impl<E: Engine> Rendezvous<E> {
     }
 }
 
-/// A call on its way: dropped unsettled, the caller went away.
+/// A call on its way, in the parked gauge until dropped; dropped unsettled,
+/// the caller went away.
 struct Pending<'a> {
     metrics: &'a Metrics,
     protocol: Protocol,
@@ -224,6 +227,7 @@ struct Pending<'a> {
 
 impl Drop for Pending<'_> {
     fn drop(&mut self) {
+        self.metrics.left(self.protocol);
         if !self.settled {
             self.metrics.cancelled(self.protocol);
         }

@@ -49,16 +49,16 @@ async fn metrics_count_every_outcome_by_protocol() {
     // Before anything: every series is there, at zero.
     let before = scrape(&server).await;
     assert_eq!(value(&before, "rendezvous_paired_total", &grpc), 0.0);
-    assert_eq!(value(&before, "rendezvous_parked_callers", &[]), 0.0);
+    assert_eq!(value(&before, "rendezvous_parked_callers", &grpc), 0.0);
+    assert_eq!(value(&before, "rendezvous_parked_callers", &http), 0.0);
 
-    // A parked caller shows in the gauge.
+    // A parked caller shows in the gauge, under its protocol.
     let mut first = server.grpc().await;
     let waiter = tokio::spawn(async move { first.wait_for_second_party(request("m", b"")).await });
     server.parked(1).await;
-    assert_eq!(
-        value(&scrape(&server).await, "rendezvous_parked_callers", &[]),
-        1.0
-    );
+    let parked = scrape(&server).await;
+    assert_eq!(value(&parked, "rendezvous_parked_callers", &grpc), 1.0);
+    assert_eq!(value(&parked, "rendezvous_parked_callers", &http), 0.0);
 
     // It pairs with an HTTP caller: one pair per protocol, and the waiter's
     // time in the histogram.
@@ -124,7 +124,8 @@ async fn metrics_count_every_outcome_by_protocol() {
         value(&after, "rendezvous_rejections_total", &invalid("grpc")),
         1.0
     );
-    assert_eq!(value(&after, "rendezvous_parked_callers", &[]), 0.0);
+    assert_eq!(value(&after, "rendezvous_parked_callers", &grpc), 0.0);
+    assert_eq!(value(&after, "rendezvous_parked_callers", &http), 0.0);
     let histogram = after
         .samples
         .iter()
