@@ -29,7 +29,11 @@ else
   load_cpu=()
 fi
 
-cargo build --quiet --release --bin rendezvous --bin rendezvous-bench --example ceiling
+# Two builds: an example pulls in the dev-dependencies, and their features
+# (tokio's test-util, which puts a mutex in every clock read) would otherwise
+# be unified into the server binary built by the same command.
+cargo build --quiet --release --bin rendezvous --bin rendezvous-bench
+cargo build --quiet --release --example ceiling
 bin=target/release
 bench=("${load_cpu[@]}" "$bin/rendezvous-bench")
 
