@@ -21,13 +21,7 @@ mkdir -p "$out"
 results="$out/results.jsonl"
 : >"$results"
 
-if [ "$(nproc)" -ge 2 ]; then
-  server_cpu=(taskset -c 0)
-  load_cpu=(taskset -c 1)
-else
-  server_cpu=()
-  load_cpu=()
-fi
+source scripts/lib.sh
 
 # Two builds: an example pulls in the dev-dependencies, and their features
 # (tokio's test-util, which puts a mutex in every clock read) would otherwise
@@ -40,15 +34,6 @@ bench=("${load_cpu[@]}" "$bin/rendezvous-bench")
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
-
-wait_for_port() {
-  for _ in $(seq 200); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.05
-  done
-  echo "nothing listening on port $1" >&2
-  return 1
-}
 
 # A fresh project server with default settings plus "$@"; sets $server.
 start_project() {

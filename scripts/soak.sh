@@ -14,13 +14,7 @@ PAIRS=${PAIRS:-1000000}
 out=${OUT:-target/soak}
 mkdir -p "$out"
 
-if [ "$(nproc)" -ge 2 ]; then
-  server_cpu=(taskset -c 0)
-  load_cpu=(taskset -c 1)
-else
-  server_cpu=()
-  load_cpu=()
-fi
+source scripts/lib.sh
 
 cargo build --quiet --release --bin rendezvous --bin rendezvous-bench
 
@@ -28,12 +22,8 @@ cargo build --quiet --release --bin rendezvous --bin rendezvous-bench
   >"$out/server.log" 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null || true; wait 2>/dev/null || true' EXIT
-for port in 50151 3131; do
-  for _ in $(seq 200); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
-    sleep 0.05
-  done
-done
+wait_for_port 50151
+wait_for_port 3131
 
 "${load_cpu[@]}" target/release/rendezvous-bench --json soak \
   --grpc 127.0.0.1:50151 --http 127.0.0.1:3131 --server-pid "$server" --pairs "$PAIRS" \

@@ -228,7 +228,6 @@ pub(super) struct Parking<'a> {
 }
 
 /// How a parked caller's wait ended.
-#[derive(Debug, PartialEq, Eq)]
 pub(super) enum Outcome {
     /// A partner came, and sent this payload.
     Paired(Bytes),

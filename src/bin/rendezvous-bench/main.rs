@@ -131,41 +131,10 @@ enum Client {
 impl Client {
     async fn connect(target: &Target, connections: usize) -> Self {
         match target.protocol {
-            Protocol::Grpc => {
-                let mut clients = Vec::with_capacity(connections);
-                for _ in 0..connections {
-                    let scheme = if target.tls_ca.is_some() {
-                        "https"
-                    } else {
-                        "http"
-                    };
-                    let mut endpoint =
-                        Channel::from_shared(format!("{scheme}://{}", target.target))
-                            .expect("a valid URI");
-                    if let Some(ca) = &target.tls_ca {
-                        let ca = std::fs::read(ca).expect("reads the CA file");
-                        let tls = tonic::transport::ClientTlsConfig::new()
-                            .ca_certificate(tonic::transport::Certificate::from_pem(ca))
-                            .domain_name("localhost");
-                        endpoint = endpoint.tls_config(tls).expect("a valid TLS setup");
-                    }
-                    let channel = endpoint
-                        .tcp_nodelay(true)
-                        // Windows large enough that flow control never stalls
-                        // tens of thousands of parked streams.
-                        .initial_connection_window_size(16 << 20)
-                        .initial_stream_window_size(1 << 20)
-                        .connect()
-                        .await
-                        .expect("connects to the target");
-                    clients.push(
-                        SyncClient::new(channel)
-                            .max_decoding_message_size(usize::MAX)
-                            .max_encoding_message_size(usize::MAX),
-                    );
-                }
-                Self::Grpc(clients.into(), authorization(target))
-            }
+            Protocol::Grpc => Self::Grpc(
+                grpc_clients(target.target, connections, target.tls_ca.as_deref()).await,
+                authorization(target),
+            ),
             Protocol::Http => Self::Http(
                 HttpPool::connect(
                     target.target,
@@ -200,6 +169,45 @@ impl Client {
             Self::Http(pool) => pool.call(&id).await,
         }
     }
+}
+
+/// `connections` gRPC connections to `target`, over TLS when `tls_ca` (a PEM
+/// CA for a "localhost" certificate) is given.
+async fn grpc_clients(
+    target: SocketAddr,
+    connections: usize,
+    tls_ca: Option<&std::path::Path>,
+) -> Arc<[SyncClient<Channel>]> {
+    let scheme = if tls_ca.is_some() { "https" } else { "http" };
+    let tls = tls_ca.map(|ca| {
+        let ca = std::fs::read(ca).expect("reads the CA file");
+        tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(ca))
+            .domain_name("localhost")
+    });
+    let mut clients = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        let mut endpoint =
+            Channel::from_shared(format!("{scheme}://{target}")).expect("a valid URI");
+        if let Some(tls) = &tls {
+            endpoint = endpoint.tls_config(tls.clone()).expect("a valid TLS setup");
+        }
+        let channel = endpoint
+            .tcp_nodelay(true)
+            // Windows large enough that flow control never stalls tens of
+            // thousands of parked streams.
+            .initial_connection_window_size(16 << 20)
+            .initial_stream_window_size(1 << 20)
+            .connect()
+            .await
+            .expect("connects to the target");
+        clients.push(
+            SyncClient::new(channel)
+                .max_decoding_message_size(usize::MAX)
+                .max_encoding_message_size(usize::MAX),
+        );
+    }
+    clients.into()
 }
 
 /// One HTTP/1.1 connection's request handle.

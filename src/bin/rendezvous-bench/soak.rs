@@ -34,7 +34,7 @@ use rendezvous::proto::{WaitForSecondPartyRequest, sync_client::SyncClient};
 use tokio::{net::TcpStream, task::JoinSet};
 use tonic::{Code, transport::Channel};
 
-use crate::{HttpPool, HttpSender, fresh_id, quiesce, usage};
+use crate::{HttpPool, HttpSender, fresh_id, grpc_clients, quiesce, usage};
 
 #[derive(Debug, Args)]
 pub struct SoakArgs {
@@ -343,19 +343,8 @@ async fn scrape(addr: SocketAddr) -> String {
 }
 
 pub async fn soak(args: SoakArgs) -> serde_json::Value {
-    let mut grpc = Vec::new();
-    for _ in 0..4 {
-        let channel = Channel::from_shared(format!("http://{}", args.grpc))
-            .unwrap()
-            .tcp_nodelay(true)
-            .initial_connection_window_size(16 << 20)
-            .connect()
-            .await
-            .expect("connects to the gRPC port");
-        grpc.push(SyncClient::new(channel));
-    }
     let clients = Clients {
-        grpc: grpc.into(),
+        grpc: grpc_clients(args.grpc, 4, None).await,
         // Each job holds at most two pooled connections.
         http: HttpPool::connect(args.http, 2 * args.concurrency, None, None).await,
         http_addr: args.http,
