@@ -93,6 +93,15 @@ async fn grpc_client(
 }
 
 /// An HTTPS request with rustls and hyper, as any HTTPS client would send it.
+/// `GET /readyz` over HTTPS, trusting `ca`: the status, or a panic if the
+/// handshake fails.
+async fn readyz_status(addr: std::net::SocketAddr, ca: &Ca) -> u16 {
+    https(addr, ca, http::Method::GET, "/readyz")
+        .await
+        .unwrap()
+        .0
+}
+
 async fn https(
     addr: std::net::SocketAddr,
     ca: &Ca,
@@ -219,38 +228,20 @@ async fn a_reload_serves_the_new_certificate_and_a_bad_one_keeps_the_old() {
     let dir = tempfile::tempdir().unwrap();
     let (old_ca, new_ca) = (Ca::new(), Ca::new());
     let server = tls_server(dir.path(), &old_ca.leaf(&["localhost"]), None).await;
-    assert_eq!(
-        https(server.http_addr, &old_ca, http::Method::GET, "/readyz")
-            .await
-            .unwrap()
-            .0,
-        200
-    );
+    assert_eq!(readyz_status(server.http_addr, &old_ca).await, 200);
 
     let new = new_ca.leaf(&["localhost"]);
     write(dir.path(), "server.pem", &new.cert);
     write(dir.path(), "server.key", &new.key);
     server.reloader.reload();
-    assert_eq!(
-        https(server.http_addr, &new_ca, http::Method::GET, "/readyz")
-            .await
-            .unwrap()
-            .0,
-        200
-    );
+    assert_eq!(readyz_status(server.http_addr, &new_ca).await, 200);
     let old = https(server.http_addr, &old_ca, http::Method::GET, "/readyz").await;
     assert!(old.is_err(), "the old certificate is gone: {old:?}");
 
     // A broken file on reload: the server keeps the certificate it has.
     write(dir.path(), "server.key", "not a key");
     server.reloader.reload();
-    assert_eq!(
-        https(server.http_addr, &new_ca, http::Method::GET, "/readyz")
-            .await
-            .unwrap()
-            .0,
-        200
-    );
+    assert_eq!(readyz_status(server.http_addr, &new_ca).await, 200);
     let mut client = grpc_client(&server, &new_ca, None).await.unwrap();
     let mut call = request("after-reload", b"");
     call.set_timeout(Duration::from_millis(200));
