@@ -479,6 +479,85 @@ mod tests {
         assert_eq!(engine.places_in_use(), 0);
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_shard_keeps_a_freed_place_as_its_spare_and_uses_it_next() {
+        // The smallest cap at which shards keep spares.
+        let engine = LocalEngine::with_capacity(SHARDS * 256);
+        let timed_out = engine.meet(id("a"), Bytes::new(), SECOND).await;
+        assert!(matches!(timed_out, Err(PairError::TimedOut { .. })));
+        // The place stayed with the shard rather than going back to the
+        // shared counter, which every core would otherwise write to.
+        assert_eq!(engine.occupancy.taken(), 1);
+        assert_eq!(engine.places_in_use(), 0);
+        // The next caller in that shard takes the spare, not a new place.
+        let again = engine.meet(id("a"), Bytes::new(), FAR);
+        tokio::pin!(again);
+        assert!(futures_poll(again.as_mut()).is_pending());
+        assert_eq!(engine.occupancy.taken(), 1);
+        assert_eq!(engine.places_in_use(), 1);
+    }
+
+    /// At the smallest cap with spares, the cap holds even after the shards
+    /// have filled up with spares: every freed place can be taken again, and
+    /// no more.
+    #[tokio::test(start_paused = true)]
+    async fn the_cap_holds_with_spares() {
+        const CAP: usize = SHARDS * 256;
+        let engine = LocalEngine::with_capacity(CAP);
+        let mut parked: Vec<_> = (0..CAP)
+            .map(|i| Box::pin(engine.meet(id(&format!("p{i}")), Bytes::new(), FAR)))
+            .collect();
+        for call in &mut parked {
+            assert!(futures_poll(call.as_mut()).is_pending());
+        }
+        assert_eq!(
+            engine.meet(id("one-too-many"), Bytes::new(), FAR).await,
+            Err(PairError::Full { capacity: CAP })
+        );
+        // Half of them leave, spread over every shard; as many others come.
+        parked.truncate(CAP / 2);
+        let mut again: Vec<_> = (0..CAP / 2)
+            .map(|i| Box::pin(engine.meet(id(&format!("q{i}")), Bytes::new(), FAR)))
+            .collect();
+        for call in &mut again {
+            assert!(
+                futures_poll(call.as_mut()).is_pending(),
+                "refused under the cap"
+            );
+        }
+        assert_eq!(engine.waiting(), CAP);
+        assert_eq!(
+            engine.meet(id("one-too-many"), Bytes::new(), FAR).await,
+            Err(PairError::Full { capacity: CAP })
+        );
+        drop((parked, again));
+        assert_eq!(engine.places_in_use(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ids_spread_over_the_shards() {
+        let engine = LocalEngine::new();
+        let mut parked: Vec<_> = (0..64)
+            .map(|i| Box::pin(engine.meet(id(&format!("spread-{i}")), Bytes::new(), FAR)))
+            .collect();
+        for call in &mut parked {
+            assert!(futures_poll(call.as_mut()).is_pending());
+        }
+        let used = engine.shards.iter().filter(|s| s.waiting() > 0).count();
+        // 64 ids over 256 shards: about 57 shards on average; all in a few
+        // would mean the shard is picked from bits that do not vary.
+        assert!(used > 32, "64 ids landed in {used} shards");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn debug_shows_the_waiting_count() {
+        let engine = LocalEngine::new();
+        let parked = engine.meet(id("a"), Bytes::new(), FAR);
+        tokio::pin!(parked);
+        assert!(futures_poll(parked.as_mut()).is_pending());
+        assert_eq!(format!("{engine:?}"), "LocalEngine { waiting: 1 }");
+    }
+
     /// Polls a future once, as an executor would, without waiting for it.
     fn futures_poll<F: Future>(f: std::pin::Pin<&mut F>) -> Poll<F::Output> {
         let waker = std::task::Waker::noop();

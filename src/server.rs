@@ -359,12 +359,14 @@ async fn serve_grpc(
     config: ConnectionSettings,
     stopping: watch::Receiver<bool>,
 ) {
-    // hyper waits for the HTTP/2 preface without a timeout of its own.
-    if tokio::time::timeout(config.header_timeout, stream.readable())
-        .await
-        .is_err()
-    {
-        return;
+    // hyper waits for the HTTP/2 preface without a timeout of its own, and
+    // a socket's readiness alone proves nothing (tokio may report it at
+    // once): wait for the preface itself. Anything else goes to hyper,
+    // which answers it with a protocol error.
+    let preface = starts_with(&stream, HTTP2_PREFACE);
+    match tokio::time::timeout(config.header_timeout, preface).await {
+        Ok(Some(_)) => {}
+        Ok(None) | Err(_) => return,
     }
     let service = service_fn(move |request| grpc.handle(request));
     let mut builder = Http2Builder::new(TokioExecutor::new());
@@ -400,8 +402,10 @@ async fn serve_http(
             // hyper's own header timeout only starts once it has the
             // connection; a peer that sends nothing at all is dropped here
             // after as long.
-            let sniff = tokio::time::timeout(config.header_timeout, speaks_http2(&stream));
-            let Ok(http2) = sniff.await else { return };
+            let sniff = starts_with(&stream, &HTTP2_PREFACE[..4]);
+            let Ok(Some(http2)) = tokio::time::timeout(config.header_timeout, sniff).await else {
+                return;
+            };
             serve_http_on(stream, http2, gateway, &config, stopping).await;
         }
         Some(tls) => {
@@ -467,23 +471,28 @@ async fn handshake(
     }
 }
 
-/// Whether a connection opens with HTTP/2's prior-knowledge preface, which
-/// starts "PRI " (no HTTP/1.1 method is PRI). Peeks, so nothing is consumed.
-async fn speaks_http2(stream: &TcpStream) -> bool {
-    const PREFACE_START: &[u8] = b"PRI ";
-    let mut start = [0u8; PREFACE_START.len()];
-    // peek returns at once while anything is buffered, so a preface split
-    // across packets is waited for with short pauses, a bounded number of
-    // times; the HTTP/1.1 header timeout deals with anything slower.
-    for _ in 0..100 {
-        match stream.peek(&mut start).await {
-            Ok(0) | Err(_) => return false,
-            Ok(n) if start[..n] != PREFACE_START[..n] => return false,
-            Ok(n) if n == PREFACE_START.len() => return true,
+/// What an HTTP/2 client sends first. On the HTTP port, its first four
+/// bytes tell prior-knowledge HTTP/2 from HTTP/1.1 (no method is PRI).
+const HTTP2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether a connection's first bytes are `expected`: `Some(true)` once
+/// they all arrived, `Some(false)` as soon as one differs, `None` if the
+/// peer closed first. Peeks, so nothing is consumed. Callers bound it with
+/// `--header-timeout`.
+async fn starts_with(stream: &TcpStream, expected: &[u8]) -> Option<bool> {
+    let mut start = [0u8; HTTP2_PREFACE.len()];
+    let start = &mut start[..expected.len()];
+    loop {
+        match stream.peek(start).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) if start[..n] != expected[..n] => return Some(false),
+            Ok(n) if n == expected.len() => return Some(true),
+            // peek returns at once while anything is buffered, so the rest
+            // of a prefix split across packets is waited for with short
+            // pauses.
             Ok(_) => tokio::time::sleep(Duration::from_millis(10)).await,
         }
     }
-    false
 }
 
 /// Runs a connection to its end, asking it to finish gracefully (GOAWAY, or

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TestServer, request, within};
+use common::{TestServer, assert_timed_out, raw_wait, request, within};
 use rendezvous::Config;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -67,16 +67,13 @@ async fn past_max_waiters_callers_are_refused_but_partners_still_pair() {
         .unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(response.text().await.unwrap(), "Synced");
-    assert!(within(waiter).await.unwrap().is_ok());
+    let waiter = within(waiter).await.unwrap().unwrap().into_inner();
+    assert_eq!(waiter.role(), rendezvous::proto::Role::First);
+    assert_eq!(waiter.peer_payload, "");
 
-    // And the place is free again.
-    let status = server
-        .grpc()
-        .await
-        .wait_for_second_party(request("another", b""))
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), Code::DeadlineExceeded);
+    // And the place is free again: the next caller waits (and, alone, times
+    // out) instead of being refused.
+    assert_timed_out(&within(raw_wait(server.grpc_addr, "another", b"", "100m")).await);
 }
 
 #[tokio::test]
@@ -110,24 +107,40 @@ async fn past_max_connections_new_connections_are_turned_away_with_a_reason() {
         "{answer}"
     );
 
-    // Once the held connection closes, there is room again.
+    // The cap counts both listeners: the gRPC port turns a client away too
+    // (the same plain answer; a gRPC client sees the connection close).
+    let mut refused = TcpStream::connect(server.grpc_addr).await.unwrap();
+    let mut answer = String::new();
+    within(refused.read_to_string(&mut answer)).await.unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+        "{answer}"
+    );
+
+    // Once the held connection closes, there is room again. The server
+    // notices the close asynchronously, so until it does, probes are still
+    // turned away: each answer is one or the other, and never anything else.
     drop(held);
-    server.parked(0).await;
     let mut healthy = false;
-    for _ in 0..200 {
+    for _ in 0..500 {
         let mut probe = TcpStream::connect(server.http_addr).await.unwrap();
         probe
             .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
             .await
             .unwrap();
         let mut answer = String::new();
+        // A refused probe may be reset while it is still writing.
         let _ = within(probe.read_to_string(&mut answer)).await;
         if answer.starts_with("HTTP/1.1 200 OK") {
+            assert!(answer.ends_with("\r\n\r\nOK"), "{answer}");
             healthy = true;
             break;
         }
-        // The server notices the close asynchronously: poll for the slot.
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(
+            answer.is_empty() || answer.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+            "{answer}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(healthy, "a connection slot came free");
 }
@@ -156,16 +169,23 @@ async fn a_request_head_sent_byte_by_byte_is_cut_off() {
         }
     });
     let mut rest = Vec::new();
-    // The server closes the connection: the read ends (EOF or reset).
-    let _ = within(reader.read_to_end(&mut rest)).await;
+    // The server closes the connection, without an answer: the read ends.
+    closed_without_an_answer(within(reader.read_to_end(&mut rest)).await, &rest);
     dribble.abort();
     assert_eq!(server.waiting(), 0);
 
-    // A silent connection (no byte at all) is closed too.
-    let mut silent = TcpStream::connect(server.http_addr).await.unwrap();
-    let mut nothing = Vec::new();
-    let _ = within(silent.read_to_end(&mut nothing)).await;
-    assert!(nothing.is_empty());
+    // A silent connection (no byte at all) is closed too, on either port,
+    // and so is a gRPC connection whose HTTP/2 preface stops halfway.
+    for (addr, start) in [
+        (server.http_addr, &b""[..]),
+        (server.grpc_addr, b""),
+        (server.grpc_addr, b"PRI * HTTP/2.0\r\n"),
+    ] {
+        let mut stalled = TcpStream::connect(addr).await.unwrap();
+        stalled.write_all(start).await.unwrap();
+        let mut nothing = Vec::new();
+        closed_without_an_answer(within(stalled.read_to_end(&mut nothing)).await, &nothing);
+    }
 
     let (a, b) = tokio::join!(
         common::http_client()
@@ -181,6 +201,16 @@ async fn a_request_head_sent_byte_by_byte_is_cut_off() {
     );
     assert_eq!(a.unwrap().status(), 200);
     assert_eq!(b.unwrap().status(), 200);
+}
+
+/// The end of a connection the server cut off: end of stream or a reset,
+/// and nothing read before it.
+fn closed_without_an_answer(read: std::io::Result<usize>, data: &[u8]) {
+    match read {
+        Ok(_) => {}
+        Err(error) => assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset, "{error}"),
+    }
+    assert_eq!(String::from_utf8_lossy(data), "");
 }
 
 /// A request head over 8 KiB is refused (431) before the handler runs, and

@@ -31,13 +31,16 @@ pub struct TestServer {
     pub task: JoinHandle<Result<(), rendezvous::ServerError>>,
 }
 
-/// Settings for tests: ports picked by the OS, and waits short enough that
-/// no test sits through the 10 s default.
+/// Settings for tests: ports picked by the OS, and a `--max-wait` far longer
+/// than any test, so that no parked caller can time out while a busy machine
+/// is slow to send its partner. A test that wants a timeout asks for one per
+/// call (`grpc-timeout` from a client that does not enforce it, or `?wait=`),
+/// or sets a short `max_wait` with nothing racing it.
 pub fn test_config() -> Config {
     Config {
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
         http_addr: "127.0.0.1:0".parse().unwrap(),
-        max_wait: Duration::from_millis(500),
+        max_wait: Duration::from_secs(60),
         shutdown_grace: Duration::from_secs(2),
         ..Config::default()
     }
@@ -149,10 +152,36 @@ pub struct RawGrpcAnswer {
 /// enforces no deadline of its own, so whatever it sees came from the server.
 pub async fn raw_grpc_call(
     addr: SocketAddr,
-    headers: &'static [(&'static str, &'static str)],
+    headers: &[(&str, &str)],
     request: WaitForSecondPartyRequest,
 ) -> RawGrpcAnswer {
     raw_grpc_body(addr, headers, grpc_frame(0, &request)).await
+}
+
+/// A call that asks the server to give up after `timeout` (a `grpc-timeout`
+/// value such as `"100m"`) and does not enforce it itself: the answer,
+/// however late a busy machine makes it, is the server's own.
+pub async fn raw_wait(addr: SocketAddr, id: &str, payload: &[u8], timeout: &str) -> RawGrpcAnswer {
+    raw_grpc_call(
+        addr,
+        &[("grpc-timeout", timeout)],
+        WaitForSecondPartyRequest {
+            id: id.into(),
+            payload: Bytes::copy_from_slice(payload),
+        },
+    )
+    .await
+}
+
+/// The server's timeout answer: `DEADLINE_EXCEEDED`, nobody came.
+pub fn assert_timed_out(answer: &RawGrpcAnswer) {
+    assert_eq!(answer.grpc_status, "4", "{answer:?}");
+    assert!(
+        answer
+            .grpc_message
+            .starts_with("nobody else arrived with this id within"),
+        "{answer:?}"
+    );
 }
 
 /// One length-prefixed gRPC message; `flag` 1 claims it is compressed.
@@ -167,7 +196,7 @@ pub fn grpc_frame(flag: u8, message: &WaitForSecondPartyRequest) -> Vec<u8> {
 /// A bare HTTP/2 gRPC call with any body at all.
 pub async fn raw_grpc_body(
     addr: SocketAddr,
-    headers: &'static [(&'static str, &'static str)],
+    headers: &[(&str, &str)],
     frame: Vec<u8>,
 ) -> RawGrpcAnswer {
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -290,4 +319,49 @@ impl Process {
             .unwrap();
         assert!(status.success());
     }
+}
+
+/// One HTTP/2 frame, as read off the wire by the tests' own proxies and raw
+/// clients.
+#[derive(Debug)]
+pub struct H2Frame {
+    pub kind: u8,
+    pub flags: u8,
+    pub stream: u32,
+    pub payload: Vec<u8>,
+}
+
+pub const H2_DATA: u8 = 0x0;
+pub const H2_HEADERS: u8 = 0x1;
+pub const H2_RST_STREAM: u8 = 0x3;
+pub const H2_SETTINGS: u8 = 0x4;
+pub const H2_PING: u8 = 0x6;
+pub const H2_GOAWAY: u8 = 0x7;
+pub const H2_ACK: u8 = 0x1;
+pub const H2_END_STREAM: u8 = 0x1;
+pub const H2_END_HEADERS: u8 = 0x4;
+
+/// Reads one frame (RFC 9113, section 4.1); `None` at the end of the stream.
+pub async fn read_h2_frame(reader: &mut (impl tokio::io::AsyncRead + Unpin)) -> Option<H2Frame> {
+    use tokio::io::AsyncReadExt;
+    let mut head = [0u8; 9];
+    reader.read_exact(&mut head).await.ok()?;
+    let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+    let mut payload = vec![0; len];
+    reader.read_exact(&mut payload).await.ok()?;
+    Some(H2Frame {
+        kind: head[3],
+        flags: head[4],
+        stream: u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff,
+        payload,
+    })
+}
+
+/// Encodes one frame.
+pub fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = (payload.len() as u32).to_be_bytes();
+    let mut frame = vec![len[1], len[2], len[3], kind, flags];
+    frame.extend_from_slice(&stream.to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
 }
