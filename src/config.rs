@@ -263,6 +263,26 @@ mod tests {
         assert_eq!(c.http2.keepalive_timeout, Duration::from_secs(20));
     }
 
+    /// Every flag has its environment variable, named after it, so that a
+    /// container spec can set anything a command line can.
+    #[test]
+    fn every_flag_has_an_environment_variable_named_after_it() {
+        use clap::CommandFactory;
+        let command = Config::command();
+        let mut flags = 0;
+        for arg in command.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if ["help", "version"].contains(&long) {
+                continue;
+            }
+            let expected = format!("RENDEZVOUS_{}", long.to_uppercase().replace('-', "_"));
+            let env = arg.get_env().map(|e| e.to_string_lossy().into_owned());
+            assert_eq!(env.as_deref(), Some(expected.as_str()), "--{long}");
+            flags += 1;
+        }
+        assert_eq!(flags, 19);
+    }
+
     #[test]
     fn flags_parse_and_bad_values_are_refused() {
         let c = Config::try_parse_from([

@@ -207,11 +207,27 @@ impl Application {
         let grpc_service = Arc::new(GrpcService::new(service.clone(), routes));
         let gateway = Arc::new(Gateway::new(service, health.clone()));
 
+        // Every setting in force, so an operator can see what the flags and
+        // environment added up to.
+        let duration = |d| humantime::format_duration(d).to_string();
         tracing::info!(
             grpc = %grpc.local_addr()?,
             http = %http.local_addr()?,
-            max_wait = %humantime::format_duration(config.max_wait),
+            max_wait = duration(config.max_wait),
             max_payload = config.max_payload,
+            max_waiters = config.max_waiters,
+            max_connections = config.max_connections,
+            shutdown_grace = duration(config.shutdown_grace),
+            header_timeout = duration(config.header_timeout),
+            tcp_keepalive = duration(config.tcp_keepalive),
+            http2_max_streams = config.http2.max_concurrent_streams,
+            http2_connection_window = config.http2.connection_window,
+            http2_stream_window = config.http2.stream_window,
+            http2_keepalive_interval = duration(config.http2.keepalive_interval),
+            http2_keepalive_timeout = duration(config.http2.keepalive_timeout),
+            tokens = config.auth_token_file.is_some(),
+            tls = config.tls_cert.is_some(),
+            client_certificates = config.tls_client_ca.is_some(),
             "listening"
         );
 

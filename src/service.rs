@@ -296,6 +296,68 @@ mod tests {
         assert_eq!(svc.engine().waiting(), 0);
     }
 
+    /// The sample line for `series` in a scrape, e.g. its value.
+    fn sample(svc: &Rendezvous, series: &str) -> Option<String> {
+        svc.metrics().render().lines().find_map(|line| {
+            line.strip_prefix(series)?
+                .strip_prefix(' ')
+                .map(str::to_owned)
+        })
+    }
+
+    #[tokio::test]
+    async fn a_call_after_close_is_refused_and_counted_as_shutting_down() {
+        let svc = service(Duration::from_secs(1));
+        svc.engine().close();
+        let refused = svc
+            .call(Protocol::Http, None, "a".into(), Bytes::new(), None)
+            .await;
+        assert_eq!(refused, Err(CallError::Pair(PairError::ShuttingDown)));
+        assert_eq!(
+            sample(
+                &svc,
+                r#"rendezvous_rejections_total{protocol="http",reason="shutting_down"}"#
+            )
+            .as_deref(),
+            Some("1")
+        );
+        assert_eq!(
+            sample(&svc, r#"rendezvous_parked_callers{protocol="http"}"#).as_deref(),
+            Some("0")
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_caller_that_leaves_is_counted_as_cancelled_and_no_longer_parked() {
+        let svc = service(Duration::from_secs(10));
+        {
+            let call = svc.call(Protocol::Grpc, None, "a".into(), Bytes::new(), None);
+            tokio::pin!(call);
+            let waker = std::task::Waker::noop();
+            let polled = call
+                .as_mut()
+                .poll(&mut std::task::Context::from_waker(waker));
+            assert!(polled.is_pending());
+            assert_eq!(
+                sample(&svc, r#"rendezvous_parked_callers{protocol="grpc"}"#).as_deref(),
+                Some("1")
+            );
+        }
+        assert_eq!(
+            sample(&svc, r#"rendezvous_parked_callers{protocol="grpc"}"#).as_deref(),
+            Some("0")
+        );
+        assert_eq!(
+            sample(&svc, r#"rendezvous_cancellations_total{protocol="grpc"}"#).as_deref(),
+            Some("1")
+        );
+        assert_eq!(
+            sample(&svc, r#"rendezvous_timeouts_total{protocol="grpc"}"#).as_deref(),
+            Some("0")
+        );
+        assert_eq!(svc.engine().waiting(), 0);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn the_shorter_of_the_callers_wait_and_max_wait_wins() {
         let svc = service(Duration::from_secs(10));

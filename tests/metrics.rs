@@ -98,8 +98,9 @@ async fn metrics_count_every_outcome_by_protocol() {
         .grpc()
         .await
         .wait_for_second_party(request("", b""))
-        .await;
-    assert!(empty_id.is_err());
+        .await
+        .unwrap_err();
+    assert_eq!(empty_id.code(), tonic::Code::InvalidArgument);
 
     // Cancellation is noticed by the server a moment after the client left.
     let mut after = scrape(&server).await;
@@ -137,4 +138,96 @@ async fn metrics_count_every_outcome_by_protocol() {
         panic!("not a histogram: {:?}", histogram.value);
     };
     assert_eq!(buckets.last().unwrap().count, 1.0, "one gRPC caller waited");
+}
+
+/// Refusals for a missing token and for a full server are counted under
+/// their own reasons, per protocol. (`shutting_down` cannot be scraped from
+/// a server whose listeners have closed: `src/service.rs` tests it.)
+#[tokio::test]
+async fn refusals_are_counted_by_reason() {
+    let mut tokens = tempfile::NamedTempFile::new().unwrap();
+    std::io::Write::write_all(&mut tokens, b"metrics-token-0123456789 ns\n").unwrap();
+    let server = TestServer::with(rendezvous::Config {
+        auth_token_file: Some(tokens.path().to_owned()),
+        max_waiters: 1,
+        ..common::test_config()
+    })
+    .await;
+    let before = scrape(&server).await;
+    for protocol in ["grpc", "http"] {
+        for reason in [
+            "invalid_argument",
+            "unauthenticated",
+            "full",
+            "shutting_down",
+        ] {
+            let labels = [("protocol", protocol), ("reason", reason)];
+            assert_eq!(value(&before, "rendezvous_rejections_total", &labels), 0.0);
+        }
+    }
+
+    let http = common::http_client();
+    let unauthenticated = http
+        .post(server.url("/wait-for-second-party/x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unauthenticated.status(), 401);
+    let status = server
+        .grpc()
+        .await
+        .wait_for_second_party(request("x", b""))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
+
+    // One caller fills the server; the next one over each protocol is refused.
+    let mut first = server.grpc().await;
+    let mut held = request("held", b"");
+    held.metadata_mut().insert(
+        "authorization",
+        "Bearer metrics-token-0123456789".parse().unwrap(),
+    );
+    let waiter = tokio::spawn(async move { first.wait_for_second_party(held).await });
+    server.parked(1).await;
+    let full = http
+        .post(server.url("/wait-for-second-party/other"))
+        .bearer_auth("metrics-token-0123456789")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(full.status(), 503);
+    let mut other = request("other", b"");
+    other.metadata_mut().insert(
+        "authorization",
+        "Bearer metrics-token-0123456789".parse().unwrap(),
+    );
+    let status = server
+        .grpc()
+        .await
+        .wait_for_second_party(other)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+
+    let after = scrape(&server).await;
+    for protocol in ["grpc", "http"] {
+        for (reason, count) in [
+            ("unauthenticated", 1.0),
+            ("full", 1.0),
+            ("invalid_argument", 0.0),
+        ] {
+            let labels = [("protocol", protocol), ("reason", reason)];
+            assert_eq!(
+                value(&after, "rendezvous_rejections_total", &labels),
+                count,
+                "{protocol} {reason}"
+            );
+        }
+    }
+    assert_eq!(
+        value(&after, "rendezvous_parked_callers", &[("protocol", "grpc")]),
+        1.0
+    );
+    waiter.abort();
 }
