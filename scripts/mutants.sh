@@ -18,6 +18,7 @@ command -v cargo-mutants >/dev/null || cargo install cargo-mutants --locked
 command -v cargo-nextest >/dev/null || cargo install cargo-nextest --locked
 
 out=${OUT:-target/mutants}
+mkdir -p "$out/engine" "$out/transports"
 common=(--test-tool nextest --profile mutants --timeout 120 --no-shuffle)
 engine=(-f src/pairing.rs -f src/pairing/shard.rs)
 transports=(-f src/service.rs -f src/grpc.rs -f src/gateway.rs -f src/auth.rs -f src/server.rs)
