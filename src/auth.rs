@@ -270,6 +270,26 @@ mod tests {
     }
 
     #[test]
+    fn the_limits_are_inclusive() {
+        let shortest = "t".repeat(16);
+        let longest_namespace = "n".repeat(64);
+        let t = tokens(&format!("{shortest} {longest_namespace}\n")).unwrap();
+        assert_eq!(
+            &*t.namespace_of(Some(&bearer(&shortest))).unwrap(),
+            longest_namespace
+        );
+        assert_eq!(format!("{t:?}"), "Tokens(1 entries)");
+        let error = tokens(&format!("{shortest} {longest_namespace}n\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("line 1: a namespace is 1 to 64"), "{error}");
+        let error = tokens(&format!("{} ns\n", "t".repeat(15)))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("shorter than 16 characters"), "{error}");
+    }
+
+    #[test]
     fn bad_files_say_which_line_and_never_echo_the_token() {
         for (text, needle) in [
             ("short\n", "line 1: the token is shorter than 16 characters"),

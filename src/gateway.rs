@@ -481,6 +481,90 @@ mod tests {
         assert_eq!(get("/healthz").await, (200, "OK".into()));
     }
 
+    /// Every error has its documented HTTP status, and in JSON the gRPC
+    /// code name for the same failure.
+    #[test]
+    fn every_error_has_its_status_and_code() {
+        use crate::{auth::AuthError, pairing::IdError};
+        let cases: Vec<(HttpError, u16, &str)> = vec![
+            (
+                CallError::InvalidId(IdError::Empty).into(),
+                400,
+                "INVALID_ARGUMENT",
+            ),
+            (
+                HttpError::BadWait("x".into(), humantime::parse_duration("x").unwrap_err()),
+                400,
+                "INVALID_ARGUMENT",
+            ),
+            (HttpError::IdNotUtf8, 400, "INVALID_ARGUMENT"),
+            (HttpError::Body("reset".into()), 400, "INVALID_ARGUMENT"),
+            (
+                CallError::PayloadTooLarge { size: 2, limit: 1 }.into(),
+                413,
+                "INVALID_ARGUMENT",
+            ),
+            (
+                HttpError::BodyTooLarge { limit: 1 },
+                413,
+                "INVALID_ARGUMENT",
+            ),
+            (
+                CallError::Pair(PairError::TimedOut {
+                    wait: Duration::from_secs(1),
+                })
+                .into(),
+                408,
+                "DEADLINE_EXCEEDED",
+            ),
+            (
+                CallError::Pair(PairError::ShuttingDown).into(),
+                503,
+                "UNAVAILABLE",
+            ),
+            (
+                CallError::Pair(PairError::Full { capacity: 1 }).into(),
+                503,
+                "RESOURCE_EXHAUSTED",
+            ),
+            (
+                CallError::Unauthenticated(AuthError::Missing).into(),
+                401,
+                "UNAUTHENTICATED",
+            ),
+            (
+                HttpError::MethodNotAllowed {
+                    method: Method::GET,
+                    path: "/x",
+                    allow: "POST",
+                },
+                405,
+                "UNIMPLEMENTED",
+            ),
+            (HttpError::NotFound, 404, "NOT_FOUND"),
+        ];
+        for (error, status, code) in cases {
+            let message = error.to_string();
+            let response = error.into_response(true);
+            assert_eq!(response.status().as_u16(), status, "{message}");
+            assert_eq!(response.headers()[header::CONTENT_TYPE], JSON);
+            let body = response.into_body();
+            let body = futures_body(body);
+            let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(json["code"], code, "{message}");
+            assert_eq!(json["message"], message);
+        }
+    }
+
+    fn futures_body(body: Full<Bytes>) -> Bytes {
+        use std::task::{Context, Poll, Waker};
+        let mut body = std::pin::pin!(body);
+        match http_body::Body::poll_frame(body.as_mut(), &mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(Some(Ok(frame))) => frame.into_data().unwrap(),
+            other => panic!("a full body is ready at once: {other:?}"),
+        }
+    }
+
     #[test]
     fn wait_parsing() {
         assert_eq!(requested_wait(None).unwrap(), None);

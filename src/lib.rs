@@ -59,4 +59,4 @@ pub mod proto {
 }
 
 pub use config::Config;
-pub use server::{Application, Reloader, ServerError, run};
+pub use server::{Application, Reloader, ServerError};

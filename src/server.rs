@@ -282,21 +282,6 @@ impl Application {
     }
 }
 
-/// Serves gRPC on `grpc` and HTTP on `http` until `shutdown` completes.
-///
-/// The entry point for anything that brings its own listeners, such as tests
-/// on port 0: `Application::from_listeners(..).run_until_stopped(..)`.
-pub async fn run(
-    config: Config,
-    grpc: TcpListener,
-    http: TcpListener,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), ServerError> {
-    Application::from_listeners(config, grpc, http)?
-        .run_until_stopped(shutdown)
-        .await
-}
-
 fn reflection() -> tonic_reflection::server::Builder<'static> {
     tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)

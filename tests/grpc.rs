@@ -458,7 +458,7 @@ async fn malformed_grpc_requests_get_a_status_that_says_why() {
         payload: Bytes::new(),
     };
     type Headers = &'static [(&'static str, &'static str)];
-    let cases: [(Headers, Vec<u8>, &str, &str); 5] = [
+    let cases: [(Headers, Vec<u8>, &str, &str); 6] = [
         (
             &[("grpc-encoding", "gzip")],
             common::grpc_frame(0, &message),
@@ -489,6 +489,12 @@ async fn malformed_grpc_requests_get_a_status_that_says_why() {
         ),
         (
             &[],
+            vec![0, 0, 0, 0, 9, 1, 2],
+            "3",
+            "request is not one gRPC message: the message is cut short",
+        ),
+        (
+            &[],
             vec![0, 0, 0, 0, 2, 0xff, 0xff],
             "3",
             "request is not a valid rendezvous.v1.WaitForSecondPartyRequest: ",
@@ -499,6 +505,46 @@ async fn malformed_grpc_requests_get_a_status_that_says_why() {
         assert_eq!(answer.grpc_status, status, "{answer:?}");
         assert!(answer.grpc_message.starts_with(message), "{answer:?}");
     }
+    assert_eq!(server.waiting(), 0);
+}
+
+/// `grpc-encoding: identity` is no compression at all: served like a call
+/// without the header.
+#[tokio::test]
+async fn identity_encoding_is_served() {
+    let server = TestServer::start().await;
+    let answer = within(raw_grpc_call(
+        server.grpc_addr,
+        &[("grpc-encoding", "identity"), ("grpc-timeout", "100m")],
+        WaitForSecondPartyRequest {
+            id: "identity".into(),
+            payload: Bytes::new(),
+        },
+    ))
+    .await;
+    assert_timed_out(&answer);
+}
+
+/// The rendezvous path answers only gRPC: anything else is told so with
+/// 415, before its body is read.
+#[tokio::test]
+async fn a_request_that_is_not_grpc_is_unsupported_media_type() {
+    let server = TestServer::start().await;
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let response = h2
+        .post(format!(
+            "http://{}/rendezvous.v1.Sync/WaitForSecondParty",
+            server.grpc_addr
+        ))
+        .header("content-type", "application/json")
+        .body(r#"{"id": "x"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 415);
     assert_eq!(server.waiting(), 0);
 }
 

@@ -268,6 +268,34 @@ async fn a_streamed_body_over_the_limit_is_refused_without_reading_it_all() {
     );
 }
 
+/// A body the server cannot read (here, a chunk size that is not hex) is a
+/// 400 that says so, not a 413 or a call.
+#[tokio::test]
+async fn an_unreadable_body_is_400() {
+    let server = TestServer::start().await;
+    let mut stream = tokio::net::TcpStream::connect(server.http_addr)
+        .await
+        .unwrap();
+    stream
+        .write_all(
+            b"POST /wait-for-second-party/bad-chunk HTTP/1.1\r\nhost: x\r\n\
+              transfer-encoding: chunked\r\nconnection: close\r\n\r\nzz\r\n",
+        )
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    let _ = within(stream.read_to_string(&mut answer)).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+        "{answer}"
+    );
+    assert!(
+        answer.contains("\r\n\r\ncould not read the request body: "),
+        "{answer}"
+    );
+    assert_eq!(server.waiting(), 0);
+}
+
 #[tokio::test]
 async fn percent_encoded_ids_are_decoded() {
     let server = TestServer::start().await;
