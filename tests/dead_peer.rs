@@ -58,12 +58,12 @@ async fn vanishing_proxy(target: SocketAddr) -> (SocketAddr, Arc<AtomicBool>) {
 async fn a_vanished_grpc_caller_is_removed_by_keepalive_and_never_paired() {
     let server = TestServer::with(Config {
         max_wait: Duration::from_secs(60),
-        // A PING after 200 ms of silence, and a second to answer it: short
+        // A PING after 200 ms of silence, and two seconds to answer it: short
         // enough for the test, long enough that a busy machine's live
         // client is never taken for a dead one.
         http2: Http2Config {
             keepalive_interval: Duration::from_millis(200),
-            keepalive_timeout: Duration::from_secs(1),
+            keepalive_timeout: Duration::from_secs(2),
             ..Http2Config::default()
         },
         ..common::test_config()

@@ -102,15 +102,9 @@ async fn metrics_count_every_outcome_by_protocol() {
         .unwrap_err();
     assert_eq!(empty_id.code(), tonic::Code::InvalidArgument);
 
-    // Cancellation is noticed by the server a moment after the client left.
-    let mut after = scrape(&server).await;
-    for _ in 0..200 {
-        if value(&after, "rendezvous_cancellations_total", &grpc) == 1.0 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        after = scrape(&server).await;
-    }
+    // The cancelled caller's handler was dropped with its waiter (the
+    // parked count said so), and the count goes with it.
+    let after = scrape(&server).await;
     assert_eq!(value(&after, "rendezvous_paired_total", &grpc), 1.0);
     assert_eq!(value(&after, "rendezvous_paired_total", &http), 1.0);
     assert_eq!(value(&after, "rendezvous_timeouts_total", &http), 1.0);
