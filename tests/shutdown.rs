@@ -264,7 +264,9 @@ async fn a_pair_in_flight_finishes_within_the_grace_period() {
 
 #[tokio::test]
 async fn sigterm_answers_parked_callers_and_exits_zero_within_the_grace_period() {
-    let mut server = Process::start(&[]).await;
+    // The health watch keeps the connection open for the whole grace period,
+    // which is what ends the process; the answers go out well within it.
+    let mut server = Process::start(&["--shutdown-grace=3s"]).await;
     let channel = server.channel().await;
     // A health watch never ends on its own: the grace period has to end it.
     let mut watch = HealthClient::new(channel.clone())
@@ -344,7 +346,9 @@ async fn a_taken_port_is_a_clear_startup_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_with_thousands_parked_answers_every_one() {
     const PARKED: usize = 3_000;
-    let mut server = Process::start(&[]).await;
+    // Room to write 3,000 answers on a loaded machine (at 1 s, one was once
+    // cut off mid-write): the process exits as soon as they are delivered.
+    let mut server = Process::start(&["--shutdown-grace=30s"]).await;
     let channel = server.channel().await;
     let mut calls = tokio::task::JoinSet::new();
     for i in 0..PARKED {

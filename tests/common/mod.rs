@@ -254,11 +254,22 @@ pub struct Process {
 }
 
 impl Process {
-    /// Starts the binary on port 0 with `args` added to the defaults here.
+    /// Starts the binary on port 0 with `args`, and the defaults here for
+    /// any flag `args` does not set.
     pub async fn start(args: &[&str]) -> Self {
+        let defaults = [
+            "--grpc-addr=127.0.0.1:0",
+            "--http-addr=127.0.0.1:0",
+            "--log-format=json",
+            "--shutdown-grace=1s",
+            "--max-wait=30s",
+        ];
+        let unset = defaults.into_iter().filter(|default| {
+            let flag = default.split('=').next().unwrap();
+            !args.iter().any(|arg| arg.split('=').next() == Some(flag))
+        });
         let mut child = Command::new(env!("CARGO_BIN_EXE_rendezvous"))
-            .args(["--grpc-addr=127.0.0.1:0", "--http-addr=127.0.0.1:0"])
-            .args(["--log-format=json", "--shutdown-grace=1s", "--max-wait=30s"])
+            .args(unset)
             .args(args)
             .env("RUST_LOG", "info,rendezvous::service=debug")
             .stderr(Stdio::piped())
