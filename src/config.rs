@@ -102,9 +102,9 @@ pub struct Config {
     #[arg(long, env = "RENDEZVOUS_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub max_connections: usize,
 
-    /// How long a client may take to send a whole HTTP/1.1 request head, or
-    /// its first bytes on a new connection (slowloris). The connection is
-    /// closed after that.
+    /// How long a client may take to send a whole HTTP/1.1 request head, its
+    /// first bytes on a new HTTP connection, or its whole HTTP/2 preface on
+    /// the gRPC port (slowloris). The connection is closed after that.
     #[arg(long, env = "RENDEZVOUS_HEADER_TIMEOUT", default_value = DEFAULT_HEADER_TIMEOUT, value_parser = positive_duration)]
     pub header_timeout: Duration,
 

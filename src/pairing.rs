@@ -534,6 +534,35 @@ mod tests {
         assert_eq!(engine.places_in_use(), 0);
     }
 
+    /// Just below the smallest cap with spares, a freed place goes back to
+    /// everyone at once, whichever shard the next caller's id lands in.
+    #[tokio::test(start_paused = true)]
+    async fn below_the_spare_threshold_a_freed_place_is_anyones() {
+        const CAP: usize = SHARDS * 256 - 1;
+        let engine = LocalEngine::with_capacity(CAP);
+        let mut parked: Vec<_> = (0..CAP)
+            .map(|i| Box::pin(engine.meet(id(&format!("p{i}")), Bytes::new(), FAR)))
+            .collect();
+        for call in &mut parked {
+            assert!(futures_poll(call.as_mut()).is_pending());
+        }
+        parked.pop();
+        assert_eq!(engine.occupancy.taken(), CAP - 1, "no spare kept");
+        let mut admitted = 0;
+        let mut next: Vec<_> = (0..8)
+            .map(|i| Box::pin(engine.meet(id(&format!("n{i}")), Bytes::new(), FAR)))
+            .collect();
+        for call in &mut next {
+            if futures_poll(call.as_mut()).is_pending() {
+                admitted += 1;
+            }
+        }
+        assert_eq!(
+            admitted, 1,
+            "exactly the one freed place, for the first caller"
+        );
+    }
+
     #[tokio::test(start_paused = true)]
     async fn ids_spread_over_the_shards() {
         let engine = LocalEngine::new();

@@ -10,7 +10,10 @@ use common::{Process, within};
 async fn a_pair_logs_each_callers_arrival_and_outcome() {
     let mut server = Process::start(&[]).await;
     let http = common::http_client();
-    let url = format!("http://{}/wait-for-second-party/secret-code-42", server.http);
+    let url = format!(
+        "http://{}/wait-for-second-party/secret-code-42",
+        server.http
+    );
     let first = tokio::spawn(http.post(&url).send());
     let arrived = server.next("arrived").await;
     assert_eq!(arrived["fields"]["id"], "secret-code-42");
@@ -26,7 +29,10 @@ async fn a_pair_logs_each_callers_arrival_and_outcome() {
         assert_eq!(finished["span"]["outcome"], "paired", "{finished}");
         assert_eq!(finished["span"]["protocol"], "http", "{finished}");
         assert!(finished["fields"]["waited"].is_string(), "{finished}");
-        assert!(!finished.to_string().contains("secret-code-42"), "{finished}");
+        assert!(
+            !finished.to_string().contains("secret-code-42"),
+            "{finished}"
+        );
         roles.push(finished["span"]["role"].as_str().unwrap().to_owned());
     }
     roles.sort();
