@@ -8,7 +8,7 @@
 # New inputs go to fuzz/corpus-scratch/<target>/ (not committed). A failing
 # input lands in fuzz/artifacts/<target>/: fix the bug, then copy the input
 # into fuzz/corpus/<target>/, where `cargo test` replays it from then on
-# (tests/fuzz_corpus.rs).
+# (tests/integration/fuzz_corpus.rs).
 #
 # cargo-fuzz needs a nightly toolchain (for the sanitizer flags); the script
 # installs cargo-fuzz if it is missing.

@@ -1,6 +1,6 @@
 //! The bodies of the fuzz targets, shared by cargo-fuzz (`fuzz/`) and by
 //! `cargo test`, which replays the committed corpus (`fuzz/corpus/<target>/`)
-//! through them in `tests/fuzz_corpus.rs`. One body per target, so a case the
+//! through them in `tests/integration/fuzz_corpus.rs`. One body per target, so a case the
 //! fuzzer found fails the same way in both.
 //!
 //! Each target takes arbitrary bytes and panics when a property the service

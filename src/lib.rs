@@ -24,7 +24,7 @@
 //!   and logging.
 //!
 //! - `fuzzing` (hidden, feature `fuzzing`): the fuzz targets' bodies, shared by `fuzz/` and
-//!   the corpus replay in `tests/fuzz_corpus.rs`.
+//!   the corpus replay in `tests/integration/fuzz_corpus.rs`.
 //!
 //! The binary (`src/main.rs`) only parses flags, sets up logging, and runs
 //! [`Application`] until SIGINT or SIGTERM. Tests start the same

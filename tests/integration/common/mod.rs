@@ -1,5 +1,4 @@
 //! A real server on 127.0.0.1:0 for each test, and real clients for it.
-#![allow(dead_code)] // each test file uses a different part of this
 
 use std::{future::Future, net::SocketAddr, process::Stdio, sync::Arc, time::Duration};
 
@@ -342,14 +341,12 @@ pub struct H2Frame {
     pub payload: Vec<u8>,
 }
 
-pub const H2_DATA: u8 = 0x0;
 pub const H2_HEADERS: u8 = 0x1;
 pub const H2_RST_STREAM: u8 = 0x3;
 pub const H2_SETTINGS: u8 = 0x4;
 pub const H2_PING: u8 = 0x6;
 pub const H2_GOAWAY: u8 = 0x7;
 pub const H2_ACK: u8 = 0x1;
-pub const H2_END_STREAM: u8 = 0x1;
 pub const H2_END_HEADERS: u8 = 0x4;
 
 /// Reads one frame (RFC 9113, section 4.1); `None` at the end of the stream.

@@ -1,6 +1,6 @@
 //! The HTTP/2 settings that let many callers park on one connection.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

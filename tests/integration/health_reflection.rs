@@ -1,7 +1,7 @@
 //! What probes and tools see: gRPC health, HTTP probes, and reflection (so
 //! grpcurl works with no proto file at hand).
 
-mod common;
+use crate::common;
 
 use common::TestServer;
 use prost::Message;

@@ -2,7 +2,7 @@
 //! and its outcome (protocol, outcome, role, time waited), and the id
 //! nowhere else, since an id can be a secret pairing code.
 
-mod common;
+use crate::common;
 
 use common::{Process, within};
 

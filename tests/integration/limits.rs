@@ -1,7 +1,7 @@
 //! Limits that keep any input from exhausting the server: the caps on
 //! waiting callers and on connections, and the slowloris timeout.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

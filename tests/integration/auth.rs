@@ -1,6 +1,6 @@
 //! Bearer tokens with namespaces, over both protocols.
 
-mod common;
+use crate::common;
 
 use std::{io::Write, time::Duration};
 

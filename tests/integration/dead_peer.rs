@@ -1,7 +1,7 @@
 //! A caller whose network silently vanishes (no FIN, no RST) must not stay
 //! parked until --max-wait, and must not be paired with a later caller.
 
-mod common;
+use crate::common;
 
 use std::{
     net::SocketAddr,

@@ -1,6 +1,6 @@
 //! Graceful shutdown, in process and in a real process with real signals.
 
-mod common;
+use crate::common;
 
 use common::{Process, TestServer, request, within};
 use tokio::process::Command;
@@ -109,7 +109,7 @@ const SHUTTING_DOWN: &str = "the server is shutting down; retry against another 
 #[tokio::test]
 async fn calls_arriving_during_shutdown_are_answered_unavailable() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut server = TestServer::with(private_config()).await;
+    let mut server = TestServer::start().await;
 
     // HTTP/1.1: a request whose head is in, and whose body the handler is
     // waiting for: `100 Continue` says so.
@@ -185,7 +185,7 @@ async fn a_pair_in_flight_finishes_within_the_grace_period() {
     const PAYLOAD: usize = 60 * 1024;
     let mut server = TestServer::with(rendezvous::Config {
         shutdown_grace: std::time::Duration::from_secs(30),
-        ..private_config()
+        ..common::test_config()
     })
     .await;
     // The first caller grants the server 1 KiB of credit for its answer,
@@ -305,7 +305,8 @@ async fn sigterm_answers_parked_callers_and_exits_zero_within_the_grace_period()
 
 #[tokio::test]
 async fn a_second_signal_exits_at_once() {
-    let mut server = Process::start(&[]).await;
+    // A grace period the second signal cannot miss, however slow the test.
+    let mut server = Process::start(&["--shutdown-grace=60s"]).await;
     // Keep a connection open so the first signal has a grace period to wait out.
     let _watch = HealthClient::new(server.channel().await)
         .watch(HealthCheckRequest::default())

@@ -4,7 +4,7 @@
 //! variable to a value other than its default, and reads them back there.
 //! (`src/config.rs` checks that every flag has its variable.)
 
-mod common;
+use crate::common;
 
 use std::process::Stdio;
 

@@ -1,7 +1,7 @@
 //! One engine behind both protocols: a gRPC caller and an HTTP caller with
 //! the same id meet each other, and swap payloads.
 
-mod common;
+use crate::common;
 
 use bytes::Bytes;
 use common::{TestServer, request, within};

@@ -1,7 +1,7 @@
 //! TLS and mTLS on both listeners, with certificates made at run time, and
 //! a certificate reloaded while serving.
 
-mod common;
+use crate::common;
 
 use std::{path::Path, sync::Arc, time::Duration};
 

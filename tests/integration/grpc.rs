@@ -1,6 +1,6 @@
 //! rendezvous.v1.Sync over gRPC, with a real tonic client on real TCP.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

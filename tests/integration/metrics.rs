@@ -2,7 +2,7 @@
 //! cancellations and rejections, by protocol, parsed by a Prometheus
 //! text-format parser.
 
-mod common;
+use crate::common;
 
 use common::{TestServer, request, within};
 

@@ -1,7 +1,7 @@
 //! The HTTP gateway with a real HTTP client: the legacy answers byte for byte,
 //! JSON on request, every error with its status and message, and probes.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

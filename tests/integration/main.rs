@@ -1,0 +1,22 @@
+//! The integration tests: one module per concern, all in one test binary, so
+//! that a change to the library compiles and links them once rather than
+//! once per file (which also keeps mutation testing affordable).
+//! `TESTING.md` says what each module covers.
+
+mod common;
+
+mod auth;
+mod config;
+mod dead_peer;
+mod engine_properties;
+mod fuzz_corpus;
+mod grpc;
+mod health_reflection;
+mod http;
+mod http2;
+mod limits;
+mod logging;
+mod metrics;
+mod mixed;
+mod shutdown;
+mod tls;
