@@ -232,26 +232,6 @@ async fn a_stream_past_http2_max_streams_is_refused() {
     assert_eq!(refused.payload, 7u32.to_be_bytes(), "REFUSED_STREAM");
 
     // The server goes on serving others.
-    let mut client = server.grpc().await;
-    let waiter =
-        tokio::spawn(async move { client.wait_for_second_party(request("after", b"a")).await });
-    server.parked(1).await;
-    let second = server
-        .grpc()
-        .await
-        .wait_for_second_party(request("after", b"b"))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(second.peer_payload, "a");
-    assert_eq!(
-        within(waiter)
-            .await
-            .unwrap()
-            .unwrap()
-            .into_inner()
-            .peer_payload,
-        "b"
-    );
+    common::assert_pair(&server, server.grpc().await, server.grpc().await, "after").await;
     drop(reader);
 }

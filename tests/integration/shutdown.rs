@@ -134,15 +134,8 @@ async fn calls_arriving_during_shutdown_are_answered_unavailable() {
     let (mut h2, mut connection) = h2::client::handshake(tcp).await.unwrap();
     let mut ping_pong = connection.ping_pong().unwrap();
     tokio::spawn(connection);
-    let request = http::Request::post(format!(
-        "http://{}/rendezvous.v1.Sync/WaitForSecondParty",
-        server.grpc_addr
-    ))
-    .header("content-type", "application/grpc")
-    .header("te", "trailers")
-    .body(())
-    .unwrap();
-    let (response, mut body) = h2.send_request(request, false).unwrap();
+    let head = common::grpc_request_head(server.grpc_addr);
+    let (response, mut body) = h2.send_request(head, false).unwrap();
     within(ping_pong.ping(h2::Ping::opaque())).await.unwrap();
 
     let sentinel = parked_sentinel(&server).await;
@@ -199,15 +192,8 @@ async fn a_pair_in_flight_finishes_within_the_grace_period() {
         .await
         .unwrap();
     tokio::spawn(connection);
-    let request = http::Request::post(format!(
-        "http://{}/rendezvous.v1.Sync/WaitForSecondParty",
-        server.grpc_addr
-    ))
-    .header("content-type", "application/grpc")
-    .header("te", "trailers")
-    .body(())
-    .unwrap();
-    let (response, mut body) = h2.send_request(request, false).unwrap();
+    let head = common::grpc_request_head(server.grpc_addr);
+    let (response, mut body) = h2.send_request(head, false).unwrap();
     let message = rendezvous::proto::WaitForSecondPartyRequest {
         id: "in-flight".into(),
         payload: vec![1u8; 16].into(),

@@ -224,18 +224,9 @@ async fn mtls_refuses_a_client_without_a_certificate() {
 
     // With one from the client CA: served, and two such clients pair.
     let identity = clients.leaf(&["client"]);
-    let mut first = grpc_client(&server, &ca, Some(&identity)).await.unwrap();
-    let waiter = tokio::spawn(async move { first.wait_for_second_party(request("m", b"1")).await });
-    server.parked(1).await;
-    let mut second = grpc_client(&server, &ca, Some(&identity)).await.unwrap();
-    let answer = second
-        .wait_for_second_party(request("m", b"2"))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(answer.peer_payload, "1");
-    let answer = within(waiter).await.unwrap().unwrap().into_inner();
-    assert_eq!(answer.peer_payload, "2");
+    let first = grpc_client(&server, &ca, Some(&identity)).await.unwrap();
+    let second = grpc_client(&server, &ca, Some(&identity)).await.unwrap();
+    common::assert_pair(&server, first, second, "m").await;
 }
 
 #[tokio::test]
@@ -245,7 +236,7 @@ async fn a_reload_serves_the_new_certificate_and_a_bad_one_keeps_the_old() {
     let server = tls_server(dir.path(), &old_ca.leaf(&["localhost"]), None).await;
     assert_eq!(readyz_status(server.http_addr, &old_ca).await, 200);
     // A connection made before the reload, with a caller parked on it.
-    let mut before = grpc_client(&server, &old_ca, None).await.unwrap();
+    let before = grpc_client(&server, &old_ca, None).await.unwrap();
     let mut parked_before = before.clone();
     let waiter = tokio::spawn(async move {
         parked_before
@@ -278,24 +269,7 @@ async fn a_reload_serves_the_new_certificate_and_a_bad_one_keeps_the_old() {
     assert_eq!(answer.peer_payload, "old");
     let answer = within(waiter).await.unwrap().unwrap().into_inner();
     assert_eq!(answer.peer_payload, "new");
-    let again =
-        tokio::spawn(async move { before.wait_for_second_party(request("again", b"old")).await });
-    server.parked(1).await;
-    let answer = after
-        .wait_for_second_party(request("again", b"new"))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(answer.peer_payload, "old");
-    assert_eq!(
-        within(again)
-            .await
-            .unwrap()
-            .unwrap()
-            .into_inner()
-            .peer_payload,
-        "new"
-    );
+    common::assert_pair(&server, before, after, "again").await;
 
     // A broken file on reload: the server keeps the certificate it has.
     write(dir.path(), "server.key", "not a key");

@@ -135,6 +135,50 @@ pub fn request(id: &str, payload: &'static [u8]) -> tonic::Request<WaitForSecond
     })
 }
 
+/// Pairs a caller on `first` with one on `second` under `id` (the first
+/// parked before the second arrives), and checks that each is told its role
+/// and the other's payload.
+pub async fn assert_pair(
+    server: &TestServer,
+    mut first: SyncClient<Channel>,
+    mut second: SyncClient<Channel>,
+    id: &str,
+) {
+    use rendezvous::proto::Role;
+    let first_id = id.to_owned();
+    let waiter = tokio::spawn(async move {
+        first
+            .wait_for_second_party(request(&first_id, b"from first"))
+            .await
+    });
+    server.parked(1).await;
+    let answer = second
+        .wait_for_second_party(request(id, b"from second"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (answer.role(), answer.peer_payload),
+        (Role::Second, "from first".into())
+    );
+    let answer = within(waiter).await.unwrap().unwrap().into_inner();
+    assert_eq!(
+        (answer.role(), answer.peer_payload),
+        (Role::First, "from second".into())
+    );
+}
+
+/// A gRPC call's head for a raw HTTP/2 client, to `addr`.
+pub fn grpc_request_head(addr: SocketAddr) -> http::Request<()> {
+    http::Request::post(format!(
+        "http://{addr}/rendezvous.v1.Sync/WaitForSecondParty"
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .body(())
+    .unwrap()
+}
+
 pub fn http_client() -> reqwest::Client {
     reqwest::Client::builder().build().unwrap()
 }
