@@ -234,7 +234,12 @@ fn is_grpc(headers: &HeaderMap) -> bool {
 }
 
 /// Reads a unary request body: one uncompressed, length-prefixed message.
-async fn read_message(body: Incoming, payload_limit: usize) -> Result<Bytes, GrpcError> {
+/// (Generic only so that tests can feed it bodies hyper would not.)
+async fn read_message<B>(body: B, payload_limit: usize) -> Result<Bytes, GrpcError>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let limit = payload_limit + MESSAGE_OVERHEAD + 5;
     let mut bytes = match Limited::new(body, limit).collect().await {
         Ok(collected) => collected.to_bytes(),
@@ -393,6 +398,24 @@ mod tests {
             "{}",
             status.message()
         );
+    }
+
+    /// A body that fails part-way (the client reset its stream) is a read
+    /// error, not a message over the limit: the service counts the latter
+    /// as a refusal, and a client that went away was not refused.
+    #[tokio::test]
+    async fn a_body_that_fails_is_a_read_error() {
+        let frames: [Result<Frame<Bytes>, std::io::Error>; 2] = [
+            Ok(Frame::data(Bytes::from_static(&[0, 0, 0, 0, 9]))),
+            Err(std::io::Error::other("stream reset")),
+        ];
+        let body = StreamBody::new(tokio_stream::iter(frames));
+        let error = read_message(body, 1024).await.unwrap_err();
+        assert!(
+            matches!(&error, GrpcError::Body(message) if message == "stream reset"),
+            "{error:?}"
+        );
+        assert_eq!(Status::from(error).code(), tonic::Code::Cancelled);
     }
 
     #[test]
