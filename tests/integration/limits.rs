@@ -241,3 +241,37 @@ async fn an_oversized_request_head_is_refused() {
         .unwrap();
     assert_eq!(healthy.status(), 200);
 }
+
+/// An HTTP/2 header list over hyper's 16 KiB limit is refused (431) on both
+/// ports, before the handler runs, and the connection keeps serving.
+#[tokio::test]
+async fn an_oversized_http2_header_list_is_refused() {
+    let server = TestServer::start().await;
+    for addr in [server.grpc_addr, server.http_addr] {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let (h2, connection) = h2::client::handshake(tcp).await.unwrap();
+        tokio::spawn(connection);
+        let mut h2 = h2.ready().await.unwrap();
+        let mut head = common::grpc_request_head(addr);
+        head.headers_mut()
+            .insert("x-padding", "x".repeat(20 * 1024).parse().unwrap());
+        let (response, _) = h2.send_request(head, true).unwrap();
+        let response = within(response).await.unwrap();
+        assert_eq!(response.status(), 431, "{addr}");
+
+        // The same connection, a request of a sane size: answered.
+        let mut h2 = h2.ready().await.unwrap();
+        let probe = http::Request::get(format!("http://{addr}/healthz"))
+            .body(())
+            .unwrap();
+        let (response, _) = h2.send_request(probe, true).unwrap();
+        let response = within(response).await.unwrap();
+        if addr == server.http_addr {
+            assert_eq!(response.status(), 200);
+        } else {
+            // Not a gRPC method: tonic's answer, over the same connection.
+            assert_eq!(response.headers()["grpc-status"], "12");
+        }
+    }
+    assert_eq!(server.waiting(), 0);
+}
