@@ -158,13 +158,16 @@ fn literal_header(name: &str, value: &str) -> Vec<u8> {
 /// `--http2-max-streams`: the server announces the cap in its SETTINGS,
 /// and refuses a stream past it (RST_STREAM REFUSED_STREAM) even from a
 /// client that ignores the announcement, while the streams under the cap
-/// stay open.
+/// stay open. The windows (`--http2-stream-window`,
+/// `--http2-connection-window`) are announced alongside.
 #[tokio::test]
 async fn a_stream_past_http2_max_streams_is_refused() {
     const CAP: u32 = 4;
     let server = TestServer::with(Config {
         http2: Http2Config {
             max_concurrent_streams: CAP,
+            stream_window: 128 << 10,
+            connection_window: 2 << 20,
             ..Http2Config::default()
         },
         ..common::test_config()
@@ -184,12 +187,15 @@ async fn a_stream_past_http2_max_streams_is_refused() {
     // The server's SETTINGS carry the cap (identifier 3).
     let settings = within(read_h2_frame(&mut reader)).await.unwrap();
     assert_eq!(settings.kind, common::H2_SETTINGS);
-    let announced = settings
-        .payload
-        .chunks(6)
-        .find(|entry| entry[..2] == [0, 3])
-        .map(|entry| u32::from_be_bytes([entry[2], entry[3], entry[4], entry[5]]));
-    assert_eq!(announced, Some(CAP));
+    let setting = |id: u16| {
+        settings
+            .payload
+            .chunks(6)
+            .find(|entry| entry[..2] == id.to_be_bytes())
+            .map(|entry| u32::from_be_bytes([entry[2], entry[3], entry[4], entry[5]]))
+    };
+    assert_eq!(setting(3), Some(CAP), "SETTINGS_MAX_CONCURRENT_STREAMS");
+    assert_eq!(setting(4), Some(128 << 10), "SETTINGS_INITIAL_WINDOW_SIZE");
     writer
         .write_all(&common::h2_frame(common::H2_SETTINGS, H2_ACK, 0, &[]))
         .await
@@ -216,11 +222,18 @@ async fn a_stream_past_http2_max_streams_is_refused() {
         );
         writer.write_all(&frame).await.unwrap();
     }
+    // The connection window grows from the protocol's 65,535 bytes to the
+    // configured size with one WINDOW_UPDATE on stream 0.
+    let mut connection_window = 65_535;
     let refused = within(async {
         loop {
             let frame = read_h2_frame(&mut reader)
                 .await
                 .expect("the connection stays open");
+            if frame.kind == common::H2_WINDOW_UPDATE && frame.stream == 0 {
+                let increment: [u8; 4] = frame.payload[..4].try_into().unwrap();
+                connection_window += u32::from_be_bytes(increment);
+            }
             if frame.kind == common::H2_RST_STREAM {
                 return frame;
             }
@@ -228,6 +241,7 @@ async fn a_stream_past_http2_max_streams_is_refused() {
         }
     })
     .await;
+    assert_eq!(connection_window, 2 << 20);
     assert_eq!(refused.stream, 2 * CAP + 1, "only the stream past the cap");
     assert_eq!(refused.payload, 7u32.to_be_bytes(), "REFUSED_STREAM");
 

@@ -390,6 +390,7 @@ pub const H2_RST_STREAM: u8 = 0x3;
 pub const H2_SETTINGS: u8 = 0x4;
 pub const H2_PING: u8 = 0x6;
 pub const H2_GOAWAY: u8 = 0x7;
+pub const H2_WINDOW_UPDATE: u8 = 0x8;
 pub const H2_ACK: u8 = 0x1;
 pub const H2_END_HEADERS: u8 = 0x4;
 
