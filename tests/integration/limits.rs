@@ -275,3 +275,47 @@ async fn an_oversized_http2_header_list_is_refused() {
     }
     assert_eq!(server.waiting(), 0);
 }
+
+/// `--tcp-keepalive` reaches the accepted sockets of both listeners, as
+/// the kernel reports them (`ss` shows the keepalive timer of each).
+#[tokio::test]
+async fn tcp_keepalive_is_set_on_accepted_connections() {
+    let server = TestServer::with(Config {
+        tcp_keepalive: Duration::from_secs(77),
+        ..common::test_config()
+    })
+    .await;
+    let mut grpc = TcpStream::connect(server.grpc_addr).await.unwrap();
+    grpc.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    // An idle HTTP/1.1 connection that has been served once.
+    let mut http = TcpStream::connect(server.http_addr).await.unwrap();
+    http.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = [0u8; 15];
+    within(http.read_exact(&mut answer)).await.unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 200 OK");
+    for addr in [server.grpc_addr, server.http_addr] {
+        // The server's side of the connection: source port = the listener's.
+        let filter = format!("sport = :{}", addr.port());
+        let output = tokio::process::Command::new("ss")
+            .args(["-tnoH", "state", "established", &filter])
+            .output()
+            .await
+            .expect("ss (iproute2) is installed");
+        let output = String::from_utf8_lossy(&output.stdout);
+        assert!(output.contains("timer:(keepalive,"), "{addr}: {output}");
+        // The first probe is due after at most the configured idle time.
+        // As `1min17sec`, or `59sec`.
+        let timer = output
+            .split("timer:(keepalive,")
+            .nth(1)
+            .and_then(|rest| rest.split("sec").next())
+            .unwrap_or_else(|| panic!("{addr}: {output}"));
+        let (minutes, seconds) = timer.split_once("min").unwrap_or(("0", timer));
+        let due = minutes.parse::<u64>().unwrap() * 60 + seconds.parse::<u64>().unwrap();
+        assert!((60..=77).contains(&due), "{addr}: {output}");
+    }
+}
