@@ -28,21 +28,21 @@ pub const PAYLOAD_CEILING: usize = 16 << 20;
 #[derive(Debug, Clone, Parser)]
 #[command(version, about, long_about = None)]
 pub struct Config {
-    /// Address for gRPC (HTTP/2 cleartext): rendezvous.v1.Sync, health, reflection.
-    #[arg(long, env = "RENDEZVOUS_GRPC_ADDR", default_value = DEFAULT_GRPC_ADDR)]
+    /// Address for gRPC (HTTP/2; TLS with --tls-cert): rendezvous.v1.Sync, health, reflection.
+    #[arg(long, env = "RENDEZVOUS_GRPC_ADDR", value_name = "ADDR", default_value = DEFAULT_GRPC_ADDR)]
     pub grpc_addr: SocketAddr,
 
-    /// Address for HTTP/1.1 and HTTP/2: POST /wait-for-second-party/{id}, /healthz, /readyz.
-    #[arg(long, env = "RENDEZVOUS_HTTP_ADDR", default_value = DEFAULT_HTTP_ADDR)]
+    /// Address for HTTP/1.1 and HTTP/2: POST /wait-for-second-party/{id}, /healthz, /readyz, /metrics.
+    #[arg(long, env = "RENDEZVOUS_HTTP_ADDR", value_name = "ADDR", default_value = DEFAULT_HTTP_ADDR)]
     pub http_addr: SocketAddr,
 
     /// The longest a caller waits for its partner (250ms, 10s, 1m, ...). A gRPC
     /// deadline or an HTTP ?wait= can only shorten it.
-    #[arg(long, env = "RENDEZVOUS_MAX_WAIT", default_value = DEFAULT_MAX_WAIT, value_parser = positive_duration)]
+    #[arg(long, env = "RENDEZVOUS_MAX_WAIT", value_name = "DURATION", default_value = DEFAULT_MAX_WAIT, value_parser = positive_duration)]
     pub max_wait: Duration,
 
     /// The largest payload a caller may send (512B, 64KiB, 1MiB, ...; at most 16MiB).
-    #[arg(long, env = "RENDEZVOUS_MAX_PAYLOAD", default_value = DEFAULT_MAX_PAYLOAD, value_parser = payload_size)]
+    #[arg(long, env = "RENDEZVOUS_MAX_PAYLOAD", value_name = "SIZE", default_value = DEFAULT_MAX_PAYLOAD, value_parser = payload_size)]
     pub max_payload: usize,
 
     /// Log line format. RUST_LOG filters what is logged (default: info).
@@ -51,20 +51,19 @@ pub struct Config {
 
     /// How long shutdown waits for open connections to finish after parked
     /// callers were answered UNAVAILABLE, before closing them anyway.
-    #[arg(long, env = "RENDEZVOUS_SHUTDOWN_GRACE", default_value = DEFAULT_SHUTDOWN_GRACE, value_parser = humantime::parse_duration)]
+    #[arg(long, env = "RENDEZVOUS_SHUTDOWN_GRACE", value_name = "DURATION", default_value = DEFAULT_SHUTDOWN_GRACE, value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
 
     /// The most callers that may wait at once, over both protocols. Past it, a
     /// caller that would have to wait is refused (RESOURCE_EXHAUSTED, or HTTP
-    /// 503 with Retry-After); one that completes a pair is always let in. A
-    /// parked caller costs about 2 KiB over gRPC, 12 KiB over HTTP/1.1. Exact
-    /// below 65536; within 256 above, where shards keep spare places.
-    #[arg(long, env = "RENDEZVOUS_MAX_WAITERS", default_value_t = DEFAULT_MAX_WAITERS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    /// 503 with Retry-After); one that completes a pair is always let in. Never
+    /// exceeded; from 65536 up, a caller may be refused up to 256 places early.
+    #[arg(long, env = "RENDEZVOUS_MAX_WAITERS", value_name = "N", default_value_t = DEFAULT_MAX_WAITERS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub max_waiters: usize,
 
     /// Require bearer tokens: a file with one `TOKEN [NAMESPACE]` per line.
     /// Callers meet only within their token's namespace. Reloaded on SIGHUP.
-    /// Health, reflection, /healthz and /readyz stay open to probes.
+    /// Health, reflection, /healthz, /readyz and /metrics stay open to probes.
     #[arg(long, env = "RENDEZVOUS_AUTH_TOKEN_FILE", value_name = "FILE")]
     pub auth_token_file: Option<PathBuf>,
 
@@ -99,19 +98,19 @@ pub struct Config {
 
     /// The most connections open at once, over both listeners. Past it, new
     /// connections are closed at once (HTTP ones with a 503 that says why).
-    #[arg(long, env = "RENDEZVOUS_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    #[arg(long, env = "RENDEZVOUS_MAX_CONNECTIONS", value_name = "N", default_value_t = DEFAULT_MAX_CONNECTIONS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub max_connections: usize,
 
     /// How long a client may take to send a whole HTTP/1.1 request head, its
     /// first bytes on a new HTTP connection, or its whole HTTP/2 preface on
     /// the gRPC port (slowloris). The connection is closed after that.
-    #[arg(long, env = "RENDEZVOUS_HEADER_TIMEOUT", default_value = DEFAULT_HEADER_TIMEOUT, value_parser = positive_duration)]
+    #[arg(long, env = "RENDEZVOUS_HEADER_TIMEOUT", value_name = "DURATION", default_value = DEFAULT_HEADER_TIMEOUT, value_parser = positive_duration)]
     pub header_timeout: Duration,
 
     /// TCP keepalive on every connection: idle time before the first probe,
     /// and between probes (three are sent). Finds peers whose network vanished
     /// without a FIN or RST, over HTTP/1.1 as well as HTTP/2.
-    #[arg(long, env = "RENDEZVOUS_TCP_KEEPALIVE", default_value = DEFAULT_TCP_KEEPALIVE, value_parser = positive_duration)]
+    #[arg(long, env = "RENDEZVOUS_TCP_KEEPALIVE", value_name = "DURATION", default_value = DEFAULT_TCP_KEEPALIVE, value_parser = positive_duration)]
     pub tcp_keepalive: Duration,
 
     /// HTTP/2 settings, for both listeners.
@@ -125,30 +124,29 @@ pub struct Config {
 #[derive(Debug, Clone, Copy, clap::Args)]
 pub struct Http2Config {
     /// Most calls one HTTP/2 connection may have open at once. Further calls
-    /// wait in the client until one finishes.
-    #[arg(long = "http2-max-streams", env = "RENDEZVOUS_HTTP2_MAX_STREAMS", default_value_t = DEFAULT_HTTP2_MAX_STREAMS, value_parser = clap::value_parser!(u32).range(1..))]
+    /// wait in the client until one finishes (or are refused, from a client
+    /// that does not wait).
+    #[arg(long = "http2-max-streams", env = "RENDEZVOUS_HTTP2_MAX_STREAMS", value_name = "N", default_value_t = DEFAULT_HTTP2_MAX_STREAMS, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_concurrent_streams: u32,
 
-    /// HTTP/2 connection flow-control window (64KiB to 1GiB). It also sizes
-    /// h2's budget for small DATA frames (half the window): too small, and a
-    /// burst of thousands of calls on one connection is refused with GOAWAY
-    /// ENHANCE_YOUR_CALM. It is credit, not memory: the server reads each
-    /// request as it arrives.
-    #[arg(long = "http2-connection-window", env = "RENDEZVOUS_HTTP2_CONNECTION_WINDOW", default_value = DEFAULT_HTTP2_CONNECTION_WINDOW, value_parser = window_size)]
+    /// HTTP/2 connection flow-control window (64KiB to 1GiB): credit, not
+    /// memory. Too small, and a burst of thousands of calls on one connection
+    /// is refused (GOAWAY ENHANCE_YOUR_CALM).
+    #[arg(long = "http2-connection-window", env = "RENDEZVOUS_HTTP2_CONNECTION_WINDOW", value_name = "SIZE", default_value = DEFAULT_HTTP2_CONNECTION_WINDOW, value_parser = window_size)]
     pub connection_window: u32,
 
     /// HTTP/2 per-call flow-control window (64KiB to 1GiB).
-    #[arg(long = "http2-stream-window", env = "RENDEZVOUS_HTTP2_STREAM_WINDOW", default_value = DEFAULT_HTTP2_STREAM_WINDOW, value_parser = window_size)]
+    #[arg(long = "http2-stream-window", env = "RENDEZVOUS_HTTP2_STREAM_WINDOW", value_name = "SIZE", default_value = DEFAULT_HTTP2_STREAM_WINDOW, value_parser = window_size)]
     pub stream_window: u32,
 
     /// How long a connection may be silent before the server PINGs it. A live
     /// client answers at once, however long its calls are parked; a peer that
     /// vanished does not, and its connection (and its callers) are dropped.
-    #[arg(long = "http2-keepalive-interval", env = "RENDEZVOUS_HTTP2_KEEPALIVE_INTERVAL", default_value = DEFAULT_HTTP2_KEEPALIVE_INTERVAL, value_parser = positive_duration)]
+    #[arg(long = "http2-keepalive-interval", env = "RENDEZVOUS_HTTP2_KEEPALIVE_INTERVAL", value_name = "DURATION", default_value = DEFAULT_HTTP2_KEEPALIVE_INTERVAL, value_parser = positive_duration)]
     pub keepalive_interval: Duration,
 
     /// How long to wait for a PING's answer before closing the connection.
-    #[arg(long = "http2-keepalive-timeout", env = "RENDEZVOUS_HTTP2_KEEPALIVE_TIMEOUT", default_value = DEFAULT_HTTP2_KEEPALIVE_TIMEOUT, value_parser = positive_duration)]
+    #[arg(long = "http2-keepalive-timeout", env = "RENDEZVOUS_HTTP2_KEEPALIVE_TIMEOUT", value_name = "DURATION", default_value = DEFAULT_HTTP2_KEEPALIVE_TIMEOUT, value_parser = positive_duration)]
     pub keepalive_timeout: Duration,
 }
 
