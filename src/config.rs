@@ -102,8 +102,8 @@ pub struct Config {
     pub max_connections: usize,
 
     /// How long a client may take to send a whole HTTP/1.1 request head, its
-    /// first bytes on a new HTTP connection, or its whole HTTP/2 preface on
-    /// the gRPC port (slowloris). The connection is closed after that.
+    /// first bytes on a new HTTP connection, or (HTTP/2) its whole preface
+    /// (slowloris). The connection is closed after that.
     #[arg(long, env = "RENDEZVOUS_HEADER_TIMEOUT", value_name = "DURATION", default_value = DEFAULT_HEADER_TIMEOUT, value_parser = positive_duration)]
     pub header_timeout: Duration,
 

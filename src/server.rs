@@ -24,7 +24,7 @@ use hyper_util::{
 };
 use socket2::{SockRef, TcpKeepalive};
 use tokio::{
-    io::{AsyncRead, AsyncWrite},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite},
     net::{TcpListener, TcpStream},
     sync::watch,
     task::JoinSet,
@@ -384,6 +384,9 @@ async fn serve_grpc(
             let Some(stream) = handshake(tls.grpc_acceptor(), stream, &config).await else {
                 return;
             };
+            let Some(stream) = with_preface(stream, config.header_timeout).await else {
+                return;
+            };
             // Boxed, like every TLS connection: the session's state inline
             // would enlarge cleartext connections too.
             let connection = builder.serve_connection(TokioIo::new(stream), service);
@@ -413,8 +416,14 @@ async fn serve_http(
             let Some(stream) = handshake(tls.http_acceptor(), stream, &config).await else {
                 return;
             };
-            let http2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-            Box::pin(serve_http_on(stream, http2, gateway, &config, stopping)).await;
+            if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                let Some(stream) = with_preface(stream, config.header_timeout).await else {
+                    return;
+                };
+                Box::pin(serve_http_on(stream, true, gateway, &config, stopping)).await;
+            } else {
+                Box::pin(serve_http_on(stream, false, gateway, &config, stopping)).await;
+            }
         }
     }
 }
@@ -493,6 +502,91 @@ async fn starts_with(stream: &TcpStream, expected: &[u8]) -> Option<bool> {
             // pauses.
             Ok(_) => tokio::time::sleep(Duration::from_millis(10)).await,
         }
+    }
+}
+
+/// Reads an HTTP/2 client's preface off a TLS stream within `timeout`
+/// (hyper would wait for it forever, which over TLS cannot be peeked at), and
+/// gives it back in front of the rest of the stream. `None` if it does not
+/// come in time. Anything other than the preface is left for hyper to
+/// refuse, as in cleartext.
+async fn with_preface<I>(mut io: I, timeout: Duration) -> Option<Replayed<I>>
+where
+    I: AsyncRead + Unpin,
+{
+    let mut preface = [0u8; HTTP2_PREFACE.len()];
+    match tokio::time::timeout(timeout, io.read_exact(&mut preface)).await {
+        Ok(Ok(_)) => Some(Replayed {
+            head: preface,
+            replayed: 0,
+            io,
+        }),
+        Ok(Err(_)) | Err(_) => None,
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A stream whose first bytes were read to check them, and are read
+    /// again from here before the rest.
+    struct Replayed<I> {
+        head: [u8; HTTP2_PREFACE.len()],
+        replayed: usize,
+        #[pin]
+        io: I,
+    }
+}
+
+impl<I: AsyncRead> AsyncRead for Replayed<I> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        let this = self.project();
+        let rest = &this.head[*this.replayed..];
+        if rest.is_empty() {
+            return this.io.poll_read(cx, buf);
+        }
+        let n = rest.len().min(buf.remaining());
+        buf.put_slice(&rest[..n]);
+        *this.replayed += n;
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+impl<I: AsyncWrite> AsyncWrite for Replayed<I> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        self.project().io.poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> std::task::Poll<io::Result<usize>> {
+        self.project().io.poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        self.project().io.poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        self.project().io.poll_shutdown(cx)
     }
 }
 

@@ -99,12 +99,12 @@ async fn readyz_status(addr: std::net::SocketAddr, ca: &Ca) -> u16 {
         .0
 }
 
-async fn https(
+/// A TLS connection to `addr` that trusts `ca` and offers `alpn`.
+async fn tls_connect(
     addr: std::net::SocketAddr,
     ca: &Ca,
-    method: http::Method,
-    path: &str,
-) -> Result<(u16, String), String> {
+    alpn: &[u8],
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
     let mut roots = RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(ca.pem.as_bytes()) {
         roots.add(cert.unwrap()).unwrap();
@@ -115,12 +115,21 @@ async fn https(
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![alpn.to_vec()];
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let tls = TlsConnector::from(Arc::new(config))
+    TlsConnector::from(Arc::new(config))
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())
+}
+
+async fn https(
+    addr: std::net::SocketAddr,
+    ca: &Ca,
+    method: http::Method,
+    path: &str,
+) -> Result<(u16, String), String> {
+    let tls = tls_connect(addr, ca, b"http/1.1").await?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
         .await
         .map_err(|e| e.to_string())?;
@@ -320,4 +329,63 @@ async fn sighup_reloads_the_certificate_in_a_running_server() {
             .is_err_and(|e| e.contains("invalid peer certificate")),
         "{old:?}"
     );
+}
+
+/// Over TLS, HTTP/2 clients must send their preface within
+/// `--header-timeout` too (hyper alone would wait for it forever): a client
+/// that completes the handshake and then stalls is cut off, on both ports,
+/// while HTTP/2 over TLS works on both.
+#[tokio::test]
+async fn a_tls_client_that_stalls_before_its_http2_preface_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new();
+    let leaf = ca.leaf(&["localhost"]);
+    let server = TestServer::with(Config {
+        tls_cert: Some(write(dir.path(), "server.pem", &leaf.cert)),
+        tls_key: Some(write(dir.path(), "server.key", &leaf.key)),
+        header_timeout: Duration::from_secs(2),
+        ..common::test_config()
+    })
+    .await;
+    let stall = |addr, start: &'static [u8]| {
+        let ca = &ca;
+        async move {
+            let mut tls = tls_connect(addr, ca, b"h2").await.unwrap();
+            tls.write_all(start).await.unwrap();
+            let mut rest = Vec::new();
+            let read = within(tls.read_to_end(&mut rest)).await;
+            // Closed, with nothing said: the server drops the connection
+            // without a TLS close_notify, which rustls reports as such.
+            let error = read.unwrap_err();
+            assert_eq!(
+                error.kind(),
+                std::io::ErrorKind::UnexpectedEof,
+                "{addr}: {error}"
+            );
+            assert_eq!(String::from_utf8_lossy(&rest), "", "{addr}");
+        }
+    };
+    tokio::join!(
+        stall(server.grpc_addr, b""),
+        stall(server.http_addr, b""),
+        stall(server.grpc_addr, b"PRI * HTTP/2.0\r\n"),
+    );
+
+    for addr in [server.grpc_addr, server.http_addr] {
+        let tls = tls_connect(addr, &ca, b"h2").await.unwrap();
+        let (h2, connection) = h2::client::handshake(tls).await.unwrap();
+        tokio::spawn(connection);
+        let mut h2 = h2.ready().await.unwrap();
+        let probe = http::Request::get(format!("https://{addr}/healthz"))
+            .body(())
+            .unwrap();
+        let (response, _) = h2.send_request(probe, true).unwrap();
+        let response = within(response).await.unwrap();
+        if addr == server.http_addr {
+            assert_eq!(response.status(), 200);
+        } else {
+            assert_eq!(response.headers()["grpc-status"], "12");
+        }
+    }
 }
