@@ -230,7 +230,10 @@ fn drive<E: Engine>(engine: &E, schedule: &Schedule) -> Result<Vec<Told>, TestCa
             };
             match action {
                 Action::Close => engine.close(),
-                Action::Cancel(i) => drop(calls[i].take()),
+                Action::Cancel(i) => {
+                    drop(calls[i].take());
+                    told[i].get_or_insert(Told::Cancelled);
+                }
                 Action::Arrive(i) => {
                     let caller = &schedule.callers[i];
                     let id = Id::new(format!("id-{}", caller.id)).unwrap();
@@ -238,19 +241,12 @@ fn drive<E: Engine>(engine: &E, schedule: &Schedule) -> Result<Vec<Told>, TestCa
                     let payload = Bytes::from(i.to_string());
                     let wait = Duration::from_millis(caller.wait_ms);
                     calls[i] = Some(Box::pin(engine.meet(id, payload, wait)));
+                    // It arrives when first polled: before anyone it may
+                    // have answered is polled below.
+                    poll_one(&mut calls[i], &mut told[i], start);
                 }
             }
-            if let Action::Cancel(i) = action
-                && told[i].is_none()
-            {
-                told[i] = Some(Told::Cancelled);
-            }
             model.apply(now, action);
-            // The arriving call first (it arrives when first polled), then
-            // everyone else, who may have just been answered by it.
-            if let Action::Arrive(i) = action {
-                poll_one(&mut calls[i], &mut told[i], start);
-            }
             poll_all(&mut calls, &mut told, start);
             check_step(engine, &model, &told, now)?;
         }
