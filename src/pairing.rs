@@ -504,27 +504,16 @@ mod tests {
     async fn the_cap_holds_with_spares() {
         const CAP: usize = SHARDS * 256;
         let engine = LocalEngine::with_capacity(CAP);
-        let mut parked: Vec<_> = (0..CAP)
-            .map(|i| Box::pin(engine.meet(id(&format!("p{i}")), Bytes::new(), FAR)))
-            .collect();
-        for call in &mut parked {
-            assert!(futures_poll(call.as_mut()).is_pending());
-        }
+        let (mut parked, waiting) = arrive(&engine, (0..CAP).map(|i| format!("p{i}")));
+        assert_eq!(waiting, CAP);
         assert_eq!(
             engine.meet(id("one-too-many"), Bytes::new(), FAR).await,
             Err(PairError::Full { capacity: CAP })
         );
         // Half of them leave, spread over every shard; as many others come.
         parked.truncate(CAP / 2);
-        let mut again: Vec<_> = (0..CAP / 2)
-            .map(|i| Box::pin(engine.meet(id(&format!("q{i}")), Bytes::new(), FAR)))
-            .collect();
-        for call in &mut again {
-            assert!(
-                futures_poll(call.as_mut()).is_pending(),
-                "refused under the cap"
-            );
-        }
+        let (again, waiting) = arrive(&engine, (0..CAP / 2).map(|i| format!("q{i}")));
+        assert_eq!(waiting, CAP / 2, "refused under the cap");
         assert_eq!(engine.waiting(), CAP);
         assert_eq!(
             engine.meet(id("one-too-many"), Bytes::new(), FAR).await,
@@ -540,23 +529,11 @@ mod tests {
     async fn below_the_spare_threshold_a_freed_place_is_anyones() {
         const CAP: usize = SHARDS * 256 - 1;
         let engine = LocalEngine::with_capacity(CAP);
-        let mut parked: Vec<_> = (0..CAP)
-            .map(|i| Box::pin(engine.meet(id(&format!("p{i}")), Bytes::new(), FAR)))
-            .collect();
-        for call in &mut parked {
-            assert!(futures_poll(call.as_mut()).is_pending());
-        }
+        let (mut parked, waiting) = arrive(&engine, (0..CAP).map(|i| format!("p{i}")));
+        assert_eq!(waiting, CAP);
         parked.pop();
         assert_eq!(engine.occupancy.taken(), CAP - 1, "no spare kept");
-        let mut admitted = 0;
-        let mut next: Vec<_> = (0..8)
-            .map(|i| Box::pin(engine.meet(id(&format!("n{i}")), Bytes::new(), FAR)))
-            .collect();
-        for call in &mut next {
-            if futures_poll(call.as_mut()).is_pending() {
-                admitted += 1;
-            }
-        }
+        let (_next, admitted) = arrive(&engine, (0..8).map(|i| format!("n{i}")));
         assert_eq!(
             admitted, 1,
             "exactly the one freed place, for the first caller"
@@ -566,12 +543,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn ids_spread_over_the_shards() {
         let engine = LocalEngine::new();
-        let mut parked: Vec<_> = (0..64)
-            .map(|i| Box::pin(engine.meet(id(&format!("spread-{i}")), Bytes::new(), FAR)))
-            .collect();
-        for call in &mut parked {
-            assert!(futures_poll(call.as_mut()).is_pending());
-        }
+        let (_parked, waiting) = arrive(&engine, (0..64).map(|i| format!("spread-{i}")));
+        assert_eq!(waiting, 64);
         let used = engine.shards.iter().filter(|s| s.waiting() > 0).count();
         // 64 ids over 256 shards: about 57 shards on average; all in a few
         // would mean the shard is picked from bits that do not vary.
@@ -587,8 +560,26 @@ mod tests {
         assert_eq!(format!("{engine:?}"), "LocalEngine { waiting: 1 }");
     }
 
+    type Call<'e> = std::pin::Pin<Box<dyn Future<Output = Result<Meeting, PairError>> + 'e>>;
+
+    /// A call for each of `ids`, each polled once: the calls, and how many
+    /// of them are waiting (the others were refused).
+    fn arrive(engine: &LocalEngine, ids: impl Iterator<Item = String>) -> (Vec<Call<'_>>, usize) {
+        let mut waiting = 0;
+        let calls = ids
+            .map(|i| {
+                let mut call: Call<'_> = Box::pin(engine.meet(id(&i), Bytes::new(), FAR));
+                if futures_poll(call.as_mut()).is_pending() {
+                    waiting += 1;
+                }
+                call
+            })
+            .collect();
+        (calls, waiting)
+    }
+
     /// Polls a future once, as an executor would, without waiting for it.
-    fn futures_poll<F: Future>(f: std::pin::Pin<&mut F>) -> Poll<F::Output> {
+    fn futures_poll<F: Future + ?Sized>(f: std::pin::Pin<&mut F>) -> Poll<F::Output> {
         let waker = std::task::Waker::noop();
         f.poll(&mut std::task::Context::from_waker(waker))
     }

@@ -260,18 +260,7 @@ async fn an_oversized_http2_header_list_is_refused() {
         assert_eq!(response.status(), 431, "{addr}");
 
         // The same connection, a request of a sane size: answered.
-        let mut h2 = h2.ready().await.unwrap();
-        let probe = http::Request::get(format!("http://{addr}/healthz"))
-            .body(())
-            .unwrap();
-        let (response, _) = h2.send_request(probe, true).unwrap();
-        let response = within(response).await.unwrap();
-        if addr == server.http_addr {
-            assert_eq!(response.status(), 200);
-        } else {
-            // Not a gRPC method: tonic's answer, over the same connection.
-            assert_eq!(response.headers()["grpc-status"], "12");
-        }
+        common::assert_h2_connection_serves(h2, &server, addr, "http").await;
     }
     assert_eq!(server.waiting(), 0);
 }

@@ -376,16 +376,6 @@ async fn a_tls_client_that_stalls_before_its_http2_preface_is_cut_off() {
         let tls = tls_connect(addr, &ca, b"h2").await.unwrap();
         let (h2, connection) = h2::client::handshake(tls).await.unwrap();
         tokio::spawn(connection);
-        let mut h2 = h2.ready().await.unwrap();
-        let probe = http::Request::get(format!("https://{addr}/healthz"))
-            .body(())
-            .unwrap();
-        let (response, _) = h2.send_request(probe, true).unwrap();
-        let response = within(response).await.unwrap();
-        if addr == server.http_addr {
-            assert_eq!(response.status(), 200);
-        } else {
-            assert_eq!(response.headers()["grpc-status"], "12");
-        }
+        common::assert_h2_connection_serves(h2, &server, addr, "https").await;
     }
 }

@@ -179,6 +179,29 @@ pub fn grpc_request_head(addr: SocketAddr) -> http::Request<()> {
     .unwrap()
 }
 
+/// `GET /healthz` on an open HTTP/2 connection to either of `server`'s
+/// ports, answered over that connection: `200` from the HTTP port, and from
+/// the gRPC port tonic's answer to a method it does not have (`grpc-status:
+/// 12`).
+pub async fn assert_h2_connection_serves(
+    h2: h2::client::SendRequest<Bytes>,
+    server: &TestServer,
+    addr: SocketAddr,
+    scheme: &str,
+) {
+    let mut h2 = h2.ready().await.unwrap();
+    let probe = http::Request::get(format!("{scheme}://{addr}/healthz"))
+        .body(())
+        .unwrap();
+    let (response, _) = h2.send_request(probe, true).unwrap();
+    let response = within(response).await.unwrap();
+    if addr == server.http_addr {
+        assert_eq!(response.status(), 200);
+    } else {
+        assert_eq!(response.headers()["grpc-status"], "12");
+    }
+}
+
 pub fn http_client() -> reqwest::Client {
     reqwest::Client::builder().build().unwrap()
 }
