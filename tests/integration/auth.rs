@@ -11,9 +11,6 @@ use rendezvous::{
     proto::{Role, WaitForSecondPartyRequest},
 };
 use tonic::{Code, metadata::MetadataValue};
-use tonic_health::pb::{
-    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-};
 
 const ALPHA: &str = "alpha-token-0123456789";
 const ALPHA_TOO: &str = "alpha-second-token-0123";
@@ -132,18 +129,7 @@ async fn probes_metrics_and_reflection_stay_open_with_tokens_on() {
     let text = metrics.text().await.unwrap();
     assert!(text.contains("rendezvous_parked_callers"), "{text}");
 
-    let mut health = HealthClient::new(server.channel().await);
-    for service in ["", "rendezvous.v1.Sync"] {
-        let status = health
-            .check(HealthCheckRequest {
-                service: service.into(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .status();
-        assert_eq!(status, ServingStatus::Serving, "{service:?}");
-    }
+    common::assert_serving(server.channel().await).await;
 
     use tonic_reflection::pb::v1::{
         ServerReflectionRequest, server_reflection_client::ServerReflectionClient,

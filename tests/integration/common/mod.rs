@@ -202,6 +202,26 @@ pub async fn assert_h2_connection_serves(
     }
 }
 
+/// gRPC health says `SERVING` for the whole server and for
+/// `rendezvous.v1.Sync`, as a mesh's probes ask.
+pub async fn assert_serving(channel: Channel) {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    let mut health = HealthClient::new(channel);
+    for service in ["", "rendezvous.v1.Sync"] {
+        let status = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status();
+        assert_eq!(status, ServingStatus::Serving, "{service:?}");
+    }
+}
+
 pub fn http_client() -> reqwest::Client {
     reqwest::Client::builder().build().unwrap()
 }
