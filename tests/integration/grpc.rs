@@ -424,9 +424,11 @@ async fn pairs_straddling_the_deadline_are_decided_once() {
         let (first, second) = (KINDS[i as usize % 2], KINDS[(i / 2) as usize % 2]);
         // The first caller's wait ends about 200 ms after it arrives...
         let first = tokio::spawn(callers.clone().meet(first, id.clone(), b"first", 200));
-        // ...and the second arrivals spread from 45 ms before that to 35 ms
-        // after: the schedule of the experiment, not synchronisation.
-        let delay = Duration::from_millis(155 + (i * 80) / PAIRS);
+        // ...and the second callers set off 175 to 255 ms after the first,
+        // which itself takes a few milliseconds to arrive (a new connection
+        // for each raw call), so that their arrivals straddle its deadline:
+        // the schedule of the experiment, not synchronisation.
+        let delay = Duration::from_millis(175 + (i * 80) / PAIRS);
         let (second_caller, second_id) = (callers.clone(), id.clone());
         let second = tokio::spawn(async move {
             tokio::time::sleep(delay).await;
