@@ -182,7 +182,7 @@ async fn namespaces_keep_tenants_apart_and_tokens_of_one_namespace_meet() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    let body: serde_json::Value = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+    let body = common::JsonBody::json_body(response).await;
     assert_eq!(body["role"], "ROLE_SECOND");
     assert_eq!(body["peerPayload"], "YWxwaGEncyBzZWNyZXQ="); // "alpha's secret"
     let alpha = within(alpha).await.unwrap().unwrap().into_inner();

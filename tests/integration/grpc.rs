@@ -361,8 +361,7 @@ impl Callers {
                     .await
                     .unwrap();
                 let status = response.status();
-                let body: serde_json::Value =
-                    serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+                let body = common::JsonBody::json_body(response).await;
                 match status.as_u16() {
                     200 => {
                         use base64::Engine as _;

@@ -5,7 +5,7 @@ use crate::common;
 
 use std::time::Duration;
 
-use common::{TestServer, within};
+use common::{JsonBody, TestServer, within};
 use reqwest::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -114,17 +114,6 @@ async fn json_carries_role_time_waited_and_the_peers_payload_both_ways() {
     let waited = first["waited"].as_str().unwrap();
     let seconds: f64 = waited.strip_suffix('s').unwrap().parse().unwrap();
     assert!(seconds > 0.0, "the first caller waited: {waited}");
-}
-
-/// reqwest's `json()` needs a feature we do not otherwise use.
-trait JsonBody {
-    async fn json_body(self) -> serde_json::Value;
-}
-
-impl JsonBody for reqwest::Response {
-    async fn json_body(self) -> serde_json::Value {
-        serde_json::from_slice(&self.bytes().await.unwrap()).unwrap()
-    }
 }
 
 #[tokio::test]
@@ -379,7 +368,7 @@ async fn http2_prior_knowledge_pairs_with_a_payload_at_the_limit() {
         .unwrap();
     assert_eq!(second.version(), reqwest::Version::HTTP_2);
     assert_eq!(second.status(), StatusCode::OK);
-    let body: serde_json::Value = serde_json::from_slice(&second.bytes().await.unwrap()).unwrap();
+    let body = second.json_body().await;
     use base64::Engine as _;
     let peer = base64::engine::general_purpose::STANDARD
         .decode(body["peerPayload"].as_str().unwrap())

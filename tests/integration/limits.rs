@@ -55,7 +55,7 @@ async fn past_max_waiters_callers_are_refused_but_partners_still_pair() {
         .await
         .unwrap();
     assert_eq!(response.status(), 503);
-    let body: serde_json::Value = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+    let body = common::JsonBody::json_body(response).await;
     assert_eq!(body["code"], "RESOURCE_EXHAUSTED");
 
     // The server stays up, and a caller that completes a pair never waits,

@@ -25,7 +25,7 @@ async fn grpc_waits_and_http_completes() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    let body: serde_json::Value = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+    let body = common::JsonBody::json_body(response).await;
     assert_eq!(body["role"], "ROLE_SECOND");
     assert_eq!(body["peerPayload"], "ZnJvbSBncnBj"); // "from grpc"
 

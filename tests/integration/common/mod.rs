@@ -222,6 +222,17 @@ pub async fn assert_serving(channel: Channel) {
     }
 }
 
+/// reqwest's `json()` needs a feature we do not otherwise use.
+pub trait JsonBody {
+    async fn json_body(self) -> serde_json::Value;
+}
+
+impl JsonBody for reqwest::Response {
+    async fn json_body(self) -> serde_json::Value {
+        serde_json::from_slice(&self.bytes().await.unwrap()).unwrap()
+    }
+}
+
 pub fn http_client() -> reqwest::Client {
     reqwest::Client::builder().build().unwrap()
 }
