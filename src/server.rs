@@ -15,8 +15,10 @@
 use std::{future::Future, io, net::SocketAddr, sync::Arc, time::Duration};
 
 use hyper::{
+    body::Incoming,
+    rt::bounds::Http2ServerConnExec,
     server::conn::{http1::Builder as Http1Builder, http2::Builder as Http2Builder},
-    service::service_fn,
+    service::{HttpService, service_fn},
 };
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
@@ -360,37 +362,16 @@ async fn serve_grpc(
     config: ConnectionSettings,
     stopping: watch::Receiver<bool>,
 ) {
-    // hyper waits for the HTTP/2 preface without a timeout of its own, and
-    // a socket's readiness alone proves nothing (tokio may report it at
-    // once): wait for the preface itself. Anything else goes to hyper,
-    // which answers it with a protocol error.
-    let preface = starts_with(&stream, HTTP2_PREFACE);
-    match tokio::time::timeout(config.header_timeout, preface).await {
-        Ok(Some(_)) => {}
-        Ok(None) | Err(_) => return,
-    }
     let service = service_fn(move |request| grpc.handle(request));
-    let mut builder = Http2Builder::new(TokioExecutor::new());
-    configure_http2(&mut builder, &config.http2);
     match &config.tls {
-        None => {
-            drive(
-                builder.serve_connection(TokioIo::new(stream), service),
-                stopping,
-            )
-            .await
-        }
+        None => serve_http2(stream, service, &config, stopping).await,
         Some(tls) => {
             let Some(stream) = handshake(tls.grpc_acceptor(), stream, &config).await else {
                 return;
             };
-            let Some(stream) = with_preface(stream, config.header_timeout).await else {
-                return;
-            };
             // Boxed, like every TLS connection: the session's state inline
             // would enlarge cleartext connections too.
-            let connection = builder.serve_connection(TokioIo::new(stream), service);
-            Box::pin(drive(connection, stopping)).await;
+            Box::pin(serve_http2(stream, service, &config, stopping)).await;
         }
     }
 }
@@ -416,14 +397,8 @@ async fn serve_http(
             let Some(stream) = handshake(tls.http_acceptor(), stream, &config).await else {
                 return;
             };
-            if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-                let Some(stream) = with_preface(stream, config.header_timeout).await else {
-                    return;
-                };
-                Box::pin(serve_http_on(stream, true, gateway, &config, stopping)).await;
-            } else {
-                Box::pin(serve_http_on(stream, false, gateway, &config, stopping)).await;
-            }
+            let http2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+            Box::pin(serve_http_on(stream, http2, gateway, &config, stopping)).await;
         }
     }
 }
@@ -443,10 +418,7 @@ async fn serve_http_on<I>(
         // Boxed: HTTP/2 is rare on this port, and its connection state inline
         // would make every HTTP/1.1 connection (one per parked legacy caller)
         // that much larger.
-        let mut builder = Http2Builder::new(TokioExecutor::new());
-        configure_http2(&mut builder, &config.http2);
-        let connection = builder.serve_connection(TokioIo::new(io), service);
-        Box::pin(drive(connection, stopping)).await;
+        Box::pin(serve_http2(io, service, config, stopping)).await;
     } else {
         let connection = Http1Builder::new()
             .timer(TokioTimer::new())
@@ -458,6 +430,34 @@ async fn serve_http_on<I>(
             .serve_connection(TokioIo::new(io), service);
         drive(connection, stopping).await;
     }
+}
+
+/// Serves HTTP/2 on either port, in cleartext or over TLS, once the client
+/// has sent its whole preface within `--header-timeout`: hyper alone would
+/// wait for it forever.
+async fn serve_http2<I, S, B>(
+    io: I,
+    service: S,
+    config: &ConnectionSettings,
+    stopping: watch::Receiver<bool>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: HttpService<Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    TokioExecutor: Http2ServerConnExec<S::Future, B>,
+{
+    let Some(io) = with_preface(io, config.header_timeout).await else {
+        return;
+    };
+    let mut builder = Http2Builder::new(TokioExecutor::new());
+    configure_http2(&mut builder, &config.http2);
+    drive(
+        builder.serve_connection(TokioIo::new(io), service),
+        stopping,
+    )
+    .await;
 }
 
 /// A TLS handshake, held to `--header-timeout` like any request head. A
@@ -505,11 +505,10 @@ async fn starts_with(stream: &TcpStream, expected: &[u8]) -> Option<bool> {
     }
 }
 
-/// Reads an HTTP/2 client's preface off a TLS stream within `timeout`
-/// (hyper would wait for it forever, which over TLS cannot be peeked at), and
-/// gives it back in front of the rest of the stream. `None` if it does not
-/// come in time. Anything other than the preface is left for hyper to
-/// refuse, as in cleartext.
+/// Reads an HTTP/2 client's preface within `timeout` (read, not peeked:
+/// over TLS there is nothing to peek at), and gives it back in front of the
+/// rest of the stream. `None` if it does not come in time. Anything other
+/// than the preface is left for hyper to refuse.
 async fn with_preface<I>(mut io: I, timeout: Duration) -> Option<Replayed<I>>
 where
     I: AsyncRead + Unpin,

@@ -147,7 +147,7 @@ async fn past_max_connections_new_connections_are_turned_away_with_a_reason() {
 
 /// Slowloris: a client that sends its request head a byte at a time is cut
 /// off once --header-timeout has passed, and so are silent connections on
-/// either port and a gRPC connection whose HTTP/2 preface stops halfway; the
+/// either port and an HTTP/2 preface that stops halfway, on either port; the
 /// server keeps pairing others. The timeout is long enough that a live
 /// client on a loaded machine always makes it; the stalled ones run side by
 /// side, so the test takes it once.
@@ -189,6 +189,7 @@ async fn a_request_head_sent_byte_by_byte_is_cut_off() {
         stalled(server.http_addr, b""),
         stalled(server.grpc_addr, b""),
         stalled(server.grpc_addr, b"PRI * HTTP/2.0\r\n"),
+        stalled(server.http_addr, b"PRI * HTTP/2.0\r\n"),
     );
     assert_eq!(server.waiting(), 0);
 
