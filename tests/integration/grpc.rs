@@ -331,16 +331,7 @@ impl Callers {
                 Err(status) => panic!("{id}: {status:?}"),
             },
             Via::Raw => {
-                let timeout = format!("{wait_ms}m");
-                let answer = raw_grpc_call(
-                    self.grpc_addr,
-                    &[("grpc-timeout", &timeout)],
-                    WaitForSecondPartyRequest {
-                        id: id.clone(),
-                        payload: Bytes::from_static(payload),
-                    },
-                )
-                .await;
+                let answer = raw_wait(self.grpc_addr, &id, payload, &format!("{wait_ms}m")).await;
                 match answer.grpc_status.as_str() {
                     "0" => Answer::Paired(answer.message.unwrap().peer_payload),
                     "4" => Answer::TimedOut,
