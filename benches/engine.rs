@@ -31,9 +31,11 @@ fn run_pairs(engine: &LocalEngine, ids: &[Id], pairs: u64) {
     let mut cx = Context::from_waker(Waker::noop());
     for i in 0..pairs {
         let id = &ids[i as usize % ids.len()];
-        let mut first = pin!(engine.meet(id.clone(), payload.clone(), WAIT));
+        // Each call's deadline is taken when it arrives, as the server does.
+        let deadline = || tokio::time::Instant::now() + WAIT;
+        let mut first = pin!(engine.meet(id.clone(), payload.clone(), deadline()));
         assert!(first.as_mut().poll(&mut cx).is_pending());
-        let second = pin!(engine.meet(id.clone(), payload.clone(), WAIT)).poll(&mut cx);
+        let second = pin!(engine.meet(id.clone(), payload.clone(), deadline())).poll(&mut cx);
         let Poll::Ready(Ok(second)) = second else {
             panic!("the second caller pairs at once")
         };

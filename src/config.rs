@@ -19,6 +19,8 @@ const DEFAULT_HTTP2_CONNECTION_WINDOW: &str = "64MiB";
 const DEFAULT_HTTP2_STREAM_WINDOW: &str = "1MiB";
 const DEFAULT_HTTP2_KEEPALIVE_INTERVAL: &str = "20s";
 const DEFAULT_HTTP2_KEEPALIVE_TIMEOUT: &str = "20s";
+const DEFAULT_REDIS_KEY_PREFIX: &str = "rendezvous:";
+const DEFAULT_REDIS_TIMEOUT: &str = "500ms";
 
 /// The largest `--max-payload` accepted: payloads are meant to be small, and
 /// every parked caller can hold one in memory.
@@ -54,10 +56,11 @@ pub struct Config {
     #[arg(long, env = "RENDEZVOUS_SHUTDOWN_GRACE", value_name = "DURATION", default_value = DEFAULT_SHUTDOWN_GRACE, value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
 
-    /// The most callers that may wait at once, over both protocols. Past it, a
-    /// caller that would have to wait is refused (RESOURCE_EXHAUSTED, or HTTP
-    /// 503 with Retry-After); one that completes a pair is always let in. Never
-    /// exceeded; from 65536 up, a caller may be refused up to 256 places early.
+    /// The most callers that may wait at once in this process (per replica
+    /// with --redis-url), over both protocols. Past it, a caller that would
+    /// have to wait is refused (RESOURCE_EXHAUSTED, or HTTP 503 with
+    /// Retry-After); one that completes a pair is always let in. From 65536
+    /// up, a caller may be refused up to 0.4% early.
     #[arg(long, env = "RENDEZVOUS_MAX_WAITERS", value_name = "N", default_value_t = DEFAULT_MAX_WAITERS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub max_waiters: usize,
 
@@ -116,6 +119,47 @@ pub struct Config {
     /// HTTP/2 settings, for both listeners.
     #[command(flatten)]
     pub http2: Http2Config,
+
+    /// Redis, for several replicas to share.
+    #[command(flatten)]
+    pub redis: RedisArgs,
+}
+
+/// Where replicas meet. Without `--redis-url`, this process is the meeting
+/// place, and callers meet only callers that reached the same process.
+#[derive(Clone, clap::Args)]
+pub struct RedisArgs {
+    /// Meet callers of other replicas through this Redis: redis://HOST:PORT/DB,
+    /// or rediss:// for TLS, with an optional USER:PASSWORD@ before the host.
+    #[arg(long = "redis-url", env = "RENDEZVOUS_REDIS_URL", value_name = "URL", hide_env_values = true)]
+    pub url: Option<String>,
+
+    /// Read the Redis password from this file (one line), instead of putting
+    /// it in the URL.
+    #[arg(long = "redis-password-file", env = "RENDEZVOUS_REDIS_PASSWORD_FILE", value_name = "FILE", requires = "url")]
+    pub password_file: Option<PathBuf>,
+
+    /// What every Redis key and channel of this service starts with.
+    #[arg(long = "redis-key-prefix", env = "RENDEZVOUS_REDIS_KEY_PREFIX", value_name = "PREFIX", default_value = DEFAULT_REDIS_KEY_PREFIX)]
+    pub key_prefix: String,
+
+    /// How long a Redis command may take. Past it, the call is answered
+    /// UNAVAILABLE, Redis counts as unreachable, and readiness goes down
+    /// until it answers again.
+    #[arg(long = "redis-timeout", env = "RENDEZVOUS_REDIS_TIMEOUT", value_name = "DURATION", default_value = DEFAULT_REDIS_TIMEOUT, value_parser = positive_duration)]
+    pub timeout: Duration,
+}
+
+// The URL can hold a password: never print it.
+impl std::fmt::Debug for RedisArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisArgs")
+            .field("url", &self.url.as_deref().map(crate::pairing::redact))
+            .field("password_file", &self.password_file)
+            .field("key_prefix", &self.key_prefix)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
 }
 
 /// HTTP/2 settings. Callers park tens of thousands of calls on one or a few
@@ -179,6 +223,18 @@ impl Default for Config {
             header_timeout: positive_duration(DEFAULT_HEADER_TIMEOUT).expect("valid default"),
             tcp_keepalive: positive_duration(DEFAULT_TCP_KEEPALIVE).expect("valid default"),
             http2: Http2Config::default(),
+            redis: RedisArgs::default(),
+        }
+    }
+}
+
+impl Default for RedisArgs {
+    fn default() -> Self {
+        Self {
+            url: None,
+            password_file: None,
+            key_prefix: DEFAULT_REDIS_KEY_PREFIX.into(),
+            timeout: positive_duration(DEFAULT_REDIS_TIMEOUT).expect("valid default"),
         }
     }
 }
@@ -259,6 +315,18 @@ mod tests {
         assert_eq!(c.http2.stream_window, 1 << 20);
         assert_eq!(c.http2.keepalive_interval, Duration::from_secs(20));
         assert_eq!(c.http2.keepalive_timeout, Duration::from_secs(20));
+        assert_eq!(c.redis.url, None);
+        assert_eq!(c.redis.key_prefix, "rendezvous:");
+        assert_eq!(c.redis.timeout, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn debug_never_shows_the_redis_password() {
+        let c = Config::try_parse_from(["rendezvous", "--redis-url=redis://:hunter2@db:6379"])
+            .unwrap();
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        assert!(debug.contains("redis://:***@db:6379"), "{debug}");
     }
 
     /// Every flag has its environment variable, named after it, so that a
@@ -278,7 +346,7 @@ mod tests {
             assert_eq!(env.as_deref(), Some(expected.as_str()), "--{long}");
             flags += 1;
         }
-        assert_eq!(flags, 19);
+        assert_eq!(flags, 23);
     }
 
     #[test]
@@ -308,6 +376,8 @@ mod tests {
             &["rendezvous", "--tls-client-ca=ca.pem"],
             &["rendezvous", "--http2-connection-window=1KiB"],
             &["rendezvous", "--http2-keepalive-interval=0s"],
+            &["rendezvous", "--redis-password-file=pw"],
+            &["rendezvous", "--redis-timeout=0s"],
         ] {
             assert!(Config::try_parse_from(bad).is_err(), "{bad:?}");
         }

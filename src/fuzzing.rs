@@ -20,7 +20,7 @@ use crate::{
     gateway::{self, Gateway},
     grpc::{self, MAX_DEADLINE_MARGIN},
     health::Health,
-    pairing::{Engine as _, Id, IdError, LocalEngine, MAX_ID_BYTES},
+    pairing::{AnyEngine, Engine as _, Id, IdError, LocalEngine, MAX_ID_BYTES},
     service::{Limits, Rendezvous},
 };
 
@@ -167,7 +167,7 @@ pub fn gateway(data: &[u8]) {
         .build()
         .expect("a current-thread runtime");
     runtime.block_on(async {
-        let engine = Arc::new(LocalEngine::with_capacity(4));
+        let engine = Arc::new(AnyEngine::from(LocalEngine::with_capacity(4)));
         let limits = Limits {
             max_wait: Duration::from_secs(10),
             max_payload: 64,

@@ -15,10 +15,11 @@ use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 
 use crate::{
     auth::AuthError,
-    health::Health,
-    metrics::Rejection,
-    pairing::{LocalEngine, Meeting, PairError, Role},
-    service::{CallError, Namespace, Protocol, Rendezvous},
+    health::{Health, NotReady},
+    metrics::{Protocol, Rejection},
+    pairing::{Meeting, PairError},
+    proto,
+    service::{CallError, Deadline, Namespace, Rendezvous},
 };
 
 /// The path prefix of the rendezvous route.
@@ -31,7 +32,7 @@ const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=
 /// Serves every HTTP request on the HTTP port. Cheap to clone per connection.
 #[derive(Debug, Clone)]
 pub struct Gateway {
-    service: Rendezvous<LocalEngine>,
+    service: Rendezvous,
     health: Arc<Health>,
 }
 
@@ -61,7 +62,7 @@ pub(crate) enum HttpError {
 
 impl Gateway {
     /// A gateway onto `service`, whose probes report `health`.
-    pub fn new(service: Rendezvous<LocalEngine>, health: Arc<Health>) -> Self {
+    pub fn new(service: Rendezvous, health: Arc<Health>) -> Self {
         Self { service, health }
     }
 
@@ -88,24 +89,14 @@ impl Gateway {
                 Ok(Route::Rendezvous {
                     namespace,
                     id,
-                    wait,
+                    deadline,
                     body,
-                }) => rendezvous(&service, namespace, id, wait, body, json).await,
+                }) => rendezvous(&service, namespace, id, deadline, body, json).await,
                 Err(error) => Err(error),
             };
             Ok(result.unwrap_or_else(|error| {
-                // The service counts its own refusals; wrong routes and
-                // methods, and clients that went away, are not refusals.
-                if matches!(
-                    error,
-                    HttpError::BadWait(..)
-                        | HttpError::IdNotUtf8
-                        | HttpError::BodyTooLarge { .. }
-                        | HttpError::Call(CallError::PayloadTooLarge { .. })
-                ) {
-                    service
-                        .metrics()
-                        .rejected(Protocol::Http, Rejection::InvalidArgument);
+                if let Some(reason) = error.rejection() {
+                    service.metrics().rejected(Protocol::Http, reason);
                 }
                 error.into_response(json)
             }))
@@ -116,10 +107,10 @@ impl Gateway {
     fn route<B>(&self, request: Request<B>) -> Result<Route<B>, HttpError> {
         let path = request.uri().path();
         if path == "/healthz" {
-            return self.probe(request.method(), "/healthz", true);
+            return self.probe(request.method(), "/healthz", Ok(()));
         }
         if path == "/readyz" {
-            return self.probe(request.method(), "/readyz", self.health.is_ready());
+            return self.probe(request.method(), "/readyz", self.health.readiness());
         }
         if path == "/metrics" {
             only_get(request.method(), "/metrics")?;
@@ -150,7 +141,7 @@ impl Gateway {
         Ok(Route::Rendezvous {
             namespace,
             id,
-            wait,
+            deadline: Deadline::starting_now(wait),
             body: request.into_body(),
         })
     }
@@ -159,12 +150,12 @@ impl Gateway {
         &self,
         method: &Method,
         path: &'static str,
-        up: bool,
+        up: Result<(), NotReady>,
     ) -> Result<Route<B>, HttpError> {
         only_get(method, path)?;
         Ok(Route::Answered(match up {
-            true => text(StatusCode::OK, "OK"),
-            false => text(StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
+            Ok(()) => text(StatusCode::OK, "OK"),
+            Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, why.as_str()),
         }))
     }
 }
@@ -189,16 +180,16 @@ enum Route<B> {
     Rendezvous {
         namespace: Namespace,
         id: String,
-        wait: Option<Duration>,
+        deadline: Deadline,
         body: B,
     },
 }
 
 async fn rendezvous<B>(
-    service: &Rendezvous<LocalEngine>,
+    service: &Rendezvous,
     namespace: Namespace,
     id: String,
-    wait: Option<Duration>,
+    deadline: Deadline,
     body: B,
     json: bool,
 ) -> Result<Response<Full<Bytes>>, HttpError>
@@ -208,7 +199,7 @@ where
 {
     let payload = read_body(body, service.limits().max_payload).await?;
     let meeting = service
-        .call(Protocol::Http, namespace, id, payload, wait)
+        .call(Protocol::Http, namespace, id, payload, deadline)
         .await?;
     Ok(match json {
         true => json_response(StatusCode::OK, &JsonMeeting::from(meeting)),
@@ -279,6 +270,21 @@ pub(crate) fn wants_json(headers: &http::HeaderMap) -> bool {
 }
 
 impl HttpError {
+    /// How the metrics count this refusal, if the service has not already:
+    /// it counts its own. Wrong routes and methods, and clients that went
+    /// away, are not refusals.
+    fn rejection(&self) -> Option<Rejection> {
+        match self {
+            // The service refuses a payload it is handed; one the gateway
+            // refuses from its content-length never reaches the service.
+            Self::BadWait(..)
+            | Self::IdNotUtf8
+            | Self::BodyTooLarge { .. }
+            | Self::Call(CallError::PayloadTooLarge { .. }) => Some(Rejection::InvalidArgument),
+            Self::Call(_) | Self::Body(_) | Self::MethodNotAllowed { .. } | Self::NotFound => None,
+        }
+    }
+
     fn status(&self) -> StatusCode {
         match self {
             Self::Call(CallError::InvalidId(_))
@@ -288,10 +294,12 @@ impl HttpError {
             Self::Call(CallError::PayloadTooLarge { .. }) | Self::BodyTooLarge { .. } => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
-            Self::Call(CallError::Pair(PairError::TimedOut { .. })) => StatusCode::REQUEST_TIMEOUT,
-            Self::Call(CallError::Pair(PairError::ShuttingDown | PairError::Full { .. })) => {
-                StatusCode::SERVICE_UNAVAILABLE
+            Self::Call(CallError::TimedOut { .. } | CallError::Refused(PairError::TimedOut)) => {
+                StatusCode::REQUEST_TIMEOUT
             }
+            Self::Call(CallError::Refused(
+                PairError::ShuttingDown | PairError::Full { .. } | PairError::Unavailable(_),
+            )) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Call(CallError::Unauthenticated(_)) => StatusCode::UNAUTHORIZED,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::NotFound => StatusCode::NOT_FOUND,
@@ -301,7 +309,7 @@ impl HttpError {
     /// The gRPC code name for the JSON body, so both protocols speak alike.
     fn code(&self) -> &'static str {
         match self {
-            Self::Call(CallError::Pair(PairError::Full { .. })) => "RESOURCE_EXHAUSTED",
+            Self::Call(CallError::Refused(PairError::Full { .. })) => "RESOURCE_EXHAUSTED",
             Self::Call(CallError::Unauthenticated(_)) => "UNAUTHENTICATED",
             _ => match self.status() {
                 StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE => "INVALID_ARGUMENT",
@@ -324,9 +332,7 @@ impl HttpError {
                 },
             ),
             // The legacy body, byte for byte.
-            (false, Self::Call(CallError::Pair(PairError::TimedOut { .. }))) => {
-                text(status, "Timeout")
-            }
+            (false, Self::Call(CallError::TimedOut { .. })) => text(status, "Timeout"),
             (false, _) => text(status, self.to_string()),
         };
         match self {
@@ -346,8 +352,9 @@ impl HttpError {
                     HeaderValue::from_static(challenge),
                 );
             }
-            // Places free up as pairs complete: a second is plenty to wait.
-            Self::Call(CallError::Pair(PairError::Full { .. })) => {
+            // Places free up as pairs complete, and a lost connection to
+            // Redis is retried within a second: a second is plenty to wait.
+            Self::Call(CallError::Refused(PairError::Full { .. } | PairError::Unavailable(_))) => {
                 response
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
@@ -393,10 +400,7 @@ struct JsonMeeting {
 impl From<Meeting> for JsonMeeting {
     fn from(meeting: Meeting) -> Self {
         Self {
-            role: match meeting.role {
-                Role::First => "ROLE_FIRST",
-                Role::Second => "ROLE_SECOND",
-            },
+            role: proto::Role::from(meeting.role).as_str_name(),
             waited: proto3_duration(meeting.waited),
             peer_payload: base64::engine::general_purpose::STANDARD.encode(&meeting.peer_payload),
         }
@@ -462,7 +466,7 @@ mod tests {
             max_payload: 1,
         };
         let gateway = Gateway::new(
-            Rendezvous::new(Arc::new(LocalEngine::new()), limits),
+            Rendezvous::new(Arc::new(LocalEngine::new().into()), limits),
             health.clone(),
         );
         let get = |path: &'static str| {
@@ -510,20 +514,25 @@ mod tests {
                 "INVALID_ARGUMENT",
             ),
             (
-                CallError::Pair(PairError::TimedOut {
+                CallError::TimedOut {
                     wait: Duration::from_secs(1),
-                })
+                }
                 .into(),
                 408,
                 "DEADLINE_EXCEEDED",
             ),
             (
-                CallError::Pair(PairError::ShuttingDown).into(),
+                CallError::Refused(PairError::ShuttingDown).into(),
                 503,
                 "UNAVAILABLE",
             ),
             (
-                CallError::Pair(PairError::Full { capacity: 1 }).into(),
+                CallError::Refused(PairError::Unavailable("cannot reach Redis".into())).into(),
+                503,
+                "UNAVAILABLE",
+            ),
+            (
+                CallError::Refused(PairError::Full { capacity: 1 }).into(),
                 503,
                 "RESOURCE_EXHAUSTED",
             ),

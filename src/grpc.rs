@@ -25,10 +25,10 @@ use prost::Message;
 use tonic::{Status, codegen::Service, service::Routes};
 
 use crate::{
-    metrics::Rejection,
-    pairing::{LocalEngine, Meeting, PairError, Role},
+    metrics::{Protocol, Rejection},
+    pairing::{Meeting, PairError, Role},
     proto,
-    service::{CallError, Namespace, Protocol, Rendezvous},
+    service::{CallError, Deadline, Namespace, Rendezvous},
 };
 
 /// The rendezvous method's path on the wire.
@@ -45,7 +45,7 @@ pub const MESSAGE_OVERHEAD: usize = 1024;
 /// Serves every request on the gRPC port. Cheap to clone per connection.
 #[derive(Debug, Clone)]
 pub struct GrpcService {
-    service: Rendezvous<LocalEngine>,
+    service: Rendezvous,
     /// Health, reflection, and an `UNIMPLEMENTED` answer for anything else.
     routes: Routes,
 }
@@ -77,6 +77,21 @@ pub(crate) enum GrpcError {
     Body(String),
 }
 
+impl GrpcError {
+    /// How the metrics count this refusal, if the service has not already:
+    /// it counts its own, and a client that went away was not refused.
+    fn rejection(&self) -> Option<Rejection> {
+        match self {
+            Self::Call(_) | Self::Body(_) => None,
+            Self::BadTimeout(_)
+            | Self::Compressed
+            | Self::TooLarge { .. }
+            | Self::Framing(_)
+            | Self::Decode(_) => Some(Rejection::InvalidArgument),
+        }
+    }
+}
+
 impl From<GrpcError> for Status {
     fn from(error: GrpcError) -> Self {
         let message = error.to_string();
@@ -86,13 +101,13 @@ impl From<GrpcError> for Status {
             | GrpcError::TooLarge { .. }
             | GrpcError::Framing(_)
             | GrpcError::Decode(_) => Status::invalid_argument(message),
-            GrpcError::Call(CallError::Pair(PairError::TimedOut { .. })) => {
+            GrpcError::Call(CallError::TimedOut { .. } | CallError::Refused(PairError::TimedOut)) => {
                 Status::deadline_exceeded(message)
             }
-            GrpcError::Call(CallError::Pair(PairError::ShuttingDown)) => {
-                Status::unavailable(message)
-            }
-            GrpcError::Call(CallError::Pair(PairError::Full { .. })) => {
+            GrpcError::Call(CallError::Refused(
+                PairError::ShuttingDown | PairError::Unavailable(_),
+            )) => Status::unavailable(message),
+            GrpcError::Call(CallError::Refused(PairError::Full { .. })) => {
                 Status::resource_exhausted(message)
             }
             GrpcError::Call(CallError::Unauthenticated(_)) => Status::unauthenticated(message),
@@ -105,7 +120,7 @@ impl From<GrpcError> for Status {
 impl GrpcService {
     /// The gRPC port's service: `service` for the rendezvous method, `routes`
     /// for the rest.
-    pub fn new(service: Rendezvous<LocalEngine>, routes: Routes) -> Self {
+    pub fn new(service: Rendezvous, routes: Routes) -> Self {
         Self { service, routes }
     }
 
@@ -128,10 +143,10 @@ impl GrpcService {
             match call {
                 Call::Wait {
                     namespace,
-                    wait,
+                    deadline,
                     body,
                 } => {
-                    let result = wait_for_second_party(&service, namespace, wait, body).await;
+                    let result = wait_for_second_party(&service, namespace, deadline, body).await;
                     Ok(respond(&service, result))
                 }
                 Call::Other(future) => future.await,
@@ -153,13 +168,13 @@ impl GrpcService {
             *response.status_mut() = StatusCode::UNSUPPORTED_MEDIA_TYPE;
             return Call::Refused(response);
         }
+        let deadline = match caller_wait(request.headers()) {
+            Ok(wait) => Deadline::starting_now(wait),
+            Err(error) => return Call::Refused(respond(&self.service, Err(error))),
+        };
         let namespace = match self.service.authenticate(Protocol::Grpc, request.headers()) {
             Ok(namespace) => namespace,
-            Err(error) => return Call::Refused(Status::from(GrpcError::from(error)).into_http()),
-        };
-        let wait = match caller_wait(request.headers()) {
-            Ok(wait) => wait,
-            Err(error) => return Call::Refused(respond(&self.service, Err(error))),
+            Err(error) => return Call::Refused(respond(&self.service, Err(error.into()))),
         };
         if request
             .headers()
@@ -170,7 +185,7 @@ impl GrpcService {
         }
         Call::Wait {
             namespace,
-            wait,
+            deadline,
             body: request.into_body(),
         }
     }
@@ -178,10 +193,10 @@ impl GrpcService {
 
 /// What is left of a request once its headers have been read.
 enum Call {
-    /// The rendezvous method: the caller's wait, and the body to read.
+    /// The rendezvous method: the caller's deadline, and the body to read.
     Wait {
         namespace: Namespace,
-        wait: Option<Duration>,
+        deadline: Deadline,
         body: Incoming,
     },
     /// Health or reflection, already handed to tonic.
@@ -194,18 +209,14 @@ enum Call {
 /// the call, so that building it adds nothing to the future a parked call
 /// keeps alive.
 fn respond(
-    service: &Rendezvous<LocalEngine>,
+    service: &Rendezvous,
     result: Result<Meeting, GrpcError>,
 ) -> Response<tonic::body::Body> {
     match result {
         Ok(meeting) => ok_response(&proto::WaitForSecondPartyResponse::from(meeting)),
         Err(error) => {
-            // The service counts its own refusals; a client that went away
-            // mid-request is not a refusal.
-            if !matches!(error, GrpcError::Call(_) | GrpcError::Body(_)) {
-                service
-                    .metrics()
-                    .rejected(Protocol::Grpc, Rejection::InvalidArgument);
+            if let Some(reason) = error.rejection() {
+                service.metrics().rejected(Protocol::Grpc, reason);
             }
             Status::from(error).into_http()
         }
@@ -213,16 +224,16 @@ fn respond(
 }
 
 async fn wait_for_second_party(
-    service: &Rendezvous<LocalEngine>,
+    service: &Rendezvous,
     namespace: Namespace,
-    wait: Option<Duration>,
+    deadline: Deadline,
     body: Incoming,
 ) -> Result<Meeting, GrpcError> {
     let message = read_message(body, service.limits().max_payload).await?;
     let proto::WaitForSecondPartyRequest { id, payload } =
         proto::WaitForSecondPartyRequest::decode(message)?;
     Ok(service
-        .call(Protocol::Grpc, namespace, id, payload, wait)
+        .call(Protocol::Grpc, namespace, id, payload, deadline)
         .await?)
 }
 
@@ -428,17 +439,22 @@ mod tests {
             tonic::Code::InvalidArgument
         );
         assert_eq!(
-            code(
-                PairError::TimedOut {
-                    wait: Duration::ZERO
-                }
-                .into()
-            ),
+            code(CallError::TimedOut {
+                wait: Duration::ZERO
+            }),
             tonic::Code::DeadlineExceeded
         );
         assert_eq!(
-            code(PairError::ShuttingDown.into()),
+            code(CallError::Refused(PairError::ShuttingDown)),
             tonic::Code::Unavailable
+        );
+        assert_eq!(
+            code(CallError::Refused(PairError::Unavailable("Redis".into()))),
+            tonic::Code::Unavailable
+        );
+        assert_eq!(
+            code(CallError::Refused(PairError::Full { capacity: 1 })),
+            tonic::Code::ResourceExhausted
         );
     }
 }

@@ -1,8 +1,15 @@
 //! Health as probes see it: gRPC health (tonic-health) on the gRPC port, and
-//! `/healthz` and `/readyz` on the HTTP port. One switch flips them together.
+//! `/healthz` and `/readyz` on the HTTP port, switched together.
+//!
+//! Liveness (`""`, `/healthz`) says the process works, and stays up until
+//! shutdown. Readiness (`rendezvous.v1.Sync`, `/readyz`) says it can take
+//! callers: it goes down while the meeting place (Redis) is unreachable, so
+//! an orchestrator stops sending callers here without restarting a replica
+//! that only waits for Redis to come back.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use tokio::sync::Mutex;
 use tonic_health::{
     ServingStatus,
     pb::health_server::{Health as HealthRpc, HealthServer},
@@ -16,6 +23,29 @@ use crate::proto::sync_server::SERVICE_NAME as SYNC_SERVICE_NAME;
 pub struct Health {
     reporter: HealthReporter,
     draining: AtomicBool,
+    reachable: AtomicBool,
+    /// Serialises changes, so that the gRPC statuses end up matching the
+    /// flags whatever order two changes race in.
+    changing: Mutex<()>,
+}
+
+/// Why the server is not ready, as `/readyz` says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotReady {
+    /// Shutdown has begun.
+    ShuttingDown,
+    /// The meeting place cannot be reached.
+    Unreachable,
+}
+
+impl NotReady {
+    /// The `/readyz` body.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ShuttingDown => "shutting down",
+            Self::Unreachable => "cannot reach Redis",
+        }
+    }
 }
 
 impl Health {
@@ -31,6 +61,8 @@ impl Health {
         let health = Self {
             reporter,
             draining: AtomicBool::new(false),
+            reachable: AtomicBool::new(true),
+            changing: Mutex::new(()),
         };
         (health, server)
     }
@@ -38,6 +70,7 @@ impl Health {
     /// The first step of shutdown: every probe now says "not serving", so a
     /// mesh stops sending new callers here.
     pub async fn drain(&self) {
+        let _changing = self.changing.lock().await;
         self.draining.store(true, Ordering::Release);
         for name in ["", SYNC_SERVICE_NAME] {
             self.reporter
@@ -46,8 +79,31 @@ impl Health {
         }
     }
 
-    /// `false` from the moment shutdown begins; `/readyz` answers 503 then.
-    pub fn is_ready(&self) -> bool {
-        !self.draining.load(Ordering::Acquire)
+    /// Follows the meeting place: readiness goes down while it cannot be
+    /// reached, and liveness does not change.
+    pub async fn set_reachable(&self, reachable: bool) {
+        let _changing = self.changing.lock().await;
+        self.reachable.store(reachable, Ordering::Release);
+        if self.draining.load(Ordering::Acquire) {
+            return;
+        }
+        let status = match reachable {
+            true => ServingStatus::Serving,
+            false => ServingStatus::NotServing,
+        };
+        self.reporter
+            .set_service_status(SYNC_SERVICE_NAME, status)
+            .await;
+    }
+
+    /// `Ok` while the server takes callers; `/readyz` answers 503 otherwise.
+    pub fn readiness(&self) -> Result<(), NotReady> {
+        if self.draining.load(Ordering::Acquire) {
+            return Err(NotReady::ShuttingDown);
+        }
+        if !self.reachable.load(Ordering::Acquire) {
+            return Err(NotReady::Unreachable);
+        }
+        Ok(())
     }
 }

@@ -26,11 +26,17 @@
 use std::{fmt, hash::BuildHasher, time::Duration};
 
 use bytes::Bytes;
-use tokio::time::{Instant, sleep_until};
+use tokio::{
+    sync::watch,
+    time::{Instant, sleep_until},
+};
 
 #[cfg(test)]
 mod model;
+mod redis;
 mod shard;
+
+pub use redis::{RedisConfig, RedisEngine, RedisError, redact};
 
 use shard::{Arrival, Occupancy, Outcome, Shard};
 
@@ -124,15 +130,12 @@ pub struct Meeting {
     pub waited: Duration,
 }
 
-/// Why a caller did not pair. Both cases leave nothing behind.
+/// Why a caller did not pair. Every case leaves nothing behind.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PairError {
     /// Nobody came with the same id before the deadline.
-    #[error("nobody else arrived with this id within {}", whole_millis(*wait))]
-    TimedOut {
-        /// The wait the caller was allowed: from its arrival to its deadline.
-        wait: Duration,
-    },
+    #[error("nobody else arrived with this id before the deadline")]
+    TimedOut,
     /// The engine was closed, by a server shutdown, before a partner came.
     #[error("the server is shutting down; retry against another instance")]
     ShuttingDown,
@@ -146,36 +149,64 @@ pub enum PairError {
         /// The cap on waiting callers.
         capacity: usize,
     },
+    /// The shared store the replicas meet in cannot be reached, so this
+    /// replica cannot tell whether a partner is waiting elsewhere. Never
+    /// answered by pairing locally instead: two replicas doing that would
+    /// pair one id twice.
+    #[error("{0}; retry shortly")]
+    Unavailable(String),
 }
 
-/// A wait as people read it: `1s 950ms`, not `1s 949ms 998us 389ns`.
-fn whole_millis(wait: Duration) -> humantime::FormattedDuration {
-    humantime::format_duration(Duration::from_millis(wait.as_millis() as u64))
-}
-
-/// The interface every pairing engine offers: the in-process one here, and
-/// later ones that share state between replicas (Redis, say).
+/// The interface every pairing engine offers: the in-process one
+/// ([`LocalEngine`]), and [`RedisEngine`], which replicas share.
 ///
-/// Implementations must keep the invariant in the module docs, and must
-/// remove a caller's waiter when the future returned by `meet` is dropped.
+/// Implementations keep the invariant in the module docs. What each method
+/// means when the meeting place is remote:
+///
+/// - **`meet`**: the decision to pair is taken once, where the meeting place
+///   is (under a shard lock, or in one Redis script), and both callers learn
+///   the same result. A waiter whose future is dropped (its caller went away)
+///   is never paired afterwards.
+/// - **Cleanup on drop.** Dropping a `meet` future withdraws its caller. An
+///   engine whose store is remote cannot wait in `Drop`, so it starts the
+///   removal there as a task of its own, which [`Engine::close`] waits for.
+///   Until that task has run, the store may still hold the caller; the engine
+///   must make sure nobody pairs with it all the same (the Redis engine asks
+///   the waiter's replica before pairing).
+/// - **`close`**: answers every caller parked through this engine
+///   [`PairError::ShuttingDown`], and every later one too, then waits until
+///   their entries are gone from the store (or the store cannot be reached:
+///   then their entries expire on their own). Callers parked on other
+///   replicas carry on.
+/// - **`waiting`**: the callers parked through this engine, in this process;
+///   not the store's total, which other replicas add to. `--max-waiters`
+///   caps this count.
+/// - **`reachable`**: whether the meeting place can be reached right now.
+///   Readiness follows it, so that a replica that lost its store stops
+///   getting callers without being restarted.
 pub trait Engine: Send + Sync + 'static {
-    /// Meets the other caller with `id`, or gives up after `wait`.
+    /// Meets the other caller with `id`, or gives up at `deadline`.
     ///
     /// `payload` goes to the partner; the partner's comes back in the
-    /// [`Meeting`].
+    /// [`Meeting`]. The deadline is absolute, taken when the call arrived,
+    /// so that time spent reading the request counts against it.
     fn meet(
         &self,
         id: Id,
         payload: Bytes,
-        wait: Duration,
+        deadline: Instant,
     ) -> impl Future<Output = Result<Meeting, PairError>> + Send;
 
     /// Answers every parked caller [`PairError::ShuttingDown`], and every
-    /// later one too. Shutdown uses it so that no caller hangs.
-    fn close(&self);
+    /// later one too, then waits for their cleanup. Shutdown uses it so that
+    /// no caller hangs and nothing is left behind.
+    fn close(&self) -> impl Future<Output = ()> + Send;
 
-    /// How many callers are parked right now.
+    /// How many callers are parked through this engine right now.
     fn waiting(&self) -> usize;
+
+    /// Whether the meeting place can be reached: `true`, then changes.
+    fn reachable(&self) -> watch::Receiver<bool>;
 }
 
 /// Shards spread ids over independent locks, so that callers on different
@@ -185,6 +216,8 @@ const SHARDS: usize = 256;
 /// The in-process engine: a sharded map from id to the caller waiting on it.
 pub struct LocalEngine {
     shards: Box<[Shard]>,
+    /// Always `true`: the meeting place is this process.
+    reachable: watch::Sender<bool>,
     // Keyed per process: ids come from callers, so a fixed hash would let
     // them aim every id at one bucket.
     hasher: std::hash::RandomState,
@@ -203,6 +236,7 @@ impl LocalEngine {
     pub fn with_capacity(capacity: usize) -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Shard::default()).collect(),
+            reachable: watch::Sender::new(true),
             hasher: std::hash::RandomState::new(),
             occupancy: Occupancy::new(capacity, SHARDS),
         }
@@ -237,7 +271,7 @@ impl fmt::Debug for LocalEngine {
 }
 
 impl Engine for LocalEngine {
-    async fn meet(&self, id: Id, payload: Bytes, wait: Duration) -> Result<Meeting, PairError> {
+    async fn meet(&self, id: Id, payload: Bytes, deadline: Instant) -> Result<Meeting, PairError> {
         let hash = self.hasher.hash_one(&id);
         let parking = match self.shard(hash).arrive(id, hash, payload, &self.occupancy) {
             // The second caller never waits: it finds its partner already there.
@@ -257,18 +291,19 @@ impl Engine for LocalEngine {
             Arrival::Parked(parking) => parking,
         };
         let start = Instant::now();
-        match parking.outcome(sleep_until(start + wait)).await {
+        match parking.outcome(sleep_until(deadline)).await {
             Outcome::Paired(peer_payload) => Ok(Meeting {
                 role: Role::First,
                 peer_payload,
                 waited: start.elapsed(),
             }),
-            Outcome::TimedOut => Err(PairError::TimedOut { wait }),
+            Outcome::TimedOut => Err(PairError::TimedOut),
             Outcome::Closed => Err(PairError::ShuttingDown),
         }
     }
 
-    fn close(&self) {
+    /// Nothing to wait for: removal from the shards is immediate.
+    async fn close(&self) {
         for shard in self.shards.iter() {
             shard.close(&self.occupancy);
         }
@@ -276,6 +311,103 @@ impl Engine for LocalEngine {
 
     fn waiting(&self) -> usize {
         self.shards.iter().map(Shard::waiting).sum()
+    }
+
+    fn reachable(&self) -> watch::Receiver<bool> {
+        self.reachable.subscribe()
+    }
+}
+
+/// Whichever engine the configuration chose: the one type the service, the
+/// transports and the server hold, so none of them names an engine.
+///
+/// An enum rather than a trait object, so that a local call's future is not
+/// boxed: every byte of it is paid once per parked caller.
+#[derive(Debug)]
+pub enum AnyEngine {
+    /// One process is the meeting place (the default).
+    Local(LocalEngine),
+    /// Replicas meet in Redis (`--redis-url`).
+    Redis(RedisEngine),
+}
+
+impl From<LocalEngine> for AnyEngine {
+    fn from(engine: LocalEngine) -> Self {
+        Self::Local(engine)
+    }
+}
+
+impl From<RedisEngine> for AnyEngine {
+    fn from(engine: RedisEngine) -> Self {
+        Self::Redis(engine)
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// [`AnyEngine::meet`]'s future: the chosen engine's, unboxed.
+    #[project = MeetProj]
+    enum Meet<L, R> {
+        /// The local engine's call.
+        Local { #[pin] call: L },
+        /// The Redis engine's call.
+        Redis { #[pin] call: R },
+    }
+}
+
+impl<L, R> Future for Meet<L, R>
+where
+    L: Future<Output = Result<Meeting, PairError>>,
+    R: Future<Output = Result<Meeting, PairError>>,
+{
+    type Output = Result<Meeting, PairError>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        match self.project() {
+            MeetProj::Local { call } => call.poll(cx),
+            MeetProj::Redis { call } => call.poll(cx),
+        }
+    }
+}
+
+impl Engine for AnyEngine {
+    fn meet(
+        &self,
+        id: Id,
+        payload: Bytes,
+        deadline: Instant,
+    ) -> impl Future<Output = Result<Meeting, PairError>> + Send {
+        match self {
+            Self::Local(engine) => Meet::Local {
+                call: engine.meet(id, payload, deadline),
+            },
+            Self::Redis(engine) => Meet::Redis {
+                call: engine.meet(id, payload, deadline),
+            },
+        }
+    }
+
+    async fn close(&self) {
+        match self {
+            Self::Local(engine) => engine.close().await,
+            Self::Redis(engine) => engine.close().await,
+        }
+    }
+
+    fn waiting(&self) -> usize {
+        match self {
+            Self::Local(engine) => engine.waiting(),
+            Self::Redis(engine) => engine.waiting(),
+        }
+    }
+
+    fn reachable(&self) -> watch::Receiver<bool> {
+        match self {
+            Self::Local(engine) => engine.reachable(),
+            Self::Redis(engine) => engine.reachable(),
+        }
     }
 }
 
@@ -291,6 +423,11 @@ mod tests {
 
     const FAR: Duration = Duration::from_secs(3600);
     const SECOND: Duration = Duration::from_secs(1);
+
+    /// A deadline `wait` from now.
+    fn after(wait: Duration) -> Instant {
+        Instant::now() + wait
+    }
 
     #[test]
     fn ids_are_validated() {
@@ -317,7 +454,7 @@ mod tests {
         let engine = Arc::new(LocalEngine::new());
         let e = engine.clone();
         let first = tokio::spawn(async move {
-            e.meet(id("a"), Bytes::from_static(b"from first"), FAR)
+            e.meet(id("a"), Bytes::from_static(b"from first"), after(FAR))
                 .await
         });
         tokio::task::yield_now().await;
@@ -325,7 +462,7 @@ mod tests {
         tokio::time::advance(Duration::from_secs(2)).await;
 
         let second = engine
-            .meet(id("a"), Bytes::from_static(b"from second"), FAR)
+            .meet(id("a"), Bytes::from_static(b"from second"), after(FAR))
             .await
             .unwrap();
         let first = first.await.unwrap().unwrap();
@@ -342,18 +479,16 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_third_caller_starts_a_new_pair() {
         let engine = LocalEngine::new();
-        let first = engine.meet(id("a"), Bytes::new(), FAR);
+        let first = engine.meet(id("a"), Bytes::new(), after(FAR));
         tokio::pin!(first);
         assert!(futures_poll(first.as_mut()).is_pending());
-        engine.meet(id("a"), Bytes::new(), FAR).await.unwrap();
+        engine.meet(id("a"), Bytes::new(), after(FAR)).await.unwrap();
         assert_eq!(first.await.unwrap().role, Role::First);
 
-        let third = engine.meet(id("a"), Bytes::new(), SECOND);
+        let third = engine.meet(id("a"), Bytes::new(), after(SECOND));
         assert_eq!(
             third.await,
-            Err(PairError::TimedOut {
-                wait: Duration::from_secs(1)
-            })
+            Err(PairError::TimedOut)
         );
         assert_eq!(engine.waiting(), 0);
     }
@@ -363,11 +498,11 @@ mod tests {
         let engine = LocalEngine::new();
         let deadline = Duration::from_millis(500);
         let (a, b) = tokio::join!(
-            engine.meet(id("a"), Bytes::new(), deadline),
-            engine.meet(id("b"), Bytes::new(), deadline),
+            engine.meet(id("a"), Bytes::new(), after(deadline)),
+            engine.meet(id("b"), Bytes::new(), after(deadline)),
         );
-        assert!(matches!(a, Err(PairError::TimedOut { .. })));
-        assert!(matches!(b, Err(PairError::TimedOut { .. })));
+        assert!(matches!(a, Err(PairError::TimedOut)));
+        assert!(matches!(b, Err(PairError::TimedOut)));
         assert_eq!(engine.waiting(), 0);
     }
 
@@ -375,7 +510,7 @@ mod tests {
     async fn a_dropped_waiter_leaves_nothing_behind() {
         let engine = LocalEngine::new();
         {
-            let gone = engine.meet(id("a"), Bytes::from_static(b"stale"), FAR);
+            let gone = engine.meet(id("a"), Bytes::from_static(b"stale"), after(FAR));
             tokio::pin!(gone);
             assert!(futures_poll(gone.as_mut()).is_pending());
             assert_eq!(engine.waiting(), 1);
@@ -383,8 +518,8 @@ mod tests {
         assert_eq!(engine.waiting(), 0);
 
         // The next caller waits instead of pairing with the one that left.
-        let next = engine.meet(id("a"), Bytes::new(), SECOND);
-        assert!(matches!(next.await, Err(PairError::TimedOut { .. })));
+        let next = engine.meet(id("a"), Bytes::new(), after(SECOND));
+        assert!(matches!(next.await, Err(PairError::TimedOut)));
     }
 
     #[tokio::test(start_paused = true)]
@@ -392,14 +527,14 @@ mod tests {
      {
         let engine = LocalEngine::new();
         let deadline = SECOND;
-        let first = engine.meet(id("a"), Bytes::from_static(b"1"), deadline);
+        let first = engine.meet(id("a"), Bytes::from_static(b"1"), after(deadline));
         tokio::pin!(first);
         assert!(futures_poll(first.as_mut()).is_pending());
 
         // The deadline passes, but the waiter has not been polled since; the
         // partner gets there first and takes the entry.
         tokio::time::advance(Duration::from_secs(2)).await;
-        let second = engine.meet(id("a"), Bytes::from_static(b"2"), FAR).await;
+        let second = engine.meet(id("a"), Bytes::from_static(b"2"), after(FAR)).await;
         assert_eq!(second.unwrap().peer_payload, "1");
 
         let first = first.await.unwrap();
@@ -410,14 +545,14 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn close_answers_parked_and_later_callers() {
         let engine = LocalEngine::new();
-        let parked = engine.meet(id("a"), Bytes::new(), FAR);
+        let parked = engine.meet(id("a"), Bytes::new(), after(FAR));
         tokio::pin!(parked);
         assert!(futures_poll(parked.as_mut()).is_pending());
 
-        engine.close();
+        engine.close().await;
         assert_eq!(parked.await, Err(PairError::ShuttingDown));
         assert_eq!(
-            engine.meet(id("b"), Bytes::new(), FAR).await,
+            engine.meet(id("b"), Bytes::new(), after(FAR)).await,
             Err(PairError::ShuttingDown)
         );
         assert_eq!(engine.waiting(), 0);
@@ -429,33 +564,33 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_cap_counts_waiting_callers_only() {
         let engine = LocalEngine::with_capacity(2);
-        let a = engine.meet(id("a"), Bytes::new(), FAR);
+        let a = engine.meet(id("a"), Bytes::new(), after(FAR));
         tokio::pin!(a);
-        let mut b = Box::pin(engine.meet(id("b"), Bytes::new(), FAR));
+        let mut b = Box::pin(engine.meet(id("b"), Bytes::new(), after(FAR)));
         assert!(futures_poll(a.as_mut()).is_pending());
         assert!(futures_poll(b.as_mut()).is_pending());
         assert_eq!(engine.waiting(), 2);
 
         // A third waiter is refused, and leaves nothing behind...
         assert_eq!(
-            engine.meet(id("c"), Bytes::new(), FAR).await,
+            engine.meet(id("c"), Bytes::new(), after(FAR)).await,
             Err(PairError::Full { capacity: 2 })
         );
         // ...but a caller that completes a pair never waits, so it is let in.
         assert_eq!(
-            engine.meet(id("a"), Bytes::new(), FAR).await.unwrap().role,
+            engine.meet(id("a"), Bytes::new(), after(FAR)).await.unwrap().role,
             Role::Second
         );
         assert_eq!(a.await.unwrap().role, Role::First);
         assert_eq!(engine.waiting(), 1);
 
         // A place freed by a timeout or a departure is free again.
-        let c = engine.meet(id("c"), Bytes::new(), SECOND);
-        assert!(matches!(c.await, Err(PairError::TimedOut { .. })));
+        let c = engine.meet(id("c"), Bytes::new(), after(SECOND));
+        assert!(matches!(c.await, Err(PairError::TimedOut)));
         drop(b);
         assert_eq!(engine.waiting(), 0);
         assert_eq!(engine.places_in_use(), 0);
-        engine.close();
+        engine.close().await;
         assert_eq!(engine.waiting(), 0);
     }
 
@@ -463,15 +598,15 @@ mod tests {
     async fn with_spares_every_path_still_gives_its_place_back() {
         let engine = Arc::new(LocalEngine::with_capacity(1 << 20));
         let e = engine.clone();
-        let first = tokio::spawn(async move { e.meet(id("a"), Bytes::new(), FAR).await });
+        let first = tokio::spawn(async move { e.meet(id("a"), Bytes::new(), after(FAR)).await });
         tokio::task::yield_now().await;
         assert_eq!(engine.places_in_use(), 1);
-        engine.meet(id("a"), Bytes::new(), FAR).await.unwrap();
+        engine.meet(id("a"), Bytes::new(), after(FAR)).await.unwrap();
         first.await.unwrap().unwrap();
-        let timed_out = engine.meet(id("b"), Bytes::new(), SECOND).await;
-        assert!(matches!(timed_out, Err(PairError::TimedOut { .. })));
+        let timed_out = engine.meet(id("b"), Bytes::new(), after(SECOND)).await;
+        assert!(matches!(timed_out, Err(PairError::TimedOut)));
         {
-            let gone = engine.meet(id("c"), Bytes::new(), FAR);
+            let gone = engine.meet(id("c"), Bytes::new(), after(FAR));
             tokio::pin!(gone);
             assert!(futures_poll(gone.as_mut()).is_pending());
             assert_eq!(engine.places_in_use(), 1);
@@ -483,14 +618,14 @@ mod tests {
     async fn a_shard_keeps_a_freed_place_as_its_spare_and_uses_it_next() {
         // The smallest cap at which shards keep spares.
         let engine = LocalEngine::with_capacity(SHARDS * 256);
-        let timed_out = engine.meet(id("a"), Bytes::new(), SECOND).await;
-        assert!(matches!(timed_out, Err(PairError::TimedOut { .. })));
+        let timed_out = engine.meet(id("a"), Bytes::new(), after(SECOND)).await;
+        assert!(matches!(timed_out, Err(PairError::TimedOut)));
         // The place stayed with the shard rather than going back to the
         // shared counter, which every core would otherwise write to.
         assert_eq!(engine.occupancy.taken(), 1);
         assert_eq!(engine.places_in_use(), 0);
         // The next caller in that shard takes the spare, not a new place.
-        let again = engine.meet(id("a"), Bytes::new(), FAR);
+        let again = engine.meet(id("a"), Bytes::new(), after(FAR));
         tokio::pin!(again);
         assert!(futures_poll(again.as_mut()).is_pending());
         assert_eq!(engine.occupancy.taken(), 1);
@@ -507,7 +642,7 @@ mod tests {
         let (mut parked, waiting) = arrive(&engine, (0..CAP).map(|i| format!("p{i}")));
         assert_eq!(waiting, CAP);
         assert_eq!(
-            engine.meet(id("one-too-many"), Bytes::new(), FAR).await,
+            engine.meet(id("one-too-many"), Bytes::new(), after(FAR)).await,
             Err(PairError::Full { capacity: CAP })
         );
         // Half of them leave, spread over every shard; as many others come.
@@ -516,7 +651,7 @@ mod tests {
         assert_eq!(waiting, CAP / 2, "refused under the cap");
         assert_eq!(engine.waiting(), CAP);
         assert_eq!(
-            engine.meet(id("one-too-many"), Bytes::new(), FAR).await,
+            engine.meet(id("one-too-many"), Bytes::new(), after(FAR)).await,
             Err(PairError::Full { capacity: CAP })
         );
         drop((parked, again));
@@ -554,7 +689,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn debug_shows_the_waiting_count() {
         let engine = LocalEngine::new();
-        let parked = engine.meet(id("a"), Bytes::new(), FAR);
+        let parked = engine.meet(id("a"), Bytes::new(), after(FAR));
         tokio::pin!(parked);
         assert!(futures_poll(parked.as_mut()).is_pending());
         assert_eq!(format!("{engine:?}"), "LocalEngine { waiting: 1 }");
@@ -568,7 +703,7 @@ mod tests {
         let mut waiting = 0;
         let calls = ids
             .map(|i| {
-                let mut call: Call<'_> = Box::pin(engine.meet(id(&i), Bytes::new(), FAR));
+                let mut call: Call<'_> = Box::pin(engine.meet(id(&i), Bytes::new(), after(FAR)));
                 if futures_poll(call.as_mut()).is_pending() {
                     waiting += 1;
                 }

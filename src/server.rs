@@ -40,7 +40,8 @@ use crate::{
     gateway::Gateway,
     grpc::GrpcService,
     health::Health,
-    pairing::{Engine, LocalEngine},
+    metrics::Metrics,
+    pairing::{AnyEngine, Engine, LocalEngine, RedisConfig, RedisEngine, RedisError},
     proto,
     service::{Limits, Rendezvous},
     tls::{Tls, TlsError},
@@ -71,6 +72,17 @@ pub enum ServerError {
     /// The listener's address could not be read back.
     #[error("cannot read a listener's address: {0}")]
     Io(#[from] io::Error),
+    /// `--redis-url` or its companions are not usable.
+    #[error(transparent)]
+    Redis(#[from] RedisError),
+    /// `--redis-password-file` could not be read.
+    #[error("cannot read --redis-password-file {path}: {source}")]
+    RedisPassword {
+        /// The file named by the flag.
+        path: std::path::PathBuf,
+        /// What the operating system said.
+        source: io::Error,
+    },
 }
 
 /// A server whose listeners are bound but not yet serving.
@@ -82,7 +94,8 @@ pub struct Application {
     config: Config,
     grpc: TcpListener,
     http: TcpListener,
-    engine: Arc<LocalEngine>,
+    engine: Arc<AnyEngine>,
+    metrics: Metrics,
     auth: Option<Arc<Auth>>,
     tls: Option<Arc<Tls>>,
 }
@@ -128,12 +141,32 @@ impl Application {
 
     /// A server on listeners bound elsewhere (a test, socket activation); the
     /// addresses in `config` are not used.
+    ///
+    /// The one place the engine is chosen: Redis with `--redis-url`, this
+    /// process otherwise.
     pub fn from_listeners(
         config: Config,
         grpc: TcpListener,
         http: TcpListener,
     ) -> Result<Self, ServerError> {
-        let engine = Arc::new(LocalEngine::with_capacity(config.max_waiters));
+        let mut metrics = Metrics::new();
+        let engine = Arc::new(match &config.redis.url {
+            None => LocalEngine::with_capacity(config.max_waiters).into(),
+            Some(url) => {
+                let password = match &config.redis.password_file {
+                    Some(path) => Some(read_password(path)?),
+                    None => None,
+                };
+                let redis = RedisConfig {
+                    url: url.clone(),
+                    password,
+                    key_prefix: config.redis.key_prefix.clone(),
+                    timeout: config.redis.timeout,
+                    capacity: config.max_waiters,
+                };
+                RedisEngine::start(redis, metrics.redis())?.into()
+            }
+        });
         let auth = match &config.auth_token_file {
             Some(path) => Some(Arc::new(Auth::load(path.clone())?)),
             None => None,
@@ -147,6 +180,7 @@ impl Application {
             grpc,
             http,
             engine,
+            metrics,
             auth,
             tls,
         })
@@ -176,7 +210,7 @@ impl Application {
 
     /// The pairing engine this server will use, so that a test or an
     /// embedding program can see how many callers are parked.
-    pub fn engine(&self) -> Arc<LocalEngine> {
+    pub fn engine(&self) -> Arc<AnyEngine> {
         self.engine.clone()
     }
 
@@ -191,6 +225,7 @@ impl Application {
             grpc,
             http,
             engine,
+            metrics,
             auth,
             tls,
         } = self;
@@ -198,9 +233,12 @@ impl Application {
             max_wait: config.max_wait,
             max_payload: config.max_payload,
         };
-        let service = Rendezvous::new(engine.clone(), limits).with_auth(auth);
+        let service = Rendezvous::new(engine.clone(), limits)
+            .with_metrics(Arc::new(metrics))
+            .with_auth(auth);
         let (health, health_server) = Health::serving().await;
         let health = Arc::new(health);
+        let follower = tokio::spawn(follow_reachability(engine.reachable(), health.clone()));
 
         let routes = Routes::new(health_server)
             .add_service(reflection().build_v1()?)
@@ -227,6 +265,9 @@ impl Application {
             http2_stream_window = config.http2.stream_window,
             http2_keepalive_interval = duration(config.http2.keepalive_interval),
             http2_keepalive_timeout = duration(config.http2.keepalive_timeout),
+            redis = config.redis.url.as_deref().map(crate::pairing::redact),
+            redis_key_prefix = config.redis.url.is_some().then_some(config.redis.key_prefix.as_str()),
+            redis_timeout = config.redis.url.is_some().then(|| duration(config.redis.timeout)),
             tokens = config.auth_token_file.is_some(),
             tls = config.tls_cert.is_some(),
             client_certificates = config.tls_client_ca.is_some(),
@@ -260,14 +301,22 @@ impl Application {
         }
 
         tracing::info!(open_connections = connections.len(), "shutting down");
+        follower.abort();
         health.drain().await;
         drop((grpc, http));
         let parked = engine.waiting();
-        engine.close();
+        let grace = tokio::time::Instant::now() + config.shutdown_grace;
+        // Answers the parked callers, and waits (within the grace period)
+        // until their entries are gone from a shared store.
+        let closed = tokio::time::timeout_at(grace, engine.close()).await;
         let _ = stop.send(true);
-        tracing::info!(parked, "answered parked callers UNAVAILABLE");
+        tracing::info!(
+            parked,
+            cleaned_up = closed.is_ok(),
+            "answered parked callers UNAVAILABLE"
+        );
 
-        let drained = tokio::time::timeout(config.shutdown_grace, async {
+        let drained = tokio::time::timeout_at(grace, async {
             while connections.join_next().await.is_some() {}
         })
         .await;
@@ -282,6 +331,26 @@ impl Application {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Readiness follows whether the meeting place can be reached.
+async fn follow_reachability(mut reachable: tokio::sync::watch::Receiver<bool>, health: Arc<Health>) {
+    loop {
+        let now = *reachable.borrow_and_update();
+        health.set_reachable(now).await;
+        if reachable.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The Redis password: the file's first line, without its line ending.
+fn read_password(path: &std::path::Path) -> Result<String, ServerError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ServerError::RedisPassword {
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(text.lines().next().unwrap_or_default().to_owned())
 }
 
 fn reflection() -> tonic_reflection::server::Builder<'static> {

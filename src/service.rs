@@ -9,14 +9,16 @@
 use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
+use tokio::time::Instant;
 use tracing::{Instrument, field::Empty};
 
 use http::{HeaderMap, header::AUTHORIZATION};
 
 use crate::{
     auth::{Auth, AuthError},
-    metrics::{Metrics, Rejection},
-    pairing::{Engine, Id, IdError, LocalEngine, Meeting, PairError, Role},
+    metrics::{Metrics, Protocol, Rejection},
+    pairing::{AnyEngine, Engine, Id, IdError, Meeting, PairError},
+    proto,
 };
 
 /// The namespace a call meets in: `None` when tokens are not required.
@@ -31,11 +33,31 @@ pub struct Limits {
     pub max_payload: usize,
 }
 
+/// When a call must be answered by, fixed when its request arrives, so that
+/// time spent reading the request counts against the caller's wait.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadline {
+    arrived: Instant,
+    requested: Option<Duration>,
+}
+
+impl Deadline {
+    /// A call arriving now, willing to wait `requested` (`None`: as long as
+    /// the server allows).
+    pub fn starting_now(requested: Option<Duration>) -> Self {
+        Self {
+            arrived: Instant::now(),
+            requested,
+        }
+    }
+}
+
 /// The rendezvous service, shared by every connection of both protocols.
 ///
-/// Cheap to clone: clones share one engine.
+/// Cheap to clone: clones share one engine. The engine is a type parameter
+/// only for tests that drive one directly; the server uses [`AnyEngine`].
 #[derive(Debug)]
-pub struct Rendezvous<E = LocalEngine> {
+pub struct Rendezvous<E = AnyEngine> {
     engine: Arc<E>,
     limits: Limits,
     /// `None` when `--auth-token-file` is not set: everyone may call.
@@ -50,24 +72,6 @@ impl<E> Clone for Rendezvous<E> {
             limits: self.limits,
             auth: self.auth.clone(),
             metrics: self.metrics.clone(),
-        }
-    }
-}
-
-/// Which transport a call came in on; recorded on its span.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Protocol {
-    /// `rendezvous.v1.Sync/WaitForSecondParty`.
-    Grpc,
-    /// `POST /wait-for-second-party/{id}`.
-    Http,
-}
-
-impl Protocol {
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            Self::Grpc => "grpc",
-            Self::Http => "http",
         }
     }
 }
@@ -90,9 +94,37 @@ pub enum CallError {
     /// The caller sent no valid bearer token, and `--auth-token-file` is set.
     #[error(transparent)]
     Unauthenticated(#[from] AuthError),
-    /// Nobody came in time, or the server is shutting down.
+    /// Nobody came with the same id before the caller's deadline.
+    #[error("nobody else arrived with this id within {}", whole_millis(*wait))]
+    TimedOut {
+        /// The wait the caller was allowed: from its arrival to its deadline.
+        wait: Duration,
+    },
+    /// The engine refused the call: the server is shutting down, is full, or
+    /// cannot reach the meeting place. (Never [`PairError::TimedOut`], which
+    /// becomes [`CallError::TimedOut`] with the wait in it.)
     #[error(transparent)]
-    Pair(#[from] PairError),
+    Refused(PairError),
+}
+
+impl CallError {
+    /// How the metrics count this failure: `None` for a timeout, which is an
+    /// outcome, not a refusal.
+    pub fn rejection(&self) -> Option<Rejection> {
+        Some(match self {
+            Self::InvalidId(_) | Self::PayloadTooLarge { .. } => Rejection::InvalidArgument,
+            Self::Unauthenticated(_) => Rejection::Unauthenticated,
+            Self::TimedOut { .. } | Self::Refused(PairError::TimedOut) => return None,
+            Self::Refused(PairError::Full { .. }) => Rejection::Full,
+            Self::Refused(PairError::ShuttingDown) => Rejection::ShuttingDown,
+            Self::Refused(PairError::Unavailable(_)) => Rejection::Unavailable,
+        })
+    }
+}
+
+/// A wait as people read it: `1s 950ms`, not `1s 949ms 998us 389ns`.
+fn whole_millis(wait: Duration) -> humantime::FormattedDuration {
+    humantime::format_duration(Duration::from_millis(wait.as_millis() as u64))
 }
 
 impl<E: Engine> Rendezvous<E> {
@@ -111,6 +143,12 @@ impl<E: Engine> Rendezvous<E> {
         &self.metrics
     }
 
+    /// The same service, counting its calls in `metrics` (which may hold an
+    /// engine's series too).
+    pub fn with_metrics(self, metrics: Arc<Metrics>) -> Self {
+        Self { metrics, ..self }
+    }
+
     /// The same service, calls to which need a bearer token from `auth`.
     pub fn with_auth(self, auth: Option<Arc<Auth>>) -> Self {
         Self { auth, ..self }
@@ -127,13 +165,18 @@ impl<E: Engine> Rendezvous<E> {
         let Some(auth) = &self.auth else {
             return Ok(None);
         };
-        match auth.namespace_of(headers.get(AUTHORIZATION)) {
-            Ok(namespace) => Ok(Some(namespace)),
-            Err(error) => {
-                self.metrics.rejected(protocol, Rejection::Unauthenticated);
-                Err(error.into())
-            }
+        auth.namespace_of(headers.get(AUTHORIZATION))
+            .map(Some)
+            .map_err(|error| self.refuse(protocol, error.into()))
+    }
+
+    /// Counts a refusal, in the one place every refusal of the service is
+    /// counted, and hands it back.
+    fn refuse(&self, protocol: Protocol, error: CallError) -> CallError {
+        if let Some(reason) = error.rejection() {
+            self.metrics.rejected(protocol, reason);
         }
+        error
     }
 
     /// The limits this service enforces, for adapters that check early (an
@@ -142,38 +185,35 @@ impl<E: Engine> Rendezvous<E> {
         self.limits
     }
 
-    /// The engine behind this service, for shutdown and for tests.
+    /// The engine behind this service, for tests.
     pub fn engine(&self) -> &Arc<E> {
         &self.engine
     }
 
-    /// Meets the other caller with `id`.
-    ///
-    /// `wait` is how long the caller is willing to wait; it is capped at
-    /// `max_wait`, and `None` means `max_wait`.
+    /// Meets the other caller with `id`, by `deadline` at the latest, or
+    /// after `max_wait` if that comes sooner.
     pub async fn call(
         &self,
         protocol: Protocol,
         namespace: Namespace,
         id: String,
         payload: Bytes,
-        wait: Option<Duration>,
+        deadline: Deadline,
     ) -> Result<Meeting, CallError> {
-        let invalid = |error: CallError| {
-            self.metrics.rejected(protocol, Rejection::InvalidArgument);
-            Err(error)
-        };
         let id = match Id::in_namespace(namespace.as_deref(), id) {
             Ok(id) => id,
-            Err(error) => return invalid(error.into()),
+            Err(error) => return Err(self.refuse(protocol, error.into())),
         };
         if payload.len() > self.limits.max_payload {
-            return invalid(CallError::PayloadTooLarge {
+            let error = CallError::PayloadTooLarge {
                 size: payload.len(),
                 limit: self.limits.max_payload,
-            });
+            };
+            return Err(self.refuse(protocol, error));
         }
-        let wait = wait.map_or(self.limits.max_wait, |w| w.min(self.limits.max_wait));
+        let wait = deadline
+            .requested
+            .map_or(self.limits.max_wait, |w| w.min(self.limits.max_wait));
 
         // A span per call, at debug level: with the default filter it is
         // never built, which keeps the hot path cheap (an info-level span cost
@@ -198,22 +238,25 @@ impl<E: Engine> Rendezvous<E> {
         };
         let result = self
             .engine
-            .meet(id, payload, wait)
+            .meet(id, payload, deadline.arrived + wait)
             .instrument(span.clone())
             .await;
         pending.settled = true;
-        match &result {
-            Ok(meeting) => self.metrics.paired(protocol, meeting.waited),
-            Err(PairError::TimedOut { .. }) => self.metrics.timed_out(protocol),
-            Err(PairError::Full { .. }) => self.metrics.rejected(protocol, Rejection::Full),
-            Err(PairError::ShuttingDown) => {
-                self.metrics.rejected(protocol, Rejection::ShuttingDown)
+        let result = match result {
+            Ok(meeting) => {
+                self.metrics.paired(protocol, meeting.waited);
+                Ok(meeting)
             }
-        }
+            Err(PairError::TimedOut) => {
+                self.metrics.timed_out(protocol);
+                Err(CallError::TimedOut { wait })
+            }
+            Err(refused) => Err(self.refuse(protocol, CallError::Refused(refused))),
+        };
         if !span.is_disabled() {
             record(&span, &result);
         }
-        result.map_err(CallError::from)
+        result
     }
 }
 
@@ -234,21 +277,17 @@ impl Drop for Pending<'_> {
     }
 }
 
-fn record(span: &tracing::Span, result: &Result<Meeting, PairError>) {
+fn record(span: &tracing::Span, result: &Result<Meeting, CallError>) {
     let (outcome, waited) = match result {
         Ok(meeting) => {
-            span.record(
-                "role",
-                match meeting.role {
-                    Role::First => "first",
-                    Role::Second => "second",
-                },
-            );
+            span.record("role", proto::Role::from(meeting.role).as_str_name());
             ("paired", meeting.waited)
         }
-        Err(PairError::TimedOut { wait }) => ("timed_out", *wait),
-        Err(PairError::ShuttingDown) => ("shutting_down", Duration::ZERO),
-        Err(PairError::Full { .. }) => ("full", Duration::ZERO),
+        Err(CallError::TimedOut { wait }) => ("timed_out", *wait),
+        Err(error) => (
+            error.rejection().map_or("timed_out", Rejection::as_str),
+            Duration::ZERO,
+        ),
     };
     span.record("outcome", outcome);
     span.record("waited", tracing::field::debug(waited));
@@ -258,10 +297,11 @@ fn record(span: &tracing::Span, result: &Result<Meeting, PairError>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pairing::LocalEngine;
 
     fn service(max_wait: Duration) -> Rendezvous {
         Rendezvous::new(
-            Arc::new(LocalEngine::new()),
+            Arc::new(LocalEngine::new().into()),
             Limits {
                 max_wait,
                 max_payload: 4,
@@ -278,7 +318,7 @@ mod tests {
                 None,
                 id.into(),
                 Bytes::from_static(payload),
-                None,
+                Deadline::starting_now(None),
             )
         };
         assert_eq!(
@@ -308,11 +348,11 @@ mod tests {
     #[tokio::test]
     async fn a_call_after_close_is_refused_and_counted_as_shutting_down() {
         let svc = service(Duration::from_secs(1));
-        svc.engine().close();
+        svc.engine().close().await;
         let refused = svc
-            .call(Protocol::Http, None, "a".into(), Bytes::new(), None)
+            .call(Protocol::Http, None, "a".into(), Bytes::new(), Deadline::starting_now(None))
             .await;
-        assert_eq!(refused, Err(CallError::Pair(PairError::ShuttingDown)));
+        assert_eq!(refused, Err(CallError::Refused(PairError::ShuttingDown)));
         assert_eq!(
             sample(
                 &svc,
@@ -331,7 +371,7 @@ mod tests {
     async fn a_caller_that_leaves_is_counted_as_cancelled_and_no_longer_parked() {
         let svc = service(Duration::from_secs(10));
         {
-            let call = svc.call(Protocol::Grpc, None, "a".into(), Bytes::new(), None);
+            let call = svc.call(Protocol::Grpc, None, "a".into(), Bytes::new(), Deadline::starting_now(None));
             tokio::pin!(call);
             let waker = std::task::Waker::noop();
             let polled = call
@@ -362,16 +402,16 @@ mod tests {
     async fn the_shorter_of_the_callers_wait_and_max_wait_wins() {
         let svc = service(Duration::from_secs(10));
         let timed_out = |secs| {
-            Err(CallError::Pair(PairError::TimedOut {
+            Err(CallError::TimedOut {
                 wait: Duration::from_secs(secs),
-            }))
+            })
         };
         let short = svc.call(
             Protocol::Http,
             None,
             "a".into(),
             Bytes::new(),
-            Some(Duration::from_secs(2)),
+            Deadline::starting_now(Some(Duration::from_secs(2))),
         );
         assert_eq!(short.await, timed_out(2));
         let long = svc.call(
@@ -379,10 +419,10 @@ mod tests {
             None,
             "a".into(),
             Bytes::new(),
-            Some(Duration::from_secs(60)),
+            Deadline::starting_now(Some(Duration::from_secs(60))),
         );
         assert_eq!(long.await, timed_out(10));
-        let default = svc.call(Protocol::Grpc, None, "a".into(), Bytes::new(), None);
+        let default = svc.call(Protocol::Grpc, None, "a".into(), Bytes::new(), Deadline::starting_now(None));
         assert_eq!(default.await, timed_out(10));
     }
 }

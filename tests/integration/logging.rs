@@ -36,7 +36,7 @@ async fn a_pair_logs_each_callers_arrival_and_outcome() {
         roles.push(finished["span"]["role"].as_str().unwrap().to_owned());
     }
     roles.sort();
-    assert_eq!(roles, ["first", "second"]);
+    assert_eq!(roles, ["ROLE_FIRST", "ROLE_SECOND"]);
 }
 
 #[tokio::test]

@@ -8,7 +8,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use prost::Message;
 use rendezvous::{
     Application, Config,
-    pairing::{Engine, LocalEngine},
+    pairing::{AnyEngine, Engine},
     proto::{WaitForSecondPartyRequest, WaitForSecondPartyResponse, sync_client::SyncClient},
 };
 use tokio::{
@@ -23,7 +23,7 @@ use tonic::transport::Channel;
 pub struct TestServer {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
-    pub engine: Arc<LocalEngine>,
+    pub engine: Arc<AnyEngine>,
     /// What SIGHUP calls in the binary.
     pub reloader: rendezvous::Reloader,
     stop: Option<oneshot::Sender<()>>,

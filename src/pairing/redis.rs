@@ -1,0 +1,772 @@
+//! The Redis engine: replicas meet in one Redis, so two callers with one id
+//! pair whichever replicas they reached.
+//!
+//! Keys hold the truth, and one Lua script (`redis.lua`, which documents the
+//! keys and messages) takes every decision about an id atomically. Pub/sub
+//! only wakes replicas up: each replica subscribes to one channel of its own,
+//! on the same RESP3 connection as its commands.
+//!
+//! How a pair happens, and why nobody pairs with a caller that left:
+//! 1. The first caller's replica runs `arrive`: the caller parks in the id's
+//!    hash, naming its replica's channel.
+//! 2. The second caller's `arrive` finds it, and PUBLISHes an offer to that
+//!    channel. 0 receivers means the waiter's replica is gone (killed, or cut
+//!    off from Redis), so the second caller takes the waiter's place instead.
+//! 3. The waiter's replica accepts the offer (`accept`) only if its caller is
+//!    still there. That script is where the pair is decided, once; it sends
+//!    the waiter's payload to the second caller's replica, and leaves it in a
+//!    result key as well, in case the message is missed.
+//!
+//! A caller that leaves (cancel, disconnect, shutdown, lost Redis) runs
+//! `leave` from a task started in `Drop`. Until that has run, an offer for it
+//! reaches its replica, which no longer knows the caller, and answers with
+//! `leave` itself; so a caller that left is never paired afterwards.
+
+use std::{
+    collections::HashMap,
+    fmt,
+    hash::BuildHasher,
+    sync::{
+        Arc, Mutex, PoisonError, Weak,
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use redis::{
+    Client, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Script, Value,
+    aio::{ConnectionManager, ConnectionManagerConfig},
+};
+use sha2::{Digest, Sha256};
+use tokio::{
+    sync::{Notify, mpsc, watch},
+    task::JoinHandle,
+    time::{Instant, sleep, sleep_until, timeout},
+};
+
+use super::{Engine, Id, Meeting, PairError, Role};
+use crate::metrics::RedisMetrics;
+
+/// How often a replica checks that Redis answers, while nothing else would
+/// tell it: a paused Redis (SIGSTOP) closes no connection.
+const PROBE_INTERVAL: Duration = Duration::from_millis(250);
+
+/// The longest pause between two tries of a caller's cleanup, or of an
+/// arrival that found the id busy.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// How the Redis engine connects, from the flags.
+#[derive(Clone)]
+pub struct RedisConfig {
+    /// `redis://` or `rediss://` (TLS), with a password or not.
+    pub url: String,
+    /// A password that overrides the URL's (from `--redis-password-file`).
+    pub password: Option<String>,
+    /// What every key and channel starts with, so that several services (or
+    /// tests) can share one Redis.
+    pub key_prefix: String,
+    /// How long a command may take before Redis counts as unreachable.
+    pub timeout: Duration,
+    /// The most callers that may wait through this replica at once.
+    pub capacity: usize,
+}
+
+// The URL and the password are secrets: never print them.
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &redact(&self.url))
+            .field("key_prefix", &self.key_prefix)
+            .field("timeout", &self.timeout)
+            .field("capacity", &self.capacity)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A URL with its password (or lone user part) replaced by `***`, for logs.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "***".into();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.into();
+    };
+    let user = match rest[..at].split_once(':') {
+        Some((user, _password)) => format!("{user}:***"),
+        None => "***".into(),
+    };
+    format!("{scheme}://{user}@{}", &rest[at + 1..])
+}
+
+/// Why the Redis engine could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum RedisError {
+    /// The URL is not a Redis URL.
+    #[error("--redis-url {url} is not usable: {reason}")]
+    BadUrl {
+        /// The URL, its secrets redacted.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The key prefix would break the hash tags that keep an id's keys in one
+    /// cluster slot.
+    #[error("--redis-key-prefix {0:?} must not contain '{{' or '}}'")]
+    BadPrefix(String),
+}
+
+/// What a parked caller's replica learns about it.
+#[derive(Debug)]
+enum Event {
+    /// Another caller offers to pair: accept it, since this one is here.
+    Offer,
+    /// This caller, an offerer, is paired; the waiter's payload.
+    Paired(Bytes),
+    /// This caller, an offerer, now waits in the place of a waiter that left.
+    Promoted,
+    /// Redis cannot be reached: the outcome cannot be known.
+    Lost(String),
+    /// The engine is closing.
+    Closed,
+}
+
+/// The engine that replicas share through Redis. See the module docs.
+pub struct RedisEngine {
+    inner: Arc<Inner>,
+    tasks: [JoinHandle<()>; 2],
+}
+
+struct Inner {
+    connection: ConnectionManager,
+    script: Script,
+    key_prefix: String,
+    /// This replica's channel, and the start of its callers' tokens.
+    channel: String,
+    replica: String,
+    next_ticket: AtomicU64,
+    /// The callers waiting through this replica, by ticket.
+    slots: Mutex<HashMap<u64, mpsc::UnboundedSender<Event>>>,
+    /// Callers parked in Redis through this replica (not offerers).
+    parked: AtomicUsize,
+    capacity: usize,
+    timeout: Duration,
+    closed: AtomicBool,
+    reachable: watch::Sender<bool>,
+    /// Cleanups started from `Drop` that have not finished yet.
+    cleanups: AtomicUsize,
+    /// Woken whenever a slot or a cleanup ends, for `close`.
+    settled: Notify,
+    metrics: RedisMetrics,
+}
+
+impl fmt::Debug for RedisEngine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisEngine")
+            .field("channel", &self.inner.channel)
+            .field("waiting", &self.waiting())
+            .finish()
+    }
+}
+
+impl RedisEngine {
+    /// Connects to Redis in the background and returns at once: the replica
+    /// starts (not ready) even while Redis is down, and becomes ready when
+    /// Redis answers.
+    pub fn start(config: RedisConfig, metrics: RedisMetrics) -> Result<Self, RedisError> {
+        if config.key_prefix.contains(['{', '}']) {
+            return Err(RedisError::BadPrefix(config.key_prefix));
+        }
+        let bad_url = |reason: String| RedisError::BadUrl {
+            url: redact(&config.url),
+            reason,
+        };
+        if !(config.url.starts_with("redis://") || config.url.starts_with("rediss://")) {
+            return Err(bad_url("use redis:// or rediss:// (TLS)".into()));
+        }
+        let mut info = config
+            .url
+            .as_str()
+            .into_connection_info()
+            .map_err(|e| bad_url(e.to_string()))?;
+        let mut settings = info.redis_settings().clone();
+        if let Some(password) = &config.password {
+            settings = settings.set_password(password);
+        }
+        info = info.set_redis_settings(settings.set_protocol(ProtocolVersion::RESP3));
+        if config.url.starts_with("rediss://") {
+            // rustls needs a process-wide provider; the server's TLS uses ring.
+            let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
+        }
+        let client = Client::open(info).map_err(|e| bad_url(e.to_string()))?;
+
+        let (pushes, received) = mpsc::unbounded_channel();
+        let manager = ConnectionManagerConfig::new()
+            .set_push_sender(pushes)
+            .set_automatic_resubscription()
+            .set_connection_timeout(Some(config.timeout))
+            .set_response_timeout(Some(config.timeout))
+            // The probe retries on its own schedule; a long backoff inside
+            // the manager would only hold calls up.
+            .set_number_of_retries(1)
+            .set_max_delay(config.timeout);
+        let connection = ConnectionManager::new_lazy_with_config(client, manager)
+            .map_err(|e| bad_url(e.to_string()))?;
+
+        let replica = format!("{:016x}", std::hash::RandomState::new().hash_one(0u8));
+        let (reachable, _) = watch::channel(false);
+        metrics.reachable.set(0);
+        let inner = Arc::new(Inner {
+            connection,
+            script: Script::new(include_str!("redis.lua")),
+            channel: format!("{}replica:{replica}", config.key_prefix),
+            key_prefix: config.key_prefix,
+            replica,
+            next_ticket: AtomicU64::new(0),
+            slots: Mutex::new(HashMap::new()),
+            parked: AtomicUsize::new(0),
+            capacity: config.capacity,
+            timeout: config.timeout,
+            closed: AtomicBool::new(false),
+            reachable,
+            cleanups: AtomicUsize::new(0),
+            settled: Notify::new(),
+            metrics,
+        });
+        let tasks = [
+            tokio::spawn(dispatch(Arc::downgrade(&inner), received)),
+            tokio::spawn(probe(Arc::downgrade(&inner))),
+        ];
+        Ok(Self { inner, tasks })
+    }
+
+    /// This replica's pub/sub channel, for tests that check what is left in
+    /// Redis.
+    pub fn channel(&self) -> &str {
+        &self.inner.channel
+    }
+
+    /// Meets the other caller with `id`, on whichever replica it is.
+    ///
+    /// Boxed: this future is larger than the local engine's, and inline in
+    /// [`super::AnyEngine`]'s it would make every local call as large.
+    pub fn meet(
+        &self,
+        id: Id,
+        payload: Bytes,
+        deadline: Instant,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<Meeting, PairError>> + Send>> {
+        let inner = self.inner.clone();
+        Box::pin(async move { inner.meet(id, payload, deadline).await })
+    }
+
+    /// See [`Engine::close`].
+    pub async fn close(&self) {
+        self.inner.close().await;
+    }
+
+    /// See [`Engine::waiting`].
+    pub fn waiting(&self) -> usize {
+        self.inner.parked.load(Ordering::Relaxed)
+    }
+
+    /// See [`Engine::reachable`].
+    pub fn reachable(&self) -> watch::Receiver<bool> {
+        self.inner.reachable.subscribe()
+    }
+}
+
+impl Drop for RedisEngine {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+impl Engine for RedisEngine {
+    fn meet(
+        &self,
+        id: Id,
+        payload: Bytes,
+        deadline: Instant,
+    ) -> impl Future<Output = Result<Meeting, PairError>> + Send {
+        RedisEngine::meet(self, id, payload, deadline)
+    }
+
+    async fn close(&self) {
+        RedisEngine::close(self).await;
+    }
+
+    fn waiting(&self) -> usize {
+        RedisEngine::waiting(self)
+    }
+
+    fn reachable(&self) -> watch::Receiver<bool> {
+        RedisEngine::reachable(self)
+    }
+}
+
+/// What `arrive` decided.
+enum Arrived {
+    Parked,
+    Offered,
+    Busy,
+    Full,
+}
+
+/// What `accept` and `leave` decided.
+enum Settled {
+    Paired(Role, Bytes),
+    /// No pair: `accept` found the offer withdrawn, or `leave` removed the
+    /// caller (or found it gone already).
+    Unpaired,
+}
+
+impl Inner {
+    fn lock_slots(&self) -> std::sync::MutexGuard<'_, HashMap<u64, mpsc::UnboundedSender<Event>>> {
+        // Nothing panics while holding it; the map is consistent at each step.
+        self.slots.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The id's meeting place. Ids are hashed: they can be secret meeting
+    /// codes, and a hash keeps braces in an id from breaking the hash tag
+    /// that keeps an id's keys in one cluster slot.
+    fn key(&self, id: &Id) -> String {
+        let digest = Sha256::digest(id.as_str().as_bytes());
+        let mut key = String::with_capacity(self.key_prefix.len() + 34);
+        key.push_str(&self.key_prefix);
+        key.push('{');
+        for byte in &digest[..16] {
+            key.push_str(&format!("{byte:02x}"));
+        }
+        key.push('}');
+        key
+    }
+
+    fn token(&self, ticket: u64) -> String {
+        format!("{}:{ticket}", self.replica)
+    }
+
+    fn unreachable_now(&self) -> Option<PairError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Some(PairError::ShuttingDown);
+        }
+        (!*self.reachable.borrow()).then(|| PairError::Unavailable(unreachable_message()))
+    }
+
+    async fn meet(
+        self: Arc<Self>,
+        id: Id,
+        payload: Bytes,
+        deadline: Instant,
+    ) -> Result<Meeting, PairError> {
+        if let Some(error) = self.unreachable_now() {
+            return Err(error);
+        }
+        let key = self.key(&id);
+        let ticket = self.next_ticket.fetch_add(1, Ordering::Relaxed);
+        let token = self.token(ticket);
+        let (events, mut received) = mpsc::unbounded_channel();
+        // Registered before arriving: an offer can come before the answer.
+        self.lock_slots().insert(ticket, events);
+        let mut guard = Guard {
+            inner: self.clone(),
+            key,
+            token,
+            ticket,
+            deadline,
+            parked: false,
+            settled: false,
+        };
+        let start = Instant::now();
+
+        let mut backoff = Duration::from_millis(1);
+        loop {
+            let wait = deadline.saturating_duration_since(Instant::now());
+            if wait.is_zero() {
+                guard.settled = true;
+                return Err(PairError::TimedOut);
+            }
+            // A place against the cap, taken before asking, so that two
+            // arrivals at once cannot both take the last one.
+            let may_park = self.parked.fetch_add(1, Ordering::Relaxed) < self.capacity;
+            guard.parked = true;
+            let arrived = self.arrive(&guard, &payload, wait, may_park).await;
+            if !matches!(arrived, Ok(Arrived::Parked)) {
+                self.parked.fetch_sub(1, Ordering::Relaxed);
+                guard.parked = false;
+            }
+            match arrived? {
+                Arrived::Parked | Arrived::Offered => break,
+                Arrived::Full => {
+                    guard.settled = true;
+                    return Err(PairError::Full {
+                        capacity: self.capacity,
+                    });
+                }
+                // Another caller is pairing with this id's waiter right now;
+                // the id is free again within a round trip or two.
+                Arrived::Busy => {
+                    sleep_until(deadline.min(Instant::now() + backoff)).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+
+        let paired = |role, peer_payload| Meeting {
+            role,
+            peer_payload,
+            waited: start.elapsed(),
+        };
+        loop {
+            let event = tokio::select! {
+                event = received.recv() => event,
+                () = sleep_until(deadline) => {
+                    // The deadline: leave, unless an offer came first.
+                    let settled = self.leave(&guard.key, &guard.token, true).await?;
+                    guard.settled = true;
+                    return match settled {
+                        Settled::Paired(role, peer_payload) => Ok(paired(role, peer_payload)),
+                        // Its result key is gone only if the message that
+                        // paired it arrived, and that is in the channel.
+                        Settled::Unpaired => loop {
+                            match received.try_recv() {
+                                Ok(Event::Paired(peer_payload)) => {
+                                    break Ok(paired(Role::Second, peer_payload));
+                                }
+                                Ok(_) => {}
+                                Err(_) => break Err(PairError::TimedOut),
+                            }
+                        },
+                    };
+                }
+            };
+            match event {
+                Some(Event::Offer) => {
+                    if let Settled::Paired(role, peer_payload) = self.accept(&guard).await? {
+                        guard.settled = true;
+                        return Ok(paired(role, peer_payload));
+                    }
+                }
+                Some(Event::Paired(peer_payload)) => {
+                    guard.settled = true;
+                    return Ok(paired(Role::Second, peer_payload));
+                }
+                // Now a waiter, it takes a place against the cap like one;
+                // with none left, it leaves (the guard removes it).
+                Some(Event::Promoted) => {
+                    if !guard.parked {
+                        if self.parked.fetch_add(1, Ordering::Relaxed) >= self.capacity {
+                            self.parked.fetch_sub(1, Ordering::Relaxed);
+                            return Err(PairError::Full {
+                                capacity: self.capacity,
+                            });
+                        }
+                        guard.parked = true;
+                    }
+                }
+                Some(Event::Lost(reason)) => return Err(PairError::Unavailable(reason)),
+                Some(Event::Closed) | None => return Err(PairError::ShuttingDown),
+            }
+        }
+    }
+
+    async fn arrive(
+        &self,
+        guard: &Guard,
+        payload: &Bytes,
+        wait: Duration,
+        may_park: bool,
+    ) -> Result<Arrived, PairError> {
+        let mut invocation = self.script.key(&guard.key);
+        invocation
+            .arg("arrive")
+            .arg(&guard.token)
+            .arg(&self.channel)
+            .arg(payload.as_ref())
+            .arg(wait.as_millis().max(1) as u64)
+            .arg(if may_park { "1" } else { "0" });
+        let reply = self.run(&invocation).await?;
+        match reply.first().map(Vec::as_slice) {
+            Some(b"parked") => Ok(Arrived::Parked),
+            Some(b"offered") => Ok(Arrived::Offered),
+            Some(b"busy") => Ok(Arrived::Busy),
+            Some(b"full") => Ok(Arrived::Full),
+            _ => Err(unexpected(&reply)),
+        }
+    }
+
+    async fn accept(&self, guard: &Guard) -> Result<Settled, PairError> {
+        let mut invocation = self.script.key(&guard.key);
+        invocation.arg("accept").arg(&guard.token);
+        settled(self.run(&invocation).await?)
+    }
+
+    async fn leave(&self, key: &str, token: &str, can_accept: bool) -> Result<Settled, PairError> {
+        let mut invocation = self.script.key(key);
+        invocation
+            .arg("leave")
+            .arg(token)
+            .arg(if can_accept { "1" } else { "0" });
+        settled(self.run(&invocation).await?)
+    }
+
+    /// Runs the script once, within the timeout, and records the round trip.
+    async fn run(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<Vec<Vec<u8>>, PairError> {
+        let mut connection = self.connection.clone();
+        let start = Instant::now();
+        let reply = timeout(
+            self.timeout,
+            invocation.invoke_async::<Vec<Vec<u8>>>(&mut connection),
+        )
+        .await;
+        self.metrics
+            .round_trips
+            .observe(start.elapsed().as_secs_f64());
+        match reply {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(error)) if error.is_io_error() || error.is_timeout() => {
+                self.lost(format!("lost Redis: {error}"));
+                Err(PairError::Unavailable(format!("lost Redis: {error}")))
+            }
+            Ok(Err(error)) => Err(PairError::Unavailable(format!("Redis refused: {error}"))),
+            Err(_) => {
+                let reason = format!(
+                    "Redis did not answer within {}",
+                    humantime::format_duration(self.timeout)
+                );
+                self.lost(reason.clone());
+                Err(PairError::Unavailable(reason))
+            }
+        }
+    }
+
+    /// Redis is unreachable: readiness goes down, and every caller waiting
+    /// here is answered, since nothing it would be told can reach it now.
+    fn lost(&self, reason: String) {
+        if self.reachable.send_replace(false) {
+            tracing::warn!(%reason, "Redis is unreachable; answering waiting callers UNAVAILABLE");
+            self.metrics.reachable.set(0);
+        }
+        for slot in self.lock_slots().values() {
+            let _ = slot.send(Event::Lost(reason.clone()));
+        }
+    }
+
+    async fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        for slot in self.lock_slots().values() {
+            let _ = slot.send(Event::Closed);
+        }
+        loop {
+            let settled = self.settled.notified();
+            if self.lock_slots().is_empty() && self.cleanups.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            settled.await;
+        }
+    }
+
+    /// Removes a caller that left from Redis, retrying while Redis is
+    /// unreachable, until its entries would have expired anyway.
+    async fn clean_up(self: Arc<Self>, key: String, token: String, deadline: Instant) {
+        let give_up = deadline + Duration::from_secs(1);
+        let mut backoff = Duration::from_millis(50);
+        while self.leave(&key, &token, false).await.is_err() && Instant::now() < give_up {
+            sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+        self.cleanups.fetch_sub(1, Ordering::AcqRel);
+        self.settled.notify_waiters();
+    }
+
+    fn spawn_cleanup(self: &Arc<Self>, key: String, token: String, deadline: Instant) {
+        self.cleanups.fetch_add(1, Ordering::AcqRel);
+        tokio::spawn(self.clone().clean_up(key, token, deadline));
+    }
+
+    /// One message from this replica's channel.
+    fn received(self: &Arc<Self>, message: &[u8]) {
+        let Some((&kind, rest)) = message.split_first() else {
+            return;
+        };
+        let mut parts = rest.splitn(3, |&b| b == b'\n');
+        let (Some(token), Some(key)) = (parts.next(), parts.next()) else {
+            return;
+        };
+        let (Ok(token), Ok(key)) = (std::str::from_utf8(token), std::str::from_utf8(key)) else {
+            return;
+        };
+        let Some(ticket) = token
+            .strip_prefix(self.replica.as_str())
+            .and_then(|t| t.strip_prefix(':'))
+            .and_then(|t| t.parse::<u64>().ok())
+        else {
+            return;
+        };
+        let event = match kind {
+            b'O' => Event::Offer,
+            b'P' => Event::Promoted,
+            b'R' => Event::Paired(Bytes::copy_from_slice(parts.next().unwrap_or_default())),
+            _ => return,
+        };
+        let delivered = match self.lock_slots().get(&ticket) {
+            Some(slot) => slot.send(event).is_ok(),
+            None => false,
+        };
+        if kind == b'R' {
+            // The result key was only for a missed message, and this one
+            // arrived: remove it. Only after delivering the message, which a
+            // caller that finds its result key gone relies on.
+            let result = format!("{key}:r:{token}");
+            let inner = self.clone();
+            tokio::spawn(async move {
+                let mut connection = inner.connection.clone();
+                let mut delete = redis::cmd("DEL");
+                delete.arg(result);
+                let _ = timeout(inner.timeout, delete.exec_async(&mut connection)).await;
+            });
+        } else if !delivered {
+            // An offer to (or a promotion of) a caller that is no longer
+            // here: it left, or was answered when Redis was lost. Make sure
+            // it is gone from Redis, which hands its place to the offerer.
+            self.spawn_cleanup(key.to_owned(), token.to_owned(), Instant::now());
+        }
+    }
+}
+
+/// A caller's claim on its entries: dropped unsettled (the caller left, or
+/// its outcome is unknown), it removes them from Redis in a task.
+struct Guard {
+    inner: Arc<Inner>,
+    key: String,
+    token: String,
+    ticket: u64,
+    deadline: Instant,
+    /// Holds a place against the cap.
+    parked: bool,
+    /// The outcome is known, and nothing of this caller is left in Redis.
+    settled: bool,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.inner.lock_slots().remove(&self.ticket);
+        if self.parked {
+            self.inner.parked.fetch_sub(1, Ordering::Relaxed);
+        }
+        if !self.settled {
+            self.inner.spawn_cleanup(
+                std::mem::take(&mut self.key),
+                std::mem::take(&mut self.token),
+                self.deadline,
+            );
+        }
+        self.inner.settled.notify_waiters();
+    }
+}
+
+fn settled(reply: Vec<Vec<u8>>) -> Result<Settled, PairError> {
+    let role = match reply.first().map(Vec::as_slice) {
+        Some(b"first") => Role::First,
+        Some(b"second") => Role::Second,
+        Some(b"none" | b"left" | b"gone") => return Ok(Settled::Unpaired),
+        _ => return Err(unexpected(&reply)),
+    };
+    match reply.into_iter().nth(1) {
+        Some(payload) => Ok(Settled::Paired(role, Bytes::from(payload))),
+        None => Err(PairError::Unavailable(
+            "Redis answered a pair without a payload".into(),
+        )),
+    }
+}
+
+fn unexpected(reply: &[Vec<u8>]) -> PairError {
+    let first = reply.first().map(|b| String::from_utf8_lossy(b).into_owned());
+    PairError::Unavailable(format!("unexpected answer from Redis: {first:?}"))
+}
+
+fn unreachable_message() -> String {
+    "cannot reach Redis".into()
+}
+
+/// Hands each message on this replica's channel to the caller it is for,
+/// and treats a lost connection as lost Redis: messages sent while it was
+/// down are gone, so no waiting caller can trust what it has not been told.
+async fn dispatch(inner: Weak<Inner>, mut pushes: mpsc::UnboundedReceiver<PushInfo>) {
+    while let Some(push) = pushes.recv().await {
+        let Some(inner) = inner.upgrade() else { return };
+        match push.kind {
+            PushKind::Message => {
+                if let Some(Value::BulkString(message)) = push.data.get(1) {
+                    inner.received(message);
+                }
+            }
+            PushKind::Disconnection => inner.lost("lost the connection to Redis".into()),
+            _ => {}
+        }
+    }
+}
+
+/// Subscribes this replica's channel, then checks that Redis answers, every
+/// [`PROBE_INTERVAL`]: readiness follows, and so do new callers.
+async fn probe(inner: Weak<Inner>) {
+    let mut subscribed = false;
+    let mut reached_before = false;
+    loop {
+        let Some(engine) = inner.upgrade() else { return };
+        let mut connection = engine.connection.clone();
+        let answered = timeout(engine.timeout, async {
+            if !subscribed {
+                connection.subscribe(&engine.channel).await?;
+                subscribed = true;
+            }
+            redis::cmd("PING").exec_async(&mut connection).await
+        })
+        .await;
+        match answered {
+            Ok(Ok(())) => {
+                if !engine.reachable.send_replace(true) {
+                    tracing::info!("Redis is reachable");
+                    engine.metrics.reachable.set(1);
+                    if reached_before {
+                        engine.metrics.reconnects.inc();
+                    }
+                    reached_before = true;
+                }
+            }
+            Ok(Err(error)) => engine.lost(format!("cannot reach Redis: {error}")),
+            Err(_) => engine.lost(format!(
+                "Redis did not answer within {}",
+                humantime::format_duration(engine.timeout)
+            )),
+        }
+        drop(engine);
+        sleep(PROBE_INTERVAL).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_redacted() {
+        assert_eq!(
+            redact("redis://:hunter2@db:6379/0"),
+            "redis://:***@db:6379/0"
+        );
+        assert_eq!(
+            redact("rediss://app:hunter2@db:6380"),
+            "rediss://app:***@db:6380"
+        );
+        assert_eq!(redact("redis://hunter2@db"), "redis://***@db");
+        assert_eq!(redact("redis://db:6379"), "redis://db:6379");
+        assert_eq!(redact("not a url hunter2"), "***");
+    }
+}

@@ -1,0 +1,200 @@
+//! A `redis-server` of the test's own, on a free port, that the test can
+//! kill, pause and restart. Tests never touch a Redis they did not start.
+
+use std::{
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicUsize, Ordering},
+    time::Duration,
+};
+
+use rendezvous::{
+    metrics::Metrics,
+    pairing::{RedisConfig, RedisEngine},
+};
+
+/// A private Redis: nothing on disk, gone with the test.
+pub struct RedisServer {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// Starts one on a free port, and returns once it answers.
+    pub async fn start() -> Self {
+        for _ in 0..10 {
+            let port = free_port();
+            let mut server = Self { port, child: None };
+            if server.spawn().await {
+                return server;
+            }
+        }
+        panic!("could not start redis-server (is it installed?)");
+    }
+
+    /// Starts the process on `self.port`: `false` if it did not come up (the
+    /// port was taken in the meantime).
+    async fn spawn(&mut self) -> bool {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server runs");
+        self.child = Some(child);
+        for _ in 0..200 {
+            if self.ping().await {
+                return true;
+            }
+            if let Some(child) = &mut self.child
+                && child.try_wait().unwrap().is_some()
+            {
+                self.child = None;
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
+    }
+
+    async fn ping(&self) -> bool {
+        let Ok(client) = redis::Client::open(self.url()) else {
+            return false;
+        };
+        let connection = tokio::time::timeout(
+            Duration::from_millis(500),
+            client.get_multiplexed_async_connection(),
+        )
+        .await;
+        let Ok(Ok(mut connection)) = connection else {
+            return false;
+        };
+        redis::cmd("PING")
+            .query_async::<String>(&mut connection)
+            .await
+            .is_ok()
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// A command on a connection of the test's own.
+    pub async fn query<T: redis::FromRedisValue>(&self, command: &redis::Cmd) -> T {
+        let client = redis::Client::open(self.url()).unwrap();
+        let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+        command.query_async(&mut connection).await.unwrap()
+    }
+
+    /// Every key that starts with `prefix`.
+    pub async fn keys(&self, prefix: &str) -> Vec<String> {
+        self.query(redis::cmd("KEYS").arg(format!("{prefix}*")))
+            .await
+    }
+
+    /// How many times Redis has run `command` since it started.
+    pub async fn calls(&self, command: &str) -> u64 {
+        let info: String = self.query(redis::cmd("INFO").arg("commandstats")).await;
+        info.lines()
+            .find_map(|line| line.strip_prefix(&format!("cmdstat_{command}:calls=")))
+            .and_then(|rest| rest.split(',').next())
+            .map_or(0, |n| n.parse().unwrap())
+    }
+
+    /// Kills it (SIGKILL): connections drop, everything in it is lost.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    /// Starts it again, empty, on the same port.
+    pub async fn restart(&mut self) {
+        self.kill();
+        for _ in 0..50 {
+            if self.spawn().await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("redis-server did not come back on port {}", self.port);
+    }
+
+    /// SIGSTOP: connections stay open, and nothing answers.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT after [`RedisServer::pause`].
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("running").id();
+        let status = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if let Some(child) = &self.child {
+            // A paused server would not die of SIGTERM; SIGKILL always works.
+            let _ = Command::new("kill")
+                .args(["-KILL", &child.id().to_string()])
+                .status();
+        }
+        if let Some(mut child) = self.child.take() {
+            let _ = child.wait();
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A key prefix no other test uses, so that tests can share nothing.
+pub fn unique_prefix(test: &str) -> String {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "test-{test}-{}-{}:",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// The engine's settings for tests: a Redis timeout long enough that a busy
+/// machine is not mistaken for a lost Redis.
+pub fn engine_config(url: String, key_prefix: &str, capacity: usize) -> RedisConfig {
+    RedisConfig {
+        url,
+        password: None,
+        key_prefix: key_prefix.to_owned(),
+        timeout: Duration::from_secs(2),
+        capacity,
+    }
+}
+
+/// A Redis engine on `server`, once it is ready.
+pub async fn engine(server: &RedisServer, key_prefix: &str, capacity: usize) -> RedisEngine {
+    let config = engine_config(server.url(), key_prefix, capacity);
+    let engine = RedisEngine::start(config, Metrics::new().redis()).unwrap();
+    ready(&engine).await;
+    engine
+}
+
+/// Waits until `engine` reaches Redis.
+pub async fn ready(engine: &RedisEngine) {
+    let mut reachable = engine.reachable();
+    super::within(reachable.wait_for(|up| *up)).await.unwrap();
+}
