@@ -131,12 +131,22 @@ pub struct Config {
 pub struct RedisArgs {
     /// Meet callers of other replicas through this Redis: redis://HOST:PORT/DB,
     /// or rediss:// for TLS, with an optional USER:PASSWORD@ before the host.
-    #[arg(long = "redis-url", env = "RENDEZVOUS_REDIS_URL", value_name = "URL", hide_env_values = true)]
+    #[arg(
+        long = "redis-url",
+        env = "RENDEZVOUS_REDIS_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
     pub url: Option<String>,
 
     /// Read the Redis password from this file (one line), instead of putting
     /// it in the URL.
-    #[arg(long = "redis-password-file", env = "RENDEZVOUS_REDIS_PASSWORD_FILE", value_name = "FILE", requires = "url")]
+    #[arg(
+        long = "redis-password-file",
+        env = "RENDEZVOUS_REDIS_PASSWORD_FILE",
+        value_name = "FILE",
+        requires = "url"
+    )]
     pub password_file: Option<PathBuf>,
 
     /// What every Redis key and channel of this service starts with.
@@ -322,8 +332,8 @@ mod tests {
 
     #[test]
     fn debug_never_shows_the_redis_password() {
-        let c = Config::try_parse_from(["rendezvous", "--redis-url=redis://:hunter2@db:6379"])
-            .unwrap();
+        let c =
+            Config::try_parse_from(["rendezvous", "--redis-url=redis://:hunter2@db:6379"]).unwrap();
         let debug = format!("{c:?}");
         assert!(!debug.contains("hunter2"), "{debug}");
         assert!(debug.contains("redis://:***@db:6379"), "{debug}");

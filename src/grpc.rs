@@ -101,9 +101,9 @@ impl From<GrpcError> for Status {
             | GrpcError::TooLarge { .. }
             | GrpcError::Framing(_)
             | GrpcError::Decode(_) => Status::invalid_argument(message),
-            GrpcError::Call(CallError::TimedOut { .. } | CallError::Refused(PairError::TimedOut)) => {
-                Status::deadline_exceeded(message)
-            }
+            GrpcError::Call(
+                CallError::TimedOut { .. } | CallError::Refused(PairError::TimedOut),
+            ) => Status::deadline_exceeded(message),
             GrpcError::Call(CallError::Refused(
                 PairError::ShuttingDown | PairError::Unavailable(_),
             )) => Status::unavailable(message),

@@ -482,14 +482,14 @@ mod tests {
         let first = engine.meet(id("a"), Bytes::new(), after(FAR));
         tokio::pin!(first);
         assert!(futures_poll(first.as_mut()).is_pending());
-        engine.meet(id("a"), Bytes::new(), after(FAR)).await.unwrap();
+        engine
+            .meet(id("a"), Bytes::new(), after(FAR))
+            .await
+            .unwrap();
         assert_eq!(first.await.unwrap().role, Role::First);
 
         let third = engine.meet(id("a"), Bytes::new(), after(SECOND));
-        assert_eq!(
-            third.await,
-            Err(PairError::TimedOut)
-        );
+        assert_eq!(third.await, Err(PairError::TimedOut));
         assert_eq!(engine.waiting(), 0);
     }
 
@@ -534,7 +534,9 @@ mod tests {
         // The deadline passes, but the waiter has not been polled since; the
         // partner gets there first and takes the entry.
         tokio::time::advance(Duration::from_secs(2)).await;
-        let second = engine.meet(id("a"), Bytes::from_static(b"2"), after(FAR)).await;
+        let second = engine
+            .meet(id("a"), Bytes::from_static(b"2"), after(FAR))
+            .await;
         assert_eq!(second.unwrap().peer_payload, "1");
 
         let first = first.await.unwrap();
@@ -578,7 +580,11 @@ mod tests {
         );
         // ...but a caller that completes a pair never waits, so it is let in.
         assert_eq!(
-            engine.meet(id("a"), Bytes::new(), after(FAR)).await.unwrap().role,
+            engine
+                .meet(id("a"), Bytes::new(), after(FAR))
+                .await
+                .unwrap()
+                .role,
             Role::Second
         );
         assert_eq!(a.await.unwrap().role, Role::First);
@@ -601,7 +607,10 @@ mod tests {
         let first = tokio::spawn(async move { e.meet(id("a"), Bytes::new(), after(FAR)).await });
         tokio::task::yield_now().await;
         assert_eq!(engine.places_in_use(), 1);
-        engine.meet(id("a"), Bytes::new(), after(FAR)).await.unwrap();
+        engine
+            .meet(id("a"), Bytes::new(), after(FAR))
+            .await
+            .unwrap();
         first.await.unwrap().unwrap();
         let timed_out = engine.meet(id("b"), Bytes::new(), after(SECOND)).await;
         assert!(matches!(timed_out, Err(PairError::TimedOut)));
@@ -642,7 +651,9 @@ mod tests {
         let (mut parked, waiting) = arrive(&engine, (0..CAP).map(|i| format!("p{i}")));
         assert_eq!(waiting, CAP);
         assert_eq!(
-            engine.meet(id("one-too-many"), Bytes::new(), after(FAR)).await,
+            engine
+                .meet(id("one-too-many"), Bytes::new(), after(FAR))
+                .await,
             Err(PairError::Full { capacity: CAP })
         );
         // Half of them leave, spread over every shard; as many others come.
@@ -651,7 +662,9 @@ mod tests {
         assert_eq!(waiting, CAP / 2, "refused under the cap");
         assert_eq!(engine.waiting(), CAP);
         assert_eq!(
-            engine.meet(id("one-too-many"), Bytes::new(), after(FAR)).await,
+            engine
+                .meet(id("one-too-many"), Bytes::new(), after(FAR))
+                .await,
             Err(PairError::Full { capacity: CAP })
         );
         drop((parked, again));

@@ -334,7 +334,10 @@ impl Application {
 }
 
 /// Readiness follows whether the meeting place can be reached.
-async fn follow_reachability(mut reachable: tokio::sync::watch::Receiver<bool>, health: Arc<Health>) {
+async fn follow_reachability(
+    mut reachable: tokio::sync::watch::Receiver<bool>,
+    health: Arc<Health>,
+) {
     loop {
         let now = *reachable.borrow_and_update();
         health.set_reachable(now).await;

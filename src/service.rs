@@ -350,7 +350,13 @@ mod tests {
         let svc = service(Duration::from_secs(1));
         svc.engine().close().await;
         let refused = svc
-            .call(Protocol::Http, None, "a".into(), Bytes::new(), Deadline::starting_now(None))
+            .call(
+                Protocol::Http,
+                None,
+                "a".into(),
+                Bytes::new(),
+                Deadline::starting_now(None),
+            )
             .await;
         assert_eq!(refused, Err(CallError::Refused(PairError::ShuttingDown)));
         assert_eq!(
@@ -371,7 +377,13 @@ mod tests {
     async fn a_caller_that_leaves_is_counted_as_cancelled_and_no_longer_parked() {
         let svc = service(Duration::from_secs(10));
         {
-            let call = svc.call(Protocol::Grpc, None, "a".into(), Bytes::new(), Deadline::starting_now(None));
+            let call = svc.call(
+                Protocol::Grpc,
+                None,
+                "a".into(),
+                Bytes::new(),
+                Deadline::starting_now(None),
+            );
             tokio::pin!(call);
             let waker = std::task::Waker::noop();
             let polled = call
@@ -422,7 +434,13 @@ mod tests {
             Deadline::starting_now(Some(Duration::from_secs(60))),
         );
         assert_eq!(long.await, timed_out(10));
-        let default = svc.call(Protocol::Grpc, None, "a".into(), Bytes::new(), Deadline::starting_now(None));
+        let default = svc.call(
+            Protocol::Grpc,
+            None,
+            "a".into(),
+            Bytes::new(),
+            Deadline::starting_now(None),
+        );
         assert_eq!(default.await, timed_out(10));
     }
 }

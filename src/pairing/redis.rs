@@ -148,6 +148,9 @@ struct Inner {
     next_ticket: AtomicU64,
     /// The callers waiting through this replica, by ticket.
     slots: Mutex<HashMap<u64, mpsc::UnboundedSender<Event>>>,
+    /// Places taken against the cap: callers parked in Redis through this
+    /// replica, and arrivals that may park, from before they ask Redis.
+    places: AtomicUsize,
     /// Callers parked in Redis through this replica (not offerers).
     parked: AtomicUsize,
     capacity: usize,
@@ -225,6 +228,7 @@ impl RedisEngine {
             replica,
             next_ticket: AtomicU64::new(0),
             slots: Mutex::new(HashMap::new()),
+            places: AtomicUsize::new(0),
             parked: AtomicUsize::new(0),
             capacity: config.capacity,
             timeout: config.timeout,
@@ -377,6 +381,7 @@ impl Inner {
             token,
             ticket,
             deadline,
+            place: false,
             parked: false,
             settled: false,
         };
@@ -391,12 +396,15 @@ impl Inner {
             }
             // A place against the cap, taken before asking, so that two
             // arrivals at once cannot both take the last one.
-            let may_park = self.parked.fetch_add(1, Ordering::Relaxed) < self.capacity;
-            guard.parked = true;
+            let may_park = self.places.fetch_add(1, Ordering::Relaxed) < self.capacity;
+            guard.place = true;
             let arrived = self.arrive(&guard, &payload, wait, may_park).await;
-            if !matches!(arrived, Ok(Arrived::Parked)) {
-                self.parked.fetch_sub(1, Ordering::Relaxed);
-                guard.parked = false;
+            if matches!(arrived, Ok(Arrived::Parked)) {
+                self.parked.fetch_add(1, Ordering::Relaxed);
+                guard.parked = true;
+            } else {
+                self.places.fetch_sub(1, Ordering::Relaxed);
+                guard.place = false;
             }
             match arrived? {
                 Arrived::Parked | Arrived::Offered => break,
@@ -457,13 +465,15 @@ impl Inner {
                 // Now a waiter, it takes a place against the cap like one;
                 // with none left, it leaves (the guard removes it).
                 Some(Event::Promoted) => {
-                    if !guard.parked {
-                        if self.parked.fetch_add(1, Ordering::Relaxed) >= self.capacity {
-                            self.parked.fetch_sub(1, Ordering::Relaxed);
+                    if !guard.place {
+                        if self.places.fetch_add(1, Ordering::Relaxed) >= self.capacity {
+                            self.places.fetch_sub(1, Ordering::Relaxed);
                             return Err(PairError::Full {
                                 capacity: self.capacity,
                             });
                         }
+                        guard.place = true;
+                        self.parked.fetch_add(1, Ordering::Relaxed);
                         guard.parked = true;
                     }
                 }
@@ -649,6 +659,8 @@ struct Guard {
     ticket: u64,
     deadline: Instant,
     /// Holds a place against the cap.
+    place: bool,
+    /// Counted as parked.
     parked: bool,
     /// The outcome is known, and nothing of this caller is left in Redis.
     settled: bool,
@@ -657,6 +669,9 @@ struct Guard {
 impl Drop for Guard {
     fn drop(&mut self) {
         self.inner.lock_slots().remove(&self.ticket);
+        if self.place {
+            self.inner.places.fetch_sub(1, Ordering::Relaxed);
+        }
         if self.parked {
             self.inner.parked.fetch_sub(1, Ordering::Relaxed);
         }
@@ -687,7 +702,9 @@ fn settled(reply: Vec<Vec<u8>>) -> Result<Settled, PairError> {
 }
 
 fn unexpected(reply: &[Vec<u8>]) -> PairError {
-    let first = reply.first().map(|b| String::from_utf8_lossy(b).into_owned());
+    let first = reply
+        .first()
+        .map(|b| String::from_utf8_lossy(b).into_owned());
     PairError::Unavailable(format!("unexpected answer from Redis: {first:?}"))
 }
 
@@ -719,7 +736,9 @@ async fn probe(inner: Weak<Inner>) {
     let mut subscribed = false;
     let mut reached_before = false;
     loop {
-        let Some(engine) = inner.upgrade() else { return };
+        let Some(engine) = inner.upgrade() else {
+            return;
+        };
         let mut connection = engine.connection.clone();
         let answered = timeout(engine.timeout, async {
             if !subscribed {

@@ -297,7 +297,9 @@ fn poll_one(slot: &mut Option<Call<'_>>, told: &mut Option<Told>, start: tokio::
         Err(PairError::TimedOut) => Told::TimedOut { at_ms },
         Err(PairError::Full { capacity }) => Told::Full { capacity, at_ms },
         Err(PairError::ShuttingDown) => Told::ShuttingDown { at_ms },
-        Err(PairError::Unavailable(reason)) => panic!("the local engine is never unavailable: {reason}"),
+        Err(PairError::Unavailable(reason)) => {
+            panic!("the local engine is never unavailable: {reason}")
+        }
     });
 }
 

@@ -9,6 +9,7 @@ mod auth;
 mod config;
 mod dead_peer;
 mod engine_properties;
+mod engine_suite;
 mod fuzz_corpus;
 mod grpc;
 mod health_reflection;

@@ -1,0 +1,518 @@
+//! The contract every pairing engine keeps, run against each of them: the
+//! local engine, and the Redis engine on a `redis-server` of the test's own.
+//!
+//! These run on real time, since Redis does: every step waits for a signal
+//! (an answer, or the engine's count of waiting callers), never for a fixed
+//! time, and the only timeouts are those a scenario asks for with nobody
+//! racing them. The paused-time property test in `engine_properties.rs`
+//! checks the local engine's timing to the millisecond on top of this.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use proptest::prelude::*;
+use rendezvous::pairing::{Engine, Id, LocalEngine, Meeting, PairError, RedisEngine, Role};
+use tokio::{task::JoinHandle, time::Instant};
+
+use crate::common::{
+    eventually,
+    redis::{self, RedisServer},
+    within,
+};
+
+/// Makes engines for one scenario, and checks afterwards that nothing was
+/// left behind.
+pub trait Harness: Sized {
+    type Engine: Engine;
+
+    async fn new() -> Self;
+
+    async fn engine(&self, capacity: usize) -> Arc<Self::Engine>;
+
+    /// Nothing of the scenario's callers is left in the meeting place.
+    async fn assert_nothing_left(&self);
+}
+
+pub struct Local;
+
+impl Harness for Local {
+    type Engine = LocalEngine;
+
+    async fn new() -> Self {
+        Self
+    }
+
+    async fn engine(&self, capacity: usize) -> Arc<LocalEngine> {
+        Arc::new(LocalEngine::with_capacity(capacity))
+    }
+
+    async fn assert_nothing_left(&self) {}
+}
+
+pub struct OnRedis {
+    pub server: RedisServer,
+    pub prefix: String,
+}
+
+impl Harness for OnRedis {
+    type Engine = RedisEngine;
+
+    async fn new() -> Self {
+        Self {
+            server: RedisServer::start().await,
+            prefix: redis::unique_prefix("suite"),
+        }
+    }
+
+    async fn engine(&self, capacity: usize) -> Arc<RedisEngine> {
+        Arc::new(redis::engine(&self.server, &self.prefix, capacity).await)
+    }
+
+    async fn assert_nothing_left(&self) {
+        // The result key of a pair is removed just after both are told, by
+        // a task of its own: give it the moment it needs.
+        let mut left = Vec::new();
+        for _ in 0..200 {
+            left = self.server.keys(&self.prefix).await;
+            if left.is_empty() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("keys left in Redis: {left:?}");
+    }
+}
+
+const LONG: Duration = Duration::from_secs(60);
+
+fn id(s: &str) -> Id {
+    Id::new(s).unwrap()
+}
+
+fn after(wait: Duration) -> Instant {
+    Instant::now() + wait
+}
+
+type Call = JoinHandle<Result<Meeting, PairError>>;
+
+/// A caller, on a task of its own, so that it waits while the test goes on.
+fn arrive<E: Engine>(engine: &Arc<E>, key: &str, payload: &[u8], wait: Duration) -> Call {
+    let engine = engine.clone();
+    let (key, payload) = (id(key), Bytes::copy_from_slice(payload));
+    let deadline = after(wait);
+    tokio::spawn(async move { engine.meet(key, payload, deadline).await })
+}
+
+async fn parked<E: Engine>(engine: &E, n: usize) {
+    eventually(|| engine.waiting() == n, &format!("{n} waiting")).await;
+}
+
+async fn answer(call: Call) -> Result<Meeting, PairError> {
+    within(call).await.expect("the call did not panic")
+}
+
+fn assert_paired(result: Result<Meeting, PairError>, role: Role, peer: &[u8]) {
+    let meeting = result.unwrap_or_else(|e| panic!("expected a pair as {role:?}, got {e:?}"));
+    assert_eq!(
+        (meeting.role, meeting.peer_payload.as_ref()),
+        (role, peer),
+        "role and partner's payload"
+    );
+}
+
+pub async fn two_callers_pair_and_swap_payloads<H: Harness>() {
+    let h = H::new().await;
+    let engine = h.engine(usize::MAX).await;
+    let first = arrive(&engine, "a", b"from first", LONG);
+    parked(&*engine, 1).await;
+    let second = answer(arrive(&engine, "a", b"from second", LONG)).await;
+    assert_paired(second, Role::Second, b"from first");
+    assert_paired(answer(first).await, Role::First, b"from second");
+    assert_eq!(engine.waiting(), 0);
+    h.assert_nothing_left().await;
+}
+
+pub async fn a_third_caller_starts_a_new_pair<H: Harness>() {
+    let h = H::new().await;
+    let engine = h.engine(usize::MAX).await;
+    let first = arrive(&engine, "a", b"1", LONG);
+    parked(&*engine, 1).await;
+    assert_paired(
+        answer(arrive(&engine, "a", b"2", LONG)).await,
+        Role::Second,
+        b"1",
+    );
+    assert_paired(answer(first).await, Role::First, b"2");
+    let third = arrive(&engine, "a", b"3", Duration::from_millis(300));
+    assert_eq!(answer(third).await, Err(PairError::TimedOut));
+    // And a fourth meets a fifth.
+    let fourth = arrive(&engine, "a", b"4", LONG);
+    parked(&*engine, 1).await;
+    assert_paired(
+        answer(arrive(&engine, "a", b"5", LONG)).await,
+        Role::Second,
+        b"4",
+    );
+    assert_paired(answer(fourth).await, Role::First, b"5");
+    h.assert_nothing_left().await;
+}
+
+pub async fn different_ids_do_not_pair<H: Harness>() {
+    let h = H::new().await;
+    let engine = h.engine(usize::MAX).await;
+    let wait = Duration::from_millis(300);
+    let a = arrive(&engine, "a", b"", wait);
+    let b = arrive(&engine, "b", b"", wait);
+    assert_eq!(answer(a).await, Err(PairError::TimedOut));
+    assert_eq!(answer(b).await, Err(PairError::TimedOut));
+    assert_eq!(engine.waiting(), 0);
+    h.assert_nothing_left().await;
+}
+
+/// A deadline that has passed when the caller arrives: told at once.
+pub async fn a_caller_past_its_deadline_times_out_without_waiting<H: Harness>() {
+    let h = H::new().await;
+    let engine = h.engine(usize::MAX).await;
+    let late = engine.meet(id("a"), Bytes::new(), Instant::now());
+    assert_eq!(within(late).await, Err(PairError::TimedOut));
+    assert_eq!(engine.waiting(), 0);
+    h.assert_nothing_left().await;
+}
+
+/// The next caller arrives the moment the first one leaves: before a remote
+/// store can have heard of it. It must wait, not pair with nobody.
+pub async fn a_caller_that_left_is_never_paired<H: Harness>() {
+    let h = H::new().await;
+    let engine = h.engine(usize::MAX).await;
+    for round in 0..5 {
+        let gone = arrive(&engine, "a", b"gone", LONG);
+        parked(&*engine, 1).await;
+        gone.abort();
+        assert!(gone.await.unwrap_err().is_cancelled());
+        let next = arrive(&engine, "a", b"next", LONG);
+        parked(&*engine, 1).await;
+        let partner = answer(arrive(&engine, "a", b"partner", LONG)).await;
+        assert_paired(partner, Role::Second, b"next");
+        assert_paired(answer(next).await, Role::First, b"partner");
+        assert_eq!(engine.waiting(), 0, "round {round}");
+    }
+    h.assert_nothing_left().await;
+}
+
+pub async fn close_answers_parked_and_later_callers<H: Harness>() {
+    let h = H::new().await;
+    let engine = h.engine(usize::MAX).await;
+    let parked_a = arrive(&engine, "a", b"", LONG);
+    let parked_b = arrive(&engine, "b", b"", LONG);
+    parked(&*engine, 2).await;
+    within(engine.close()).await;
+    assert_eq!(answer(parked_a).await, Err(PairError::ShuttingDown));
+    assert_eq!(answer(parked_b).await, Err(PairError::ShuttingDown));
+    assert_eq!(
+        answer(arrive(&engine, "a", b"", LONG)).await,
+        Err(PairError::ShuttingDown)
+    );
+    assert_eq!(engine.waiting(), 0);
+    // Closing removed their entries before it returned.
+    h.assert_nothing_left().await;
+}
+
+pub async fn the_cap_counts_waiting_callers_only<H: Harness>() {
+    let h = H::new().await;
+    let engine = h.engine(2).await;
+    let a = arrive(&engine, "a", b"a", LONG);
+    let b = arrive(&engine, "b", b"b", LONG);
+    parked(&*engine, 2).await;
+    assert_eq!(
+        answer(arrive(&engine, "c", b"", LONG)).await,
+        Err(PairError::Full { capacity: 2 })
+    );
+    // A caller that completes a pair never waits, so it is let in.
+    assert_paired(
+        answer(arrive(&engine, "a", b"a2", LONG)).await,
+        Role::Second,
+        b"a",
+    );
+    assert_paired(answer(a).await, Role::First, b"a2");
+    // The freed place is free again.
+    let c = arrive(&engine, "c", b"", Duration::from_millis(300));
+    assert_eq!(answer(c).await, Err(PairError::TimedOut));
+    b.abort();
+    parked(&*engine, 0).await;
+    h.assert_nothing_left().await;
+}
+
+pub async fn payloads_arrive_byte_for_byte<H: Harness>() {
+    let h = H::new().await;
+    let engine = h.engine(usize::MAX).await;
+    let big: Vec<u8> = (0..64 * 1024).map(|i| (i * 7 % 256) as u8).collect();
+    for (one, other) in [(&b""[..], &big[..]), (&b"\n\0\xff"[..], &b"R\n"[..])] {
+        let first = arrive(&engine, "p", one, LONG);
+        parked(&*engine, 1).await;
+        assert_paired(
+            answer(arrive(&engine, "p", other, LONG)).await,
+            Role::Second,
+            one,
+        );
+        assert_paired(answer(first).await, Role::First, other);
+    }
+    h.assert_nothing_left().await;
+}
+
+/// Many pairs at once over few ids: every caller pairs exactly once, with
+/// one other, in opposite roles, each with the other's payload.
+pub async fn many_pairs_at_once_pair_each_caller_once<H: Harness>() {
+    let h = H::new().await;
+    let engine = h.engine(usize::MAX).await;
+    let calls: Vec<(usize, Call)> = (0..200)
+        .map(|i| {
+            (
+                i,
+                arrive(
+                    &engine,
+                    &format!("id-{}", i % 10),
+                    i.to_string().as_bytes(),
+                    LONG,
+                ),
+            )
+        })
+        .collect();
+    let mut partner = HashMap::new();
+    for (i, call) in calls {
+        let meeting = answer(call).await.unwrap();
+        let peer: usize = std::str::from_utf8(&meeting.peer_payload)
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(peer % 10, i % 10, "paired across ids");
+        partner.insert(i, (peer, meeting.role));
+    }
+    for (&i, &(peer, role)) in &partner {
+        let (back, peer_role) = partner[&peer];
+        assert_eq!(back, i, "{i} paired with {peer}, who paired with {back}");
+        assert_ne!(role, peer_role);
+    }
+    assert_eq!(engine.waiting(), 0);
+    h.assert_nothing_left().await;
+}
+
+macro_rules! suite {
+    ($harness:ty: $($scenario:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $scenario() {
+                super::$scenario::<$harness>().await;
+            }
+        )*
+    };
+}
+
+macro_rules! both {
+    ($($scenario:ident),* $(,)?) => {
+        mod local {
+            suite!(super::Local: $($scenario),*);
+        }
+        mod redis_engine {
+            suite!(super::OnRedis: $($scenario),*);
+        }
+    };
+}
+
+both!(
+    two_callers_pair_and_swap_payloads,
+    a_third_caller_starts_a_new_pair,
+    different_ids_do_not_pair,
+    a_caller_past_its_deadline_times_out_without_waiting,
+    a_caller_that_left_is_never_paired,
+    close_answers_parked_and_later_callers,
+    the_cap_counts_waiting_callers_only,
+    payloads_arrive_byte_for_byte,
+    many_pairs_at_once_pair_each_caller_once,
+    random_schedules_agree_with_the_model,
+);
+
+// The property: random schedules, one step at a time.
+
+#[derive(Debug, Clone)]
+enum Step {
+    /// A caller arrives; `expires` callers have a short wait and nobody else
+    /// arrives until they are answered.
+    Arrive {
+        id: u8,
+        expires: bool,
+    },
+    /// The `n`th caller so far goes away, if it is still waiting.
+    Cancel(usize),
+    Close,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Told {
+    Paired { role: Role, peer: usize },
+    TimedOut,
+    Full,
+    ShuttingDown,
+    Cancelled,
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        8 => (0u8..3).prop_map(|id| Step::Arrive { id, expires: false }),
+        1 => (0u8..3).prop_map(|id| Step::Arrive { id, expires: true }),
+        3 => (0usize..20).prop_map(Step::Cancel),
+        1 => Just(Step::Close),
+    ]
+}
+
+fn schedule() -> impl Strategy<Value = (Vec<Step>, usize)> {
+    (
+        proptest::collection::vec(step(), 1..20),
+        prop_oneof![3 => Just(usize::MAX), 1 => 1usize..4],
+    )
+}
+
+/// Runs `steps` against a fresh engine and the sequential model, and checks
+/// after every step that both told every caller the same, and that as many
+/// callers wait in each.
+async fn agree<H: Harness>(h: &H, steps: &[Step], capacity: usize) -> Result<(), TestCaseError> {
+    let engine = h.engine(capacity).await;
+    let mut calls: Vec<Option<Call>> = Vec::new();
+    let mut told: Vec<Option<Told>> = Vec::new();
+    // The model: who waits on which id, and whether it is closed.
+    let mut waiting: HashMap<u8, usize> = HashMap::new();
+    let mut expected: Vec<Option<Told>> = Vec::new();
+    let mut closed = false;
+    for step in steps {
+        match *step {
+            Step::Arrive { id, expires } => {
+                let i = calls.len();
+                let wait = if expires {
+                    Duration::from_millis(200)
+                } else {
+                    LONG
+                };
+                calls.push(Some(arrive(
+                    &engine,
+                    &format!("id-{id}"),
+                    i.to_string().as_bytes(),
+                    wait,
+                )));
+                told.push(None);
+                let outcome = if closed {
+                    Some(Told::ShuttingDown)
+                } else if let Some(w) = waiting.remove(&id) {
+                    expected[w] = Some(Told::Paired {
+                        role: Role::First,
+                        peer: i,
+                    });
+                    Some(Told::Paired {
+                        role: Role::Second,
+                        peer: w,
+                    })
+                } else if waiting.len() >= capacity {
+                    Some(Told::Full)
+                } else if expires {
+                    Some(Told::TimedOut)
+                } else {
+                    waiting.insert(id, i);
+                    None
+                };
+                expected.push(outcome);
+            }
+            Step::Cancel(n) => {
+                // Only a caller the model keeps waiting still has its call
+                // here: `settle` took every answered one.
+                if let Some(call) = calls.get_mut(n).and_then(Option::take) {
+                    call.abort();
+                    let outcome = call.await;
+                    prop_assert!(
+                        outcome.as_ref().is_err_and(|e| e.is_cancelled()),
+                        "caller {} was answered while it should wait: {:?}",
+                        n,
+                        outcome
+                    );
+                    waiting.retain(|_, w| *w != n);
+                    expected[n] = Some(Told::Cancelled);
+                    told[n] = Some(Told::Cancelled);
+                }
+            }
+            Step::Close => {
+                within(engine.close()).await;
+                closed = true;
+                for (_, w) in waiting.drain() {
+                    expected[w] = Some(Told::ShuttingDown);
+                }
+            }
+        }
+        settle(&*engine, &mut calls, &mut told, &expected, waiting.len()).await;
+        for (i, (want, got)) in expected.iter().zip(&told).enumerate() {
+            prop_assert_eq!(want, got, "caller {} after {:?}", i, step);
+        }
+        prop_assert_eq!(engine.waiting(), waiting.len());
+    }
+    within(engine.close()).await;
+    for call in calls.into_iter().flatten() {
+        let _ = answer(call).await;
+    }
+    prop_assert_eq!(engine.waiting(), 0);
+    h.assert_nothing_left().await;
+    Ok(())
+}
+
+/// Waits until every caller the model has answered is answered, and the
+/// engine's count of waiting callers is the model's; records the answers.
+async fn settle<E: Engine>(
+    engine: &E,
+    calls: &mut [Option<Call>],
+    told: &mut [Option<Told>],
+    expected: &[Option<Told>],
+    waiting: usize,
+) {
+    for (i, call) in calls.iter_mut().enumerate() {
+        if expected[i].is_none() || told[i].is_some() {
+            continue;
+        }
+        let Some(call) = call.take() else { continue };
+        told[i] = Some(match answer(call).await {
+            Ok(meeting) => Told::Paired {
+                role: meeting.role,
+                peer: std::str::from_utf8(&meeting.peer_payload)
+                    .unwrap()
+                    .parse()
+                    .unwrap(),
+            },
+            Err(PairError::TimedOut) => Told::TimedOut,
+            Err(PairError::Full { .. }) => Told::Full,
+            Err(PairError::ShuttingDown) => Told::ShuttingDown,
+            Err(PairError::Unavailable(reason)) => panic!("unavailable: {reason}"),
+        });
+    }
+    parked(engine, waiting).await;
+    // Nobody the model keeps waiting has been answered.
+    for (i, call) in calls.iter().enumerate() {
+        if let Some(call) = call
+            && expected[i].is_none()
+        {
+            assert!(
+                !call.is_finished(),
+                "caller {i} was answered while it should wait"
+            );
+        }
+    }
+}
+
+pub async fn random_schedules_agree_with_the_model<H: Harness>() {
+    let h = H::new().await;
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(64));
+    let runtime = tokio::runtime::Handle::current();
+    // proptest runs each case synchronously; each blocks on this runtime
+    // from a thread of its own.
+    let result = tokio::task::block_in_place(|| {
+        runner.run(&schedule(), |(steps, capacity)| {
+            runtime.block_on(agree(&h, &steps, capacity))
+        })
+    });
+    if let Err(failure) = result {
+        panic!("{failure}");
+    }
+}
