@@ -19,5 +19,6 @@ mod limits;
 mod logging;
 mod metrics;
 mod mixed;
+mod replicas;
 mod shutdown;
 mod tls;

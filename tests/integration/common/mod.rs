@@ -100,6 +100,13 @@ impl TestServer {
         self.engine.waiting()
     }
 
+    /// Waits until the engine can reach its meeting place (at once for the
+    /// local engine; a Redis engine once it has connected).
+    pub async fn ready(&self) {
+        let mut reachable = self.engine.reachable();
+        within(reachable.wait_for(|up| *up)).await.unwrap();
+    }
+
     /// Waits until exactly `n` callers are parked. The engine count is the
     /// signal; the short pause between looks is only the polling interval.
     pub async fn parked(&self, n: usize) {

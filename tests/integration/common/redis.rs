@@ -198,3 +198,53 @@ pub async fn ready(engine: &RedisEngine) {
     let mut reachable = engine.reachable();
     super::within(reachable.wait_for(|up| *up)).await.unwrap();
 }
+
+/// A server's settings as a replica on `server`'s Redis, under `key_prefix`.
+pub fn replica_config(server: &RedisServer, key_prefix: &str) -> rendezvous::Config {
+    let mut config = super::test_config();
+    config.redis = rendezvous::config::RedisArgs {
+        url: Some(server.url()),
+        key_prefix: key_prefix.to_owned(),
+        timeout: Duration::from_secs(2),
+        ..Default::default()
+    };
+    config
+}
+
+/// `n` replicas on one Redis of their own, each ready.
+pub struct Replicas {
+    pub redis: RedisServer,
+    pub prefix: String,
+    pub servers: Vec<super::TestServer>,
+}
+
+impl Replicas {
+    pub async fn start(n: usize) -> Self {
+        let redis = RedisServer::start().await;
+        let prefix = unique_prefix("replicas");
+        let mut servers = Vec::new();
+        for _ in 0..n {
+            let server = super::TestServer::with(replica_config(&redis, &prefix)).await;
+            server.ready().await;
+            servers.push(server);
+        }
+        Self {
+            redis,
+            prefix,
+            servers,
+        }
+    }
+
+    /// Nothing of any caller is left in Redis.
+    pub async fn assert_nothing_left(&self) {
+        let mut left = Vec::new();
+        for _ in 0..200 {
+            left = self.redis.keys(&self.prefix).await;
+            if left.is_empty() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("keys left in Redis: {left:?}");
+    }
+}

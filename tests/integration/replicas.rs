@@ -1,0 +1,298 @@
+//! Several replicas on one Redis: callers meet whichever replica they reach.
+
+use crate::common;
+
+use std::io::Write;
+
+use common::{
+    JsonBody, RawGrpcAnswer, TestServer, assert_pair, assert_timed_out, raw_grpc_call, raw_wait,
+    redis::{RedisServer, Replicas, replica_config, unique_prefix},
+    within,
+};
+use rendezvous::{
+    Config,
+    pairing::Engine,
+    proto::{Role, WaitForSecondPartyRequest},
+};
+
+#[tokio::test]
+async fn grpc_callers_on_two_replicas_pair_with_payloads_both_ways() {
+    let replicas = Replicas::start(2).await;
+    let [a, b] = &replicas.servers[..] else {
+        unreachable!()
+    };
+    assert_pair(a, a.grpc().await, b.grpc().await, "across").await;
+    // And the other way round.
+    assert_pair(b, b.grpc().await, a.grpc().await, "back").await;
+    assert_eq!((a.waiting(), b.waiting()), (0, 0));
+    replicas.assert_nothing_left().await;
+}
+
+#[tokio::test]
+async fn an_http_caller_and_a_grpc_caller_on_different_replicas_meet() {
+    let replicas = Replicas::start(2).await;
+    let [a, b] = &replicas.servers[..] else {
+        unreachable!()
+    };
+    // HTTP first, on a; gRPC second, on b.
+    let http = common::http_client();
+    let waiter = tokio::spawn(
+        http.post(a.url("/wait-for-second-party/mixed"))
+            .header("accept", "application/json")
+            .body("from http")
+            .send(),
+    );
+    a.parked(1).await;
+    let answer = b
+        .grpc()
+        .await
+        .wait_for_second_party(common::request("mixed", b"from grpc"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (answer.role(), answer.peer_payload.as_ref()),
+        (Role::Second, &b"from http"[..])
+    );
+    let response = within(waiter).await.unwrap().unwrap();
+    assert_eq!(response.status(), 200);
+    let body = response.json_body().await;
+    assert_eq!(body["role"], "ROLE_FIRST");
+    assert_eq!(body["peerPayload"], "ZnJvbSBncnBj"); // "from grpc"
+
+    // gRPC first, on b; the legacy HTTP caller second, on a: `200 Synced`.
+    let mut client = b.grpc().await;
+    let waiter = tokio::spawn(async move {
+        client
+            .wait_for_second_party(common::request("legacy", b"for http"))
+            .await
+    });
+    b.parked(1).await;
+    let response = http
+        .post(a.url("/wait-for-second-party/legacy"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), "Synced");
+    let answer = within(waiter).await.unwrap().unwrap().into_inner();
+    assert_eq!(
+        (answer.role(), answer.peer_payload.as_ref()),
+        (Role::First, &b""[..])
+    );
+    replicas.assert_nothing_left().await;
+}
+
+#[tokio::test]
+async fn a_third_caller_on_a_third_replica_starts_a_new_pair() {
+    let replicas = Replicas::start(3).await;
+    let [a, b, c] = &replicas.servers[..] else {
+        unreachable!()
+    };
+    assert_pair(a, a.grpc().await, b.grpc().await, "three").await;
+    // The third caller does not join the finished pair: it waits, and meets
+    // a fourth on the first replica.
+    assert_pair(c, c.grpc().await, a.grpc().await, "three").await;
+    replicas.assert_nothing_left().await;
+}
+
+#[tokio::test]
+async fn timeouts_across_replicas_are_the_servers_own() {
+    let replicas = Replicas::start(2).await;
+    let [a, b] = &replicas.servers[..] else {
+        unreachable!()
+    };
+    // Two callers with different ids, on different replicas: both time out.
+    let (one, two) = tokio::join!(
+        raw_wait(a.grpc_addr, "lonely-1", b"", "300m"),
+        raw_wait(b.grpc_addr, "lonely-2", b"", "300m"),
+    );
+    assert_timed_out(&one);
+    assert_timed_out(&two);
+    let response = common::http_client()
+        .post(b.url("/wait-for-second-party/lonely-3?wait=300ms"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 408);
+    assert_eq!(response.text().await.unwrap(), "Timeout");
+    replicas.assert_nothing_left().await;
+}
+
+/// A waiter that went away on one replica is never paired by a caller on
+/// another, even one that arrives at once.
+#[tokio::test]
+async fn a_cancelled_waiter_is_not_paired_from_another_replica() {
+    let replicas = Replicas::start(2).await;
+    let [a, b] = &replicas.servers[..] else {
+        unreachable!()
+    };
+    for round in 0..5 {
+        let mut client = a.grpc().await;
+        let gone = tokio::spawn(async move {
+            client
+                .wait_for_second_party(common::request("cancelled", b"gone"))
+                .await
+        });
+        a.parked(1).await;
+        gone.abort();
+        a.parked(0).await;
+        // The next caller, on b, waits for a partner of its own.
+        let mut client = b.grpc().await;
+        let next = tokio::spawn(async move {
+            client
+                .wait_for_second_party(common::request("cancelled", b"next"))
+                .await
+        });
+        b.parked(1).await;
+        let answer = a
+            .grpc()
+            .await
+            .wait_for_second_party(common::request("cancelled", b"partner"))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(answer.peer_payload, "next", "round {round}");
+        let next = within(next).await.unwrap().unwrap().into_inner();
+        assert_eq!(
+            (next.role(), next.peer_payload.as_ref()),
+            (Role::First, &b"partner"[..]),
+            "round {round}"
+        );
+    }
+    replicas.assert_nothing_left().await;
+}
+
+#[tokio::test]
+async fn namespaces_keep_tenants_apart_across_replicas() {
+    const ALPHA: &str = "alpha-token-0123456789";
+    const BETA: &str = "beta-token-0123456789";
+    let mut tokens = tempfile::NamedTempFile::new().unwrap();
+    writeln!(tokens, "{ALPHA} alpha\n{BETA} beta").unwrap();
+    let redis = RedisServer::start().await;
+    let prefix = unique_prefix("namespaces");
+    let replica = || async {
+        let server = TestServer::with(Config {
+            auth_token_file: Some(tokens.path().to_owned()),
+            ..replica_config(&redis, &prefix)
+        })
+        .await;
+        server.ready().await;
+        server
+    };
+    let (a, b) = (replica().await, replica().await);
+    let call = |server: &TestServer, token: &str, payload: &'static [u8], timeout: &'static str| {
+        let (addr, bearer) = (server.grpc_addr, format!("Bearer {token}"));
+        async move {
+            raw_grpc_call(
+                addr,
+                &[("grpc-timeout", timeout), ("authorization", &bearer)],
+                WaitForSecondPartyRequest {
+                    id: "shared-id".into(),
+                    payload: bytes::Bytes::from_static(payload),
+                },
+            )
+            .await
+        }
+    };
+    let alpha = tokio::spawn(call(&a, ALPHA, b"alpha one", "30S"));
+    a.parked(1).await;
+    // Beta, with the same id on the other replica, waits on its own.
+    let beta = tokio::spawn(call(&b, BETA, b"beta", "1S"));
+    b.parked(1).await;
+    let other_alpha = within(call(&b, ALPHA, b"alpha two", "30S")).await;
+    let paired = |answer: &RawGrpcAnswer| {
+        let message = answer.message.as_ref().expect("a pair");
+        (
+            answer.grpc_status.clone(),
+            message.role(),
+            message.peer_payload.clone(),
+        )
+    };
+    assert_eq!(
+        paired(&other_alpha),
+        ("0".into(), Role::Second, "alpha one".into())
+    );
+    let alpha = within(alpha).await.unwrap();
+    assert_eq!(
+        paired(&alpha),
+        ("0".into(), Role::First, "alpha two".into())
+    );
+    // Beta was never paired with either alpha: it times out alone.
+    assert_timed_out(&within(beta).await.unwrap());
+    let left = redis.keys(&prefix).await;
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[tokio::test]
+async fn max_waiters_counts_per_replica() {
+    let redis = RedisServer::start().await;
+    let prefix = unique_prefix("cap");
+    let replica = || async {
+        let server = TestServer::with(Config {
+            max_waiters: 1,
+            ..replica_config(&redis, &prefix)
+        })
+        .await;
+        server.ready().await;
+        server
+    };
+    let (a, b) = (replica().await, replica().await);
+    let parked_a = tokio::spawn(raw_wait(a.grpc_addr, "one", b"", "30S"));
+    a.parked(1).await;
+    // a is full; b is not.
+    let full = raw_wait(a.grpc_addr, "two", b"", "30S").await;
+    assert_eq!(full.grpc_status, "8", "{full:?}");
+    let parked_b = tokio::spawn(raw_wait(b.grpc_addr, "two", b"", "30S"));
+    b.parked(1).await;
+    // A caller that completes a pair is let in on a full replica.
+    let second = within(raw_wait(a.grpc_addr, "two", b"b's partner", "30S")).await;
+    assert_eq!(second.grpc_status, "0", "{second:?}");
+    assert_eq!(within(parked_b).await.unwrap().grpc_status, "0");
+    let second = within(raw_wait(b.grpc_addr, "one", b"", "30S")).await;
+    assert_eq!(second.grpc_status, "0", "{second:?}");
+    assert_eq!(within(parked_a).await.unwrap().grpc_status, "0");
+    assert_eq!(a.engine.waiting() + b.engine.waiting(), 0);
+    let left = redis.keys(&prefix).await;
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[tokio::test]
+async fn keys_share_one_hash_slot_per_id_and_expire_with_the_wait() {
+    let replicas = Replicas::start(1).await;
+    let a = &replicas.servers[0];
+    let waiter = tokio::spawn(raw_wait(a.grpc_addr, "tagged", b"", "1S"));
+    a.parked(1).await;
+    let keys = replicas.redis.keys(&replicas.prefix).await;
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let key = &keys[0];
+    // `prefix{hash}`: the braces make it a hash tag, so every key of one id
+    // lands in one Redis Cluster slot; the id itself is not in it.
+    let tag = key.strip_prefix(replicas.prefix.as_str()).unwrap();
+    assert!(
+        tag.starts_with('{') && tag.ends_with('}') && tag.len() == 34,
+        "{key}"
+    );
+    assert!(!key.contains("tagged"), "{key}");
+    let ttl: i64 = replicas.redis.query(redis::cmd("PTTL").arg(key)).await;
+    assert!(ttl > 0 && ttl <= 1_000 + 1_000, "TTL {ttl} ms");
+    assert_timed_out(&within(waiter).await.unwrap());
+    replicas.assert_nothing_left().await;
+}
+
+#[tokio::test]
+async fn close_on_one_replica_leaves_the_others_pairing() {
+    let replicas = Replicas::start(2).await;
+    let [a, b] = &replicas.servers[..] else {
+        unreachable!()
+    };
+    let parked = tokio::spawn(raw_wait(a.grpc_addr, "closing", b"", "30S"));
+    a.parked(1).await;
+    within(a.engine.close()).await;
+    let answer = within(parked).await.unwrap();
+    assert_eq!(answer.grpc_status, "14", "{answer:?}");
+    // Its entry is gone: a caller on b waits rather than pairing with it.
+    replicas.assert_nothing_left().await;
+    assert_pair(b, b.grpc().await, b.grpc().await, "closing").await;
+    replicas.assert_nothing_left().await;
+}
