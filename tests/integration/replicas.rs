@@ -198,7 +198,7 @@ async fn namespaces_keep_tenants_apart_across_replicas() {
     let alpha = tokio::spawn(call(&a, ALPHA, b"alpha one", "30S"));
     a.parked(1).await;
     // Beta, with the same id on the other replica, waits on its own.
-    let beta = tokio::spawn(call(&b, BETA, b"beta", "1S"));
+    let beta = tokio::spawn(call(&b, BETA, b"beta", "30S"));
     b.parked(1).await;
     let other_alpha = within(call(&b, ALPHA, b"alpha two", "30S")).await;
     let paired = |answer: &RawGrpcAnswer| {
@@ -218,8 +218,16 @@ async fn namespaces_keep_tenants_apart_across_replicas() {
         paired(&alpha),
         ("0".into(), Role::First, "alpha two".into())
     );
-    // Beta was never paired with either alpha: it times out alone.
-    assert_timed_out(&within(beta).await.unwrap());
+    // Beta was never paired with either alpha: it still waits, and meets
+    // the next caller of its own namespace.
+    assert_eq!(b.waiting(), 1);
+    let other_beta = within(call(&a, BETA, b"beta two", "30S")).await;
+    assert_eq!(
+        paired(&other_beta),
+        ("0".into(), Role::Second, "beta".into())
+    );
+    let beta = within(beta).await.unwrap();
+    assert_eq!(paired(&beta), ("0".into(), Role::First, "beta two".into()));
     let left = redis.keys(&prefix).await;
     assert!(left.is_empty(), "{left:?}");
 }
@@ -261,7 +269,7 @@ async fn max_waiters_counts_per_replica() {
 async fn keys_share_one_hash_slot_per_id_and_expire_with_the_wait() {
     let replicas = Replicas::start(1).await;
     let a = &replicas.servers[0];
-    let waiter = tokio::spawn(raw_wait(a.grpc_addr, "tagged", b"", "1S"));
+    let waiter = tokio::spawn(raw_wait(a.grpc_addr, "tagged", b"", "30S"));
     a.parked(1).await;
     let keys = replicas.redis.keys(&replicas.prefix).await;
     assert_eq!(keys.len(), 1, "{keys:?}");
@@ -275,8 +283,10 @@ async fn keys_share_one_hash_slot_per_id_and_expire_with_the_wait() {
     );
     assert!(!key.contains("tagged"), "{key}");
     let ttl: i64 = replicas.redis.query(redis::cmd("PTTL").arg(key)).await;
-    assert!(ttl > 0 && ttl <= 1_000 + 1_000, "TTL {ttl} ms");
-    assert_timed_out(&within(waiter).await.unwrap());
+    assert!(ttl > 0 && ttl <= 30_000 + 1_000, "TTL {ttl} ms");
+    let partner = within(raw_wait(a.grpc_addr, "tagged", b"", "30S")).await;
+    assert_eq!(partner.grpc_status, "0", "{partner:?}");
+    assert_eq!(within(waiter).await.unwrap().grpc_status, "0");
     replicas.assert_nothing_left().await;
 }
 
