@@ -4,41 +4,7 @@
 
 use crate::common;
 
-use common::{TestServer, request, within};
-
-/// One scrape, as Prometheus would read it.
-async fn scrape(server: &TestServer) -> prometheus_parse::Scrape {
-    let response = common::http_client()
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    assert!(
-        response.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("application/openmetrics-text"),
-    );
-    let text = response.text().await.unwrap();
-    prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap()
-}
-
-/// The value of the sample `name` with these labels (0 if absent).
-fn value(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
-    scrape
-        .samples
-        .iter()
-        .filter(|s| s.metric == name)
-        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-        .map(|s| match &s.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => *v,
-            other => panic!("{name}: unexpected {other:?}"),
-        })
-        .sum()
-}
+use common::{TestServer, request, scrape, value, within};
 
 #[tokio::test]
 async fn metrics_count_every_outcome_by_protocol() {
