@@ -324,6 +324,9 @@ impl Engine for LocalEngine {
 /// An enum rather than a trait object, so that a local call's future is not
 /// boxed: every byte of it is paid once per parked caller.
 #[derive(Debug)]
+// One per process: its size does not matter, and boxing would add a pointer
+// chase to every call.
+#[allow(clippy::large_enum_variant)]
 pub enum AnyEngine {
     /// One process is the meeting place (the default).
     Local(LocalEngine),

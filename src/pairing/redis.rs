@@ -637,7 +637,9 @@ impl Inner {
             let inner = self.clone();
             tokio::spawn(async move {
                 let mut connection = inner.connection.clone();
-                let mut delete = redis::cmd("DEL");
+                // UNLINK rather than DEL only so that Redis's command counts
+                // tell this apart from the scripts' own DELs.
+                let mut delete = redis::cmd("UNLINK");
                 delete.arg(result);
                 let _ = timeout(inner.timeout, delete.exec_async(&mut connection)).await;
             });

@@ -306,3 +306,29 @@ async fn close_on_one_replica_leaves_the_others_pairing() {
     assert_pair(b, b.grpc().await, b.grpc().await, "closing").await;
     replicas.assert_nothing_left().await;
 }
+
+/// The happy path's cost in Redis, counted by Redis itself: per pair, three
+/// script runs (park, offer, accept) and one UNLINK of the result key.
+#[tokio::test]
+async fn a_pair_costs_four_commands_in_redis() {
+    let replicas = Replicas::start(2).await;
+    let [a, b] = &replicas.servers[..] else {
+        unreachable!()
+    };
+    // The first pair loads the script into Redis.
+    assert_pair(a, a.grpc().await, b.grpc().await, "warm-up").await;
+    replicas.assert_nothing_left().await;
+    let (scripts, deletes) = (
+        replicas.redis.calls("evalsha").await,
+        replicas.redis.calls("unlink").await,
+    );
+    for i in 0..10 {
+        assert_pair(a, a.grpc().await, b.grpc().await, &format!("counted-{i}")).await;
+    }
+    replicas.assert_nothing_left().await;
+    assert_eq!(replicas.redis.calls("evalsha").await - scripts, 30);
+    assert_eq!(replicas.redis.calls("unlink").await - deletes, 10);
+    // Loaded once per replica at most, on the first NOSCRIPT.
+    let loads = replicas.redis.calls("script|load").await;
+    assert!((1..=2).contains(&loads), "{loads} loads");
+}

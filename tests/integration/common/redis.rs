@@ -93,7 +93,6 @@ impl RedisServer {
     }
 
     /// How many times Redis has run `command` since it started.
-    #[allow(dead_code)] // for the round-trip count in the benchmarks
     pub async fn calls(&self, command: &str) -> u64 {
         let info: String = self.query(redis::cmd("INFO").arg("commandstats")).await;
         info.lines()
