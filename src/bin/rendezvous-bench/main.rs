@@ -62,15 +62,18 @@ struct Target {
     #[arg(long, value_enum, default_value_t = Protocol::Grpc)]
     protocol: Protocol,
     /// The server's address (its gRPC or HTTP port, to match --protocol).
-    #[arg(long, default_value = "127.0.0.1:50051")]
-    target: SocketAddr,
+    /// Several, comma-separated, for replicas: the two callers of each pair
+    /// go to different ones.
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:50051")]
+    target: Vec<SocketAddr>,
     /// Connections to open. gRPC multiplexes calls over them; HTTP/1.1 needs
     /// one per call in flight (default: twice the calls in flight).
     #[arg(long)]
     connections: Option<usize>,
-    /// The server's pid, to read its CPU time and RSS from /proc.
-    #[arg(long)]
-    server_pid: Option<u32>,
+    /// The server's pid, to read its CPU time and RSS from /proc. Several,
+    /// comma-separated, for replicas: their CPU and RSS are added up.
+    #[arg(long, value_delimiter = ',')]
+    server_pid: Vec<u32>,
     /// A bearer token to send, for a server run with --auth-token-file.
     #[arg(long)]
     token: Option<String>,
@@ -121,23 +124,44 @@ enum Outcome {
     Error,
 }
 
-/// Connections to the server, and one call over them.
+/// Connections to each target, and one call over them.
 #[derive(Clone)]
-enum Client {
+struct Client(Arc<[TargetClient]>);
+
+impl Client {
+    async fn connect(target: &Target, connections: usize) -> Self {
+        let mut clients = Vec::with_capacity(target.target.len());
+        for &addr in &target.target {
+            clients.push(TargetClient::connect(target, addr, connections).await);
+        }
+        Self(clients.into())
+    }
+
+    /// A call from `slot`: consecutive slots go to different targets, so the
+    /// two callers of a pair (slots 2i and 2i + 1) meet across replicas.
+    async fn call(&self, slot: usize, id: String) -> Outcome {
+        let targets = self.0.len();
+        self.0[slot % targets].call(slot / targets, id).await
+    }
+}
+
+/// Connections to one server, and one call over them.
+#[derive(Clone)]
+enum TargetClient {
     Grpc(Arc<[SyncClient<Channel>]>, Option<HeaderValue>),
     Http(HttpPool),
 }
 
-impl Client {
-    async fn connect(target: &Target, connections: usize) -> Self {
+impl TargetClient {
+    async fn connect(target: &Target, addr: SocketAddr, connections: usize) -> Self {
         match target.protocol {
             Protocol::Grpc => Self::Grpc(
-                grpc_clients(target.target, connections, target.tls_ca.as_deref()).await,
+                grpc_clients(addr, connections, target.tls_ca.as_deref()).await,
                 authorization(target),
             ),
             Protocol::Http => Self::Http(
                 HttpPool::connect(
-                    target.target,
+                    addr,
                     connections,
                     authorization(target),
                     tls_connector(target),
@@ -343,6 +367,24 @@ struct Usage {
     rss_bytes: u64,
 }
 
+/// The servers' CPU time and RSS, added up.
+fn usage_of(pids: &[u32]) -> Option<Usage> {
+    if pids.is_empty() {
+        return None;
+    }
+    let all = pids.iter().map(|&pid| usage(pid));
+    Some(all.fold(
+        Usage {
+            cpu: Duration::ZERO,
+            rss_bytes: 0,
+        },
+        |sum, one| Usage {
+            cpu: sum.cpu + one.cpu,
+            rss_bytes: sum.rss_bytes + one.rss_bytes,
+        },
+    ))
+}
+
 fn usage(pid: u32) -> Usage {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("reads /proc/PID/stat");
     // Fields after the ")" that closes the command name; utime and stime are
@@ -383,13 +425,15 @@ fn clock_ticks_per_second() -> u64 {
 /// Waits until the server has settled: no CPU tick and no RSS change for a
 /// whole second, so that every request sent so far has been handled (and
 /// every caller sent so far is parked). Gives up after 120 s.
-async fn quiesce(pid: u32) {
+async fn quiesce(pids: &[u32]) {
+    let Some(mut last) = usage_of(pids) else {
+        return;
+    };
     let give_up = Instant::now() + Duration::from_secs(120);
-    let mut last = usage(pid);
     let mut still = 0;
     while still < 10 && Instant::now() < give_up {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let now = usage(pid);
+        let now = usage_of(pids).expect("pids given");
         let settled = now.cpu == last.cpu && now.rss_bytes == last.rss_bytes;
         still = if settled { still + 1 } else { 0 };
         last = now;
@@ -465,7 +509,8 @@ fn park(client: &Client, n: usize, tag: &str) -> (JoinSet<Outcome>, Vec<String>)
     (parked, ids)
 }
 
-/// Sends a partner for every id, and waits for both sides of every pair.
+/// Sends a partner for every id (to the next target, with replicas), and
+/// waits for both sides of every pair.
 async fn release(
     client: &Client,
     parked: &mut JoinSet<Outcome>,
@@ -475,7 +520,7 @@ async fn release(
     let mut partners = JoinSet::new();
     for (i, id) in ids.into_iter().enumerate() {
         let client = client.clone();
-        partners.spawn(async move { client.call(i, id).await });
+        partners.spawn(async move { client.call(i + 1, id).await });
     }
     let (mut ok, mut failed) = (0, 0);
     for set in [&mut partners, parked] {
@@ -535,15 +580,16 @@ async fn pairs(args: PairsArgs) -> serde_json::Value {
         });
     let client = Client::connect(&args.target, connections).await;
     run_pairs(&client, args.warmup, args.concurrency, "warmup").await;
-    let before = args.target.server_pid.map(usage);
+    let before = usage_of(&args.target.server_pid);
     let mut stats = run_pairs(&client, args.pairs, args.concurrency, "pair").await;
-    let after = args.target.server_pid.map(usage);
+    let after = usage_of(&args.target.server_pid);
 
     stats.latencies.sort_unstable();
     let l = &stats.latencies;
     let mut report = serde_json::json!({
         "mode": "pairs",
         "protocol": format!("{:?}", args.target.protocol).to_lowercase(),
+        "targets": args.target.target.len(),
         "pairs": args.pairs,
         "concurrency": args.concurrency,
         "connections": connections,
@@ -578,20 +624,16 @@ async fn idle(args: IdleArgs) -> serde_json::Value {
     // connections) cost, not first-use growth.
     let warmup = Client::connect(&args.target, 64).await;
     run_pairs(&warmup, 2_000, 64, "warmup").await;
-    let pid = args.target.server_pid;
-    if let Some(pid) = pid {
-        quiesce(pid).await;
-    }
-    let before = pid.map(usage);
+    let pids = &args.target.server_pid;
+    quiesce(pids).await;
+    let before = usage_of(pids);
 
     let client = Client::connect(&args.target, connections).await;
     let park_started = Instant::now();
     let (mut parked, ids) = park(&client, args.waiters, "idle");
-    if let Some(pid) = pid {
-        quiesce(pid).await;
-    }
+    quiesce(pids).await;
     let park_time = park_started.elapsed();
-    let during = pid.map(usage);
+    let during = usage_of(pids);
     // For scripts that run other load while these are parked: a line that
     // says they are all in place.
     eprintln!("parked {}", args.waiters);
@@ -607,6 +649,7 @@ async fn idle(args: IdleArgs) -> serde_json::Value {
     let mut report = serde_json::json!({
         "mode": "idle",
         "protocol": format!("{:?}", args.target.protocol).to_lowercase(),
+        "targets": args.target.target.len(),
         "waiters": args.waiters,
         "connections": connections,
         "park_seconds": park_time.as_secs_f64(),

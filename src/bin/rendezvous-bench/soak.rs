@@ -10,6 +10,10 @@
 //! - one caller with an id nobody else uses and a short wait, which must
 //!   time out.
 //!
+//! With several replicas (`--grpc` and `--http` lists, in the same order),
+//! the two callers of each pair go to different replicas, and with
+//! `--redis-url` the run also checks that no key is left in Redis.
+//!
 //! A wrong pair is any caller told it paired when it should not have been
 //! (the cancelling and the timing-out ones), or paired with a payload other
 //! than its partner's. After a warm-up, the RSS is read; after the run, once
@@ -38,15 +42,21 @@ use crate::{HttpPool, HttpSender, fresh_id, grpc_clients, quiesce, usage};
 
 #[derive(Debug, Args)]
 pub struct SoakArgs {
-    /// The server's gRPC port.
-    #[arg(long, default_value = "127.0.0.1:50051")]
-    grpc: SocketAddr,
-    /// The server's HTTP port.
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    http: SocketAddr,
-    /// The server's pid, for its RSS.
+    /// The server's gRPC port; several, comma-separated, for replicas.
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:50051")]
+    grpc: Vec<SocketAddr>,
+    /// The server's HTTP port; several, in the same order as --grpc.
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:3030")]
+    http: Vec<SocketAddr>,
+    /// The server's pid, for its RSS; several, in the same order as --grpc.
+    #[arg(long, value_delimiter = ',', required = true)]
+    server_pid: Vec<u32>,
+    /// The replicas' Redis, to check that the run left no key behind.
     #[arg(long)]
-    server_pid: u32,
+    redis_url: Option<String>,
+    /// The replicas' --redis-key-prefix.
+    #[arg(long, default_value = "rendezvous:")]
+    redis_key_prefix: String,
     /// Pairs to complete in the measured run (callers: 2.5 times as many).
     #[arg(long, default_value_t = 1_000_000)]
     pairs: u64,
@@ -95,16 +105,29 @@ impl Tally {
     }
 }
 
+/// Connections to every replica.
 #[derive(Clone)]
 struct Clients {
-    grpc: Arc<[SyncClient<Channel>]>,
-    http: HttpPool,
-    http_addr: SocketAddr,
+    replicas: Arc<[Replica]>,
     timeout_wait: Duration,
     cancel_after: Duration,
 }
 
+/// Connections to one replica's two ports.
+#[derive(Clone)]
+struct Replica {
+    grpc: Arc<[SyncClient<Channel>]>,
+    http: HttpPool,
+    http_addr: SocketAddr,
+}
+
 impl Clients {
+    /// The replica for a call in `slot`: consecutive slots, different
+    /// replicas.
+    fn replica(&self, slot: u64) -> &Replica {
+        &self.replicas[slot as usize % self.replicas.len()]
+    }
+
     async fn grpc_call(
         &self,
         slot: u64,
@@ -112,7 +135,8 @@ impl Clients {
         payload: Bytes,
         wait: Option<Duration>,
     ) -> Told {
-        let mut client = self.grpc[slot as usize % self.grpc.len()].clone();
+        let grpc = &self.replica(slot).grpc;
+        let mut client = grpc[slot as usize / self.replicas.len() % grpc.len()].clone();
         let mut request = tonic::Request::new(WaitForSecondPartyRequest { id, payload });
         if let Some(wait) = wait {
             request.set_timeout(wait);
@@ -132,10 +156,11 @@ impl Clients {
         }
     }
 
-    async fn http_call(&self, id: &str, payload: Bytes, wait: Option<Duration>) -> Told {
-        let mut sender = self.http.take().await;
-        let told = http_call(&mut sender, self.http_addr, id, payload, wait).await;
-        self.http.put_back(sender).await;
+    async fn http_call(&self, slot: u64, id: &str, payload: Bytes, wait: Option<Duration>) -> Told {
+        let replica = self.replica(slot);
+        let mut sender = replica.http.take().await;
+        let told = http_call(&mut sender, replica.http_addr, id, payload, wait).await;
+        replica.http.put_back(sender).await;
         told
     }
 
@@ -149,7 +174,7 @@ impl Clients {
     ) -> Told {
         match grpc {
             true => self.grpc_call(slot, id, payload, wait).await,
-            false => self.http_call(&id, payload, wait).await,
+            false => self.http_call(slot, &id, payload, wait).await,
         }
     }
 
@@ -192,7 +217,7 @@ impl Clients {
                             self.grpc_call(j, id.clone(), Bytes::from_static(b"cancel"), None)
                                 .await
                         }
-                        false => self.http_cancelled_call(&id).await,
+                        false => self.http_cancelled_call(j, &id).await,
                     }
                 };
                 match tokio::time::timeout(self.cancel_after, call).await {
@@ -225,8 +250,9 @@ impl Clients {
 
     /// An HTTP caller on a connection of its own, which is reset (not
     /// closed: no TIME_WAIT to pile up) when the caller is dropped.
-    async fn http_cancelled_call(&self, id: &str) -> Told {
-        let stream = TcpStream::connect(self.http_addr).await.expect("connects");
+    async fn http_cancelled_call(&self, slot: u64, id: &str) -> Told {
+        let http_addr = self.replica(slot).http_addr;
+        let stream = TcpStream::connect(http_addr).await.expect("connects");
         socket2::SockRef::from(&stream)
             .set_linger(Some(Duration::ZERO))
             .unwrap();
@@ -237,7 +263,7 @@ impl Clients {
         let connection = AbortOnDrop(tokio::spawn(connection));
         let told = http_call(
             &mut sender,
-            self.http_addr,
+            http_addr,
             id,
             Bytes::from_static(b"cancel"),
             None,
@@ -343,14 +369,26 @@ async fn scrape(addr: SocketAddr) -> String {
 }
 
 pub async fn soak(args: SoakArgs) -> serde_json::Value {
+    assert_eq!(
+        args.grpc.len(),
+        args.http.len(),
+        "--grpc and --http pair up"
+    );
+    let mut replicas = Vec::new();
+    for (&grpc, &http) in args.grpc.iter().zip(&args.http) {
+        replicas.push(Replica {
+            grpc: grpc_clients(grpc, 4, None).await,
+            // Each job holds at most two pooled connections.
+            http: HttpPool::connect(http, 2 * args.concurrency, None, None).await,
+            http_addr: http,
+        });
+    }
     let clients = Clients {
-        grpc: grpc_clients(args.grpc, 4, None).await,
-        // Each job holds at most two pooled connections.
-        http: HttpPool::connect(args.http, 2 * args.concurrency, None, None).await,
-        http_addr: args.http,
+        replicas: replicas.into(),
         timeout_wait: args.timeout_wait,
         cancel_after: args.cancel_after,
     };
+    let pids = &args.server_pid;
 
     let (warmup, _) = run(
         &clients,
@@ -359,39 +397,81 @@ pub async fn soak(args: SoakArgs) -> serde_json::Value {
         "soak-warmup",
     )
     .await;
-    quiesce(args.server_pid).await;
-    let after_warmup = usage(args.server_pid);
+    quiesce(pids).await;
+    let after_warmup: Vec<_> = pids.iter().map(|&pid| usage(pid)).collect();
     eprintln!(
-        "warm-up done: {}; RSS {} KiB",
+        "warm-up done: {}; RSS {:?} KiB",
         warmup.json(),
-        after_warmup.rss_bytes / 1024
+        after_warmup
+            .iter()
+            .map(|u| u.rss_bytes / 1024)
+            .collect::<Vec<_>>()
     );
 
     let rounds = args.pairs.div_ceil(4);
     let (tally, elapsed) = run(&clients, rounds, args.concurrency, "soak").await;
-    quiesce(args.server_pid).await;
-    let after = usage(args.server_pid);
-    let metrics = scrape(args.http).await;
+    quiesce(pids).await;
+    let after: Vec<_> = pids.iter().map(|&pid| usage(pid)).collect();
+    let mut metrics = String::new();
+    for &http in &args.http {
+        metrics.push_str(&scrape(http).await);
+    }
+    let keys_left = match &args.redis_url {
+        Some(url) => Some(keys_left(url, &args.redis_key_prefix).await),
+        None => None,
+    };
 
-    let rss_ratio = after.rss_bytes as f64 / after_warmup.rss_bytes as f64;
+    let rss_ratio = after
+        .iter()
+        .zip(&after_warmup)
+        .map(|(after, warm)| after.rss_bytes as f64 / warm.rss_bytes as f64)
+        .fold(0.0, f64::max);
     let parked = metric(&metrics, "rendezvous_parked_callers");
     let wrong = tally.wrong.load(Ordering::Relaxed) + warmup.wrong.load(Ordering::Relaxed);
     serde_json::json!({
         "mode": "soak",
+        "replicas": args.grpc.len(),
         "rounds": rounds,
         "callers": rounds * 10,
         "seconds": elapsed.as_secs_f64(),
         "run": tally.json(),
         "warmup": warmup.json(),
         "wrong_pairs": wrong,
-        "rss_after_warmup_bytes": after_warmup.rss_bytes,
-        "rss_after_bytes": after.rss_bytes,
+        "rss_after_warmup_bytes": after_warmup.iter().map(|u| u.rss_bytes).collect::<Vec<_>>(),
+        "rss_after_bytes": after.iter().map(|u| u.rss_bytes).collect::<Vec<_>>(),
         "rss_ratio": rss_ratio,
         "parked_gauge_after": parked,
+        "redis_keys_left": keys_left,
         "server_paired_total": metric(&metrics, "rendezvous_paired_total"),
         "server_timeouts_total": metric(&metrics, "rendezvous_timeouts_total"),
         "server_cancellations_total": metric(&metrics, "rendezvous_cancellations_total"),
         "server_rejections_total": metric(&metrics, "rendezvous_rejections_total"),
-        "pass": wrong == 0 && parked == 0.0 && rss_ratio <= 1.10,
+        "pass": wrong == 0 && parked == 0.0 && rss_ratio <= 1.10 && keys_left.unwrap_or(0) == 0,
     })
+}
+
+/// Keys under `prefix` once the replicas have had a moment to remove their
+/// last result keys.
+async fn keys_left(url: &str, prefix: &str) -> usize {
+    let client = redis::Client::open(url).expect("a valid --redis-url");
+    let mut connection = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connects to Redis");
+    let mut keys: Vec<String> = Vec::new();
+    for _ in 0..50 {
+        keys = redis::cmd("KEYS")
+            .arg(format!("{prefix}*"))
+            .query_async(&mut connection)
+            .await
+            .expect("KEYS");
+        if keys.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if !keys.is_empty() {
+        eprintln!("keys left in Redis: {:?}", &keys[..keys.len().min(10)]);
+    }
+    keys.len()
 }
