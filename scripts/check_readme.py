@@ -7,11 +7,13 @@ The line above each ```sh block is its marker, an HTML comment that readers
 of the rendered page never see:
 
   <!-- skip: why it cannot run here -->
-  <!-- check: [exit=N] [expect=TEXT]... [log=TEXT]... [server] [server=default] [exits=N] -->
+  <!-- check: [exit=N] [expect=TEXT]... [log=TEXT]... [allow=TEXT]... [server] [server=default] [exits=N] -->
 
   exit=N          the block's exit status (default 0)
   expect=TEXT     TEXT appears in the block's output; listed twice, twice
   log=TEXT        TEXT appears in the server's log during the block
+  allow=TEXT      a WARN or ERROR line with TEXT in it is what the block
+                  means to cause, and does not fail it
   server          the block starts a server and runs until stopped: the one
                   running is stopped first, and later blocks run against it
   server=default  the block needs the first server (the quick start's); it is
@@ -87,10 +89,10 @@ def parse_marker(line, marker):
         if not rest.strip():
             raise SystemExit(f"README.md:{line}: a skip marker must say why")
         return {"skip": rest.strip()}
-    options = {"expect": [], "log": []}
+    options = {"expect": [], "log": [], "allow": []}
     for token in shlex.split(rest):
         key, _, value = token.partition("=")
-        if key in ("expect", "log"):
+        if key in ("expect", "log", "allow"):
             options[key].append(value)
         elif key in ("exit", "exits"):
             options[key] = int(value)
@@ -200,7 +202,8 @@ def main():
                     time.sleep(0.1)
                 log = server.text()[log_from:]
                 problems += [f"expected {w!r} in the server's log" for w in options["log"] if w not in log]
-                problems += [f"server log: {l}" for l in log.splitlines() if BAD_LEVEL.search(l)]
+                problems += [f"server log: {l}" for l in log.splitlines()
+                             if BAD_LEVEL.search(l) and not any(a in l for a in options["allow"])]
             if "exits" in options:
                 server.stop()
                 server = None

@@ -52,6 +52,9 @@ use crate::metrics::RedisMetrics;
 /// tell it: a paused Redis (SIGSTOP) closes no connection.
 const PROBE_INTERVAL: Duration = Duration::from_millis(250);
 
+/// How long a replica that has not reached Redis yet waits before it warns.
+const STARTUP_PATIENCE: Duration = Duration::from_secs(10);
+
 /// The longest pause between two tries of a caller's cleanup, or of an
 /// arrival that found the id busy.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
@@ -737,6 +740,10 @@ async fn dispatch(inner: Weak<Inner>, mut pushes: mpsc::UnboundedReceiver<PushIn
 async fn probe(inner: Weak<Inner>) {
     let mut subscribed = false;
     let mut reached_before = false;
+    // Before the first answer, failing is normal for a moment (Redis may be
+    // starting beside us): say so at info, and warn only if it lasts.
+    let started = Instant::now();
+    let mut told = (false, false);
     loop {
         let Some(engine) = inner.upgrade() else {
             return;
@@ -750,7 +757,7 @@ async fn probe(inner: Weak<Inner>) {
             redis::cmd("PING").exec_async(&mut connection).await
         })
         .await;
-        match answered {
+        let failure = match answered {
             Ok(Ok(())) => {
                 if !engine.reachable.send_replace(true) {
                     tracing::info!("Redis is reachable");
@@ -760,12 +767,25 @@ async fn probe(inner: Weak<Inner>) {
                     }
                     reached_before = true;
                 }
+                None
             }
-            Ok(Err(error)) => engine.lost(format!("cannot reach Redis: {error}")),
-            Err(_) => engine.lost(format!(
+            Ok(Err(error)) => Some(format!("cannot reach Redis: {error}")),
+            Err(_) => Some(format!(
                 "Redis did not answer within {}",
                 humantime::format_duration(engine.timeout)
             )),
+        };
+        if let Some(reason) = failure {
+            if !reached_before {
+                if !told.0 {
+                    tracing::info!(%reason, "waiting for Redis");
+                    told.0 = true;
+                } else if !told.1 && started.elapsed() > STARTUP_PATIENCE {
+                    tracing::warn!(%reason, "still cannot reach Redis");
+                    told.1 = true;
+                }
+            }
+            engine.lost(reason);
         }
         drop(engine);
         sleep(PROBE_INTERVAL).await;

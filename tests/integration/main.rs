@@ -19,6 +19,7 @@ mod limits;
 mod logging;
 mod metrics;
 mod mixed;
+mod redis_auth;
 mod redis_faults;
 mod replicas;
 mod shutdown;

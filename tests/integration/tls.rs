@@ -6,10 +6,9 @@ use crate::common;
 use std::{path::Path, sync::Arc, time::Duration};
 
 use bytes::Bytes;
-use common::{TestServer, request, within};
+use common::{Ca, Leaf, TestServer, request, within, write};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use rendezvous::{Config, proto::sync_client::SyncClient};
 use tokio_rustls::{
     TlsConnector,
@@ -19,45 +18,6 @@ use tokio_rustls::{
     },
 };
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
-
-/// A throwaway CA, and certificates it signs. Nothing is committed.
-struct Ca {
-    params: CertificateParams,
-    key: KeyPair,
-    pem: String,
-}
-
-struct Leaf {
-    cert: String,
-    key: String,
-}
-
-impl Ca {
-    fn new() -> Self {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let pem = params.self_signed(&key).unwrap().pem();
-        Self { params, key, pem }
-    }
-
-    fn leaf(&self, names: &[&str]) -> Leaf {
-        let key = KeyPair::generate().unwrap();
-        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-        let params = CertificateParams::new(names).unwrap();
-        let issuer = Issuer::from_params(&self.params, &self.key);
-        Leaf {
-            cert: params.signed_by(&key, &issuer).unwrap().pem(),
-            key: key.serialize_pem(),
-        }
-    }
-}
-
-fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    path
-}
 
 async fn tls_server(dir: &Path, server: &Leaf, client_ca: Option<&Ca>) -> TestServer {
     TestServer::with(Config {

@@ -265,6 +265,45 @@ pub fn value(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &st
         .sum()
 }
 
+/// A throwaway CA, and certificates it signs. Nothing is committed.
+pub struct Ca {
+    params: rcgen::CertificateParams,
+    key: rcgen::KeyPair,
+    pub pem: String,
+}
+
+pub struct Leaf {
+    pub cert: String,
+    pub key: String,
+}
+
+impl Ca {
+    pub fn new() -> Self {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let pem = params.self_signed(&key).unwrap().pem();
+        Self { params, key, pem }
+    }
+
+    pub fn leaf(&self, names: &[&str]) -> Leaf {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let params = rcgen::CertificateParams::new(names).unwrap();
+        let issuer = rcgen::Issuer::from_params(&self.params, &self.key);
+        Leaf {
+            cert: params.signed_by(&key, &issuer).unwrap().pem(),
+            key: key.serialize_pem(),
+        }
+    }
+}
+
+pub fn write(dir: &std::path::Path, name: &str, text: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
 /// reqwest's `json()` needs a feature we do not otherwise use.
 pub trait JsonBody {
     async fn json_body(self) -> serde_json::Value;
@@ -391,12 +430,19 @@ pub struct Process {
     events: tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>,
     pub grpc: String,
     pub http: String,
+    /// The startup line, with every setting in force.
+    pub listening: serde_json::Value,
 }
 
 impl Process {
     /// Starts the binary on port 0 with `args`, and the defaults here for
     /// any flag `args` does not set.
     pub async fn start(args: &[&str]) -> Self {
+        Self::start_with_env(args, &[]).await
+    }
+
+    /// [`Process::start`], with more environment variables.
+    pub async fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
         let defaults = [
             "--grpc-addr=127.0.0.1:0",
             "--http-addr=127.0.0.1:0",
@@ -412,6 +458,7 @@ impl Process {
             .args(unset)
             .args(args)
             .env("RUST_LOG", "info,rendezvous::service=debug")
+            .envs(env.iter().copied())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
@@ -428,11 +475,18 @@ impl Process {
             events,
             grpc: String::new(),
             http: String::new(),
+            listening: serde_json::Value::Null,
         };
         let listening = process.next("listening").await;
         let field = |name: &str| listening["fields"][name].as_str().unwrap().to_owned();
         (process.grpc, process.http) = (field("grpc"), field("http"));
+        process.listening = listening;
         process
+    }
+
+    /// Every log line the process has written so far and not yet read.
+    pub fn drain_log(&mut self) -> Vec<serde_json::Value> {
+        std::iter::from_fn(|| self.events.try_recv().ok()).collect()
     }
 
     /// Waits for the next log line with this message.

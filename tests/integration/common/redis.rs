@@ -15,15 +15,29 @@ use rendezvous::{
 /// A private Redis: nothing on disk, gone with the test.
 pub struct RedisServer {
     port: u16,
+    /// More flags for `redis-server`: a password, TLS.
+    extra: Vec<String>,
+    /// The password the test's own connections use.
+    password: Option<String>,
     child: Option<Child>,
 }
 
 impl RedisServer {
     /// Starts one on a free port, and returns once it answers.
     pub async fn start() -> Self {
+        Self::start_with(&[], None).await
+    }
+
+    /// One started with `extra` flags, which answers the test's own
+    /// connections with `password`.
+    pub async fn start_with(extra: &[String], password: Option<&str>) -> Self {
         for _ in 0..10 {
-            let port = free_port();
-            let mut server = Self { port, child: None };
+            let mut server = Self {
+                port: free_port(),
+                extra: extra.to_vec(),
+                password: password.map(str::to_owned),
+                child: None,
+            };
             if server.spawn().await {
                 return server;
             }
@@ -37,6 +51,7 @@ impl RedisServer {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -58,7 +73,7 @@ impl RedisServer {
     }
 
     async fn ping(&self) -> bool {
-        let Ok(client) = redis::Client::open(self.url()) else {
+        let Ok(client) = redis::Client::open(self.admin_url()) else {
             return false;
         };
         let connection = tokio::time::timeout(
@@ -75,13 +90,22 @@ impl RedisServer {
             .is_ok()
     }
 
+    /// The URL replicas use: without the password, for tests to add it.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// The URL the test's own connections use.
+    fn admin_url(&self) -> String {
+        match &self.password {
+            Some(password) => format!("redis://:{password}@127.0.0.1:{}", self.port),
+            None => self.url(),
+        }
+    }
+
     /// A command on a connection of the test's own.
     pub async fn query<T: redis::FromRedisValue>(&self, command: &redis::Cmd) -> T {
-        let client = redis::Client::open(self.url()).unwrap();
+        let client = redis::Client::open(self.admin_url()).unwrap();
         let mut connection = client.get_multiplexed_async_connection().await.unwrap();
         command.query_async(&mut connection).await.unwrap()
     }
@@ -155,7 +179,7 @@ impl Drop for RedisServer {
     }
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

@@ -1,0 +1,213 @@
+//! Redis behind a password, an ACL user and TLS, as production runs it; and
+//! the password never in a log line.
+
+use crate::common;
+
+use common::{
+    Ca, Process, TestServer, assert_pair, raw_wait,
+    redis::{RedisServer, free_port, replica_config, unique_prefix},
+    within, write,
+};
+use rendezvous::Config;
+
+const PASSWORD: &str = "s3cret-redis-password-1234";
+
+/// Starts the binary with `args`, and waits until `/readyz` says `want`.
+async fn replica(args: &[&str], want: u16) -> Process {
+    let process = Process::start(args).await;
+    let readyz = format!("http://{}/readyz", process.http);
+    let http = common::http_client();
+    for _ in 0..500 {
+        if let Ok(response) = http.get(&readyz).send().await
+            && response.status() == want
+        {
+            return process;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("/readyz never answered {want}");
+}
+
+/// The log so far must not contain `secret`.
+fn assert_never_logged(process: &mut Process, secret: &str) {
+    for line in process.drain_log() {
+        assert!(!line.to_string().contains(secret), "logged: {line}");
+    }
+}
+
+#[tokio::test]
+async fn a_password_protected_redis_pairs_and_the_password_is_never_logged() {
+    let redis =
+        RedisServer::start_with(&["--requirepass".into(), PASSWORD.into()], Some(PASSWORD)).await;
+    let prefix = unique_prefix("auth");
+    let dir = tempfile::tempdir().unwrap();
+
+    // One replica with the password in its URL, one with it in a file.
+    let url = format!(
+        "--redis-url=redis://:{PASSWORD}@{}",
+        redis.url().trim_start_matches("redis://")
+    );
+    let mut in_url = replica(&[&url, &format!("--redis-key-prefix={prefix}")], 200).await;
+    let shown = in_url.listening["fields"]["redis"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(!in_url.listening.to_string().contains(PASSWORD));
+    assert_eq!(
+        shown,
+        format!(
+            "redis://:***@{}",
+            redis.url().trim_start_matches("redis://")
+        )
+    );
+    let in_file = TestServer::with(Config {
+        redis: rendezvous::config::RedisArgs {
+            password_file: Some(write(dir.path(), "password", &format!("{PASSWORD}\n"))),
+            ..replica_config(&redis, &prefix).redis
+        },
+        ..replica_config(&redis, &prefix)
+    })
+    .await;
+    in_file.ready().await;
+
+    let channel = in_url.channel().await;
+    use rendezvous::proto::sync_client::SyncClient;
+    assert_pair(
+        &in_file,
+        in_file.grpc().await,
+        SyncClient::new(channel),
+        "with-a-password",
+    )
+    .await;
+    assert_never_logged(&mut in_url, PASSWORD);
+
+    // A wrong password: the replica starts, is not ready, refuses calls with
+    // a message that names Redis, and logs neither password.
+    let wrong = "not-the-password-5678";
+    let url = format!(
+        "--redis-url=redis://:{wrong}@{}",
+        redis.url().trim_start_matches("redis://")
+    );
+    let mut refused = replica(&[&url], 503).await;
+    let addr = refused.grpc.parse().unwrap();
+    let answer = within(raw_wait(addr, "refused", b"", "30S")).await;
+    assert_eq!(answer.grpc_status, "14", "{answer:?}");
+    assert!(answer.grpc_message.contains("Redis"), "{answer:?}");
+    assert!(!answer.grpc_message.contains(wrong), "{answer:?}");
+    // The log says why, without the password.
+    let waiting = refused.next("waiting for Redis").await;
+    let reason = waiting["fields"]["reason"].as_str().unwrap();
+    assert!(reason.contains("WRONGPASS"), "{reason}");
+    assert!(!reason.contains(wrong), "{reason}");
+    assert_never_logged(&mut refused, wrong);
+}
+
+/// The ACL that SECURITY.md documents is enough to run a replica.
+#[tokio::test]
+async fn the_documented_acl_is_enough() {
+    let redis = RedisServer::start().await;
+    let security =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/SECURITY.md")).unwrap();
+    let acl = security
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("`ACL SETUSER ")?.split('`').next())
+        .expect("SECURITY.md documents an ACL");
+    let prefix = "rendezvous:";
+    let mut command = redis::cmd("ACL");
+    command.arg("SETUSER");
+    for word in acl.split_whitespace() {
+        command.arg(word.replace("PASSWORD", PASSWORD));
+    }
+    let _: String = redis.query(&command).await;
+
+    let server = TestServer::with(Config {
+        redis: rendezvous::config::RedisArgs {
+            url: Some(format!(
+                "redis://rendezvous:{PASSWORD}@{}",
+                redis.url().trim_start_matches("redis://")
+            )),
+            key_prefix: prefix.into(),
+            ..replica_config(&redis, prefix).redis
+        },
+        ..replica_config(&redis, prefix)
+    })
+    .await;
+    server.ready().await;
+    assert_pair(&server, server.grpc().await, server.grpc().await, "acl").await;
+    let timed_out = within(raw_wait(server.grpc_addr, "acl-alone", b"", "200m")).await;
+    assert_eq!(timed_out.grpc_status, "4", "{timed_out:?}");
+    assert!(redis.keys(prefix).await.is_empty());
+}
+
+/// `rediss://`: TLS to Redis, trusting a CA given in `SSL_CERT_FILE`.
+#[tokio::test]
+async fn rediss_pairs_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new();
+    let leaf = ca.leaf(&["localhost"]);
+    let tls_port = free_port();
+    let redis = RedisServer::start_with(
+        &[
+            "--tls-port".into(),
+            tls_port.to_string(),
+            "--tls-cert-file".into(),
+            write(dir.path(), "redis.pem", &leaf.cert)
+                .display()
+                .to_string(),
+            "--tls-key-file".into(),
+            write(dir.path(), "redis.key", &leaf.key)
+                .display()
+                .to_string(),
+            "--tls-ca-cert-file".into(),
+            write(dir.path(), "ca.pem", &ca.pem).display().to_string(),
+            "--tls-auth-clients".into(),
+            "no".into(),
+        ],
+        None,
+    )
+    .await;
+    let prefix = unique_prefix("tls");
+    let url = format!("--redis-url=rediss://localhost:{tls_port}");
+    let prefix_flag = format!("--redis-key-prefix={prefix}");
+    let ca_file = dir.path().join("ca.pem");
+    let a = replica_with_env(
+        &[&url, &prefix_flag],
+        ("SSL_CERT_FILE", ca_file.to_str().unwrap()),
+    )
+    .await;
+    let b = replica_with_env(
+        &[&url, &prefix_flag],
+        ("SSL_CERT_FILE", ca_file.to_str().unwrap()),
+    )
+    .await;
+    let (a_addr, b_addr) = (a.grpc.parse().unwrap(), b.grpc.parse().unwrap());
+    let first = tokio::spawn(async move { raw_wait(a_addr, "over-tls", b"one", "30S").await });
+    // The first is parked once its key is in Redis.
+    for _ in 0..500 {
+        if redis.keys(&prefix).await.len() == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let second = within(raw_wait(b_addr, "over-tls", b"two", "30S")).await;
+    assert_eq!(second.message.unwrap().peer_payload, "one");
+    assert_eq!(
+        within(first).await.unwrap().message.unwrap().peer_payload,
+        "two"
+    );
+}
+
+async fn replica_with_env(args: &[&str], env: (&str, &str)) -> Process {
+    let process = Process::start_with_env(args, &[env]).await;
+    let readyz = format!("http://{}/readyz", process.http);
+    let http = common::http_client();
+    for _ in 0..500 {
+        if let Ok(response) = http.get(&readyz).send().await
+            && response.status() == 200
+        {
+            return process;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("the replica never became ready");
+}
