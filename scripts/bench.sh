@@ -4,12 +4,15 @@
 #      tonic server, a bare hyper HTTP/1.1 server), alternating, ROUNDS rounds;
 #   2. memory per parked caller, and mass parking and release;
 #   3. throughput with 50,000 callers parked against none;
-#   4. the pairing engine alone (criterion).
+#   4. the pairing engine alone (criterion);
+#   5. the Redis engine: two replicas on one Redis of the script's own, the
+#      two callers of each pair on different replicas, against the local
+#      engine in the same run; memory per parked caller; capacity.
 # Servers run on core 0 and the load on core 1 when there are two cores.
 #
 #   scripts/bench.sh                 # everything
 #   ROUNDS=3 PAIRS=50000 scripts/bench.sh
-#   ONLY=cpu scripts/bench.sh        # one part: cpu, memory, parked or engine
+#   ONLY=cpu scripts/bench.sh        # one part: cpu, memory, parked, engine or redis
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -119,6 +122,55 @@ print(json.dumps(d))' "$out/parked.json" | tee -a "$results"
   done
 fi
 
+if [[ $ONLY == all || $ONLY == redis ]]; then
+  # Redis, both replicas and the local-engine server share core 0; the load
+  # runs on core 1. Redis keeps nothing on disk.
+  redis_port=6390
+  "${server_cpu[@]}" redis-server --port $redis_port --save '' --appendonly no --loglevel warning \
+    >"$out/redis.log" 2>&1 &
+  pids+=($!)
+  wait_for_port $redis_port
+  redis=(--redis-url redis://127.0.0.1:$redis_port)
+  start_replica() { # GRPC_PORT HTTP_PORT [ARGS]; sets $replica
+    local grpc=$1 http=$2
+    shift 2
+    "${server_cpu[@]}" "$bin/rendezvous" "${redis[@]}" --grpc-addr 127.0.0.1:$grpc \
+      --http-addr 127.0.0.1:$http "$@" >"$out/replica-$grpc.log" 2>&1 &
+    replica=$!
+    pids+=("$replica")
+    wait_for_port "$grpc"
+    for _ in $(seq 100); do curl -sf "http://127.0.0.1:$http/readyz" >/dev/null && return; sleep 0.1; done
+    echo "replica on $grpc never became ready" >&2
+    return 1
+  }
+  start_replica 50081 3081
+  a=$replica
+  start_replica 50082 3082
+  b=$replica
+  start_project
+  both=(--target 127.0.0.1:50081,127.0.0.1:50082 --server-pid "$a,$b" "${redis[@]}")
+  for round in $(seq "$ROUNDS"); do
+    echo "== redis round $round of $ROUNDS"
+    record redis-1 -- pairs "${both[@]}" --concurrency 1 --pairs 5000 --warmup 500
+    record local-1 -- pairs --target 127.0.0.1:50051 --server-pid "$server" --concurrency 1 --pairs 5000 --warmup 500
+    record redis-128 -- pairs "${both[@]}" --concurrency 128 --pairs "$PAIRS"
+    record local-128 -- pairs --target 127.0.0.1:50051 --server-pid "$server" --concurrency 128 --pairs "$PAIRS"
+  done
+  stop "$a"
+  stop "$b"
+  stop "$server"
+  # Memory and capacity: 20,000 callers parked across both replicas (10,000
+  # each), then all paired by partners on the other replica.
+  start_replica 50081 3081 --max-wait 10m
+  a=$replica
+  start_replica 50082 3082 --max-wait 10m
+  b=$replica
+  both=(--target 127.0.0.1:50081,127.0.0.1:50082 --server-pid "$a,$b" "${redis[@]}")
+  record redis-idle-20k -- idle "${both[@]}" --waiters 20000 --connections 64
+  stop "$a"
+  stop "$b"
+fi
+
 if [[ $ONLY == all || $ONLY == engine ]]; then
   cargo bench --quiet --bench engine -- --noplot 2>&1 | tee "$out/engine.txt"
 fi
@@ -157,6 +209,29 @@ for label, r in ((l, rs[-1]) for l, rs in runs.items() if l.startswith("idle")):
           f"{r.get('bytes_per_parked_caller', float('nan')):.0f} B each "
           f"({r['bytes_per_parked_caller'] / 1024:.2f} KiB), "
           f"released in {r['release_seconds']:.2f} s, {r['answered_ok']} OK, {r['failed']} failed")
+if "redis-128" in runs:
+    print("\n| case | Redis engine, 2 replicas | local engine | Redis / local |")
+    print("| --- | --- | --- | --- |")
+    for c in ["1", "128"]:
+        for key, name in [("latency_p50_us", "pair latency p50 µs"),
+                          ("latency_p99_us", "pair latency p99 µs"),
+                          ("pairs_per_second", "pairs/s"),
+                          ("server_cpu_us_per_pair", "server CPU µs per pair")]:
+            rv, lv = med(f"redis-{c}", key), med(f"local-{c}", key)
+            print(f"| {c} in flight: {name} | {rv:.1f} | {lv:.1f} | {rv / lv:.3f} |")
+        print(f"| {c} in flight: Redis CPU µs per pair | {med(f'redis-{c}', 'redis_cpu_us_per_pair'):.1f} | | |")
+        print(f"| {c} in flight: Redis round trips per pair | {med(f'redis-{c}', 'redis_round_trips_per_pair'):.3f} | | |")
+        errors = sum(r["errors"] + r["timeouts"] for r in runs[f"redis-{c}"] + runs[f"local-{c}"])
+        print(f"| {c} in flight: errors + timeouts, all rounds | {errors} | | |")
+    print("\ncommands per pair in Redis (128 in flight, last round):",
+          json.dumps(runs["redis-128"][-1]["redis_commands_per_pair"]))
+    if "redis-idle-20k" in runs:
+        r = runs["redis-idle-20k"][-1]
+        print(f"\nRedis engine, {r['waiters']} parked across two replicas: "
+              f"{r['bytes_per_parked_caller']:.0f} B each in the replicas "
+              f"({r['bytes_per_parked_caller'] / 1024:.2f} KiB), "
+              f"{r['redis_bytes_per_parked_caller']:.0f} B each in Redis; "
+              f"released in {r['release_seconds']:.2f} s, {r['answered_ok']} OK, {r['failed']} failed")
 if "parked-0" in runs:
     none, parked = med("parked-0", "pairs_per_second"), med("parked-50k", "pairs_per_second")
     failed = sum(r["failed"] for r in runs.get("parked-50k-holder", []))

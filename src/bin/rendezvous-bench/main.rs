@@ -81,6 +81,79 @@ struct Target {
     /// certificate is for "localhost".
     #[arg(long, value_name = "FILE")]
     tls_ca: Option<std::path::PathBuf>,
+    /// The replicas' Redis, to report its CPU, memory and commands per pair
+    /// (from its own INFO).
+    #[arg(long, value_name = "URL")]
+    redis_url: Option<String>,
+}
+
+/// What Redis says of itself: CPU, memory, and how often it ran each
+/// command (scripts' own commands included).
+#[derive(Debug, Clone, Default)]
+struct RedisInfo {
+    cpu: f64,
+    used_memory: f64,
+    calls: std::collections::BTreeMap<String, f64>,
+}
+
+impl RedisInfo {
+    async fn read(url: Option<&str>) -> Option<Self> {
+        let client = redis::Client::open(url?).expect("a valid --redis-url");
+        let mut connection = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connects to Redis");
+        let text: String = redis::cmd("INFO")
+            .arg("everything")
+            .query_async(&mut connection)
+            .await
+            .expect("INFO");
+        let mut info = Self::default();
+        for line in text.lines() {
+            let Some((key, value)) = line.split_once(':') else {
+                continue;
+            };
+            match key {
+                "used_cpu_sys" | "used_cpu_user" => info.cpu += value.parse::<f64>().unwrap_or(0.0),
+                "used_memory" => info.used_memory = value.parse().unwrap_or(0.0),
+                _ => {
+                    if let Some(command) = key.strip_prefix("cmdstat_") {
+                        let calls = value
+                            .strip_prefix("calls=")
+                            .and_then(|v| v.split(',').next())
+                            .and_then(|v| v.parse().ok())
+                            .unwrap_or(0.0);
+                        info.calls.insert(command.to_owned(), calls);
+                    }
+                }
+            }
+        }
+        Some(info)
+    }
+
+    /// Per-pair figures between two readings, into `report`.
+    fn per_pair(before: &Self, after: &Self, pairs: f64, report: &mut serde_json::Value) {
+        report["redis_cpu_us_per_pair"] = ((after.cpu - before.cpu) * 1e6 / pairs).into();
+        let per_pair = |name: &str| {
+            (after.calls.get(name).copied().unwrap_or(0.0)
+                - before.calls.get(name).copied().unwrap_or(0.0))
+                / pairs
+        };
+        let commands: serde_json::Map<String, serde_json::Value> = after
+            .calls
+            .keys()
+            .map(|name| (name.clone(), per_pair(name)))
+            .filter(|(_, n)| *n > 0.0)
+            .map(|(name, n)| (name, n.into()))
+            .collect();
+        // What the replicas send; the rest run inside the script.
+        let sent: f64 = ["evalsha", "eval", "script|load", "unlink", "ping", "subscribe"]
+            .iter()
+            .map(|name| per_pair(name))
+            .sum();
+        report["redis_round_trips_per_pair"] = sent.into();
+        report["redis_commands_per_pair"] = commands.into();
+    }
 }
 
 #[derive(Debug, Args)]
@@ -580,9 +653,12 @@ async fn pairs(args: PairsArgs) -> serde_json::Value {
         });
     let client = Client::connect(&args.target, connections).await;
     run_pairs(&client, args.warmup, args.concurrency, "warmup").await;
+    let redis_url = args.target.redis_url.as_deref();
+    let redis_before = RedisInfo::read(redis_url).await;
     let before = usage_of(&args.target.server_pid);
     let mut stats = run_pairs(&client, args.pairs, args.concurrency, "pair").await;
     let after = usage_of(&args.target.server_pid);
+    let redis_after = RedisInfo::read(redis_url).await;
 
     stats.latencies.sort_unstable();
     let l = &stats.latencies;
@@ -608,6 +684,9 @@ async fn pairs(args: PairsArgs) -> serde_json::Value {
         report["server_cpu_utilisation"] = (cpu.as_secs_f64() / stats.elapsed.as_secs_f64()).into();
         report["server_rss_bytes"] = after.rss_bytes.into();
     }
+    if let (Some(before), Some(after)) = (redis_before, redis_after) {
+        RedisInfo::per_pair(&before, &after, args.pairs as f64, &mut report);
+    }
     report
 }
 
@@ -627,6 +706,8 @@ async fn idle(args: IdleArgs) -> serde_json::Value {
     let pids = &args.target.server_pid;
     quiesce(pids).await;
     let before = usage_of(pids);
+    let redis_url = args.target.redis_url.as_deref();
+    let redis_before = RedisInfo::read(redis_url).await;
 
     let client = Client::connect(&args.target, connections).await;
     let park_started = Instant::now();
@@ -634,6 +715,7 @@ async fn idle(args: IdleArgs) -> serde_json::Value {
     quiesce(pids).await;
     let park_time = park_started.elapsed();
     let during = usage_of(pids);
+    let redis_during = RedisInfo::read(redis_url).await;
     // For scripts that run other load while these are parked: a line that
     // says they are all in place.
     eprintln!("parked {}", args.waiters);
@@ -662,6 +744,10 @@ async fn idle(args: IdleArgs) -> serde_json::Value {
         report["server_rss_before_bytes"] = before.rss_bytes.into();
         report["server_rss_parked_bytes"] = during.rss_bytes.into();
         report["bytes_per_parked_caller"] = (delta as f64 / args.waiters as f64).into();
+    }
+    if let (Some(before), Some(during)) = (redis_before, redis_during) {
+        report["redis_bytes_per_parked_caller"] =
+            ((during.used_memory - before.used_memory) / args.waiters as f64).into();
     }
     report
 }
