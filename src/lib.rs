@@ -7,16 +7,21 @@
 //!
 //! Read it from the inside out:
 //!
-//! - [`pairing`]: the engine. Ids, waiters, pairing, cleanup on drop. No
-//!   transport types, so another engine (one shared by replicas) can take its
-//!   place behind [`pairing::Engine`].
+//! - [`pairing`]: the engines, behind one seam, [`pairing::Engine`]: ids,
+//!   waiters, pairing, cleanup on drop, and no transport types. The local
+//!   engine (one process is the meeting place) and the Redis engine
+//!   (replicas meet in Redis); [`pairing::AnyEngine`] is whichever one the
+//!   configuration chose, and the only one the rest of the crate names.
 //! - [`service`]: the one call both protocols map onto: validation, the wait
 //!   limit, the per-call span, and the typed [`service::CallError`].
 //! - [`grpc`]: the gRPC port. `rendezvous.v1.Sync` by a lean handler of its
 //!   own (the caller's `grpc-timeout`, and errors to `tonic::Status`); health
 //!   and reflection by tonic.
 //! - [`gateway`]: the HTTP routes, and `CallError` to HTTP responses.
-//! - [`health`]: gRPC health and `/healthz`, `/readyz`, switched together.
+//! - [`health`]: gRPC health and `/healthz`, `/readyz`, switched together;
+//!   readiness also follows whether the engine reaches its meeting place.
+//! - [`metrics`]: the Prometheus series, and [`metrics::Protocol`], the label
+//!   that says which transport a call came in on.
 //! - [`auth`] and [`tls`]: bearer tokens with namespaces, and TLS/mTLS; both
 //!   reloaded on SIGHUP through [`Reloader`].
 //! - [`server`]: listeners, connections, reflection, and ordered shutdown.
@@ -27,7 +32,8 @@
 //!   the corpus replay in `tests/integration/fuzz_corpus.rs`.
 //!
 //! The binary (`src/main.rs`) only parses flags, sets up logging, and runs
-//! [`Application`] until SIGINT or SIGTERM. Tests start the same
+//! [`Application`] until SIGINT or SIGTERM. [`Application`] is where the
+//! engine is chosen, once, from the configuration. Tests start the same
 //! [`Application`] on port 0 with their own shutdown future.
 
 #![warn(missing_docs)]
