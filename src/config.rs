@@ -153,9 +153,10 @@ pub struct RedisArgs {
     #[arg(long = "redis-key-prefix", env = "RENDEZVOUS_REDIS_KEY_PREFIX", value_name = "PREFIX", default_value = DEFAULT_REDIS_KEY_PREFIX)]
     pub key_prefix: String,
 
-    /// How long a Redis command may take. Past it, the call is answered
-    /// UNAVAILABLE, Redis counts as unreachable, and readiness goes down
-    /// until it answers again.
+    /// How long Redis may take to answer this replica's probe (every 250ms).
+    /// Past it, Redis counts as unreachable: waiting and new callers are
+    /// answered UNAVAILABLE, and readiness goes down until it answers again.
+    /// A command may take ten times as long, queued behind a burst.
     #[arg(long = "redis-timeout", env = "RENDEZVOUS_REDIS_TIMEOUT", value_name = "DURATION", default_value = DEFAULT_REDIS_TIMEOUT, value_parser = positive_duration)]
     pub timeout: Duration,
 }

@@ -27,7 +27,7 @@ use std::{
     fmt,
     hash::BuildHasher,
     sync::{
-        Arc, Mutex, PoisonError, Weak,
+        Arc, Mutex, OnceLock, PoisonError, Weak,
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     time::Duration,
@@ -42,7 +42,7 @@ use sha2::{Digest, Sha256};
 use tokio::{
     sync::{Notify, mpsc, watch},
     task::JoinHandle,
-    time::{Instant, sleep, sleep_until, timeout},
+    time::{Instant, sleep, sleep_until, timeout, timeout_at},
 };
 
 use super::{Engine, Id, Meeting, PairError, Role};
@@ -52,11 +52,15 @@ use crate::metrics::RedisMetrics;
 /// tell it: a paused Redis (SIGSTOP) closes no connection.
 const PROBE_INTERVAL: Duration = Duration::from_millis(250);
 
+/// A command may take this many `--redis-timeout`s: the probe, not one slow
+/// command, decides that Redis is unreachable, since a command can queue
+/// behind a burst of others while Redis is well.
+const COMMANDS_WAIT: u32 = 10;
+
 /// How long a replica that has not reached Redis yet waits before it warns.
 const STARTUP_PATIENCE: Duration = Duration::from_secs(10);
 
-/// The longest pause between two tries of a caller's cleanup, or of an
-/// arrival that found the id busy.
+/// The longest pause between two tries of an arrival that found the id busy.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 /// How the Redis engine connects, from the flags.
@@ -143,6 +147,9 @@ pub struct RedisEngine {
 
 struct Inner {
     connection: ConnectionManager,
+    /// The probe's own connection: on the callers' connection, a PING would
+    /// queue behind their commands, and a burst would look like an outage.
+    probe_connection: ConnectionManager,
     script: Script,
     key_prefix: String,
     /// This replica's channel, and the start of its callers' tokens.
@@ -164,6 +171,8 @@ struct Inner {
     cleanups: AtomicUsize,
     /// Woken whenever a slot or a cleanup ends, for `close`.
     settled: Notify,
+    /// Result keys whose message arrived, for [`sweep`] to remove.
+    janitor: mpsc::UnboundedSender<String>,
     metrics: RedisMetrics,
 }
 
@@ -207,17 +216,35 @@ impl RedisEngine {
         }
         let client = Client::open(info).map_err(|e| bad_url(e.to_string()))?;
 
-        let (pushes, received) = mpsc::unbounded_channel();
-        let manager = ConnectionManagerConfig::new()
+        // Messages are handled where the connection hands them over, with
+        // no task in between: the engine is filled in once it exists.
+        let engine: Arc<OnceLock<Weak<Inner>>> = Arc::default();
+        let pushes = {
+            let engine = engine.clone();
+            move |push: PushInfo| -> Result<(), std::convert::Infallible> {
+                if let Some(inner) = engine.get().and_then(Weak::upgrade) {
+                    inner.pushed(push);
+                }
+                Ok(())
+            }
+        };
+        let (janitor, swept) = mpsc::unbounded_channel();
+        // The probe retries on its own schedule; a long backoff inside the
+        // managers would only hold calls up.
+        let managed = || {
+            ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(config.timeout))
+                .set_number_of_retries(1)
+                .set_max_delay(config.timeout)
+        };
+        let callers = managed()
             .set_push_sender(pushes)
             .set_automatic_resubscription()
-            .set_connection_timeout(Some(config.timeout))
-            .set_response_timeout(Some(config.timeout))
-            // The probe retries on its own schedule; a long backoff inside
-            // the manager would only hold calls up.
-            .set_number_of_retries(1)
-            .set_max_delay(config.timeout);
-        let connection = ConnectionManager::new_lazy_with_config(client, manager)
+            .set_response_timeout(Some(config.timeout * COMMANDS_WAIT));
+        let connection = ConnectionManager::new_lazy_with_config(client.clone(), callers)
+            .map_err(|e| bad_url(e.to_string()))?;
+        let probing = managed().set_response_timeout(Some(config.timeout));
+        let probe_connection = ConnectionManager::new_lazy_with_config(client, probing)
             .map_err(|e| bad_url(e.to_string()))?;
 
         let replica = format!("{:016x}", std::hash::RandomState::new().hash_one(0u8));
@@ -225,6 +252,7 @@ impl RedisEngine {
         metrics.reachable.set(0);
         let inner = Arc::new(Inner {
             connection,
+            probe_connection,
             script: Script::new(include_str!("redis.lua")),
             channel: format!("{}replica:{replica}", config.key_prefix),
             key_prefix: config.key_prefix,
@@ -239,10 +267,12 @@ impl RedisEngine {
             reachable,
             cleanups: AtomicUsize::new(0),
             settled: Notify::new(),
+            janitor,
             metrics,
         });
+        let _ = engine.set(Arc::downgrade(&inner));
         let tasks = [
-            tokio::spawn(dispatch(Arc::downgrade(&inner), received)),
+            tokio::spawn(sweep(Arc::downgrade(&inner), swept)),
             tokio::spawn(probe(Arc::downgrade(&inner))),
         ];
         Ok(Self { inner, tasks })
@@ -526,46 +556,56 @@ impl Inner {
         settled(self.run(&invocation).await?)
     }
 
-    /// Runs the script once, within the timeout, and records the round trip.
+    /// Runs the script once and records the round trip. It fails at once
+    /// when the probe finds Redis unreachable, so that no caller waits on a
+    /// Redis that cannot answer; and after [`COMMANDS_WAIT`] timeouts in any
+    /// case, since a command queued behind a burst may be slow while Redis
+    /// is well.
     async fn run(
         &self,
         invocation: &redis::ScriptInvocation<'_>,
     ) -> Result<Vec<Vec<u8>>, PairError> {
         let mut connection = self.connection.clone();
+        let mut reachable = self.reachable.subscribe();
         let start = Instant::now();
-        let reply = timeout(
-            self.timeout,
-            invocation.invoke_async::<Vec<Vec<u8>>>(&mut connection),
-        )
-        .await;
+        let reply = tokio::select! {
+            reply = timeout(
+                self.timeout * COMMANDS_WAIT,
+                invocation.invoke_async::<Vec<Vec<u8>>>(&mut connection),
+            ) => reply,
+            _ = reachable.wait_for(|up| !up) => {
+                return Err(PairError::Unavailable(unreachable_message()));
+            }
+        };
         self.metrics
             .round_trips
             .observe(start.elapsed().as_secs_f64());
         match reply {
             Ok(Ok(reply)) => Ok(reply),
-            Ok(Err(error)) if error.is_io_error() || error.is_timeout() => {
-                self.lost(format!("lost Redis: {error}"));
-                Err(PairError::Unavailable(format!("lost Redis: {error}")))
-            }
-            Ok(Err(error)) => Err(PairError::Unavailable(format!("Redis refused: {error}"))),
-            Err(_) => {
-                let reason = format!(
-                    "Redis did not answer within {}",
-                    humantime::format_duration(self.timeout)
-                );
+            Ok(Err(error)) if error.is_io_error() => {
+                // The connection broke: messages on it may be lost too.
+                let reason = format!("lost the connection to Redis: {error}");
                 self.lost(reason.clone());
                 Err(PairError::Unavailable(reason))
             }
+            Ok(Err(error)) => Err(PairError::Unavailable(format!("Redis refused: {error}"))),
+            Err(_) => Err(PairError::Unavailable(format!(
+                "Redis did not answer within {}",
+                humantime::format_duration(self.timeout * COMMANDS_WAIT)
+            ))),
         }
     }
 
     /// Redis is unreachable: readiness goes down, and every caller waiting
     /// here is answered, since nothing it would be told can reach it now.
+    /// Only the change does this: callers that arrive while Redis is away
+    /// are refused as they arrive.
     fn lost(&self, reason: String) {
-        if self.reachable.send_replace(false) {
-            tracing::warn!(%reason, "Redis is unreachable; answering waiting callers UNAVAILABLE");
-            self.metrics.reachable.set(0);
+        if !self.reachable.send_replace(false) {
+            return;
         }
+        tracing::warn!(%reason, "Redis is unreachable; answering waiting callers UNAVAILABLE");
+        self.metrics.reachable.set(0);
         for slot in self.lock_slots().values() {
             let _ = slot.send(Event::Lost(reason.clone()));
         }
@@ -585,14 +625,23 @@ impl Inner {
         }
     }
 
-    /// Removes a caller that left from Redis, retrying while Redis is
-    /// unreachable, until its entries would have expired anyway.
+    /// Removes a caller that left from Redis. If Redis cannot be reached, it
+    /// tries again once Redis is back (not on a timer, so that an outage does
+    /// not turn into a storm of retries), until the entries would have
+    /// expired anyway.
     async fn clean_up(self: Arc<Self>, key: String, token: String, deadline: Instant) {
         let give_up = deadline + Duration::from_secs(1);
-        let mut backoff = Duration::from_millis(50);
-        while self.leave(&key, &token, false).await.is_err() && Instant::now() < give_up {
-            sleep(backoff).await;
-            backoff = (backoff * 2).min(MAX_BACKOFF);
+        let mut reachable = self.reachable.subscribe();
+        while self.leave(&key, &token, false).await.is_err() {
+            // Wait for Redis to be found lost (if this failure did not say
+            // so already) and back, or for the entries to expire.
+            let back = async {
+                let _ = timeout(self.timeout * 2, reachable.wait_for(|up| !up)).await;
+                let _ = reachable.wait_for(|up| *up).await;
+            };
+            if timeout_at(give_up, back).await.is_err() {
+                break;
+            }
         }
         self.cleanups.fetch_sub(1, Ordering::AcqRel);
         self.settled.notify_waiters();
@@ -601,6 +650,22 @@ impl Inner {
     fn spawn_cleanup(self: &Arc<Self>, key: String, token: String, deadline: Instant) {
         self.cleanups.fetch_add(1, Ordering::AcqRel);
         tokio::spawn(self.clone().clean_up(key, token, deadline));
+    }
+
+    /// What the connection hands over besides answers: a message on this
+    /// replica's channel, or news that the connection dropped, which loses
+    /// Redis: messages sent while it was down are gone, so no waiting caller
+    /// can trust what it has not been told.
+    fn pushed(self: &Arc<Self>, push: PushInfo) {
+        match push.kind {
+            PushKind::Message => {
+                if let Some(Value::BulkString(message)) = push.data.get(1) {
+                    self.received(message);
+                }
+            }
+            PushKind::Disconnection => self.lost("lost the connection to Redis".into()),
+            _ => {}
+        }
     }
 
     /// One message from this replica's channel.
@@ -636,16 +701,7 @@ impl Inner {
             // The result key was only for a missed message, and this one
             // arrived: remove it. Only after delivering the message, which a
             // caller that finds its result key gone relies on.
-            let result = format!("{key}:r:{token}");
-            let inner = self.clone();
-            tokio::spawn(async move {
-                let mut connection = inner.connection.clone();
-                // UNLINK rather than DEL only so that Redis's command counts
-                // tell this apart from the scripts' own DELs.
-                let mut delete = redis::cmd("UNLINK");
-                delete.arg(result);
-                let _ = timeout(inner.timeout, delete.exec_async(&mut connection)).await;
-            });
+            let _ = self.janitor.send(format!("{key}:r:{token}"));
         } else if !delivered {
             // An offer to (or a promotion of) a caller that is no longer
             // here: it left, or was answered when Redis was lost. Make sure
@@ -717,21 +773,24 @@ fn unreachable_message() -> String {
     "cannot reach Redis".into()
 }
 
-/// Hands each message on this replica's channel to the caller it is for,
-/// and treats a lost connection as lost Redis: messages sent while it was
-/// down are gone, so no waiting caller can trust what it has not been told.
-async fn dispatch(inner: Weak<Inner>, mut pushes: mpsc::UnboundedReceiver<PushInfo>) {
-    while let Some(push) = pushes.recv().await {
-        let Some(inner) = inner.upgrade() else { return };
-        match push.kind {
-            PushKind::Message => {
-                if let Some(Value::BulkString(message)) = push.data.get(1) {
-                    inner.received(message);
-                }
-            }
-            PushKind::Disconnection => inner.lost("lost the connection to Redis".into()),
-            _ => {}
+/// Removes the result keys whose message arrived, many at once when many
+/// pairs complete together: one pipeline, one write, one read.
+async fn sweep(inner: Weak<Inner>, mut swept: mpsc::UnboundedReceiver<String>) {
+    let mut keys = Vec::new();
+    while swept.recv_many(&mut keys, 512).await > 0 {
+        let Some(engine) = inner.upgrade() else { return };
+        let mut pipeline = redis::pipe();
+        for key in keys.drain(..) {
+            // UNLINK rather than DEL only so that Redis's command counts
+            // tell these apart from the script's own DELs.
+            pipeline.cmd("UNLINK").arg(key).ignore();
         }
+        let mut connection = engine.connection.clone();
+        let _ = timeout(
+            engine.timeout * COMMANDS_WAIT,
+            pipeline.exec_async(&mut connection),
+        )
+        .await;
     }
 }
 
@@ -745,16 +804,21 @@ async fn probe(inner: Weak<Inner>) {
     let started = Instant::now();
     let mut told = (false, false);
     loop {
-        let Some(engine) = inner.upgrade() else {
-            return;
-        };
+        let Some(engine) = inner.upgrade() else { return };
         let mut connection = engine.connection.clone();
+        let mut probe_connection = engine.probe_connection.clone();
+        let was_reachable = *engine.reachable.borrow();
         let answered = timeout(engine.timeout, async {
             if !subscribed {
                 connection.subscribe(&engine.channel).await?;
                 subscribed = true;
             }
-            redis::cmd("PING").exec_async(&mut connection).await
+            // Before saying Redis is back, make sure the callers' connection
+            // is too (it reconnects on its first command after an outage).
+            if !was_reachable {
+                redis::cmd("PING").exec_async(&mut connection).await?;
+            }
+            redis::cmd("PING").exec_async(&mut probe_connection).await
         })
         .await;
         let failure = match answered {
