@@ -38,9 +38,9 @@ use redis::{
     Client, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Script, Value,
     aio::{ConnectionManager, ConnectionManagerConfig},
 };
-use sha2::{Digest, Sha256};
+use sha2::{Digest as _, Sha256};
 use tokio::{
-    sync::{Notify, mpsc, watch},
+    sync::{Notify, Semaphore, mpsc, watch},
     task::JoinHandle,
     time::{Instant, sleep, sleep_until, timeout, timeout_at},
 };
@@ -56,6 +56,12 @@ const PROBE_INTERVAL: Duration = Duration::from_millis(250);
 /// command, decides that Redis is unreachable, since a command can queue
 /// behind a burst of others while Redis is well.
 const COMMANDS_WAIT: u32 = 10;
+
+/// The most commands a replica has in flight to Redis at once: enough to keep
+/// the connection's pipeline full. A burst of callers waits its turn before
+/// its commands are built, rather than as thousands of commands queued at
+/// once, whose buffers would outlive the burst in the allocator.
+const IN_FLIGHT: usize = 256;
 
 /// How long a replica that has not reached Redis yet waits before it warns.
 const STARTUP_PATIENCE: Duration = Duration::from_secs(10);
@@ -139,6 +145,40 @@ enum Event {
     Closed,
 }
 
+/// Where a waiting caller's events wait for it: lighter than a channel,
+/// which would allocate a block of slots per caller up front.
+#[derive(Default)]
+struct Slot {
+    events: Mutex<std::collections::VecDeque<Event>>,
+    /// `notify_one` keeps a permit when nobody waits, so an event that comes
+    /// between a look at the queue and the wait is not missed.
+    ready: Notify,
+}
+
+impl Slot {
+    fn send(&self, event: Event) {
+        self.lock().push_back(event);
+        self.ready.notify_one();
+    }
+
+    fn try_next(&self) -> Option<Event> {
+        self.lock().pop_front()
+    }
+
+    async fn next(&self) -> Event {
+        loop {
+            if let Some(event) = self.try_next() {
+                return event;
+            }
+            self.ready.notified().await;
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<Event>> {
+        self.events.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
 /// The engine that replicas share through Redis. See the module docs.
 pub struct RedisEngine {
     inner: Arc<Inner>,
@@ -157,7 +197,7 @@ struct Inner {
     replica: String,
     next_ticket: AtomicU64,
     /// The callers waiting through this replica, by ticket.
-    slots: Mutex<HashMap<u64, mpsc::UnboundedSender<Event>>>,
+    slots: Mutex<HashMap<u64, Arc<Slot>>>,
     /// Places taken against the cap: callers parked in Redis through this
     /// replica, and arrivals that may park, from before they ask Redis.
     places: AtomicUsize,
@@ -173,6 +213,8 @@ struct Inner {
     settled: Notify,
     /// Result keys whose message arrived, for [`sweep`] to remove.
     janitor: mpsc::UnboundedSender<String>,
+    /// Turns for commands in flight: [`IN_FLIGHT`] of them.
+    turns: Semaphore,
     metrics: RedisMetrics,
 }
 
@@ -268,6 +310,7 @@ impl RedisEngine {
             cleanups: AtomicUsize::new(0),
             settled: Notify::new(),
             janitor,
+            turns: Semaphore::new(IN_FLIGHT),
             metrics,
         });
         let _ = engine.set(Arc::downgrade(&inner));
@@ -295,7 +338,9 @@ impl RedisEngine {
         deadline: Instant,
     ) -> std::pin::Pin<Box<dyn Future<Output = Result<Meeting, PairError>> + Send>> {
         let inner = self.inner.clone();
-        Box::pin(async move { inner.meet(id, payload, deadline).await })
+        // Hashed now, so that the waiting future keeps 16 bytes, not the id.
+        let digest = id_digest(&id);
+        Box::pin(async move { inner.meet(digest, payload, deadline).await })
     }
 
     /// See [`Engine::close`].
@@ -362,20 +407,19 @@ enum Settled {
 }
 
 impl Inner {
-    fn lock_slots(&self) -> std::sync::MutexGuard<'_, HashMap<u64, mpsc::UnboundedSender<Event>>> {
+    fn lock_slots(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Slot>>> {
         // Nothing panics while holding it; the map is consistent at each step.
         self.slots.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The id's meeting place. Ids are hashed: they can be secret meeting
-    /// codes, and a hash keeps braces in an id from breaking the hash tag
-    /// that keeps an id's keys in one cluster slot.
-    fn key(&self, id: &Id) -> String {
-        let digest = Sha256::digest(id.as_str().as_bytes());
+    /// The meeting place of the id whose hash is `digest`.
+    /// A waiting caller keeps only the hash, and builds the key when it
+    /// sends a command: every byte it keeps is paid for as long as it waits.
+    fn key(&self, digest: &Digest) -> String {
         let mut key = String::with_capacity(self.key_prefix.len() + 34);
         key.push_str(&self.key_prefix);
         key.push('{');
-        for byte in &digest[..16] {
+        for byte in digest {
             key.push_str(&format!("{byte:02x}"));
         }
         key.push('}');
@@ -395,23 +439,20 @@ impl Inner {
 
     async fn meet(
         self: Arc<Self>,
-        id: Id,
+        digest: Digest,
         payload: Bytes,
         deadline: Instant,
     ) -> Result<Meeting, PairError> {
         if let Some(error) = self.unreachable_now() {
             return Err(error);
         }
-        let key = self.key(&id);
         let ticket = self.next_ticket.fetch_add(1, Ordering::Relaxed);
-        let token = self.token(ticket);
-        let (events, mut received) = mpsc::unbounded_channel();
+        let slot = Arc::new(Slot::default());
         // Registered before arriving: an offer can come before the answer.
-        self.lock_slots().insert(ticket, events);
+        self.lock_slots().insert(ticket, slot.clone());
         let mut guard = Guard {
             inner: self.clone(),
-            key,
-            token,
+            digest,
             ticket,
             deadline,
             place: false,
@@ -419,41 +460,10 @@ impl Inner {
             settled: false,
         };
         let start = Instant::now();
-
-        let mut backoff = Duration::from_millis(1);
-        loop {
-            let wait = deadline.saturating_duration_since(Instant::now());
-            if wait.is_zero() {
-                guard.settled = true;
-                return Err(PairError::TimedOut);
-            }
-            // A place against the cap, taken before asking, so that two
-            // arrivals at once cannot both take the last one.
-            let may_park = self.places.fetch_add(1, Ordering::Relaxed) < self.capacity;
-            guard.place = true;
-            let arrived = self.arrive(&guard, &payload, wait, may_park).await;
-            if matches!(arrived, Ok(Arrived::Parked)) {
-                self.parked.fetch_add(1, Ordering::Relaxed);
-                guard.parked = true;
-            } else {
-                self.places.fetch_sub(1, Ordering::Relaxed);
-                guard.place = false;
-            }
-            match arrived? {
-                Arrived::Parked | Arrived::Offered => break,
-                Arrived::Full => {
-                    guard.settled = true;
-                    return Err(PairError::Full {
-                        capacity: self.capacity,
-                    });
-                }
-                // Another caller is pairing with this id's waiter right now;
-                // the id is free again within a round trip or two.
-                Arrived::Busy => {
-                    sleep_until(deadline.min(Instant::now() + backoff)).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                }
-            }
+        // Boxed: what arriving needs (the payload, a timer to back off with)
+        // is then not part of the future that waits.
+        if let Some(refused) = Box::pin(self.arrive_until_placed(&mut guard, payload)).await? {
+            return Err(refused);
         }
 
         let paired = |role, peer_payload| Meeting {
@@ -463,41 +473,30 @@ impl Inner {
         };
         loop {
             let event = tokio::select! {
-                event = received.recv() => event,
+                event = slot.next() => event,
                 () = sleep_until(deadline) => {
-                    // The deadline: leave, unless an offer came first.
-                    let settled = self.leave(&guard.key, &guard.token, true).await?;
-                    guard.settled = true;
+                    let settled = Box::pin(self.at_deadline(&mut guard, &slot)).await?;
                     return match settled {
                         Settled::Paired(role, peer_payload) => Ok(paired(role, peer_payload)),
-                        // Its result key is gone only if the message that
-                        // paired it arrived, and that is in the channel.
-                        Settled::Unpaired => loop {
-                            match received.try_recv() {
-                                Ok(Event::Paired(peer_payload)) => {
-                                    break Ok(paired(Role::Second, peer_payload));
-                                }
-                                Ok(_) => {}
-                                Err(_) => break Err(PairError::TimedOut),
-                            }
-                        },
+                        Settled::Unpaired => Err(PairError::TimedOut),
                     };
                 }
             };
             match event {
-                Some(Event::Offer) => {
-                    if let Settled::Paired(role, peer_payload) = self.accept(&guard).await? {
+                Event::Offer => {
+                    let accepted = Box::pin(self.accept_in_turn(&guard)).await?;
+                    if let Settled::Paired(role, peer_payload) = accepted {
                         guard.settled = true;
                         return Ok(paired(role, peer_payload));
                     }
                 }
-                Some(Event::Paired(peer_payload)) => {
+                Event::Paired(peer_payload) => {
                     guard.settled = true;
                     return Ok(paired(Role::Second, peer_payload));
                 }
                 // Now a waiter, it takes a place against the cap like one;
                 // with none left, it leaves (the guard removes it).
-                Some(Event::Promoted) => {
+                Event::Promoted => {
                     if !guard.place {
                         if self.places.fetch_add(1, Ordering::Relaxed) >= self.capacity {
                             self.places.fetch_sub(1, Ordering::Relaxed);
@@ -510,8 +509,83 @@ impl Inner {
                         guard.parked = true;
                     }
                 }
-                Some(Event::Lost(reason)) => return Err(PairError::Unavailable(reason)),
-                Some(Event::Closed) | None => return Err(PairError::ShuttingDown),
+                Event::Lost(reason) => return Err(PairError::Unavailable(reason)),
+                Event::Closed => return Err(PairError::ShuttingDown),
+            }
+        }
+    }
+
+    /// The deadline came: leave, unless an offer came first.
+    async fn at_deadline(&self, guard: &mut Guard, slot: &Slot) -> Result<Settled, PairError> {
+        let _turn = self.turn().await?;
+        let settled = self.leave(&guard.key(), &guard.token(), true).await?;
+        guard.settled = true;
+        if let Settled::Paired(..) = settled {
+            return Ok(settled);
+        }
+        // Its result key is gone only if the message that paired it arrived,
+        // and then that message is waiting in its slot.
+        while let Some(event) = slot.try_next() {
+            if let Event::Paired(peer_payload) = event {
+                return Ok(Settled::Paired(Role::Second, peer_payload));
+            }
+        }
+        Ok(Settled::Unpaired)
+    }
+
+    async fn accept_in_turn(&self, guard: &Guard) -> Result<Settled, PairError> {
+        let _turn = self.turn().await?;
+        self.accept(guard).await
+    }
+
+    /// Parks the caller in Redis, or offers it to the waiter there, trying
+    /// again while the id is busy: `Some` refusal if it cannot wait.
+    async fn arrive_until_placed(
+        &self,
+        guard: &mut Guard,
+        payload: Bytes,
+    ) -> Result<Option<PairError>, PairError> {
+        let deadline = guard.deadline;
+        let mut backoff = Duration::from_millis(1);
+        loop {
+            let wait = deadline.saturating_duration_since(Instant::now());
+            if wait.is_zero() {
+                guard.settled = true;
+                return Ok(Some(PairError::TimedOut));
+            }
+            // A place against the cap, taken before asking, so that two
+            // arrivals at once cannot both take the last one.
+            let may_park = self.places.fetch_add(1, Ordering::Relaxed) < self.capacity;
+            guard.place = true;
+            // Each command's future is boxed, here and below: it lives for a
+            // round trip, and inline it would size every waiting caller.
+            let arrived = match self.turn().await {
+                Ok(_turn) => Box::pin(self.arrive(guard, &payload, wait, may_park)).await,
+                Err(error) => Err(error),
+            };
+            if matches!(arrived, Ok(Arrived::Parked)) {
+                self.parked.fetch_add(1, Ordering::Relaxed);
+                guard.parked = true;
+            } else {
+                self.places.fetch_sub(1, Ordering::Relaxed);
+                guard.place = false;
+            }
+            match arrived? {
+                // Redis has the payload now: it (and the request buffer it
+                // may be a slice of) is let go of as this returns.
+                Arrived::Parked | Arrived::Offered => return Ok(None),
+                Arrived::Full => {
+                    guard.settled = true;
+                    return Ok(Some(PairError::Full {
+                        capacity: self.capacity,
+                    }));
+                }
+                // Another caller is pairing with this id's waiter right now;
+                // the id is free again within a round trip or two.
+                Arrived::Busy => {
+                    sleep_until(deadline.min(Instant::now() + backoff)).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
             }
         }
     }
@@ -523,10 +597,11 @@ impl Inner {
         wait: Duration,
         may_park: bool,
     ) -> Result<Arrived, PairError> {
-        let mut invocation = self.script.key(&guard.key);
+        let (key, token) = (guard.key(), guard.token());
+        let mut invocation = self.script.key(&key);
         invocation
             .arg("arrive")
-            .arg(&guard.token)
+            .arg(&token)
             .arg(&self.channel)
             .arg(payload.as_ref())
             .arg(wait.as_millis().max(1) as u64)
@@ -542,8 +617,9 @@ impl Inner {
     }
 
     async fn accept(&self, guard: &Guard) -> Result<Settled, PairError> {
-        let mut invocation = self.script.key(&guard.key);
-        invocation.arg("accept").arg(&guard.token);
+        let (key, token) = (guard.key(), guard.token());
+        let mut invocation = self.script.key(&key);
+        invocation.arg("accept").arg(&token);
         settled(self.run(&invocation).await?)
     }
 
@@ -556,6 +632,17 @@ impl Inner {
         settled(self.run(&invocation).await?)
     }
 
+    /// A turn to send a command (see [`IN_FLIGHT`]). Taken before the
+    /// command's future is built, so that a caller waiting for its turn holds
+    /// no more than this.
+    async fn turn(&self) -> Result<tokio::sync::SemaphorePermit<'_>, PairError> {
+        let mut reachable = self.reachable.subscribe();
+        tokio::select! {
+            turn = self.turns.acquire() => Ok(turn.expect("the semaphore is never closed")),
+            _ = reachable.wait_for(|up| !up) => Err(PairError::Unavailable(unreachable_message())),
+        }
+    }
+
     /// Runs the script once and records the round trip. It fails at once
     /// when the probe finds Redis unreachable, so that no caller waits on a
     /// Redis that cannot answer; and after [`COMMANDS_WAIT`] timeouts in any
@@ -565,14 +652,14 @@ impl Inner {
         &self,
         invocation: &redis::ScriptInvocation<'_>,
     ) -> Result<Vec<Vec<u8>>, PairError> {
-        let mut connection = self.connection.clone();
         let mut reachable = self.reachable.subscribe();
+        let mut connection = self.connection.clone();
         let start = Instant::now();
+        // Boxed: inline, this large future would be part of every waiting
+        // caller's, though it lives only for a round trip.
+        let command = Box::pin(invocation.invoke_async::<Vec<Vec<u8>>>(&mut connection));
         let reply = tokio::select! {
-            reply = timeout(
-                self.timeout * COMMANDS_WAIT,
-                invocation.invoke_async::<Vec<Vec<u8>>>(&mut connection),
-            ) => reply,
+            reply = timeout(self.timeout * COMMANDS_WAIT, command) => reply,
             _ = reachable.wait_for(|up| !up) => {
                 return Err(PairError::Unavailable(unreachable_message()));
             }
@@ -607,14 +694,14 @@ impl Inner {
         tracing::warn!(%reason, "Redis is unreachable; answering waiting callers UNAVAILABLE");
         self.metrics.reachable.set(0);
         for slot in self.lock_slots().values() {
-            let _ = slot.send(Event::Lost(reason.clone()));
+            slot.send(Event::Lost(reason.clone()));
         }
     }
 
     async fn close(&self) {
         self.closed.store(true, Ordering::Release);
         for slot in self.lock_slots().values() {
-            let _ = slot.send(Event::Closed);
+            slot.send(Event::Closed);
         }
         loop {
             let settled = self.settled.notified();
@@ -632,7 +719,7 @@ impl Inner {
     async fn clean_up(self: Arc<Self>, key: String, token: String, deadline: Instant) {
         let give_up = deadline + Duration::from_secs(1);
         let mut reachable = self.reachable.subscribe();
-        while self.leave(&key, &token, false).await.is_err() {
+        while self.leave_in_turn(&key, &token).await.is_err() {
             // Wait for Redis to be found lost (if this failure did not say
             // so already) and back, or for the entries to expire.
             let back = async {
@@ -645,6 +732,11 @@ impl Inner {
         }
         self.cleanups.fetch_sub(1, Ordering::AcqRel);
         self.settled.notify_waiters();
+    }
+
+    async fn leave_in_turn(&self, key: &str, token: &str) -> Result<Settled, PairError> {
+        let _turn = self.turn().await?;
+        self.leave(key, token, false).await
     }
 
     fn spawn_cleanup(self: &Arc<Self>, key: String, token: String, deadline: Instant) {
@@ -694,7 +786,10 @@ impl Inner {
             _ => return,
         };
         let delivered = match self.lock_slots().get(&ticket) {
-            Some(slot) => slot.send(event).is_ok(),
+            Some(slot) => {
+                slot.send(event);
+                true
+            }
             None => false,
         };
         if kind == b'R' {
@@ -715,8 +810,8 @@ impl Inner {
 /// its outcome is unknown), it removes them from Redis in a task.
 struct Guard {
     inner: Arc<Inner>,
-    key: String,
-    token: String,
+    /// The id's hash: its key is built from it when needed.
+    digest: Digest,
     ticket: u64,
     deadline: Instant,
     /// Holds a place against the cap.
@@ -725,6 +820,16 @@ struct Guard {
     parked: bool,
     /// The outcome is known, and nothing of this caller is left in Redis.
     settled: bool,
+}
+
+impl Guard {
+    fn key(&self) -> String {
+        self.inner.key(&self.digest)
+    }
+
+    fn token(&self) -> String {
+        self.inner.token(self.ticket)
+    }
 }
 
 impl Drop for Guard {
@@ -737,14 +842,24 @@ impl Drop for Guard {
             self.inner.parked.fetch_sub(1, Ordering::Relaxed);
         }
         if !self.settled {
-            self.inner.spawn_cleanup(
-                std::mem::take(&mut self.key),
-                std::mem::take(&mut self.token),
-                self.deadline,
-            );
+            self.inner
+                .spawn_cleanup(self.key(), self.token(), self.deadline);
         }
         self.inner.settled.notify_waiters();
     }
+}
+
+/// The first half of an id's SHA-256: its key's hash tag.
+type Digest = [u8; 16];
+
+/// Ids are hashed: they can be secret meeting codes, and a hash keeps braces
+/// in an id from breaking the hash tag that keeps an id's keys in one
+/// cluster slot.
+fn id_digest(id: &Id) -> Digest {
+    let digest = Sha256::digest(id.as_str().as_bytes());
+    let mut half = [0; 16];
+    half.copy_from_slice(&digest[..16]);
+    half
 }
 
 fn settled(reply: Vec<Vec<u8>>) -> Result<Settled, PairError> {
@@ -778,7 +893,9 @@ fn unreachable_message() -> String {
 async fn sweep(inner: Weak<Inner>, mut swept: mpsc::UnboundedReceiver<String>) {
     let mut keys = Vec::new();
     while swept.recv_many(&mut keys, 512).await > 0 {
-        let Some(engine) = inner.upgrade() else { return };
+        let Some(engine) = inner.upgrade() else {
+            return;
+        };
         let mut pipeline = redis::pipe();
         for key in keys.drain(..) {
             // UNLINK rather than DEL only so that Redis's command counts
@@ -804,7 +921,9 @@ async fn probe(inner: Weak<Inner>) {
     let started = Instant::now();
     let mut told = (false, false);
     loop {
-        let Some(engine) = inner.upgrade() else { return };
+        let Some(engine) = inner.upgrade() else {
+            return;
+        };
         let mut connection = engine.connection.clone();
         let mut probe_connection = engine.probe_connection.clone();
         let was_reachable = *engine.reachable.borrow();
@@ -873,5 +992,29 @@ mod tests {
         assert_eq!(redact("redis://hunter2@db"), "redis://***@db");
         assert_eq!(redact("redis://db:6379"), "redis://db:6379");
         assert_eq!(redact("not a url hunter2"), "***");
+    }
+}
+#[cfg(test)]
+mod size {
+    /// A waiting caller's future is paid for as long as it waits; what only
+    /// a round trip needs is boxed apart. This keeps it that way.
+    #[tokio::test]
+    async fn a_waiting_callers_future_stays_small() {
+        let config = super::RedisConfig {
+            url: "redis://127.0.0.1:1".into(),
+            password: None,
+            key_prefix: "size:".into(),
+            timeout: std::time::Duration::from_millis(10),
+            capacity: 1,
+        };
+        let engine =
+            super::RedisEngine::start(config, crate::metrics::Metrics::new().redis()).unwrap();
+        let call =
+            engine
+                .inner
+                .clone()
+                .meet([0; 16], bytes::Bytes::new(), tokio::time::Instant::now());
+        let size = std::mem::size_of_val(&call);
+        assert!(size <= 512, "a waiting caller's future is {size} bytes");
     }
 }

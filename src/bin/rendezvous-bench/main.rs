@@ -147,10 +147,17 @@ impl RedisInfo {
             .map(|(name, n)| (name, n.into()))
             .collect();
         // What the replicas send; the rest run inside the script.
-        let sent: f64 = ["evalsha", "eval", "script|load", "unlink", "ping", "subscribe"]
-            .iter()
-            .map(|name| per_pair(name))
-            .sum();
+        let sent: f64 = [
+            "evalsha",
+            "eval",
+            "script|load",
+            "unlink",
+            "ping",
+            "subscribe",
+        ]
+        .iter()
+        .map(|name| per_pair(name))
+        .sum();
         report["redis_round_trips_per_pair"] = sent.into();
         report["redis_commands_per_pair"] = commands.into();
     }
