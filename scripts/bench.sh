@@ -143,12 +143,12 @@ if [[ $ONLY == all || $ONLY == redis ]]; then
     echo "replica on $grpc never became ready" >&2
     return 1
   }
-  start_replica 50081 3081
+  start_replica 20081 20091
   a=$replica
-  start_replica 50082 3082
+  start_replica 20082 20092
   b=$replica
   start_project
-  both=(--target 127.0.0.1:50081,127.0.0.1:50082 --server-pid "$a,$b" "${redis[@]}")
+  both=(--target 127.0.0.1:20081,127.0.0.1:20082 --server-pid "$a,$b" "${redis[@]}")
   for round in $(seq "$ROUNDS"); do
     echo "== redis round $round of $ROUNDS"
     record redis-1 -- pairs "${both[@]}" --concurrency 1 --pairs 5000 --warmup 500
@@ -161,11 +161,11 @@ if [[ $ONLY == all || $ONLY == redis ]]; then
   stop "$server"
   # Memory and capacity: 20,000 callers parked across both replicas (10,000
   # each), then all paired by partners on the other replica.
-  start_replica 50081 3081 --max-wait 10m
+  start_replica 20081 20091 --max-wait 10m
   a=$replica
-  start_replica 50082 3082 --max-wait 10m
+  start_replica 20082 20092 --max-wait 10m
   b=$replica
-  both=(--target 127.0.0.1:50081,127.0.0.1:50082 --server-pid "$a,$b" "${redis[@]}")
+  both=(--target 127.0.0.1:20081,127.0.0.1:20082 --server-pid "$a,$b" "${redis[@]}")
   record redis-idle-20k -- idle "${both[@]}" --waiters 20000 --connections 64
   stop "$a"
   stop "$b"

@@ -41,7 +41,9 @@ fi
 
 grpc=() http=() servers=()
 for i in $(seq "$REPLICAS"); do
-  g=$((50150 + i)) h=$((3130 + i))
+  # Below the ephemeral port range (32768 and up), where a client socket
+  # could already hold the port.
+  g=$((20150 + i)) h=$((20160 + i))
   "${server_cpu[@]}" target/release/rendezvous --grpc-addr 127.0.0.1:$g --http-addr 127.0.0.1:$h \
     "${engine[@]}" >"$out/server-$i.log" 2>&1 &
   pids+=($!)

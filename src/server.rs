@@ -268,6 +268,7 @@ impl Application {
             redis = config.redis.url.as_deref().map(crate::pairing::redact),
             redis_key_prefix = config.redis.url.is_some().then_some(config.redis.key_prefix.as_str()),
             redis_timeout = config.redis.url.is_some().then(|| duration(config.redis.timeout)),
+            redis_password_file = config.redis.password_file.is_some(),
             tokens = config.auth_token_file.is_some(),
             tls = config.tls_cert.is_some(),
             client_certificates = config.tls_client_ca.is_some(),

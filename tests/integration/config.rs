@@ -22,10 +22,11 @@ async fn every_setting_can_come_from_its_environment_variable() {
     let cert = write("cert.pem", &certified.cert.pem());
     let key = write("key.pem", &certified.signing_key.serialize_pem());
     let tokens = write("tokens", "environment-token-0123 ns\n");
+    let password = write("redis-password", "environment-password\n");
 
     // Each variable, its value, and the field of the startup line that
     // shows it in force.
-    let settings: [(&str, &str, &str, serde_json::Value); 19] = [
+    let settings: [(&str, &str, &str, serde_json::Value); 23] = [
         ("GRPC_ADDR", "127.0.0.1:0", "grpc", "".into()),
         ("HTTP_ADDR", "127.0.0.1:0", "http", "".into()),
         ("MAX_WAIT", "42s", "max_wait", "42s".into()),
@@ -65,6 +66,22 @@ async fn every_setting_can_come_from_its_environment_variable() {
             "http2_keepalive_timeout",
             "8s".into(),
         ),
+        // Nothing listens on port 1: the server starts all the same, not
+        // ready, and says which Redis it waits for, its password hidden.
+        (
+            "REDIS_URL",
+            "redis://user:secret@127.0.0.1:1",
+            "redis",
+            "redis://user:***@127.0.0.1:1".into(),
+        ),
+        (
+            "REDIS_PASSWORD_FILE",
+            &password,
+            "redis_password_file",
+            true.into(),
+        ),
+        ("REDIS_KEY_PREFIX", "env:", "redis_key_prefix", "env:".into()),
+        ("REDIS_TIMEOUT", "750ms", "redis_timeout", "750ms".into()),
     ];
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_rendezvous"));
     command
