@@ -460,9 +460,22 @@ impl Inner {
             settled: false,
         };
         let start = Instant::now();
+        // The first turn is waited for here, before anything is built for the
+        // arrival: in a burst, thousands of callers wait for it at once, and
+        // the allocator keeps what a burst needed. (Boxing this wait, to
+        // shrink the waiting future by 120 bytes, measured worse: each caller
+        // in the burst then holds a box of its own.)
+        let turn = match self.turn().await {
+            Ok(turn) => turn,
+            Err(error) => {
+                guard.settled = true;
+                return Err(error);
+            }
+        };
         // Boxed: what arriving needs (the payload, a timer to back off with)
         // is then not part of the future that waits.
-        if let Some(refused) = Box::pin(self.arrive_until_placed(&mut guard, payload)).await? {
+        let placed = Box::pin(self.arrive_until_placed(&mut guard, payload, turn)).await?;
+        if let Some(refused) = placed {
             return Err(refused);
         }
 
@@ -544,8 +557,10 @@ impl Inner {
         &self,
         guard: &mut Guard,
         payload: Bytes,
+        turn: tokio::sync::SemaphorePermit<'_>,
     ) -> Result<Option<PairError>, PairError> {
         let deadline = guard.deadline;
+        let mut first_turn = Some(turn);
         let mut backoff = Duration::from_millis(1);
         loop {
             let wait = deadline.saturating_duration_since(Instant::now());
@@ -553,16 +568,17 @@ impl Inner {
                 guard.settled = true;
                 return Ok(Some(PairError::TimedOut));
             }
+            let _turn = match first_turn.take() {
+                Some(turn) => turn,
+                None => self.turn().await?,
+            };
             // A place against the cap, taken before asking, so that two
             // arrivals at once cannot both take the last one.
             let may_park = self.places.fetch_add(1, Ordering::Relaxed) < self.capacity;
             guard.place = true;
             // Each command's future is boxed, here and below: it lives for a
             // round trip, and inline it would size every waiting caller.
-            let arrived = match self.turn().await {
-                Ok(_turn) => Box::pin(self.arrive(guard, &payload, wait, may_park)).await,
-                Err(error) => Err(error),
-            };
+            let arrived = Box::pin(self.arrive(guard, &payload, wait, may_park)).await;
             if matches!(arrived, Ok(Arrived::Parked)) {
                 self.parked.fetch_add(1, Ordering::Relaxed);
                 guard.parked = true;
@@ -997,7 +1013,8 @@ mod tests {
 #[cfg(test)]
 mod size {
     /// A waiting caller's future is paid for as long as it waits; what only
-    /// a round trip needs is boxed apart. This keeps it that way.
+    /// a round trip needs is boxed apart. This keeps it that way (568 bytes
+    /// when this was written).
     #[tokio::test]
     async fn a_waiting_callers_future_stays_small() {
         let config = super::RedisConfig {
@@ -1015,6 +1032,6 @@ mod size {
                 .clone()
                 .meet([0; 16], bytes::Bytes::new(), tokio::time::Instant::now());
         let size = std::mem::size_of_val(&call);
-        assert!(size <= 512, "a waiting caller's future is {size} bytes");
+        assert!(size <= 640, "a waiting caller's future is {size} bytes");
     }
 }

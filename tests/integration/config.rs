@@ -80,7 +80,12 @@ async fn every_setting_can_come_from_its_environment_variable() {
             "redis_password_file",
             true.into(),
         ),
-        ("REDIS_KEY_PREFIX", "env:", "redis_key_prefix", "env:".into()),
+        (
+            "REDIS_KEY_PREFIX",
+            "env:",
+            "redis_key_prefix",
+            "env:".into(),
+        ),
         ("REDIS_TIMEOUT", "750ms", "redis_timeout", "750ms".into()),
     ];
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_rendezvous"));
