@@ -292,3 +292,36 @@ async fn sigterm_on_one_replica_answers_its_callers_and_removes_them_while_other
     assert_eq!(within(next).await.unwrap().grpc_status, "0");
     assert_eq!(others[0].engine.waiting(), 0);
 }
+
+/// A replica that loses its connection to Redis (Redis itself stays up)
+/// answers its waiting callers `UNAVAILABLE`; their entries, still in
+/// Redis for a moment, are never paired by a caller on another replica.
+#[tokio::test]
+async fn a_waiter_whose_replica_lost_its_connection_is_never_paired() {
+    let replicas = Replicas::start(2).await;
+    let [a, b] = &replicas.servers[..] else {
+        unreachable!()
+    };
+    let waiter = spawn_wait(a.grpc_addr, "cut-off".into(), b"cut off", "60S");
+    a.parked(1).await;
+    // Every subscribed connection, which is both replicas' callers'
+    // connection (RESP3 carries the messages on it).
+    let killed: i64 = replicas
+        .redis
+        .query(redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub"))
+        .await;
+    assert_eq!(killed, 2);
+    assert_unavailable(&within(waiter).await.unwrap());
+    until_ready(b, true).await;
+    // A caller on the other replica waits for a partner of its own.
+    let next = spawn_wait(b.grpc_addr, "cut-off".into(), b"next", "60S");
+    b.parked(1).await;
+    let partner = within(raw_wait(b.grpc_addr, "cut-off", b"partner", "60S")).await;
+    assert_eq!(partner.message.unwrap().peer_payload, "next");
+    assert_eq!(
+        within(next).await.unwrap().message.unwrap().peer_payload,
+        "partner"
+    );
+    until_ready(a, true).await;
+    replicas.assert_nothing_left().await;
+}
