@@ -1009,6 +1009,63 @@ mod tests {
         assert_eq!(redact("redis://db:6379"), "redis://db:6379");
         assert_eq!(redact("not a url hunter2"), "***");
     }
+
+    fn config(url: &str) -> RedisConfig {
+        RedisConfig {
+            url: url.into(),
+            password: Some("from-a-file".into()),
+            key_prefix: "debug:".into(),
+            timeout: Duration::from_millis(10),
+            capacity: 1,
+        }
+    }
+
+    #[test]
+    fn debug_shows_the_settings_but_no_secret() {
+        let shown = format!("{:?}", config("redis://app:hunter2@db:6379"));
+        assert!(
+            shown.contains(r#"url: "redis://app:***@db:6379""#),
+            "{shown}"
+        );
+        assert!(shown.contains(r#"key_prefix: "debug:""#), "{shown}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("from-a-file"),
+            "{shown}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_engine_shows_its_channel_and_how_many_wait() {
+        let engine = RedisEngine::start(
+            config("redis://127.0.0.1:1"),
+            crate::metrics::Metrics::new().redis(),
+        )
+        .unwrap();
+        let shown = format!("{engine:?}");
+        let channel = engine.channel().to_owned();
+        assert!(channel.starts_with("debug:replica:"), "{channel}");
+        assert_eq!(
+            shown,
+            format!("RedisEngine {{ channel: {channel:?}, waiting: 0 }}")
+        );
+    }
+
+    #[test]
+    fn bad_urls_and_prefixes_are_refused_with_the_secret_hidden() {
+        let metrics = || crate::metrics::Metrics::new().redis();
+        let error = RedisEngine::start(config("http://user:hunter2@db"), metrics()).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "--redis-url http://user:***@db is not usable: use redis:// or rediss:// (TLS)"
+        );
+        let mut braces = config("redis://db");
+        braces.key_prefix = "app{1}:".into();
+        let error = RedisEngine::start(braces, metrics()).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "--redis-key-prefix \"app{1}:\" must not contain '{' or '}'"
+        );
+    }
 }
 #[cfg(test)]
 mod size {
