@@ -325,3 +325,42 @@ async fn a_waiter_whose_replica_lost_its_connection_is_never_paired() {
     until_ready(a, true).await;
     replicas.assert_nothing_left().await;
 }
+
+/// Redis slow to run scripts for a second (`CLIENT PAUSE ... WRITE`, as a
+/// burst or a slow command elsewhere would make it) delays callers; it is not
+/// an outage, and fails none of them. Only the probe, whose PING keeps being
+/// answered within `--redis-timeout`, decides that Redis is lost.
+#[tokio::test]
+async fn a_slow_redis_delays_callers_without_failing_them() {
+    let redis = RedisServer::start().await;
+    let prefix = unique_prefix("slow");
+    let mut config = replica_config(&redis, &prefix);
+    // Commands may take ten probe timeouts: 50 s here, against the 1 s pause.
+    config.redis.timeout = Duration::from_secs(5);
+    let server = TestServer::with(config).await;
+    server.ready().await;
+    // Answered at once; from then on, scripts wait for a second.
+    let paused: String = redis
+        .query(redis::cmd("CLIENT").arg("PAUSE").arg(1000).arg("WRITE"))
+        .await;
+    assert_eq!(paused, "OK");
+    let (first, second) = tokio::join!(
+        raw_wait(server.grpc_addr, "slow", b"one", "60S"),
+        raw_wait(server.grpc_addr, "slow", b"two", "60S"),
+    );
+    assert_eq!(
+        (first.grpc_status.as_str(), second.grpc_status.as_str()),
+        ("0", "0"),
+        "{first:?} {second:?}"
+    );
+    let mut payloads = [
+        first.message.unwrap().peer_payload,
+        second.message.unwrap().peer_payload,
+    ];
+    payloads.sort();
+    assert_eq!(
+        payloads,
+        [bytes::Bytes::from("one"), bytes::Bytes::from("two")]
+    );
+    assert!(*server.engine.reachable().borrow(), "Redis was never lost");
+}
