@@ -41,7 +41,6 @@ use redis::{
 use sha2::{Digest as _, Sha256};
 use tokio::{
     sync::{Notify, Semaphore, mpsc, watch},
-    task::JoinHandle,
     time::{Instant, sleep, sleep_until, timeout, timeout_at},
 };
 
@@ -182,7 +181,6 @@ impl Slot {
 /// The engine that replicas share through Redis. See the module docs.
 pub struct RedisEngine {
     inner: Arc<Inner>,
-    tasks: [JoinHandle<()>; 2],
 }
 
 struct Inner {
@@ -314,11 +312,10 @@ impl RedisEngine {
             metrics,
         });
         let _ = engine.set(Arc::downgrade(&inner));
-        let tasks = [
-            tokio::spawn(sweep(Arc::downgrade(&inner), swept)),
-            tokio::spawn(probe(Arc::downgrade(&inner))),
-        ];
-        Ok(Self { inner, tasks })
+        // Both hold the engine weakly, and end with it.
+        tokio::spawn(sweep(Arc::downgrade(&inner), swept));
+        tokio::spawn(probe(Arc::downgrade(&inner)));
+        Ok(Self { inner })
     }
 
     /// This replica's pub/sub channel, for tests that check what is left in
@@ -356,14 +353,6 @@ impl RedisEngine {
     /// See [`Engine::reachable`].
     pub fn reachable(&self) -> watch::Receiver<bool> {
         self.inner.reachable.subscribe()
-    }
-}
-
-impl Drop for RedisEngine {
-    fn drop(&mut self) {
-        for task in &self.tasks {
-            task.abort();
-        }
     }
 }
 
