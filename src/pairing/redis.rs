@@ -323,59 +323,35 @@ impl RedisEngine {
     pub fn channel(&self) -> &str {
         &self.inner.channel
     }
-
-    /// Meets the other caller with `id`, on whichever replica it is.
-    ///
-    /// Boxed: this future is larger than the local engine's, and inline in
-    /// [`super::AnyEngine`]'s it would make every local call as large.
-    pub fn meet(
-        &self,
-        id: Id,
-        payload: Bytes,
-        deadline: Instant,
-    ) -> std::pin::Pin<Box<dyn Future<Output = Result<Meeting, PairError>> + Send>> {
-        let inner = self.inner.clone();
-        // Hashed now, so that the waiting future keeps 16 bytes, not the id.
-        let digest = id_digest(&id);
-        Box::pin(async move { inner.meet(digest, payload, deadline).await })
-    }
-
-    /// See [`Engine::close`].
-    pub async fn close(&self) {
-        self.inner.close().await;
-    }
-
-    /// See [`Engine::waiting`].
-    pub fn waiting(&self) -> usize {
-        self.inner.parked.load(Ordering::Relaxed)
-    }
-
-    /// See [`Engine::reachable`].
-    pub fn reachable(&self) -> watch::Receiver<bool> {
-        self.inner.reachable.subscribe()
-    }
 }
 
 impl Engine for RedisEngine {
+    /// Boxed: this future is larger than the local engine's, and inline in
+    /// [`super::AnyEngine`]'s it would make every local call as large.
     fn meet(
         &self,
         id: Id,
         payload: Bytes,
         deadline: Instant,
     ) -> impl Future<Output = Result<Meeting, PairError>> + Send {
-        RedisEngine::meet(self, id, payload, deadline)
+        let inner = self.inner.clone();
+        // Hashed now, so that the waiting future keeps 16 bytes, not the id.
+        let digest = id_digest(&id);
+        let call: std::pin::Pin<Box<dyn Future<Output = _> + Send>> =
+            Box::pin(async move { inner.meet(digest, payload, deadline).await });
+        call
     }
 
     async fn close(&self) {
-        RedisEngine::close(self).await;
+        self.inner.close().await;
     }
 
     fn waiting(&self) -> usize {
-        RedisEngine::waiting(self)
+        self.inner.parked.load(Ordering::Relaxed)
     }
 
     fn reachable(&self) -> watch::Receiver<bool> {
-        RedisEngine::reachable(self)
+        self.inner.reachable.subscribe()
     }
 }
 

@@ -69,17 +69,7 @@ impl Harness for OnRedis {
     }
 
     async fn assert_nothing_left(&self) {
-        // The result key of a pair is removed just after both are told, by
-        // a task of its own: give it the moment it needs.
-        let mut left = Vec::new();
-        for _ in 0..200 {
-            left = self.server.keys(&self.prefix).await;
-            if left.is_empty() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("keys left in Redis: {left:?}");
+        self.server.until_keys(&self.prefix, 0).await;
     }
 }
 

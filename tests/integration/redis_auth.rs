@@ -15,17 +15,8 @@ const PASSWORD: &str = "s3cret-redis-password-1234";
 /// Starts the binary with `args`, and waits until `/readyz` says `want`.
 async fn replica(args: &[&str], want: u16) -> Process {
     let process = Process::start(args).await;
-    let readyz = format!("http://{}/readyz", process.http);
-    let http = common::http_client();
-    for _ in 0..500 {
-        if let Ok(response) = http.get(&readyz).send().await
-            && response.status() == want
-        {
-            return process;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    panic!("/readyz never answered {want}");
+    process.until_ready(want).await;
+    process
 }
 
 /// The log so far must not contain `secret`.
@@ -183,12 +174,7 @@ async fn rediss_pairs_over_tls() {
     let (a_addr, b_addr) = (a.grpc.parse().unwrap(), b.grpc.parse().unwrap());
     let first = tokio::spawn(async move { raw_wait(a_addr, "over-tls", b"one", "30S").await });
     // The first is parked once its key is in Redis.
-    for _ in 0..500 {
-        if redis.keys(&prefix).await.len() == 1 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    redis.until_keys(&prefix, 1).await;
     let second = within(raw_wait(b_addr, "over-tls", b"two", "30S")).await;
     assert_eq!(second.message.unwrap().peer_payload, "one");
     assert_eq!(
@@ -199,15 +185,6 @@ async fn rediss_pairs_over_tls() {
 
 async fn replica_with_env(args: &[&str], env: (&str, &str)) -> Process {
     let process = Process::start_with_env(args, &[env]).await;
-    let readyz = format!("http://{}/readyz", process.http);
-    let http = common::http_client();
-    for _ in 0..500 {
-        if let Ok(response) = http.get(&readyz).send().await
-            && response.status() == 200
-        {
-            return process;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    panic!("the replica never became ready");
+    process.until_ready(200).await;
+    process
 }

@@ -176,15 +176,7 @@ async fn redis_paused_answers_unavailable_and_nothing_hangs() {
     until_ready(&server, true).await;
     assert_pair(&server, server.grpc().await, server.grpc().await, "resumed").await;
     // The callers answered during the pause were removed once Redis answered.
-    let mut left = Vec::new();
-    for _ in 0..300 {
-        left = redis.keys(&prefix).await;
-        if left.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(left.is_empty(), "{left:?}");
+    redis.until_keys(&prefix, 0).await;
 }
 
 /// Starts the binary as a replica, and waits until it is ready.
@@ -192,17 +184,8 @@ async fn replica_process(redis: &RedisServer, prefix: &str) -> Process {
     let url = format!("--redis-url={}", redis.url());
     let prefix = format!("--redis-key-prefix={prefix}");
     let process = Process::start(&[&url, &prefix, "--redis-timeout=2s"]).await;
-    let http = common::http_client();
-    let readyz = format!("http://{}/readyz", process.http);
-    for _ in 0..500 {
-        if let Ok(response) = http.get(&readyz).send().await
-            && response.status() == 200
-        {
-            return process;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("the replica never became ready");
+    process.until_ready(200).await;
+    process
 }
 
 #[tokio::test]
@@ -217,7 +200,7 @@ async fn a_caller_is_never_paired_with_a_waiter_on_a_killed_replica() {
     let waiters: Vec<_> = (0..3)
         .map(|i| spawn_wait(addr, format!("dead-{i}"), b"from the dead", "3S"))
         .collect();
-    eventually_keys(&redis, &prefix, 3).await;
+    redis.until_keys(&prefix, 3).await;
 
     doomed.child.kill().await.unwrap();
     for waiter in waiters {
@@ -235,17 +218,7 @@ async fn a_caller_is_never_paired_with_a_waiter_on_a_killed_replica() {
     let next = within(next).await.unwrap();
     assert_eq!(next.message.unwrap().peer_payload, "partner");
     // The other two expire with their deadline.
-    eventually_keys(&redis, &prefix, 0).await;
-}
-
-async fn eventually_keys(redis: &RedisServer, prefix: &str, n: usize) {
-    for _ in 0..1000 {
-        if redis.keys(prefix).await.len() == n {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("{n} keys: {:?}", redis.keys(prefix).await);
+    redis.until_keys(&prefix, 0).await;
 }
 
 #[tokio::test]
@@ -264,7 +237,7 @@ async fn sigterm_on_one_replica_answers_its_callers_and_removes_them_while_other
     let waiters: Vec<_> = (0..5)
         .map(|i| spawn_wait(addr, format!("term-{i}"), b"", "60S"))
         .collect();
-    eventually_keys(&redis, &prefix, 5).await;
+    redis.until_keys(&prefix, 5).await;
 
     // The other two keep pairing all the while.
     let [b, c] = &others;
@@ -284,7 +257,7 @@ async fn sigterm_on_one_replica_answers_its_callers_and_removes_them_while_other
     };
     tokio::join!(pairing, terminating);
     // Its callers' entries went with it, not with their 60 s TTL.
-    eventually_keys(&redis, &prefix, 0).await;
+    redis.until_keys(&prefix, 0).await;
     let next = tokio::spawn(raw_wait(b.grpc_addr, "term-0", b"next", "30S"));
     b.parked(1).await;
     let partner = within(raw_wait(c.grpc_addr, "term-0", b"partner", "30S")).await;

@@ -484,6 +484,21 @@ impl Process {
         process
     }
 
+    /// Waits until `/readyz` answers `status` (200: ready; 503: not).
+    pub async fn until_ready(&self, status: u16) {
+        let readyz = format!("http://{}/readyz", self.http);
+        let http = http_client();
+        for _ in 0..1000 {
+            if let Ok(response) = http.get(&readyz).send().await
+                && response.status() == status
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("/readyz never answered {status}");
+    }
+
     /// Every log line the process has written so far and not yet read.
     pub fn drain_log(&mut self) -> Vec<serde_json::Value> {
         std::iter::from_fn(|| self.events.try_recv().ok()).collect()

@@ -9,7 +9,7 @@ use std::{
 
 use rendezvous::{
     metrics::Metrics,
-    pairing::{RedisConfig, RedisEngine},
+    pairing::{Engine, RedisConfig, RedisEngine},
 };
 
 /// A private Redis: nothing on disk, gone with the test.
@@ -114,6 +114,21 @@ impl RedisServer {
     pub async fn keys(&self, prefix: &str) -> Vec<String> {
         self.query(redis::cmd("KEYS").arg(format!("{prefix}*")))
             .await
+    }
+
+    /// Waits until exactly `n` keys start with `prefix`; fails after 10 s.
+    /// (A pair's result key goes a moment after both callers are told, and
+    /// a dead replica's entries when their TTL runs out.)
+    pub async fn until_keys(&self, prefix: &str, n: usize) {
+        let mut keys = Vec::new();
+        for _ in 0..1000 {
+            keys = self.keys(prefix).await;
+            if keys.len() == n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("expected {n} keys under {prefix}, found {keys:?}");
     }
 
     /// How many times Redis has run `command` since it started.
@@ -261,14 +276,6 @@ impl Replicas {
 
     /// Nothing of any caller is left in Redis.
     pub async fn assert_nothing_left(&self) {
-        let mut left = Vec::new();
-        for _ in 0..200 {
-            left = self.redis.keys(&self.prefix).await;
-            if left.is_empty() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("keys left in Redis: {left:?}");
+        self.redis.until_keys(&self.prefix, 0).await;
     }
 }
