@@ -332,3 +332,43 @@ async fn a_pair_costs_four_commands_in_redis() {
     let loads = replicas.redis.calls("script|load").await;
     assert!((1..=2).contains(&loads), "{loads} loads");
 }
+
+/// An id whose waiter is being offered to by someone else is busy for a
+/// round trip or two. An arriving caller tries again with a growing pause,
+/// never in a tight loop: here the id is held busy for a second (an entry
+/// written by hand, as a stuck offer would leave it), and the caller asks
+/// Redis a dozen times at most before it parks.
+#[tokio::test]
+async fn a_busy_id_is_retried_with_backoff_not_hammered() {
+    use sha2::Digest as _;
+    let replicas = Replicas::start(1).await;
+    let a = &replicas.servers[0];
+    // Warm up, so the script is loaded and the count below is the caller's.
+    assert_pair(a, a.grpc().await, a.grpc().await, "warm-up").await;
+    let digest = sha2::Sha256::digest(b"busy");
+    let hash: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    let key = format!("{}{{{hash}}}", replicas.prefix);
+    let _: i64 = replicas
+        .redis
+        .query(
+            redis::cmd("HSET")
+                .arg(&key)
+                .arg(&["w", "nobody:1", "wc", "nowhere", "wp", "", "we", "0"][..])
+                .arg(&["o", "nobody:2", "oc", "nowhere", "op", "", "oe", "0"][..]),
+        )
+        .await;
+    let _: i64 = replicas
+        .redis
+        .query(redis::cmd("PEXPIRE").arg(&key).arg(1000))
+        .await;
+    let scripts = replicas.redis.calls("evalsha").await;
+
+    let waiter = tokio::spawn(raw_wait(a.grpc_addr, "busy", b"waited", "60S"));
+    a.parked(1).await;
+    let tries = replicas.redis.calls("evalsha").await - scripts;
+    assert!((2..=15).contains(&tries), "{tries} tries in a second");
+    let partner = within(raw_wait(a.grpc_addr, "busy", b"partner", "60S")).await;
+    assert_eq!(partner.message.unwrap().peer_payload, "waited");
+    assert_eq!(within(waiter).await.unwrap().grpc_status, "0");
+    replicas.assert_nothing_left().await;
+}
