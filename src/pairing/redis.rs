@@ -650,13 +650,10 @@ impl Inner {
             .observe(start.elapsed().as_secs_f64());
         match reply {
             Ok(Ok(reply)) => Ok(reply),
-            Ok(Err(error)) if error.is_io_error() => {
-                // The connection broke: messages on it may be lost too.
-                let reason = format!("lost the connection to Redis: {error}");
-                self.lost(reason.clone());
-                Err(PairError::Unavailable(reason))
-            }
-            Ok(Err(error)) => Err(PairError::Unavailable(format!("Redis refused: {error}"))),
+            // This call fails; whether Redis is lost is for the probe and
+            // the connection to say (a broken connection pushes a
+            // `Disconnection`, see `pushed`), not for one command.
+            Ok(Err(error)) => Err(PairError::Unavailable(format!("Redis failed: {error}"))),
             Err(_) => Err(PairError::Unavailable(format!(
                 "Redis did not answer within {}",
                 humantime::format_duration(self.timeout * COMMANDS_WAIT)
@@ -815,16 +812,18 @@ impl Guard {
 
 impl Drop for Guard {
     fn drop(&mut self) {
+        // The cleanup is counted before the slot goes, so that `close`
+        // never sees neither (and returns before the entry is gone).
+        if !self.settled {
+            self.inner
+                .spawn_cleanup(self.key(), self.token(), self.deadline);
+        }
         self.inner.lock_slots().remove(&self.ticket);
         if self.place {
             self.inner.places.fetch_sub(1, Ordering::Relaxed);
         }
         if self.parked {
             self.inner.parked.fetch_sub(1, Ordering::Relaxed);
-        }
-        if !self.settled {
-            self.inner
-                .spawn_cleanup(self.key(), self.token(), self.deadline);
         }
         self.inner.settled.notify_waiters();
     }

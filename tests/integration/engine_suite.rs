@@ -31,6 +31,14 @@ pub trait Harness: Sized {
 
     /// Nothing of the scenario's callers is left in the meeting place.
     async fn assert_nothing_left(&self);
+
+    /// The same, right now: for after `close`, which returns only once the
+    /// entries are gone.
+    async fn assert_nothing_left_now(&self);
+
+    /// Makes removing entries from the meeting place slow for a moment, so
+    /// that a `close` that did not wait for it would show.
+    async fn slow_down_removals(&self);
 }
 
 pub struct Local;
@@ -47,6 +55,11 @@ impl Harness for Local {
     }
 
     async fn assert_nothing_left(&self) {}
+
+    async fn assert_nothing_left_now(&self) {}
+
+    /// Removal is immediate, under the shard lock.
+    async fn slow_down_removals(&self) {}
 }
 
 pub struct OnRedis {
@@ -70,6 +83,20 @@ impl Harness for OnRedis {
 
     async fn assert_nothing_left(&self) {
         self.server.until_keys(&self.prefix, 0).await;
+    }
+
+    async fn assert_nothing_left_now(&self) {
+        let left = self.server.keys(&self.prefix).await;
+        assert!(left.is_empty(), "keys left in Redis: {left:?}");
+    }
+
+    /// Scripts wait 300 ms; reads (the check above) do not.
+    async fn slow_down_removals(&self) {
+        let paused: String = self
+            .server
+            .query(::redis::cmd("CLIENT").arg("PAUSE").arg(300).arg("WRITE"))
+            .await;
+        assert_eq!(paused, "OK");
     }
 }
 
@@ -195,7 +222,10 @@ pub async fn close_answers_parked_and_later_callers<H: Harness>() {
     let parked_a = arrive(&engine, "a", b"", LONG);
     let parked_b = arrive(&engine, "b", b"", LONG);
     parked(&*engine, 2).await;
+    h.slow_down_removals().await;
     within(engine.close()).await;
+    // Closing removed their entries before it returned.
+    h.assert_nothing_left_now().await;
     assert_eq!(answer(parked_a).await, Err(PairError::ShuttingDown));
     assert_eq!(answer(parked_b).await, Err(PairError::ShuttingDown));
     assert_eq!(
@@ -203,7 +233,6 @@ pub async fn close_answers_parked_and_later_callers<H: Harness>() {
         Err(PairError::ShuttingDown)
     );
     assert_eq!(engine.waiting(), 0);
-    // Closing removed their entries before it returned.
     h.assert_nothing_left().await;
 }
 

@@ -337,3 +337,27 @@ async fn a_slow_redis_delays_callers_without_failing_them() {
     );
     assert!(*server.engine.reachable().borrow(), "Redis was never lost");
 }
+
+/// Redis answering a command with an error (here: the id's key holds a
+/// string, written by hand) fails that call, with Redis's message; it is
+/// not an outage, and other ids pair as before.
+#[tokio::test]
+async fn an_error_from_redis_fails_the_call_not_the_replica() {
+    use sha2::Digest as _;
+    let replicas = Replicas::start(1).await;
+    let a = &replicas.servers[0];
+    let digest = sha2::Sha256::digest(b"clobbered");
+    let hash: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    let key = format!("{}{{{hash}}}", replicas.prefix);
+    let _: String = replicas
+        .redis
+        .query(redis::cmd("SET").arg(&key).arg("not a hash"))
+        .await;
+    let answer = within(raw_wait(a.grpc_addr, "clobbered", b"", "60S")).await;
+    assert_eq!(answer.grpc_status, "14", "{answer:?}");
+    assert!(answer.grpc_message.contains("WRONGTYPE"), "{answer:?}");
+    assert_readiness(a, true).await;
+    assert_pair(a, a.grpc().await, a.grpc().await, "unharmed").await;
+    let _: i64 = replicas.redis.query(redis::cmd("DEL").arg(&key)).await;
+    replicas.assert_nothing_left().await;
+}
