@@ -374,3 +374,81 @@ async fn a_busy_id_is_retried_with_backoff_not_hammered() {
     assert_eq!(within(waiter).await.unwrap().grpc_status, "0");
     replicas.assert_nothing_left().await;
 }
+
+/// A waiter that leaves while a second caller's offer to it is pending hands
+/// its place to that caller, who then waits (and counts as waiting) like
+/// any first caller. The waiter here is a stand-in: an entry written by hand
+/// whose "replica" is the test's own subscriber, which never accepts, and
+/// which then leaves through the engine's own script.
+#[tokio::test]
+async fn a_waiter_leaving_during_an_offer_hands_its_place_to_the_offerer() {
+    use sha2::Digest as _;
+    let replicas = Replicas::start(1).await;
+    let a = &replicas.servers[0];
+    let digest = sha2::Sha256::digest(b"handover");
+    let hash: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    let key = format!("{}{{{hash}}}", replicas.prefix);
+    // The stand-in replica: a subscriber, so that the offer reaches someone.
+    let client = redis::Client::open(format!("{}?protocol=resp3", replicas.redis.url())).unwrap();
+    let (pushes, mut offers) = tokio::sync::mpsc::unbounded_channel();
+    let config = redis::AsyncConnectionConfig::new().set_push_sender(pushes);
+    let mut stand_in = client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .unwrap();
+    stand_in.subscribe("stand-in").await.unwrap();
+    let _: i64 = replicas
+        .redis
+        .query(
+            redis::cmd("HSET")
+                .arg(&key)
+                .arg(&["w", "ghost:1", "wc", "stand-in", "wp", "ghost", "we", "0"][..]),
+        )
+        .await;
+    let _: i64 = replicas
+        .redis
+        .query(redis::cmd("PEXPIRE").arg(&key).arg(60_000))
+        .await;
+
+    // The second caller offers to the stand-in, which does not accept.
+    let offerer = tokio::spawn(raw_wait(a.grpc_addr, "handover", b"offerer", "60S"));
+    let offer = within(async {
+        loop {
+            let push = offers.recv().await.unwrap();
+            if push.kind == redis::PushKind::Message {
+                return push;
+            }
+        }
+    })
+    .await;
+    let redis::Value::BulkString(message) = &offer.data[1] else {
+        panic!("{offer:?}")
+    };
+    assert!(message.starts_with(b"Oghost:1\n"), "{message:?}");
+    assert_eq!(a.waiting(), 0, "an offerer is not a waiter");
+
+    // The stand-in's caller leaves; the offerer takes its place.
+    let script = redis::Script::new(include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/src/pairing/redis.lua"
+    )));
+    let left: Vec<String> = script
+        .key(&key)
+        .arg("leave")
+        .arg("ghost:1")
+        .arg("0")
+        .invoke_async(&mut stand_in)
+        .await
+        .unwrap();
+    assert_eq!(left, ["left"]);
+    a.parked(1).await;
+    let partner = within(raw_wait(a.grpc_addr, "handover", b"partner", "60S")).await;
+    assert_eq!(partner.message.unwrap().peer_payload, "offerer");
+    let offerer = within(offerer).await.unwrap();
+    let message = offerer.message.unwrap();
+    assert_eq!(
+        (message.role(), message.peer_payload.as_ref()),
+        (Role::First, &b"partner"[..])
+    );
+    replicas.assert_nothing_left().await;
+}
