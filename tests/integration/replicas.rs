@@ -452,3 +452,63 @@ async fn a_waiter_leaving_during_an_offer_hands_its_place_to_the_offerer() {
     );
     replicas.assert_nothing_left().await;
 }
+
+/// A second caller whose pair was decided but whose message never came
+/// learns it from the result key when its deadline comes: paired, with the
+/// waiter's payload, never timed out. The waiter is a stand-in (the test's
+/// own subscriber) that decides the pair by hand and sends no message.
+#[tokio::test]
+async fn an_offerer_whose_message_was_lost_learns_its_pair_from_the_result_key() {
+    use sha2::Digest as _;
+    let replicas = Replicas::start(1).await;
+    let a = &replicas.servers[0];
+    let digest = sha2::Sha256::digest(b"lost-message");
+    let hash: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    let key = format!("{}{{{hash}}}", replicas.prefix);
+    let client = redis::Client::open(format!("{}?protocol=resp3", replicas.redis.url())).unwrap();
+    let (pushes, mut offers) = tokio::sync::mpsc::unbounded_channel();
+    let config = redis::AsyncConnectionConfig::new().set_push_sender(pushes);
+    let mut stand_in = client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .unwrap();
+    stand_in.subscribe("stand-in").await.unwrap();
+    let _: i64 = replicas
+        .redis
+        .query(
+            redis::cmd("HSET")
+                .arg(&key)
+                .arg(&["w", "ghost:1", "wc", "stand-in", "wp", "ghost", "we", "0"][..]),
+        )
+        .await;
+
+    // The server answers at its deadline (5 s less its margin), whatever
+    // the test does meanwhile; the test only needs a moment.
+    let offerer = tokio::spawn(raw_wait(a.grpc_addr, "lost-message", b"offerer", "5S"));
+    within(async { while offers.recv().await.unwrap().kind != redis::PushKind::Message {} }).await;
+    // The pair, decided as the accept script would, without its message.
+    let token: String = replicas
+        .redis
+        .query(redis::cmd("HGET").arg(&key).arg("o"))
+        .await;
+    let _: () = replicas
+        .redis
+        .query(
+            redis::cmd("SET")
+                .arg(format!("{key}:r:{token}"))
+                .arg("ghost")
+                .arg("PX")
+                .arg(60_000),
+        )
+        .await;
+    let _: i64 = replicas.redis.query(redis::cmd("DEL").arg(&key)).await;
+
+    let answer = within(offerer).await.unwrap();
+    assert_eq!(answer.grpc_status, "0", "{answer:?}");
+    let message = answer.message.unwrap();
+    assert_eq!(
+        (message.role(), message.peer_payload.as_ref()),
+        (Role::Second, &b"ghost"[..])
+    );
+    replicas.assert_nothing_left().await;
+}
