@@ -22,6 +22,12 @@
 //! The part where callers race, one shard, is in `shard.rs`; `model.rs`
 //! model-checks that same file with loom (see the README's "How it is
 //! tested").
+//!
+//! [`RedisEngine`] (`redis.rs`) keeps the same invariant for replicas that
+//! meet in Redis: one Lua script decides each pair, and the waiter's replica
+//! confirms that its caller is still there before it does. [`Engine`] spells
+//! out what each method means when the meeting place is remote, and
+//! [`AnyEngine`] is the one type the rest of the crate holds.
 
 use std::{fmt, hash::BuildHasher, time::Duration};
 
