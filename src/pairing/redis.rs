@@ -24,7 +24,7 @@
 
 use std::{
     collections::HashMap,
-    fmt,
+    fmt::{self, Write as _},
     hash::BuildHasher,
     sync::{
         Arc, Mutex, OnceLock, PoisonError, Weak,
@@ -385,7 +385,9 @@ impl Inner {
         key.push_str(&self.key_prefix);
         key.push('{');
         for byte in digest {
-            key.push_str(&format!("{byte:02x}"));
+            // Into the key itself: a `format!` per byte would allocate 16
+            // strings for every command a caller sends.
+            let _ = write!(key, "{byte:02x}");
         }
         key.push('}');
         key
@@ -399,7 +401,7 @@ impl Inner {
         if self.closed.load(Ordering::Acquire) {
             return Some(PairError::ShuttingDown);
         }
-        (!*self.reachable.borrow()).then(|| PairError::Unavailable(unreachable_message()))
+        (!*self.reachable.borrow()).then(|| PairError::Unavailable(UNREACHABLE.into()))
     }
 
     async fn meet(
@@ -620,7 +622,7 @@ impl Inner {
         let mut reachable = self.reachable.subscribe();
         tokio::select! {
             turn = self.turns.acquire() => Ok(turn.expect("the semaphore is never closed")),
-            _ = reachable.wait_for(|up| !up) => Err(PairError::Unavailable(unreachable_message())),
+            _ = reachable.wait_for(|up| !up) => Err(PairError::Unavailable(UNREACHABLE.into())),
         }
     }
 
@@ -642,7 +644,7 @@ impl Inner {
         let reply = tokio::select! {
             reply = timeout(self.timeout * COMMANDS_WAIT, command) => reply,
             _ = reachable.wait_for(|up| !up) => {
-                return Err(PairError::Unavailable(unreachable_message()));
+                return Err(PairError::Unavailable(UNREACHABLE.into()));
             }
         };
         self.metrics
@@ -864,9 +866,8 @@ fn unexpected(reply: &[Vec<u8>]) -> PairError {
     PairError::Unavailable(format!("unexpected answer from Redis: {first:?}"))
 }
 
-fn unreachable_message() -> String {
-    "cannot reach Redis".into()
-}
+/// What a caller is told while the probe finds Redis unreachable.
+const UNREACHABLE: &str = "cannot reach Redis";
 
 /// Removes the result keys whose message arrived, many at once when many
 /// pairs complete together: one pipeline, one write, one read.
