@@ -343,12 +343,9 @@ async fn a_slow_redis_delays_callers_without_failing_them() {
 /// not an outage, and other ids pair as before.
 #[tokio::test]
 async fn an_error_from_redis_fails_the_call_not_the_replica() {
-    use sha2::Digest as _;
     let replicas = Replicas::start(1).await;
     let a = &replicas.servers[0];
-    let digest = sha2::Sha256::digest(b"clobbered");
-    let hash: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-    let key = format!("{}{{{hash}}}", replicas.prefix);
+    let key = replicas.key_of("clobbered");
     let _: String = replicas
         .redis
         .query(redis::cmd("SET").arg(&key).arg("not a hash"))

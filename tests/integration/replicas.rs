@@ -342,14 +342,11 @@ async fn a_pair_costs_four_commands_in_redis() {
 /// Redis a dozen times at most before it parks.
 #[tokio::test]
 async fn a_busy_id_is_retried_with_backoff_not_hammered() {
-    use sha2::Digest as _;
     let replicas = Replicas::start(1).await;
     let a = &replicas.servers[0];
     // Warm up, so the script is loaded and the count below is the caller's.
     assert_pair(a, a.grpc().await, a.grpc().await, "warm-up").await;
-    let digest = sha2::Sha256::digest(b"busy");
-    let hash: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-    let key = format!("{}{{{hash}}}", replicas.prefix);
+    let key = replicas.key_of("busy");
     let _: i64 = replicas
         .redis
         .query(
@@ -382,48 +379,13 @@ async fn a_busy_id_is_retried_with_backoff_not_hammered() {
 /// which then leaves through the engine's own script.
 #[tokio::test]
 async fn a_waiter_leaving_during_an_offer_hands_its_place_to_the_offerer() {
-    use sha2::Digest as _;
     let replicas = Replicas::start(1).await;
     let a = &replicas.servers[0];
-    let digest = sha2::Sha256::digest(b"handover");
-    let hash: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-    let key = format!("{}{{{hash}}}", replicas.prefix);
-    // The stand-in replica: a subscriber, so that the offer reaches someone.
-    let client = redis::Client::open(format!("{}?protocol=resp3", replicas.redis.url())).unwrap();
-    let (pushes, mut offers) = tokio::sync::mpsc::unbounded_channel();
-    let config = redis::AsyncConnectionConfig::new().set_push_sender(pushes);
-    let mut stand_in = client
-        .get_multiplexed_async_connection_with_config(&config)
-        .await
-        .unwrap();
-    stand_in.subscribe("stand-in").await.unwrap();
-    let _: i64 = replicas
-        .redis
-        .query(
-            redis::cmd("HSET")
-                .arg(&key)
-                .arg(&["w", "ghost:1", "wc", "stand-in", "wp", "ghost", "we", "0"][..]),
-        )
-        .await;
-    let _: i64 = replicas
-        .redis
-        .query(redis::cmd("PEXPIRE").arg(&key).arg(60_000))
-        .await;
+    let mut stand_in = replicas.stand_in("handover").await;
 
     // The second caller offers to the stand-in, which does not accept.
     let offerer = tokio::spawn(raw_wait(a.grpc_addr, "handover", b"offerer", "60S"));
-    let offer = within(async {
-        loop {
-            let push = offers.recv().await.unwrap();
-            if push.kind == redis::PushKind::Message {
-                return push;
-            }
-        }
-    })
-    .await;
-    let redis::Value::BulkString(message) = &offer.data[1] else {
-        panic!("{offer:?}")
-    };
+    let message = stand_in.next_offer().await;
     assert!(message.starts_with(b"Oghost:1\n"), "{message:?}");
     assert_eq!(a.waiting(), 0, "an offerer is not a waiter");
 
@@ -433,11 +395,11 @@ async fn a_waiter_leaving_during_an_offer_hands_its_place_to_the_offerer() {
         "/src/pairing/redis.lua"
     )));
     let left: Vec<String> = script
-        .key(&key)
+        .key(&stand_in.key)
         .arg("leave")
         .arg("ghost:1")
         .arg("0")
-        .invoke_async(&mut stand_in)
+        .invoke_async(&mut stand_in.connection)
         .await
         .unwrap();
     assert_eq!(left, ["left"]);
@@ -459,33 +421,15 @@ async fn a_waiter_leaving_during_an_offer_hands_its_place_to_the_offerer() {
 /// own subscriber) that decides the pair by hand and sends no message.
 #[tokio::test]
 async fn an_offerer_whose_message_was_lost_learns_its_pair_from_the_result_key() {
-    use sha2::Digest as _;
     let replicas = Replicas::start(1).await;
     let a = &replicas.servers[0];
-    let digest = sha2::Sha256::digest(b"lost-message");
-    let hash: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-    let key = format!("{}{{{hash}}}", replicas.prefix);
-    let client = redis::Client::open(format!("{}?protocol=resp3", replicas.redis.url())).unwrap();
-    let (pushes, mut offers) = tokio::sync::mpsc::unbounded_channel();
-    let config = redis::AsyncConnectionConfig::new().set_push_sender(pushes);
-    let mut stand_in = client
-        .get_multiplexed_async_connection_with_config(&config)
-        .await
-        .unwrap();
-    stand_in.subscribe("stand-in").await.unwrap();
-    let _: i64 = replicas
-        .redis
-        .query(
-            redis::cmd("HSET")
-                .arg(&key)
-                .arg(&["w", "ghost:1", "wc", "stand-in", "wp", "ghost", "we", "0"][..]),
-        )
-        .await;
+    let mut stand_in = replicas.stand_in("lost-message").await;
+    let key = stand_in.key.clone();
 
     // The server answers at its deadline (5 s less its margin), whatever
     // the test does meanwhile; the test only needs a moment.
     let offerer = tokio::spawn(raw_wait(a.grpc_addr, "lost-message", b"offerer", "5S"));
-    within(async { while offers.recv().await.unwrap().kind != redis::PushKind::Message {} }).await;
+    stand_in.next_offer().await;
     // The pair, decided as the accept script would, without its message.
     let token: String = replicas
         .redis

@@ -279,3 +279,70 @@ impl Replicas {
         self.redis.until_keys(&self.prefix, 0).await;
     }
 }
+
+impl Replicas {
+    /// The key of `id`'s meeting place, named as the engine names it (half of
+    /// the id's SHA-256, in a hash tag), for tests that write it by hand.
+    pub fn key_of(&self, id: &str) -> String {
+        use sha2::Digest as _;
+        let digest = sha2::Sha256::digest(id.as_bytes());
+        let hash: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+        format!("{}{{{hash}}}", self.prefix)
+    }
+
+    /// A stand-in waiter for `id`: an entry written by hand whose "replica"
+    /// is a subscriber of the test's own, which sees offers and never
+    /// accepts them. Its token is `ghost:1` and its payload `ghost`.
+    pub async fn stand_in(&self, id: &str) -> StandIn {
+        let url = format!("{}?protocol=resp3", self.redis.url());
+        let client = redis::Client::open(url).unwrap();
+        let (pushes, offers) = tokio::sync::mpsc::unbounded_channel();
+        let config = redis::AsyncConnectionConfig::new().set_push_sender(pushes);
+        let mut connection = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .unwrap();
+        connection.subscribe("stand-in").await.unwrap();
+        let key = self.key_of(id);
+        let entry = ["w", "ghost:1", "wc", "stand-in", "wp", "ghost", "we", "0"];
+        let _: i64 = self
+            .redis
+            .query(redis::cmd("HSET").arg(&key).arg(&entry[..]))
+            .await;
+        let _: i64 = self
+            .redis
+            .query(redis::cmd("PEXPIRE").arg(&key).arg(60_000))
+            .await;
+        StandIn {
+            key,
+            connection,
+            offers,
+        }
+    }
+}
+
+/// See [`Replicas::stand_in`].
+pub struct StandIn {
+    /// The meeting place it waits in.
+    pub key: String,
+    /// Its own connection, to run the engine's script as a replica would.
+    pub connection: redis::aio::MultiplexedConnection,
+    offers: tokio::sync::mpsc::UnboundedReceiver<redis::PushInfo>,
+}
+
+impl StandIn {
+    /// The next message on its channel: an offer, from a second caller.
+    pub async fn next_offer(&mut self) -> Vec<u8> {
+        super::within(async {
+            loop {
+                let push = self.offers.recv().await.unwrap();
+                if let (redis::PushKind::Message, Some(redis::Value::BulkString(message))) =
+                    (&push.kind, push.data.get(1))
+                {
+                    return message.clone();
+                }
+            }
+        })
+        .await
+    }
+}
