@@ -1,7 +1,7 @@
 //! Configuration: every flag can also come from an environment variable, so
 //! the same binary runs from a shell, a systemd unit or a container spec.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{fmt, path::PathBuf, str::FromStr, time::Duration};
 
 use clap::{Parser, ValueEnum};
 
@@ -32,11 +32,11 @@ pub const PAYLOAD_CEILING: usize = 16 << 20;
 pub struct Config {
     /// Address for gRPC (HTTP/2; TLS with --tls-cert): rendezvous.v1.Sync, health, reflection.
     #[arg(long, env = "RENDEZVOUS_GRPC_ADDR", value_name = "ADDR", default_value = DEFAULT_GRPC_ADDR)]
-    pub grpc_addr: SocketAddr,
+    pub grpc_addr: ListenAddr,
 
     /// Address for HTTP/1.1 and HTTP/2: POST /wait-for-second-party/{id}, /healthz, /readyz, /metrics.
     #[arg(long, env = "RENDEZVOUS_HTTP_ADDR", value_name = "ADDR", default_value = DEFAULT_HTTP_ADDR)]
-    pub http_addr: SocketAddr,
+    pub http_addr: ListenAddr,
 
     /// The longest a caller waits for its partner (250ms, 10s, 1m, ...). A gRPC
     /// deadline or an HTTP ?wait= can only shorten it.
@@ -53,7 +53,7 @@ pub struct Config {
 
     /// How long shutdown waits for open connections to finish after parked
     /// callers were answered UNAVAILABLE, before closing them anyway.
-    #[arg(long, env = "RENDEZVOUS_SHUTDOWN_GRACE", value_name = "DURATION", default_value = DEFAULT_SHUTDOWN_GRACE, value_parser = humantime::parse_duration)]
+    #[arg(long, env = "RENDEZVOUS_SHUTDOWN_GRACE", value_name = "DURATION", default_value = DEFAULT_SHUTDOWN_GRACE, value_parser = duration)]
     pub shutdown_grace: Duration,
 
     /// The most callers that may wait at once in this process (per replica
@@ -123,6 +123,58 @@ pub struct Config {
     /// Redis, for several replicas to share.
     #[command(flatten)]
     pub redis: RedisArgs,
+}
+
+/// Where a listener binds: `HOST:PORT`, with an IP address (`[::1]` in
+/// brackets) or a host name such as `localhost`, resolved when it binds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenAddr {
+    host: String,
+    port: u16,
+}
+
+impl ListenAddr {
+    /// The host and port, as `tokio::net::TcpListener::bind` resolves them.
+    pub fn to_host_port(&self) -> (&str, u16) {
+        (&self.host, self.port)
+    }
+}
+
+impl FromStr for ListenAddr {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        let hint = "use HOST:PORT, such as 127.0.0.1:50051, localhost:50051 or [::]:50051";
+        let (host, port) = value
+            .rsplit_once(':')
+            .ok_or_else(|| format!("{value:?} has no port; {hint}"))?;
+        let port = port
+            .parse()
+            .map_err(|_| format!("{port:?} is not a port (0 to 65535); {hint}"))?;
+        let host = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+            Some(ipv6) => ipv6,
+            None if host.contains(':') => {
+                return Err(format!("an IPv6 address goes in brackets; {hint}"));
+            }
+            None => host,
+        };
+        if host.is_empty() {
+            return Err(format!("{value:?} has no host; {hint}"));
+        }
+        Ok(Self {
+            host: host.into(),
+            port,
+        })
+    }
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.host.contains(':') {
+            true => write!(f, "[{}]:{}", self.host, self.port),
+            false => write!(f, "{}:{}", self.host, self.port),
+        }
+    }
 }
 
 /// Where replicas meet. Without `--redis-url`, this process is the meeting
@@ -223,8 +275,7 @@ impl Default for Config {
             max_wait: positive_duration(DEFAULT_MAX_WAIT).expect("valid default"),
             max_payload: payload_size(DEFAULT_MAX_PAYLOAD).expect("valid default"),
             log_format: LogFormat::Text,
-            shutdown_grace: humantime::parse_duration(DEFAULT_SHUTDOWN_GRACE)
-                .expect("valid default"),
+            shutdown_grace: duration(DEFAULT_SHUTDOWN_GRACE).expect("valid default"),
             max_waiters: DEFAULT_MAX_WAITERS,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             auth_token_file: None,
@@ -287,11 +338,41 @@ impl Config {
     }
 }
 
-fn positive_duration(value: &str) -> Result<Duration, String> {
+/// A duration that may be zero (a grace period that can be skipped).
+pub(crate) fn duration(value: &str) -> Result<Duration, String> {
+    humantime::parse_duration(value).map_err(|e| {
+        format!(
+            "{}; use a duration such as 250ms, 10s or 1m",
+            duration_problem(&e)
+        )
+    })
+}
+
+/// A duration greater than zero.
+pub(crate) fn positive_duration(value: &str) -> Result<Duration, String> {
     match humantime::parse_duration(value) {
         Ok(d) if d.is_zero() => Err("must be greater than zero".into()),
         Ok(d) => Ok(d),
-        Err(e) => Err(format!("{e}; use a duration such as 250ms, 10s or 1m")),
+        Err(e) => Err(format!(
+            "{}; use a duration such as 250ms, 10s or 1m",
+            duration_problem(&e)
+        )),
+    }
+}
+
+/// What is wrong with a duration, in words: humantime's own messages
+/// ("expected number at 0") point at a character offset, which means
+/// nothing to someone who typed `?wait=abc`.
+pub(crate) fn duration_problem(error: &humantime::DurationError) -> String {
+    use humantime::DurationError as E;
+    match error {
+        E::Empty => "it is empty".into(),
+        E::NumberExpected(0) => "it does not start with a number".into(),
+        E::NumberExpected(_) => "a unit must be followed by a number or end it".into(),
+        E::InvalidCharacter(_) => "it has a character that is not a digit or a unit".into(),
+        E::UnknownUnit { unit, .. } if unit.is_empty() => "the number has no unit".into(),
+        E::UnknownUnit { unit, .. } => format!("{unit:?} is not a unit"),
+        E::NumberOverflow => "it is too long".into(),
     }
 }
 
@@ -361,6 +442,59 @@ mod tests {
     }
 
     #[test]
+    fn listen_addresses_take_host_names() {
+        let addr = |text: &str| text.parse::<ListenAddr>();
+        assert_eq!(
+            addr("localhost:50051").unwrap().to_host_port(),
+            ("localhost", 50051)
+        );
+        assert_eq!(addr("0.0.0.0:0").unwrap().to_host_port(), ("0.0.0.0", 0));
+        assert_eq!(addr("[::1]:3030").unwrap().to_host_port(), ("::1", 3030));
+        assert_eq!(addr("[::1]:3030").unwrap().to_string(), "[::1]:3030");
+        assert_eq!(addr("localhost:1").unwrap().to_string(), "localhost:1");
+        let hint = "use HOST:PORT, such as 127.0.0.1:50051, localhost:50051 or [::]:50051";
+        assert_eq!(
+            addr("localhost").unwrap_err(),
+            format!("\"localhost\" has no port; {hint}")
+        );
+        assert_eq!(
+            addr("localhost:http").unwrap_err(),
+            format!("\"http\" is not a port (0 to 65535); {hint}")
+        );
+        assert_eq!(
+            addr("localhost:65536").unwrap_err(),
+            format!("\"65536\" is not a port (0 to 65535); {hint}")
+        );
+        assert_eq!(
+            addr(":80").unwrap_err(),
+            format!("\":80\" has no host; {hint}")
+        );
+        assert_eq!(
+            addr("::1:80").unwrap_err(),
+            format!("an IPv6 address goes in brackets; {hint}")
+        );
+    }
+
+    #[test]
+    fn duration_errors_are_in_words() {
+        let problem = |text| duration_problem(&humantime::parse_duration(text).unwrap_err());
+        assert_eq!(problem(""), "it is empty");
+        assert_eq!(problem("abc"), "it does not start with a number");
+        assert_eq!(problem("5"), "the number has no unit");
+        assert_eq!(problem("5 parsecs"), "\"parsecs\" is not a unit");
+        assert_eq!(
+            problem("5s!"),
+            "it has a character that is not a digit or a unit"
+        );
+        assert_eq!(problem("99999999999999999999s"), "it is too long");
+        assert_eq!(
+            positive_duration("soon").unwrap_err(),
+            "it does not start with a number; use a duration such as 250ms, 10s or 1m"
+        );
+        assert_eq!(duration("0s"), Ok(Duration::ZERO));
+    }
+
+    #[test]
     fn flags_parse_and_bad_values_are_refused() {
         let c = Config::try_parse_from([
             "rendezvous",
@@ -380,6 +514,7 @@ mod tests {
             &["rendezvous", "--max-payload=lots"],
             &["rendezvous", "--log-format=xml"],
             &["rendezvous", "--grpc-addr=localhost"],
+            &["rendezvous", "--http-addr=:3030"],
             &["rendezvous", "--http2-max-streams=0"],
             &["rendezvous", "--max-waiters=0"],
             &["rendezvous", "--tls-cert=cert.pem"],

@@ -42,7 +42,10 @@ pub struct Gateway {
 pub(crate) enum HttpError {
     #[error(transparent)]
     Call(#[from] CallError),
-    #[error("bad wait {0:?}: {1}; use a duration such as 250ms, 2s or 1m")]
+    #[error(
+        "?wait={0} is not a duration: {problem}; use a number and a unit, such as 250ms, 2s or 1m",
+        problem = crate::config::duration_problem(.1)
+    )]
     BadWait(String, humantime::DurationError),
     #[error("bad id: the path segment is not valid UTF-8 once percent-decoded")]
     IdNotUtf8,
@@ -96,7 +99,7 @@ impl Gateway {
             };
             Ok(result.unwrap_or_else(|error| {
                 if let Some(reason) = error.rejection() {
-                    service.metrics().rejected(Protocol::Http, reason);
+                    service.rejected(Protocol::Http, reason, &error);
                 }
                 error.into_response(json)
             }))

@@ -161,7 +161,13 @@ impl GrpcService {
         if request.uri().path() != WAIT_FOR_SECOND_PARTY {
             // Boxed: tonic's routing future is large, and inline it would
             // make every parked rendezvous call as large.
-            return Call::Other(Box::pin(self.routes.clone().call(request)));
+            let path = request.uri().path().to_owned();
+            let routed = self.routes.clone().call(request);
+            return Call::Other(Box::pin(async move {
+                routed
+                    .await
+                    .map(|response| name_unknown_method(response, &path))
+            }));
         }
         if !is_grpc(request.headers()) {
             let mut response = Response::new(tonic::body::Body::empty());
@@ -191,6 +197,26 @@ impl GrpcService {
     }
 }
 
+/// tonic answers a method it does not serve with a bare `UNIMPLEMENTED`;
+/// this one says which method was asked for, and what is served.
+fn name_unknown_method(
+    response: Response<tonic::body::Body>,
+    path: &str,
+) -> Response<tonic::body::Body> {
+    let unimplemented = response
+        .headers()
+        .get("grpc-status")
+        .is_some_and(|status| status == "12");
+    if !unimplemented || response.headers().contains_key("grpc-message") {
+        return response;
+    }
+    Status::unimplemented(format!(
+        "unknown method {path}: this server serves {WAIT_FOR_SECOND_PARTY}, \
+         grpc.health.v1.Health and server reflection"
+    ))
+    .into_http()
+}
+
 /// What is left of a request once its headers have been read.
 enum Call {
     /// The rendezvous method: the caller's deadline, and the body to read.
@@ -216,7 +242,7 @@ fn respond(
         Ok(meeting) => ok_response(&proto::WaitForSecondPartyResponse::from(meeting)),
         Err(error) => {
             if let Some(reason) = error.rejection() {
-                service.metrics().rejected(Protocol::Grpc, reason);
+                service.rejected(Protocol::Grpc, reason, &error);
             }
             Status::from(error).into_http()
         }

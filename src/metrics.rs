@@ -53,7 +53,8 @@ pub struct Metrics {
     timeouts: [Counter; 2],
     cancellations: [Counter; 2],
     waited: [Histogram; 2],
-    rejections: Family<RejectionLabels, Counter>,
+    /// Indexed by protocol, then by [`Rejection`] in [`Rejection::ALL`]'s order.
+    rejections: [[Counter; Rejection::ALL.len()]; 2],
 }
 
 /// The Redis engine's series: handles into [`Metrics`]' registry.
@@ -83,6 +84,16 @@ pub enum Rejection {
 }
 
 impl Rejection {
+    /// Every reason, so that each one's series exists (at 0) from the start:
+    /// an alert on a reason that has not happened yet still has data.
+    pub const ALL: [Rejection; 5] = [
+        Self::InvalidArgument,
+        Self::Unauthenticated,
+        Self::Full,
+        Self::ShuttingDown,
+        Self::Unavailable,
+    ];
+
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::InvalidArgument => "invalid_argument",
@@ -163,12 +174,22 @@ impl Metrics {
                 })
                 .clone()
         });
-        let rejections = Family::<RejectionLabels, Counter>::default();
+        let family = Family::<RejectionLabels, Counter>::default();
         registry.register(
             "rejections",
             "Calls refused before they could wait, by reason",
-            rejections.clone(),
+            family.clone(),
         );
+        let rejections = PROTOCOLS.map(|p| {
+            Rejection::ALL.map(|reason| {
+                family
+                    .get_or_create(&RejectionLabels {
+                        protocol: p.as_str(),
+                        reason: reason.as_str(),
+                    })
+                    .clone()
+            })
+        });
         Self {
             registry,
             parked,
@@ -210,12 +231,7 @@ impl Metrics {
 
     /// A call was refused.
     pub fn rejected(&self, protocol: Protocol, reason: Rejection) {
-        self.rejections
-            .get_or_create(&RejectionLabels {
-                protocol: protocol.as_str(),
-                reason: reason.as_str(),
-            })
-            .inc();
+        self.rejections[index(protocol)][reason as usize].inc();
     }
 
     /// Registers the Redis engine's series, and returns the handles it
@@ -254,5 +270,38 @@ impl Metrics {
         let mut text = String::new();
         encode(&mut text, &self.registry).expect("writing to a String cannot fail");
         text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every reason's series is in the first scrape, at 0, and a refusal
+    /// moves its own series and no other.
+    #[test]
+    fn every_rejection_series_exists_from_the_start() {
+        let metrics = Metrics::new();
+        metrics.rejected(Protocol::Http, Rejection::Full);
+        let text = metrics.render();
+        let mut series = 0;
+        for protocol in PROTOCOLS {
+            for reason in Rejection::ALL {
+                let count = if (protocol, reason) == (Protocol::Http, Rejection::Full) {
+                    1
+                } else {
+                    0
+                };
+                let line = format!(
+                    "rendezvous_rejections_total{{protocol=\"{}\",reason=\"{}\"}} {count}\n",
+                    protocol.as_str(),
+                    reason.as_str()
+                );
+                assert!(text.contains(&line), "{line} is not in:\n{text}");
+                series += 1;
+            }
+        }
+        assert_eq!(series, 10);
+        assert_eq!(text.matches("rendezvous_rejections_total{").count(), 10);
     }
 }

@@ -56,7 +56,7 @@ pub enum ServerError {
         /// Which listener: "gRPC" or "HTTP".
         what: &'static str,
         /// The address from the configuration.
-        addr: SocketAddr,
+        addr: crate::config::ListenAddr,
         /// What the operating system said.
         source: io::Error,
     },
@@ -129,13 +129,13 @@ impl Reloader {
 impl Application {
     /// Binds both listeners from `config`.
     pub async fn build(config: Config) -> Result<Self, ServerError> {
-        let bind = |what, addr| async move {
-            TcpListener::bind(addr)
+        let bind = |what, addr: crate::config::ListenAddr| async move {
+            TcpListener::bind(addr.to_host_port())
                 .await
                 .map_err(|source| ServerError::Bind { what, addr, source })
         };
-        let grpc = bind("gRPC", config.grpc_addr).await?;
-        let http = bind("HTTP", config.http_addr).await?;
+        let grpc = bind("gRPC", config.grpc_addr.clone()).await?;
+        let http = bind("HTTP", config.http_addr.clone()).await?;
         Self::from_listeners(config, grpc, http)
     }
 

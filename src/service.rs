@@ -174,9 +174,22 @@ impl<E: Engine> Rendezvous<E> {
     /// counted, and hands it back.
     fn refuse(&self, protocol: Protocol, error: CallError) -> CallError {
         if let Some(reason) = error.rejection() {
-            self.metrics.rejected(protocol, reason);
+            self.rejected(protocol, reason, &error);
         }
         error
+    }
+
+    /// Records a refused call: its counter, and a `debug` line with the
+    /// reason, the protocol and what was wrong. Every refusal, the service's
+    /// own and each transport's, comes through here, so none goes unseen.
+    pub fn rejected(&self, protocol: Protocol, reason: Rejection, error: &dyn std::fmt::Display) {
+        self.metrics.rejected(protocol, reason);
+        tracing::debug!(
+            protocol = protocol.as_str(),
+            reason = reason.as_str(),
+            %error,
+            "refused a call"
+        );
     }
 
     /// The limits this service enforces, for adapters that check early (an

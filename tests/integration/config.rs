@@ -122,3 +122,17 @@ async fn every_setting_can_come_from_its_environment_variable() {
     }
     child.kill().await.unwrap();
 }
+
+/// `--grpc-addr` and `--http-addr` take host names, as users write them.
+#[tokio::test]
+async fn listen_addresses_can_be_host_names() {
+    let server =
+        common::Process::start(&["--grpc-addr=localhost:0", "--http-addr=localhost:0"]).await;
+    common::assert_serving(server.channel().await).await;
+    let response = common::http_client()
+        .get(format!("http://{}/healthz", server.http))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+}

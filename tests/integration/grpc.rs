@@ -540,18 +540,34 @@ async fn a_request_that_is_not_grpc_is_unsupported_media_type() {
     assert_eq!(server.waiting(), 0);
 }
 
+/// An unknown method, in a known service or an unknown one, is
+/// `UNIMPLEMENTED` with a message that names it.
 #[tokio::test]
-async fn an_unknown_method_is_unimplemented() {
+async fn an_unknown_method_is_unimplemented_and_named() {
     let server = TestServer::start().await;
-    let mut client = tonic::client::Grpc::new(server.channel().await);
-    client.ready().await.unwrap();
-    let status = client
-        .unary::<_, WaitForSecondPartyRequest, _>(
-            tonic::Request::new(WaitForSecondPartyRequest::default()),
-            "/rendezvous.v1.Sync/NoSuchMethod".parse().unwrap(),
-            tonic_prost::ProstCodec::default(),
-        )
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), Code::Unimplemented);
+    for path in [
+        "/rendezvous.v1.Sync/NoSuchMethod",
+        "/no.such.Service/Method",
+        "/grpc.health.v1.Health/NoSuchMethod",
+    ] {
+        let mut client = tonic::client::Grpc::new(server.channel().await);
+        client.ready().await.unwrap();
+        let status = client
+            .unary::<_, WaitForSecondPartyRequest, _>(
+                tonic::Request::new(WaitForSecondPartyRequest::default()),
+                path.parse().unwrap(),
+                tonic_prost::ProstCodec::default(),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Unimplemented, "{path}");
+        assert_eq!(
+            status.message(),
+            format!(
+                "unknown method {path}: this server serves \
+                 /rendezvous.v1.Sync/WaitForSecondParty, grpc.health.v1.Health \
+                 and server reflection"
+            ),
+        );
+    }
 }

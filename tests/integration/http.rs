@@ -146,7 +146,7 @@ async fn every_bad_request_has_its_status_and_a_message() {
         (
             http.post(server.url("/wait-for-second-party/a?wait=soon")),
             StatusCode::BAD_REQUEST,
-            "bad wait \"soon\": expected number at 0; use a duration such as 250ms, 2s or 1m",
+            "?wait=soon is not a duration: it does not start with a number; use a number and a unit, such as 250ms, 2s or 1m",
         ),
         (
             http.post(server.url("/wait-for-second-party/")),

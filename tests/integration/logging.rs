@@ -53,3 +53,53 @@ async fn a_timeout_logs_its_outcome_and_wait() {
     assert_eq!(finished["fields"]["waited"], "100ms", "{finished}");
     assert!(finished["span"].get("role").is_none(), "{finished}");
 }
+
+/// Every refusal leaves a `debug` line that says why, and over which
+/// protocol, so a refused caller's complaint can be matched to the server.
+#[tokio::test]
+async fn a_refused_call_logs_its_reason_and_protocol() {
+    let mut server = Process::start(&[]).await;
+    let url = format!("http://{}/wait-for-second-party/x?wait=abc", server.http);
+    let response = common::http_client().post(&url).send().await.unwrap();
+    assert_eq!(response.status(), 400);
+    let refused = server.next("refused a call").await;
+    assert_eq!(refused["fields"]["protocol"], "http", "{refused}");
+    assert_eq!(refused["fields"]["reason"], "invalid_argument", "{refused}");
+    assert!(
+        refused["fields"]["error"].as_str().unwrap().contains("abc"),
+        "{refused}"
+    );
+
+    let mut client = rendezvous::proto::sync_client::SyncClient::new(server.channel().await);
+    let status = client
+        .wait_for_second_party(common::request("", b""))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    let refused = server.next("refused a call").await;
+    assert_eq!(refused["fields"]["protocol"], "grpc", "{refused}");
+    assert_eq!(refused["fields"]["reason"], "invalid_argument", "{refused}");
+    assert_eq!(refused["fields"]["error"], status.message(), "{refused}");
+}
+
+/// Text logs carry no colour codes when stderr is a file or a pipe.
+#[tokio::test]
+async fn text_logs_to_a_pipe_have_no_colour_codes() {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_rendezvous"))
+        .args([
+            "--grpc-addr=127.0.0.1:0",
+            "--http-addr=127.0.0.1:0",
+            "--log-format=text",
+        ])
+        .env_remove("RUST_LOG")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let line = within(lines.next_line()).await.unwrap().unwrap();
+    assert!(line.contains("listening"), "{line:?}");
+    assert!(line.contains(" INFO "), "{line:?}");
+    assert!(!line.contains('\u{1b}'), "{line:?}");
+}
