@@ -8,7 +8,6 @@
 
 use std::{borrow::Cow, convert::Infallible, sync::Arc, time::Duration};
 
-use base64::Engine as _;
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
@@ -16,9 +15,9 @@ use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use crate::{
     auth::AuthError,
     health::{Health, NotReady},
+    json::{JsonError, JsonMeeting},
     metrics::{Protocol, Rejection},
-    pairing::{Meeting, PairError},
-    proto,
+    pairing::PairError,
     service::{CallError, Deadline, Namespace, Rendezvous},
 };
 
@@ -205,7 +204,7 @@ where
         .call(Protocol::Http, namespace, id, payload, deadline)
         .await?;
     Ok(match json {
-        true => json_response(StatusCode::OK, &JsonMeeting::from(meeting)),
+        true => json_response(StatusCode::OK, &JsonMeeting::from(&meeting)),
         false => text(StatusCode::OK, "Synced"),
     })
 }
@@ -392,56 +391,9 @@ fn respond(status: StatusCode, content_type: &'static str, body: Bytes) -> Respo
 
 /// `WaitForSecondPartyResponse` in proto3's JSON mapping: enum names,
 /// durations as `"1.5s"`, bytes as standard base64.
-#[derive(Debug, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-struct JsonMeeting {
-    role: &'static str,
-    waited: String,
-    peer_payload: String,
-}
-
-impl From<Meeting> for JsonMeeting {
-    fn from(meeting: Meeting) -> Self {
-        Self {
-            role: proto::Role::from(meeting.role).as_str_name(),
-            waited: proto3_duration(meeting.waited),
-            peer_payload: base64::engine::general_purpose::STANDARD.encode(&meeting.peer_payload),
-        }
-    }
-}
-
-/// An error in the same shape for every route, with the gRPC code name.
-#[derive(Debug, serde::Serialize)]
-struct JsonError {
-    code: &'static str,
-    message: String,
-}
-
-/// proto3 JSON for a Duration: seconds with 0, 3, 6 or 9 fractional digits.
-fn proto3_duration(d: Duration) -> String {
-    let (secs, nanos) = (d.as_secs(), d.subsec_nanos());
-    match nanos {
-        0 => format!("{secs}s"),
-        n if n % 1_000_000 == 0 => format!("{secs}.{:03}s", n / 1_000_000),
-        n if n % 1_000 == 0 => format!("{secs}.{:06}s", n / 1_000),
-        n => format!("{secs}.{n:09}s"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_use_the_proto3_json_form() {
-        assert_eq!(proto3_duration(Duration::ZERO), "0s");
-        assert_eq!(proto3_duration(Duration::from_millis(1500)), "1.500s");
-        assert_eq!(proto3_duration(Duration::from_micros(2)), "0.000002s");
-        assert_eq!(
-            proto3_duration(Duration::from_nanos(1_000_000_007)),
-            "1.000000007s"
-        );
-    }
 
     #[test]
     fn accept_parsing() {

@@ -39,6 +39,8 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+pub mod cli;
+pub mod client;
 pub mod config;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
@@ -46,6 +48,7 @@ pub mod fuzzing;
 pub mod gateway;
 pub mod grpc;
 pub mod health;
+mod json;
 pub mod metrics;
 pub mod pairing;
 pub mod server;

@@ -1,14 +1,27 @@
-//! The `rendezvous` server binary: flags, logging, and a run until a signal.
+//! The `rendezvous` binary: the server (`serve`, the default) with logging
+//! and a run until a signal, and the `wait` and `probe` clients.
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use rendezvous::{Application, Config, telemetry};
+use rendezvous::{
+    Application, Config,
+    cli::{self, Cli, Command},
+    telemetry,
+};
 use tokio::signal::unix::{SignalKind, signal};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let config = Config::parse();
+    let args = cli::with_default_subcommand(std::env::args_os().collect());
+    match Cli::parse_from(args).command {
+        Command::Serve(config) => serve(*config).await,
+        Command::Wait(args) => cli::wait(args).await.into(),
+        Command::Probe(args) => cli::probe(args).await.into(),
+    }
+}
+
+async fn serve(config: Config) -> ExitCode {
     telemetry::init(config.log_format);
 
     let app = match Application::build(config).await {

@@ -6,6 +6,7 @@
 mod common;
 
 mod auth;
+mod cli;
 mod config;
 mod dead_peer;
 mod engine_properties;

@@ -1,0 +1,494 @@
+//! The command line: `rendezvous [serve]` runs the server; `rendezvous wait`
+//! and `rendezvous probe` are clients of it, for shells, CI jobs and exec
+//! probes, built on [`crate::client`]. Kept in the library, not the binary,
+//! so that their parsing and outcomes can be tested like the rest.
+
+use std::{
+    ffi::OsString,
+    io::{Read, Write},
+    path::PathBuf,
+    process::ExitCode,
+    time::Duration,
+};
+
+use bytes::Bytes;
+use clap::{Args, Parser, Subcommand};
+use tonic::{Code, Status};
+use tonic_health::pb::health_check_response::ServingStatus;
+
+use crate::{
+    Config,
+    client::{Client, ClientError, ClientOptions, DEFAULT_SERVER},
+    json::{JsonError, JsonMeeting},
+    pairing::Role,
+};
+
+/// `rendezvous`: the server, and its command-line clients.
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    about = "A small, fast gRPC rendezvous service: two callers with the same id meet and exchange a payload.",
+    after_help = "With no subcommand, or with only flags, rendezvous runs `serve`: \
+                  `rendezvous --grpc-addr ...` is `rendezvous serve --grpc-addr ...`."
+)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server (the default).
+    Serve(Box<Config>),
+    /// Wait for the other party with the same id, and print its payload.
+    #[command(after_help = WAIT_EXIT_CODES)]
+    Wait(WaitArgs),
+    /// Check a server's gRPC health, like grpc_health_probe: exit 0 only
+    /// when it is SERVING.
+    #[command(after_help = PROBE_EXIT_CODES)]
+    Probe(ProbeArgs),
+}
+
+const WAIT_EXIT_CODES: &str = "Exit codes:
+  0  paired: the other party's payload is on stdout
+  1  any other error
+  2  invalid input: a bad flag, id or payload, or a file that cannot be read
+  3  timed out: nobody came with this id before the timeout
+  4  unavailable: the server cannot be reached, is shutting down or is full
+  5  unauthenticated: no token, or a token the server does not accept";
+
+const PROBE_EXIT_CODES: &str = "Exit codes:
+  0  SERVING
+  1  any other error
+  2  invalid input: a bad flag, an unknown service, a file that cannot be read
+  3  timed out: no answer before the timeout
+  4  unavailable: the server cannot be reached, or it answered NOT_SERVING";
+
+/// How `wait` and `probe` end, as the exit status scripts test. The numbers
+/// are part of the interface: never renumber one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Paired (`wait`), or SERVING (`probe`).
+    Ok = 0,
+    /// Anything not below.
+    Other = 1,
+    /// A bad flag, id or payload, or an unreadable file (clap's own usage
+    /// errors exit 2 as well).
+    InvalidInput = 2,
+    /// Nobody came before the deadline, or no answer came before it.
+    TimedOut = 3,
+    /// The server cannot be reached, is shutting down or full, or is not
+    /// serving.
+    Unavailable = 4,
+    /// The server refused the token (or, over mTLS, the certificate).
+    Unauthenticated = 5,
+}
+
+impl From<Exit> for ExitCode {
+    fn from(exit: Exit) -> Self {
+        ExitCode::from(exit as u8)
+    }
+}
+
+impl Exit {
+    /// The exit for a call that ended with `status`.
+    pub fn of_status(status: &Status) -> Self {
+        match status.code() {
+            Code::Ok => Self::Ok,
+            Code::DeadlineExceeded => Self::TimedOut,
+            Code::Unavailable | Code::ResourceExhausted => Self::Unavailable,
+            Code::Unauthenticated | Code::PermissionDenied => Self::Unauthenticated,
+            Code::InvalidArgument | Code::NotFound | Code::OutOfRange => Self::InvalidInput,
+            _ => Self::Other,
+        }
+    }
+
+    /// The exit for a client that could not be set up.
+    fn of_client_error(error: &ClientError) -> Self {
+        match error {
+            ClientError::Connect { .. } => Self::Unavailable,
+            ClientError::BadServer { .. }
+            | ClientError::Read { .. }
+            | ClientError::BadToken { .. }
+            | ClientError::Tls(_) => Self::InvalidInput,
+        }
+    }
+}
+
+/// The arguments as given, with `serve` put in front when no subcommand
+/// was named, so that `rendezvous` and `rendezvous --grpc-addr ...` run the
+/// server as they always have.
+pub fn with_default_subcommand(args: Vec<OsString>) -> Vec<OsString> {
+    let first = args.get(1).and_then(|arg| arg.to_str());
+    let named = matches!(
+        first,
+        Some("serve" | "wait" | "probe" | "help" | "-h" | "--help" | "-V" | "--version")
+    );
+    if named {
+        return args;
+    }
+    let mut args = args;
+    args.insert(1.min(args.len()), "serve".into());
+    args
+}
+
+/// Where the server is and how to reach it, for `wait` and `probe`.
+#[derive(Debug, Clone, Args)]
+pub struct Connection {
+    /// The server's gRPC address: HOST:PORT, http://HOST:PORT, or
+    /// https://HOST:PORT for TLS.
+    #[arg(long, env = "RENDEZVOUS_SERVER", value_name = "ADDR", default_value = DEFAULT_SERVER)]
+    pub server: String,
+
+    /// Use TLS, trusting only these PEM CA certificates (without it, an
+    /// https:// server is checked against the system's CAs).
+    #[arg(long, env = "RENDEZVOUS_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+
+    /// Present this PEM client certificate (mTLS). Needs --client-key.
+    #[arg(
+        long,
+        env = "RENDEZVOUS_CLIENT_CERT",
+        value_name = "FILE",
+        requires = "client_key"
+    )]
+    pub client_cert: Option<PathBuf>,
+
+    /// The PEM private key for --client-cert.
+    #[arg(
+        long,
+        env = "RENDEZVOUS_CLIENT_KEY",
+        value_name = "FILE",
+        requires = "client_cert"
+    )]
+    pub client_key: Option<PathBuf>,
+
+    /// Expect the server's certificate to name this host rather than the
+    /// address's.
+    #[arg(long, env = "RENDEZVOUS_TLS_SERVER_NAME", value_name = "NAME")]
+    pub tls_server_name: Option<String>,
+}
+
+impl Connection {
+    fn options(&self) -> Result<ClientOptions, ClientError> {
+        let mut options = ClientOptions::new(&self.server)?;
+        if let Some(ca) = &self.tls_ca {
+            options = options.tls_ca(ca);
+        }
+        if let (Some(cert), Some(key)) = (&self.client_cert, &self.client_key) {
+            options = options.client_identity(cert, key);
+        }
+        if let Some(name) = &self.tls_server_name {
+            options = options.tls_server_name(name);
+        }
+        Ok(options)
+    }
+}
+
+/// `rendezvous wait`.
+#[derive(Debug, Args)]
+pub struct WaitArgs {
+    /// The meeting id both parties agreed on.
+    pub id: String,
+
+    /// Where the server is, and how to trust it.
+    #[command(flatten)]
+    pub connection: Connection,
+
+    /// Send the bearer token in this file (its first line), for a server
+    /// run with --auth-token-file. Tokens never go on the command line.
+    #[arg(long, env = "RENDEZVOUS_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+
+    /// The payload to hand the other party.
+    #[arg(long, value_name = "TEXT", conflicts_with = "payload_file")]
+    pub payload: Option<String>,
+
+    /// Read the payload from this file; `-` reads stdin.
+    #[arg(long, value_name = "PATH")]
+    pub payload_file: Option<PathBuf>,
+
+    /// Give up after this long (250ms, 30s, 5m, ...), sent as the call's
+    /// deadline. Without it, the server's --max-wait decides.
+    #[arg(long, env = "RENDEZVOUS_TIMEOUT", value_name = "DURATION", value_parser = crate::config::positive_duration)]
+    pub timeout: Option<Duration>,
+
+    /// Keep trying while the server is unavailable or full (a rolling
+    /// restart), with backoff and jitter, until --timeout.
+    #[arg(long, requires = "timeout")]
+    pub retry: bool,
+
+    /// Print one JSON object on stdout, the answer or the error, in
+    /// proto3's JSON form (the payload in base64).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `rendezvous probe`.
+#[derive(Debug, Args)]
+pub struct ProbeArgs {
+    /// Where the server is, and how to trust it.
+    #[command(flatten)]
+    pub connection: Connection,
+
+    /// The service to ask about: "" for the server as a whole (liveness),
+    /// rendezvous.v1.Sync for readiness to pair.
+    #[arg(long, default_value = "", value_name = "NAME")]
+    pub service: String,
+
+    /// Give up after this long.
+    #[arg(long, default_value = "1s", value_name = "DURATION", value_parser = crate::config::positive_duration)]
+    pub timeout: Duration,
+}
+
+/// Runs `rendezvous wait`: the partner's payload to stdout, raw; the role
+/// and wait (or what went wrong) to stderr; or all of it as JSON on stdout.
+pub async fn wait(args: WaitArgs) -> Exit {
+    let report = Report { json: args.json };
+    let payload = match read_payload(&args) {
+        Ok(payload) => payload,
+        Err(message) => return report.failed(Code::InvalidArgument, &message, Exit::InvalidInput),
+    };
+    let options = args
+        .connection
+        .options()
+        .and_then(|options| match &args.token_file {
+            Some(path) => options.token_file(path),
+            None => Ok(options),
+        });
+    let client = match options.and_then(|options| Client::connect_lazily(&options)) {
+        Ok(client) => client,
+        Err(error) => return report.client_error(&error),
+    };
+    let result = match (args.retry, args.timeout) {
+        (true, Some(timeout)) => {
+            client
+                .wait_retrying(&args.id, payload, timeout, |status, pause| {
+                    eprintln!(
+                        "rendezvous wait: {}: {}; trying again in {}",
+                        code_name(status.code()),
+                        status.message(),
+                        humantime::format_duration(Duration::from_millis(pause.as_millis() as u64))
+                    );
+                })
+                .await
+        }
+        _ => client.wait(&args.id, payload, args.timeout).await,
+    };
+    match result {
+        Ok(meeting) => {
+            if report.json {
+                report.print_json(&JsonMeeting::from(&meeting));
+            } else {
+                let mut stdout = std::io::stdout().lock();
+                let _ = stdout.write_all(&meeting.peer_payload);
+                let _ = stdout.flush();
+                let role = match meeting.role {
+                    Role::First => "first",
+                    Role::Second => "second",
+                };
+                eprintln!(
+                    "paired as the {role} party after {}",
+                    humantime::format_duration(Duration::from_millis(
+                        meeting.waited.as_millis() as u64
+                    ))
+                );
+            }
+            Exit::Ok
+        }
+        Err(status) => report.failed(status.code(), status.message(), Exit::of_status(&status)),
+    }
+}
+
+/// Runs `rendezvous probe`.
+pub async fn probe(args: ProbeArgs) -> Exit {
+    let report = Report { json: false };
+    let client = match args
+        .connection
+        .options()
+        .map(|options| options.connect_timeout(args.timeout))
+        .and_then(|options| Client::connect_lazily(&options))
+    {
+        Ok(client) => client,
+        Err(error) => return report.client_error(&error),
+    };
+    match client.check(&args.service, Some(args.timeout)).await {
+        Ok(ServingStatus::Serving) => {
+            println!("SERVING");
+            Exit::Ok
+        }
+        Ok(status) => {
+            println!("{}", status.as_str_name());
+            Exit::Unavailable
+        }
+        Err(status) => report.failed(status.code(), status.message(), Exit::of_status(&status)),
+    }
+}
+
+fn read_payload(args: &WaitArgs) -> Result<Bytes, String> {
+    if let Some(text) = &args.payload {
+        return Ok(Bytes::from(text.clone()));
+    }
+    let Some(path) = &args.payload_file else {
+        return Ok(Bytes::new());
+    };
+    let mut payload = Vec::new();
+    let read = match path.to_str() {
+        Some("-") => std::io::stdin()
+            .lock()
+            .read_to_end(&mut payload)
+            .map(|_| ()),
+        _ => std::fs::read(path).map(|bytes| payload = bytes),
+    };
+    read.map_err(|e| format!("cannot read --payload-file {}: {e}", path.display()))?;
+    Ok(payload.into())
+}
+
+/// Where outcomes are written: JSON on stdout, or words on stderr.
+struct Report {
+    json: bool,
+}
+
+impl Report {
+    fn failed(&self, code: Code, message: &str, exit: Exit) -> Exit {
+        if self.json {
+            self.print_json(&JsonError {
+                code: code_name(code),
+                message: message.into(),
+            });
+        } else {
+            eprintln!("rendezvous: {}: {message}", code_name(code));
+        }
+        exit
+    }
+
+    fn client_error(&self, error: &ClientError) -> Exit {
+        let exit = Exit::of_client_error(error);
+        let code = match exit {
+            Exit::Unavailable => Code::Unavailable,
+            _ => Code::InvalidArgument,
+        };
+        self.failed(code, &error.to_string(), exit)
+    }
+
+    fn print_json(&self, value: &impl serde::Serialize) {
+        let mut stdout = std::io::stdout().lock();
+        let _ = serde_json::to_writer(&mut stdout, value);
+        let _ = writeln!(stdout);
+    }
+}
+
+/// A status code as gRPC names it (`DEADLINE_EXCEEDED`), as grpcurl and
+/// the HTTP gateway's JSON errors print it.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<OsString> {
+        list.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn the_server_is_the_default_subcommand() {
+        for (given, expected) in [
+            (&["rendezvous"][..], &["rendezvous", "serve"][..]),
+            (
+                &["rendezvous", "--grpc-addr=x:1"],
+                &["rendezvous", "serve", "--grpc-addr=x:1"],
+            ),
+            (&["rendezvous", "serve"], &["rendezvous", "serve"]),
+            (&["rendezvous", "wait", "id"], &["rendezvous", "wait", "id"]),
+            (&["rendezvous", "probe"], &["rendezvous", "probe"]),
+            (&["rendezvous", "help"], &["rendezvous", "help"]),
+            (&["rendezvous", "--help"], &["rendezvous", "--help"]),
+            (&["rendezvous", "-h"], &["rendezvous", "-h"]),
+            (&["rendezvous", "-V"], &["rendezvous", "-V"]),
+            (&["rendezvous", "--version"], &["rendezvous", "--version"]),
+        ] {
+            assert_eq!(
+                with_default_subcommand(args(given)),
+                args(expected),
+                "{given:?}"
+            );
+        }
+        assert_eq!(with_default_subcommand(Vec::new()), args(&["serve"]));
+    }
+
+    #[test]
+    fn statuses_map_to_the_documented_exits() {
+        let exit = |code| Exit::of_status(&Status::new(code, "")) as u8;
+        assert_eq!(exit(Code::Ok), 0);
+        assert_eq!(exit(Code::Internal), 1);
+        assert_eq!(exit(Code::Unimplemented), 1);
+        assert_eq!(exit(Code::InvalidArgument), 2);
+        assert_eq!(exit(Code::NotFound), 2);
+        assert_eq!(exit(Code::OutOfRange), 2);
+        assert_eq!(exit(Code::DeadlineExceeded), 3);
+        assert_eq!(exit(Code::Unavailable), 4);
+        assert_eq!(exit(Code::ResourceExhausted), 4);
+        assert_eq!(exit(Code::Unauthenticated), 5);
+        assert_eq!(exit(Code::PermissionDenied), 5);
+    }
+
+    #[test]
+    fn every_code_has_its_grpc_name() {
+        for number in 0..=16 {
+            let code = Code::from_i32(number);
+            let name = code_name(code);
+            let expected = format!("{code:?}")
+                .chars()
+                .flat_map(|c| match c.is_uppercase() {
+                    true => vec!['_', c],
+                    false => vec![c.to_ascii_uppercase()],
+                })
+                .skip(1)
+                .collect::<String>();
+            assert_eq!(name, expected);
+        }
+    }
+
+    #[test]
+    fn retry_needs_a_timeout_and_payloads_are_one_or_the_other() {
+        assert!(Cli::try_parse_from(["rendezvous", "wait", "id", "--retry"]).is_err());
+        assert!(
+            Cli::try_parse_from(["rendezvous", "wait", "id", "--retry", "--timeout=1s"]).is_ok()
+        );
+        assert!(
+            Cli::try_parse_from([
+                "rendezvous",
+                "wait",
+                "id",
+                "--payload=a",
+                "--payload-file=b"
+            ])
+            .is_err()
+        );
+        assert!(Cli::try_parse_from(["rendezvous", "wait", "id", "--client-cert=c"]).is_err());
+        assert!(Cli::try_parse_from(["rendezvous", "wait", "id", "--timeout=0s"]).is_err());
+        assert!(Cli::try_parse_from(["rendezvous", "wait"]).is_err());
+    }
+}

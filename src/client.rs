@@ -1,0 +1,585 @@
+//! The Rust client for `rendezvous.v1.Sync` and gRPC health: what
+//! `rendezvous wait`, `rendezvous probe`, the load tool and the tests share,
+//! so that each of them connects, trusts, authenticates and retries the same
+//! way.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//!
+//! use rendezvous::client::{Client, ClientOptions};
+//!
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! let options = ClientOptions::new("http://127.0.0.1:50051")?;
+//! let client = Client::connect(&options).await?;
+//! // Waits (at most 30 s) for the other party with the same id.
+//! let meeting = client
+//!     .wait("build-1234", "ready".into(), Some(Duration::from_secs(30)))
+//!     .await?;
+//! println!(
+//!     "{:?} after {:?}, the other sent {:?}",
+//!     meeting.role, meeting.waited, meeting.peer_payload
+//! );
+//! # Ok(())
+//! # }
+//! ```
+
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use tokio::time::Instant;
+use tonic::{
+    Code, Status,
+    metadata::AsciiMetadataValue,
+    transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Uri},
+};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+use crate::{
+    config::PAYLOAD_CEILING,
+    grpc::MESSAGE_OVERHEAD,
+    pairing::{Meeting, Role},
+    proto::{self, WaitForSecondPartyRequest, sync_client::SyncClient},
+};
+
+/// The server a client talks to when it is given none: the server's own
+/// default gRPC address.
+pub const DEFAULT_SERVER: &str = "http://127.0.0.1:50051";
+
+/// Why a client could not be set up. Errors from calls are `tonic::Status`.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server address is not `HOST:PORT` or an `http(s)://` URI.
+    #[error("{address:?} is not a server address ({why}); use HOST:PORT or https://HOST:PORT")]
+    BadServer {
+        /// The address as given.
+        address: String,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// A file named in the options could not be read.
+    #[error("cannot read the {what} {path}: {source}")]
+    Read {
+        /// Which file: "token file", "CA certificate", ...
+        what: &'static str,
+        /// The file named in the options.
+        path: PathBuf,
+        /// What the operating system said.
+        source: std::io::Error,
+    },
+    /// The token file's first line is empty, or cannot be a header value.
+    #[error("the token file {path} {why}")]
+    BadToken {
+        /// The file named in the options.
+        path: PathBuf,
+        /// What is wrong with its first line.
+        why: &'static str,
+    },
+    /// The TLS settings could not be used (a bad certificate, say).
+    #[error("cannot set up TLS: {0}")]
+    Tls(#[source] tonic::transport::Error),
+    /// The server could not be reached.
+    #[error("cannot connect to {server}: {source}")]
+    Connect {
+        /// The server's URI.
+        server: Uri,
+        /// What went wrong, from the transport.
+        #[source]
+        source: tonic::transport::Error,
+    },
+}
+
+/// Where the server is, how to trust it, and what to prove to it: all that a
+/// connection needs, checked before any connection is made.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    server: Uri,
+    tls_ca: Option<PathBuf>,
+    identity: Option<(PathBuf, PathBuf)>,
+    tls_server_name: Option<String>,
+    /// `Bearer <token>`, ready to send.
+    authorization: Option<AsciiMetadataValue>,
+    connect_timeout: Duration,
+}
+
+impl ClientOptions {
+    /// Options for the server at `server`: `HOST:PORT` (plain HTTP/2),
+    /// `http://HOST:PORT`, or `https://HOST:PORT` (TLS, trusting the
+    /// system's CAs unless [`ClientOptions::tls_ca`] says otherwise).
+    pub fn new(server: &str) -> Result<Self, ClientError> {
+        let bad = |why: String| ClientError::BadServer {
+            address: server.into(),
+            why,
+        };
+        let with_scheme = match server.contains("://") {
+            true => server.to_owned(),
+            false => format!("http://{server}"),
+        };
+        let uri: Uri = with_scheme.parse().map_err(|e| bad(format!("{e}")))?;
+        if !matches!(uri.scheme_str(), Some("http" | "https")) {
+            return Err(bad("the scheme must be http or https".into()));
+        }
+        if uri.port_u16().is_none() {
+            return Err(bad("it has no port".into()));
+        }
+        if uri.path_and_query().is_some_and(|p| p.as_str() != "/") {
+            return Err(bad("a server address has no path".into()));
+        }
+        Ok(Self {
+            server: uri,
+            tls_ca: None,
+            identity: None,
+            tls_server_name: None,
+            authorization: None,
+            connect_timeout: Duration::from_secs(5),
+        })
+    }
+
+    /// Trusts the server's certificate only if it chains to these PEM CA
+    /// certificates, and speaks TLS whatever the address's scheme.
+    pub fn tls_ca(self, ca: impl Into<PathBuf>) -> Self {
+        Self {
+            tls_ca: Some(ca.into()),
+            ..self
+        }
+    }
+
+    /// Presents this PEM certificate chain and key, for a server that
+    /// requires client certificates (mTLS). Implies TLS.
+    pub fn client_identity(self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        Self {
+            identity: Some((cert.into(), key.into())),
+            ..self
+        }
+    }
+
+    /// Expects the server's certificate to be for `name` rather than for the
+    /// address's host (an address that is an IP, a tunnel). Implies TLS.
+    pub fn tls_server_name(self, name: impl Into<String>) -> Self {
+        Self {
+            tls_server_name: Some(name.into()),
+            ..self
+        }
+    }
+
+    /// How long to wait for a connection before giving up on it (5 s unless
+    /// set).
+    pub fn connect_timeout(self, timeout: Duration) -> Self {
+        Self {
+            connect_timeout: timeout,
+            ..self
+        }
+    }
+
+    /// Sends this bearer token with every rendezvous call, for a server run
+    /// with `--auth-token-file`.
+    pub fn token(self, token: &str) -> Result<Self, &'static str> {
+        let value = format!("Bearer {}", token.trim());
+        if token.trim().is_empty() {
+            return Err("is empty");
+        }
+        let authorization = AsciiMetadataValue::try_from(value)
+            .map_err(|_| "holds a character that cannot go in a header")?;
+        Ok(Self {
+            authorization: Some(authorization),
+            ..self
+        })
+    }
+
+    /// [`ClientOptions::token`], read from the first line of a file, so that
+    /// it never shows in a command line or a process list.
+    pub fn token_file(self, path: &Path) -> Result<Self, ClientError> {
+        let text = read("token file", path)?;
+        let text = String::from_utf8_lossy(&text);
+        let first = text.lines().next().unwrap_or_default();
+        self.token(first).map_err(|why| ClientError::BadToken {
+            path: path.to_owned(),
+            why,
+        })
+    }
+
+    /// The server's URI.
+    pub fn server(&self) -> &Uri {
+        &self.server
+    }
+
+    /// Whether connections use TLS: an `https` address, or any TLS option.
+    pub fn uses_tls(&self) -> bool {
+        self.server.scheme_str() == Some("https")
+            || self.tls_ca.is_some()
+            || self.identity.is_some()
+            || self.tls_server_name.is_some()
+    }
+
+    /// The endpoint these options describe, for a caller that wants to tune
+    /// it further (the load tool sets flow-control windows) before
+    /// connecting. Reads the TLS files now, so a bad one fails here.
+    pub fn endpoint(&self) -> Result<Endpoint, ClientError> {
+        let uri = match self.uses_tls() && self.server.scheme_str() == Some("http") {
+            // TLS was asked for by an option: the address's scheme follows.
+            true => {
+                let authority = self.server.authority().expect("checked in new").as_str();
+                format!("https://{authority}")
+                    .parse()
+                    .expect("a valid URI with another scheme")
+            }
+            false => self.server.clone(),
+        };
+        let mut endpoint = Endpoint::from(uri)
+            .connect_timeout(self.connect_timeout)
+            .tcp_nodelay(true);
+        if self.uses_tls() {
+            endpoint = endpoint
+                .tls_config(self.tls_config()?)
+                .map_err(ClientError::Tls)?;
+        }
+        Ok(endpoint)
+    }
+
+    fn tls_config(&self) -> Result<ClientTlsConfig, ClientError> {
+        let mut tls = ClientTlsConfig::new();
+        tls = match &self.tls_ca {
+            Some(ca) => tls.ca_certificate(Certificate::from_pem(read("CA certificate", ca)?)),
+            None => tls.with_native_roots(),
+        };
+        if let Some((cert, key)) = &self.identity {
+            tls = tls.identity(Identity::from_pem(
+                read("client certificate", cert)?,
+                read("client key", key)?,
+            ));
+        }
+        if let Some(name) = &self.tls_server_name {
+            tls = tls.domain_name(name);
+        }
+        Ok(tls)
+    }
+}
+
+fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, ClientError> {
+    std::fs::read(path).map_err(|source| ClientError::Read {
+        what,
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// A connection to a rendezvous server: its rendezvous method and its
+/// health service. Cheap to clone; clones share the connection.
+#[derive(Debug, Clone)]
+pub struct Client {
+    server: Uri,
+    sync: SyncClient<Channel>,
+    health: HealthClient<Channel>,
+    authorization: Option<AsciiMetadataValue>,
+}
+
+impl Client {
+    /// Connects now, so that an unreachable server is an error here rather
+    /// than at the first call.
+    pub async fn connect(options: &ClientOptions) -> Result<Self, ClientError> {
+        let channel =
+            options
+                .endpoint()?
+                .connect()
+                .await
+                .map_err(|source| ClientError::Connect {
+                    server: options.server.clone(),
+                    source,
+                })?;
+        Ok(Self::from_channel(channel, options))
+    }
+
+    /// Connects at the first call, and again after a connection is lost: for
+    /// a caller that retries while a server restarts. Until the server
+    /// answers, calls fail `UNAVAILABLE`.
+    pub fn connect_lazily(options: &ClientOptions) -> Result<Self, ClientError> {
+        Ok(Self::from_channel(
+            options.endpoint()?.connect_lazy(),
+            options,
+        ))
+    }
+
+    /// A client on a channel made elsewhere (a tuned endpoint, a test's),
+    /// sending `options`' token.
+    pub fn from_channel(channel: Channel, options: &ClientOptions) -> Self {
+        // The server accepts payloads up to PAYLOAD_CEILING; so must we.
+        let limit = PAYLOAD_CEILING + MESSAGE_OVERHEAD;
+        Self {
+            server: options.server.clone(),
+            sync: SyncClient::new(channel.clone())
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(limit),
+            health: HealthClient::new(channel),
+            authorization: options.authorization.clone(),
+        }
+    }
+
+    /// Waits for the other party with `id`, sending `payload`, for at most
+    /// `timeout` (sent as the call's deadline; the server's `--max-wait`
+    /// applies too). A lone caller gets `DEADLINE_EXCEEDED`.
+    pub async fn wait(
+        &self,
+        id: &str,
+        payload: Bytes,
+        timeout: Option<Duration>,
+    ) -> Result<Meeting, Status> {
+        let mut request = tonic::Request::new(WaitForSecondPartyRequest {
+            id: id.to_owned(),
+            payload,
+        });
+        if let Some(timeout) = timeout {
+            request.set_timeout(timeout);
+        }
+        if let Some(authorization) = &self.authorization {
+            request
+                .metadata_mut()
+                .insert("authorization", authorization.clone());
+        }
+        let response = self
+            .sync
+            .clone()
+            .wait_for_second_party(request)
+            .await
+            .map_err(|status| self.unreachable(status))?;
+        meeting(response.into_inner())
+    }
+
+    /// [`Client::wait`], retried while the server is unavailable or full
+    /// (a rolling restart, a burst), with exponential backoff and jitter,
+    /// until `timeout` has passed since the first try. `on_retry` hears of
+    /// each failure that will be retried, and the pause before the next try.
+    ///
+    /// A caller parked on a server that shuts down is answered `UNAVAILABLE`
+    /// and never paired, so trying again cannot pair it twice.
+    pub async fn wait_retrying(
+        &self,
+        id: &str,
+        payload: Bytes,
+        timeout: Duration,
+        mut on_retry: impl FnMut(&Status, Duration),
+    ) -> Result<Meeting, Status> {
+        let deadline = Instant::now() + timeout;
+        let mut backoff = backoff();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let status = match self.wait(id, payload.clone(), Some(left)).await {
+                Ok(meeting) => return Ok(meeting),
+                Err(status) => status,
+            };
+            if !retryable(&status) {
+                return Err(status);
+            }
+            let pause = backoff.next().expect("retries without end");
+            let left = deadline.saturating_duration_since(Instant::now());
+            if pause >= left {
+                return Err(Status::new(
+                    status.code(),
+                    format!(
+                        "{} (still, after {} of retries)",
+                        status.message(),
+                        humantime::format_duration(Duration::from_millis(
+                            timeout.as_millis() as u64
+                        )),
+                    ),
+                ));
+            }
+            on_retry(&status, pause);
+            tokio::time::sleep(pause).await;
+        }
+    }
+
+    /// Asks the server's health service about `service` ("" for the whole
+    /// server, `rendezvous.v1.Sync` for readiness to pair).
+    pub async fn check(
+        &self,
+        service: &str,
+        timeout: Option<Duration>,
+    ) -> Result<ServingStatus, Status> {
+        let mut request = tonic::Request::new(HealthCheckRequest {
+            service: service.into(),
+        });
+        if let Some(timeout) = timeout {
+            request.set_timeout(timeout);
+        }
+        let response = self
+            .health
+            .clone()
+            .check(request)
+            .await
+            .map_err(|status| self.unreachable(status))?;
+        Ok(response.into_inner().status())
+    }
+}
+
+impl Client {
+    /// A status the transport made up (no connection) says only "tcp
+    /// connect error"; this one says where, and why.
+    fn unreachable(&self, status: Status) -> Status {
+        let Some(source) = std::error::Error::source(&status) else {
+            return status; // the server's own answer
+        };
+        // Layers of the chain often repeat the one below: say each once.
+        let mut parts: Vec<String> = Vec::new();
+        let mut cause: Option<&dyn std::error::Error> = Some(source);
+        while let Some(error) = cause {
+            let part = error.to_string();
+            if parts.last() != Some(&part) {
+                parts.push(part);
+            }
+            cause = error.source();
+        }
+        Status::new(
+            status.code(),
+            format!("cannot reach {}: {}", self.server, parts.join(": ")),
+        )
+    }
+}
+
+/// Whether a failed call may be tried again: only refusals that left no
+/// trace (the server was unreachable, shutting down or full).
+pub fn retryable(status: &Status) -> bool {
+    matches!(status.code(), Code::Unavailable | Code::ResourceExhausted)
+}
+
+fn meeting(response: proto::WaitForSecondPartyResponse) -> Result<Meeting, Status> {
+    let role = match response.role() {
+        proto::Role::First => Role::First,
+        proto::Role::Second => Role::Second,
+        proto::Role::Unspecified => {
+            return Err(Status::internal("the server's answer has no role"));
+        }
+    };
+    let waited = response
+        .waited
+        .and_then(|waited| Duration::try_from(waited).ok())
+        .unwrap_or_default();
+    Ok(Meeting {
+        role,
+        peer_payload: response.peer_payload,
+        waited,
+    })
+}
+
+/// Exponential backoff with jitter, from 50 ms up to 2 s a pause (each
+/// pause up to twice that, at random), so that callers turned away together
+/// do not come back together.
+fn backoff() -> impl Iterator<Item = Duration> {
+    use backon::BackoffBuilder;
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(50))
+        .with_max_delay(Duration::from_secs(2))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_addresses() {
+        let server = |s: &str| ClientOptions::new(s).map(|o| o.server().to_string());
+        assert_eq!(
+            server("localhost:50051").unwrap(),
+            "http://localhost:50051/"
+        );
+        assert_eq!(server("http://10.0.0.1:1").unwrap(), "http://10.0.0.1:1/");
+        assert_eq!(
+            server("https://example.com:443").unwrap(),
+            "https://example.com:443/"
+        );
+        for (bad, why) in [
+            ("localhost", "it has no port"),
+            ("ftp://host:21", "the scheme must be http or https"),
+            ("http://host:1/path", "a server address has no path"),
+        ] {
+            let error = ClientOptions::new(bad).unwrap_err().to_string();
+            assert_eq!(
+                error,
+                format!(
+                    "{bad:?} is not a server address ({why}); use HOST:PORT or https://HOST:PORT"
+                )
+            );
+        }
+        assert!(ClientOptions::new("a b:1").is_err());
+    }
+
+    #[test]
+    fn tls_follows_the_scheme_or_any_tls_option() {
+        let plain = ClientOptions::new("localhost:1").unwrap();
+        assert!(!plain.uses_tls());
+        assert!(
+            ClientOptions::new("https://localhost:1")
+                .unwrap()
+                .uses_tls()
+        );
+        assert!(plain.clone().tls_ca("ca.pem").uses_tls());
+        assert!(plain.clone().client_identity("c", "k").uses_tls());
+        assert!(plain.clone().tls_server_name("x").uses_tls());
+        // A file that is not there is an error before any connection.
+        let error = plain.tls_ca("/no/such/ca.pem").endpoint().unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .starts_with("cannot read the CA certificate /no/such/ca.pem: "),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn tokens_come_from_the_first_line_of_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "s3cret \nsecond line\n").unwrap();
+        let options = ClientOptions::new("localhost:1")
+            .unwrap()
+            .token_file(&path)
+            .unwrap();
+        assert_eq!(options.authorization.unwrap(), "Bearer s3cret");
+        for (text, why) in [
+            ("\n", "is empty"),
+            ("a\u{7}b\n", "holds a character that cannot go in a header"),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let error = ClientOptions::new("localhost:1")
+                .unwrap()
+                .token_file(&path)
+                .unwrap_err();
+            assert_eq!(
+                error.to_string(),
+                format!("the token file {} {why}", path.display())
+            );
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_to_its_ceiling_with_jitter() {
+        let pauses: Vec<Duration> = backoff().take(12).collect();
+        let mut base = Duration::from_millis(50);
+        for pause in &pauses {
+            assert!(*pause >= base && *pause <= base * 2, "{pauses:?}");
+            base = (base * 2).min(Duration::from_secs(2));
+        }
+        // Jitter: pauses with the same base differ.
+        assert_ne!(pauses[10], pauses[11], "{pauses:?}");
+    }
+
+    #[test]
+    fn only_refusals_that_left_no_trace_are_retried() {
+        assert!(retryable(&Status::unavailable("")));
+        assert!(retryable(&Status::resource_exhausted("")));
+        for code in [
+            Code::DeadlineExceeded,
+            Code::InvalidArgument,
+            Code::Unauthenticated,
+            Code::Internal,
+        ] {
+            assert!(!retryable(&Status::new(code, "")), "{code:?}");
+        }
+    }
+}

@@ -1,0 +1,64 @@
+//! The JSON shapes callers see outside gRPC: the HTTP gateway's
+//! `Accept: application/json` answers and `rendezvous wait --json`. Both
+//! follow proto3's JSON mapping, so that they read the same as grpcurl's
+//! output for the same call.
+
+use std::time::Duration;
+
+use base64::Engine as _;
+
+use crate::{pairing::Meeting, proto};
+
+/// `WaitForSecondPartyResponse` in proto3's JSON mapping: enum names,
+/// camelCase fields, a `Duration` as a string of seconds and bytes in base64.
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct JsonMeeting {
+    role: &'static str,
+    waited: String,
+    peer_payload: String,
+}
+
+impl From<&Meeting> for JsonMeeting {
+    fn from(meeting: &Meeting) -> Self {
+        Self {
+            role: proto::Role::from(meeting.role).as_str_name(),
+            waited: proto3_duration(meeting.waited),
+            peer_payload: base64::engine::general_purpose::STANDARD.encode(&meeting.peer_payload),
+        }
+    }
+}
+
+/// An error in the same shape everywhere, with the gRPC code's name.
+#[derive(Debug, serde::Serialize)]
+pub(crate) struct JsonError {
+    pub code: &'static str,
+    pub message: String,
+}
+
+/// proto3 JSON for a Duration: seconds with 0, 3, 6 or 9 fractional digits.
+fn proto3_duration(d: Duration) -> String {
+    let (secs, nanos) = (d.as_secs(), d.subsec_nanos());
+    match nanos {
+        0 => format!("{secs}s"),
+        n if n % 1_000_000 == 0 => format!("{secs}.{:03}s", n / 1_000_000),
+        n if n % 1_000 == 0 => format!("{secs}.{:06}s", n / 1_000),
+        n => format!("{secs}.{n:09}s"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_use_the_proto3_json_form() {
+        assert_eq!(proto3_duration(Duration::ZERO), "0s");
+        assert_eq!(proto3_duration(Duration::from_millis(1500)), "1.500s");
+        assert_eq!(proto3_duration(Duration::from_micros(2)), "0.000002s");
+        assert_eq!(
+            proto3_duration(Duration::from_nanos(1_000_000_007)),
+            "1.000000007s"
+        );
+    }
+}
