@@ -202,6 +202,13 @@ impl ClientOptions {
         })
     }
 
+    /// The `authorization` header these options send, if any: for a caller
+    /// that also speaks HTTP to the gateway (the load tool).
+    pub fn authorization(&self) -> Option<http::HeaderValue> {
+        let value = self.authorization.as_ref()?;
+        Some(http::HeaderValue::from_bytes(value.as_bytes()).expect("a valid metadata value"))
+    }
+
     /// The server's URI.
     pub fn server(&self) -> &Uri {
         &self.server

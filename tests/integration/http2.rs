@@ -246,6 +246,12 @@ async fn a_stream_past_http2_max_streams_is_refused() {
     assert_eq!(refused.payload, 7u32.to_be_bytes(), "REFUSED_STREAM");
 
     // The server goes on serving others.
-    common::assert_pair(&server, server.grpc().await, server.grpc().await, "after").await;
+    common::assert_pair(
+        &server,
+        server.client().await,
+        server.client().await,
+        "after",
+    )
+    .await;
     drop(reader);
 }

@@ -61,12 +61,10 @@ async fn a_password_protected_redis_pairs_and_the_password_is_never_logged() {
     .await;
     in_file.ready().await;
 
-    let channel = in_url.channel().await;
-    use rendezvous::proto::sync_client::SyncClient;
     assert_pair(
         &in_file,
-        in_file.grpc().await,
-        SyncClient::new(channel),
+        in_file.client().await,
+        in_url.client().await,
         "with-a-password",
     )
     .await;
@@ -124,7 +122,7 @@ async fn the_documented_acl_is_enough() {
     })
     .await;
     server.ready().await;
-    assert_pair(&server, server.grpc().await, server.grpc().await, "acl").await;
+    assert_pair(&server, server.client().await, server.client().await, "acl").await;
     let timed_out = within(raw_wait(server.grpc_addr, "acl-alone", b"", "200m")).await;
     assert_eq!(timed_out.grpc_status, "4", "{timed_out:?}");
     assert!(redis.keys(prefix).await.is_empty());

@@ -143,7 +143,7 @@ async fn redis_killed_while_100_callers_wait_then_back_empty() {
     };
     until_ready(a, true).await;
     until_ready(b, true).await;
-    assert_pair(a, a.grpc().await, b.grpc().await, "after").await;
+    assert_pair(a, a.client().await, b.client().await, "after").await;
     let metrics = scrape(a).await;
     assert_eq!(value(&metrics, "rendezvous_redis_reachable", &[]), 1.0);
     assert_eq!(
@@ -174,7 +174,13 @@ async fn redis_paused_answers_unavailable_and_nothing_hangs() {
 
     redis.resume();
     until_ready(&server, true).await;
-    assert_pair(&server, server.grpc().await, server.grpc().await, "resumed").await;
+    assert_pair(
+        &server,
+        server.client().await,
+        server.client().await,
+        "resumed",
+    )
+    .await;
     // The callers answered during the pause were removed once Redis answered.
     redis.until_keys(&prefix, 0).await;
 }
@@ -243,7 +249,7 @@ async fn sigterm_on_one_replica_answers_its_callers_and_removes_them_while_other
     let [b, c] = &others;
     let pairing = async {
         for i in 0..30 {
-            assert_pair(b, b.grpc().await, c.grpc().await, &format!("busy-{i}")).await;
+            assert_pair(b, b.client().await, c.client().await, &format!("busy-{i}")).await;
         }
     };
     let terminating = async {
@@ -354,7 +360,7 @@ async fn an_error_from_redis_fails_the_call_not_the_replica() {
     assert_eq!(answer.grpc_status, "14", "{answer:?}");
     assert!(answer.grpc_message.contains("WRONGTYPE"), "{answer:?}");
     assert_readiness(a, true).await;
-    assert_pair(a, a.grpc().await, a.grpc().await, "unharmed").await;
+    assert_pair(a, a.client().await, a.client().await, "unharmed").await;
     let _: i64 = replicas.redis.query(redis::cmd("DEL").arg(&key)).await;
     replicas.assert_nothing_left().await;
 }

@@ -21,9 +21,9 @@ async fn grpc_callers_on_two_replicas_pair_with_payloads_both_ways() {
     let [a, b] = &replicas.servers[..] else {
         unreachable!()
     };
-    assert_pair(a, a.grpc().await, b.grpc().await, "across").await;
+    assert_pair(a, a.client().await, b.client().await, "across").await;
     // And the other way round.
-    assert_pair(b, b.grpc().await, a.grpc().await, "back").await;
+    assert_pair(b, b.client().await, a.client().await, "back").await;
     assert_eq!((a.waiting(), b.waiting()), (0, 0));
     replicas.assert_nothing_left().await;
 }
@@ -89,10 +89,10 @@ async fn a_third_caller_on_a_third_replica_starts_a_new_pair() {
     let [a, b, c] = &replicas.servers[..] else {
         unreachable!()
     };
-    assert_pair(a, a.grpc().await, b.grpc().await, "three").await;
+    assert_pair(a, a.client().await, b.client().await, "three").await;
     // The third caller does not join the finished pair: it waits, and meets
     // a fourth on the first replica.
-    assert_pair(c, c.grpc().await, a.grpc().await, "three").await;
+    assert_pair(c, c.client().await, a.client().await, "three").await;
     replicas.assert_nothing_left().await;
 }
 
@@ -305,7 +305,7 @@ async fn close_on_one_replica_leaves_the_others_pairing() {
     assert!(left.is_empty(), "{left:?}");
     let answer = within(parked).await.unwrap();
     assert_eq!(answer.grpc_status, "14", "{answer:?}");
-    assert_pair(b, b.grpc().await, b.grpc().await, "closing").await;
+    assert_pair(b, b.client().await, b.client().await, "closing").await;
     replicas.assert_nothing_left().await;
 }
 
@@ -318,14 +318,20 @@ async fn a_pair_costs_four_commands_in_redis() {
         unreachable!()
     };
     // The first pair loads the script into Redis.
-    assert_pair(a, a.grpc().await, b.grpc().await, "warm-up").await;
+    assert_pair(a, a.client().await, b.client().await, "warm-up").await;
     replicas.assert_nothing_left().await;
     let (scripts, deletes) = (
         replicas.redis.calls("evalsha").await,
         replicas.redis.calls("unlink").await,
     );
     for i in 0..10 {
-        assert_pair(a, a.grpc().await, b.grpc().await, &format!("counted-{i}")).await;
+        assert_pair(
+            a,
+            a.client().await,
+            b.client().await,
+            &format!("counted-{i}"),
+        )
+        .await;
     }
     replicas.assert_nothing_left().await;
     assert_eq!(replicas.redis.calls("evalsha").await - scripts, 30);
@@ -345,7 +351,7 @@ async fn a_busy_id_is_retried_with_backoff_not_hammered() {
     let replicas = Replicas::start(1).await;
     let a = &replicas.servers[0];
     // Warm up, so the script is loaded and the count below is the caller's.
-    assert_pair(a, a.grpc().await, a.grpc().await, "warm-up").await;
+    assert_pair(a, a.client().await, a.client().await, "warm-up").await;
     let key = replicas.key_of("busy");
     let _: i64 = replicas
         .redis

@@ -1,7 +1,7 @@
 //! TLS and mTLS on both listeners, with certificates made at run time, and
 //! a certificate reloaded while serving.
 
-use crate::common;
+use crate::common::{self, client_on};
 
 use std::{path::Path, sync::Arc, time::Duration};
 
@@ -35,18 +35,25 @@ async fn grpc_client(
     ca: &Ca,
     identity: Option<&Leaf>,
 ) -> Result<SyncClient<Channel>, tonic::transport::Error> {
+    Ok(SyncClient::new(grpc_channel(server, ca, identity).await?))
+}
+
+async fn grpc_channel(
+    server: &TestServer,
+    ca: &Ca,
+    identity: Option<&Leaf>,
+) -> Result<Channel, tonic::transport::Error> {
     let mut tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(&ca.pem))
         .domain_name("localhost");
     if let Some(leaf) = identity {
         tls = tls.identity(Identity::from_pem(&leaf.cert, &leaf.key));
     }
-    let channel = Channel::from_shared(format!("https://{}", server.grpc_addr))
+    Channel::from_shared(format!("https://{}", server.grpc_addr))
         .unwrap()
         .tls_config(tls)?
         .connect()
-        .await?;
-    Ok(SyncClient::new(channel))
+        .await
 }
 
 /// An HTTPS request with rustls and hyper, as any HTTPS client would send it.
@@ -205,9 +212,9 @@ async fn mtls_refuses_a_client_without_a_certificate() {
 
     // With one from the client CA: served, and two such clients pair.
     let identity = clients.leaf(&["client"]);
-    let first = grpc_client(&server, &ca, Some(&identity)).await.unwrap();
-    let second = grpc_client(&server, &ca, Some(&identity)).await.unwrap();
-    common::assert_pair(&server, first, second, "m").await;
+    let first = grpc_channel(&server, &ca, Some(&identity)).await.unwrap();
+    let second = grpc_channel(&server, &ca, Some(&identity)).await.unwrap();
+    common::assert_pair(&server, client_on(first), client_on(second), "m").await;
 }
 
 #[tokio::test]
@@ -217,8 +224,8 @@ async fn a_reload_serves_the_new_certificate_and_a_bad_one_keeps_the_old() {
     let server = tls_server(dir.path(), &old_ca.leaf(&["localhost"]), None).await;
     assert_eq!(readyz_status(server.http_addr, &old_ca).await, 200);
     // A connection made before the reload, with a caller parked on it.
-    let before = grpc_client(&server, &old_ca, None).await.unwrap();
-    let mut parked_before = before.clone();
+    let before = grpc_channel(&server, &old_ca, None).await.unwrap();
+    let mut parked_before = SyncClient::new(before.clone());
     let waiter = tokio::spawn(async move {
         parked_before
             .wait_for_second_party(request("across-reload", b"old"))
@@ -236,8 +243,8 @@ async fn a_reload_serves_the_new_certificate_and_a_bad_one_keeps_the_old() {
     // The connection opened before is left alone: its parked caller pairs
     // with a caller on a new connection, and it takes new calls. (Were it
     // reconnected, the new certificate would fail its old CA.)
-    let mut after = grpc_client(&server, &new_ca, None).await.unwrap();
-    let answer = after
+    let after = grpc_channel(&server, &new_ca, None).await.unwrap();
+    let answer = SyncClient::new(after.clone())
         .wait_for_second_party(request("across-reload", b"new"))
         .await
         .unwrap()
@@ -245,7 +252,7 @@ async fn a_reload_serves_the_new_certificate_and_a_bad_one_keeps_the_old() {
     assert_eq!(answer.peer_payload, "old");
     let answer = within(waiter).await.unwrap().unwrap().into_inner();
     assert_eq!(answer.peer_payload, "new");
-    common::assert_pair(&server, before, after, "again").await;
+    common::assert_pair(&server, client_on(before), client_on(after), "again").await;
 
     // A broken file on reload: the server keeps the certificate it has.
     write(dir.path(), "server.key", "not a key");

@@ -28,9 +28,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use http::HeaderValue;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use rendezvous::proto::{WaitForSecondPartyRequest, sync_client::SyncClient};
+use rendezvous::client::{Client, ClientOptions};
 use tokio::{net::TcpStream, sync::mpsc, task::JoinSet};
-use tonic::{Code, transport::Channel};
+use tonic::Code;
 
 mod soak;
 
@@ -74,9 +74,10 @@ struct Target {
     /// comma-separated, for replicas: their CPU and RSS are added up.
     #[arg(long, value_delimiter = ',')]
     server_pid: Vec<u32>,
-    /// A bearer token to send, for a server run with --auth-token-file.
-    #[arg(long)]
-    token: Option<String>,
+    /// Send the bearer token in this file, for a server run with
+    /// --auth-token-file.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<std::path::PathBuf>,
     /// Connect with TLS, trusting this PEM CA, to a server whose
     /// certificate is for "localhost".
     #[arg(long, value_name = "FILE")]
@@ -206,9 +207,9 @@ enum Outcome {
 
 /// Connections to each target, and one call over them.
 #[derive(Clone)]
-struct Client(Arc<[TargetClient]>);
+struct Load(Arc<[TargetClient]>);
 
-impl Client {
+impl Load {
     async fn connect(target: &Target, connections: usize) -> Self {
         let mut clients = Vec::with_capacity(target.target.len());
         for &addr in &target.target {
@@ -228,22 +229,20 @@ impl Client {
 /// Connections to one server, and one call over them.
 #[derive(Clone)]
 enum TargetClient {
-    Grpc(Arc<[SyncClient<Channel>]>, Option<HeaderValue>),
+    Grpc(Arc<[Client]>),
     Http(HttpPool),
 }
 
 impl TargetClient {
     async fn connect(target: &Target, addr: SocketAddr, connections: usize) -> Self {
+        let options = client_options(target, addr);
         match target.protocol {
-            Protocol::Grpc => Self::Grpc(
-                grpc_clients(addr, connections, target.tls_ca.as_deref()).await,
-                authorization(target),
-            ),
+            Protocol::Grpc => Self::Grpc(grpc_clients(&options, connections).await),
             Protocol::Http => Self::Http(
                 HttpPool::connect(
                     addr,
                     connections,
-                    authorization(target),
+                    options.authorization(),
                     tls_connector(target),
                 )
                 .await,
@@ -253,18 +252,9 @@ impl TargetClient {
 
     async fn call(&self, slot: usize, id: String) -> Outcome {
         match self {
-            Self::Grpc(clients, authorization) => {
-                let mut client = clients[slot % clients.len()].clone();
-                let mut request = tonic::Request::new(WaitForSecondPartyRequest {
-                    id,
-                    payload: Bytes::new(),
-                });
-                if let Some(value) = authorization {
-                    let value = tonic::metadata::MetadataValue::try_from(value.as_bytes())
-                        .expect("a valid header is valid metadata");
-                    request.metadata_mut().insert("authorization", value);
-                }
-                match client.wait_for_second_party(request).await {
+            Self::Grpc(clients) => {
+                let client = &clients[slot % clients.len()];
+                match client.wait(&id, Bytes::new(), None).await {
                     Ok(_) => Outcome::Ok,
                     Err(status) if status.code() == Code::DeadlineExceeded => Outcome::Timeout,
                     Err(_) => Outcome::Error,
@@ -275,29 +265,26 @@ impl TargetClient {
     }
 }
 
-/// `connections` gRPC connections to `target`, over TLS when `tls_ca` (a PEM
-/// CA for a "localhost" certificate) is given.
-async fn grpc_clients(
-    target: SocketAddr,
-    connections: usize,
-    tls_ca: Option<&std::path::Path>,
-) -> Arc<[SyncClient<Channel>]> {
-    let scheme = if tls_ca.is_some() { "https" } else { "http" };
-    let tls = tls_ca.map(|ca| {
-        let ca = std::fs::read(ca).expect("reads the CA file");
-        tonic::transport::ClientTlsConfig::new()
-            .ca_certificate(tonic::transport::Certificate::from_pem(ca))
-            .domain_name("localhost")
-    });
+/// The client options for one target: its address, and `--tls-ca` (for a
+/// certificate made out to "localhost") and `--token-file` if given.
+fn client_options(target: &Target, addr: SocketAddr) -> ClientOptions {
+    let mut options = ClientOptions::new(&addr.to_string()).expect("a socket address is valid");
+    if let Some(ca) = &target.tls_ca {
+        options = options.tls_ca(ca).tls_server_name("localhost");
+    }
+    if let Some(path) = &target.token_file {
+        options = options.token_file(path).expect("a usable --token-file");
+    }
+    options
+}
+
+/// `connections` gRPC connections made from `options`.
+async fn grpc_clients(options: &ClientOptions, connections: usize) -> Arc<[Client]> {
     let mut clients = Vec::with_capacity(connections);
     for _ in 0..connections {
-        let mut endpoint =
-            Channel::from_shared(format!("{scheme}://{target}")).expect("a valid URI");
-        if let Some(tls) = &tls {
-            endpoint = endpoint.tls_config(tls.clone()).expect("a valid TLS setup");
-        }
-        let channel = endpoint
-            .tcp_nodelay(true)
+        let channel = options
+            .endpoint()
+            .expect("usable client options")
             // Windows large enough that flow control never stalls tens of
             // thousands of parked streams.
             .initial_connection_window_size(16 << 20)
@@ -305,11 +292,7 @@ async fn grpc_clients(
             .connect()
             .await
             .expect("connects to the target");
-        clients.push(
-            SyncClient::new(channel)
-                .max_decoding_message_size(usize::MAX)
-                .max_encoding_message_size(usize::MAX),
-        );
+        clients.push(Client::from_channel(channel, options));
     }
     clients.into()
 }
@@ -434,12 +417,6 @@ fn tls_connector(target: &Target) -> Option<tokio_rustls::TlsConnector> {
     Some(tokio_rustls::TlsConnector::from(Arc::new(config)))
 }
 
-fn authorization(target: &Target) -> Option<HeaderValue> {
-    target.token.as_ref().map(|token| {
-        HeaderValue::from_str(&format!("Bearer {token}")).expect("a token is a valid header value")
-    })
-}
-
 /// Server CPU time and RSS, from /proc.
 #[derive(Debug, Clone, Copy)]
 struct Usage {
@@ -528,7 +505,7 @@ fn fresh_id(tag: &str, i: u64) -> String {
     format!("{tag}-{run:x}-{i}")
 }
 
-async fn run_pairs(client: &Client, pairs: u64, concurrency: usize, tag: &str) -> PairStats {
+async fn run_pairs(client: &Load, pairs: u64, concurrency: usize, tag: &str) -> PairStats {
     let next = Arc::new(AtomicU64::new(0));
     let mut workers = JoinSet::new();
     let started = Instant::now();
@@ -577,7 +554,7 @@ struct PairStats {
 
 /// Parks `n` callers with ids nobody else uses; returns them as tasks, and
 /// their ids so that partners can release them.
-fn park(client: &Client, n: usize, tag: &str) -> (JoinSet<Outcome>, Vec<String>) {
+fn park(client: &Load, n: usize, tag: &str) -> (JoinSet<Outcome>, Vec<String>) {
     let mut parked = JoinSet::new();
     let mut ids = Vec::with_capacity(n);
     for i in 0..n {
@@ -592,7 +569,7 @@ fn park(client: &Client, n: usize, tag: &str) -> (JoinSet<Outcome>, Vec<String>)
 /// Sends a partner for every id (to the next target, with replicas), and
 /// waits for both sides of every pair.
 async fn release(
-    client: &Client,
+    client: &Load,
     parked: &mut JoinSet<Outcome>,
     ids: Vec<String>,
 ) -> (Duration, u64, u64) {
@@ -658,7 +635,7 @@ async fn pairs(args: PairsArgs) -> serde_json::Value {
             Protocol::Grpc => 4,
             Protocol::Http => 2 * args.concurrency,
         });
-    let client = Client::connect(&args.target, connections).await;
+    let client = Load::connect(&args.target, connections).await;
     run_pairs(&client, args.warmup, args.concurrency, "warmup").await;
     let redis_url = args.target.redis_url.as_deref();
     let redis_before = RedisInfo::read(redis_url).await;
@@ -708,7 +685,7 @@ async fn idle(args: IdleArgs) -> serde_json::Value {
     // Warm the server's allocator first, on a few connections of its own, so
     // that the RSS delta is what the parked callers (and, over HTTP/1.1, their
     // connections) cost, not first-use growth.
-    let warmup = Client::connect(&args.target, 64).await;
+    let warmup = Load::connect(&args.target, 64).await;
     run_pairs(&warmup, 2_000, 64, "warmup").await;
     let pids = &args.target.server_pid;
     quiesce(pids).await;
@@ -716,7 +693,7 @@ async fn idle(args: IdleArgs) -> serde_json::Value {
     let redis_url = args.target.redis_url.as_deref();
     let redis_before = RedisInfo::read(redis_url).await;
 
-    let client = Client::connect(&args.target, connections).await;
+    let client = Load::connect(&args.target, connections).await;
     let park_started = Instant::now();
     let (mut parked, ids) = park(&client, args.waiters, "idle");
     quiesce(pids).await;

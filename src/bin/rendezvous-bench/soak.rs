@@ -34,9 +34,9 @@ use bytes::Bytes;
 use clap::Args;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use rendezvous::proto::{WaitForSecondPartyRequest, sync_client::SyncClient};
+use rendezvous::client::{Client, ClientOptions};
 use tokio::{net::TcpStream, task::JoinSet};
-use tonic::{Code, transport::Channel};
+use tonic::Code;
 
 use crate::{HttpPool, HttpSender, fresh_id, grpc_clients, quiesce, usage};
 
@@ -116,7 +116,7 @@ struct Clients {
 /// Connections to one replica's two ports.
 #[derive(Clone)]
 struct Replica {
-    grpc: Arc<[SyncClient<Channel>]>,
+    grpc: Arc<[Client]>,
     http: HttpPool,
     http_addr: SocketAddr,
 }
@@ -136,13 +136,9 @@ impl Clients {
         wait: Option<Duration>,
     ) -> Told {
         let grpc = &self.replica(slot).grpc;
-        let mut client = grpc[slot as usize / self.replicas.len() % grpc.len()].clone();
-        let mut request = tonic::Request::new(WaitForSecondPartyRequest { id, payload });
-        if let Some(wait) = wait {
-            request.set_timeout(wait);
-        }
-        match client.wait_for_second_party(request).await {
-            Ok(response) => Told::Paired(response.into_inner().peer_payload),
+        let client = &grpc[slot as usize / self.replicas.len() % grpc.len()];
+        match client.wait(&id, payload, wait).await {
+            Ok(meeting) => Told::Paired(meeting.peer_payload),
             Err(status) if status.code() == Code::DeadlineExceeded => Told::TimedOut,
             // tonic enforces the deadline in the client too; when its timer
             // wins the race with the server's answer, the caller still timed
@@ -377,7 +373,11 @@ pub async fn soak(args: SoakArgs) -> serde_json::Value {
     let mut replicas = Vec::new();
     for (&grpc, &http) in args.grpc.iter().zip(&args.http) {
         replicas.push(Replica {
-            grpc: grpc_clients(grpc, 4, None).await,
+            grpc: grpc_clients(
+                &ClientOptions::new(&grpc.to_string()).expect("a valid address"),
+                4,
+            )
+            .await,
             // Each job holds at most two pooled connections.
             http: HttpPool::connect(http, 2 * args.concurrency, None, None).await,
             http_addr: http,

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use prost::Message;
+use rendezvous::client::{Client, ClientOptions};
 use rendezvous::{
     Application, Config,
     pairing::{AnyEngine, Engine},
@@ -74,6 +75,14 @@ impl TestServer {
 
     pub async fn grpc(&self) -> SyncClient<Channel> {
         SyncClient::new(self.channel().await)
+    }
+
+    /// The crate's own client, as users' Rust code would connect.
+    pub async fn client(&self) -> Client {
+        let options = ClientOptions::new(&self.grpc_addr.to_string()).unwrap();
+        Client::connect(&options)
+            .await
+            .expect("connects to the test server")
     }
 
     pub async fn channel(&self) -> Channel {
@@ -144,35 +153,34 @@ pub fn request(id: &str, payload: &'static [u8]) -> tonic::Request<WaitForSecond
     })
 }
 
+/// The crate's own client on a channel a test set up itself (with TLS, say).
+pub fn client_on(channel: Channel) -> Client {
+    Client::from_channel(channel, &ClientOptions::new("localhost:0").unwrap())
+}
+
 /// Pairs a caller on `first` with one on `second` under `id` (the first
 /// parked before the second arrives), and checks that each is told its role
 /// and the other's payload.
-pub async fn assert_pair(
-    server: &TestServer,
-    mut first: SyncClient<Channel>,
-    mut second: SyncClient<Channel>,
-    id: &str,
-) {
-    use rendezvous::proto::Role;
+pub async fn assert_pair(server: &TestServer, first: Client, second: Client, id: &str) {
+    use rendezvous::pairing::Role;
     let first_id = id.to_owned();
     let waiter = tokio::spawn(async move {
         first
-            .wait_for_second_party(request(&first_id, b"from first"))
+            .wait(&first_id, Bytes::from_static(b"from first"), None)
             .await
     });
     server.parked(1).await;
     let answer = second
-        .wait_for_second_party(request(id, b"from second"))
+        .wait(id, Bytes::from_static(b"from second"), None)
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert_eq!(
-        (answer.role(), answer.peer_payload),
+        (answer.role, answer.peer_payload),
         (Role::Second, "from first".into())
     );
-    let answer = within(waiter).await.unwrap().unwrap().into_inner();
+    let answer = within(waiter).await.unwrap().unwrap();
     assert_eq!(
-        (answer.role(), answer.peer_payload),
+        (answer.role, answer.peer_payload),
         (Role::First, "from second".into())
     );
 }
@@ -519,6 +527,13 @@ impl Process {
             }
         })
         .await
+    }
+
+    /// The crate's own client, connected to the process.
+    pub async fn client(&self) -> Client {
+        Client::connect(&ClientOptions::new(&self.grpc).unwrap())
+            .await
+            .expect("connects to the process")
     }
 
     /// A gRPC connection to the process.
