@@ -116,6 +116,12 @@ pub struct Config {
     #[arg(long, env = "RENDEZVOUS_TCP_KEEPALIVE", value_name = "DURATION", default_value = DEFAULT_TCP_KEEPALIVE, value_parser = positive_duration)]
     pub tcp_keepalive: Duration,
 
+    /// Let web pages from these origins call over gRPC-Web (CORS):
+    /// comma-separated, such as https://app.example.com, or * for any.
+    /// None by default: gRPC-Web from outside a browser needs none.
+    #[arg(long, env = "RENDEZVOUS_CORS_ALLOW_ORIGIN", value_name = "ORIGINS", value_delimiter = ',', value_parser = origin)]
+    pub cors_allow_origin: Vec<String>,
+
     /// HTTP/2 settings, for both listeners.
     #[command(flatten)]
     pub http2: Http2Config,
@@ -284,6 +290,7 @@ impl Default for Config {
             tls_client_ca: None,
             header_timeout: positive_duration(DEFAULT_HEADER_TIMEOUT).expect("valid default"),
             tcp_keepalive: positive_duration(DEFAULT_TCP_KEEPALIVE).expect("valid default"),
+            cors_allow_origin: Vec::new(),
             http2: Http2Config::default(),
             redis: RedisArgs::default(),
         }
@@ -335,6 +342,27 @@ impl Config {
             key: self.tls_key.clone()?,
             client_ca: self.tls_client_ca.clone(),
         })
+    }
+}
+
+/// An origin as browsers send it (`scheme://host[:port]`, nothing after),
+/// or `*`.
+fn origin(value: &str) -> Result<String, String> {
+    if value == "*" {
+        return Ok(value.into());
+    }
+    let hint = "use SCHEME://HOST[:PORT], such as https://app.example.com, or *";
+    let uri: http::Uri = value.parse().map_err(|e| format!("{e}; {hint}"))?;
+    let complete = uri.scheme().is_some() && uri.host().is_some();
+    let bare = value
+        == format!(
+            "{}://{}",
+            uri.scheme_str().unwrap_or(""),
+            uri.authority().map_or("", |a| a.as_str())
+        );
+    match complete && bare {
+        true => Ok(value.into()),
+        false => Err(format!("{value:?} is not an origin; {hint}")),
     }
 }
 
@@ -438,7 +466,7 @@ mod tests {
             assert_eq!(env.as_deref(), Some(expected.as_str()), "--{long}");
             flags += 1;
         }
-        assert_eq!(flags, 23);
+        assert_eq!(flags, 24);
     }
 
     #[test]
@@ -504,6 +532,15 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(c.max_wait, Duration::from_secs(60));
+        let cors = Config::try_parse_from([
+            "rendezvous",
+            "--cors-allow-origin=https://a.example,http://localhost:8080",
+        ])
+        .unwrap();
+        assert_eq!(
+            cors.cors_allow_origin,
+            ["https://a.example", "http://localhost:8080"]
+        );
         assert_eq!(c.max_payload, 1 << 20);
         assert_eq!(c.log_format, LogFormat::Json);
 
@@ -524,6 +561,9 @@ mod tests {
             &["rendezvous", "--http2-keepalive-interval=0s"],
             &["rendezvous", "--redis-password-file=pw"],
             &["rendezvous", "--redis-timeout=0s"],
+            &["rendezvous", "--cors-allow-origin=app.example.com"],
+            &["rendezvous", "--cors-allow-origin=https://app.example.com/"],
+            &["rendezvous", "--cors-allow-origin=https://a.example,"],
         ] {
             assert!(Config::try_parse_from(bad).is_err(), "{bad:?}");
         }

@@ -20,7 +20,7 @@ use std::{convert::Infallible, pin::Pin, time::Duration};
 use bytes::{BufMut, Bytes};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited, StreamBody};
-use hyper::body::{Frame, Incoming};
+use hyper::body::Frame;
 use prost::Message;
 use tonic::{Status, codegen::Service, service::Routes};
 
@@ -43,11 +43,30 @@ pub(crate) const MAX_DEADLINE_MARGIN: Duration = Duration::from_millis(50);
 pub const MESSAGE_OVERHEAD: usize = 1024;
 
 /// Serves every request on the gRPC port. Cheap to clone per connection.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct GrpcService {
     service: Rendezvous,
     /// Health, reflection, and an `UNIMPLEMENTED` answer for anything else.
     routes: Routes,
+    /// gRPC-Web and CORS preflights: this same service behind tonic-web's
+    /// translation and the CORS layer. `None` inside it.
+    web: Option<WebService>,
+}
+
+/// The gRPC-Web stack, type-erased: built once, cloned per request.
+type WebService = tower::util::BoxCloneSyncService<
+    Request<tonic::body::Body>,
+    Response<tonic::body::Body>,
+    Infallible,
+>;
+
+impl std::fmt::Debug for GrpcService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GrpcService")
+            .field("service", &self.service)
+            .field("web", &self.web.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Everything that can go wrong with a call, mapped to a [`Status`] in one
@@ -119,21 +138,40 @@ impl From<GrpcError> for Status {
 
 impl GrpcService {
     /// The gRPC port's service: `service` for the rendezvous method, `routes`
-    /// for the rest.
-    pub fn new(service: Rendezvous, routes: Routes) -> Self {
-        Self { service, routes }
+    /// for the rest, and gRPC-Web for browsers, with CORS headers for the
+    /// origins `cors` allows.
+    pub fn new(service: Rendezvous, routes: Routes, cors: tower_http::cors::CorsLayer) -> Self {
+        let plain = Self {
+            service,
+            routes,
+            web: None,
+        };
+        let inner = plain.clone();
+        let web = tower::ServiceBuilder::new()
+            .layer(cors)
+            .layer(tonic_web::GrpcWebLayer::new())
+            .service(tower::service_fn(move |request| inner.handle(request)));
+        Self {
+            web: Some(WebService::new(web)),
+            ..plain
+        }
     }
 
-    /// Answers one request. The rendezvous method is handled here; anything
-    /// else goes to tonic.
+    /// Answers one request. The rendezvous method is handled here; gRPC-Web
+    /// goes through tonic-web's translation and back here; anything else
+    /// goes to tonic.
     ///
     /// Not an `async fn`: the request is taken apart before the returned
     /// future exists, so that a parked call's future holds only its body's
     /// handle, not the whole request.
-    pub fn handle(
+    pub fn handle<B>(
         &self,
-        request: Request<Incoming>,
-    ) -> impl Future<Output = Result<Response<tonic::body::Body>, Infallible>> + Send + use<> {
+        request: Request<B>,
+    ) -> impl Future<Output = Result<Response<tonic::body::Body>, Infallible>> + Send + use<B>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let call = self.accept(request);
         let service = self.service.clone();
         // Returned as is, not wrapped in another `async` block by the caller:
@@ -157,7 +195,24 @@ impl GrpcService {
 
     /// Routes a request and checks its headers, keeping only what the call
     /// needs from here on.
-    fn accept(&self, request: Request<Incoming>) -> Call {
+    fn accept<B>(&self, request: Request<B>) -> Call<B>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        if let Some(web) = &self.web
+            && is_web(&request)
+        {
+            // Boxed, like tonic's routes: a browser's call pays for it, and
+            // a plain gRPC call's future stays as small as it was.
+            let request = request.map(tonic::body::Body::new);
+            return Call::Other(Box::pin(tower::ServiceExt::oneshot(web.clone(), request)));
+        }
+        // (Inside the gRPC-Web stack, `web` is `None`: its requests keep
+        // the browser's HTTP version.)
+        if self.web.is_some() && request.version() != http::Version::HTTP_2 {
+            return Call::Refused(http1_refused());
+        }
         if request.uri().path() != WAIT_FOR_SECOND_PARTY {
             // Boxed: tonic's routing future is large, and inline it would
             // make every parked rendezvous call as large.
@@ -217,13 +272,74 @@ fn name_unknown_method(
     .into_http()
 }
 
+/// CORS for gRPC-Web: pages from `origins` (or anywhere, for `*`) may send
+/// what gRPC-Web clients send and read the status they get back.
+pub fn cors(origins: &[String]) -> tower_http::cors::CorsLayer {
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    let allow = match origins.iter().any(|origin| origin == "*") {
+        true => AllowOrigin::any(),
+        false => AllowOrigin::list(
+            origins
+                .iter()
+                .map(|origin| HeaderValue::from_str(origin).expect("validated by the flag")),
+        ),
+    };
+    let name = http::HeaderName::from_static;
+    CorsLayer::new()
+        .allow_origin(allow)
+        .allow_methods([http::Method::POST])
+        .allow_headers([
+            header::CONTENT_TYPE,
+            header::AUTHORIZATION,
+            name("x-grpc-web"),
+            name("x-user-agent"),
+            name("grpc-timeout"),
+        ])
+        .expose_headers([
+            name("grpc-status"),
+            name("grpc-message"),
+            name("grpc-status-details-bin"),
+        ])
+        .max_age(Duration::from_secs(24 * 60 * 60))
+}
+
+/// A gRPC-Web call, or a browser's CORS preflight before one.
+fn is_web<B>(request: &Request<B>) -> bool {
+    let web_content = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc-web"));
+    let preflight = request.method() == http::Method::OPTIONS
+        && request
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+    web_content || preflight
+}
+
+/// The answer to a request over HTTP/1.1 on the gRPC port that is not
+/// gRPC-Web: gRPC itself needs HTTP/2.
+fn http1_refused() -> Response<tonic::body::Body> {
+    let mut response = Response::new(tonic::body::Body::new(http_body_util::Full::new(
+        Bytes::from_static(
+            b"gRPC needs HTTP/2 (prior knowledge, or ALPN h2 over TLS); over HTTP/1.1 \
+              this port speaks only gRPC-Web (content-type application/grpc-web)\n",
+        ),
+    )));
+    *response.status_mut() = StatusCode::HTTP_VERSION_NOT_SUPPORTED;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
 /// What is left of a request once its headers have been read.
-enum Call {
+enum Call<B> {
     /// The rendezvous method: the caller's deadline, and the body to read.
     Wait {
         namespace: Namespace,
         deadline: Deadline,
-        body: Incoming,
+        body: B,
     },
     /// Health or reflection, already handed to tonic.
     Other(Pin<Box<dyn Future<Output = Result<Response<tonic::body::Body>, Infallible>> + Send>>),
@@ -249,12 +365,16 @@ fn respond(
     }
 }
 
-async fn wait_for_second_party(
+async fn wait_for_second_party<B>(
     service: &Rendezvous,
     namespace: Namespace,
     deadline: Deadline,
-    body: Incoming,
-) -> Result<Meeting, GrpcError> {
+    body: B,
+) -> Result<Meeting, GrpcError>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let message = read_message(body, service.limits().max_payload).await?;
     let proto::WaitForSecondPartyRequest { id, payload } =
         proto::WaitForSecondPartyRequest::decode(message)?;

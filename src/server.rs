@@ -244,7 +244,8 @@ impl Application {
             .add_service(reflection().build_v1()?)
             .add_service(reflection().build_v1alpha()?)
             .prepare();
-        let grpc_service = Arc::new(GrpcService::new(service.clone(), routes));
+        let cors = crate::grpc::cors(&config.cors_allow_origin);
+        let grpc_service = Arc::new(GrpcService::new(service.clone(), routes, cors));
         let gateway = Arc::new(Gateway::new(service, health.clone()));
 
         // Every setting in force, so an operator can see what the flags and
@@ -269,6 +270,7 @@ impl Application {
             redis_key_prefix = config.redis.url.is_some().then_some(config.redis.key_prefix.as_str()),
             redis_timeout = config.redis.url.is_some().then(|| duration(config.redis.timeout)),
             redis_password_file = config.redis.password_file.is_some(),
+            cors_allow_origin = config.cors_allow_origin.join(","),
             tokens = config.auth_token_file.is_some(),
             tls = config.tls_cert.is_some(),
             client_certificates = config.tls_client_ca.is_some(),
@@ -437,7 +439,16 @@ async fn serve_grpc(
 ) {
     let service = service_fn(move |request| grpc.handle(request));
     match &config.tls {
-        None => serve_http2(stream, service, &config, stopping).await,
+        None => {
+            // Browsers' gRPC-Web comes over HTTP/1.1 in cleartext; gRPC
+            // itself always starts with the HTTP/2 preface.
+            let sniff = starts_with(&stream, &HTTP2_PREFACE[..4]);
+            match tokio::time::timeout(config.header_timeout, sniff).await {
+                Ok(Some(true)) => serve_http2(stream, service, &config, stopping).await,
+                Ok(Some(false)) => Box::pin(serve_http1(stream, service, &config, stopping)).await,
+                Ok(None) | Err(_) => {}
+            }
+        }
         Some(tls) => {
             let Some(stream) = handshake(tls.grpc_acceptor(), stream, &config).await else {
                 return;
@@ -493,16 +504,38 @@ async fn serve_http_on<I>(
         // that much larger.
         Box::pin(serve_http2(io, service, config, stopping)).await;
     } else {
-        let connection = Http1Builder::new()
-            .timer(TokioTimer::new())
-            // Slowloris: the whole request head must arrive within this.
-            .header_read_timeout(config.header_timeout)
-            // hyper's minimum: it caps the request head (and each buffered
-            // read) at 8 KiB instead of letting the read buffer double to 16.
-            .max_buf_size(8192)
-            .serve_connection(TokioIo::new(io), service);
-        drive(connection, stopping).await;
+        serve_http1(io, service, config, stopping).await;
     }
+}
+
+/// Serves HTTP/1.1 on either port: the legacy endpoint and probes on the
+/// HTTP port, gRPC-Web on the gRPC port.
+///
+/// Not an `async fn`: it returns `drive`'s future itself, so that awaiting
+/// it stores the connection once, not once more in a wrapper (rustc #62958);
+/// an HTTP/1.1 connection is what each parked legacy caller costs.
+fn serve_http1<I, S, B>(
+    io: I,
+    service: S,
+    config: &ConnectionSettings,
+    stopping: watch::Receiver<bool>,
+) -> impl Future<Output = ()>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: HttpService<Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let connection = Http1Builder::new()
+        .timer(TokioTimer::new())
+        // Slowloris: the whole request head must arrive within this.
+        .header_read_timeout(config.header_timeout)
+        // hyper's minimum: it caps the request head (and each buffered
+        // read) at 8 KiB instead of letting the read buffer double to 16.
+        .max_buf_size(8192)
+        .serve_connection(TokioIo::new(io), service);
+    drive(connection, stopping)
 }
 
 /// Serves HTTP/2 on either port, in cleartext or over TLS, once the client

@@ -26,7 +26,7 @@ async fn every_setting_can_come_from_its_environment_variable() {
 
     // Each variable, its value, and the field of the startup line that
     // shows it in force.
-    let settings: [(&str, &str, &str, serde_json::Value); 23] = [
+    let settings: [(&str, &str, &str, serde_json::Value); 24] = [
         ("GRPC_ADDR", "127.0.0.1:0", "grpc", "".into()),
         ("HTTP_ADDR", "127.0.0.1:0", "http", "".into()),
         ("MAX_WAIT", "42s", "max_wait", "42s".into()),
@@ -87,6 +87,12 @@ async fn every_setting_can_come_from_its_environment_variable() {
             "env:".into(),
         ),
         ("REDIS_TIMEOUT", "750ms", "redis_timeout", "750ms".into()),
+        (
+            "CORS_ALLOW_ORIGIN",
+            "https://a.example,http://localhost:8080",
+            "cors_allow_origin",
+            "https://a.example,http://localhost:8080".into(),
+        ),
     ];
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_rendezvous"));
     command

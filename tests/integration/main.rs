@@ -13,6 +13,7 @@ mod engine_properties;
 mod engine_suite;
 mod fuzz_corpus;
 mod grpc;
+mod grpc_web;
 mod health_reflection;
 mod http;
 mod http2;
