@@ -10,13 +10,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-BUF_VERSION=1.75.0
-tools=target/tools
-if [ "$("$tools/bin/buf" --version 2>/dev/null)" != "$BUF_VERSION" ]; then
-  python3 -m venv "$tools"
-  "$tools/bin/pip" install --quiet "buf-bin==$BUF_VERSION"
-fi
-buf="$tools/bin/buf"
+source scripts/lib.sh
+ensure_buf
 
 "$buf" lint
 "$buf" format --diff --exit-code

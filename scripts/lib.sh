@@ -1,4 +1,4 @@
-# Sourced by bench.sh and soak.sh, not run on its own.
+# Sourced by the scripts beside it, not run on its own.
 
 # Servers on core 0 and the load on core 1, when there are two cores.
 if [ "$(nproc)" -ge 2 ]; then
@@ -17,4 +17,19 @@ wait_for_port() {
   done
   echo "nothing listening on port $1" >&2
   return 1
+}
+
+# buf (from PyPI's buf-bin, pinned) in target/tools/bin, installed once.
+BUF_VERSION=1.75.0
+ensure_buf() {
+  if [ "$(target/tools/bin/buf --version 2>/dev/null)" != "$BUF_VERSION" ]; then
+    python3 -m venv target/tools
+    target/tools/bin/pip install --quiet --disable-pip-version-check "buf-bin==$BUF_VERSION"
+  fi
+  buf="$PWD/target/tools/bin/buf"
+}
+
+# A TCP port nothing listens on right now.
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }

@@ -1,0 +1,68 @@
+// A Node client of rendezvous.v1.Sync over gRPC, with @grpc/grpc-js and the
+// proto loaded at run time by @grpc/proto-loader (nothing generated): two
+// callers pair and swap payloads, a lone caller with a deadline gets
+// DEADLINE_EXCEEDED, and the server's health says SERVING.
+//
+//   node grpc.mjs 127.0.0.1:50051
+//
+// Exits non-zero, saying why, if anything is not as the proto documents it.
+
+import assert from "node:assert/strict";
+import { randomUUID } from "node:crypto";
+import { fileURLToPath } from "node:url";
+
+import * as grpc from "@grpc/grpc-js";
+import * as protoLoader from "@grpc/proto-loader";
+import { service as healthService } from "grpc-health-check";
+
+const target = process.argv[2] ?? "127.0.0.1:50051";
+const protos = fileURLToPath(new URL("../../../proto", import.meta.url));
+const definition = protoLoader.loadSync("rendezvous/v1/sync.proto", {
+  includeDirs: [protos],
+  // Enums by name, as the proto names them; bytes as Buffers.
+  enums: String,
+});
+const { rendezvous } = grpc.loadPackageDefinition(definition);
+const sync = new rendezvous.v1.Sync(target, grpc.credentials.createInsecure());
+
+const deadline = (ms) => ({ deadline: new Date(Date.now() + ms) });
+const wait = (id, payload, ms) =>
+  new Promise((resolve, reject) =>
+    sync.WaitForSecondParty({ id, payload: Buffer.from(payload) }, deadline(ms), (error, answer) =>
+      error ? reject(error) : resolve(answer),
+    ),
+  );
+
+// Two callers with one id: each gets the other's payload, one is first.
+const id = `node-${randomUUID()}`;
+const [a, b] = await Promise.all([wait(id, "from a", 10_000), wait(id, "from b", 10_000)]);
+assert.equal(a.peerPayload.toString(), "from b");
+assert.equal(b.peerPayload.toString(), "from a");
+assert.deepEqual(new Set([a.role, b.role]), new Set(["ROLE_FIRST", "ROLE_SECOND"]));
+console.log(`paired: ${a.role} and ${b.role}`);
+
+// A caller alone, with a 300 ms deadline: DEADLINE_EXCEEDED (code 4).
+const alone = await wait(`node-alone-${randomUUID()}`, "", 300).then(
+  () => assert.fail("a lone caller was answered OK"),
+  (error) => error,
+);
+assert.equal(alone.code, grpc.status.DEADLINE_EXCEEDED);
+assert.equal(alone.code, 4);
+console.log(`alone: DEADLINE_EXCEEDED: ${alone.details}`);
+
+// Liveness ("") and readiness (rendezvous.v1.Sync), as probes ask.
+const Health = grpc.makeGenericClientConstructor(healthService, "Health");
+const health = new Health(target, grpc.credentials.createInsecure());
+for (const service of ["", "rendezvous.v1.Sync"]) {
+  const answer = await new Promise((resolve, reject) =>
+    health.check({ service }, deadline(5_000), (error, answer) =>
+      error ? reject(error) : resolve(answer),
+    ),
+  );
+  assert.equal(answer.status, "SERVING", `${service}: ${JSON.stringify(answer)}`);
+}
+console.log("health: SERVING");
+
+sync.close();
+health.close();
+console.log("node gRPC client: ok");

@@ -1,0 +1,77 @@
+"""A Python client of rendezvous.v1.Sync, with stubs generated from proto/ by
+grpcio-tools (see run.sh): two callers pair and swap payloads, a lone caller
+with a deadline gets DEADLINE_EXCEEDED, and the server's health says SERVING.
+
+    python client.py 127.0.0.1:50051
+
+Exits non-zero, saying why, if anything is not as the proto documents it.
+"""
+
+import pathlib
+import sys
+import threading
+import uuid
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent / "gen"))
+
+import grpc  # noqa: E402
+from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
+from rendezvous.v1 import sync_pb2, sync_pb2_grpc  # noqa: E402
+
+
+def pair(stub):
+    """Two callers with one id: each gets the other's payload, and one is
+    told it was first, the other second."""
+    meeting = f"python-{uuid.uuid4()}"
+    answers = {}
+
+    def call(name, payload):
+        request = sync_pb2.WaitForSecondPartyRequest(id=meeting, payload=payload)
+        answers[name] = stub.WaitForSecondParty(request, timeout=10)
+
+    waiter = threading.Thread(target=call, args=("a", b"from a"))
+    waiter.start()
+    call("b", b"from b")
+    waiter.join()
+    a, b = answers["a"], answers["b"]
+    assert a.peer_payload == b"from b", a
+    assert b.peer_payload == b"from a", b
+    roles = {a.role, b.role}
+    assert roles == {sync_pb2.ROLE_FIRST, sync_pb2.ROLE_SECOND}, roles
+    print(f"paired: {sync_pb2.Role.Name(a.role)} and {sync_pb2.Role.Name(b.role)}")
+
+
+def deadline(stub):
+    """A caller alone, with a 300 ms deadline: DEADLINE_EXCEEDED (code 4)."""
+    request = sync_pb2.WaitForSecondPartyRequest(id=f"python-alone-{uuid.uuid4()}")
+    try:
+        stub.WaitForSecondParty(request, timeout=0.3)
+    except grpc.RpcError as error:
+        assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED, error
+        assert error.code().value[0] == 4, error.code()
+        print(f"alone: {error.code().name}: {error.details()}")
+        return
+    raise AssertionError("a lone caller was answered OK")
+
+
+def health(channel):
+    """Liveness ("") and readiness (rendezvous.v1.Sync), as probes ask."""
+    stub = health_pb2_grpc.HealthStub(channel)
+    for service in ("", "rendezvous.v1.Sync"):
+        answer = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+        assert answer.status == health_pb2.HealthCheckResponse.SERVING, (service, answer)
+    print("health: SERVING")
+
+
+def main():
+    target = sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1:50051"
+    with grpc.insecure_channel(target) as channel:
+        stub = sync_pb2_grpc.SyncStub(channel)
+        pair(stub)
+        deadline(stub)
+        health(channel)
+    print("python client: ok")
+
+
+if __name__ == "__main__":
+    main()
