@@ -22,10 +22,11 @@ of the rendered page never see:
 
 After every block, the server's log must hold no WARN or ERROR line. A block
 without a marker, a port already taken, or a server that never listens fails
-the run. Blocks run with `set -eo pipefail` in an empty scratch directory,
-with two helpers defined first:
-  - `cargo run --release [-- ARGS]` runs the binary given on the command line
-    (a debug build of the same code, so CI compiles once);
+the run. Blocks run with `set -eo pipefail` in a scratch directory that holds
+a copy of the checkout's proto/ and buf.yaml (so that commands written for a
+checkout's root find them), with three helpers defined first:
+  - `cargo run --release [-- ARGS]` and `rendezvous ARGS` run the binary given
+    on the command line (a debug build of the same code, so CI compiles once);
   - a bare `wait` fails if the last background job failed (bash's own
     `wait` returns 0 whatever the jobs did; the README's blocks start one
     each).
@@ -34,6 +35,7 @@ with two helpers defined first:
 import os
 import re
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -53,6 +55,7 @@ cargo() {
   fi
   command cargo "$@"
 }
+rendezvous() { "$RENDEZVOUS_BIN" "$@"; }
 wait() {
   if [ $# -gt 0 ]; then builtin wait "$@"; return; fi
   if [ -n "${!:-}" ]; then builtin wait "$!" || return; fi
@@ -150,6 +153,9 @@ class Server:
 def main():
     readme, binary = sys.argv[1], sys.argv[2]
     workdir = tempfile.mkdtemp(prefix="readme-")
+    checkout = os.path.dirname(os.path.abspath(readme))
+    shutil.copytree(os.path.join(checkout, "proto"), os.path.join(workdir, "proto"))
+    shutil.copy(os.path.join(checkout, "buf.yaml"), workdir)
     env = dict(os.environ, RENDEZVOUS_BIN=binary)
     server, default_code, failures, logs = None, None, [], 0
 
@@ -178,7 +184,7 @@ def main():
                 log_from = len(server.text()) if server else 0
                 try:
                     run = subprocess.run(["bash", "-c", PRELUDE + code], cwd=workdir, env=env,
-                                         capture_output=True, text=True, timeout=60)
+                                         capture_output=True, text=True, timeout=240)
                     output, status = run.stdout + run.stderr, run.returncode
                 except subprocess.TimeoutExpired as timeout:
                     output, status = str(timeout.stdout or "") + str(timeout.stderr or ""), "timeout"
