@@ -71,12 +71,15 @@ pub enum ClientError {
         /// What the operating system said.
         source: std::io::Error,
     },
-    /// The token file's first line is empty, or cannot be a header value.
-    #[error("the token file {path} {why}")]
+    /// The token is empty, or cannot be a header value.
+    #[error("the token{} {why}", match path {
+        Some(path) => format!(" in {}", path.display()),
+        None => String::new(),
+    })]
     BadToken {
-        /// The file named in the options.
-        path: PathBuf,
-        /// What is wrong with its first line.
+        /// The file it came from, if it came from one.
+        path: Option<PathBuf>,
+        /// What is wrong with it.
         why: &'static str,
     },
     /// The TLS settings could not be used (a bad certificate, say).
@@ -177,13 +180,13 @@ impl ClientOptions {
 
     /// Sends this bearer token with every rendezvous call, for a server run
     /// with `--auth-token-file`.
-    pub fn token(self, token: &str) -> Result<Self, &'static str> {
-        let value = format!("Bearer {}", token.trim());
+    pub fn token(self, token: &str) -> Result<Self, ClientError> {
+        let bad = |why| ClientError::BadToken { path: None, why };
         if token.trim().is_empty() {
-            return Err("is empty");
+            return Err(bad("is empty"));
         }
-        let authorization = AsciiMetadataValue::try_from(value)
-            .map_err(|_| "holds a character that cannot go in a header")?;
+        let authorization = AsciiMetadataValue::try_from(format!("Bearer {}", token.trim()))
+            .map_err(|_| bad("holds a character that cannot go in a header"))?;
         Ok(Self {
             authorization: Some(authorization),
             ..self
@@ -196,9 +199,12 @@ impl ClientOptions {
         let text = read("token file", path)?;
         let text = String::from_utf8_lossy(&text);
         let first = text.lines().next().unwrap_or_default();
-        self.token(first).map_err(|why| ClientError::BadToken {
-            path: path.to_owned(),
-            why,
+        self.token(first).map_err(|error| match error {
+            ClientError::BadToken { why, .. } => ClientError::BadToken {
+                path: Some(path.to_owned()),
+                why,
+            },
+            other => other,
         })
     }
 
@@ -351,7 +357,8 @@ impl Client {
             .clone()
             .wait_for_second_party(request)
             .await
-            .map_err(|status| self.unreachable(status))?;
+            .map_err(|status| self.unreachable(status))
+            .map_err(|status| own_deadline(status, timeout))?;
         meeting(response.into_inner())
     }
 
@@ -443,6 +450,23 @@ impl Client {
             status.code(),
             format!("cannot reach {}: {}", self.server, parts.join(": ")),
         )
+    }
+}
+
+/// tonic enforces a call's deadline in the client too, and when its timer
+/// fires before the server's answer arrives (the server answers a little
+/// early, but a busy machine can lose that race) the call ends `CANCELLED
+/// "Timeout expired"`. For the caller it is the same outcome as the server's
+/// `DEADLINE_EXCEEDED`, and it is reported as one.
+fn own_deadline(status: Status, timeout: Option<Duration>) -> Status {
+    match (status.code(), timeout) {
+        (Code::Cancelled, Some(timeout)) if status.message() == "Timeout expired" => {
+            Status::deadline_exceeded(format!(
+                "no answer within {}",
+                humantime::format_duration(timeout)
+            ))
+        }
+        _ => status,
     }
 }
 
@@ -559,7 +583,7 @@ mod tests {
                 .unwrap_err();
             assert_eq!(
                 error.to_string(),
-                format!("the token file {} {why}", path.display())
+                format!("the token in {} {why}", path.display())
             );
         }
     }
@@ -574,6 +598,24 @@ mod tests {
         }
         // Jitter: pauses with the same base differ.
         assert_ne!(pauses[10], pauses[11], "{pauses:?}");
+    }
+
+    #[test]
+    fn the_clients_own_timer_is_a_deadline_exceeded() {
+        let mine = own_deadline(
+            Status::cancelled("Timeout expired"),
+            Some(Duration::from_millis(300)),
+        );
+        assert_eq!(mine.code(), Code::DeadlineExceeded);
+        assert_eq!(mine.message(), "no answer within 300ms");
+        // Any other cancellation, or one without a deadline, stays as it was.
+        let other = own_deadline(Status::cancelled("h2 reset"), Some(Duration::from_secs(1)));
+        assert_eq!(
+            (other.code(), other.message()),
+            (Code::Cancelled, "h2 reset")
+        );
+        let other = own_deadline(Status::cancelled("Timeout expired"), None);
+        assert_eq!(other.code(), Code::Cancelled);
     }
 
     #[test]
