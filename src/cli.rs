@@ -454,6 +454,19 @@ mod tests {
         assert_eq!(exit(Code::PermissionDenied), 5);
     }
 
+    /// A client that cannot connect is unavailable; one that cannot even
+    /// be set up was given bad input.
+    #[tokio::test]
+    async fn client_errors_map_to_the_documented_exits() {
+        let nowhere = ClientOptions::new("127.0.0.1:1").unwrap();
+        let error = Client::connect(&nowhere).await.unwrap_err();
+        assert_eq!(Exit::of_client_error(&error), Exit::Unavailable);
+        let error = ClientOptions::new("nowhere").unwrap_err();
+        assert_eq!(Exit::of_client_error(&error), Exit::InvalidInput);
+        let error = nowhere.token("").unwrap_err();
+        assert_eq!(Exit::of_client_error(&error), Exit::InvalidInput);
+    }
+
     #[test]
     fn every_code_has_its_grpc_name() {
         for number in 0..=16 {

@@ -389,8 +389,6 @@ fn respond(status: StatusCode, content_type: &'static str, body: Bytes) -> Respo
     response
 }
 
-/// `WaitForSecondPartyResponse` in proto3's JSON mapping: enum names,
-/// durations as `"1.5s"`, bytes as standard base64.
 #[cfg(test)]
 mod tests {
     use super::*;
