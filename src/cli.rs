@@ -104,17 +104,6 @@ impl Exit {
             _ => Self::Other,
         }
     }
-
-    /// The exit for a client that could not be set up.
-    fn of_client_error(error: &ClientError) -> Self {
-        match error {
-            ClientError::Connect { .. } => Self::Unavailable,
-            ClientError::BadServer { .. }
-            | ClientError::Read { .. }
-            | ClientError::BadToken { .. }
-            | ClientError::Tls(_) => Self::InvalidInput,
-        }
-    }
 }
 
 /// The arguments as given, with `serve` put in front when no subcommand
@@ -238,7 +227,8 @@ pub struct ProbeArgs {
     #[arg(long, default_value = "", value_name = "NAME")]
     pub service: String,
 
-    /// Give up after this long.
+    /// Give up after this long, whether the server is slow to answer or
+    /// slow to accept the connection.
     #[arg(long, default_value = "1s", value_name = "DURATION", value_parser = crate::config::positive_duration)]
     pub timeout: Duration,
 }
@@ -308,7 +298,6 @@ pub async fn probe(args: ProbeArgs) -> Exit {
     let client = match args
         .connection
         .options()
-        .map(|options| options.connect_timeout(args.timeout))
         .and_then(|options| Client::connect_lazily(&options))
     {
         Ok(client) => client,
@@ -364,13 +353,15 @@ impl Report {
         exit
     }
 
+    /// A client that could not be set up. Both subcommands connect lazily,
+    /// at their call, so this is always about what they were given (an
+    /// address, a file); a server that cannot be reached fails the call.
     fn client_error(&self, error: &ClientError) -> Exit {
-        let exit = Exit::of_client_error(error);
-        let code = match exit {
-            Exit::Unavailable => Code::Unavailable,
-            _ => Code::InvalidArgument,
-        };
-        self.failed(code, &error.to_string(), exit)
+        self.failed(
+            Code::InvalidArgument,
+            &error.to_string(),
+            Exit::InvalidInput,
+        )
     }
 
     fn print_json(&self, value: &impl serde::Serialize) {
@@ -452,19 +443,6 @@ mod tests {
         assert_eq!(exit(Code::ResourceExhausted), 4);
         assert_eq!(exit(Code::Unauthenticated), 5);
         assert_eq!(exit(Code::PermissionDenied), 5);
-    }
-
-    /// A client that cannot connect is unavailable; one that cannot even
-    /// be set up was given bad input.
-    #[tokio::test]
-    async fn client_errors_map_to_the_documented_exits() {
-        let nowhere = ClientOptions::new("127.0.0.1:1").unwrap();
-        let error = Client::connect(&nowhere).await.unwrap_err();
-        assert_eq!(Exit::of_client_error(&error), Exit::Unavailable);
-        let error = ClientOptions::new("nowhere").unwrap_err();
-        assert_eq!(Exit::of_client_error(&error), Exit::InvalidInput);
-        let error = nowhere.token("").unwrap_err();
-        assert_eq!(Exit::of_client_error(&error), Exit::InvalidInput);
     }
 
     #[test]

@@ -50,6 +50,9 @@ use crate::{
 /// default gRPC address.
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:50051";
 
+/// The longest a connection may take to open, whatever the calls' deadlines.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Why a client could not be set up. Errors from calls are `tonic::Status`.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -106,7 +109,6 @@ pub struct ClientOptions {
     tls_server_name: Option<String>,
     /// `Bearer <token>`, ready to send.
     authorization: Option<AsciiMetadataValue>,
-    connect_timeout: Duration,
 }
 
 impl ClientOptions {
@@ -138,7 +140,6 @@ impl ClientOptions {
             identity: None,
             tls_server_name: None,
             authorization: None,
-            connect_timeout: Duration::from_secs(5),
         })
     }
 
@@ -165,15 +166,6 @@ impl ClientOptions {
     pub fn tls_server_name(self, name: impl Into<String>) -> Self {
         Self {
             tls_server_name: Some(name.into()),
-            ..self
-        }
-    }
-
-    /// How long to wait for a connection before giving up on it (5 s unless
-    /// set).
-    pub fn connect_timeout(self, timeout: Duration) -> Self {
-        Self {
-            connect_timeout: timeout,
             ..self
         }
     }
@@ -243,7 +235,8 @@ impl ClientOptions {
             false => self.server.clone(),
         };
         let mut endpoint = Endpoint::from(uri)
-            .connect_timeout(self.connect_timeout)
+            // A call's own deadline, when shorter, ends it sooner.
+            .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true);
         if self.uses_tls() {
             endpoint = endpoint
@@ -352,10 +345,8 @@ impl Client {
                 .metadata_mut()
                 .insert("authorization", authorization.clone());
         }
-        let response = self
-            .sync
-            .clone()
-            .wait_for_second_party(request)
+        let mut sync = self.sync.clone();
+        let response = within(timeout, sync.wait_for_second_party(request))
             .await
             .map_err(|status| self.unreachable(status))
             .map_err(|status| own_deadline(status, timeout))?;
@@ -419,12 +410,11 @@ impl Client {
         if let Some(timeout) = timeout {
             request.set_timeout(timeout);
         }
-        let response = self
-            .health
-            .clone()
-            .check(request)
+        let mut health = self.health.clone();
+        let response = within(timeout, health.check(request))
             .await
-            .map_err(|status| self.unreachable(status))?;
+            .map_err(|status| self.unreachable(status))
+            .map_err(|status| own_deadline(status, timeout))?;
         Ok(response.into_inner().status())
     }
 }
@@ -451,6 +441,22 @@ impl Client {
             format!("cannot reach {}: {}", self.server, parts.join(": ")),
         )
     }
+}
+
+/// A call, held to its deadline from start to end. tonic sends the deadline
+/// to the server, but does not count the time spent opening a connection
+/// against it: a server that never accepts would hold the call for the
+/// whole connect timeout.
+async fn within<T>(
+    timeout: Option<Duration>,
+    call: impl Future<Output = Result<T, Status>>,
+) -> Result<T, Status> {
+    let Some(timeout) = timeout else {
+        return call.await;
+    };
+    tokio::time::timeout(timeout, call)
+        .await
+        .unwrap_or_else(|_| Err(Status::cancelled("Timeout expired")))
 }
 
 /// tonic enforces a call's deadline in the client too, and when its timer
@@ -571,7 +577,12 @@ mod tests {
             .unwrap()
             .token_file(&path)
             .unwrap();
+        assert_eq!(options.authorization().unwrap(), "Bearer s3cret");
         assert_eq!(options.authorization.unwrap(), "Bearer s3cret");
+        assert_eq!(
+            ClientOptions::new("localhost:1").unwrap().authorization(),
+            None
+        );
         for (text, why) in [
             ("\n", "is empty"),
             ("a\u{7}b\n", "holds a character that cannot go in a header"),

@@ -548,3 +548,36 @@ async fn probe_exits_0_only_when_serving() {
     let down = run(&["probe", "--server", &nobody]).await;
     assert_eq!(down.status.code(), Some(4), "{}", stderr(&down));
 }
+
+/// A server that never accepts the connection (its accept queue is full):
+/// the probe gives up at its own timeout, as timed out.
+#[tokio::test]
+async fn probe_gives_up_on_a_server_that_never_accepts() {
+    let listener =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    listener
+        .bind(
+            &"127.0.0.1:0"
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+                .into(),
+        )
+        .unwrap();
+    listener.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap().as_socket().unwrap();
+    // Fill the queue: later connection attempts get no answer at all.
+    let mut queued = Vec::new();
+    for _ in 0..4 {
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket.set_nonblocking(true).unwrap();
+        let _ = socket.connect(&addr.into());
+        queued.push(socket);
+    }
+    let output = run(&["probe", "--server", &addr.to_string(), "--timeout", "500ms"]).await;
+    assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
+    assert_eq!(
+        stderr(&output),
+        "rendezvous: DEADLINE_EXCEEDED: no answer within 500ms\n"
+    );
+}
