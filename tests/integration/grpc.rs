@@ -571,3 +571,29 @@ async fn an_unknown_method_is_unimplemented_and_named() {
         );
     }
 }
+
+/// The crate's client receives the largest payload a server can be set to
+/// pass on (`--max-payload 16MiB`): its message limit is not tonic's 4 MiB.
+#[tokio::test]
+async fn the_crates_client_takes_the_largest_payload_a_server_allows() {
+    let server = TestServer::with(rendezvous::Config {
+        max_payload: rendezvous::config::PAYLOAD_CEILING,
+        ..common::test_config()
+    })
+    .await;
+    let big = Bytes::from(vec![7u8; rendezvous::config::PAYLOAD_CEILING]);
+    let (first, second) = (server.client().await, server.client().await);
+    let waiter = tokio::spawn({
+        let big = big.clone();
+        async move { first.wait("big", big, None).await }
+    });
+    server.parked(1).await;
+    let answer = second
+        .wait("big", Bytes::from_static(b"small"), None)
+        .await
+        .unwrap();
+    assert_eq!(answer.peer_payload.len(), big.len());
+    assert!(answer.peer_payload == big);
+    let answer = within(waiter).await.unwrap().unwrap();
+    assert_eq!(answer.peer_payload, "small");
+}
