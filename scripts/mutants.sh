@@ -23,7 +23,7 @@ common=(--test-tool nextest --profile mutants --timeout 120 --no-shuffle)
 engine=(-f src/pairing.rs -f src/pairing/shard.rs)
 redis=(-f src/pairing/redis.rs)
 transports=(-f src/service.rs -f src/grpc.rs -f src/gateway.rs -f src/auth.rs -f src/health.rs
-  -f src/server.rs)
+  -f src/server.rs -f src/metrics.rs -f src/json.rs -f src/config.rs -f src/client.rs -f src/cli.rs)
 if [ $# -gt 0 ]; then
   # Files named on the command line: run each group only on its own.
   engine=() redis=() transports=()
