@@ -6,7 +6,7 @@
 # cannot matter; the latter are excluded in .cargo/mutants.toml, each with
 # its reason. Results and counts: TESTING.md.
 #
-#   scripts/mutants.sh                  # every file, about 2.5 hours here
+#   scripts/mutants.sh                  # every file, about 3.5 hours here
 #   scripts/mutants.sh -f src/grpc.rs   # one file of either group
 #
 # It installs cargo-mutants and cargo-nextest if they are missing. The
