@@ -353,14 +353,15 @@ fn origin(value: &str) -> Result<String, String> {
     }
     let hint = "use SCHEME://HOST[:PORT], such as https://app.example.com, or *";
     let uri: http::Uri = value.parse().map_err(|e| format!("{e}; {hint}"))?;
-    let complete = uri.scheme().is_some() && uri.host().is_some();
+    // Nothing but a scheme and an authority: without a scheme, the value
+    // would have to start with "://", which is no URI at all.
     let bare = value
         == format!(
             "{}://{}",
             uri.scheme_str().unwrap_or(""),
             uri.authority().map_or("", |a| a.as_str())
         );
-    match complete && bare {
+    match bare {
         true => Ok(value.into()),
         false => Err(format!("{value:?} is not an origin; {hint}")),
     }
@@ -563,6 +564,7 @@ mod tests {
             &["rendezvous", "--redis-timeout=0s"],
             &["rendezvous", "--cors-allow-origin=app.example.com"],
             &["rendezvous", "--cors-allow-origin=https://app.example.com/"],
+            &["rendezvous", "--cors-allow-origin=app.example.com:443"],
             &["rendezvous", "--cors-allow-origin=https://a.example,"],
         ] {
             assert!(Config::try_parse_from(bad).is_err(), "{bad:?}");

@@ -309,10 +309,9 @@ fn is_web<B>(request: &Request<B>) -> bool {
         .headers()
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc-web"));
-    let preflight = request.method() == http::Method::OPTIONS
-        && request
-            .headers()
-            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+    // gRPC never sends OPTIONS: on this port it is a browser's preflight
+    // (the CORS layer answers it, or passes on what is not one).
+    let preflight = request.method() == http::Method::OPTIONS;
     web_content || preflight
 }
 

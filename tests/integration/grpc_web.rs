@@ -142,6 +142,8 @@ async fn cors_allows_only_the_configured_origins() {
         header("access-control-allow-methods").as_deref(),
         Some("POST")
     );
+    // A browser may reuse the answer for a day.
+    assert_eq!(header("access-control-max-age").as_deref(), Some("86400"));
     let allowed_headers = header("access-control-allow-headers").unwrap();
     for name in [
         "content-type",
