@@ -50,6 +50,9 @@ use crate::{
 /// default gRPC address.
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:50051";
 
+/// The least time left for which [`Client::wait_retrying`] tries again.
+const MIN_TRY: Duration = Duration::from_millis(250);
+
 /// The longest a connection may take to open, whatever the calls' deadlines.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -380,7 +383,10 @@ impl Client {
             }
             let pause = backoff.next().expect("retries without end");
             let left = deadline.saturating_duration_since(Instant::now());
-            if pause >= left {
+            // A try needs time to be worth making: one that its own
+            // deadline cuts short says only "timed out", and hides why the
+            // tries before it failed.
+            if pause + MIN_TRY >= left {
                 return Err(Status::new(
                     status.code(),
                     format!(

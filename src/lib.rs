@@ -16,7 +16,8 @@
 //!   limit, the per-call span, and the typed [`service::CallError`].
 //! - [`grpc`]: the gRPC port. `rendezvous.v1.Sync` by a lean handler of its
 //!   own (the caller's `grpc-timeout`, and errors to `tonic::Status`); health
-//!   and reflection by tonic.
+//!   and reflection by tonic; gRPC-Web (browsers) through tonic-web and CORS,
+//!   back into the same handler.
 //! - [`gateway`]: the HTTP routes, and `CallError` to HTTP responses.
 //! - [`health`]: gRPC health and `/healthz`, `/readyz`, switched together;
 //!   readiness also follows whether the engine reaches its meeting place.
@@ -27,12 +28,15 @@
 //! - [`server`]: listeners, connections, reflection, and ordered shutdown.
 //! - [`config`] and [`telemetry`]: flags (and their environment variables),
 //!   and logging.
+//! - [`client`]: the Rust client, which the CLI, the load tool and the tests
+//!   share; [`cli`]: the subcommands, `serve` and the `wait` and `probe`
+//!   clients for shells, CI jobs and exec probes.
 //!
 //! - `fuzzing` (hidden, feature `fuzzing`): the fuzz targets' bodies, shared by `fuzz/` and
 //!   the corpus replay in `tests/integration/fuzz_corpus.rs`.
 //!
-//! The binary (`src/main.rs`) only parses flags, sets up logging, and runs
-//! [`Application`] until SIGINT or SIGTERM. [`Application`] is where the
+//! The binary (`src/main.rs`) only picks the subcommand; `serve` sets up
+//! logging and runs [`Application`] until SIGINT or SIGTERM. [`Application`] is where the
 //! engine is chosen, once, from the configuration. Tests start the same
 //! [`Application`] on port 0 with their own shutdown future.
 
