@@ -21,6 +21,7 @@ use crate::{
     client::{Client, ClientError, ClientOptions, DEFAULT_SERVER},
     json::{JsonError, JsonMeeting},
     pairing::Role,
+    service::whole_millis,
 };
 
 /// `rendezvous`: the server, and its command-line clients.
@@ -260,7 +261,7 @@ pub async fn wait(args: WaitArgs) -> Exit {
                         "rendezvous wait: {}: {}; trying again in {}",
                         code_name(status.code()),
                         status.message(),
-                        humantime::format_duration(Duration::from_millis(pause.as_millis() as u64))
+                        whole_millis(pause)
                     );
                 })
                 .await
@@ -281,9 +282,7 @@ pub async fn wait(args: WaitArgs) -> Exit {
                 };
                 eprintln!(
                     "paired as the {role} party after {}",
-                    humantime::format_duration(Duration::from_millis(
-                        meeting.waited.as_millis() as u64
-                    ))
+                    whole_millis(meeting.waited)
                 );
             }
             Exit::Ok

@@ -44,6 +44,7 @@ use crate::{
     grpc::MESSAGE_OVERHEAD,
     pairing::{Meeting, Role},
     proto::{self, WaitForSecondPartyRequest, sync_client::SyncClient},
+    service::whole_millis,
 };
 
 /// The server a client talks to when it is given none: the server's own
@@ -351,8 +352,7 @@ impl Client {
         let mut sync = self.sync.clone();
         let response = within(timeout, sync.wait_for_second_party(request))
             .await
-            .map_err(|status| self.unreachable(status))
-            .map_err(|status| own_deadline(status, timeout))?;
+            .map_err(|status| self.failed(status, timeout))?;
         meeting(response.into_inner())
     }
 
@@ -392,9 +392,7 @@ impl Client {
                     format!(
                         "{} (still, after {} of retries)",
                         status.message(),
-                        humantime::format_duration(Duration::from_millis(
-                            timeout.as_millis() as u64
-                        )),
+                        whole_millis(timeout),
                     ),
                 ));
             }
@@ -419,13 +417,18 @@ impl Client {
         let mut health = self.health.clone();
         let response = within(timeout, health.check(request))
             .await
-            .map_err(|status| self.unreachable(status))
-            .map_err(|status| own_deadline(status, timeout))?;
+            .map_err(|status| self.failed(status, timeout))?;
         Ok(response.into_inner().status())
     }
 }
 
 impl Client {
+    /// A failed call's status, as callers should read it: where the
+    /// transport failed, and the client's own timer as a deadline.
+    fn failed(&self, status: Status, timeout: Option<Duration>) -> Status {
+        own_deadline(self.unreachable(status), timeout)
+    }
+
     /// A status the transport made up (no connection) says only "tcp
     /// connect error"; this one says where, and why.
     fn unreachable(&self, status: Status) -> Status {
@@ -462,7 +465,12 @@ async fn within<T>(
     };
     tokio::time::timeout(timeout, call)
         .await
-        .unwrap_or_else(|_| Err(Status::cancelled("Timeout expired")))
+        .unwrap_or_else(|_| Err(no_answer(timeout)))
+}
+
+/// A call that ran out of time on the client's side.
+fn no_answer(timeout: Duration) -> Status {
+    Status::deadline_exceeded(format!("no answer within {}", whole_millis(timeout)))
 }
 
 /// tonic enforces a call's deadline in the client too, and when its timer
@@ -473,10 +481,7 @@ async fn within<T>(
 fn own_deadline(status: Status, timeout: Option<Duration>) -> Status {
     match (status.code(), timeout) {
         (Code::Cancelled, Some(timeout)) if status.message() == "Timeout expired" => {
-            Status::deadline_exceeded(format!(
-                "no answer within {}",
-                humantime::format_duration(timeout)
-            ))
+            no_answer(timeout)
         }
         _ => status,
     }

@@ -379,13 +379,9 @@ pub(crate) fn duration(value: &str) -> Result<Duration, String> {
 
 /// A duration greater than zero.
 pub(crate) fn positive_duration(value: &str) -> Result<Duration, String> {
-    match humantime::parse_duration(value) {
-        Ok(d) if d.is_zero() => Err("must be greater than zero".into()),
-        Ok(d) => Ok(d),
-        Err(e) => Err(format!(
-            "{}; use a duration such as 250ms, 10s or 1m",
-            duration_problem(&e)
-        )),
+    match duration(value)? {
+        d if d.is_zero() => Err("must be greater than zero".into()),
+        d => Ok(d),
     }
 }
 

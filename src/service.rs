@@ -123,7 +123,7 @@ impl CallError {
 }
 
 /// A wait as people read it: `1s 950ms`, not `1s 949ms 998us 389ns`.
-fn whole_millis(wait: Duration) -> humantime::FormattedDuration {
+pub(crate) fn whole_millis(wait: Duration) -> humantime::FormattedDuration {
     humantime::format_duration(Duration::from_millis(wait.as_millis() as u64))
 }
 
