@@ -216,12 +216,13 @@ impl GrpcService {
         if request.uri().path() != WAIT_FOR_SECOND_PARTY {
             // Boxed: tonic's routing future is large, and inline it would
             // make every parked rendezvous call as large.
-            let path = request.uri().path().to_owned();
+            // A clone of the URI shares its bytes: no copy per health check.
+            let uri = request.uri().clone();
             let routed = self.routes.clone().call(request);
             return Call::Other(Box::pin(async move {
                 routed
                     .await
-                    .map(|response| name_unknown_method(response, &path))
+                    .map(|response| name_unknown_method(response, uri.path()))
             }));
         }
         if !is_grpc(request.headers()) {
