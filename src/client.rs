@@ -337,20 +337,27 @@ impl Client {
         payload: Bytes,
         timeout: Option<Duration>,
     ) -> Result<Meeting, Status> {
-        let mut request = tonic::Request::new(WaitForSecondPartyRequest {
-            id: id.to_owned(),
-            payload,
-        });
-        if let Some(timeout) = timeout {
-            request.set_timeout(timeout);
-        }
-        if let Some(authorization) = &self.authorization {
+        let request = || {
+            let mut request = tonic::Request::new(WaitForSecondPartyRequest {
+                id: id.to_owned(),
+                payload: payload.clone(),
+            });
+            if let Some(timeout) = timeout {
+                request.set_timeout(timeout);
+            }
+            if let Some(authorization) = &self.authorization {
+                request
+                    .metadata_mut()
+                    .insert("authorization", authorization.clone());
+            }
             request
-                .metadata_mut()
-                .insert("authorization", authorization.clone());
-        }
-        let mut sync = self.sync.clone();
-        let response = within(timeout, sync.wait_for_second_party(request))
+        };
+        let call = resent_if_unsent(|| {
+            let mut sync = self.sync.clone();
+            let request = request();
+            async move { sync.wait_for_second_party(request).await }
+        });
+        let response = within(timeout, call)
             .await
             .map_err(|status| self.failed(status, timeout))?;
         meeting(response.into_inner())
@@ -408,14 +415,17 @@ impl Client {
         service: &str,
         timeout: Option<Duration>,
     ) -> Result<ServingStatus, Status> {
-        let mut request = tonic::Request::new(HealthCheckRequest {
-            service: service.into(),
+        let call = resent_if_unsent(|| {
+            let mut request = tonic::Request::new(HealthCheckRequest {
+                service: service.into(),
+            });
+            if let Some(timeout) = timeout {
+                request.set_timeout(timeout);
+            }
+            let mut health = self.health.clone();
+            async move { health.check(request).await }
         });
-        if let Some(timeout) = timeout {
-            request.set_timeout(timeout);
-        }
-        let mut health = self.health.clone();
-        let response = within(timeout, health.check(request))
+        let response = within(timeout, call)
             .await
             .map_err(|status| self.failed(status, timeout))?;
         Ok(response.into_inner().status())
@@ -450,6 +460,37 @@ impl Client {
             format!("cannot reach {}: {}", self.server, parts.join(": ")),
         )
     }
+}
+
+/// Makes a call once more if it failed without having been sent.
+///
+/// A server with `--max-connection-age` sends GOAWAY, and a tonic channel
+/// hands its next call to that connection all the same (hyperium/tonic#2185):
+/// the call fails `CANCELLED` without reaching the server, and the channel
+/// connects anew for the call after. Making that call again is safe, since
+/// the server never saw it.
+async fn resent_if_unsent<T, F, Fut>(mut call: F) -> Result<T, Status>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, Status>>,
+{
+    match call().await {
+        Err(status) if unsent(&status) => call().await,
+        result => result,
+    }
+}
+
+/// Whether hyper gave up on a call before sending it ("operation was
+/// canceled": its connection was closing).
+fn unsent(status: &Status) -> bool {
+    let mut cause = std::error::Error::source(status);
+    while let Some(error) = cause {
+        if let Some(error) = error.downcast_ref::<hyper::Error>() {
+            return error.is_canceled();
+        }
+        cause = error.source();
+    }
+    false
 }
 
 /// A call, held to its deadline from start to end. tonic sends the deadline

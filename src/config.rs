@@ -116,6 +116,27 @@ pub struct Config {
     #[arg(long, env = "RENDEZVOUS_TCP_KEEPALIVE", value_name = "DURATION", default_value = DEFAULT_TCP_KEEPALIVE, value_parser = positive_duration)]
     pub tcp_keepalive: Duration,
 
+    /// Send an HTTP/2 connection GOAWAY once it is this old (give or take
+    /// 10%, so that clients do not all reconnect at once), so that
+    /// long-lived connections spread over replicas added since. Calls in
+    /// flight finish; the client's next call opens a new connection. Off by
+    /// default, as in gRPC.
+    #[arg(long, env = "RENDEZVOUS_MAX_CONNECTION_AGE", value_name = "DURATION", value_parser = positive_duration)]
+    pub max_connection_age: Option<Duration>,
+
+    /// How long calls in flight on a connection past --max-connection-age may
+    /// take to finish before the connection is closed anyway. Default:
+    /// --max-wait plus 1s, so that a call that arrived just before the
+    /// GOAWAY may still wait its longest.
+    #[arg(
+        long,
+        env = "RENDEZVOUS_MAX_CONNECTION_AGE_GRACE",
+        value_name = "DURATION",
+        value_parser = duration,
+        requires = "max_connection_age"
+    )]
+    pub max_connection_age_grace: Option<Duration>,
+
     /// Let web pages from these origins call over gRPC-Web (CORS):
     /// comma-separated, such as https://app.example.com, or * for any.
     /// None by default: gRPC-Web from outside a browser needs none.
@@ -263,6 +284,16 @@ pub struct Http2Config {
     pub keepalive_timeout: Duration,
 }
 
+/// When a connection is asked to go (`--max-connection-age`), and how long
+/// its calls in flight then have to finish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionAge {
+    /// The age, before jitter.
+    pub age: Duration,
+    /// From the GOAWAY to closing the connection anyway.
+    pub grace: Duration,
+}
+
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -291,6 +322,8 @@ impl Default for Config {
             header_timeout: positive_duration(DEFAULT_HEADER_TIMEOUT).expect("valid default"),
             tcp_keepalive: positive_duration(DEFAULT_TCP_KEEPALIVE).expect("valid default"),
             cors_allow_origin: Vec::new(),
+            max_connection_age: None,
+            max_connection_age_grace: None,
             http2: Http2Config::default(),
             redis: RedisArgs::default(),
         }
@@ -334,6 +367,16 @@ fn window_size(value: &str) -> Result<u32, String> {
 }
 
 impl Config {
+    /// `--max-connection-age` and its grace, if connections age at all.
+    pub fn connection_age(&self) -> Option<ConnectionAge> {
+        Some(ConnectionAge {
+            age: self.max_connection_age?,
+            grace: self
+                .max_connection_age_grace
+                .unwrap_or(self.max_wait + Duration::from_secs(1)),
+        })
+    }
+
     /// The TLS files, if TLS is on (clap makes sure cert and key come
     /// together).
     pub fn tls_files(&self) -> Option<crate::tls::TlsFiles> {
@@ -435,6 +478,29 @@ mod tests {
         assert_eq!(c.redis.url, None);
         assert_eq!(c.redis.key_prefix, "rendezvous:");
         assert_eq!(c.redis.timeout, Duration::from_millis(500));
+        assert_eq!(c.connection_age(), None);
+    }
+
+    #[test]
+    fn the_connection_age_grace_defaults_to_the_longest_wait_and_a_second() {
+        let age = |args: &[&str]| {
+            let args = ["rendezvous"].iter().chain(args);
+            Config::try_parse_from(args).unwrap().connection_age()
+        };
+        assert_eq!(
+            age(&["--max-connection-age=5m", "--max-wait=1m"]),
+            Some(ConnectionAge {
+                age: Duration::from_secs(300),
+                grace: Duration::from_secs(61),
+            })
+        );
+        assert_eq!(
+            age(&["--max-connection-age=5m", "--max-connection-age-grace=0s"]),
+            Some(ConnectionAge {
+                age: Duration::from_secs(300),
+                grace: Duration::ZERO,
+            })
+        );
     }
 
     #[test]
@@ -463,7 +529,7 @@ mod tests {
             assert_eq!(env.as_deref(), Some(expected.as_str()), "--{long}");
             flags += 1;
         }
-        assert_eq!(flags, 24);
+        assert_eq!(flags, 26);
     }
 
     #[test]
@@ -562,6 +628,8 @@ mod tests {
             &["rendezvous", "--cors-allow-origin=https://app.example.com/"],
             &["rendezvous", "--cors-allow-origin=app.example.com:443"],
             &["rendezvous", "--cors-allow-origin=https://a.example,"],
+            &["rendezvous", "--max-connection-age=0s"],
+            &["rendezvous", "--max-connection-age-grace=1s"],
         ] {
             assert!(Config::try_parse_from(bad).is_err(), "{bad:?}");
         }

@@ -43,6 +43,29 @@ struct RejectionLabels {
     reason: &'static str,
 }
 
+/// Which port a connection came in on: the `listener` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    /// `--grpc-addr`: gRPC, and gRPC-Web.
+    Grpc,
+    /// `--http-addr`: the HTTP endpoint, probes and metrics.
+    Http,
+}
+
+impl Listener {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Grpc => "grpc",
+            Self::Http => "http",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabel {
+    listener: &'static str,
+}
+
 /// Every series, registered once. Cheap to share behind an `Arc`.
 #[derive(Debug)]
 pub struct Metrics {
@@ -55,6 +78,9 @@ pub struct Metrics {
     waited: [Histogram; 2],
     /// Indexed by protocol, then by [`Rejection`] in [`Rejection::ALL`]'s order.
     rejections: [[Counter; Rejection::ALL.len()]; 2],
+    /// Indexed by [`Listener`] (gRPC, then HTTP).
+    connections: [Counter; 2],
+    aged: Counter,
 }
 
 /// The Redis engine's series: handles into [`Metrics`]' registry.
@@ -190,6 +216,25 @@ impl Metrics {
                     .clone()
             })
         });
+        let family = Family::<ListenerLabel, Counter>::default();
+        registry.register(
+            "connections",
+            "Connections accepted, by listener",
+            family.clone(),
+        );
+        let connections = [Listener::Grpc, Listener::Http].map(|l| {
+            family
+                .get_or_create(&ListenerLabel {
+                    listener: l.as_str(),
+                })
+                .clone()
+        });
+        let aged = Counter::default();
+        registry.register(
+            "connections_aged",
+            "HTTP/2 connections sent GOAWAY at --max-connection-age",
+            aged.clone(),
+        );
         Self {
             registry,
             parked,
@@ -198,7 +243,20 @@ impl Metrics {
             cancellations,
             waited,
             rejections,
+            connections,
+            aged,
         }
+    }
+
+    /// A connection was accepted (and not turned away by
+    /// `--max-connections`).
+    pub fn connection_accepted(&self, listener: Listener) {
+        self.connections[listener as usize].inc();
+    }
+
+    /// A connection reached `--max-connection-age` and was sent GOAWAY.
+    pub fn connection_aged(&self) {
+        self.aged.inc();
     }
 
     /// A caller's call was accepted: from now until [`Metrics::left`], it

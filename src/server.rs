@@ -36,11 +36,11 @@ use tonic::service::Routes;
 
 use crate::{
     auth::{Auth, TokenFileError},
-    config::{Config, Http2Config},
+    config::{Config, ConnectionAge, Http2Config},
     gateway::Gateway,
     grpc::GrpcService,
     health::Health,
-    metrics::Metrics,
+    metrics::{Listener, Metrics},
     pairing::{AnyEngine, Engine, LocalEngine, RedisConfig, RedisEngine, RedisError},
     proto,
     service::{Limits, Rendezvous},
@@ -233,8 +233,9 @@ impl Application {
             max_wait: config.max_wait,
             max_payload: config.max_payload,
         };
+        let metrics = Arc::new(metrics);
         let service = Rendezvous::new(engine.clone(), limits)
-            .with_metrics(Arc::new(metrics))
+            .with_metrics(metrics.clone())
             .with_auth(auth);
         let (health, health_server) = Health::serving().await;
         let health = Arc::new(health);
@@ -261,6 +262,8 @@ impl Application {
             shutdown_grace = duration(config.shutdown_grace),
             header_timeout = duration(config.header_timeout),
             tcp_keepalive = duration(config.tcp_keepalive),
+            max_connection_age = config.connection_age().map(|a| duration(a.age)),
+            max_connection_age_grace = config.connection_age().map(|a| duration(a.grace)),
             http2_max_streams = config.http2.max_concurrent_streams,
             http2_connection_window = config.http2.connection_window,
             http2_stream_window = config.http2.stream_window,
@@ -280,6 +283,8 @@ impl Application {
         let settings = ConnectionSettings {
             header_timeout: config.header_timeout,
             http2: config.http2,
+            age: config.connection_age(),
+            metrics: metrics.clone(),
             tls,
         };
         let (stop, stopping) = watch::channel(false);
@@ -290,11 +295,13 @@ impl Application {
                 () = &mut shutdown => break,
                 accepted = grpc.accept() => {
                     if let Some(stream) = accepted_stream(accepted, &config, connections.len()).await {
+                        metrics.connection_accepted(Listener::Grpc);
                         connections.spawn(serve_grpc(stream, grpc_service.clone(), settings.clone(), stopping.clone()));
                     }
                 }
                 accepted = http.accept() => {
                     if let Some(stream) = accepted_stream(accepted, &config, connections.len()).await {
+                        metrics.connection_accepted(Listener::Http);
                         connections.spawn(serve_http(stream, gateway.clone(), settings.clone(), stopping.clone()));
                     }
                 }
@@ -417,6 +424,9 @@ fn too_many_connections() -> String {
 struct ConnectionSettings {
     header_timeout: Duration,
     http2: Http2Config,
+    /// `None`: HTTP/2 connections live as long as their clients keep them.
+    age: Option<ConnectionAge>,
+    metrics: Arc<Metrics>,
     tls: Option<Arc<Tls>>,
 }
 
@@ -535,7 +545,10 @@ where
         // read) at 8 KiB instead of letting the read buffer double to 16.
         .max_buf_size(8192)
         .serve_connection(TokioIo::new(io), service);
-    drive(connection, stopping)
+    // HTTP/1.1 connections carry one call at a time, and a proxy's pool
+    // spreads those; aging them would only cost every parked legacy caller
+    // a timer.
+    drive(connection, stopping, std::future::pending())
 }
 
 /// Serves HTTP/2 on either port, in cleartext or over TLS, once the client
@@ -562,8 +575,27 @@ async fn serve_http2<I, S, B>(
     drive(
         builder.serve_connection(TokioIo::new(io), service),
         stopping,
+        aged(config.age, &config.metrics),
     )
     .await;
+}
+
+/// Completes when a connection reaches `--max-connection-age` (never, if it
+/// is not set), with the grace its calls in flight have from then on.
+async fn aged(age: Option<ConnectionAge>, metrics: &Metrics) -> Duration {
+    let Some(ConnectionAge { age, grace }) = age else {
+        return std::future::pending().await;
+    };
+    tokio::time::sleep(jittered(age)).await;
+    metrics.connection_aged();
+    grace
+}
+
+/// `age`, plus or minus 10% at random, as gRPC does: connections opened
+/// together (by clients that all reconnected after a deploy) do not all go
+/// together.
+fn jittered(age: Duration) -> Duration {
+    age.mul_f64(0.9 + fastrand::f64() * 0.2)
 }
 
 /// A TLS handshake, held to `--header-timeout` like any request head. A
@@ -696,9 +728,13 @@ impl<I: AsyncWrite> AsyncWrite for Replayed<I> {
 }
 
 /// Runs a connection to its end, asking it to finish gracefully (GOAWAY, or
-/// close once idle) when shutdown begins.
-async fn drive<C>(connection: C, mut stopping: watch::Receiver<bool>)
-where
+/// close once idle) when shutdown begins, or when `aged` completes; then its
+/// calls in flight have the grace `aged` returns to finish.
+async fn drive<C>(
+    connection: C,
+    mut stopping: watch::Receiver<bool>,
+    aged: impl Future<Output = Duration>,
+) where
     C: GracefulConnection,
     C::Error: std::fmt::Display,
 {
@@ -711,9 +747,37 @@ where
             connection.as_mut().graceful_shutdown();
             connection.await
         }
+        grace = aged => {
+            tracing::debug!("connection reached --max-connection-age: sent GOAWAY");
+            connection.as_mut().graceful_shutdown();
+            match tokio::time::timeout(grace, connection.as_mut()).await {
+                Ok(result) => result,
+                Err(_) => {
+                    tracing::debug!("closed an aged connection whose calls outlived its grace");
+                    return;
+                }
+            }
+        }
     };
     if let Err(error) = result {
         // Peers that vanish or reset are routine; not worth a line at info.
         tracing::debug!(%error, "connection ended with an error");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_ages_spread_over_ten_percent_either_way() {
+        let age = Duration::from_secs(100);
+        let ages: Vec<Duration> = (0..1000).map(|_| jittered(age)).collect();
+        let (min, max) = (ages.iter().min().unwrap(), ages.iter().max().unwrap());
+        assert!(*min >= Duration::from_secs(90), "{min:?}");
+        assert!(*max <= Duration::from_secs(110), "{max:?}");
+        // 1000 draws: both ends of the range are reached, within a second.
+        assert!(*min < Duration::from_secs(91), "{min:?}");
+        assert!(*max > Duration::from_secs(109), "{max:?}");
     }
 }

@@ -21,6 +21,7 @@ mod limits;
 mod logging;
 mod metrics;
 mod mixed;
+mod proxies;
 mod redis_auth;
 mod redis_faults;
 mod replicas;
