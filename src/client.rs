@@ -549,6 +549,8 @@ fn meeting(response: proto::WaitForSecondPartyResponse) -> Result<Meeting, Statu
     Ok(Meeting {
         role,
         peer_payload: response.peer_payload,
+        // The server does not tell a caller its partner's trace id.
+        peer_trace: None,
         waited,
     })
 }

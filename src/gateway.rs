@@ -17,8 +17,9 @@ use crate::{
     health::{Health, NotReady},
     json::{JsonError, JsonMeeting},
     metrics::{Protocol, Rejection},
-    pairing::PairError,
+    pairing::{Offer, PairError},
     service::{CallError, Deadline, Namespace, Rendezvous},
+    trace::TraceId,
 };
 
 /// The path prefix of the rendezvous route.
@@ -92,8 +93,9 @@ impl Gateway {
                     namespace,
                     id,
                     deadline,
+                    trace,
                     body,
-                }) => rendezvous(&service, namespace, id, deadline, body, json).await,
+                }) => rendezvous(&service, namespace, id, deadline, trace, body, json).await,
                 Err(error) => Err(error),
             };
             Ok(result.unwrap_or_else(|error| {
@@ -144,6 +146,7 @@ impl Gateway {
             namespace,
             id,
             deadline: Deadline::starting_now(wait),
+            trace: TraceId::from_headers(request.headers()),
             body: request.into_body(),
         })
     }
@@ -183,6 +186,8 @@ enum Route<B> {
         namespace: Namespace,
         id: String,
         deadline: Deadline,
+        /// From the caller's `traceparent`, if it sent a valid one.
+        trace: Option<TraceId>,
         body: B,
     },
 }
@@ -192,6 +197,7 @@ async fn rendezvous<B>(
     namespace: Namespace,
     id: String,
     deadline: Deadline,
+    trace: Option<TraceId>,
     body: B,
     json: bool,
 ) -> Result<Response<Full<Bytes>>, HttpError>
@@ -201,7 +207,13 @@ where
 {
     let payload = read_body(body, service.limits().max_payload).await?;
     let meeting = service
-        .call(Protocol::Http, namespace, id, payload, deadline)
+        .call(
+            Protocol::Http,
+            namespace,
+            id,
+            Offer { payload, trace },
+            deadline,
+        )
         .await?;
     Ok(match json {
         true => json_response(StatusCode::OK, &JsonMeeting::from(&meeting)),

@@ -26,9 +26,10 @@ use tonic::{Status, codegen::Service, service::Routes};
 
 use crate::{
     metrics::{Protocol, Rejection},
-    pairing::{Meeting, PairError, Role},
+    pairing::{Meeting, Offer, PairError, Role},
     proto,
     service::{CallError, Deadline, Namespace, Rendezvous},
+    trace::TraceId,
 };
 
 /// The rendezvous method's path on the wire.
@@ -182,9 +183,11 @@ impl GrpcService {
                 Call::Wait {
                     namespace,
                     deadline,
+                    trace,
                     body,
                 } => {
-                    let result = wait_for_second_party(&service, namespace, deadline, body).await;
+                    let result =
+                        wait_for_second_party(&service, namespace, deadline, trace, body).await;
                     Ok(respond(&service, result))
                 }
                 Call::Other(future) => future.await,
@@ -248,6 +251,7 @@ impl GrpcService {
         Call::Wait {
             namespace,
             deadline,
+            trace: TraceId::from_headers(request.headers()),
             body: request.into_body(),
         }
     }
@@ -339,6 +343,8 @@ enum Call<B> {
     Wait {
         namespace: Namespace,
         deadline: Deadline,
+        /// From the caller's `traceparent`, if it sent a valid one.
+        trace: Option<TraceId>,
         body: B,
     },
     /// Health or reflection, already handed to tonic.
@@ -369,6 +375,7 @@ async fn wait_for_second_party<B>(
     service: &Rendezvous,
     namespace: Namespace,
     deadline: Deadline,
+    trace: Option<TraceId>,
     body: B,
 ) -> Result<Meeting, GrpcError>
 where
@@ -379,7 +386,13 @@ where
     let proto::WaitForSecondPartyRequest { id, payload } =
         proto::WaitForSecondPartyRequest::decode(message)?;
     Ok(service
-        .call(Protocol::Grpc, namespace, id, payload, deadline)
+        .call(
+            Protocol::Grpc,
+            namespace,
+            id,
+            Offer { payload, trace },
+            deadline,
+        )
         .await?)
 }
 

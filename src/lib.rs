@@ -27,7 +27,8 @@
 //!   reloaded on SIGHUP through [`Reloader`].
 //! - [`server`]: listeners, connections, reflection, and ordered shutdown.
 //! - [`config`] and [`telemetry`]: flags (and their environment variables),
-//!   and logging.
+//!   and logging; [`trace`]: a caller's W3C `traceparent`, whose trace id
+//!   goes on its span and, through the engine, into its partner's log.
 //! - [`client`]: the Rust client, which the CLI, the load tool and the tests
 //!   share; [`cli`]: the subcommands, `serve` and the `wait` and `probe`
 //!   clients for shells, CI jobs and exec probes.
@@ -59,6 +60,7 @@ pub mod server;
 pub mod service;
 pub mod telemetry;
 pub mod tls;
+pub mod trace;
 
 /// The generated `rendezvous.v1` types, client and server.
 #[allow(missing_docs, clippy::all)]

@@ -44,6 +44,8 @@ mod shard;
 
 pub use redis::{RedisConfig, RedisEngine, RedisError, redact};
 
+use crate::trace::TraceId;
+
 use shard::{Arrival, Occupancy, Outcome, Shard};
 
 /// The primitives the shards synchronise with. The loom model swaps in its
@@ -125,6 +127,25 @@ pub enum Role {
     Second,
 }
 
+/// What a caller brings to the meeting, for its partner.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Offer {
+    /// The payload, delivered exactly as sent.
+    pub payload: Bytes,
+    /// The caller's trace id, so that its partner's log can name it.
+    pub trace: Option<TraceId>,
+}
+
+impl From<Bytes> for Offer {
+    /// A payload without a trace id.
+    fn from(payload: Bytes) -> Self {
+        Self {
+            payload,
+            trace: None,
+        }
+    }
+}
+
 /// What a caller learns when its pair completes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Meeting {
@@ -132,8 +153,22 @@ pub struct Meeting {
     pub role: Role,
     /// The other party's payload, exactly as it was sent.
     pub peer_payload: Bytes,
+    /// The other party's trace id, if it sent one.
+    pub peer_trace: Option<TraceId>,
     /// How long this caller waited for the pair.
     pub waited: Duration,
+}
+
+impl Meeting {
+    /// The meeting of a caller that took `role` and was handed `offer`.
+    fn new(role: Role, offer: Offer, waited: Duration) -> Self {
+        Self {
+            role,
+            peer_payload: offer.payload,
+            peer_trace: offer.trace,
+            waited,
+        }
+    }
 }
 
 /// Why a caller did not pair. Every case leaves nothing behind.
@@ -193,13 +228,14 @@ pub enum PairError {
 pub trait Engine: Send + Sync + 'static {
     /// Meets the other caller with `id`, or gives up at `deadline`.
     ///
-    /// `payload` goes to the partner; the partner's comes back in the
-    /// [`Meeting`]. The deadline is absolute, taken when the call arrived,
-    /// so that time spent reading the request counts against it.
+    /// `offer` (a payload, and maybe a trace id) goes to the partner; the
+    /// partner's comes back in the [`Meeting`]. The deadline is absolute,
+    /// taken when the call arrived, so that time spent reading the request
+    /// counts against it.
     fn meet(
         &self,
         id: Id,
-        payload: Bytes,
+        offer: impl Into<Offer> + Send,
         deadline: Instant,
     ) -> impl Future<Output = Result<Meeting, PairError>> + Send;
 
@@ -276,18 +312,17 @@ impl fmt::Debug for LocalEngine {
     }
 }
 
-impl Engine for LocalEngine {
-    async fn meet(&self, id: Id, payload: Bytes, deadline: Instant) -> Result<Meeting, PairError> {
+impl LocalEngine {
+    async fn meet_with(
+        &self,
+        id: Id,
+        offer: Offer,
+        deadline: Instant,
+    ) -> Result<Meeting, PairError> {
         let hash = self.hasher.hash_one(&id);
-        let parking = match self.shard(hash).arrive(id, hash, payload, &self.occupancy) {
+        let parking = match self.shard(hash).arrive(id, hash, offer, &self.occupancy) {
             // The second caller never waits: it finds its partner already there.
-            Arrival::Paired(peer_payload) => {
-                return Ok(Meeting {
-                    role: Role::Second,
-                    peer_payload,
-                    waited: Duration::ZERO,
-                });
-            }
+            Arrival::Paired(peer) => return Ok(Meeting::new(Role::Second, peer, Duration::ZERO)),
             Arrival::Closed => return Err(PairError::ShuttingDown),
             Arrival::Full => {
                 return Err(PairError::Full {
@@ -298,14 +333,23 @@ impl Engine for LocalEngine {
         };
         let start = Instant::now();
         match parking.outcome(sleep_until(deadline)).await {
-            Outcome::Paired(peer_payload) => Ok(Meeting {
-                role: Role::First,
-                peer_payload,
-                waited: start.elapsed(),
-            }),
+            Outcome::Paired(peer) => Ok(Meeting::new(Role::First, peer, start.elapsed())),
             Outcome::TimedOut => Err(PairError::TimedOut),
             Outcome::Closed => Err(PairError::ShuttingDown),
         }
+    }
+}
+
+impl Engine for LocalEngine {
+    // Converted here, not in an async fn, whose future would keep the
+    // argument as well as the offer.
+    fn meet(
+        &self,
+        id: Id,
+        offer: impl Into<Offer> + Send,
+        deadline: Instant,
+    ) -> impl Future<Output = Result<Meeting, PairError>> + Send {
+        self.meet_with(id, offer.into(), deadline)
     }
 
     /// Nothing to wait for: removal from the shards is immediate.
@@ -385,15 +429,16 @@ impl Engine for AnyEngine {
     fn meet(
         &self,
         id: Id,
-        payload: Bytes,
+        offer: impl Into<Offer> + Send,
         deadline: Instant,
     ) -> impl Future<Output = Result<Meeting, PairError>> + Send {
+        let offer: Offer = offer.into();
         match self {
             Self::Local(engine) => Meet::Local {
-                call: engine.meet(id, payload, deadline),
+                call: engine.meet(id, offer, deadline),
             },
             Self::Redis(engine) => Meet::Redis {
-                call: engine.meet(id, payload, deadline),
+                call: engine.meet(id, offer, deadline),
             },
         }
     }

@@ -8,7 +8,6 @@
 
 use std::{sync::Arc, time::Duration};
 
-use bytes::Bytes;
 use tokio::time::Instant;
 use tracing::{Instrument, field::Empty};
 
@@ -17,7 +16,7 @@ use http::{HeaderMap, header::AUTHORIZATION};
 use crate::{
     auth::{Auth, AuthError},
     metrics::{Metrics, Protocol, Rejection},
-    pairing::{AnyEngine, Engine, Id, IdError, Meeting, PairError},
+    pairing::{AnyEngine, Engine, Id, IdError, Meeting, Offer, PairError},
     proto,
 };
 
@@ -204,22 +203,22 @@ impl<E: Engine> Rendezvous<E> {
     }
 
     /// Meets the other caller with `id`, by `deadline` at the latest, or
-    /// after `max_wait` if that comes sooner.
+    /// after `max_wait` if that comes sooner, handing it `offer`.
     pub async fn call(
         &self,
         protocol: Protocol,
         namespace: Namespace,
         id: String,
-        payload: Bytes,
+        offer: Offer,
         deadline: Deadline,
     ) -> Result<Meeting, CallError> {
         let id = match Id::in_namespace(namespace.as_deref(), id) {
             Ok(id) => id,
             Err(error) => return Err(self.refuse(protocol, error.into())),
         };
-        if payload.len() > self.limits.max_payload {
+        if offer.payload.len() > self.limits.max_payload {
             let error = CallError::PayloadTooLarge {
-                size: payload.len(),
+                size: offer.payload.len(),
                 limit: self.limits.max_payload,
             };
             return Err(self.refuse(protocol, error));
@@ -231,13 +230,20 @@ impl<E: Engine> Rendezvous<E> {
         // A span per call, at debug level: with the default filter it is
         // never built, which keeps the hot path cheap (an info-level span cost
         // about 8% of the server's CPU per pair; see BENCHMARKS.md).
+        // The caller's trace id goes on the span, so that its trace finds
+        // this call's lines; its partner's, once known, too.
         let span = tracing::debug_span!(
             "rendezvous",
             protocol = protocol.as_str(),
+            trace_id = Empty,
             outcome = Empty,
             role = Empty,
+            partner_trace_id = Empty,
             waited = Empty,
         );
+        if let Some(trace) = offer.trace {
+            span.record("trace_id", tracing::field::display(trace));
+        }
         // Ids can be secret pairing codes: only in this debug event, never on
         // the span, whose fields show up on every event inside it.
         span.in_scope(|| tracing::debug!(id = id.as_str(), ?wait, "arrived"));
@@ -251,7 +257,7 @@ impl<E: Engine> Rendezvous<E> {
         };
         let result = self
             .engine
-            .meet(id, payload, deadline.arrived + wait)
+            .meet(id, offer, deadline.arrived + wait)
             .instrument(span.clone())
             .await;
         pending.settled = true;
@@ -294,6 +300,9 @@ fn record(span: &tracing::Span, result: &Result<Meeting, CallError>) {
     let (outcome, waited) = match result {
         Ok(meeting) => {
             span.record("role", proto::Role::from(meeting.role).as_str_name());
+            if let Some(partner) = meeting.peer_trace {
+                span.record("partner_trace_id", tracing::field::display(partner));
+            }
             ("paired", meeting.waited)
         }
         Err(CallError::TimedOut { wait }) => ("timed_out", *wait),
@@ -311,6 +320,7 @@ fn record(span: &tracing::Span, result: &Result<Meeting, CallError>) {
 mod tests {
     use super::*;
     use crate::pairing::LocalEngine;
+    use bytes::Bytes;
 
     fn service(max_wait: Duration) -> Rendezvous {
         Rendezvous::new(
@@ -330,7 +340,7 @@ mod tests {
                 Protocol::Grpc,
                 None,
                 id.into(),
-                Bytes::from_static(payload),
+                Bytes::from_static(payload).into(),
                 Deadline::starting_now(None),
             )
         };
@@ -367,7 +377,7 @@ mod tests {
                 Protocol::Http,
                 None,
                 "a".into(),
-                Bytes::new(),
+                Bytes::new().into(),
                 Deadline::starting_now(None),
             )
             .await;
@@ -394,7 +404,7 @@ mod tests {
                 Protocol::Grpc,
                 None,
                 "a".into(),
-                Bytes::new(),
+                Bytes::new().into(),
                 Deadline::starting_now(None),
             );
             tokio::pin!(call);
@@ -435,7 +445,7 @@ mod tests {
             Protocol::Http,
             None,
             "a".into(),
-            Bytes::new(),
+            Bytes::new().into(),
             Deadline::starting_now(Some(Duration::from_secs(2))),
         );
         assert_eq!(short.await, timed_out(2));
@@ -443,7 +453,7 @@ mod tests {
             Protocol::Http,
             None,
             "a".into(),
-            Bytes::new(),
+            Bytes::new().into(),
             Deadline::starting_now(Some(Duration::from_secs(60))),
         );
         assert_eq!(long.await, timed_out(10));
@@ -451,7 +461,7 @@ mod tests {
             Protocol::Grpc,
             None,
             "a".into(),
-            Bytes::new(),
+            Bytes::new().into(),
             Deadline::starting_now(None),
         );
         assert_eq!(default.await, timed_out(10));

@@ -37,7 +37,7 @@ use loom::{
     thread,
 };
 
-use super::Id;
+use super::{Id, Offer};
 
 /// The primitives `shard.rs` synchronises with, as loom models them.
 mod sync {
@@ -192,11 +192,13 @@ impl Told {
 /// A caller with `id` and `payload` that follows `plan`.
 fn call(world: &World, id: &str, payload: &'static [u8], plan: Plan) -> Told {
     let id = Id::new(id).unwrap();
-    let parking = match world
-        .shard
-        .arrive(id, HASH, Bytes::from_static(payload), &world.occupancy)
-    {
-        Arrival::Paired(peer) => return Told::Second(peer),
+    let parking = match world.shard.arrive(
+        id,
+        HASH,
+        Bytes::from_static(payload).into(),
+        &world.occupancy,
+    ) {
+        Arrival::Paired(peer) => return Told::Second(peer.payload),
         Arrival::Closed => return Told::Closed,
         Arrival::Full => return Told::Full,
         Arrival::Parked(parking) => parking,
@@ -217,7 +219,7 @@ fn call(world: &World, id: &str, payload: &'static [u8], plan: Plan) -> Told {
         }
     };
     match outcome {
-        Outcome::Paired(peer) => Told::First(peer),
+        Outcome::Paired(peer) => Told::First(peer.payload),
         Outcome::TimedOut => Told::TimedOut,
         Outcome::Closed => Told::Closed,
     }

@@ -44,8 +44,9 @@ use tokio::{
     time::{Instant, sleep, sleep_until, timeout, timeout_at},
 };
 
-use super::{Engine, Id, Meeting, PairError, Role};
+use super::{Engine, Id, Meeting, Offer, PairError, Role};
 use crate::metrics::RedisMetrics;
+use crate::trace::TraceId;
 
 /// How often a replica checks that Redis answers, while nothing else would
 /// tell it: a paused Redis (SIGSTOP) closes no connection.
@@ -67,6 +68,45 @@ const STARTUP_PATIENCE: Duration = Duration::from_secs(10);
 
 /// The longest pause between two tries of an arrival that found the id busy.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// The format of what the keys hold, in every key's name: replicas that
+/// write different formats (during an upgrade) never meet, rather than hand
+/// each other payloads they would misread. `v2` added the trace id.
+const FORMAT: &str = "v2";
+
+/// A caller's offer as Redis keeps and sends it, one string: a first byte
+/// of 1 and a 16-byte trace id, or a 0 and none; then the payload. The Lua
+/// script never looks inside.
+fn seal(offer: Offer) -> Bytes {
+    let trace = offer.trace.map(TraceId::to_bytes);
+    let mut sealed = Vec::with_capacity(17 + offer.payload.len());
+    match trace {
+        Some(trace) => {
+            sealed.push(1);
+            sealed.extend_from_slice(&trace);
+        }
+        None => sealed.push(0),
+    }
+    sealed.extend_from_slice(&offer.payload);
+    sealed.into()
+}
+
+/// The partner's payload and trace id, from the sealed offer `meeting`
+/// carries. Anything else (nothing this version writes) is all payload.
+fn unseal(mut meeting: Meeting) -> Meeting {
+    let sealed = std::mem::take(&mut meeting.peer_payload);
+    let (trace, payload) = match sealed.first() {
+        Some(0) => (None, sealed.slice(1..)),
+        Some(1) if sealed.len() >= 17 => {
+            let trace: [u8; 16] = sealed[1..17].try_into().expect("16 bytes");
+            (TraceId::from_bytes(trace), sealed.slice(17..))
+        }
+        _ => (None, sealed),
+    };
+    meeting.peer_payload = payload;
+    meeting.peer_trace = trace;
+    meeting
+}
 
 /// How the Redis engine connects, from the flags.
 #[derive(Clone)]
@@ -331,14 +371,17 @@ impl Engine for RedisEngine {
     fn meet(
         &self,
         id: Id,
-        payload: Bytes,
+        offer: impl Into<Offer> + Send,
         deadline: Instant,
     ) -> impl Future<Output = Result<Meeting, PairError>> + Send {
         let inner = self.inner.clone();
         // Hashed now, so that the waiting future keeps 16 bytes, not the id.
         let digest = id_digest(&id);
-        let call: std::pin::Pin<Box<dyn Future<Output = _> + Send>> =
-            Box::pin(async move { inner.meet(digest, payload, deadline).await });
+        let sealed = seal(offer.into());
+        let call: std::pin::Pin<Box<dyn Future<Output = _> + Send>> = Box::pin(async move {
+            let meeting = inner.meet(digest, sealed, deadline).await?;
+            Ok(unseal(meeting))
+        });
         call
     }
 
@@ -381,8 +424,9 @@ impl Inner {
     /// A waiting caller keeps only the hash, and builds the key when it
     /// sends a command: every byte it keeps is paid for as long as it waits.
     fn key(&self, digest: &Digest) -> String {
-        let mut key = String::with_capacity(self.key_prefix.len() + 34);
+        let mut key = String::with_capacity(self.key_prefix.len() + FORMAT.len() + 34);
         key.push_str(&self.key_prefix);
+        key.push_str(FORMAT);
         key.push('{');
         for byte in digest {
             // Into the key itself: a `format!` per byte would allocate 16
@@ -446,9 +490,11 @@ impl Inner {
             return Err(refused);
         }
 
+        // The payloads here are sealed offers; `meet` unseals the partner's.
         let paired = |role, peer_payload| Meeting {
             role,
             peer_payload,
+            peer_trace: None,
             waited: start.elapsed(),
         };
         loop {

@@ -14,12 +14,11 @@ use std::{
     task::{Context, Poll, ready},
 };
 
-use bytes::Bytes;
 use hashbrown::HashTable;
 use pin_project_lite::pin_project;
 
 use super::{
-    Id,
+    Id, Offer,
     sync::{AtomicUsize, Mutex, MutexGuard, Ordering, oneshot},
 };
 /// Places for parked callers, against the cap.
@@ -118,14 +117,14 @@ struct Parked {
     /// Unique within the shard: cleanup removes by ticket, never by id.
     ticket: u64,
     /// Goes to the partner.
-    payload: Bytes,
-    /// Brings the partner's payload back to the waiting caller.
-    tx: oneshot::Sender<Bytes>,
+    offer: Offer,
+    /// Brings the partner's offer back to the waiting caller.
+    tx: oneshot::Sender<Offer>,
 }
 
 /// What a caller finds when it arrives.
 pub(super) enum Arrival<'a> {
-    Paired(Bytes),
+    Paired(Offer),
     Parked(Parking<'a>),
     Closed,
     Full,
@@ -143,7 +142,7 @@ impl Shard {
         &'a self,
         id: Id,
         hash: u64,
-        mut payload: Bytes,
+        mut offer: Offer,
         occupancy: &'a Occupancy,
     ) -> Arrival<'a> {
         let mut state = self.lock();
@@ -154,12 +153,12 @@ impl Shard {
             let (waiter, _) = entry.remove();
             occupancy.release(&mut state);
             // Sent under the lock: a waiter that finds its entry gone can rely
-            // on the payload already being in its channel.
-            match waiter.tx.send(payload) {
-                Ok(()) => return Arrival::Paired(waiter.payload),
+            // on the offer already being in its channel.
+            match waiter.tx.send(offer) {
+                Ok(()) => return Arrival::Paired(waiter.offer),
                 // Its caller went away and its cleanup has not run yet. Never
                 // pair with it: park in its place instead.
-                Err(returned) => payload = returned,
+                Err(returned) => offer = returned,
             }
         }
         if !occupancy.admit(&mut state) {
@@ -172,7 +171,7 @@ impl Shard {
             id,
             hash,
             ticket,
-            payload,
+            offer,
             tx,
         };
         state
@@ -224,13 +223,13 @@ pub(super) struct Parking<'a> {
     /// Set once the outcome is known and the entry is already gone.
     settled: bool,
     // Declared last so it drops after `Drop::drop` has removed the entry.
-    rx: oneshot::Receiver<Bytes>,
+    rx: oneshot::Receiver<Offer>,
 }
 
 /// How a parked caller's wait ended.
 pub(super) enum Outcome {
-    /// A partner came, and sent this payload.
-    Paired(Bytes),
+    /// A partner came, and sent this offer.
+    Paired(Offer),
     /// The deadline came first; the entry is gone, so nobody can pair with it.
     TimedOut,
     /// The shard was closed (the server is shutting down).
@@ -312,7 +311,7 @@ impl<D: Future<Output = ()>> Future for Waiting<'_, D> {
         };
         parking.settled = true;
         Poll::Ready(match delivered {
-            Some(peer_payload) => Outcome::Paired(peer_payload),
+            Some(peer) => Outcome::Paired(peer),
             // The sender was dropped without a payload: only `close` does that.
             None => Outcome::Closed,
         })

@@ -11,7 +11,8 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use proptest::prelude::*;
-use rendezvous::pairing::{Engine, Id, LocalEngine, Meeting, PairError, RedisEngine, Role};
+use rendezvous::pairing::{Engine, Id, LocalEngine, Meeting, Offer, PairError, RedisEngine, Role};
+use rendezvous::trace::TraceId;
 use tokio::{task::JoinHandle, time::Instant};
 
 use crate::common::{
@@ -278,6 +279,42 @@ pub async fn payloads_arrive_byte_for_byte<H: Harness>() {
     h.assert_nothing_left().await;
 }
 
+/// A caller's trace id reaches its partner with its payload, whichever
+/// side sent one; payloads that look like a trace id's framing stay payloads.
+pub async fn trace_ids_reach_the_partner<H: Harness>() {
+    let h = H::new().await;
+    let engine = h.engine(usize::MAX).await;
+    let traced = |text: &str| TraceId::from_traceparent(text.as_bytes()).unwrap();
+    let a = traced("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01");
+    let b = traced("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00");
+    let framing_lookalike: &[u8] = &[1; 17];
+    for (first_trace, second_trace) in [(Some(a), None), (None, Some(b)), (Some(a), Some(b))] {
+        let offer = |payload: &[u8], trace| Offer {
+            payload: Bytes::copy_from_slice(payload),
+            trace,
+        };
+        let first = {
+            let (engine, offer) = (engine.clone(), offer(framing_lookalike, first_trace));
+            tokio::spawn(async move { engine.meet(id("t"), offer, after(LONG)).await })
+        };
+        parked(&*engine, 1).await;
+        let second = engine
+            .meet(id("t"), offer(b"\0", second_trace), after(LONG))
+            .await
+            .unwrap();
+        let first = answer(first).await.unwrap();
+        assert_eq!(
+            (second.role, second.peer_payload.as_ref(), second.peer_trace),
+            (Role::Second, framing_lookalike, first_trace)
+        );
+        assert_eq!(
+            (first.role, first.peer_payload.as_ref(), first.peer_trace),
+            (Role::First, &b"\0"[..], second_trace)
+        );
+    }
+    h.assert_nothing_left().await;
+}
+
 /// Many pairs at once over few ids: every caller pairs exactly once, with
 /// one other, in opposite roles, each with the other's payload.
 pub async fn many_pairs_at_once_pair_each_caller_once<H: Harness>() {
@@ -339,6 +376,7 @@ macro_rules! both {
 
 both!(
     two_callers_pair_and_swap_payloads,
+    trace_ids_reach_the_partner,
     a_third_caller_starts_a_new_pair,
     different_ids_do_not_pair,
     a_caller_past_its_deadline_times_out_without_waiting,

@@ -103,3 +103,78 @@ async fn text_logs_to_a_pipe_have_no_colour_codes() {
     assert!(line.contains(" INFO "), "{line:?}");
     assert!(!line.contains('\u{1b}'), "{line:?}");
 }
+
+/// A caller's `traceparent` puts its trace id on its span, and its
+/// partner's on the pair: from either side's trace, both lines are found,
+/// across protocols. A malformed `traceparent` is ignored, not refused.
+#[tokio::test]
+async fn trace_ids_from_traceparent_are_logged_on_both_sides_of_a_pair() {
+    const GRPC_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
+    const HTTP_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let mut server = Process::start(&[]).await;
+    let mut grpc = rendezvous::proto::sync_client::SyncClient::new(server.channel().await);
+    let mut request = common::request("traced", b"");
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{GRPC_TRACE}-b7ad6b7169203331-01")
+            .parse()
+            .unwrap(),
+    );
+    let first = tokio::spawn(async move { grpc.wait_for_second_party(request).await });
+    server.next("arrived").await;
+    let url = format!("http://{}/wait-for-second-party/traced", server.http);
+    let second = common::http_client()
+        .post(&url)
+        .header(
+            "traceparent",
+            format!("00-{HTTP_TRACE}-00f067aa0ba902b7-00"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(second.status(), 200);
+    within(first).await.unwrap().unwrap();
+
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let finished = server.next("finished").await;
+        let span = &finished["span"];
+        seen.push((
+            span["protocol"].as_str().unwrap().to_owned(),
+            span["trace_id"].as_str().unwrap().to_owned(),
+            span["partner_trace_id"].as_str().unwrap().to_owned(),
+        ));
+    }
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            ("grpc".into(), GRPC_TRACE.into(), HTTP_TRACE.into()),
+            ("http".into(), HTTP_TRACE.into(), GRPC_TRACE.into()),
+        ]
+    );
+
+    // Malformed (uppercase hex): the call goes ahead, without a trace id,
+    // and its partner's line names none.
+    let url = format!("http://{}/wait-for-second-party/untraced", server.http);
+    let malformed = common::http_client()
+        .post(&url)
+        .header(
+            "traceparent",
+            format!("00-{}-00f067aa0ba902b7-01", HTTP_TRACE.to_uppercase()),
+        )
+        .send();
+    let first = tokio::spawn(malformed);
+    server.next("arrived").await;
+    let second = common::http_client().post(&url).send().await.unwrap();
+    assert_eq!(second.status(), 200);
+    assert_eq!(within(first).await.unwrap().unwrap().status(), 200);
+    for _ in 0..2 {
+        let finished = server.next("finished").await;
+        assert!(finished["span"].get("trace_id").is_none(), "{finished}");
+        assert!(
+            finished["span"].get("partner_trace_id").is_none(),
+            "{finished}"
+        );
+    }
+}

@@ -274,9 +274,14 @@ async fn keys_share_one_hash_slot_per_id_and_expire_with_the_wait() {
     let keys = replicas.redis.keys(&replicas.prefix).await;
     assert_eq!(keys.len(), 1, "{keys:?}");
     let key = &keys[0];
-    // `prefix{hash}`: the braces make it a hash tag, so every key of one id
-    // lands in one Redis Cluster slot; the id itself is not in it.
-    let tag = key.strip_prefix(replicas.prefix.as_str()).unwrap();
+    // `prefixv2{hash}`: the format's version, then braces that make a hash
+    // tag, so every key of one id lands in one Redis Cluster slot; the id
+    // itself is not in it.
+    let tag = key
+        .strip_prefix(replicas.prefix.as_str())
+        .unwrap()
+        .strip_prefix("v2")
+        .unwrap();
     assert!(
         tag.starts_with('{') && tag.ends_with('}') && tag.len() == 34,
         "{key}"
@@ -446,7 +451,7 @@ async fn an_offerer_whose_message_was_lost_learns_its_pair_from_the_result_key()
         .query(
             redis::cmd("SET")
                 .arg(format!("{key}:r:{token}"))
-                .arg("ghost")
+                .arg(crate::common::redis::sealed(b"ghost"))
                 .arg("PX")
                 .arg(60_000),
         )

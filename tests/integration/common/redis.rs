@@ -287,12 +287,13 @@ impl Replicas {
         use sha2::Digest as _;
         let digest = sha2::Sha256::digest(id.as_bytes());
         let hash: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-        format!("{}{{{hash}}}", self.prefix)
+        format!("{}v2{{{hash}}}", self.prefix)
     }
 
     /// A stand-in waiter for `id`: an entry written by hand whose "replica"
     /// is a subscriber of the test's own, which sees offers and never
-    /// accepts them. Its token is `ghost:1` and its payload `ghost`.
+    /// accepts them. Its token is `ghost:1` and its payload `ghost` (sealed,
+    /// as the engine stores offers: [`sealed`]).
     pub async fn stand_in(&self, id: &str) -> StandIn {
         let url = format!("{}?protocol=resp3", self.redis.url());
         let client = redis::Client::open(url).unwrap();
@@ -304,10 +305,18 @@ impl Replicas {
             .unwrap();
         connection.subscribe("stand-in").await.unwrap();
         let key = self.key_of(id);
-        let entry = ["w", "ghost:1", "wc", "stand-in", "wp", "ghost", "we", "0"];
+        let entry = ["w", "ghost:1", "wc", "stand-in"];
         let _: i64 = self
             .redis
-            .query(redis::cmd("HSET").arg(&key).arg(&entry[..]))
+            .query(
+                redis::cmd("HSET")
+                    .arg(&key)
+                    .arg(&entry[..])
+                    .arg("wp")
+                    .arg(sealed(b"ghost"))
+                    .arg("we")
+                    .arg("0"),
+            )
             .await;
         let _: i64 = self
             .redis
@@ -319,6 +328,11 @@ impl Replicas {
             offers,
         }
     }
+}
+
+/// A payload as the Redis engine stores an offer without a trace id.
+pub fn sealed(payload: &[u8]) -> Vec<u8> {
+    [&[0][..], payload].concat()
 }
 
 /// See [`Replicas::stand_in`].
