@@ -33,3 +33,18 @@ ensure_buf() {
 free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
+
+# hadolint and kubernetes-validate (PyPI, pinned in scripts/deploy-tools.txt)
+# in a venv of their own, target/deploy-tools, installed once per change of
+# that file.
+ensure_deploy_tools() {
+  local venv=target/deploy-tools
+  if ! cmp -s scripts/deploy-tools.txt "$venv/installed.txt"; then
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check -r scripts/deploy-tools.txt
+    cp scripts/deploy-tools.txt "$venv/installed.txt"
+  fi
+  hadolint="$PWD/$venv/bin/hadolint"
+  kubernetes_validate="$PWD/$venv/bin/kubernetes-validate"
+}

@@ -9,6 +9,7 @@ mod auth;
 mod cli;
 mod config;
 mod dead_peer;
+mod deployment;
 mod engine_properties;
 mod engine_suite;
 mod fuzz_corpus;
