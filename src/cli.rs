@@ -214,6 +214,12 @@ pub struct WaitArgs {
     /// proto3's JSON form (the payload in base64).
     #[arg(long)]
     pub json: bool,
+
+    /// Send this W3C traceparent (00-TRACEID-PARENTID-FLAGS), so that the
+    /// server logs this call, and its partner's, under that trace id. From
+    /// TRACEPARENT, as a CI job's tracing sets it; a malformed one is ignored.
+    #[arg(long, env = "TRACEPARENT", value_name = "TRACEPARENT")]
+    pub traceparent: Option<String>,
 }
 
 /// `rendezvous probe`.
@@ -248,6 +254,10 @@ pub async fn wait(args: WaitArgs) -> Exit {
         .and_then(|options| match &args.token_file {
             Some(path) => options.token_file(path),
             None => Ok(options),
+        })
+        .map(|options| match &args.traceparent {
+            Some(traceparent) => options.traceparent(traceparent),
+            None => options,
         });
     let client = match options.and_then(|options| Client::connect_lazily(&options)) {
         Ok(client) => client,

@@ -45,6 +45,7 @@ use crate::{
     pairing::{Meeting, Role},
     proto::{self, WaitForSecondPartyRequest, sync_client::SyncClient},
     service::whole_millis,
+    trace::TraceId,
 };
 
 /// The server a client talks to when it is given none: the server's own
@@ -113,6 +114,8 @@ pub struct ClientOptions {
     tls_server_name: Option<String>,
     /// `Bearer <token>`, ready to send.
     authorization: Option<AsciiMetadataValue>,
+    /// A valid W3C `traceparent`, ready to send.
+    traceparent: Option<AsciiMetadataValue>,
 }
 
 impl ClientOptions {
@@ -144,6 +147,7 @@ impl ClientOptions {
             identity: None,
             tls_server_name: None,
             authorization: None,
+            traceparent: None,
         })
     }
 
@@ -202,6 +206,25 @@ impl ClientOptions {
             },
             other => other,
         })
+    }
+
+    /// Sends this W3C `traceparent` with every rendezvous call, so that the
+    /// server's log lines for the call, and its partner's, carry this trace
+    /// id. A malformed one is dropped, not sent, as Trace Context asks of
+    /// anyone who would pass one on.
+    pub fn traceparent(self, value: &str) -> Self {
+        let valid = TraceId::from_traceparent(value.as_bytes()).is_some();
+        Self {
+            traceparent: valid.then(|| value.parse().expect("a valid traceparent is ASCII")),
+            ..self
+        }
+    }
+
+    /// The `traceparent` header these options send, if any: for a caller
+    /// that also speaks HTTP to the gateway (the load tool).
+    pub fn traceparent_header(&self) -> Option<http::HeaderValue> {
+        let value = self.traceparent.as_ref()?;
+        Some(http::HeaderValue::from_bytes(value.as_bytes()).expect("a valid metadata value"))
     }
 
     /// The `authorization` header these options send, if any: for a caller
@@ -285,6 +308,7 @@ pub struct Client {
     sync: SyncClient<Channel>,
     health: HealthClient<Channel>,
     authorization: Option<AsciiMetadataValue>,
+    traceparent: Option<AsciiMetadataValue>,
 }
 
 impl Client {
@@ -325,6 +349,7 @@ impl Client {
                 .max_encoding_message_size(limit),
             health: HealthClient::new(channel),
             authorization: options.authorization.clone(),
+            traceparent: options.traceparent.clone(),
         }
     }
 
@@ -349,6 +374,11 @@ impl Client {
                 request
                     .metadata_mut()
                     .insert("authorization", authorization.clone());
+            }
+            if let Some(traceparent) = &self.traceparent {
+                request
+                    .metadata_mut()
+                    .insert("traceparent", traceparent.clone());
             }
             request
         };
@@ -619,6 +649,27 @@ mod tests {
                 .to_string()
                 .starts_with("cannot read the CA certificate /no/such/ca.pem: "),
             "{error}"
+        );
+    }
+
+    #[test]
+    fn only_a_valid_traceparent_is_sent() {
+        let valid = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let options = ClientOptions::new("localhost:1").unwrap();
+        assert_eq!(options.traceparent_header(), None);
+        assert_eq!(
+            options
+                .clone()
+                .traceparent(valid)
+                .traceparent_header()
+                .unwrap(),
+            valid
+        );
+        assert_eq!(
+            options
+                .traceparent(&valid.to_uppercase())
+                .traceparent_header(),
+            None
         );
     }
 

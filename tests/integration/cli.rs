@@ -22,6 +22,7 @@ fn rendezvous(args: &[&str]) -> Command {
         "RENDEZVOUS_TLS_SERVER_NAME",
         "RENDEZVOUS_TOKEN_FILE",
         "RENDEZVOUS_TIMEOUT",
+        "TRACEPARENT",
     ] {
         command.env_remove(name);
     }
@@ -581,5 +582,63 @@ async fn probe_gives_up_on_a_server_that_never_accepts() {
     assert_eq!(
         stderr(&output),
         "rendezvous: DEADLINE_EXCEEDED: no answer within 500ms\n"
+    );
+}
+
+/// A CI job's `TRACEPARENT` goes with its wait, so that the server logs the
+/// call (and its partner's) under the job's trace; `--traceparent` too. A
+/// malformed one is not sent.
+#[tokio::test]
+async fn wait_sends_the_traceparent_from_its_environment() {
+    const TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
+    const OTHER: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let mut server = Process::start(&[]).await;
+    let traced = rendezvous(&["wait", "traced-job", "--server", &server.grpc])
+        .env("TRACEPARENT", format!("00-{TRACE}-b7ad6b7169203331-01"))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let arrived = server.next("arrived").await;
+    assert_eq!(arrived["span"]["trace_id"], TRACE, "{arrived}");
+    let flagged = run(&[
+        "wait",
+        "traced-job",
+        "--server",
+        &server.grpc,
+        "--traceparent",
+        &format!("00-{OTHER}-00f067aa0ba902b7-01"),
+    ])
+    .await;
+    assert_eq!(flagged.status.code(), Some(0), "{}", stderr(&flagged));
+    let first = within(traced.wait_with_output()).await.unwrap();
+    assert_eq!(first.status.code(), Some(0), "{}", stderr(&first));
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let finished = server.next("finished").await;
+        let span = &finished["span"];
+        seen.push((span["trace_id"].clone(), span["partner_trace_id"].clone()));
+    }
+    seen.sort_by_key(|pair| pair.0.to_string());
+    assert_eq!(
+        seen,
+        [(TRACE.into(), OTHER.into()), (OTHER.into(), TRACE.into())]
+    );
+
+    let malformed = rendezvous(&["wait", "untraced-job", "--server", &server.grpc])
+        .env("TRACEPARENT", "not-a-traceparent")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let arrived = server.next("arrived").await;
+    assert!(arrived["span"].get("trace_id").is_none(), "{arrived}");
+    let partner = run(&["wait", "untraced-job", "--server", &server.grpc]).await;
+    assert_eq!(partner.status.code(), Some(0), "{}", stderr(&partner));
+    assert_eq!(
+        within(malformed.wait_with_output())
+            .await
+            .unwrap()
+            .status
+            .code(),
+        Some(0)
     );
 }

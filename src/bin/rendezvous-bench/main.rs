@@ -25,7 +25,6 @@ use std::{
 
 use bytes::Bytes;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use http::HeaderValue;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use rendezvous::client::{Client, ClientOptions};
@@ -82,6 +81,10 @@ struct Target {
     /// certificate is for "localhost".
     #[arg(long, value_name = "FILE")]
     tls_ca: Option<std::path::PathBuf>,
+    /// Send this W3C traceparent with every call, to measure what reading
+    /// it costs the server.
+    #[arg(long, value_name = "TRACEPARENT")]
+    traceparent: Option<String>,
     /// The replicas' Redis, to report its CPU, memory and commands per pair
     /// (from its own INFO).
     #[arg(long, value_name = "URL")]
@@ -239,13 +242,8 @@ impl TargetClient {
         match target.protocol {
             Protocol::Grpc => Self::Grpc(grpc_clients(&options, connections).await),
             Protocol::Http => Self::Http(
-                HttpPool::connect(
-                    addr,
-                    connections,
-                    options.authorization(),
-                    tls_connector(target),
-                )
-                .await,
+                HttpPool::connect(addr, connections, headers(&options), tls_connector(target))
+                    .await,
             ),
         }
     }
@@ -275,7 +273,23 @@ fn client_options(target: &Target, addr: SocketAddr) -> ClientOptions {
     if let Some(path) = &target.token_file {
         options = options.token_file(path).expect("a usable --token-file");
     }
+    if let Some(traceparent) = &target.traceparent {
+        options = options.traceparent(traceparent);
+    }
     options
+}
+
+/// What an HTTP caller sends with every call: the token and the
+/// traceparent, if the options have them.
+fn headers(options: &ClientOptions) -> http::HeaderMap {
+    let mut headers = http::HeaderMap::new();
+    if let Some(value) = options.authorization() {
+        headers.insert(http::header::AUTHORIZATION, value);
+    }
+    if let Some(value) = options.traceparent_header() {
+        headers.insert("traceparent", value);
+    }
+    headers
 }
 
 /// `connections` gRPC connections made from `options`.
@@ -304,7 +318,8 @@ type HttpSender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 #[derive(Clone)]
 struct HttpPool {
     target: SocketAddr,
-    authorization: Option<HeaderValue>,
+    /// Sent with every call: the token and the traceparent, if set.
+    headers: http::HeaderMap,
     tls: Option<tokio_rustls::TlsConnector>,
     free: Arc<tokio::sync::Mutex<mpsc::Receiver<HttpSender>>>,
     give_back: mpsc::Sender<HttpSender>,
@@ -314,7 +329,7 @@ impl HttpPool {
     async fn connect(
         target: SocketAddr,
         connections: usize,
-        authorization: Option<HeaderValue>,
+        headers: http::HeaderMap,
         tls: Option<tokio_rustls::TlsConnector>,
     ) -> Self {
         let (give_back, free) = mpsc::channel(connections);
@@ -326,7 +341,7 @@ impl HttpPool {
         }
         Self {
             target,
-            authorization,
+            headers,
             tls,
             free: Arc::new(tokio::sync::Mutex::new(free)),
             give_back,
@@ -374,11 +389,7 @@ impl HttpPool {
             .header(http::header::HOST, self.target.to_string())
             .body(Full::default())
             .unwrap();
-        if let Some(value) = &self.authorization {
-            request
-                .headers_mut()
-                .insert(http::header::AUTHORIZATION, value.clone());
-        }
+        request.headers_mut().extend(self.headers.clone());
         let outcome = match sender.send_request(request).await {
             Ok(response) => {
                 let status = response.status();

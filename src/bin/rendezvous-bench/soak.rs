@@ -374,7 +374,7 @@ pub async fn soak(args: SoakArgs) -> serde_json::Value {
             )
             .await,
             // Each job holds at most two pooled connections.
-            http: HttpPool::connect(http, 2 * args.concurrency, None, None).await,
+            http: HttpPool::connect(http, 2 * args.concurrency, http::HeaderMap::new(), None).await,
             http_addr: http,
         });
     }
