@@ -179,3 +179,21 @@ async fn a_stream_reset_by_a_proxy_is_cleaned_up_and_its_neighbours_carry_on() {
     assert_eq!(answer.peer_payload, &b"partner"[..]);
     assert_eq!(server.waiting(), 0);
 }
+
+/// Only a call that never left the client is made again after a GOAWAY:
+/// one the server answered, even with a refusal, is made once.
+#[tokio::test]
+async fn a_call_the_server_answered_is_not_made_again() {
+    let server = TestServer::start().await;
+    let client = server.client().await;
+    let status = within(client.wait("", Bytes::new(), None))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    let refused = value(
+        &scrape(&server).await,
+        "rendezvous_rejections_total",
+        &[("protocol", "grpc"), ("reason", "invalid_argument")],
+    );
+    assert_eq!(refused, 1.0);
+}
