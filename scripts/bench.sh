@@ -7,12 +7,14 @@
 #   4. the pairing engine alone (criterion);
 #   5. the Redis engine: two replicas on one Redis of the script's own, the
 #      two callers of each pair on different replicas, against the local
-#      engine in the same run; memory per parked caller; capacity.
+#      engine in the same run; memory per parked caller; capacity;
+#   6. what a traceparent on every call costs: the same server, calls with
+#      and without one, alternating, ROUNDS rounds.
 # Servers run on core 0 and the load on core 1 when there are two cores.
 #
 #   scripts/bench.sh                 # everything
 #   ROUNDS=3 PAIRS=50000 scripts/bench.sh
-#   ONLY=cpu scripts/bench.sh        # one part: cpu, memory, parked, engine or redis
+#   ONLY=cpu scripts/bench.sh        # one part: cpu, memory, parked, engine, redis or trace
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -80,6 +82,22 @@ if [[ $ONLY == all || $ONLY == cpu ]]; then
   done
   stop "$server"
   stop "$ceiling"
+fi
+
+if [[ $ONLY == all || $ONLY == trace ]]; then
+  traceparent=00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01
+  start_project
+  for round in $(seq "$ROUNDS"); do
+    echo "== traceparent, round $round of $ROUNDS"
+    for protocol in grpc http; do
+      port=50051
+      [ "$protocol" = http ] && port=3030
+      common=(pairs --protocol "$protocol" --target "127.0.0.1:$port" --server-pid "$server" --pairs "$PAIRS")
+      record "$protocol-untraced" -- "${common[@]}"
+      record "$protocol-traced" -- "${common[@]}" --traceparent "$traceparent"
+    done
+  done
+  stop "$server"
 fi
 
 if [[ $ONLY == all || $ONLY == memory ]]; then

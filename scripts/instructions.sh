@@ -6,6 +6,10 @@
 # divided by 2,000, so that start-up and shutdown cancel out.
 #
 #   scripts/instructions.sh OLD/rendezvous target/release/rendezvous
+#   LOAD_ARGS="--traceparent 00-...-01" scripts/instructions.sh target/release/rendezvous
+#
+# LOAD_ARGS go to the load tool, to compare what callers send rather than
+# which binary serves them.
 #
 # To build the binary from before a change:
 #   git worktree add /tmp/old REV && (cd /tmp/old && CARGO_TARGET_DIR=/tmp/old-target cargo build --release --bin rendezvous)
@@ -25,7 +29,7 @@ instructions() { # binary protocol port pairs
   wait_for_port 50051
   wait_for_port 3030
   target/release/rendezvous-bench pairs --protocol "$2" --target "127.0.0.1:$3" \
-    --pairs "$4" --warmup 0 --concurrency 16 --connections 2 >/dev/null
+    --pairs "$4" --warmup 0 --concurrency 16 --connections 2 ${LOAD_ARGS:-} >/dev/null
   kill -INT "$pid"
   wait "$pid" 2>/dev/null || true
   awk '/^(summary|totals):/ { print $2; exit }' "$out"
