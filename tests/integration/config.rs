@@ -26,7 +26,7 @@ async fn every_setting_can_come_from_its_environment_variable() {
 
     // Each variable, its value, and the field of the startup line that
     // shows it in force.
-    let settings: [(&str, &str, &str, serde_json::Value); 24] = [
+    let settings: [(&str, &str, &str, serde_json::Value); 26] = [
         ("GRPC_ADDR", "127.0.0.1:0", "grpc", "".into()),
         ("HTTP_ADDR", "127.0.0.1:0", "http", "".into()),
         ("MAX_WAIT", "42s", "max_wait", "42s".into()),
@@ -41,6 +41,13 @@ async fn every_setting_can_come_from_its_environment_variable() {
         ("MAX_CONNECTIONS", "99", "max_connections", 99.into()),
         ("HEADER_TIMEOUT", "4s", "header_timeout", "4s".into()),
         ("TCP_KEEPALIVE", "6s", "tcp_keepalive", "6s".into()),
+        ("MAX_CONNECTION_AGE", "9m", "max_connection_age", "9m".into()),
+        (
+            "MAX_CONNECTION_AGE_GRACE",
+            "11s",
+            "max_connection_age_grace",
+            "11s".into(),
+        ),
         ("HTTP2_MAX_STREAMS", "55", "http2_max_streams", 55.into()),
         (
             "HTTP2_CONNECTION_WINDOW",
