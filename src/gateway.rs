@@ -18,7 +18,7 @@ use crate::{
     json::{JsonError, JsonMeeting},
     metrics::{Protocol, Rejection},
     pairing::{Offer, PairError},
-    service::{CallError, Deadline, Namespace, Rendezvous},
+    service::{CallError, Deadline, Namespace, Rendezvous, trace_id},
     trace::TraceId,
 };
 
@@ -146,7 +146,7 @@ impl Gateway {
             namespace,
             id,
             deadline: Deadline::starting_now(wait),
-            trace: TraceId::from_headers(request.headers()),
+            trace: trace_id(request.headers()),
             body: request.into_body(),
         })
     }

@@ -28,7 +28,7 @@ use crate::{
     metrics::{Protocol, Rejection},
     pairing::{Meeting, Offer, PairError, Role},
     proto,
-    service::{CallError, Deadline, Namespace, Rendezvous},
+    service::{CallError, Deadline, Namespace, Rendezvous, trace_id},
     trace::TraceId,
 };
 
@@ -251,7 +251,7 @@ impl GrpcService {
         Call::Wait {
             namespace,
             deadline,
-            trace: TraceId::from_headers(request.headers()),
+            trace: trace_id(request.headers()),
             body: request.into_body(),
         }
     }

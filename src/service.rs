@@ -18,6 +18,7 @@ use crate::{
     metrics::{Metrics, Protocol, Rejection},
     pairing::{AnyEngine, Engine, Id, IdError, Meeting, Offer, PairError},
     proto,
+    trace::TraceId,
 };
 
 /// The namespace a call meets in: `None` when tokens are not required.
@@ -119,6 +120,20 @@ impl CallError {
             Self::Refused(PairError::Unavailable(_)) => Rejection::Unavailable,
         })
     }
+}
+
+/// The caller's trace id, from its `traceparent`, if the per-call span that
+/// would show it is on (`RUST_LOG=rendezvous=debug`). With it off, the
+/// default, nothing per call is logged, and looking the header up would cost
+/// every call for nothing (about 1% of a pair; BENCHMARKS.md). So turn the
+/// spans on in every replica at once: a replica with them off passes no
+/// trace id on to its callers' partners.
+pub fn trace_id(headers: &HeaderMap) -> Option<TraceId> {
+    // The same target and level as the call's span below.
+    if !tracing::enabled!(tracing::Level::DEBUG) {
+        return None;
+    }
+    TraceId::from_headers(headers)
 }
 
 /// A wait as people read it: `1s 950ms`, not `1s 949ms 998us 389ns`.
@@ -330,6 +345,27 @@ mod tests {
                 max_payload: 4,
             },
         )
+    }
+
+    #[test]
+    fn traceparent_is_read_only_while_call_spans_are_on() {
+        let mut headers = HeaderMap::new();
+        let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        headers.insert("traceparent", traceparent.parse().unwrap());
+        let at = |level| {
+            let subscriber = tracing_subscriber::fmt()
+                .with_max_level(level)
+                .with_writer(std::io::sink)
+                .finish();
+            tracing::subscriber::with_default(subscriber, || trace_id(&headers))
+        };
+        assert_eq!(at(tracing::Level::INFO), None);
+        assert_eq!(
+            at(tracing::Level::DEBUG)
+                .map(|id| id.to_string())
+                .as_deref(),
+            Some("0af7651916cd43dd8448eb211c80319c")
+        );
     }
 
     #[tokio::test]

@@ -41,7 +41,12 @@ async fn every_setting_can_come_from_its_environment_variable() {
         ("MAX_CONNECTIONS", "99", "max_connections", 99.into()),
         ("HEADER_TIMEOUT", "4s", "header_timeout", "4s".into()),
         ("TCP_KEEPALIVE", "6s", "tcp_keepalive", "6s".into()),
-        ("MAX_CONNECTION_AGE", "9m", "max_connection_age", "9m".into()),
+        (
+            "MAX_CONNECTION_AGE",
+            "9m",
+            "max_connection_age",
+            "9m".into(),
+        ),
         (
             "MAX_CONNECTION_AGE_GRACE",
             "11s",
