@@ -1006,6 +1006,39 @@ async fn probe(inner: Weak<Inner>) {
 mod tests {
     use super::*;
 
+    /// Offers are sealed with their trace id and unsealed whole; a string
+    /// this version would not write (too short for the trace id it claims,
+    /// or unknown) is all payload, never a panic.
+    #[test]
+    fn offers_unseal_to_what_was_sealed() {
+        let unsealed = |sealed: Bytes| {
+            let meeting = unseal(Meeting {
+                role: Role::First,
+                peer_payload: sealed,
+                peer_trace: None,
+                waited: Duration::ZERO,
+            });
+            (meeting.peer_payload, meeting.peer_trace)
+        };
+        let trace = TraceId::from_bytes([7; 16]);
+        for offer in [
+            Offer::from(Bytes::from_static(b"payload")),
+            Offer {
+                payload: Bytes::from_static(b"\x01\x02"),
+                trace,
+            },
+            Offer::default(),
+        ] {
+            assert_eq!(unsealed(seal(offer.clone())), (offer.payload, offer.trace));
+        }
+        for foreign in [&b"\x01short"[..], b"\x02other", b""] {
+            assert_eq!(
+                unsealed(Bytes::from_static(foreign)),
+                (Bytes::from_static(foreign), None)
+            );
+        }
+    }
+
     #[test]
     fn urls_are_redacted() {
         assert_eq!(
