@@ -256,7 +256,7 @@ impl<E: Engine> Rendezvous<E> {
             partner_trace_id = Empty,
             waited = Empty,
         );
-        if let Some(trace) = offer.trace {
+        if let Some(trace) = &offer.trace {
             span.record("trace_id", tracing::field::display(trace));
         }
         // Ids can be secret pairing codes: only in this debug event, never on
@@ -315,7 +315,7 @@ fn record(span: &tracing::Span, result: &Result<Meeting, CallError>) {
     let (outcome, waited) = match result {
         Ok(meeting) => {
             span.record("role", proto::Role::from(meeting.role).as_str_name());
-            if let Some(partner) = meeting.peer_trace {
+            if let Some(partner) = &meeting.peer_trace {
                 span.record("partner_trace_id", tracing::field::display(partner));
             }
             ("paired", meeting.waited)

@@ -78,7 +78,7 @@ const FORMAT: &str = "v2";
 /// of 1 and a 16-byte trace id, or a 0 and none; then the payload. The Lua
 /// script never looks inside.
 fn seal(offer: Offer) -> Bytes {
-    let trace = offer.trace.map(TraceId::to_bytes);
+    let trace = offer.trace.as_ref().map(TraceId::to_bytes);
     let mut sealed = Vec::with_capacity(17 + offer.payload.len());
     match trace {
         Some(trace) => {

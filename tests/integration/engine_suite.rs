@@ -288,18 +288,26 @@ pub async fn trace_ids_reach_the_partner<H: Harness>() {
     let a = traced("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01");
     let b = traced("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00");
     let framing_lookalike: &[u8] = &[1; 17];
-    for (first_trace, second_trace) in [(Some(a), None), (None, Some(b)), (Some(a), Some(b))] {
+    let pairs = [
+        (Some(a.clone()), None),
+        (None, Some(b.clone())),
+        (Some(a), Some(b)),
+    ];
+    for (first_trace, second_trace) in pairs {
         let offer = |payload: &[u8], trace| Offer {
             payload: Bytes::copy_from_slice(payload),
             trace,
         };
         let first = {
-            let (engine, offer) = (engine.clone(), offer(framing_lookalike, first_trace));
+            let (engine, offer) = (
+                engine.clone(),
+                offer(framing_lookalike, first_trace.clone()),
+            );
             tokio::spawn(async move { engine.meet(id("t"), offer, after(LONG)).await })
         };
         parked(&*engine, 1).await;
         let second = engine
-            .meet(id("t"), offer(b"\0", second_trace), after(LONG))
+            .meet(id("t"), offer(b"\0", second_trace.clone()), after(LONG))
             .await
             .unwrap();
         let first = answer(first).await.unwrap();
