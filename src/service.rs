@@ -125,7 +125,7 @@ impl CallError {
 /// The caller's trace id, from its `traceparent`, if the per-call span that
 /// would show it is on (`RUST_LOG=rendezvous=debug`). With it off, the
 /// default, nothing per call is logged, and looking the header up would cost
-/// every call for nothing (about 1% of a pair; BENCHMARKS.md). So turn the
+/// every call for nothing (BENCHMARKS.md has the figure). So turn the
 /// spans on in every replica at once: a replica with them off passes no
 /// trace id on to its callers' partners.
 pub fn trace_id(headers: &HeaderMap) -> Option<TraceId> {

@@ -14,8 +14,8 @@ use http::{HeaderMap, HeaderName};
 /// A trace id from a valid `traceparent`: 16 bytes, not all zero.
 ///
 /// Boxed, so that `Option<TraceId>` is one pointer: every parked caller
-/// carries one through several layers of futures, most callers send none,
-/// and 16 bytes inline cost each of them about 100 bytes in all.
+/// carries one through several layers of futures, and most callers send
+/// none, so 16 bytes inline would enlarge each of them for nothing.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct TraceId(Box<[u8; 16]>);
 
@@ -89,8 +89,8 @@ fn hex<const N: usize>(digits: &[u8]) -> Option<[u8; N]> {
 /// tracing back ends.
 impl fmt::Display for TraceId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Into a buffer, then written once: sixteen `{:02x}`s cost a log
-        // line with two trace ids about 6,000 instructions more.
+        // Into a buffer, then written once: sixteen `{:02x}`s, each through
+        // the formatting machinery, made every traced log line much dearer.
         const DIGITS: &[u8; 16] = b"0123456789abcdef";
         let mut text = [0u8; 32];
         for (pair, &byte) in text.chunks_exact_mut(2).zip(self.0.iter()) {
