@@ -5,6 +5,9 @@
 # - kubernetes-validate checks each manifest against the Kubernetes schemas,
 #   strictly (an unknown field fails), for the oldest version the manifests
 #   need (1.30: the preStop `sleep` action) and for the newest it knows.
+# - the image's build context, the files .dockerignore lets through, builds
+#   on its own (`cargo check --locked`, as the Dockerfile builds), so that a
+#   file the build needs is never left out of the image.
 # What they set against the binary itself (flags, variables, ports, probes,
 # grace periods) is `cargo test`'s job: tests/integration/deployment.rs.
 set -euo pipefail
@@ -25,3 +28,19 @@ for version in 1.30.0 1.37.0; do
   "$kubernetes_validate" --strict --quiet -k "$version" "${manifests[@]}"
   echo "kubernetes-validate $version: ${manifests[*]} passed"
 done
+
+# The build context: .dockerignore is an allowlist (`*`, then `!PATH` lines).
+context=$(mktemp -d)
+trap 'rm -rf "$context"' EXIT
+git ls-files | python3 -c '
+import os, shutil, sys
+lines = [l.strip() for l in open(".dockerignore") if l.strip() and not l.startswith("#")]
+assert lines[0] == "*", ".dockerignore must start with * (an allowlist)"
+allowed = [l[1:] for l in lines[1:] if l.startswith("!")]
+for path in sys.stdin.read().split():
+    if any(path == a or (a.endswith("/") and path.startswith(a)) for a in allowed):
+        os.makedirs(os.path.join(sys.argv[1], os.path.dirname(path)), exist_ok=True)
+        shutil.copy(path, os.path.join(sys.argv[1], path))
+' "$context"
+(cd "$context" && CARGO_TARGET_DIR="$OLDPWD/target/docker-context" cargo check --quiet --locked --bin rendezvous)
+echo "the build context ($(cd "$context" && ls | tr '\n' ' ')) builds with --locked"
