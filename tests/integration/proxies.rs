@@ -49,8 +49,10 @@ async fn grpc_connections(server: &TestServer) -> f64 {
 
 #[tokio::test]
 async fn an_aged_connection_finishes_its_call_and_the_next_call_takes_a_new_connection() {
-    // The grace is far longer than the test: only the GOAWAY can matter.
-    let server = aging_server(Duration::from_millis(300), Duration::from_secs(3600)).await;
+    // An age long enough (at least 0.9 s) for a call to be sent on a fresh
+    // connection well before it, however busy the machine; the grace far
+    // longer than the test, so that only the GOAWAY can matter.
+    let server = aging_server(Duration::from_secs(1), Duration::from_secs(3600)).await;
     // The crate's client, which makes a call again that tonic's channel gave
     // to the connection that had said GOAWAY (see `rendezvous::client`).
     let client = server.client().await;
@@ -87,7 +89,9 @@ async fn an_aged_connection_finishes_its_call_and_the_next_call_takes_a_new_conn
 
 #[tokio::test]
 async fn an_aged_connection_whose_call_outlives_the_grace_is_closed_and_the_caller_removed() {
-    let server = aging_server(Duration::from_millis(200), Duration::from_millis(200)).await;
+    // The call is parked well within the age (at least 0.9 s), then cut
+    // 200 ms after it.
+    let server = aging_server(Duration::from_secs(1), Duration::from_millis(200)).await;
     let mut grpc = server.grpc().await;
     let waiter = tokio::spawn(async move {
         grpc.wait_for_second_party(crate::common::request("outlived", b""))
