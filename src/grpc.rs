@@ -519,6 +519,46 @@ impl From<Meeting> for proto::WaitForSecondPartyResponse {
 mod tests {
     use super::*;
 
+    /// A request the transport refuses is counted as invalid; one the
+    /// service refused was counted there, and a body that failed to arrive
+    /// (the client went away) is no refusal at all.
+    #[test]
+    fn transport_refusals_are_counted_as_invalid_arguments() {
+        let invalid = Some(Rejection::InvalidArgument);
+        for error in [
+            GrpcError::BadTimeout(HeaderValue::from_static("soon")),
+            GrpcError::Compressed,
+            GrpcError::TooLarge {
+                limit: 10,
+                payload_limit: 5,
+            },
+            GrpcError::Framing("two messages"),
+            GrpcError::Decode(prost::DecodeError::new("bad")),
+        ] {
+            assert_eq!(error.rejection(), invalid, "{error}");
+        }
+        let gone = GrpcError::Body("connection reset".into());
+        assert_eq!(gone.rejection(), None);
+        let counted = GrpcError::Call(CallError::InvalidId(crate::pairing::IdError::Empty));
+        assert_eq!(counted.rejection(), None);
+    }
+
+    #[test]
+    fn debug_names_the_service_and_whether_grpc_web_is_on() {
+        let service = Rendezvous::new(
+            std::sync::Arc::new(crate::pairing::LocalEngine::new().into()),
+            crate::service::Limits {
+                max_wait: Duration::from_secs(1),
+                max_payload: 1,
+            },
+        );
+        let routes = tonic::service::Routes::default();
+        let grpc = GrpcService::new(service, routes, cors(&[]));
+        let debug = format!("{grpc:?}");
+        assert!(debug.starts_with("GrpcService { service: "), "{debug}");
+        assert!(debug.contains("web: true"), "{debug}");
+    }
+
     #[test]
     fn grpc_timeout_follows_the_spec() {
         assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
