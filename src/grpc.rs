@@ -533,7 +533,7 @@ mod tests {
                 payload_limit: 5,
             },
             GrpcError::Framing("two messages"),
-            GrpcError::Decode(prost::DecodeError::new("bad")),
+            GrpcError::Decode(proto::WaitForSecondPartyRequest::decode(&b"\xff"[..]).unwrap_err()),
         ] {
             assert_eq!(error.rejection(), invalid, "{error}");
         }
