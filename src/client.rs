@@ -223,15 +223,13 @@ impl ClientOptions {
     /// The `traceparent` header these options send, if any: for a caller
     /// that also speaks HTTP to the gateway (the load tool).
     pub fn traceparent_header(&self) -> Option<http::HeaderValue> {
-        let value = self.traceparent.as_ref()?;
-        Some(http::HeaderValue::from_bytes(value.as_bytes()).expect("a valid metadata value"))
+        http_header(self.traceparent.as_ref())
     }
 
     /// The `authorization` header these options send, if any: for a caller
     /// that also speaks HTTP to the gateway (the load tool).
     pub fn authorization(&self) -> Option<http::HeaderValue> {
-        let value = self.authorization.as_ref()?;
-        Some(http::HeaderValue::from_bytes(value.as_bytes()).expect("a valid metadata value"))
+        http_header(self.authorization.as_ref())
     }
 
     /// The server's URI.
@@ -290,6 +288,12 @@ impl ClientOptions {
         }
         Ok(tls)
     }
+}
+
+/// A gRPC metadata value as the HTTP header it is on the wire.
+fn http_header(value: Option<&AsciiMetadataValue>) -> Option<http::HeaderValue> {
+    let value = value?;
+    Some(http::HeaderValue::from_bytes(value.as_bytes()).expect("a valid metadata value"))
 }
 
 fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, ClientError> {

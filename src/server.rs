@@ -249,6 +249,7 @@ impl Application {
         let grpc_service = Arc::new(GrpcService::new(service.clone(), routes, cors));
         let gateway = Arc::new(Gateway::new(service, health.clone()));
 
+        let age = config.connection_age();
         // Every setting in force, so an operator can see what the flags and
         // environment added up to.
         let duration = |d| humantime::format_duration(d).to_string();
@@ -262,8 +263,8 @@ impl Application {
             shutdown_grace = duration(config.shutdown_grace),
             header_timeout = duration(config.header_timeout),
             tcp_keepalive = duration(config.tcp_keepalive),
-            max_connection_age = config.connection_age().map(|a| duration(a.age)),
-            max_connection_age_grace = config.connection_age().map(|a| duration(a.grace)),
+            max_connection_age = age.map(|a| duration(a.age)),
+            max_connection_age_grace = age.map(|a| duration(a.grace)),
             http2_max_streams = config.http2.max_concurrent_streams,
             http2_connection_window = config.http2.connection_window,
             http2_stream_window = config.http2.stream_window,
@@ -283,7 +284,7 @@ impl Application {
         let settings = ConnectionSettings {
             header_timeout: config.header_timeout,
             http2: config.http2,
-            age: config.connection_age(),
+            age,
             metrics: metrics.clone(),
             tls,
         };

@@ -389,7 +389,9 @@ impl HttpPool {
             .header(http::header::HOST, self.target.to_string())
             .body(Full::default())
             .unwrap();
-        request.headers_mut().extend(self.headers.clone());
+        for (name, value) in &self.headers {
+            request.headers_mut().insert(name, value.clone());
+        }
         let outcome = match sender.send_request(request).await {
             Ok(response) => {
                 let status = response.status();
