@@ -53,6 +53,7 @@ pub mod fuzzing;
 pub mod gateway;
 pub mod grpc;
 pub mod health;
+mod hex;
 mod json;
 pub mod metrics;
 pub mod pairing;

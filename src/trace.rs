@@ -11,6 +11,8 @@ use std::fmt;
 
 use http::{HeaderMap, HeaderName};
 
+use crate::hex::{Hex16, decode};
+
 /// A trace id from a valid `traceparent`: 16 bytes, not all zero.
 ///
 /// Boxed, so that `Option<TraceId>` is one pointer: every parked caller
@@ -41,7 +43,7 @@ impl TraceId {
     pub fn from_traceparent(value: &[u8]) -> Option<Self> {
         const LEN: usize = 55;
         let head = value.get(..LEN)?;
-        let version = hex::<1>(&head[0..2])?;
+        let version = decode::<1>(&head[0..2])?;
         let well_formed = match version[0] {
             0xff => false,
             0x00 => value.len() == LEN,
@@ -50,9 +52,9 @@ impl TraceId {
         if !well_formed || head[2] != b'-' || head[35] != b'-' || head[52] != b'-' {
             return None;
         }
-        let trace = hex::<16>(&head[3..35])?;
-        let parent = hex::<8>(&head[36..52])?;
-        hex::<1>(&head[53..55])?;
+        let trace = decode::<16>(&head[3..35])?;
+        let parent = decode::<8>(&head[36..52])?;
+        decode::<1>(&head[53..55])?;
         if trace == [0; 16] || parent == [0; 8] {
             return None;
         }
@@ -71,33 +73,11 @@ impl TraceId {
     }
 }
 
-/// `N` bytes from `2N` lowercase hex digits.
-fn hex<const N: usize>(digits: &[u8]) -> Option<[u8; N]> {
-    let digit = |d: u8| match d {
-        b'0'..=b'9' => Some(d - b'0'),
-        b'a'..=b'f' => Some(d - b'a' + 10),
-        _ => None,
-    };
-    let mut bytes = [0; N];
-    for (byte, pair) in bytes.iter_mut().zip(digits.chunks_exact(2)) {
-        *byte = digit(pair[0])? << 4 | digit(pair[1])?;
-    }
-    Some(bytes)
-}
-
 /// The 32 lowercase hex digits, as they appear in `traceparent` and in
 /// tracing back ends.
 impl fmt::Display for TraceId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Into a buffer, then written once: sixteen `{:02x}`s, each through
-        // the formatting machinery, made every traced log line much dearer.
-        const DIGITS: &[u8; 16] = b"0123456789abcdef";
-        let mut text = [0u8; 32];
-        for (pair, &byte) in text.chunks_exact_mut(2).zip(self.0.iter()) {
-            pair[0] = DIGITS[usize::from(byte >> 4)];
-            pair[1] = DIGITS[usize::from(byte & 0xf)];
-        }
-        f.write_str(std::str::from_utf8(&text).expect("hex digits are ASCII"))
+        f.write_str(Hex16::new(&self.0).as_str())
     }
 }
 

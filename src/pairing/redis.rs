@@ -24,7 +24,7 @@
 
 use std::{
     collections::HashMap,
-    fmt::{self, Write as _},
+    fmt,
     hash::BuildHasher,
     sync::{
         Arc, Mutex, OnceLock, PoisonError, Weak,
@@ -46,7 +46,7 @@ use tokio::{
 
 use super::{Engine, Id, Meeting, Offer, PairError, Role};
 use crate::metrics::RedisMetrics;
-use crate::trace::TraceId;
+use crate::{hex::Hex16, trace::TraceId};
 
 /// How often a replica checks that Redis answers, while nothing else would
 /// tell it: a paused Redis (SIGSTOP) closes no connection.
@@ -428,11 +428,7 @@ impl Inner {
         key.push_str(&self.key_prefix);
         key.push_str(FORMAT);
         key.push('{');
-        for byte in digest {
-            // Into the key itself: a `format!` per byte would allocate 16
-            // strings for every command a caller sends.
-            let _ = write!(key, "{byte:02x}");
-        }
+        key.push_str(Hex16::new(digest).as_str());
         key.push('}');
         key
     }
