@@ -33,9 +33,10 @@ fn run_pairs(engine: &LocalEngine, ids: &[Id], pairs: u64) {
         let id = &ids[i as usize % ids.len()];
         // Each call's deadline is taken when it arrives, as the server does.
         let deadline = || tokio::time::Instant::now() + WAIT;
-        let mut first = pin!(engine.meet(id.clone(), payload.clone(), deadline()));
+        let mut first = pin!(engine.meet(id.clone(), payload.clone().into(), deadline()));
         assert!(first.as_mut().poll(&mut cx).is_pending());
-        let second = pin!(engine.meet(id.clone(), payload.clone(), deadline())).poll(&mut cx);
+        let second =
+            pin!(engine.meet(id.clone(), payload.clone().into(), deadline())).poll(&mut cx);
         let Poll::Ready(Ok(second)) = second else {
             panic!("the second caller pairs at once")
         };

@@ -235,7 +235,7 @@ pub trait Engine: Send + Sync + 'static {
     fn meet(
         &self,
         id: Id,
-        offer: impl Into<Offer> + Send,
+        offer: Offer,
         deadline: Instant,
     ) -> impl Future<Output = Result<Meeting, PairError>> + Send;
 
@@ -312,13 +312,8 @@ impl fmt::Debug for LocalEngine {
     }
 }
 
-impl LocalEngine {
-    async fn meet_with(
-        &self,
-        id: Id,
-        offer: Offer,
-        deadline: Instant,
-    ) -> Result<Meeting, PairError> {
+impl Engine for LocalEngine {
+    async fn meet(&self, id: Id, offer: Offer, deadline: Instant) -> Result<Meeting, PairError> {
         let hash = self.hasher.hash_one(&id);
         let parking = match self.shard(hash).arrive(id, hash, offer, &self.occupancy) {
             // The second caller never waits: it finds its partner already there.
@@ -337,19 +332,6 @@ impl LocalEngine {
             Outcome::TimedOut => Err(PairError::TimedOut),
             Outcome::Closed => Err(PairError::ShuttingDown),
         }
-    }
-}
-
-impl Engine for LocalEngine {
-    // Converted here, not in an async fn, whose future would keep the
-    // argument as well as the offer.
-    fn meet(
-        &self,
-        id: Id,
-        offer: impl Into<Offer> + Send,
-        deadline: Instant,
-    ) -> impl Future<Output = Result<Meeting, PairError>> + Send {
-        self.meet_with(id, offer.into(), deadline)
     }
 
     /// Nothing to wait for: removal from the shards is immediate.
@@ -429,10 +411,9 @@ impl Engine for AnyEngine {
     fn meet(
         &self,
         id: Id,
-        offer: impl Into<Offer> + Send,
+        offer: Offer,
         deadline: Instant,
     ) -> impl Future<Output = Result<Meeting, PairError>> + Send {
-        let offer: Offer = offer.into();
         match self {
             Self::Local(engine) => Meet::Local {
                 call: engine.meet(id, offer, deadline),
@@ -508,15 +489,23 @@ mod tests {
         let engine = Arc::new(LocalEngine::new());
         let e = engine.clone();
         let first = tokio::spawn(async move {
-            e.meet(id("a"), Bytes::from_static(b"from first"), after(FAR))
-                .await
+            e.meet(
+                id("a"),
+                Bytes::from_static(b"from first").into(),
+                after(FAR),
+            )
+            .await
         });
         tokio::task::yield_now().await;
         assert_eq!(engine.waiting(), 1);
         tokio::time::advance(Duration::from_secs(2)).await;
 
         let second = engine
-            .meet(id("a"), Bytes::from_static(b"from second"), after(FAR))
+            .meet(
+                id("a"),
+                Bytes::from_static(b"from second").into(),
+                after(FAR),
+            )
             .await
             .unwrap();
         let first = first.await.unwrap().unwrap();
@@ -533,16 +522,16 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_third_caller_starts_a_new_pair() {
         let engine = LocalEngine::new();
-        let first = engine.meet(id("a"), Bytes::new(), after(FAR));
+        let first = engine.meet(id("a"), Offer::default(), after(FAR));
         tokio::pin!(first);
         assert!(futures_poll(first.as_mut()).is_pending());
         engine
-            .meet(id("a"), Bytes::new(), after(FAR))
+            .meet(id("a"), Offer::default(), after(FAR))
             .await
             .unwrap();
         assert_eq!(first.await.unwrap().role, Role::First);
 
-        let third = engine.meet(id("a"), Bytes::new(), after(SECOND));
+        let third = engine.meet(id("a"), Offer::default(), after(SECOND));
         assert_eq!(third.await, Err(PairError::TimedOut));
         assert_eq!(engine.waiting(), 0);
     }
@@ -552,8 +541,8 @@ mod tests {
         let engine = LocalEngine::new();
         let deadline = Duration::from_millis(500);
         let (a, b) = tokio::join!(
-            engine.meet(id("a"), Bytes::new(), after(deadline)),
-            engine.meet(id("b"), Bytes::new(), after(deadline)),
+            engine.meet(id("a"), Offer::default(), after(deadline)),
+            engine.meet(id("b"), Offer::default(), after(deadline)),
         );
         assert!(matches!(a, Err(PairError::TimedOut)));
         assert!(matches!(b, Err(PairError::TimedOut)));
@@ -564,7 +553,7 @@ mod tests {
     async fn a_dropped_waiter_leaves_nothing_behind() {
         let engine = LocalEngine::new();
         {
-            let gone = engine.meet(id("a"), Bytes::from_static(b"stale"), after(FAR));
+            let gone = engine.meet(id("a"), Bytes::from_static(b"stale").into(), after(FAR));
             tokio::pin!(gone);
             assert!(futures_poll(gone.as_mut()).is_pending());
             assert_eq!(engine.waiting(), 1);
@@ -572,7 +561,7 @@ mod tests {
         assert_eq!(engine.waiting(), 0);
 
         // The next caller waits instead of pairing with the one that left.
-        let next = engine.meet(id("a"), Bytes::new(), after(SECOND));
+        let next = engine.meet(id("a"), Offer::default(), after(SECOND));
         assert!(matches!(next.await, Err(PairError::TimedOut)));
     }
 
@@ -581,7 +570,7 @@ mod tests {
      {
         let engine = LocalEngine::new();
         let deadline = SECOND;
-        let first = engine.meet(id("a"), Bytes::from_static(b"1"), after(deadline));
+        let first = engine.meet(id("a"), Bytes::from_static(b"1").into(), after(deadline));
         tokio::pin!(first);
         assert!(futures_poll(first.as_mut()).is_pending());
 
@@ -589,7 +578,7 @@ mod tests {
         // partner gets there first and takes the entry.
         tokio::time::advance(Duration::from_secs(2)).await;
         let second = engine
-            .meet(id("a"), Bytes::from_static(b"2"), after(FAR))
+            .meet(id("a"), Bytes::from_static(b"2").into(), after(FAR))
             .await;
         assert_eq!(second.unwrap().peer_payload, "1");
 
@@ -601,14 +590,14 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn close_answers_parked_and_later_callers() {
         let engine = LocalEngine::new();
-        let parked = engine.meet(id("a"), Bytes::new(), after(FAR));
+        let parked = engine.meet(id("a"), Offer::default(), after(FAR));
         tokio::pin!(parked);
         assert!(futures_poll(parked.as_mut()).is_pending());
 
         engine.close().await;
         assert_eq!(parked.await, Err(PairError::ShuttingDown));
         assert_eq!(
-            engine.meet(id("b"), Bytes::new(), after(FAR)).await,
+            engine.meet(id("b"), Offer::default(), after(FAR)).await,
             Err(PairError::ShuttingDown)
         );
         assert_eq!(engine.waiting(), 0);
@@ -620,22 +609,22 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_cap_counts_waiting_callers_only() {
         let engine = LocalEngine::with_capacity(2);
-        let a = engine.meet(id("a"), Bytes::new(), after(FAR));
+        let a = engine.meet(id("a"), Offer::default(), after(FAR));
         tokio::pin!(a);
-        let mut b = Box::pin(engine.meet(id("b"), Bytes::new(), after(FAR)));
+        let mut b = Box::pin(engine.meet(id("b"), Offer::default(), after(FAR)));
         assert!(futures_poll(a.as_mut()).is_pending());
         assert!(futures_poll(b.as_mut()).is_pending());
         assert_eq!(engine.waiting(), 2);
 
         // A third waiter is refused, and leaves nothing behind...
         assert_eq!(
-            engine.meet(id("c"), Bytes::new(), after(FAR)).await,
+            engine.meet(id("c"), Offer::default(), after(FAR)).await,
             Err(PairError::Full { capacity: 2 })
         );
         // ...but a caller that completes a pair never waits, so it is let in.
         assert_eq!(
             engine
-                .meet(id("a"), Bytes::new(), after(FAR))
+                .meet(id("a"), Offer::default(), after(FAR))
                 .await
                 .unwrap()
                 .role,
@@ -645,7 +634,7 @@ mod tests {
         assert_eq!(engine.waiting(), 1);
 
         // A place freed by a timeout or a departure is free again.
-        let c = engine.meet(id("c"), Bytes::new(), after(SECOND));
+        let c = engine.meet(id("c"), Offer::default(), after(SECOND));
         assert!(matches!(c.await, Err(PairError::TimedOut)));
         drop(b);
         assert_eq!(engine.waiting(), 0);
@@ -658,18 +647,19 @@ mod tests {
     async fn with_spares_every_path_still_gives_its_place_back() {
         let engine = Arc::new(LocalEngine::with_capacity(1 << 20));
         let e = engine.clone();
-        let first = tokio::spawn(async move { e.meet(id("a"), Bytes::new(), after(FAR)).await });
+        let first =
+            tokio::spawn(async move { e.meet(id("a"), Offer::default(), after(FAR)).await });
         tokio::task::yield_now().await;
         assert_eq!(engine.places_in_use(), 1);
         engine
-            .meet(id("a"), Bytes::new(), after(FAR))
+            .meet(id("a"), Offer::default(), after(FAR))
             .await
             .unwrap();
         first.await.unwrap().unwrap();
-        let timed_out = engine.meet(id("b"), Bytes::new(), after(SECOND)).await;
+        let timed_out = engine.meet(id("b"), Offer::default(), after(SECOND)).await;
         assert!(matches!(timed_out, Err(PairError::TimedOut)));
         {
-            let gone = engine.meet(id("c"), Bytes::new(), after(FAR));
+            let gone = engine.meet(id("c"), Offer::default(), after(FAR));
             tokio::pin!(gone);
             assert!(futures_poll(gone.as_mut()).is_pending());
             assert_eq!(engine.places_in_use(), 1);
@@ -681,14 +671,14 @@ mod tests {
     async fn a_shard_keeps_a_freed_place_as_its_spare_and_uses_it_next() {
         // The smallest cap at which shards keep spares.
         let engine = LocalEngine::with_capacity(SHARDS * 256);
-        let timed_out = engine.meet(id("a"), Bytes::new(), after(SECOND)).await;
+        let timed_out = engine.meet(id("a"), Offer::default(), after(SECOND)).await;
         assert!(matches!(timed_out, Err(PairError::TimedOut)));
         // The place stayed with the shard rather than going back to the
         // shared counter, which every core would otherwise write to.
         assert_eq!(engine.occupancy.taken(), 1);
         assert_eq!(engine.places_in_use(), 0);
         // The next caller in that shard takes the spare, not a new place.
-        let again = engine.meet(id("a"), Bytes::new(), after(FAR));
+        let again = engine.meet(id("a"), Offer::default(), after(FAR));
         tokio::pin!(again);
         assert!(futures_poll(again.as_mut()).is_pending());
         assert_eq!(engine.occupancy.taken(), 1);
@@ -706,7 +696,7 @@ mod tests {
         assert_eq!(waiting, CAP);
         assert_eq!(
             engine
-                .meet(id("one-too-many"), Bytes::new(), after(FAR))
+                .meet(id("one-too-many"), Offer::default(), after(FAR))
                 .await,
             Err(PairError::Full { capacity: CAP })
         );
@@ -717,7 +707,7 @@ mod tests {
         assert_eq!(engine.waiting(), CAP);
         assert_eq!(
             engine
-                .meet(id("one-too-many"), Bytes::new(), after(FAR))
+                .meet(id("one-too-many"), Offer::default(), after(FAR))
                 .await,
             Err(PairError::Full { capacity: CAP })
         );
@@ -756,7 +746,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn debug_shows_the_waiting_count() {
         let engine = LocalEngine::new();
-        let parked = engine.meet(id("a"), Bytes::new(), after(FAR));
+        let parked = engine.meet(id("a"), Offer::default(), after(FAR));
         tokio::pin!(parked);
         assert!(futures_poll(parked.as_mut()).is_pending());
         assert_eq!(format!("{engine:?}"), "LocalEngine { waiting: 1 }");
@@ -770,7 +760,8 @@ mod tests {
         let mut waiting = 0;
         let calls = ids
             .map(|i| {
-                let mut call: Call<'_> = Box::pin(engine.meet(id(&i), Bytes::new(), after(FAR)));
+                let mut call: Call<'_> =
+                    Box::pin(engine.meet(id(&i), Offer::default(), after(FAR)));
                 if futures_poll(call.as_mut()).is_pending() {
                     waiting += 1;
                 }

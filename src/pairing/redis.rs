@@ -371,13 +371,13 @@ impl Engine for RedisEngine {
     fn meet(
         &self,
         id: Id,
-        offer: impl Into<Offer> + Send,
+        offer: Offer,
         deadline: Instant,
     ) -> impl Future<Output = Result<Meeting, PairError>> + Send {
         let inner = self.inner.clone();
         // Hashed now, so that the waiting future keeps 16 bytes, not the id.
         let digest = id_digest(&id);
-        let sealed = seal(offer.into());
+        let sealed = seal(offer);
         let call: std::pin::Pin<Box<dyn Future<Output = _> + Send>> = Box::pin(async move {
             let meeting = inner.meet(digest, sealed, deadline).await?;
             Ok(unseal(meeting))

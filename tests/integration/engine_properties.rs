@@ -241,7 +241,7 @@ fn drive<E: Engine>(engine: &E, schedule: &Schedule) -> Result<Vec<Told>, TestCa
                     let payload = Bytes::from(i.to_string());
                     let deadline =
                         tokio::time::Instant::now() + Duration::from_millis(caller.wait_ms);
-                    calls[i] = Some(Box::pin(engine.meet(id, payload, deadline)));
+                    calls[i] = Some(Box::pin(engine.meet(id, payload.into(), deadline)));
                     // It arrives when first polled: before anyone it may
                     // have answered is polled below.
                     poll_one(&mut calls[i], &mut told[i], start);

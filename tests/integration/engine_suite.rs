@@ -118,7 +118,7 @@ fn arrive<E: Engine>(engine: &Arc<E>, key: &str, payload: &[u8], wait: Duration)
     let engine = engine.clone();
     let (key, payload) = (id(key), Bytes::copy_from_slice(payload));
     let deadline = after(wait);
-    tokio::spawn(async move { engine.meet(key, payload, deadline).await })
+    tokio::spawn(async move { engine.meet(key, payload.into(), deadline).await })
 }
 
 async fn parked<E: Engine>(engine: &E, n: usize) {
@@ -191,7 +191,7 @@ pub async fn different_ids_do_not_pair<H: Harness>() {
 pub async fn a_caller_past_its_deadline_times_out_without_waiting<H: Harness>() {
     let h = H::new().await;
     let engine = h.engine(usize::MAX).await;
-    let late = engine.meet(id("a"), Bytes::new(), Instant::now());
+    let late = engine.meet(id("a"), Bytes::new().into(), Instant::now());
     assert_eq!(within(late).await, Err(PairError::TimedOut));
     assert_eq!(engine.waiting(), 0);
     h.assert_nothing_left().await;
