@@ -43,7 +43,7 @@ fn run_pairs(engine: &LocalEngine, ids: &[Id], pairs: u64) {
         let Poll::Ready(Ok(first)) = first.poll(&mut cx) else {
             panic!("the first caller is woken")
         };
-        debug_assert_eq!((first.role, second.role), (Role::First, Role::Second));
+        debug_assert_eq!((first.role(), second.role()), (Role::First, Role::Second));
     }
 }
 

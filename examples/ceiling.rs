@@ -14,7 +14,8 @@ use http_body_util::Full;
 use hyper::{Response, server::conn::http1, service::service_fn};
 use hyper_util::rt::TokioIo;
 use rendezvous::proto::{
-    Role, WaitForSecondPartyRequest, WaitForSecondPartyResponse,
+    Role, WaitForPartiesRequest, WaitForPartiesResponse, WaitForSecondPartyRequest,
+    WaitForSecondPartyResponse,
     sync_server::{Sync, SyncServer},
 };
 use tonic::{Request, Status};
@@ -31,6 +32,18 @@ impl Sync for Immediate {
             role: Role::Second.into(),
             waited: Some(prost_types::Duration::default()),
             peer_payload: request.into_inner().payload,
+        }))
+    }
+
+    /// The same for a group: answered at once, with the caller's own payload.
+    async fn wait_for_parties(
+        &self,
+        request: Request<WaitForPartiesRequest>,
+    ) -> Result<tonic::Response<WaitForPartiesResponse>, Status> {
+        Ok(tonic::Response::new(WaitForPartiesResponse {
+            position: 0,
+            waited: Some(prost_types::Duration::default()),
+            payloads: vec![request.into_inner().payload],
         }))
     }
 }

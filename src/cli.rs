@@ -284,9 +284,9 @@ pub async fn wait(args: WaitArgs) -> Exit {
                 report.print_json(&JsonMeeting::from(&meeting));
             } else {
                 let mut stdout = std::io::stdout().lock();
-                let _ = stdout.write_all(&meeting.peer_payload);
+                let _ = stdout.write_all(&meeting.peer().payload);
                 let _ = stdout.flush();
-                let role = match meeting.role {
+                let role = match meeting.role() {
                     Role::First => "first",
                     Role::Second => "second",
                 };

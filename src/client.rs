@@ -42,7 +42,7 @@ use tonic_health::pb::{
 use crate::{
     config::PAYLOAD_CEILING,
     grpc::MESSAGE_OVERHEAD,
-    pairing::{Meeting, Role},
+    pairing::{Meeting, Offer, Offers},
     proto::{self, WaitForSecondPartyRequest, sync_client::SyncClient},
     service::whole_millis,
     trace::TraceId,
@@ -569,9 +569,9 @@ pub fn retryable(status: &Status) -> bool {
 }
 
 fn meeting(response: proto::WaitForSecondPartyResponse) -> Result<Meeting, Status> {
-    let role = match response.role() {
-        proto::Role::First => Role::First,
-        proto::Role::Second => Role::Second,
+    let position = match response.role() {
+        proto::Role::First => 0,
+        proto::Role::Second => 1,
         proto::Role::Unspecified => {
             return Err(Status::internal("the server's answer has no role"));
         }
@@ -580,13 +580,9 @@ fn meeting(response: proto::WaitForSecondPartyResponse) -> Result<Meeting, Statu
         .waited
         .and_then(|waited| Duration::try_from(waited).ok())
         .unwrap_or_default();
-    Ok(Meeting {
-        role,
-        peer_payload: response.peer_payload,
-        // The server does not tell a caller its partner's trace id.
-        peer_trace: None,
-        waited,
-    })
+    // The server does not tell a caller its partner's trace id.
+    let peer = Offer::from(response.peer_payload);
+    Ok(Meeting::new(position, Offers::Peer(peer), waited))
 }
 
 /// Exponential backoff with jitter, from 50 ms up to 2 s a pause (each

@@ -11,6 +11,11 @@ const DEFAULT_MAX_WAIT: &str = "10s";
 const DEFAULT_MAX_PAYLOAD: &str = "64KiB";
 const DEFAULT_SHUTDOWN_GRACE: &str = "5s";
 const DEFAULT_MAX_WAITERS: usize = 200_000;
+const DEFAULT_MAX_PARTIES: u32 = 64;
+const DEFAULT_MAX_GROUP_BYTES: &str = "1MiB";
+
+/// The largest `--max-parties` accepted.
+pub const PARTIES_CEILING: u32 = 10_000;
 const DEFAULT_MAX_CONNECTIONS: usize = 16_384;
 const DEFAULT_HEADER_TIMEOUT: &str = "30s";
 const DEFAULT_TCP_KEEPALIVE: &str = "30s";
@@ -46,6 +51,20 @@ pub struct Config {
     /// The largest payload a caller may send (512B, 64KiB, 1MiB, ...; at most 16MiB).
     #[arg(long, env = "RENDEZVOUS_MAX_PAYLOAD", value_name = "SIZE", default_value = DEFAULT_MAX_PAYLOAD, value_parser = payload_size)]
     pub max_payload: usize,
+
+    /// The largest group a WaitForParties caller may ask for (2 to 10000).
+    /// Every member of a group that is still forming counts against
+    /// --max-waiters.
+    #[arg(long, env = "RENDEZVOUS_MAX_PARTIES", value_name = "N", default_value_t = DEFAULT_MAX_PARTIES, value_parser = clap::value_parser!(u32).range(2..=PARTIES_CEILING as i64))]
+    pub max_parties: u32,
+
+    /// The most bytes of payloads one group of more than two may hold: every
+    /// member is answered with all of them, and gRPC clients refuse answers
+    /// over 4MiB unless told otherwise. A caller whose payload would go over
+    /// is refused (RESOURCE_EXHAUSTED, or HTTP 413). Pairs are held to
+    /// --max-payload alone.
+    #[arg(long, env = "RENDEZVOUS_MAX_GROUP_BYTES", value_name = "SIZE", default_value = DEFAULT_MAX_GROUP_BYTES, value_parser = group_size)]
+    pub max_group_bytes: usize,
 
     /// Log line format. RUST_LOG filters what is logged (default: info).
     #[arg(long, env = "RENDEZVOUS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -314,6 +333,8 @@ impl Default for Config {
             log_format: LogFormat::Text,
             shutdown_grace: duration(DEFAULT_SHUTDOWN_GRACE).expect("valid default"),
             max_waiters: DEFAULT_MAX_WAITERS,
+            max_parties: DEFAULT_MAX_PARTIES,
+            max_group_bytes: group_size(DEFAULT_MAX_GROUP_BYTES).expect("valid default"),
             max_connections: DEFAULT_MAX_CONNECTIONS,
             auth_token_file: None,
             tls_cert: None,
@@ -454,6 +475,19 @@ fn payload_size(value: &str) -> Result<usize, String> {
     }
 }
 
+/// A group's payload budget: at least a byte, at most 256MiB (what one
+/// answer to every member could reasonably carry).
+fn group_size(value: &str) -> Result<usize, String> {
+    let size: bytesize::ByteSize = value
+        .parse()
+        .map_err(|e| format!("{e}; use a size such as 256KiB or 1MiB"))?;
+    match usize::try_from(size.as_u64()) {
+        Ok(0) => Err("a group needs room for at least one byte".into()),
+        Ok(n) if n <= 256 << 20 => Ok(n),
+        _ => Err(format!("{size} is over the ceiling of 256MiB")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -467,6 +501,8 @@ mod tests {
         assert_eq!(c.max_payload, 65536);
         assert_eq!(c.shutdown_grace, Duration::from_secs(5));
         assert_eq!(c.max_waiters, 200_000);
+        assert_eq!(c.max_parties, 64);
+        assert_eq!(c.max_group_bytes, 1 << 20);
         assert_eq!(c.max_connections, 16_384);
         assert_eq!(c.header_timeout, Duration::from_secs(30));
         assert_eq!(c.tcp_keepalive, Duration::from_secs(30));
@@ -529,7 +565,7 @@ mod tests {
             assert_eq!(env.as_deref(), Some(expected.as_str()), "--{long}");
             flags += 1;
         }
-        assert_eq!(flags, 26);
+        assert_eq!(flags, 28);
     }
 
     #[test]

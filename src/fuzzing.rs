@@ -171,6 +171,7 @@ pub fn gateway(data: &[u8]) {
         let limits = Limits {
             max_wait: Duration::from_secs(10),
             max_payload: 64,
+            max_parties: 64,
         };
         let (health, _) = Health::serving().await;
         let gateway = Gateway::new(Rendezvous::new(engine.clone(), limits), Arc::new(health));

@@ -1,5 +1,6 @@
-//! The HTTP gateway: the legacy `POST /wait-for-second-party/{id}` endpoint,
-//! mapped onto the same [`Rendezvous`] call as gRPC, plus probes.
+//! The HTTP gateway: the legacy `POST /wait-for-second-party/{id}` endpoint
+//! and `POST /wait-for-parties/{id}?parties=N` for groups, mapped onto the
+//! same [`Rendezvous`] call as gRPC, plus probes.
 //!
 //! Legacy callers must not notice the switch, so the default answers are the
 //! old service's to the byte: `200 Synced` or `408 Timeout`, as
@@ -15,7 +16,7 @@ use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use crate::{
     auth::AuthError,
     health::{Health, NotReady},
-    json::{JsonError, JsonMeeting},
+    json::{JsonError, JsonGroup, JsonMeeting},
     metrics::{Protocol, Rejection},
     pairing::{Offer, PairError},
     service::{CallError, Deadline, Namespace, Rendezvous, trace_id},
@@ -24,6 +25,9 @@ use crate::{
 
 /// The path prefix of the rendezvous route.
 pub(crate) const ROUTE: &str = "/wait-for-second-party/";
+
+/// The path prefix of the group route.
+pub(crate) const GROUP_ROUTE: &str = "/wait-for-parties/";
 
 const TEXT: &str = "text/plain; charset=utf-8";
 const JSON: &str = "application/json";
@@ -59,8 +63,15 @@ pub(crate) enum HttpError {
         path: &'static str,
         allow: &'static str,
     },
-    #[error("no such route; the rendezvous endpoint is POST {ROUTE}{{id}}")]
+    #[error(
+        "no such route; the rendezvous endpoints are POST {ROUTE}{{id}} and \
+         POST {GROUP_ROUTE}{{id}}?parties=N"
+    )]
     NotFound,
+    #[error("?parties=N is required: how many callers make up the group, at least 2")]
+    NoParties,
+    #[error("?parties={0} is not a number of callers; use a whole number such as 3")]
+    BadParties(String),
 }
 
 impl Gateway {
@@ -96,6 +107,9 @@ impl Gateway {
                     trace,
                     body,
                 }) => rendezvous(&service, namespace, id, deadline, trace, body, json).await,
+                // Boxed, as on the gRPC port: a member keeps its own payload
+                // for its answer, and inline that would size every pair's.
+                Ok(Route::Group { call, body }) => Box::pin(gather(&service, call, body, json)).await,
                 Err(error) => Err(error),
             };
             Ok(result.unwrap_or_else(|error| {
@@ -125,13 +139,18 @@ impl Gateway {
                 Bytes::from(text),
             )));
         }
-        let Some(segment) = path.strip_prefix(ROUTE) else {
-            return Err(HttpError::NotFound);
+        let (segment, group) = match (path.strip_prefix(ROUTE), path.strip_prefix(GROUP_ROUTE)) {
+            (Some(segment), _) => (segment, false),
+            (_, Some(segment)) => (segment, true),
+            (None, None) => return Err(HttpError::NotFound),
         };
         if request.method() != Method::POST {
             return Err(HttpError::MethodNotAllowed {
                 method: request.method().clone(),
-                path: "/wait-for-second-party/{id}",
+                path: match group {
+                    false => "/wait-for-second-party/{id}",
+                    true => "/wait-for-parties/{id}",
+                },
                 allow: "POST",
             });
         }
@@ -142,6 +161,18 @@ impl Gateway {
             .service
             .authenticate(Protocol::Http, request.headers())?;
         let (id, wait) = call_target(segment, request.uri().query())?;
+        if group {
+            return Ok(Route::Group {
+                call: GroupCall {
+                    namespace,
+                    id,
+                    parties: requested_parties(request.uri().query())?,
+                    deadline: Deadline::starting_now(wait),
+                    trace: trace_id(request.headers()),
+                },
+                body: request.into_body(),
+            });
+        }
         Ok(Route::Rendezvous {
             namespace,
             id,
@@ -190,6 +221,17 @@ enum Route<B> {
         trace: Option<TraceId>,
         body: B,
     },
+    /// A group call: the body is the payload.
+    Group { call: GroupCall, body: B },
+}
+
+/// What a group call asks for, from its request's head.
+struct GroupCall {
+    namespace: Namespace,
+    id: String,
+    parties: u32,
+    deadline: Deadline,
+    trace: Option<TraceId>,
 }
 
 async fn rendezvous<B>(
@@ -211,6 +253,7 @@ where
             Protocol::Http,
             namespace,
             id,
+            2,
             Offer { payload, trace },
             deadline,
         )
@@ -219,6 +262,49 @@ where
         true => json_response(StatusCode::OK, &JsonMeeting::from(&meeting)),
         false => text(StatusCode::OK, "Synced"),
     })
+}
+
+async fn gather<B>(
+    service: &Rendezvous,
+    call: GroupCall,
+    body: B,
+    json: bool,
+) -> Result<Response<Full<Bytes>>, HttpError>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let payload = read_body(body, service.limits().max_payload).await?;
+    let own = payload.clone();
+    let offer = Offer {
+        payload,
+        trace: call.trace,
+    };
+    let meeting = service
+        .call(
+            Protocol::Http,
+            call.namespace,
+            call.id,
+            call.parties,
+            offer,
+            call.deadline,
+        )
+        .await?;
+    Ok(match json {
+        true => json_response(StatusCode::OK, &JsonGroup::new(&meeting, &own)),
+        false => text(StatusCode::OK, "Synced"),
+    })
+}
+
+/// `?parties=N`, which a group call must send.
+fn requested_parties(query: Option<&str>) -> Result<u32, HttpError> {
+    let value = form_urlencoded::parse(query.unwrap_or("").as_bytes())
+        .find(|(key, _)| key == "parties")
+        .ok_or(HttpError::NoParties)?
+        .1;
+    value
+        .parse()
+        .map_err(|_| HttpError::BadParties(value.into_owned()))
 }
 
 /// The id (percent-decoded, not yet validated) and the wait a rendezvous
@@ -293,6 +379,8 @@ impl HttpError {
             // refuses from its content-length never reaches the service.
             Self::BadWait(..)
             | Self::IdNotUtf8
+            | Self::NoParties
+            | Self::BadParties(_)
             | Self::BodyTooLarge { .. }
             | Self::Call(CallError::PayloadTooLarge { .. }) => Some(Rejection::InvalidArgument),
             Self::Call(_) | Self::Body(_) | Self::MethodNotAllowed { .. } | Self::NotFound => None,
@@ -301,12 +389,19 @@ impl HttpError {
 
     fn status(&self) -> StatusCode {
         match self {
-            Self::Call(CallError::InvalidId(_))
+            Self::Call(CallError::InvalidId(_) | CallError::InvalidParties(_))
             | Self::BadWait(..)
             | Self::IdNotUtf8
+            | Self::NoParties
+            | Self::BadParties(_)
             | Self::Body(_) => StatusCode::BAD_REQUEST,
-            Self::Call(CallError::PayloadTooLarge { .. }) | Self::BodyTooLarge { .. } => {
-                StatusCode::PAYLOAD_TOO_LARGE
+            Self::Call(
+                CallError::PayloadTooLarge { .. }
+                | CallError::Refused(PairError::GroupTooLarge { .. }),
+            )
+            | Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Call(CallError::Refused(PairError::PartiesMismatch { .. })) => {
+                StatusCode::CONFLICT
             }
             Self::Call(CallError::TimedOut { .. } | CallError::Refused(PairError::TimedOut)) => {
                 StatusCode::REQUEST_TIMEOUT
@@ -323,7 +418,12 @@ impl HttpError {
     /// The gRPC code name for the JSON body, so both protocols speak alike.
     fn code(&self) -> &'static str {
         match self {
-            Self::Call(CallError::Refused(PairError::Full { .. })) => "RESOURCE_EXHAUSTED",
+            Self::Call(CallError::Refused(
+                PairError::Full { .. } | PairError::GroupTooLarge { .. },
+            )) => "RESOURCE_EXHAUSTED",
+            Self::Call(CallError::Refused(PairError::PartiesMismatch { .. })) => {
+                "FAILED_PRECONDITION"
+            }
             Self::Call(CallError::Unauthenticated(_)) => "UNAUTHENTICATED",
             _ => match self.status() {
                 StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE => "INVALID_ARGUMENT",
@@ -429,6 +529,7 @@ mod tests {
         let limits = Limits {
             max_wait: Duration::from_secs(1),
             max_payload: 1,
+            max_parties: 64,
         };
         let gateway = Gateway::new(
             Rendezvous::new(Arc::new(LocalEngine::new().into()), limits),

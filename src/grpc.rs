@@ -1,7 +1,8 @@
-//! The gRPC port: `rendezvous.v1.Sync/WaitForSecondParty` on top of
-//! [`Rendezvous`], and tonic's health and reflection services beside it.
+//! The gRPC port: `rendezvous.v1.Sync`'s `WaitForSecondParty` and
+//! `WaitForParties` on top of [`Rendezvous`], and tonic's health and
+//! reflection services beside them.
 //!
-//! The rendezvous method is served by a lean handler of its own rather than
+//! The rendezvous methods are served by a lean handler of its own rather than
 //! by tonic's generated server, for three reasons:
 //! - a parked call must cost little memory, and tonic's unary path boxes a
 //!   future of about 1.6 KiB (plus our own, plus axum's routing) per call,
@@ -32,8 +33,11 @@ use crate::{
     trace::TraceId,
 };
 
-/// The rendezvous method's path on the wire.
+/// The pair method's path on the wire.
 pub const WAIT_FOR_SECOND_PARTY: &str = "/rendezvous.v1.Sync/WaitForSecondParty";
+
+/// The group method's path on the wire.
+pub const WAIT_FOR_PARTIES: &str = "/rendezvous.v1.Sync/WaitForParties";
 
 /// Room left for encoding and sending a `DEADLINE_EXCEEDED` answer before the
 /// caller's own deadline: a twentieth of its timeout, at most this much.
@@ -91,8 +95,8 @@ pub(crate) enum GrpcError {
     TooLarge { limit: usize, payload_limit: usize },
     #[error("request is not one gRPC message: {0}")]
     Framing(&'static str),
-    #[error("request is not a valid rendezvous.v1.WaitForSecondPartyRequest: {0}")]
-    Decode(#[from] prost::DecodeError),
+    #[error("request is not a valid rendezvous.v1.{0}: {1}")]
+    Decode(&'static str, prost::DecodeError),
     #[error("could not read the request: {0}")]
     Body(String),
 }
@@ -107,7 +111,7 @@ impl GrpcError {
             | Self::Compressed
             | Self::TooLarge { .. }
             | Self::Framing(_)
-            | Self::Decode(_) => Some(Rejection::InvalidArgument),
+            | Self::Decode(..) => Some(Rejection::InvalidArgument),
         }
     }
 }
@@ -116,19 +120,26 @@ impl From<GrpcError> for Status {
     fn from(error: GrpcError) -> Self {
         let message = error.to_string();
         match error {
-            GrpcError::Call(CallError::InvalidId(_) | CallError::PayloadTooLarge { .. })
+            GrpcError::Call(
+                CallError::InvalidId(_)
+                | CallError::PayloadTooLarge { .. }
+                | CallError::InvalidParties(_),
+            )
             | GrpcError::BadTimeout(_)
             | GrpcError::TooLarge { .. }
             | GrpcError::Framing(_)
-            | GrpcError::Decode(_) => Status::invalid_argument(message),
+            | GrpcError::Decode(..) => Status::invalid_argument(message),
             GrpcError::Call(
                 CallError::TimedOut { .. } | CallError::Refused(PairError::TimedOut),
             ) => Status::deadline_exceeded(message),
             GrpcError::Call(CallError::Refused(
                 PairError::ShuttingDown | PairError::Unavailable(_),
             )) => Status::unavailable(message),
-            GrpcError::Call(CallError::Refused(PairError::Full { .. })) => {
-                Status::resource_exhausted(message)
+            GrpcError::Call(CallError::Refused(
+                PairError::Full { .. } | PairError::GroupTooLarge { .. },
+            )) => Status::resource_exhausted(message),
+            GrpcError::Call(CallError::Refused(PairError::PartiesMismatch { .. })) => {
+                Status::failed_precondition(message)
             }
             GrpcError::Call(CallError::Unauthenticated(_)) => Status::unauthenticated(message),
             GrpcError::Compressed => Status::unimplemented(message),
@@ -181,6 +192,7 @@ impl GrpcService {
         async move {
             match call {
                 Call::Wait {
+                    group: false,
                     namespace,
                     deadline,
                     trace,
@@ -188,6 +200,20 @@ impl GrpcService {
                 } => {
                     let result =
                         wait_for_second_party(&service, namespace, deadline, trace, body).await;
+                    Ok(respond(&service, result))
+                }
+                // Boxed: a group member's future is larger (it keeps its own
+                // payload for its answer), and inline it would size every
+                // parked pair's.
+                Call::Wait {
+                    group: true,
+                    namespace,
+                    deadline,
+                    trace,
+                    body,
+                } => {
+                    let call = wait_for_parties(&service, namespace, deadline, trace, body);
+                    let result = Box::pin(call).await;
                     Ok(respond(&service, result))
                 }
                 Call::Other(future) => future.await,
@@ -216,7 +242,8 @@ impl GrpcService {
         if self.web.is_some() && request.version() != http::Version::HTTP_2 {
             return Call::Refused(http1_refused());
         }
-        if request.uri().path() != WAIT_FOR_SECOND_PARTY {
+        let group = request.uri().path() == WAIT_FOR_PARTIES;
+        if !group && request.uri().path() != WAIT_FOR_SECOND_PARTY {
             // Boxed: tonic's routing future is large, and inline it would
             // make every parked rendezvous call as large.
             // A clone of the URI shares its bytes: no copy per health check.
@@ -235,20 +262,21 @@ impl GrpcService {
         }
         let deadline = match caller_wait(request.headers()) {
             Ok(wait) => Deadline::starting_now(wait),
-            Err(error) => return Call::Refused(respond(&self.service, Err(error))),
+            Err(error) => return Call::Refused(refusal(&self.service, error)),
         };
         let namespace = match self.service.authenticate(Protocol::Grpc, request.headers()) {
             Ok(namespace) => namespace,
-            Err(error) => return Call::Refused(respond(&self.service, Err(error.into()))),
+            Err(error) => return Call::Refused(refusal(&self.service, error.into())),
         };
         if request
             .headers()
             .get("grpc-encoding")
             .is_some_and(|e| e != "identity")
         {
-            return Call::Refused(respond(&self.service, Err(GrpcError::Compressed)));
+            return Call::Refused(refusal(&self.service, GrpcError::Compressed));
         }
         Call::Wait {
+            group,
             namespace,
             deadline,
             trace: trace_id(request.headers()),
@@ -272,7 +300,7 @@ fn name_unknown_method(
     }
     Status::unimplemented(format!(
         "unknown method {path}: this server serves {WAIT_FOR_SECOND_PARTY}, \
-         grpc.health.v1.Health and server reflection"
+         {WAIT_FOR_PARTIES}, grpc.health.v1.Health and server reflection"
     ))
     .into_http()
 }
@@ -339,8 +367,10 @@ fn http1_refused() -> Response<tonic::body::Body> {
 
 /// What is left of a request once its headers have been read.
 enum Call<B> {
-    /// The rendezvous method: the caller's deadline, and the body to read.
+    /// A rendezvous method: the caller's deadline, and the body to read.
     Wait {
+        /// `WaitForParties`, rather than `WaitForSecondParty`.
+        group: bool,
         namespace: Namespace,
         deadline: Deadline,
         /// From the caller's `traceparent`, if it sent a valid one.
@@ -358,17 +388,20 @@ enum Call<B> {
 /// keeps alive.
 fn respond(
     service: &Rendezvous,
-    result: Result<Meeting, GrpcError>,
+    result: Result<impl Message, GrpcError>,
 ) -> Response<tonic::body::Body> {
     match result {
-        Ok(meeting) => ok_response(&proto::WaitForSecondPartyResponse::from(meeting)),
-        Err(error) => {
-            if let Some(reason) = error.rejection() {
-                service.rejected(Protocol::Grpc, reason, &error);
-            }
-            Status::from(error).into_http()
-        }
+        Ok(message) => ok_response(&message),
+        Err(error) => refusal(service, error),
     }
+}
+
+/// The answer to a call that failed.
+fn refusal(service: &Rendezvous, error: GrpcError) -> Response<tonic::body::Body> {
+    if let Some(reason) = error.rejection() {
+        service.rejected(Protocol::Grpc, reason, &error);
+    }
+    Status::from(error).into_http()
 }
 
 async fn wait_for_second_party<B>(
@@ -377,23 +410,50 @@ async fn wait_for_second_party<B>(
     deadline: Deadline,
     trace: Option<TraceId>,
     body: B,
-) -> Result<Meeting, GrpcError>
+) -> Result<proto::WaitForSecondPartyResponse, GrpcError>
 where
     B: http_body::Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let message = read_message(body, service.limits().max_payload).await?;
     let proto::WaitForSecondPartyRequest { id, payload } =
-        proto::WaitForSecondPartyRequest::decode(message)?;
-    Ok(service
-        .call(
-            Protocol::Grpc,
-            namespace,
-            id,
-            Offer { payload, trace },
-            deadline,
-        )
-        .await?)
+        proto::WaitForSecondPartyRequest::decode(message)
+            .map_err(|e| GrpcError::Decode("WaitForSecondPartyRequest", e))?;
+    let offer = Offer { payload, trace };
+    let meeting = service
+        .call(Protocol::Grpc, namespace, id, 2, offer, deadline)
+        .await?;
+    Ok(proto::WaitForSecondPartyResponse::from(meeting))
+}
+
+async fn wait_for_parties<B>(
+    service: &Rendezvous,
+    namespace: Namespace,
+    deadline: Deadline,
+    trace: Option<TraceId>,
+    body: B,
+) -> Result<proto::WaitForPartiesResponse, GrpcError>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let message = read_message(body, service.limits().max_payload).await?;
+    let proto::WaitForPartiesRequest {
+        id,
+        payload,
+        parties,
+    } = proto::WaitForPartiesRequest::decode(message)
+        .map_err(|e| GrpcError::Decode("WaitForPartiesRequest", e))?;
+    let own = payload.clone();
+    let offer = Offer { payload, trace };
+    let meeting = service
+        .call(Protocol::Grpc, namespace, id, parties, offer, deadline)
+        .await?;
+    Ok(proto::WaitForPartiesResponse {
+        position: meeting.position as u32,
+        waited: prost_types::Duration::try_from(meeting.waited).ok(),
+        payloads: meeting.payloads(&own),
+    })
 }
 
 fn is_grpc(headers: &HeaderMap) -> bool {
@@ -441,7 +501,7 @@ where
 }
 
 /// A successful answer: the message, then `grpc-status: 0` in the trailers.
-fn ok_response(message: &proto::WaitForSecondPartyResponse) -> Response<tonic::body::Body> {
+fn ok_response(message: &impl Message) -> Response<tonic::body::Body> {
     let len = message.encoded_len();
     let mut data = Vec::with_capacity(5 + len);
     data.put_u8(0);
@@ -508,9 +568,9 @@ impl From<Role> for proto::Role {
 impl From<Meeting> for proto::WaitForSecondPartyResponse {
     fn from(meeting: Meeting) -> Self {
         Self {
-            role: proto::Role::from(meeting.role).into(),
+            role: proto::Role::from(meeting.role()).into(),
             waited: prost_types::Duration::try_from(meeting.waited).ok(),
-            peer_payload: meeting.peer_payload,
+            peer_payload: meeting.peer().payload.clone(),
         }
     }
 }
@@ -533,7 +593,10 @@ mod tests {
                 payload_limit: 5,
             },
             GrpcError::Framing("two messages"),
-            GrpcError::Decode(proto::WaitForSecondPartyRequest::decode(&b"\xff"[..]).unwrap_err()),
+            GrpcError::Decode(
+                "WaitForSecondPartyRequest",
+                proto::WaitForSecondPartyRequest::decode(&b"\xff"[..]).unwrap_err(),
+            ),
         ] {
             assert_eq!(error.rejection(), invalid, "{error}");
         }
@@ -550,6 +613,7 @@ mod tests {
             crate::service::Limits {
                 max_wait: Duration::from_secs(1),
                 max_payload: 1,
+                max_parties: 64,
             },
         );
         let routes = tonic::service::Routes::default();

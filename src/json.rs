@@ -22,9 +22,34 @@ pub(crate) struct JsonMeeting {
 impl From<&Meeting> for JsonMeeting {
     fn from(meeting: &Meeting) -> Self {
         Self {
-            role: proto::Role::from(meeting.role).as_str_name(),
+            role: proto::Role::from(meeting.role()).as_str_name(),
             waited: proto3_duration(meeting.waited),
-            peer_payload: base64::engine::general_purpose::STANDARD.encode(&meeting.peer_payload),
+            peer_payload: base64::engine::general_purpose::STANDARD.encode(&meeting.peer().payload),
+        }
+    }
+}
+
+/// `WaitForPartiesResponse` in proto3's JSON mapping.
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct JsonGroup {
+    position: u32,
+    waited: String,
+    payloads: Vec<String>,
+}
+
+impl JsonGroup {
+    /// The answer of a member whose own payload was `own`.
+    pub(crate) fn new(meeting: &Meeting, own: &bytes::Bytes) -> Self {
+        let base64 = base64::engine::general_purpose::STANDARD;
+        Self {
+            position: meeting.position as u32,
+            waited: proto3_duration(meeting.waited),
+            payloads: meeting
+                .payloads(own)
+                .iter()
+                .map(|payload| base64.encode(payload))
+                .collect(),
         }
     }
 }

@@ -81,6 +81,24 @@ pub struct Metrics {
     /// Indexed by [`Listener`] (gRPC, then HTTP).
     connections: [Counter; 2],
     aged: Counter,
+    /// Indexed like [`GROUP_SIZES`].
+    groups: [Counter; GROUP_SIZES.len()],
+}
+
+/// The `size` buckets of completed groups: the largest size in each, and
+/// its label. A pair is a group of 2.
+const GROUP_SIZES: [(usize, &str); 6] = [
+    (2, "2"),
+    (4, "3-4"),
+    (8, "5-8"),
+    (16, "9-16"),
+    (64, "17-64"),
+    (usize::MAX, "65+"),
+];
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SizeLabel {
+    size: &'static str,
 }
 
 /// The Redis engine's series: handles into [`Metrics`]' registry.
@@ -107,17 +125,23 @@ pub enum Rejection {
     ShuttingDown,
     /// The meeting place (Redis) could not be reached.
     Unavailable,
+    /// A group of another size was forming under the id.
+    PartiesMismatch,
+    /// The payload would take its group over `--max-group-bytes`.
+    GroupTooLarge,
 }
 
 impl Rejection {
     /// Every reason, so that each one's series exists (at 0) from the start:
     /// an alert on a reason that has not happened yet still has data.
-    pub const ALL: [Rejection; 5] = [
+    pub const ALL: [Rejection; 7] = [
         Self::InvalidArgument,
         Self::Unauthenticated,
         Self::Full,
         Self::ShuttingDown,
         Self::Unavailable,
+        Self::PartiesMismatch,
+        Self::GroupTooLarge,
     ];
 
     pub(crate) fn as_str(self) -> &'static str {
@@ -127,6 +151,8 @@ impl Rejection {
             Self::Full => "full",
             Self::ShuttingDown => "shutting_down",
             Self::Unavailable => "unavailable",
+            Self::PartiesMismatch => "parties_mismatch",
+            Self::GroupTooLarge => "group_too_large",
         }
     }
 }
@@ -235,7 +261,15 @@ impl Metrics {
             "HTTP/2 connections sent GOAWAY at --max-connection-age",
             aged.clone(),
         );
+        let family = Family::<SizeLabel, Counter>::default();
+        registry.register(
+            "groups_completed",
+            "Groups that completed, by how many callers they had (pairs are groups of 2)",
+            family.clone(),
+        );
+        let groups = GROUP_SIZES.map(|(_, size)| family.get_or_create(&SizeLabel { size }).clone());
         Self {
+            groups,
             registry,
             parked,
             paired,
@@ -275,6 +309,16 @@ impl Metrics {
     pub fn paired(&self, protocol: Protocol, waited: Duration) {
         self.paired[index(protocol)].inc();
         self.waited[index(protocol)].observe(waited.as_secs_f64());
+    }
+
+    /// A group of `parties` callers completed. Counted by its last member,
+    /// so once per group.
+    pub fn group_completed(&self, parties: usize) {
+        let bucket = GROUP_SIZES
+            .iter()
+            .position(|&(largest, _)| parties <= largest)
+            .expect("the last bucket takes any size");
+        self.groups[bucket].inc();
     }
 
     /// A caller's wait ran out.
@@ -359,7 +403,28 @@ mod tests {
                 series += 1;
             }
         }
-        assert_eq!(series, 10);
-        assert_eq!(text.matches("rendezvous_rejections_total{").count(), 10);
+        assert_eq!(series, 14);
+        assert_eq!(text.matches("rendezvous_rejections_total{").count(), 14);
+    }
+
+    /// Each size lands in its own bucket, bounds included.
+    #[test]
+    fn groups_are_counted_by_size_bucket() {
+        let metrics = Metrics::new();
+        for parties in [2, 3, 4, 5, 8, 9, 16, 17, 64, 65, 1000, 2] {
+            metrics.group_completed(parties);
+        }
+        let text = metrics.render();
+        for (size, count) in [
+            ("2", 2),
+            ("3-4", 2),
+            ("5-8", 2),
+            ("9-16", 2),
+            ("17-64", 2),
+            ("65+", 2),
+        ] {
+            let line = format!("rendezvous_groups_completed_total{{size=\"{size}\"}} {count}\n");
+            assert!(text.contains(&line), "{line} is not in:\n{text}");
+        }
     }
 }

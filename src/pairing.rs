@@ -29,7 +29,7 @@
 //! out what each method means when the meeting place is remote, and
 //! [`AnyEngine`] is the one type the rest of the crate holds.
 
-use std::{fmt, hash::BuildHasher, time::Duration};
+use std::{fmt, hash::BuildHasher, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use tokio::{
@@ -146,27 +146,115 @@ impl From<Bytes> for Offer {
     }
 }
 
-/// What a caller learns when its pair completes.
+/// How many callers make up a group: 2 (a pair, `WaitForSecondParty`) or
+/// more (`WaitForParties`). Only [`Parties::new`] builds one, so the engines
+/// never see a group of one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Parties(u32);
+
+impl Parties {
+    /// A pair: what `WaitForSecondParty` asks for.
+    pub const TWO: Self = Self(2);
+
+    /// Validates a caller's `parties` at the edge, against `--max-parties`.
+    pub fn new(parties: u32, max: u32) -> Result<Self, PartiesError> {
+        match parties {
+            0 | 1 => Err(PartiesError::TooFew(parties)),
+            n if n > max => Err(PartiesError::TooMany { asked: n, max }),
+            n => Ok(Self(n)),
+        }
+    }
+
+    /// The number of callers.
+    pub fn get(self) -> u32 {
+        self.0
+    }
+}
+
+/// Why a caller's `parties` was refused. The messages go to callers verbatim.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PartiesError {
+    /// Fewer than two: nobody to wait for.
+    #[error("parties is {0}; a group needs at least 2 callers")]
+    TooFew(u32),
+    /// More than `--max-parties`.
+    #[error("parties is {asked}; the limit is {max} (--max-parties)")]
+    TooMany {
+        /// What the caller asked for.
+        asked: u32,
+        /// The configured limit.
+        max: u32,
+    },
+}
+
+/// What a caller learns when its group completes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Meeting {
-    /// Which side this caller was.
-    pub role: Role,
-    /// The other party's payload, exactly as it was sent.
-    pub peer_payload: Bytes,
-    /// The other party's trace id, if it sent one.
-    pub peer_trace: Option<TraceId>,
-    /// How long this caller waited for the pair.
+    /// This caller's place in the group's arrival order, from 0. In a pair,
+    /// 0 is the first party, which waited.
+    pub position: usize,
+    /// The offers, as the engine handed them over.
+    offers: Offers,
+    /// How long this caller waited for the group.
     pub waited: Duration,
 }
 
+/// The other members' offers. A pair hands over its partner's alone, so
+/// that the most common group allocates nothing to deliver it; larger groups
+/// share one list of everyone's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Offers {
+    /// The partner's offer, in a pair.
+    Peer(Offer),
+    /// Every member's offer, this caller's own included, in arrival order.
+    All(Arc<[Offer]>),
+}
+
 impl Meeting {
-    /// The meeting of a caller that took `role` and was handed `offer`.
-    fn new(role: Role, offer: Offer, waited: Duration) -> Self {
+    /// The meeting of the caller at `position`, handed `offers`.
+    pub(crate) fn new(position: usize, offers: Offers, waited: Duration) -> Self {
         Self {
-            role,
-            peer_payload: offer.payload,
-            peer_trace: offer.trace,
+            position,
+            offers,
             waited,
+        }
+    }
+
+    /// Which side of a pair this caller took: the first (position 0), which
+    /// waited, or the one after it.
+    pub fn role(&self) -> Role {
+        match self.position {
+            0 => Role::First,
+            _ => Role::Second,
+        }
+    }
+
+    /// How many callers the group had.
+    pub fn parties(&self) -> usize {
+        match &self.offers {
+            Offers::Peer(_) => 2,
+            Offers::All(all) => all.len(),
+        }
+    }
+
+    /// The partner's offer, in a pair. In a larger group, that of the first
+    /// other member: callers who want them all ask for [`Meeting::payloads`].
+    pub fn peer(&self) -> &Offer {
+        match &self.offers {
+            Offers::Peer(peer) => peer,
+            Offers::All(all) => &all[usize::from(self.position == 0)],
+        }
+    }
+
+    /// Every member's payload in arrival order, this caller's own (`own`,
+    /// which a pair does not hand back) at [`Meeting::position`].
+    pub fn payloads(&self, own: &Bytes) -> Vec<Bytes> {
+        match &self.offers {
+            Offers::Peer(peer) => match self.position {
+                0 => vec![own.clone(), peer.payload.clone()],
+                _ => vec![peer.payload.clone(), own.clone()],
+            },
+            Offers::All(all) => all.iter().map(|offer| offer.payload.clone()).collect(),
         }
     }
 }
@@ -196,6 +284,32 @@ pub enum PairError {
     /// pair one id twice.
     #[error("{0}; retry shortly")]
     Unavailable(String),
+    /// A group of another size is forming under this id. The group is left
+    /// as it was: callers meant for it are not turned away by a stray one.
+    #[error(
+        "a group of {forming} is forming under this id, and this call asks for {asked}; \
+         every member must ask for the same number of parties (WaitForSecondParty asks for 2)"
+    )]
+    PartiesMismatch {
+        /// The size of the group forming under the id.
+        forming: u32,
+        /// The size this caller asked for.
+        asked: u32,
+    },
+    /// This caller's payload would take the group's over `--max-group-bytes`,
+    /// and so the answer every member gets over what a client accepts.
+    #[error(
+        "the group forming under this id holds {held} bytes of payloads, and {payload} more \
+         would take it over the limit of {limit} bytes (--max-group-bytes); send a smaller payload"
+    )]
+    GroupTooLarge {
+        /// The payloads of the members already waiting, in bytes.
+        held: usize,
+        /// This caller's payload, in bytes.
+        payload: usize,
+        /// The configured limit.
+        limit: usize,
+    },
 }
 
 /// The interface every pairing engine offers: the in-process one
@@ -208,7 +322,7 @@ pub enum PairError {
 ///   is (under a shard lock, or in one Redis script), and both callers learn
 ///   the same result. A waiter whose future is dropped (its caller went away)
 ///   is never paired afterwards.
-/// - **Cleanup on drop.** Dropping a `meet` future withdraws its caller. An
+/// - **Cleanup on drop.** Dropping a `gather` future withdraws its caller. An
 ///   engine whose store is remote cannot wait in `Drop`, so it starts the
 ///   removal there as a task of its own, which [`Engine::close`] waits for.
 ///   Until that task has run, the store may still hold the caller; the engine
@@ -226,18 +340,38 @@ pub enum PairError {
 ///   Readiness follows it, so that a replica that lost its store stops
 ///   getting callers without being restarted.
 pub trait Engine: Send + Sync + 'static {
-    /// Meets the other caller with `id`, or gives up at `deadline`.
+    /// Meets the other `parties - 1` callers with `id`, or gives up at
+    /// `deadline`.
     ///
-    /// `offer` (a payload, and maybe a trace id) goes to the partner; the
-    /// partner's comes back in the [`Meeting`]. The deadline is absolute,
-    /// taken when the call arrived, so that time spent reading the request
-    /// counts against it.
+    /// The first `parties` callers with an id form a group, and all of them
+    /// return together when the last one arrives; the next caller starts a
+    /// new group. A caller that asks for another size than the group forming
+    /// under its id is refused ([`PairError::PartiesMismatch`]). A member
+    /// that leaves before the group completes is out, and the group waits
+    /// for another caller in its place: nobody is counted in a group who was
+    /// not there when it completed, and every member learns the same result.
+    ///
+    /// `offer` (a payload, and maybe a trace id) goes to the other members;
+    /// theirs come back in the [`Meeting`]. The deadline is absolute, taken
+    /// when the call arrived, so that time spent reading the request counts
+    /// against it.
+    fn gather(
+        &self,
+        id: Id,
+        parties: Parties,
+        offer: Offer,
+        deadline: Instant,
+    ) -> impl Future<Output = Result<Meeting, PairError>> + Send;
+
+    /// Meets the one other caller with `id`: a group of two.
     fn meet(
         &self,
         id: Id,
         offer: Offer,
         deadline: Instant,
-    ) -> impl Future<Output = Result<Meeting, PairError>> + Send;
+    ) -> impl Future<Output = Result<Meeting, PairError>> + Send {
+        self.gather(id, Parties::TWO, offer, deadline)
+    }
 
     /// Answers every parked caller [`PairError::ShuttingDown`], and every
     /// later one too, then waits for their cleanup. Shutdown uses it so that
@@ -264,6 +398,8 @@ pub struct LocalEngine {
     // them aim every id at one bucket.
     hasher: std::hash::RandomState,
     occupancy: Occupancy,
+    /// The most bytes of payloads one group may hold (`--max-group-bytes`).
+    max_group_bytes: usize,
 }
 
 impl LocalEngine {
@@ -281,6 +417,17 @@ impl LocalEngine {
             reachable: watch::Sender::new(true),
             hasher: std::hash::RandomState::new(),
             occupancy: Occupancy::new(capacity, SHARDS),
+            max_group_bytes: usize::MAX,
+        }
+    }
+
+    /// The same engine, refusing a caller whose payload would take its
+    /// group's payloads over `limit` bytes: every member is answered with
+    /// all of them, and a client refuses an answer over its receive limit.
+    pub fn with_max_group_bytes(self, limit: usize) -> Self {
+        Self {
+            max_group_bytes: limit,
+            ..self
         }
     }
 
@@ -313,22 +460,49 @@ impl fmt::Debug for LocalEngine {
 }
 
 impl Engine for LocalEngine {
-    async fn meet(&self, id: Id, offer: Offer, deadline: Instant) -> Result<Meeting, PairError> {
+    async fn gather(
+        &self,
+        id: Id,
+        parties: Parties,
+        offer: Offer,
+        deadline: Instant,
+    ) -> Result<Meeting, PairError> {
         let hash = self.hasher.hash_one(&id);
-        let parking = match self.shard(hash).arrive(id, hash, offer, &self.occupancy) {
-            // The second caller never waits: it finds its partner already there.
-            Arrival::Paired(peer) => return Ok(Meeting::new(Role::Second, peer, Duration::ZERO)),
+        let group = shard::Group {
+            parties: parties.get(),
+            max_bytes: self.max_group_bytes,
+        };
+        let parking = match self.shard(hash).arrive(id, hash, group, offer, &self.occupancy) {
+            // The last caller never waits: it finds the others already there.
+            Arrival::Completed(position, offers) => {
+                return Ok(Meeting::new(position, offers, Duration::ZERO));
+            }
             Arrival::Closed => return Err(PairError::ShuttingDown),
             Arrival::Full => {
                 return Err(PairError::Full {
                     capacity: self.occupancy.capacity,
                 });
             }
+            Arrival::Mismatch { forming } => {
+                return Err(PairError::PartiesMismatch {
+                    forming,
+                    asked: parties.get(),
+                });
+            }
+            Arrival::TooLarge { held, payload } => {
+                return Err(PairError::GroupTooLarge {
+                    held,
+                    payload,
+                    limit: self.max_group_bytes,
+                });
+            }
             Arrival::Parked(parking) => parking,
         };
         let start = Instant::now();
         match parking.outcome(sleep_until(deadline)).await {
-            Outcome::Paired(peer) => Ok(Meeting::new(Role::First, peer, start.elapsed())),
+            Outcome::Completed(position, offers) => {
+                Ok(Meeting::new(position, offers, start.elapsed()))
+            }
             Outcome::TimedOut => Err(PairError::TimedOut),
             Outcome::Closed => Err(PairError::ShuttingDown),
         }
@@ -379,7 +553,7 @@ impl From<RedisEngine> for AnyEngine {
 }
 
 pin_project_lite::pin_project! {
-    /// [`AnyEngine::meet`]'s future: the chosen engine's, unboxed.
+    /// [`AnyEngine::gather`]'s future: the chosen engine's, unboxed.
     #[project = MeetProj]
     enum Meet<L, R> {
         /// The local engine's call.
@@ -408,18 +582,19 @@ where
 }
 
 impl Engine for AnyEngine {
-    fn meet(
+    fn gather(
         &self,
         id: Id,
+        parties: Parties,
         offer: Offer,
         deadline: Instant,
     ) -> impl Future<Output = Result<Meeting, PairError>> + Send {
         match self {
             Self::Local(engine) => Meet::Local {
-                call: engine.meet(id, offer, deadline),
+                call: engine.gather(id, parties, offer, deadline),
             },
             Self::Redis(engine) => Meet::Redis {
-                call: engine.meet(id, offer, deadline),
+                call: engine.gather(id, parties, offer, deadline),
             },
         }
     }
@@ -510,11 +685,11 @@ mod tests {
             .unwrap();
         let first = first.await.unwrap().unwrap();
 
-        assert_eq!(second.role, Role::Second);
-        assert_eq!(second.peer_payload, "from first");
+        assert_eq!(second.role(), Role::Second);
+        assert_eq!(second.peer().payload, "from first");
         assert_eq!(second.waited, Duration::ZERO);
-        assert_eq!(first.role, Role::First);
-        assert_eq!(first.peer_payload, "from second");
+        assert_eq!(first.role(), Role::First);
+        assert_eq!(first.peer().payload, "from second");
         assert_eq!(first.waited, Duration::from_secs(2));
         assert_eq!(engine.waiting(), 0);
     }
@@ -529,7 +704,7 @@ mod tests {
             .meet(id("a"), Offer::default(), after(FAR))
             .await
             .unwrap();
-        assert_eq!(first.await.unwrap().role, Role::First);
+        assert_eq!(first.await.unwrap().role(), Role::First);
 
         let third = engine.meet(id("a"), Offer::default(), after(SECOND));
         assert_eq!(third.await, Err(PairError::TimedOut));
@@ -580,11 +755,11 @@ mod tests {
         let second = engine
             .meet(id("a"), Bytes::from_static(b"2").into(), after(FAR))
             .await;
-        assert_eq!(second.unwrap().peer_payload, "1");
+        assert_eq!(second.unwrap().peer().payload, "1");
 
         let first = first.await.unwrap();
-        assert_eq!(first.role, Role::First);
-        assert_eq!(first.peer_payload, "2");
+        assert_eq!(first.role(), Role::First);
+        assert_eq!(first.peer().payload, "2");
     }
 
     #[tokio::test(start_paused = true)]
@@ -627,10 +802,10 @@ mod tests {
                 .meet(id("a"), Offer::default(), after(FAR))
                 .await
                 .unwrap()
-                .role,
+                .role(),
             Role::Second
         );
-        assert_eq!(a.await.unwrap().role, Role::First);
+        assert_eq!(a.await.unwrap().role(), Role::First);
         assert_eq!(engine.waiting(), 1);
 
         // A place freed by a timeout or a departure is free again.

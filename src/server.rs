@@ -151,7 +151,9 @@ impl Application {
     ) -> Result<Self, ServerError> {
         let mut metrics = Metrics::new();
         let engine = Arc::new(match &config.redis.url {
-            None => LocalEngine::with_capacity(config.max_waiters).into(),
+            None => LocalEngine::with_capacity(config.max_waiters)
+                .with_max_group_bytes(config.max_group_bytes)
+                .into(),
             Some(url) => {
                 let password = match &config.redis.password_file {
                     Some(path) => Some(read_password(path)?),
@@ -163,6 +165,7 @@ impl Application {
                     key_prefix: config.redis.key_prefix.clone(),
                     timeout: config.redis.timeout,
                     capacity: config.max_waiters,
+                    max_group_bytes: config.max_group_bytes,
                 };
                 RedisEngine::start(redis, metrics.redis())?.into()
             }
@@ -232,6 +235,7 @@ impl Application {
         let limits = Limits {
             max_wait: config.max_wait,
             max_payload: config.max_payload,
+            max_parties: config.max_parties,
         };
         let metrics = Arc::new(metrics);
         let service = Rendezvous::new(engine.clone(), limits)

@@ -16,7 +16,7 @@ use http::{HeaderMap, header::AUTHORIZATION};
 use crate::{
     auth::{Auth, AuthError},
     metrics::{Metrics, Protocol, Rejection},
-    pairing::{AnyEngine, Engine, Id, IdError, Meeting, Offer, PairError},
+    pairing::{AnyEngine, Engine, Id, IdError, Meeting, Offer, PairError, Parties, PartiesError},
     proto,
     trace::TraceId,
 };
@@ -31,6 +31,8 @@ pub struct Limits {
     pub max_wait: Duration,
     /// The largest payload accepted, in bytes.
     pub max_payload: usize,
+    /// The largest group a caller may ask for.
+    pub max_parties: u32,
 }
 
 /// When a call must be answered by, fixed when its request arrives, so that
@@ -91,6 +93,9 @@ pub enum CallError {
         /// The configured limit, in bytes.
         limit: usize,
     },
+    /// `parties` is below 2 or over `--max-parties`.
+    #[error(transparent)]
+    InvalidParties(#[from] PartiesError),
     /// The caller sent no valid bearer token, and `--auth-token-file` is set.
     #[error(transparent)]
     Unauthenticated(#[from] AuthError),
@@ -112,12 +117,16 @@ impl CallError {
     /// outcome, not a refusal.
     pub fn rejection(&self) -> Option<Rejection> {
         Some(match self {
-            Self::InvalidId(_) | Self::PayloadTooLarge { .. } => Rejection::InvalidArgument,
+            Self::InvalidId(_) | Self::PayloadTooLarge { .. } | Self::InvalidParties(_) => {
+                Rejection::InvalidArgument
+            }
             Self::Unauthenticated(_) => Rejection::Unauthenticated,
             Self::TimedOut { .. } | Self::Refused(PairError::TimedOut) => return None,
             Self::Refused(PairError::Full { .. }) => Rejection::Full,
             Self::Refused(PairError::ShuttingDown) => Rejection::ShuttingDown,
             Self::Refused(PairError::Unavailable(_)) => Rejection::Unavailable,
+            Self::Refused(PairError::PartiesMismatch { .. }) => Rejection::PartiesMismatch,
+            Self::Refused(PairError::GroupTooLarge { .. }) => Rejection::GroupTooLarge,
         })
     }
 }
@@ -217,18 +226,24 @@ impl<E: Engine> Rendezvous<E> {
         &self.engine
     }
 
-    /// Meets the other caller with `id`, by `deadline` at the latest, or
-    /// after `max_wait` if that comes sooner, handing it `offer`.
+    /// Meets the other `parties - 1` callers with `id` (one, for
+    /// `WaitForSecondParty`), by `deadline` at the latest, or after
+    /// `max_wait` if that comes sooner, handing them `offer`.
     pub async fn call(
         &self,
         protocol: Protocol,
         namespace: Namespace,
         id: String,
+        parties: u32,
         offer: Offer,
         deadline: Deadline,
     ) -> Result<Meeting, CallError> {
         let id = match Id::in_namespace(namespace.as_deref(), id) {
             Ok(id) => id,
+            Err(error) => return Err(self.refuse(protocol, error.into())),
+        };
+        let parties = match Parties::new(parties, self.limits.max_parties) {
+            Ok(parties) => parties,
             Err(error) => return Err(self.refuse(protocol, error.into())),
         };
         if offer.payload.len() > self.limits.max_payload {
@@ -252,7 +267,9 @@ impl<E: Engine> Rendezvous<E> {
             protocol = protocol.as_str(),
             trace_id = Empty,
             outcome = Empty,
+            parties = parties.get(),
             role = Empty,
+            position = Empty,
             partner_trace_id = Empty,
             waited = Empty,
         );
@@ -272,13 +289,17 @@ impl<E: Engine> Rendezvous<E> {
         };
         let result = self
             .engine
-            .meet(id, offer, deadline.arrived + wait)
+            .gather(id, parties, offer, deadline.arrived + wait)
             .instrument(span.clone())
             .await;
         pending.settled = true;
         let result = match result {
             Ok(meeting) => {
                 self.metrics.paired(protocol, meeting.waited);
+                // Once per group: by its last member, which completed it.
+                if meeting.position + 1 == meeting.parties() {
+                    self.metrics.group_completed(meeting.parties());
+                }
                 Ok(meeting)
             }
             Err(PairError::TimedOut) => {
@@ -314,9 +335,14 @@ impl Drop for Pending<'_> {
 fn record(span: &tracing::Span, result: &Result<Meeting, CallError>) {
     let (outcome, waited) = match result {
         Ok(meeting) => {
-            span.record("role", proto::Role::from(meeting.role).as_str_name());
-            if let Some(partner) = &meeting.peer_trace {
-                span.record("partner_trace_id", tracing::field::display(partner));
+            span.record("position", meeting.position);
+            // A pair's partner; in a larger group, every other member is
+            // a partner, and the span has room for one.
+            if meeting.parties() == 2 {
+                span.record("role", proto::Role::from(meeting.role()).as_str_name());
+                if let Some(partner) = &meeting.peer().trace {
+                    span.record("partner_trace_id", tracing::field::display(partner));
+                }
             }
             ("paired", meeting.waited)
         }
@@ -343,6 +369,7 @@ mod tests {
             Limits {
                 max_wait,
                 max_payload: 4,
+                max_parties: 5,
             },
         )
     }
@@ -376,10 +403,36 @@ mod tests {
                 Protocol::Grpc,
                 None,
                 id.into(),
+                2,
                 Bytes::from_static(payload).into(),
                 Deadline::starting_now(None),
             )
         };
+        let group = |parties| {
+            svc.call(
+                Protocol::Grpc,
+                None,
+                "a".into(),
+                parties,
+                Offer::default(),
+                Deadline::starting_now(None),
+            )
+        };
+        assert_eq!(
+            group(1).await,
+            Err(CallError::InvalidParties(PartiesError::TooFew(1)))
+        );
+        assert_eq!(
+            group(0).await,
+            Err(CallError::InvalidParties(PartiesError::TooFew(0)))
+        );
+        assert_eq!(
+            group(6).await,
+            Err(CallError::InvalidParties(PartiesError::TooMany {
+                asked: 6,
+                max: 5
+            }))
+        );
         assert_eq!(
             call("", b"").await,
             Err(CallError::InvalidId(IdError::Empty))
@@ -413,6 +466,7 @@ mod tests {
                 Protocol::Http,
                 None,
                 "a".into(),
+                2,
                 Bytes::new().into(),
                 Deadline::starting_now(None),
             )
@@ -440,6 +494,7 @@ mod tests {
                 Protocol::Grpc,
                 None,
                 "a".into(),
+                2,
                 Bytes::new().into(),
                 Deadline::starting_now(None),
             );
@@ -481,6 +536,7 @@ mod tests {
             Protocol::Http,
             None,
             "a".into(),
+            2,
             Bytes::new().into(),
             Deadline::starting_now(Some(Duration::from_secs(2))),
         );
@@ -489,6 +545,7 @@ mod tests {
             Protocol::Http,
             None,
             "a".into(),
+            2,
             Bytes::new().into(),
             Deadline::starting_now(Some(Duration::from_secs(60))),
         );
@@ -497,6 +554,7 @@ mod tests {
             Protocol::Grpc,
             None,
             "a".into(),
+            2,
             Bytes::new().into(),
             Deadline::starting_now(None),
         );

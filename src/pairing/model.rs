@@ -5,11 +5,14 @@
 //! the loom versions below instead of the standard library's and tokio's. The
 //! model therefore checks the engine's own code, not a copy of it.
 //!
-//! What it checks, in every interleaving loom explores:
-//! - a caller told it paired got its partner's payload, and that partner was
-//!   told it paired with this caller's payload;
+//! What it checks, in every interleaving loom explores, for pairs and for a
+//! group of three:
+//! - a caller told its group completed got every member's payload in
+//!   arrival order, its own at its position, and every other member was told
+//!   the same (or had gone after the group was decided);
+//! - a caller told it timed out is in nobody's group;
 //! - a caller that had gone (cancelled, its handler dropped) before another
-//!   arrived is never that caller's partner;
+//!   arrived is never in that caller's group;
 //! - once every caller has finished, no waiter is left in the map and every
 //!   place taken against the cap has been given back.
 //!
@@ -37,7 +40,7 @@ use loom::{
     thread,
 };
 
-use super::{Id, Offer};
+use super::{Id, Offer, Offers};
 
 /// The primitives `shard.rs` synchronises with, as loom models them.
 mod sync {
@@ -84,6 +87,10 @@ mod sync {
         }
 
         impl<T> Sender<T> {
+            pub(crate) fn is_closed(&self) -> bool {
+                self.0.lock().unwrap().receiver_gone
+            }
+
             pub(crate) fn send(self, value: T) -> Result<(), T> {
                 let mut channel = self.0.lock().unwrap();
                 if channel.receiver_gone {
@@ -143,7 +150,7 @@ mod sync {
 #[path = "shard.rs"]
 mod shard;
 
-use shard::{Arrival, Occupancy, Outcome, Shard};
+use shard::{Arrival, Group, Occupancy, Outcome, Shard};
 
 /// One shard and its cap, shared by the model's threads.
 struct World {
@@ -169,10 +176,9 @@ enum Plan {
 /// What a caller was told.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Told {
-    /// Paired on arrival (the second party), with this peer payload.
-    Second(Bytes),
-    /// Paired after parking (the first party), with this peer payload.
-    First(Bytes),
+    /// Its group completed: its position, and every member's payload in
+    /// arrival order.
+    Completed(usize, Vec<Bytes>),
     TimedOut,
     Closed,
     Full,
@@ -181,26 +187,47 @@ enum Told {
 }
 
 impl Told {
-    fn peer(&self) -> Option<&Bytes> {
+    fn group(&self) -> Option<&[Bytes]> {
         match self {
-            Told::Second(peer) | Told::First(peer) => Some(peer),
+            Told::Completed(_, group) => Some(group),
             _ => None,
         }
     }
 }
 
-/// A caller with `id` and `payload` that follows `plan`.
-fn call(world: &World, id: &str, payload: &'static [u8], plan: Plan) -> Told {
+/// Every member's payload in arrival order, as a caller at `position`
+/// whose own payload was `own` learns them.
+fn payloads(position: usize, offers: Offers, own: &'static [u8]) -> Vec<Bytes> {
+    match offers {
+        Offers::Peer(peer) => {
+            let own = Bytes::from_static(own);
+            match position {
+                0 => vec![own, peer.payload],
+                _ => vec![peer.payload, own],
+            }
+        }
+        Offers::All(all) => all.iter().map(|offer| offer.payload.clone()).collect(),
+    }
+}
+
+/// A caller with `id` and `payload`, in a group of `parties`, that follows
+/// `plan`.
+fn call(world: &World, id: &str, payload: &'static [u8], parties: u32, plan: Plan) -> Told {
     let id = Id::new(id).unwrap();
-    let parking = match world.shard.arrive(
-        id,
-        HASH,
-        Bytes::from_static(payload).into(),
-        &world.occupancy,
-    ) {
-        Arrival::Paired(peer) => return Told::Second(peer.payload),
+    let group = Group {
+        parties,
+        max_bytes: usize::MAX,
+    };
+    let offer = Offer::from(Bytes::from_static(payload));
+    let parking = match world.shard.arrive(id, HASH, group, offer, &world.occupancy) {
+        Arrival::Completed(position, offers) => {
+            return Told::Completed(position, payloads(position, offers, payload));
+        }
         Arrival::Closed => return Told::Closed,
         Arrival::Full => return Told::Full,
+        Arrival::Mismatch { .. } | Arrival::TooLarge { .. } => {
+            unreachable!("every caller asks for the same group, without a limit")
+        }
         Arrival::Parked(parking) => parking,
     };
     let outcome = match plan {
@@ -219,7 +246,9 @@ fn call(world: &World, id: &str, payload: &'static [u8], plan: Plan) -> Told {
         }
     };
     match outcome {
-        Outcome::Paired(peer) => Told::First(peer.payload),
+        Outcome::Completed(position, offers) => {
+            Told::Completed(position, payloads(position, offers, payload))
+        }
         Outcome::TimedOut => Told::TimedOut,
         Outcome::Closed => Told::Closed,
     }
@@ -228,11 +257,17 @@ fn call(world: &World, id: &str, payload: &'static [u8], plan: Plan) -> Told {
 /// Runs `f` under loom, bounded for `cargo test` unless the environment asks
 /// for more (see the module docs), and reports how many executions it took.
 fn check(name: &str, f: impl Fn() + Sync + Send + 'static) {
+    check_within(name, 3, f)
+}
+
+/// [`check`], with a smaller bound for `cargo test` than the usual three:
+/// for a model too large to explore at three in seconds.
+fn check_within(name: &str, bound: usize, f: impl Fn() + Sync + Send + 'static) {
     let mut builder = loom::model::Builder::new();
     builder.preemption_bound = match std::env::var("RENDEZVOUS_LOOM_PREEMPTIONS").as_deref() {
         // Three: the smallest bound that catches a partner handing over its
         // payload after releasing the lock (checked by hand).
-        Err(_) => Some(3),
+        Err(_) => Some(bound),
         Ok("none") => None,
         Ok(bound) => Some(
             bound
@@ -255,15 +290,27 @@ fn check(name: &str, f: impl Fn() + Sync + Send + 'static) {
     );
 }
 
-/// The callers of one model run: the id, payload and plan of each. Each
-/// runs on its own thread; `closer` adds a thread that closes the shard.
+/// A caller in a model run: its id, payload and plan.
+type Caller = (&'static str, &'static [u8], Plan);
+
+/// The callers of one model run. Each runs on its own thread; `replacement`
+/// arrives on the cancelling caller's thread once that one has gone, and
+/// `closer` adds a thread that closes the shard.
 struct Scenario {
-    callers: &'static [(&'static str, &'static [u8], Plan)],
+    callers: &'static [Caller],
+    replacement: Option<Caller>,
+    /// How many callers make up each group.
+    parties: u32,
     capacity: usize,
     closer: bool,
 }
 
 impl Scenario {
+    /// Every caller, the replacement last.
+    fn all(&self) -> Vec<Caller> {
+        self.callers.iter().copied().chain(self.replacement).collect()
+    }
+
     fn run(&self) -> Vec<Told> {
         let world = Arc::new(World {
             shard: Shard::default(),
@@ -276,26 +323,39 @@ impl Scenario {
         for &(id, payload, plan) in self.callers {
             let world = world.clone();
             let gone = gone.clone();
+            let parties = self.parties;
+            let replacement = self.replacement.filter(|_| matches!(plan, Plan::Cancel));
             threads.push(thread::spawn(move || {
                 let gone_before = gone.load(Ordering::SeqCst);
-                let told = call(&world, id, payload, plan);
+                let told = call(&world, id, payload, parties, plan);
                 if matches!(plan, Plan::Cancel) {
                     gone.store(true, Ordering::SeqCst);
                 }
-                (told, gone_before)
+                let replaced = replacement.map(|(id, payload, plan)| {
+                    (call(&world, id, payload, parties, plan), true)
+                });
+                ((told, gone_before), replaced)
             }));
         }
         let closer = self.closer.then(|| {
             let world = world.clone();
             thread::spawn(move || world.shard.close(&world.occupancy))
         });
-        let results: Vec<(Told, bool)> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        let mut results = Vec::new();
+        let mut replaced = None;
+        for thread in threads {
+            let (told, then) = thread.join().unwrap();
+            results.push(told);
+            replaced = replaced.or(then);
+        }
+        // The replacement's answer goes last, as in `all`.
+        results.extend(replaced);
         if let Some(closer) = closer {
             closer.join().unwrap();
         }
 
         let told: Vec<Told> = results.iter().map(|(told, _)| told.clone()).collect();
-        self.check_pairs_are_mutual(&told);
+        self.check_groups_are_mutual(&told);
         // Only a shutdown answers "closed", and only a cap can refuse.
         if !self.closer {
             assert!(
@@ -303,7 +363,7 @@ impl Scenario {
                 "closed without a shutdown: {told:?}"
             );
         }
-        if self.capacity >= self.callers.len() {
+        if self.capacity >= self.all().len() {
             assert!(
                 !told.contains(&Told::Full),
                 "refused under the cap: {told:?}"
@@ -315,11 +375,10 @@ impl Scenario {
             .find_map(|&(_, payload, plan)| matches!(plan, Plan::Cancel).then_some(payload));
         if let Some(cancelled) = cancelled {
             for (i, (told, gone_before)) in results.iter().enumerate() {
-                if *gone_before {
-                    assert_ne!(
-                        told.peer().map(|p| &p[..]),
-                        Some(cancelled),
-                        "caller {i} paired with a caller that had already gone: {told:?}"
+                if *gone_before && let Some(group) = told.group() {
+                    assert!(
+                        !group.iter().any(|p| p == cancelled),
+                        "caller {i}'s group counts a caller that had already gone: {told:?}"
                     );
                 }
             }
@@ -337,28 +396,38 @@ impl Scenario {
         told
     }
 
-    /// Each paired caller holds its partner's payload, and the partner holds
-    /// its own; exactly one of the two was the first party.
-    fn check_pairs_are_mutual(&self, told: &[Told]) {
+    /// Each member of a completed group holds every member's payload in
+    /// arrival order, its own at its position, and every other member was
+    /// told the same group (or went away after it was decided). Nobody told
+    /// it timed out is in a group.
+    fn check_groups_are_mutual(&self, told: &[Told]) {
+        let all = self.all();
+        let member = |payload: &Bytes| {
+            all.iter()
+                .position(|(_, p, _)| p == payload)
+                .unwrap_or_else(|| panic!("a payload nobody sent: {told:?}"))
+        };
         for (i, mine) in told.iter().enumerate() {
-            let Some(peer_payload) = mine.peer() else {
+            let Told::Completed(position, group) = mine else {
                 continue;
             };
-            let partner = self
-                .callers
-                .iter()
-                .position(|(_, payload, _)| payload == peer_payload)
-                .unwrap_or_else(|| panic!("caller {i} got a payload nobody sent: {told:?}"));
-            assert_ne!(partner, i, "caller {i} paired with itself: {told:?}");
-            let own = self.callers[i].1;
-            match (&told[i], &told[partner]) {
-                (Told::First(_), Told::Second(back)) | (Told::Second(_), Told::First(back)) => {
-                    assert_eq!(back, own, "pair {i}/{partner} is not mutual: {told:?}")
+            assert_eq!(group.len(), self.parties as usize, "{told:?}");
+            assert_eq!(
+                group[*position], all[i].1,
+                "caller {i} is not at its own position: {told:?}"
+            );
+            for (at, payload) in group.iter().enumerate() {
+                let other = member(payload);
+                match &told[other] {
+                    Told::Completed(their_position, theirs) => {
+                        assert_eq!(theirs, group, "caller {i} and {other} disagree: {told:?}");
+                        assert_eq!(*their_position, at, "{told:?}");
+                    }
+                    // It went away after the group was decided: its answer
+                    // is lost, as with any response a client hangs up on.
+                    Told::Gone => {}
+                    _ => panic!("caller {i}'s group counts caller {other}, told otherwise: {told:?}"),
                 }
-                // The partner went away after the pair was decided: its
-                // answer is lost, as with any response a client hangs up on.
-                (Told::Second(_), Told::Gone) => {}
-                _ => panic!("caller {i} paired but caller {partner} was not told: {told:?}"),
             }
         }
     }
@@ -369,11 +438,13 @@ fn two_patient_callers_always_pair() {
     check("two_patient_callers_always_pair", || {
         let told = Scenario {
             callers: &[("x", b"A", Plan::Patient), ("x", b"B", Plan::Patient)],
+            replacement: None,
+            parties: 2,
             capacity: usize::MAX,
             closer: false,
         }
         .run();
-        assert!(told.iter().all(|t| t.peer().is_some()), "{told:?}");
+        assert!(told.iter().all(|t| t.group().is_some()), "{told:?}");
     });
 }
 
@@ -382,6 +453,8 @@ fn a_deadline_races_the_partner() {
     check("a_deadline_races_the_partner", || {
         Scenario {
             callers: &[("x", b"A", Plan::Deadline), ("x", b"B", Plan::Deadline)],
+            replacement: None,
+            parties: 2,
             capacity: usize::MAX,
             closer: false,
         }
@@ -398,6 +471,8 @@ fn three_callers_with_one_id() {
                 ("x", b"B", Plan::Deadline),
                 ("x", b"C", Plan::Deadline),
             ],
+            replacement: None,
+            parties: 2,
             capacity: usize::MAX,
             closer: false,
         }
@@ -410,6 +485,8 @@ fn a_cancel_races_a_partner_whose_deadline_fires() {
     check("a_cancel_races_a_partner_whose_deadline_fires", || {
         Scenario {
             callers: &[("x", b"A", Plan::Cancel), ("x", b"B", Plan::Deadline)],
+            replacement: None,
+            parties: 2,
             capacity: usize::MAX,
             closer: false,
         }
@@ -426,6 +503,8 @@ fn three_callers_with_a_cancel_and_deadlines() {
                 ("x", b"B", Plan::Deadline),
                 ("x", b"C", Plan::Deadline),
             ],
+            replacement: None,
+            parties: 2,
             capacity: usize::MAX,
             closer: false,
         }
@@ -440,6 +519,8 @@ fn shutdown_races_a_pair() {
         // must answer it, or `block_on` would never return.
         Scenario {
             callers: &[("x", b"A", Plan::Patient), ("x", b"B", Plan::Deadline)],
+            replacement: None,
+            parties: 2,
             capacity: usize::MAX,
             closer: true,
         }
@@ -457,11 +538,56 @@ fn the_cap_is_given_back_by_every_path() {
                 ("y", b"B", Plan::Deadline),
                 ("x", b"C", Plan::Deadline),
             ],
+            replacement: None,
+            parties: 2,
             capacity: 1,
             closer: false,
         }
         .run();
         // "y" shares the bucket but never matches "x".
-        assert!(told[1].peer().is_none(), "{told:?}");
+        assert!(told[1].group().is_none(), "{told:?}");
+    });
+}
+
+#[test]
+fn three_patient_callers_always_form_a_group() {
+    // Three patient callers have too many interleavings at three
+    // preemptions for `cargo test`; `scripts/loom.sh` runs them at four.
+    check_within("three_patient_callers_always_form_a_group", 2, || {
+        let told = Scenario {
+            callers: &[
+                ("x", b"A", Plan::Patient),
+                ("x", b"B", Plan::Patient),
+                ("x", b"C", Plan::Patient),
+            ],
+            replacement: None,
+            parties: 3,
+            capacity: usize::MAX,
+            closer: false,
+        }
+        .run();
+        assert!(told.iter().all(|t| t.group().is_some()), "{told:?}");
+    });
+}
+
+#[test]
+fn a_group_of_three_with_a_leaving_member() {
+    check("a_group_of_three_with_a_leaving_member", || {
+        // A goes away mid-wait and D arrives in its place, while B's and C's
+        // deadlines race them: any group that forms counts B, C and either
+        // A (if it completed before A left) or D, never A after it left, and
+        // never a member told it timed out.
+        Scenario {
+            callers: &[
+                ("x", b"A", Plan::Cancel),
+                ("x", b"B", Plan::Deadline),
+                ("x", b"C", Plan::Deadline),
+            ],
+            replacement: Some(("x", b"D", Plan::Deadline)),
+            parties: 3,
+            capacity: usize::MAX,
+            closer: false,
+        }
+        .run();
     });
 }

@@ -8,12 +8,30 @@
 -- and KEYS[1] .. ':r:' .. token holds the waiter's payload for an offerer
 -- whose pair was decided, until the offerer's replica has read it.
 --
+-- A group of more than two (WaitForParties) forming under an id keeps other
+-- fields in the same hash, so that a pair and a group never share an id:
+--   n, k, b         its size, how many members wait, their payload bytes
+--   t<i> c<i> p<i> e<i> l<i>
+--                   member i (1..k, in arrival order): token, channel,
+--                   sealed payload, when it gives up, payload length
+--   o, oc, op, oe, ol
+--                   the caller that would complete it, until every member's
+--                   replica has confirmed its member is still there
+--   a, a<i>         how many have confirmed, and whether member i has
+-- A completed group's payloads go to KEYS[1] .. ':g:' .. the last caller's
+-- token, and each member's position and that key's name to
+-- KEYS[1] .. ':q:' .. its token, in case its message is missed.
+--
 -- A replica learns what concerns its callers on its channel:
 --   'O' token '\n' key              an offer to waiter `token`: accept it if
 --                                   the waiter is still there
 --   'R' token '\n' key '\n' payload offerer `token` is paired; the payload
 --   'P' token '\n' key              offerer `token` now waits in the place of
---                                   a waiter that left
+--                                   a waiter that left (or, in a group, as
+--                                   its last member)
+--   'G' token '\n' key '\n' position '\n' result
+--                                   member `token`'s group completed; its
+--                                   payloads are in the key `result`
 -- PUBLISH returns how many replicas listen: 0 means the caller's replica is
 -- gone (killed, or cut off from Redis), and nobody is paired with it.
 --
@@ -21,6 +39,8 @@
 --   arrive  channel payload wait_ms may_park
 --   accept
 --   leave   can_accept
+--   join    channel payload wait_ms may_park parties payload_len max_bytes
+--   confirm
 local key, op, token = KEYS[1], ARGV[1], ARGV[2]
 -- How long entries outlive their caller's deadline, so that the replica's
 -- own answer at the deadline still finds them.
@@ -39,7 +59,7 @@ end
 
 -- The fields of the meeting place, in this order.
 local function state()
-  return redis.call('HMGET', key, 'w', 'wp', 'o', 'oc', 'op', 'oe', 'wc')
+  return redis.call('HMGET', key, 'w', 'wp', 'o', 'oc', 'op', 'oe', 'wc', 'n')
 end
 
 -- Pairs the waiter with the offerer in `s`, if the offerer's replica still
@@ -57,9 +77,165 @@ local function pair(s)
   return s[5]
 end
 
+-- Groups of more than two.
+
+local FIELDS = {'t', 'c', 'p', 'e', 'l', 'a'}
+
+local function member_of(t)
+  local k = tonumber(redis.call('HGET', key, 'k') or '0')
+  for i = 1, k do
+    if redis.call('HGET', key, 't' .. i) == t then return i, k end
+  end
+  return nil, k
+end
+
+-- Removes member i of k, keeping the others in arrival order.
+local function remove_member(i, k)
+  local l = tonumber(redis.call('HGET', key, 'l' .. i))
+  for j = i, k - 1 do
+    for _, f in ipairs(FIELDS) do
+      local v = redis.call('HGET', key, f .. (j + 1))
+      if v then redis.call('HSET', key, f .. j, v) else redis.call('HDEL', key, f .. j) end
+    end
+  end
+  for _, f in ipairs(FIELDS) do redis.call('HDEL', key, f .. k) end
+  redis.call('HSET', key, 'k', k - 1)
+  redis.call('HINCRBY', key, 'b', -l)
+  return k - 1
+end
+
+local function add_member(k, t, c, p, e, l)
+  k = k + 1
+  redis.call('HSET', key, 'k', k, 't' .. k, t, 'c' .. k, c, 'p' .. k, p, 'e' .. k, e, 'l' .. k, l)
+  redis.call('HINCRBY', key, 'b', l)
+  expire_within(math.max(tonumber(e) - now_ms(), 0) + SLACK_MS)
+  return k
+end
+
+-- Withdraws the pending completion: confirmations are forgotten, and the
+-- caller that would have completed the group joins it as its last member
+-- (if `promote`, and its replica still listens).
+local function withdraw_completion(k, promote)
+  local o = redis.call('HMGET', key, 'o', 'oc', 'op', 'oe', 'ol')
+  redis.call('HDEL', key, 'o', 'oc', 'op', 'oe', 'ol', 'a')
+  for i = 1, k do redis.call('HDEL', key, 'a' .. i) end
+  if promote and o[1] and redis.call('PUBLISH', o[2], 'P' .. o[1] .. '\n' .. key) > 0 then
+    k = add_member(k, o[1], o[2], o[3], o[4], o[5])
+  end
+  return k
+end
+
+-- Completes the group: every member's replica has confirmed, member `me`
+-- last. Returns its answer, or nil if a replica stopped listening since
+-- (then that member is dropped, and the group forms on).
+local function complete(me, k)
+  local o = redis.call('HMGET', key, 'o', 'oc', 'op', 'oe')
+  local channels, tokens, payloads = {}, {}, {}
+  local latest = tonumber(o[4])
+  for i = 1, k do
+    local m = redis.call('HMGET', key, 't' .. i, 'c' .. i, 'p' .. i, 'e' .. i)
+    tokens[i], channels[i], payloads[i] = m[1], m[2], m[3]
+    latest = math.max(latest, tonumber(m[4]))
+  end
+  tokens[k + 1], channels[k + 1], payloads[k + 1] = o[1], o[2], o[3]
+  local listening = redis.call('PUBSUB', 'NUMSUB', unpack(channels))
+  local offerer_listens = listening[2 * (k + 1)] ~= 0
+  local gone = {}
+  for i = 1, k + 1 do
+    if listening[2 * i] == 0 then gone[#gone + 1] = i end
+  end
+  if #gone > 0 then
+    for j = #gone, 1, -1 do
+      if gone[j] <= k then k = remove_member(gone[j], k) end
+    end
+    withdraw_completion(k, offerer_listens)
+    return nil
+  end
+  local list = {}
+  for i = 1, k + 1 do list[i] = #payloads[i] .. ':' .. payloads[i] end
+  list = table.concat(list)
+  local result = key .. ':g:' .. o[1]
+  local ttl = math.max(latest - now_ms(), 0) + SLACK_MS
+  redis.call('SET', result, list, 'PX', ttl)
+  for i = 1, k + 1 do
+    if i ~= me then
+      local where = (i - 1) .. '\n' .. result
+      redis.call('SET', key .. ':q:' .. tokens[i], where, 'PX', ttl)
+      redis.call('PUBLISH', channels[i], 'G' .. tokens[i] .. '\n' .. key .. '\n' .. where)
+    end
+  end
+  redis.call('DEL', key)
+  return {'group', tostring(me - 1), list}
+end
+
+-- Member i confirms that its caller is still there. Returns an answer if
+-- that completed the group.
+local function confirm(i, k)
+  if redis.call('HEXISTS', key, 'a' .. i) == 0 then
+    redis.call('HSET', key, 'a' .. i, '1')
+    redis.call('HINCRBY', key, 'a', 1)
+  end
+  if tonumber(redis.call('HGET', key, 'a')) < k then return nil end
+  return complete(i, k)
+end
+
+-- A group's answer for a caller no longer in it, if its group completed.
+local function grouped(t)
+  local where = redis.call('GET', key .. ':q:' .. t)
+  if not where then return nil end
+  redis.call('DEL', key .. ':q:' .. t)
+  local position, result = string.match(where, '^(%d+)\n(.*)$')
+  local list = redis.call('GET', result)
+  if not list then return nil end
+  return {'group', position, list}
+end
+
+if op == 'join' then
+  local channel, payload, wait, may_park = ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6]
+  local parties, len, max_bytes = ARGV[7], tonumber(ARGV[8]), tonumber(ARGV[9])
+  local g = redis.call('HMGET', key, 'w', 'n', 'k', 'b', 'o')
+  if g[1] then return {'mismatch', '2'} end
+  if g[2] and g[2] ~= parties then return {'mismatch', g[2]} end
+  -- Another caller is completing the group: try again shortly.
+  if g[5] then return {'busy'} end
+  local k, held = tonumber(g[3] or '0'), tonumber(g[4] or '0')
+  if held + len > max_bytes then return {'toolarge', tostring(held)} end
+  local expires = now_ms() + wait
+  if k + 1 == tonumber(parties) then
+    -- Ask every member's replica to confirm; one that nobody listens for
+    -- is gone, and so is its member.
+    local i = 1
+    while i <= k do
+      local m = redis.call('HMGET', key, 't' .. i, 'c' .. i)
+      if redis.call('PUBLISH', m[2], 'O' .. m[1] .. '\n' .. key) > 0 then
+        i = i + 1
+      else
+        k = remove_member(i, k)
+      end
+    end
+    if k + 1 == tonumber(parties) then
+      redis.call('HSET', key, 'o', token, 'oc', channel, 'op', payload, 'oe', expires, 'ol', len, 'a', 0)
+      expire_within(wait + SLACK_MS)
+      return {'offered'}
+    end
+  end
+  if may_park ~= '1' then return {'full'} end
+  redis.call('HSET', key, 'n', parties)
+  add_member(k, token, channel, payload, expires, len)
+  return {'parked'}
+end
+
+if op == 'confirm' then
+  if not redis.call('HGET', key, 'o') then return {'none'} end
+  local i, k = member_of(token)
+  if not i then return {'none'} end
+  return confirm(i, k) or {'none'}
+end
+
 if op == 'arrive' then
   local channel, payload, wait, may_park = ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6]
   local s = state()
+  if s[8] then return {'mismatch', s[8]} end
   if s[1] then
     -- Someone else is already pairing with the waiter: try again shortly.
     if s[3] then return {'busy'} end
@@ -89,6 +265,27 @@ end
 if op == 'leave' then
   local can_accept = ARGV[3] == '1'
   local s = state()
+  if s[8] then
+    local i, k = member_of(token)
+    if i and s[3] and can_accept then
+      -- The deadline came with a completion pending: if this member was all
+      -- it waited for, the completion was first.
+      local answer = confirm(i, k)
+      if answer then return answer end
+      i, k = member_of(token)
+    end
+    if i then
+      if redis.call('HEXISTS', key, 'o') == 1 then k = withdraw_completion(k, true) end
+      if remove_member(i, k) == 0 then redis.call('DEL', key) end
+      return {'left'}
+    end
+    if s[3] == token then
+      withdraw_completion(k, false)
+      return {'left'}
+    end
+  end
+  local answer = grouped(token)
+  if answer then return answer end
   if s[1] == token then
     if s[3] then
       if can_accept then

@@ -44,7 +44,7 @@ use tokio::{
     time::{Instant, sleep, sleep_until, timeout, timeout_at},
 };
 
-use super::{Engine, Id, Meeting, Offer, PairError, Role};
+use super::{Engine, Id, Meeting, Offer, Offers, PairError, Parties, Role};
 use crate::metrics::RedisMetrics;
 use crate::{hex::Hex16, trace::TraceId};
 
@@ -91,21 +91,20 @@ fn seal(offer: Offer) -> Bytes {
     sealed.into()
 }
 
-/// The partner's payload and trace id, from the sealed offer `meeting`
-/// carries. Anything else (nothing this version writes) is all payload.
-fn unseal(mut meeting: Meeting) -> Meeting {
-    let sealed = std::mem::take(&mut meeting.peer_payload);
-    let (trace, payload) = match sealed.first() {
-        Some(0) => (None, sealed.slice(1..)),
+/// The payload and trace id of a sealed offer. Anything else (nothing this
+/// version writes) is all payload.
+fn unseal(sealed: Bytes) -> Offer {
+    match sealed.first() {
+        Some(0) => Offer::from(sealed.slice(1..)),
         Some(1) if sealed.len() >= 17 => {
             let trace: [u8; 16] = sealed[1..17].try_into().expect("16 bytes");
-            (TraceId::from_bytes(trace), sealed.slice(17..))
+            Offer {
+                payload: sealed.slice(17..),
+                trace: TraceId::from_bytes(trace),
+            }
         }
-        _ => (None, sealed),
-    };
-    meeting.peer_payload = payload;
-    meeting.peer_trace = trace;
-    meeting
+        _ => Offer::from(sealed),
+    }
 }
 
 /// How the Redis engine connects, from the flags.
@@ -122,6 +121,8 @@ pub struct RedisConfig {
     pub timeout: Duration,
     /// The most callers that may wait through this replica at once.
     pub capacity: usize,
+    /// The most bytes of payloads a group of more than two may hold.
+    pub max_group_bytes: usize,
 }
 
 // The URL and the password are secrets: never print them.
@@ -178,6 +179,9 @@ enum Event {
     Paired(Bytes),
     /// This caller, an offerer, now waits in the place of a waiter that left.
     Promoted,
+    /// This caller's group completed: its position, and the key that holds
+    /// the group's payloads.
+    Grouped(usize, String),
     /// Redis cannot be reached: the outcome cannot be known.
     Lost(String),
     /// The engine is closing.
@@ -242,6 +246,7 @@ struct Inner {
     /// Callers parked in Redis through this replica (not offerers).
     parked: AtomicUsize,
     capacity: usize,
+    max_group_bytes: usize,
     timeout: Duration,
     closed: AtomicBool,
     reachable: watch::Sender<bool>,
@@ -342,6 +347,7 @@ impl RedisEngine {
             places: AtomicUsize::new(0),
             parked: AtomicUsize::new(0),
             capacity: config.capacity,
+            max_group_bytes: config.max_group_bytes,
             timeout: config.timeout,
             closed: AtomicBool::new(false),
             reachable,
@@ -368,19 +374,27 @@ impl RedisEngine {
 impl Engine for RedisEngine {
     /// Boxed: this future is larger than the local engine's, and inline in
     /// [`super::AnyEngine`]'s it would make every local call as large.
-    fn meet(
+    fn gather(
         &self,
         id: Id,
+        parties: Parties,
         offer: Offer,
         deadline: Instant,
     ) -> impl Future<Output = Result<Meeting, PairError>> + Send {
         let inner = self.inner.clone();
         // Hashed now, so that the waiting future keeps 16 bytes, not the id.
         let digest = id_digest(&id);
+        let payload_len = offer.payload.len();
         let sealed = seal(offer);
         let call: std::pin::Pin<Box<dyn Future<Output = _> + Send>> = Box::pin(async move {
-            let meeting = inner.meet(digest, sealed, deadline).await?;
-            Ok(unseal(meeting))
+            let met = inner
+                .meet(digest, parties, (sealed, payload_len), deadline)
+                .await?;
+            let offers = match met.offers {
+                Sealed::Peer(peer) => Offers::Peer(unseal(peer)),
+                Sealed::All(all) => Offers::All(all.into_iter().map(unseal).collect()),
+            };
+            Ok(Meeting::new(met.position, offers, met.waited))
         });
         call
     }
@@ -404,11 +418,31 @@ enum Arrived {
     Offered,
     Busy,
     Full,
+    /// A group of this size is forming under the id.
+    Mismatch(u32),
+    /// The group's payloads already take this many bytes.
+    TooLarge(usize),
 }
 
-/// What `accept` and `leave` decided.
+/// What a caller's replica learned, the offers still sealed.
+struct Met {
+    position: usize,
+    offers: Sealed,
+    waited: Duration,
+}
+
+/// The other members' sealed offers: a pair's partner's, or everyone's.
+enum Sealed {
+    Peer(Bytes),
+    All(Vec<Bytes>),
+}
+
+/// What `accept`, `confirm` and `leave` decided.
 enum Settled {
     Paired(Role, Bytes),
+    /// The group completed: this caller's position, and every member's
+    /// sealed offer.
+    Grouped(usize, Vec<Bytes>),
     /// No pair: `accept` found the offer withdrawn, or `leave` removed the
     /// caller (or found it gone already).
     Unpaired,
@@ -447,9 +481,10 @@ impl Inner {
     async fn meet(
         self: Arc<Self>,
         digest: Digest,
-        payload: Bytes,
+        parties: Parties,
+        payload: (Bytes, usize),
         deadline: Instant,
-    ) -> Result<Meeting, PairError> {
+    ) -> Result<Met, PairError> {
         if let Some(error) = self.unreachable_now() {
             return Err(error);
         }
@@ -462,6 +497,7 @@ impl Inner {
             digest,
             ticket,
             deadline,
+            parties: parties.get(),
             place: false,
             parked: false,
             settled: false,
@@ -486,35 +522,43 @@ impl Inner {
             return Err(refused);
         }
 
-        // The payloads here are sealed offers; `meet` unseals the partner's.
-        let paired = |role, peer_payload| Meeting {
-            role,
-            peer_payload,
-            peer_trace: None,
-            waited: start.elapsed(),
+        // The payloads here are sealed offers; `gather` unseals them.
+        let met = |settled| {
+            let (position, offers) = match settled {
+                Settled::Paired(Role::First, peer) => (0, Sealed::Peer(peer)),
+                Settled::Paired(Role::Second, peer) => (1, Sealed::Peer(peer)),
+                Settled::Grouped(position, all) => (position, Sealed::All(all)),
+                Settled::Unpaired => return Err(PairError::TimedOut),
+            };
+            Ok(Met {
+                position,
+                offers,
+                waited: start.elapsed(),
+            })
         };
         loop {
             let event = tokio::select! {
                 event = slot.next() => event,
                 () = sleep_until(deadline) => {
-                    let settled = Box::pin(self.at_deadline(&mut guard, &slot)).await?;
-                    return match settled {
-                        Settled::Paired(role, peer_payload) => Ok(paired(role, peer_payload)),
-                        Settled::Unpaired => Err(PairError::TimedOut),
-                    };
+                    return met(Box::pin(self.at_deadline(&mut guard, &slot)).await?);
                 }
             };
             match event {
                 Event::Offer => {
                     let accepted = Box::pin(self.accept_in_turn(&guard)).await?;
-                    if let Settled::Paired(role, peer_payload) = accepted {
+                    if !matches!(accepted, Settled::Unpaired) {
                         guard.settled = true;
-                        return Ok(paired(role, peer_payload));
+                        return met(accepted);
                     }
                 }
                 Event::Paired(peer_payload) => {
                     guard.settled = true;
-                    return Ok(paired(Role::Second, peer_payload));
+                    return met(Settled::Paired(Role::Second, peer_payload));
+                }
+                Event::Grouped(position, result) => {
+                    let all = Box::pin(self.group_result(&result)).await;
+                    guard.settled = true;
+                    return met(Settled::Grouped(position, all?));
                 }
                 // Now a waiter, it takes a place against the cap like one;
                 // with none left, it leaves (the guard removes it).
@@ -542,17 +586,41 @@ impl Inner {
         let _turn = self.turn().await?;
         let settled = self.leave(&guard.key(), &guard.token(), true).await?;
         guard.settled = true;
-        if let Settled::Paired(..) = settled {
+        if !matches!(settled, Settled::Unpaired) {
             return Ok(settled);
         }
         // Its result key is gone only if the message that paired it arrived,
         // and then that message is waiting in its slot.
         while let Some(event) = slot.try_next() {
-            if let Event::Paired(peer_payload) = event {
-                return Ok(Settled::Paired(Role::Second, peer_payload));
+            match event {
+                Event::Paired(peer_payload) => {
+                    return Ok(Settled::Paired(Role::Second, peer_payload));
+                }
+                Event::Grouped(position, result) => {
+                    let all = self.group_result(&result).await?;
+                    return Ok(Settled::Grouped(position, all));
+                }
+                _ => {}
             }
         }
         Ok(Settled::Unpaired)
+    }
+
+    /// The payloads of a completed group, from the key its message named.
+    async fn group_result(&self, result: &str) -> Result<Vec<Bytes>, PairError> {
+        let _turn = self.turn().await?;
+        let mut connection = self.connection.clone();
+        let list: Option<Vec<u8>> = timeout(
+            self.timeout * COMMANDS_WAIT,
+            redis::cmd("GET").arg(result).query_async(&mut connection),
+        )
+        .await
+        .map_err(|_| PairError::Unavailable("Redis did not answer in time".into()))?
+        .map_err(|error| PairError::Unavailable(format!("Redis failed: {error}")))?;
+        let list = list.ok_or_else(|| {
+            PairError::Unavailable("the group completed, but its answer expired in Redis".into())
+        })?;
+        unpack(Bytes::from(list))
     }
 
     async fn accept_in_turn(&self, guard: &Guard) -> Result<Settled, PairError> {
@@ -565,7 +633,7 @@ impl Inner {
     async fn arrive_until_placed(
         &self,
         guard: &mut Guard,
-        payload: Bytes,
+        (payload, payload_len): (Bytes, usize),
         turn: tokio::sync::SemaphorePermit<'_>,
     ) -> Result<Option<PairError>, PairError> {
         let deadline = guard.deadline;
@@ -587,7 +655,8 @@ impl Inner {
             guard.place = true;
             // Each command's future is boxed, here and below: it lives for a
             // round trip, and inline it would size every waiting caller.
-            let arrived = Box::pin(self.arrive(guard, &payload, wait, may_park)).await;
+            let arrived =
+                Box::pin(self.arrive(guard, (&payload, payload_len), wait, may_park)).await;
             if matches!(arrived, Ok(Arrived::Parked)) {
                 self.parked.fetch_add(1, Ordering::Relaxed);
                 guard.parked = true;
@@ -605,6 +674,21 @@ impl Inner {
                         capacity: self.capacity,
                     }));
                 }
+                Arrived::Mismatch(forming) => {
+                    guard.settled = true;
+                    return Ok(Some(PairError::PartiesMismatch {
+                        forming,
+                        asked: guard.parties,
+                    }));
+                }
+                Arrived::TooLarge(held) => {
+                    guard.settled = true;
+                    return Ok(Some(PairError::GroupTooLarge {
+                        held,
+                        payload: payload_len,
+                        limit: self.max_group_bytes,
+                    }));
+                }
                 // Another caller is pairing with this id's waiter right now;
                 // the id is free again within a round trip or two.
                 Arrived::Busy => {
@@ -618,25 +702,40 @@ impl Inner {
     async fn arrive(
         &self,
         guard: &Guard,
-        payload: &Bytes,
+        (payload, payload_len): (&Bytes, usize),
         wait: Duration,
         may_park: bool,
     ) -> Result<Arrived, PairError> {
         let (key, token) = (guard.key(), guard.token());
         let mut invocation = self.script.key(&key);
+        let group = guard.parties > 2;
         invocation
-            .arg("arrive")
+            .arg(if group { "join" } else { "arrive" })
             .arg(&token)
             .arg(&self.channel)
             .arg(payload.as_ref())
             .arg(wait.as_millis().max(1) as u64)
             .arg(if may_park { "1" } else { "0" });
+        if group {
+            invocation
+                .arg(guard.parties)
+                .arg(payload_len)
+                .arg(self.max_group_bytes);
+        }
         let reply = self.run(&invocation).await?;
+        let number = || {
+            reply
+                .get(1)
+                .and_then(|n| std::str::from_utf8(n).ok()?.parse::<u64>().ok())
+                .ok_or_else(|| unexpected(&reply))
+        };
         match reply.first().map(Vec::as_slice) {
             Some(b"parked") => Ok(Arrived::Parked),
             Some(b"offered") => Ok(Arrived::Offered),
             Some(b"busy") => Ok(Arrived::Busy),
             Some(b"full") => Ok(Arrived::Full),
+            Some(b"mismatch") => Ok(Arrived::Mismatch(number()? as u32)),
+            Some(b"toolarge") => Ok(Arrived::TooLarge(number()? as usize)),
             _ => Err(unexpected(&reply)),
         }
     }
@@ -644,7 +743,10 @@ impl Inner {
     async fn accept(&self, guard: &Guard) -> Result<Settled, PairError> {
         let (key, token) = (guard.key(), guard.token());
         let mut invocation = self.script.key(&key);
-        invocation.arg("accept").arg(&token);
+        let confirm = guard.parties > 2;
+        invocation
+            .arg(if confirm { "confirm" } else { "accept" })
+            .arg(&token);
         settled(self.run(&invocation).await?)
     }
 
@@ -805,6 +907,18 @@ impl Inner {
             b'O' => Event::Offer,
             b'P' => Event::Promoted,
             b'R' => Event::Paired(Bytes::copy_from_slice(parts.next().unwrap_or_default())),
+            b'G' => {
+                let Some((position, result)) = parts
+                    .next()
+                    .and_then(|rest| std::str::from_utf8(rest).ok()?.split_once('\n'))
+                else {
+                    return;
+                };
+                let Ok(position) = position.parse() else {
+                    return;
+                };
+                Event::Grouped(position, result.to_owned())
+            }
             _ => return,
         };
         let delivered = match self.lock_slots().get(&ticket) {
@@ -814,11 +928,12 @@ impl Inner {
             }
             None => false,
         };
-        if kind == b'R' {
+        if kind == b'R' || kind == b'G' {
             // The result key was only for a missed message, and this one
             // arrived: remove it. Only after delivering the message, which a
             // caller that finds its result key gone relies on.
-            let _ = self.janitor.send(format!("{key}:r:{token}"));
+            let kind = if kind == b'R' { 'r' } else { 'q' };
+            let _ = self.janitor.send(format!("{key}:{kind}:{token}"));
         } else if !delivered {
             // An offer to (or a promotion of) a caller that is no longer
             // here: it left, or was answered when Redis was lost. Make sure
@@ -836,6 +951,8 @@ struct Guard {
     digest: Digest,
     ticket: u64,
     deadline: Instant,
+    /// How many callers make up its group.
+    parties: u32,
     /// Holds a place against the cap.
     place: bool,
     /// Counted as parked.
@@ -890,6 +1007,20 @@ fn settled(reply: Vec<Vec<u8>>) -> Result<Settled, PairError> {
     let role = match reply.first().map(Vec::as_slice) {
         Some(b"first") => Role::First,
         Some(b"second") => Role::Second,
+        Some(b"group") => {
+            let mut parts = reply.into_iter().skip(1);
+            let position = parts
+                .next()
+                .and_then(|p| String::from_utf8(p).ok()?.parse().ok());
+            return match (position, parts.next()) {
+                (Some(position), Some(list)) => {
+                    Ok(Settled::Grouped(position, unpack(Bytes::from(list))?))
+                }
+                _ => Err(PairError::Unavailable(
+                    "Redis answered a group without its payloads".into(),
+                )),
+            };
+        }
         Some(b"none" | b"left" | b"gone") => return Ok(Settled::Unpaired),
         _ => return Err(unexpected(&reply)),
     };
@@ -899,6 +1030,30 @@ fn settled(reply: Vec<Vec<u8>>) -> Result<Settled, PairError> {
             "Redis answered a pair without a payload".into(),
         )),
     }
+}
+
+/// A group's sealed offers, from the list the script writes: each as its
+/// length in decimal, a colon, and its bytes.
+fn unpack(mut list: Bytes) -> Result<Vec<Bytes>, PairError> {
+    let mut offers = Vec::new();
+    while !list.is_empty() {
+        let colon = list.iter().position(|&b| b == b':');
+        let len = colon.and_then(|colon| std::str::from_utf8(&list[..colon]).ok()?.parse::<usize>().ok());
+        let (Some(colon), Some(len)) = (colon, len) else {
+            return Err(PairError::Unavailable(
+                "Redis answered a malformed list of payloads".into(),
+            ));
+        };
+        let end = colon + 1 + len;
+        if end > list.len() {
+            return Err(PairError::Unavailable(
+                "Redis answered a list of payloads cut short".into(),
+            ));
+        }
+        offers.push(list.slice(colon + 1..end));
+        let _ = list.split_to(end);
+    }
+    Ok(offers)
 }
 
 fn unexpected(reply: &[Vec<u8>]) -> PairError {
@@ -1002,19 +1157,34 @@ async fn probe(inner: Weak<Inner>) {
 mod tests {
     use super::*;
 
+    /// A group's list of sealed offers reads back as written, empty ones
+    /// and ones holding the separator included; a list cut short or
+    /// malformed is refused, never misread.
+    #[test]
+    fn group_lists_unpack_to_what_the_script_packs() {
+        let list = Bytes::from_static(b"3:a:b0:5:12345");
+        assert_eq!(
+            unpack(list).unwrap(),
+            [&b"a:b"[..], b"", b"12345"].map(Bytes::from_static)
+        );
+        assert_eq!(unpack(Bytes::new()).unwrap(), Vec::<Bytes>::new());
+        for bad in [&b"4:abc"[..], b"x:abc", b"3abc", b":abc"] {
+            assert!(
+                unpack(Bytes::from_static(bad)).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
     /// Offers are sealed with their trace id and unsealed whole; a string
     /// this version would not write (too short for the trace id it claims,
     /// or unknown) is all payload, never a panic.
     #[test]
     fn offers_unseal_to_what_was_sealed() {
         let unsealed = |sealed: Bytes| {
-            let meeting = unseal(Meeting {
-                role: Role::First,
-                peer_payload: sealed,
-                peer_trace: None,
-                waited: Duration::ZERO,
-            });
-            (meeting.peer_payload, meeting.peer_trace)
+            let offer = unseal(sealed);
+            (offer.payload, offer.trace)
         };
         let trace = TraceId::from_bytes([7; 16]);
         for offer in [
@@ -1057,6 +1227,7 @@ mod tests {
             key_prefix: "debug:".into(),
             timeout: Duration::from_millis(10),
             capacity: 1,
+            max_group_bytes: usize::MAX,
         }
     }
 
@@ -1120,6 +1291,7 @@ mod size {
             key_prefix: "size:".into(),
             timeout: std::time::Duration::from_millis(10),
             capacity: 1,
+            max_group_bytes: usize::MAX,
         };
         let engine =
             super::RedisEngine::start(config, crate::metrics::Metrics::new().redis()).unwrap();
@@ -1127,7 +1299,12 @@ mod size {
             engine
                 .inner
                 .clone()
-                .meet([0; 16], bytes::Bytes::new(), tokio::time::Instant::now());
+                .meet(
+                    [0; 16],
+                    super::Parties::TWO,
+                    (bytes::Bytes::new(), 0),
+                    tokio::time::Instant::now(),
+                );
         let size = std::mem::size_of_val(&call);
         assert!(size <= 640, "a waiting caller's future is {size} bytes");
     }

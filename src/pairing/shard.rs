@@ -10,15 +10,17 @@
 
 use std::{
     pin::Pin,
-    sync::PoisonError,
+    sync::{Arc, PoisonError},
     task::{Context, Poll, ready},
 };
 
 use hashbrown::HashTable;
 use pin_project_lite::pin_project;
 
+use smallvec::SmallVec;
+
 use super::{
-    Id, Offer,
+    Id, Offer, Offers,
     sync::{AtomicUsize, Mutex, MutexGuard, Ordering, oneshot},
 };
 /// Places for parked callers, against the cap.
@@ -60,11 +62,11 @@ impl Occupancy {
         self.taken.0.load(Ordering::Relaxed)
     }
 
-    /// Takes a place for one more parked caller in `state`'s shard: its
-    /// spare if it has one, or a new one if the cap allows.
-    fn admit(&self, state: &mut ShardState) -> bool {
-        if state.spares > 0 {
-            state.spares -= 1;
+    /// Takes a place for one more parked caller in a shard that keeps
+    /// `spares`: its spare if it has one, or a new one if the cap allows.
+    fn admit(&self, spares: &mut usize) -> bool {
+        if *spares > 0 {
+            *spares -= 1;
             return true;
         }
         // Relaxed: the count orders nothing else; the shard lock does that.
@@ -75,10 +77,10 @@ impl Occupancy {
         false
     }
 
-    /// Frees the place of a caller that left `state`'s shard.
-    fn release(&self, state: &mut ShardState) {
-        if state.spares < self.spares_per_shard {
-            state.spares += 1;
+    /// Frees the place of a caller that left a shard that keeps `spares`.
+    fn release(&self, spares: &mut usize) {
+        if *spares < self.spares_per_shard {
+            *spares += 1;
         } else {
             self.taken.0.fetch_sub(1, Ordering::Relaxed);
         }
@@ -103,31 +105,69 @@ impl Default for Shard {
 
 #[derive(Default)]
 struct ShardState {
-    table: HashTable<Box<Parked>>,
-    next_ticket: u64,
+    table: HashTable<Box<Forming>>,
     closed: bool,
+    /// Kept apart from the table, so that both can be borrowed at once.
+    counts: Counts,
+}
+
+#[derive(Default)]
+struct Counts {
+    next_ticket: u64,
+    /// Callers parked in this shard, over all its groups.
+    parked: usize,
     /// Places this shard holds for its next parked callers (see [`Occupancy`]).
     spares: usize,
 }
 
-/// A caller waiting in the map.
-struct Parked {
+/// A group forming under one id: the callers waiting for it to fill up.
+struct Forming {
     id: Id,
     hash: u64,
+    /// How many callers complete it.
+    parties: u32,
+    /// The members' payloads, in bytes, against [`Group::max_bytes`].
+    bytes: usize,
+    /// In arrival order. The first is kept inline, so that a pair's waiter
+    /// costs no allocation beyond its entry.
+    members: SmallVec<[Member; 1]>,
+}
+
+/// A caller parked in a forming group.
+struct Member {
     /// Unique within the shard: cleanup removes by ticket, never by id.
     ticket: u64,
-    /// Goes to the partner.
+    /// Goes to the other members.
     offer: Offer,
-    /// Brings the partner's offer back to the waiting caller.
-    tx: oneshot::Sender<Offer>,
+    /// Brings this caller's position and the others' offers back to it.
+    tx: oneshot::Sender<Delivery>,
+}
+
+/// What a parked member is handed when its group completes: its position,
+/// and the others' offers.
+pub(super) struct Delivery(usize, Offers);
+
+/// What an arriving caller asks for.
+#[derive(Clone, Copy)]
+pub(super) struct Group {
+    /// How many callers make up its group.
+    pub(super) parties: u32,
+    /// The most bytes of payloads the group may hold, if it is larger than
+    /// a pair.
+    pub(super) max_bytes: usize,
 }
 
 /// What a caller finds when it arrives.
 pub(super) enum Arrival<'a> {
-    Paired(Offer),
+    /// It was the last member: its position, and the others' offers.
+    Completed(usize, Offers),
     Parked(Parking<'a>),
     Closed,
     Full,
+    /// A group of another size is forming under the id.
+    Mismatch { forming: u32 },
+    /// Its payload would take the group over its limit.
+    TooLarge { held: usize, payload: usize },
 }
 
 impl Shard {
@@ -137,111 +177,195 @@ impl Shard {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Completes the pair if someone waits for `id`, or parks the caller.
+    /// Joins the group forming under `id`, completing it if this caller is
+    /// the last one, or starts a new group.
     pub(super) fn arrive<'a>(
         &'a self,
         id: Id,
         hash: u64,
-        mut offer: Offer,
+        group: Group,
+        offer: Offer,
         occupancy: &'a Occupancy,
     ) -> Arrival<'a> {
-        let mut state = self.lock();
+        let mut guard = self.lock();
+        let state = &mut *guard;
         if state.closed {
             return Arrival::Closed;
         }
-        if let Ok(entry) = state.table.find_entry(hash, |p| p.id == id) {
-            let (waiter, _) = entry.remove();
-            occupancy.release(&mut state);
-            // Sent under the lock: a waiter that finds its entry gone can rely
-            // on the offer already being in its channel.
-            match waiter.tx.send(offer) {
-                Ok(()) => return Arrival::Paired(waiter.offer),
-                // Its caller went away and its cleanup has not run yet. Never
-                // pair with it: park in its place instead.
-                Err(returned) => offer = returned,
-            }
-        }
-        if !occupancy.admit(&mut state) {
-            return Arrival::Full;
-        }
-        let ticket = state.next_ticket;
-        state.next_ticket += 1;
-        let (tx, rx) = oneshot::channel();
-        let parked = Parked {
-            id,
-            hash,
-            ticket,
-            offer,
-            tx,
+        let payload = offer.payload.len();
+        // Pairs are held to `--max-payload` alone.
+        let max_bytes = match group.parties {
+            2 => usize::MAX,
+            _ => group.max_bytes,
         };
-        state
-            .table
-            .insert_unique(hash, Box::new(parked), |p| p.hash);
-        Arrival::Parked(Parking {
+        let Ok(mut entry) = state.table.find_entry(hash, |f| f.id == id) else {
+            if payload > max_bytes {
+                return Arrival::TooLarge { held: 0, payload };
+            }
+            let Some((member, parking)) = self.park(&mut state.counts, hash, offer, occupancy)
+            else {
+                return Arrival::Full;
+            };
+            let forming = Forming {
+                id,
+                hash,
+                parties: group.parties,
+                bytes: payload,
+                members: SmallVec::from_buf([member]),
+            };
+            state
+                .table
+                .insert_unique(hash, Box::new(forming), |f| f.hash);
+            return Arrival::Parked(parking);
+        };
+        let forming: &mut Forming = entry.get_mut();
+        if forming.parties != group.parties {
+            return Arrival::Mismatch {
+                forming: forming.parties,
+            };
+        }
+        if forming.bytes.saturating_add(payload) > max_bytes {
+            return Arrival::TooLarge {
+                held: forming.bytes,
+                payload,
+            };
+        }
+        // A member whose caller went away withdraws itself under this lock
+        // before its channel closes, so none should be found here. Never
+        // count one all the same: the group then waits for another caller.
+        let counts = &mut state.counts;
+        let Forming { members, bytes, .. } = forming;
+        members.retain(|member| {
+            let gone = member.tx.is_closed();
+            if gone {
+                *bytes -= member.offer.payload.len();
+                occupancy.release(&mut counts.spares);
+                counts.parked -= 1;
+            }
+            !gone
+        });
+        if forming.members.len() + 1 < forming.parties as usize {
+            let Some((member, parking)) = self.park(counts, hash, offer, occupancy) else {
+                return Arrival::Full;
+            };
+            forming.bytes += payload;
+            forming.members.push(member);
+            return Arrival::Parked(parking);
+        }
+        let (forming, _) = entry.remove();
+        let members = forming.members;
+        for _ in 0..members.len() {
+            occupancy.release(&mut counts.spares);
+        }
+        counts.parked -= members.len();
+        Arrival::Completed(members.len(), complete(members, offer))
+    }
+
+    /// A new member's entry, and its claim on it, if the cap has a place.
+    fn park<'a>(
+        &'a self,
+        counts: &mut Counts,
+        hash: u64,
+        offer: Offer,
+        occupancy: &'a Occupancy,
+    ) -> Option<(Member, Parking<'a>)> {
+        if !occupancy.admit(&mut counts.spares) {
+            return None;
+        }
+        counts.parked += 1;
+        let ticket = counts.next_ticket;
+        counts.next_ticket += 1;
+        let (tx, rx) = oneshot::channel();
+        let parking = Parking {
             shard: self,
             occupancy,
             hash,
             ticket,
             settled: false,
             rx,
-        })
+        };
+        Some((Member { ticket, offer, tx }, parking))
     }
 
     /// Refuses every later caller, and answers every parked one: dropping
     /// their senders wakes each with an error, which it reports as closed.
     pub(super) fn close(&self, occupancy: &Occupancy) {
-        let mut state = self.lock();
+        let mut guard = self.lock();
+        let state = &mut *guard;
         state.closed = true;
         // Give their places back too (the loom model caught this missing):
         // nothing may be left behind, not even in a count.
-        let parked = state.table.len();
         state.table.clear();
-        for _ in 0..parked {
-            occupancy.release(&mut state);
+        for _ in 0..state.counts.parked {
+            occupancy.release(&mut state.counts.spares);
         }
+        state.counts.parked = 0;
     }
 
     /// How many callers are parked in this shard.
     pub(super) fn waiting(&self) -> usize {
-        self.lock().table.len()
+        self.lock().counts.parked
     }
 
     /// Places this shard keeps for its next parked callers.
     #[cfg(test)]
     pub(super) fn spares(&self) -> usize {
-        self.lock().spares
+        self.lock().counts.spares
     }
 }
 
-/// A parked caller's claim on its entry. Dropping it unsettled (the caller
-/// went away) removes the entry, so nobody can pair with a caller that left.
+/// Hands every parked member of a completed group its delivery, and returns
+/// the last arrival's offers. Called under the shard lock.
+fn complete(members: SmallVec<[Member; 1]>, offer: Offer) -> Offers {
+    if members.len() == 1 {
+        // A pair: each side gets the other's offer, and nothing is shared.
+        let waiter = members.into_iter().next().expect("one member");
+        let _ = waiter.tx.send(Delivery(0, Offers::Peer(offer)));
+        return Offers::Peer(waiter.offer);
+    }
+    let mut senders = Vec::with_capacity(members.len());
+    let mut offers = Vec::with_capacity(members.len() + 1);
+    for member in members {
+        senders.push(member.tx);
+        offers.push(member.offer);
+    }
+    offers.push(offer);
+    let offers: Arc<[Offer]> = offers.into();
+    for (position, tx) in senders.into_iter().enumerate() {
+        let _ = tx.send(Delivery(position, Offers::All(offers.clone())));
+    }
+    Offers::All(offers)
+}
+
+/// A parked caller's claim on its place in a group. Dropping it unsettled
+/// (the caller went away) removes it, so nobody counts a caller that left.
 pub(super) struct Parking<'a> {
     shard: &'a Shard,
     occupancy: &'a Occupancy,
     hash: u64,
     ticket: u64,
-    /// Set once the outcome is known and the entry is already gone.
+    /// Set once the outcome is known and the member is already gone.
     settled: bool,
-    // Declared last so it drops after `Drop::drop` has removed the entry.
-    rx: oneshot::Receiver<Offer>,
+    // Declared last so it drops after `Drop::drop` has removed the member.
+    rx: oneshot::Receiver<Delivery>,
 }
 
 /// How a parked caller's wait ended.
 pub(super) enum Outcome {
-    /// A partner came, and sent this offer.
-    Paired(Offer),
-    /// The deadline came first; the entry is gone, so nobody can pair with it.
+    /// The group completed: this caller's position, and the others' offers.
+    Completed(usize, Offers),
+    /// The deadline came first; the member is gone, so nobody counts it.
     TimedOut,
     /// The shard was closed (the server is shutting down).
     Closed,
 }
 
 impl<'a> Parking<'a> {
-    /// Waits for a partner, or until `deadline` completes.
+    /// Waits for the group to complete, or until `deadline` completes.
     ///
-    /// Whichever of the two takes the entry out of the map decides: a partner
-    /// that got there first has already put its payload in the channel, so a
-    /// late deadline still reports the pair.
+    /// Whichever takes the member out of the map decides: a last arrival
+    /// that got there first has already put the delivery in the channel, so
+    /// a late deadline still reports the group.
     pub(super) fn outcome<D: Future<Output = ()>>(self, deadline: D) -> Waiting<'a, D> {
         Waiting {
             parking: self,
@@ -249,22 +373,34 @@ impl<'a> Parking<'a> {
         }
     }
 
-    /// Removes this caller's entry if it is still there. `false` means a
-    /// partner (or `close`) already took it, so the outcome is in `rx`.
+    /// Removes this caller from its group if it is still there. `false`
+    /// means the group completed (or `close` ran), so the outcome is in `rx`.
     fn withdraw(&mut self) -> bool {
         self.settled = true;
-        let mut state = self.shard.lock();
-        match state
+        let mut guard = self.shard.lock();
+        let state = &mut *guard;
+        let ticket = self.ticket;
+        let Ok(mut entry) = state
             .table
-            .find_entry(self.hash, |p| p.ticket == self.ticket)
-        {
-            Ok(entry) => {
-                entry.remove();
-                self.occupancy.release(&mut state);
-                true
-            }
-            Err(_) => false,
+            .find_entry(self.hash, |f| f.members.iter().any(|m| m.ticket == ticket))
+        else {
+            return false;
+        };
+        let forming = entry.get_mut();
+        if forming.members.len() == 1 {
+            entry.remove();
+        } else {
+            let at = forming
+                .members
+                .iter()
+                .position(|m| m.ticket == ticket)
+                .expect("found by this ticket");
+            let member = forming.members.remove(at);
+            forming.bytes -= member.offer.payload.len();
         }
+        self.occupancy.release(&mut state.counts.spares);
+        state.counts.parked -= 1;
+        true
     }
 }
 
@@ -277,7 +413,7 @@ impl Drop for Parking<'_> {
 }
 
 pin_project! {
-    /// A parked caller waiting for its partner or its deadline.
+    /// A parked caller waiting for its group or its deadline.
     ///
     /// A hand-written future rather than an async fn: an async fn keeps its
     /// arguments apart from its locals (rust-lang/rust#62958), and every byte
@@ -295,8 +431,8 @@ impl<D: Future<Output = ()>> Future for Waiting<'_, D> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
         let this = self.project();
         let parking = this.parking;
-        // The channel first: once a partner's payload is in it, the pair
-        // stands even if the deadline has passed as well.
+        // The channel first: once the delivery is in it, the group stands
+        // even if the deadline has passed as well.
         let delivered = match Pin::new(&mut parking.rx).poll(cx) {
             Poll::Ready(delivered) => delivered.ok(),
             Poll::Pending => {
@@ -304,15 +440,15 @@ impl<D: Future<Output = ()>> Future for Waiting<'_, D> {
                 if parking.withdraw() {
                     return Poll::Ready(Outcome::TimedOut);
                 }
-                // Too late to withdraw: the partner removed the entry first,
-                // and handed its payload over before releasing the lock.
+                // Too late to withdraw: the last arrival removed the group
+                // first, and handed the delivery over before releasing the lock.
                 parking.rx.try_recv().ok()
             }
         };
         parking.settled = true;
         Poll::Ready(match delivered {
-            Some(peer) => Outcome::Paired(peer),
-            // The sender was dropped without a payload: only `close` does that.
+            Some(Delivery(position, offers)) => Outcome::Completed(position, offers),
+            // The sender was dropped without a delivery: only `close` does that.
             None => Outcome::Closed,
         })
     }

@@ -286,8 +286,8 @@ fn poll_one(slot: &mut Option<Call<'_>>, told: &mut Option<Told>, start: tokio::
     let at_ms = now_ms(start);
     *told = Some(match result {
         Ok(meeting) => Told::Paired {
-            role: meeting.role,
-            peer: std::str::from_utf8(&meeting.peer_payload)
+            role: meeting.role(),
+            peer: std::str::from_utf8(&meeting.peer().payload)
                 .ok()
                 .and_then(|p| p.parse().ok())
                 .unwrap_or(usize::MAX),
@@ -297,6 +297,9 @@ fn poll_one(slot: &mut Option<Call<'_>>, told: &mut Option<Told>, start: tokio::
         Err(PairError::TimedOut) => Told::TimedOut { at_ms },
         Err(PairError::Full { capacity }) => Told::Full { capacity, at_ms },
         Err(PairError::ShuttingDown) => Told::ShuttingDown { at_ms },
+        Err(error @ (PairError::PartiesMismatch { .. } | PairError::GroupTooLarge { .. })) => {
+            panic!("{error}")
+        }
         Err(PairError::Unavailable(reason)) => {
             panic!("the local engine is never unavailable: {reason}")
         }

@@ -132,7 +132,7 @@ async fn answer(call: Call) -> Result<Meeting, PairError> {
 fn assert_paired(result: Result<Meeting, PairError>, role: Role, peer: &[u8]) {
     let meeting = result.unwrap_or_else(|e| panic!("expected a pair as {role:?}, got {e:?}"));
     assert_eq!(
-        (meeting.role, meeting.peer_payload.as_ref()),
+        (meeting.role(), meeting.peer().payload.as_ref()),
         (role, peer),
         "role and partner's payload"
     );
@@ -312,11 +312,11 @@ pub async fn trace_ids_reach_the_partner<H: Harness>() {
             .unwrap();
         let first = answer(first).await.unwrap();
         assert_eq!(
-            (second.role, second.peer_payload.as_ref(), second.peer_trace),
+            (second.role(), second.peer().payload.as_ref(), second.peer().trace.clone()),
             (Role::Second, framing_lookalike, first_trace)
         );
         assert_eq!(
-            (first.role, first.peer_payload.as_ref(), first.peer_trace),
+            (first.role(), first.peer().payload.as_ref(), first.peer().trace.clone()),
             (Role::First, &b"\0"[..], second_trace)
         );
     }
@@ -344,12 +344,12 @@ pub async fn many_pairs_at_once_pair_each_caller_once<H: Harness>() {
     let mut partner = HashMap::new();
     for (i, call) in calls {
         let meeting = answer(call).await.unwrap();
-        let peer: usize = std::str::from_utf8(&meeting.peer_payload)
+        let peer: usize = std::str::from_utf8(&meeting.peer().payload)
             .unwrap()
             .parse()
             .unwrap();
         assert_eq!(peer % 10, i % 10, "paired across ids");
-        partner.insert(i, (peer, meeting.role));
+        partner.insert(i, (peer, meeting.role()));
     }
     for (&i, &(peer, role)) in &partner {
         let (back, peer_role) = partner[&peer];
@@ -540,8 +540,8 @@ async fn settle<E: Engine>(
         let Some(call) = call.take() else { continue };
         told[i] = Some(match answer(call).await {
             Ok(meeting) => Told::Paired {
-                role: meeting.role,
-                peer: std::str::from_utf8(&meeting.peer_payload)
+                role: meeting.role(),
+                peer: std::str::from_utf8(&meeting.peer().payload)
                     .unwrap()
                     .parse()
                     .unwrap(),
@@ -549,7 +549,7 @@ async fn settle<E: Engine>(
             Err(PairError::TimedOut) => Told::TimedOut,
             Err(PairError::Full { .. }) => Told::Full,
             Err(PairError::ShuttingDown) => Told::ShuttingDown,
-            Err(PairError::Unavailable(reason)) => panic!("unavailable: {reason}"),
+            Err(error) => panic!("{error}"),
         });
     }
     parked(engine, waiting).await;

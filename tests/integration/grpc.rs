@@ -565,8 +565,8 @@ async fn an_unknown_method_is_unimplemented_and_named() {
             status.message(),
             format!(
                 "unknown method {path}: this server serves \
-                 /rendezvous.v1.Sync/WaitForSecondParty, grpc.health.v1.Health \
-                 and server reflection"
+                 /rendezvous.v1.Sync/WaitForSecondParty, /rendezvous.v1.Sync/WaitForParties, \
+                 grpc.health.v1.Health and server reflection"
             ),
         );
     }
@@ -592,8 +592,8 @@ async fn the_crates_client_takes_the_largest_payload_a_server_allows() {
         .wait("big", Bytes::from_static(b"small"), None)
         .await
         .unwrap();
-    assert_eq!(answer.peer_payload.len(), big.len());
-    assert!(answer.peer_payload == big);
+    assert_eq!(answer.peer().payload.len(), big.len());
+    assert!(answer.peer().payload == big);
     let answer = within(waiter).await.unwrap().unwrap();
-    assert_eq!(answer.peer_payload, "small");
+    assert_eq!(answer.peer().payload, "small");
 }

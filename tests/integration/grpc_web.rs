@@ -90,7 +90,7 @@ async fn grpc_web_callers_pair_with_grpc_callers() {
         (Role::Second, Bytes::from_static(b"native"))
     );
     let native = within(waiter).await.unwrap().unwrap();
-    assert_eq!(native.peer_payload, "browser");
+    assert_eq!(native.peer().payload, "browser");
 }
 
 #[tokio::test]

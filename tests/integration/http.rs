@@ -182,12 +182,49 @@ async fn every_bad_request_has_its_status_and_a_message() {
         (
             http.post(server.url("/wait-for-second-party/a/b")),
             StatusCode::NOT_FOUND,
-            "no such route; the rendezvous endpoint is POST /wait-for-second-party/{id}",
+            "no such route; the rendezvous endpoints are POST /wait-for-second-party/{id} and \
+             POST /wait-for-parties/{id}?parties=N",
         ),
         (
             http.post(server.url("/")),
             StatusCode::NOT_FOUND,
-            "no such route; the rendezvous endpoint is POST /wait-for-second-party/{id}",
+            "no such route; the rendezvous endpoints are POST /wait-for-second-party/{id} and \
+             POST /wait-for-parties/{id}?parties=N",
+        ),
+        (
+            http.post(server.url("/wait-for-parties/a")),
+            StatusCode::BAD_REQUEST,
+            "?parties=N is required: how many callers make up the group, at least 2",
+        ),
+        (
+            http.post(server.url("/wait-for-parties/a?parties=three")),
+            StatusCode::BAD_REQUEST,
+            "?parties=three is not a number of callers; use a whole number such as 3",
+        ),
+        (
+            http.post(server.url("/wait-for-parties/a?parties=-3")),
+            StatusCode::BAD_REQUEST,
+            "?parties=-3 is not a number of callers; use a whole number such as 3",
+        ),
+        (
+            http.post(server.url("/wait-for-parties/a?parties=1")),
+            StatusCode::BAD_REQUEST,
+            "parties is 1; a group needs at least 2 callers",
+        ),
+        (
+            http.post(server.url("/wait-for-parties/a?parties=65")),
+            StatusCode::BAD_REQUEST,
+            "parties is 65; the limit is 64 (--max-parties)",
+        ),
+        (
+            http.post(server.url("/wait-for-parties/?parties=3")),
+            StatusCode::BAD_REQUEST,
+            "id is empty: send the meeting id both parties agreed on",
+        ),
+        (
+            http.get(server.url("/wait-for-parties/a?parties=3")),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "GET is not allowed on /wait-for-parties/{id}; use POST",
         ),
         (
             http.post(server.url("/healthz")),

@@ -73,7 +73,7 @@ async fn an_aged_connection_finishes_its_call_and_the_next_call_takes_a_new_conn
         .await
         .expect("the call after GOAWAY is served");
     assert_eq!(
-        (answer.role, answer.peer_payload),
+        (answer.role(), answer.peer().payload.clone()),
         (Role::Second, Bytes::from_static(b"on the old connection"))
     );
     let answer = within(waiter)
@@ -81,7 +81,7 @@ async fn an_aged_connection_finishes_its_call_and_the_next_call_takes_a_new_conn
         .unwrap()
         .expect("the call in flight finished");
     assert_eq!(
-        (answer.role, answer.peer_payload),
+        (answer.role(), answer.peer().payload.clone()),
         (Role::First, Bytes::from_static(b"on a new connection"))
     );
     assert!(grpc_connections(&server).await >= 2.0);

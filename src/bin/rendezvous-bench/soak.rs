@@ -138,7 +138,7 @@ impl Clients {
         let grpc = &self.replica(slot).grpc;
         let client = &grpc[slot as usize / self.replicas.len() % grpc.len()];
         match client.wait(&id, payload, wait).await {
-            Ok(meeting) => Told::Paired(meeting.peer_payload),
+            Ok(meeting) => Told::Paired(meeting.peer().payload.clone()),
             // (Also when tonic's own timer won the race with the server's
             // answer: the client reports that as DEADLINE_EXCEEDED too, and
             // the server counts a cancellation.)

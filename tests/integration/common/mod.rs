@@ -175,12 +175,12 @@ pub async fn assert_pair(server: &TestServer, first: Client, second: Client, id:
         .await
         .unwrap();
     assert_eq!(
-        (answer.role, answer.peer_payload),
+        (answer.role(), answer.peer().payload.clone()),
         (Role::Second, "from first".into())
     );
     let answer = within(waiter).await.unwrap().unwrap();
     assert_eq!(
-        (answer.role, answer.peer_payload),
+        (answer.role(), answer.peer().payload.clone()),
         (Role::First, "from second".into())
     );
 }

@@ -221,6 +221,7 @@ pub fn engine_config(url: String, key_prefix: &str, capacity: usize) -> RedisCon
         key_prefix: key_prefix.to_owned(),
         timeout: Duration::from_secs(2),
         capacity,
+        max_group_bytes: usize::MAX,
     }
 }
 
