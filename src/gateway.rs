@@ -109,7 +109,9 @@ impl Gateway {
                 }) => rendezvous(&service, namespace, id, deadline, trace, body, json).await,
                 // Boxed, as on the gRPC port: a member keeps its own payload
                 // for its answer, and inline that would size every pair's.
-                Ok(Route::Group { call, body }) => Box::pin(gather(&service, call, body, json)).await,
+                Ok(Route::Group { call, body }) => {
+                    Box::pin(gather(&service, call, body, json)).await
+                }
                 Err(error) => Err(error),
             };
             Ok(result.unwrap_or_else(|error| {

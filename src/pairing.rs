@@ -472,7 +472,10 @@ impl Engine for LocalEngine {
             parties: parties.get(),
             max_bytes: self.max_group_bytes,
         };
-        let parking = match self.shard(hash).arrive(id, hash, group, offer, &self.occupancy) {
+        let parking = match self
+            .shard(hash)
+            .arrive(id, hash, group, offer, &self.occupancy)
+        {
             // The last caller never waits: it finds the others already there.
             Arrival::Completed(position, offers) => {
                 return Ok(Meeting::new(position, offers, Duration::ZERO));

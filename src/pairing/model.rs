@@ -308,7 +308,11 @@ struct Scenario {
 impl Scenario {
     /// Every caller, the replacement last.
     fn all(&self) -> Vec<Caller> {
-        self.callers.iter().copied().chain(self.replacement).collect()
+        self.callers
+            .iter()
+            .copied()
+            .chain(self.replacement)
+            .collect()
     }
 
     fn run(&self) -> Vec<Told> {
@@ -331,9 +335,8 @@ impl Scenario {
                 if matches!(plan, Plan::Cancel) {
                     gone.store(true, Ordering::SeqCst);
                 }
-                let replaced = replacement.map(|(id, payload, plan)| {
-                    (call(&world, id, payload, parties, plan), true)
-                });
+                let replaced = replacement
+                    .map(|(id, payload, plan)| (call(&world, id, payload, parties, plan), true));
                 ((told, gone_before), replaced)
             }));
         }
@@ -426,7 +429,9 @@ impl Scenario {
                     // It went away after the group was decided: its answer
                     // is lost, as with any response a client hangs up on.
                     Told::Gone => {}
-                    _ => panic!("caller {i}'s group counts caller {other}, told otherwise: {told:?}"),
+                    _ => {
+                        panic!("caller {i}'s group counts caller {other}, told otherwise: {told:?}")
+                    }
                 }
             }
         }

@@ -18,9 +18,11 @@
 --                   the caller that would complete it, until every member's
 --                   replica has confirmed its member is still there
 --   a, a<i>         how many have confirmed, and whether member i has
--- A completed group's payloads go to KEYS[1] .. ':g:' .. the last caller's
--- token, and each member's position and that key's name to
--- KEYS[1] .. ':q:' .. its token, in case its message is missed.
+-- A completed group's payloads go to the hash KEYS[1] .. ':g:' .. the last
+-- caller's token (fields `list`, and `left`: how many members have yet to
+-- collect it; the last to collect removes it), and each member's position
+-- and that key's name to KEYS[1] .. ':q:' .. its token, in case its message
+-- is missed.
 --
 -- A replica learns what concerns its callers on its channel:
 --   'O' token '\n' key              an offer to waiter `token`: accept it if
@@ -41,6 +43,7 @@
 --   leave   can_accept
 --   join    channel payload wait_ms may_park parties payload_len max_bytes
 --   confirm
+--   collect                         (KEYS[1] is then a group's result)
 local key, op, token = KEYS[1], ARGV[1], ARGV[2]
 -- How long entries outlive their caller's deadline, so that the replica's
 -- own answer at the deadline still finds them.
@@ -156,7 +159,8 @@ local function complete(me, k)
   list = table.concat(list)
   local result = key .. ':g:' .. o[1]
   local ttl = math.max(latest - now_ms(), 0) + SLACK_MS
-  redis.call('SET', result, list, 'PX', ttl)
+  redis.call('HSET', result, 'list', list, 'left', k)
+  redis.call('PEXPIRE', result, ttl)
   for i = 1, k + 1 do
     if i ~= me then
       local where = (i - 1) .. '\n' .. result
@@ -179,15 +183,31 @@ local function confirm(i, k)
   return complete(i, k)
 end
 
+-- A completed group's payloads, for one of the members it was not handed
+-- to: the last of them to collect removes them.
+local function collect(result)
+  local list = redis.call('HGET', result, 'list')
+  if list and redis.call('HINCRBY', result, 'left', -1) <= 0 then
+    redis.call('DEL', result)
+  end
+  return list
+end
+
 -- A group's answer for a caller no longer in it, if its group completed.
 local function grouped(t)
   local where = redis.call('GET', key .. ':q:' .. t)
   if not where then return nil end
   redis.call('DEL', key .. ':q:' .. t)
   local position, result = string.match(where, '^(%d+)\n(.*)$')
-  local list = redis.call('GET', result)
+  local list = collect(result)
   if not list then return nil end
   return {'group', position, list}
+end
+
+if op == 'collect' then
+  local list = collect(key)
+  if not list then return {'none'} end
+  return {'list', list}
 end
 
 if op == 'join' then

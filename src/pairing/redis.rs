@@ -609,18 +609,16 @@ impl Inner {
     /// The payloads of a completed group, from the key its message named.
     async fn group_result(&self, result: &str) -> Result<Vec<Bytes>, PairError> {
         let _turn = self.turn().await?;
-        let mut connection = self.connection.clone();
-        let list: Option<Vec<u8>> = timeout(
-            self.timeout * COMMANDS_WAIT,
-            redis::cmd("GET").arg(result).query_async(&mut connection),
-        )
-        .await
-        .map_err(|_| PairError::Unavailable("Redis did not answer in time".into()))?
-        .map_err(|error| PairError::Unavailable(format!("Redis failed: {error}")))?;
-        let list = list.ok_or_else(|| {
-            PairError::Unavailable("the group completed, but its answer expired in Redis".into())
-        })?;
-        unpack(Bytes::from(list))
+        let mut invocation = self.script.key(result);
+        invocation.arg("collect").arg("");
+        let reply = self.run(&invocation).await?;
+        match (reply.first().map(Vec::as_slice), reply.get(1)) {
+            (Some(b"list"), Some(list)) => unpack(Bytes::copy_from_slice(list)),
+            (Some(b"none"), _) => Err(PairError::Unavailable(
+                "the group completed, but its answer expired in Redis before it was read".into(),
+            )),
+            _ => Err(unexpected(&reply)),
+        }
     }
 
     async fn accept_in_turn(&self, guard: &Guard) -> Result<Settled, PairError> {
@@ -928,17 +926,27 @@ impl Inner {
             }
             None => false,
         };
-        if kind == b'R' || kind == b'G' {
+        match (kind, delivered) {
             // The result key was only for a missed message, and this one
             // arrived: remove it. Only after delivering the message, which a
             // caller that finds its result key gone relies on.
-            let kind = if kind == b'R' { 'r' } else { 'q' };
-            let _ = self.janitor.send(format!("{key}:{kind}:{token}"));
-        } else if !delivered {
+            (b'R', _) => {
+                let _ = self.janitor.send(format!("{key}:r:{token}"));
+            }
+            (b'G', true) => {
+                let _ = self.janitor.send(format!("{key}:q:{token}"));
+            }
+            // A member that left as its group completed: its cleanup
+            // collects its copy of the payloads through that key, so that
+            // they do not outstay their last reader.
+            (b'G', false) => {}
             // An offer to (or a promotion of) a caller that is no longer
             // here: it left, or was answered when Redis was lost. Make sure
             // it is gone from Redis, which hands its place to the offerer.
-            self.spawn_cleanup(key.to_owned(), token.to_owned(), Instant::now());
+            (_, false) => {
+                self.spawn_cleanup(key.to_owned(), token.to_owned(), Instant::now());
+            }
+            (_, true) => {}
         }
     }
 }
@@ -1038,7 +1046,12 @@ fn unpack(mut list: Bytes) -> Result<Vec<Bytes>, PairError> {
     let mut offers = Vec::new();
     while !list.is_empty() {
         let colon = list.iter().position(|&b| b == b':');
-        let len = colon.and_then(|colon| std::str::from_utf8(&list[..colon]).ok()?.parse::<usize>().ok());
+        let len = colon.and_then(|colon| {
+            std::str::from_utf8(&list[..colon])
+                .ok()?
+                .parse::<usize>()
+                .ok()
+        });
         let (Some(colon), Some(len)) = (colon, len) else {
             return Err(PairError::Unavailable(
                 "Redis answered a malformed list of payloads".into(),
@@ -1295,16 +1308,12 @@ mod size {
         };
         let engine =
             super::RedisEngine::start(config, crate::metrics::Metrics::new().redis()).unwrap();
-        let call =
-            engine
-                .inner
-                .clone()
-                .meet(
-                    [0; 16],
-                    super::Parties::TWO,
-                    (bytes::Bytes::new(), 0),
-                    tokio::time::Instant::now(),
-                );
+        let call = engine.inner.clone().meet(
+            [0; 16],
+            super::Parties::TWO,
+            (bytes::Bytes::new(), 0),
+            tokio::time::Instant::now(),
+        );
         let size = std::mem::size_of_val(&call);
         assert!(size <= 640, "a waiting caller's future is {size} bytes");
     }

@@ -165,9 +165,14 @@ pub(super) enum Arrival<'a> {
     Closed,
     Full,
     /// A group of another size is forming under the id.
-    Mismatch { forming: u32 },
+    Mismatch {
+        forming: u32,
+    },
     /// Its payload would take the group over its limit.
-    TooLarge { held: usize, payload: usize },
+    TooLarge {
+        held: usize,
+        payload: usize,
+    },
 }
 
 impl Shard {

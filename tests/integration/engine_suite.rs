@@ -11,7 +11,9 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use proptest::prelude::*;
-use rendezvous::pairing::{Engine, Id, LocalEngine, Meeting, Offer, PairError, RedisEngine, Role};
+use rendezvous::pairing::{
+    Engine, Id, LocalEngine, Meeting, Offer, PairError, Parties, RedisEngine, Role,
+};
 use rendezvous::trace::TraceId;
 use tokio::{task::JoinHandle, time::Instant};
 
@@ -28,7 +30,13 @@ pub trait Harness: Sized {
 
     async fn new() -> Self;
 
-    async fn engine(&self, capacity: usize) -> Arc<Self::Engine>;
+    async fn engine(&self, capacity: usize) -> Arc<Self::Engine> {
+        self.engine_with(capacity, usize::MAX).await
+    }
+
+    /// An engine whose groups of more than two hold at most
+    /// `max_group_bytes` of payloads.
+    async fn engine_with(&self, capacity: usize, max_group_bytes: usize) -> Arc<Self::Engine>;
 
     /// Nothing of the scenario's callers is left in the meeting place.
     async fn assert_nothing_left(&self);
@@ -51,8 +59,8 @@ impl Harness for Local {
         Self
     }
 
-    async fn engine(&self, capacity: usize) -> Arc<LocalEngine> {
-        Arc::new(LocalEngine::with_capacity(capacity))
+    async fn engine_with(&self, capacity: usize, max_group_bytes: usize) -> Arc<LocalEngine> {
+        Arc::new(LocalEngine::with_capacity(capacity).with_max_group_bytes(max_group_bytes))
     }
 
     async fn assert_nothing_left(&self) {}
@@ -78,8 +86,10 @@ impl Harness for OnRedis {
         }
     }
 
-    async fn engine(&self, capacity: usize) -> Arc<RedisEngine> {
-        Arc::new(redis::engine(&self.server, &self.prefix, capacity).await)
+    async fn engine_with(&self, capacity: usize, max_group_bytes: usize) -> Arc<RedisEngine> {
+        let mut config = redis::engine_config(self.server.url(), &self.prefix, capacity);
+        config.max_group_bytes = max_group_bytes;
+        Arc::new(redis::start_engine(config).await)
     }
 
     async fn assert_nothing_left(&self) {
@@ -312,11 +322,19 @@ pub async fn trace_ids_reach_the_partner<H: Harness>() {
             .unwrap();
         let first = answer(first).await.unwrap();
         assert_eq!(
-            (second.role(), second.peer().payload.as_ref(), second.peer().trace.clone()),
+            (
+                second.role(),
+                second.peer().payload.as_ref(),
+                second.peer().trace.clone()
+            ),
             (Role::Second, framing_lookalike, first_trace)
         );
         assert_eq!(
-            (first.role(), first.peer().payload.as_ref(), first.peer().trace.clone()),
+            (
+                first.role(),
+                first.peer().payload.as_ref(),
+                first.peer().trace.clone()
+            ),
             (Role::First, &b"\0"[..], second_trace)
         );
     }
@@ -360,6 +378,296 @@ pub async fn many_pairs_at_once_pair_each_caller_once<H: Harness>() {
     h.assert_nothing_left().await;
 }
 
+// Groups of more than two.
+
+/// A member of a group of `parties`, on a task of its own.
+fn join<E: Engine>(
+    engine: &Arc<E>,
+    key: &str,
+    parties: u32,
+    payload: &[u8],
+    wait: Duration,
+) -> Call {
+    let engine = engine.clone();
+    let (key, payload) = (id(key), Bytes::copy_from_slice(payload));
+    let parties = Parties::new(parties, u32::MAX).unwrap();
+    let deadline = after(wait);
+    tokio::spawn(async move { engine.gather(key, parties, payload.into(), deadline).await })
+}
+
+/// The member's position, and every member's payload in arrival order.
+fn group_of(result: Result<Meeting, PairError>, own: &[u8]) -> (usize, Vec<String>) {
+    let meeting = result.unwrap_or_else(|e| panic!("expected a group, got {e:?}"));
+    let own = Bytes::copy_from_slice(own);
+    let payloads = meeting.payloads(&own);
+    assert_eq!(payloads.len(), meeting.parties());
+    let payloads = payloads
+        .iter()
+        .map(|p| String::from_utf8(p.to_vec()).unwrap())
+        .collect();
+    (meeting.position, payloads)
+}
+
+/// Callers arriving one after another with `payloads` (each parked before
+/// the next arrives), as one group: each learns its position and everyone's
+/// payload in arrival order, the last without waiting.
+pub async fn a_group_of_five_completes_together<H: Harness>() {
+    let h = H::new().await;
+    let engine = h.engine(usize::MAX).await;
+    let names = ["a", "b", "c", "d", "e"];
+    let mut members = Vec::new();
+    for (n, name) in names[..4].iter().enumerate() {
+        members.push(join(&engine, "g", 5, name.as_bytes(), LONG));
+        parked(&*engine, n + 1).await;
+    }
+    let last = answer(join(&engine, "g", 5, b"e", LONG)).await;
+    let everyone: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    assert_eq!(group_of(last, b"e"), (4, everyone.clone()));
+    for (position, member) in members.into_iter().enumerate() {
+        let own = names[position].as_bytes();
+        assert_eq!(
+            group_of(answer(member).await, own),
+            (position, everyone.clone())
+        );
+    }
+    assert_eq!(engine.waiting(), 0);
+    // The next caller with the id starts a new group.
+    let next = join(&engine, "g", 5, b"f", Duration::from_millis(300));
+    assert_eq!(answer(next).await, Err(PairError::TimedOut));
+    h.assert_nothing_left().await;
+}
+
+/// A member that goes away, or whose deadline passes, is out: the group
+/// waits for others in its place, and never counts it.
+pub async fn a_member_that_leaves_is_replaced_and_never_counted<H: Harness>() {
+    let h = H::new().await;
+    let engine = h.engine(usize::MAX).await;
+    let gone = join(&engine, "g", 3, b"gone", LONG);
+    parked(&*engine, 1).await;
+    let expired = join(&engine, "g", 3, b"expired", Duration::from_millis(300));
+    parked(&*engine, 2).await;
+    gone.abort();
+    assert!(gone.await.unwrap_err().is_cancelled());
+    assert_eq!(answer(expired).await, Err(PairError::TimedOut));
+    parked(&*engine, 0).await;
+    let b = join(&engine, "g", 3, b"b", LONG);
+    parked(&*engine, 1).await;
+    let c = join(&engine, "g", 3, b"c", LONG);
+    parked(&*engine, 2).await;
+    let d = answer(join(&engine, "g", 3, b"d", LONG)).await;
+    let everyone = vec!["b".to_string(), "c".into(), "d".into()];
+    assert_eq!(group_of(d, b"d"), (2, everyone.clone()));
+    assert_eq!(group_of(answer(b).await, b"b"), (0, everyone.clone()));
+    assert_eq!(group_of(answer(c).await, b"c"), (1, everyone));
+    h.assert_nothing_left().await;
+}
+
+/// A member goes away just as the last member arrives. Whichever the
+/// meeting place saw first decides, once, for everyone: the group counts
+/// the member that left (it left after the group was decided), or it waits
+/// for a replacement, which then completes it without the one that left.
+pub async fn a_member_cancelling_while_the_last_arrives<H: Harness>() {
+    let h = H::new().await;
+    let engine = h.engine(usize::MAX).await;
+    for round in 0..10 {
+        let leaving = join(&engine, "g", 3, b"leaving", LONG);
+        parked(&*engine, 1).await;
+        let staying = join(&engine, "g", 3, b"staying", LONG);
+        parked(&*engine, 2).await;
+        let last = join(&engine, "g", 3, b"last", LONG);
+        leaving.abort();
+        let _ = leaving.await;
+        // Either the group completed with the one that left, or the last
+        // arrival now waits in its place.
+        let completed = tokio::select! {
+            result = answer(last) => Some(result),
+            () = parked(&*engine, 2) => None,
+        };
+        let everyone = match completed {
+            Some(result) => {
+                let everyone = vec!["leaving".to_string(), "staying".into(), "last".into()];
+                assert_eq!(
+                    group_of(result, b"last"),
+                    (2, everyone.clone()),
+                    "round {round}"
+                );
+                everyone
+            }
+            None => {
+                let replacement = answer(join(&engine, "g", 3, b"replacement", LONG)).await;
+                let everyone = vec!["staying".to_string(), "last".into(), "replacement".into()];
+                assert_eq!(group_of(replacement, b"replacement"), (2, everyone.clone()));
+                everyone
+            }
+        };
+        assert_eq!(
+            group_of(answer(staying).await, b"staying"),
+            (
+                everyone.iter().position(|p| p == "staying").unwrap(),
+                everyone
+            ),
+            "round {round}"
+        );
+        parked(&*engine, 0).await;
+    }
+    h.assert_nothing_left().await;
+}
+
+/// A caller asking for another size than the group forming under its id is
+/// refused, with both sizes, and the group carries on undisturbed; a pair
+/// and a group never share an id either.
+pub async fn mismatched_parties_are_refused_and_the_group_carries_on<H: Harness>() {
+    let h = H::new().await;
+    let engine = h.engine(usize::MAX).await;
+    let a = join(&engine, "g", 3, b"a", LONG);
+    parked(&*engine, 1).await;
+    assert_eq!(
+        answer(join(&engine, "g", 4, b"x", LONG)).await,
+        Err(PairError::PartiesMismatch {
+            forming: 3,
+            asked: 4
+        })
+    );
+    assert_eq!(
+        answer(arrive(&engine, "g", b"x", LONG)).await,
+        Err(PairError::PartiesMismatch {
+            forming: 3,
+            asked: 2
+        })
+    );
+    let b = join(&engine, "g", 3, b"b", LONG);
+    parked(&*engine, 2).await;
+    let c = answer(join(&engine, "g", 3, b"c", LONG)).await;
+    let everyone = vec!["a".to_string(), "b".into(), "c".into()];
+    assert_eq!(group_of(c, b"c"), (2, everyone.clone()));
+    assert_eq!(group_of(answer(a).await, b"a"), (0, everyone.clone()));
+    assert_eq!(group_of(answer(b).await, b"b"), (1, everyone));
+
+    // A pair waiting under an id turns a group caller away the same way.
+    let waiter = arrive(&engine, "p", b"w", LONG);
+    parked(&*engine, 1).await;
+    assert_eq!(
+        answer(join(&engine, "p", 3, b"x", LONG)).await,
+        Err(PairError::PartiesMismatch {
+            forming: 2,
+            asked: 3
+        })
+    );
+    assert_paired(
+        answer(arrive(&engine, "p", b"s", LONG)).await,
+        Role::Second,
+        b"w",
+    );
+    assert_paired(answer(waiter).await, Role::First, b"s");
+    h.assert_nothing_left().await;
+}
+
+/// `WaitForSecondParty` is the group of two: a pair caller meets a group
+/// caller that asks for two, each way round.
+pub async fn a_pair_caller_meets_a_group_of_two<H: Harness>() {
+    let h = H::new().await;
+    let engine = h.engine(usize::MAX).await;
+    let pair = arrive(&engine, "two", b"pair", LONG);
+    parked(&*engine, 1).await;
+    let group = answer(join(&engine, "two", 2, b"group", LONG)).await;
+    assert_eq!(
+        group_of(group, b"group"),
+        (1, vec!["pair".into(), "group".into()])
+    );
+    assert_paired(answer(pair).await, Role::First, b"group");
+
+    let group = join(&engine, "two", 2, b"group", LONG);
+    parked(&*engine, 1).await;
+    assert_paired(
+        answer(arrive(&engine, "two", b"pair", LONG)).await,
+        Role::Second,
+        b"group",
+    );
+    assert_eq!(
+        group_of(answer(group).await, b"group"),
+        (0, vec!["group".into(), "pair".into()])
+    );
+    h.assert_nothing_left().await;
+}
+
+/// Every parked member takes a place against the cap; the caller that
+/// completes a group never waits, so it is let in.
+pub async fn every_parked_member_counts_against_the_cap<H: Harness>() {
+    let h = H::new().await;
+    let engine = h.engine(2).await;
+    let a = join(&engine, "g", 3, b"a", LONG);
+    let b = join(&engine, "g", 3, b"b", LONG);
+    parked(&*engine, 2).await;
+    assert_eq!(
+        answer(join(&engine, "other", 3, b"x", LONG)).await,
+        Err(PairError::Full { capacity: 2 })
+    );
+    let c = answer(join(&engine, "g", 3, b"c", LONG)).await;
+    assert_eq!(group_of(c, b"c").0, 2);
+    assert_eq!(
+        group_of(answer(a).await, b"a").0 + group_of(answer(b).await, b"b").0,
+        1
+    );
+    h.assert_nothing_left().await;
+}
+
+/// A payload that would take the group's over the limit is refused as it
+/// arrives, saying how much the group holds; a smaller one is let in.
+/// Pairs are not held to it.
+pub async fn a_payload_over_the_group_limit_is_refused<H: Harness>() {
+    let h = H::new().await;
+    let engine = h.engine_with(usize::MAX, 10).await;
+    let a = join(&engine, "g", 3, b"aaaaaa", LONG);
+    parked(&*engine, 1).await;
+    assert_eq!(
+        answer(join(&engine, "g", 3, b"bbbbb", LONG)).await,
+        Err(PairError::GroupTooLarge {
+            held: 6,
+            payload: 5,
+            limit: 10
+        })
+    );
+    assert_eq!(
+        answer(join(&engine, "h", 3, &[0; 11], LONG)).await,
+        Err(PairError::GroupTooLarge {
+            held: 0,
+            payload: 11,
+            limit: 10
+        })
+    );
+    let b = join(&engine, "g", 3, b"bbbb", LONG);
+    parked(&*engine, 2).await;
+    let c = answer(join(&engine, "g", 3, b"", LONG)).await;
+    let everyone = vec!["aaaaaa".to_string(), "bbbb".into(), "".into()];
+    assert_eq!(group_of(c, b""), (2, everyone.clone()));
+    assert_eq!(group_of(answer(a).await, b"aaaaaa"), (0, everyone.clone()));
+    assert_eq!(group_of(answer(b).await, b"bbbb"), (1, everyone));
+
+    let big = [7; 32];
+    let first = arrive(&engine, "pair", &big, LONG);
+    parked(&*engine, 1).await;
+    assert_paired(
+        answer(arrive(&engine, "pair", &big, LONG)).await,
+        Role::Second,
+        &big,
+    );
+    assert_paired(answer(first).await, Role::First, &big);
+    h.assert_nothing_left().await;
+}
+
+/// Closing answers every member of a forming group.
+pub async fn close_answers_every_member<H: Harness>() {
+    let h = H::new().await;
+    let engine = h.engine(usize::MAX).await;
+    let a = join(&engine, "g", 3, b"a", LONG);
+    let b = join(&engine, "g", 3, b"b", LONG);
+    parked(&*engine, 2).await;
+    within(engine.close()).await;
+    assert_eq!(answer(a).await, Err(PairError::ShuttingDown));
+    assert_eq!(answer(b).await, Err(PairError::ShuttingDown));
+    h.assert_nothing_left().await;
+}
+
 macro_rules! suite {
     ($harness:ty: $($scenario:ident),* $(,)?) => {
         $(
@@ -394,6 +702,14 @@ both!(
     payloads_arrive_byte_for_byte,
     many_pairs_at_once_pair_each_caller_once,
     random_schedules_agree_with_the_model,
+    a_group_of_five_completes_together,
+    a_member_that_leaves_is_replaced_and_never_counted,
+    a_member_cancelling_while_the_last_arrives,
+    mismatched_parties_are_refused_and_the_group_carries_on,
+    a_pair_caller_meets_a_group_of_two,
+    every_parked_member_counts_against_the_cap,
+    a_payload_over_the_group_limit_is_refused,
+    close_answers_every_member,
 );
 
 // The property: random schedules, one step at a time.

@@ -225,9 +225,8 @@ pub fn engine_config(url: String, key_prefix: &str, capacity: usize) -> RedisCon
     }
 }
 
-/// A Redis engine on `server`, once it is ready.
-pub async fn engine(server: &RedisServer, key_prefix: &str, capacity: usize) -> RedisEngine {
-    let config = engine_config(server.url(), key_prefix, capacity);
+/// A Redis engine with `config`, once it is ready.
+pub async fn start_engine(config: RedisConfig) -> RedisEngine {
     let engine = RedisEngine::start(config, Metrics::new().redis()).unwrap();
     ready(&engine).await;
     engine
