@@ -716,10 +716,12 @@ both!(
 
 #[derive(Debug, Clone)]
 enum Step {
-    /// A caller arrives; `expires` callers have a short wait and nobody else
+    /// A caller arrives, asking for its id's usual group size, or (`stray`)
+    /// one more; `expires` callers have a short wait and nobody else
     /// arrives until they are answered.
     Arrive {
         id: u8,
+        stray: bool,
         expires: bool,
     },
     /// The `n`th caller so far goes away, if it is still waiting.
@@ -729,73 +731,110 @@ enum Step {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Told {
-    Paired { role: Role, peer: usize },
+    /// Its group completed: its position, and the members in arrival order.
+    Met {
+        position: usize,
+        group: Vec<usize>,
+    },
     TimedOut,
     Full,
     ShuttingDown,
+    Mismatch {
+        forming: u32,
+        asked: u32,
+    },
     Cancelled,
 }
 
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
-        8 => (0u8..3).prop_map(|id| Step::Arrive { id, expires: false }),
-        1 => (0u8..3).prop_map(|id| Step::Arrive { id, expires: true }),
+        8 => (0u8..3).prop_map(|id| Step::Arrive { id, stray: false, expires: false }),
+        1 => (0u8..3).prop_map(|id| Step::Arrive { id, stray: true, expires: false }),
+        1 => (0u8..3).prop_map(|id| Step::Arrive { id, stray: false, expires: true }),
         3 => (0usize..20).prop_map(Step::Cancel),
         1 => Just(Step::Close),
     ]
 }
 
-fn schedule() -> impl Strategy<Value = (Vec<Step>, usize)> {
+/// The steps, each id's usual group size (2 to 4), and the cap.
+fn schedule() -> impl Strategy<Value = (Vec<Step>, [u32; 3], usize)> {
     (
-        proptest::collection::vec(step(), 1..20),
-        prop_oneof![3 => Just(usize::MAX), 1 => 1usize..4],
+        proptest::collection::vec(step(), 1..24),
+        [2u32..5, 2u32..5, 2u32..5],
+        prop_oneof![3 => Just(usize::MAX), 1 => 1usize..5],
     )
 }
 
 /// Runs `steps` against a fresh engine and the sequential model, and checks
 /// after every step that both told every caller the same, and that as many
 /// callers wait in each.
-async fn agree<H: Harness>(h: &H, steps: &[Step], capacity: usize) -> Result<(), TestCaseError> {
+async fn agree<H: Harness>(
+    h: &H,
+    steps: &[Step],
+    sizes: [u32; 3],
+    capacity: usize,
+) -> Result<(), TestCaseError> {
     let engine = h.engine(capacity).await;
     let mut calls: Vec<Option<Call>> = Vec::new();
     let mut told: Vec<Option<Told>> = Vec::new();
-    // The model: who waits on which id, and whether it is closed.
-    let mut waiting: HashMap<u8, usize> = HashMap::new();
+    // The model: the group forming under each id (its size, and its members
+    // in arrival order), and whether the engine is closed.
+    let mut forming: HashMap<u8, (u32, Vec<usize>)> = HashMap::new();
     let mut expected: Vec<Option<Told>> = Vec::new();
     let mut closed = false;
+    let waiting = |forming: &HashMap<u8, (u32, Vec<usize>)>| {
+        forming
+            .values()
+            .map(|(_, members)| members.len())
+            .sum::<usize>()
+    };
     for step in steps {
         match *step {
-            Step::Arrive { id, expires } => {
+            Step::Arrive { id, stray, expires } => {
                 let i = calls.len();
+                let parties = sizes[usize::from(id)] + u32::from(stray);
                 let wait = if expires {
                     Duration::from_millis(200)
                 } else {
                     LONG
                 };
-                calls.push(Some(arrive(
+                let payload = i.to_string();
+                calls.push(Some(join(
                     &engine,
                     &format!("id-{id}"),
-                    i.to_string().as_bytes(),
+                    parties,
+                    payload.as_bytes(),
                     wait,
                 )));
                 told.push(None);
+                let group = forming.get(&id);
                 let outcome = if closed {
                     Some(Told::ShuttingDown)
-                } else if let Some(w) = waiting.remove(&id) {
-                    expected[w] = Some(Told::Paired {
-                        role: Role::First,
-                        peer: i,
-                    });
-                    Some(Told::Paired {
-                        role: Role::Second,
-                        peer: w,
+                } else if let Some(&(size, _)) = group.filter(|(size, _)| *size != parties) {
+                    Some(Told::Mismatch {
+                        forming: size,
+                        asked: parties,
                     })
-                } else if waiting.len() >= capacity {
+                } else if group.is_some_and(|(_, members)| members.len() + 1 == parties as usize) {
+                    let (_, mut members) = forming.remove(&id).unwrap();
+                    members.push(i);
+                    let parked = &members[..members.len() - 1];
+                    for (position, &member) in parked.iter().enumerate() {
+                        expected[member] = Some(Told::Met {
+                            position,
+                            group: members.clone(),
+                        });
+                    }
+                    Some(Told::Met {
+                        position: members.len() - 1,
+                        group: members,
+                    })
+                } else if waiting(&forming) >= capacity {
                     Some(Told::Full)
                 } else if expires {
                     Some(Told::TimedOut)
                 } else {
-                    waiting.insert(id, i);
+                    forming.entry(id).or_insert((parties, Vec::new())).1.push(i);
                     None
                 };
                 expected.push(outcome);
@@ -812,7 +851,10 @@ async fn agree<H: Harness>(h: &H, steps: &[Step], capacity: usize) -> Result<(),
                         n,
                         outcome
                     );
-                    waiting.retain(|_, w| *w != n);
+                    for (_, members) in forming.values_mut() {
+                        members.retain(|&m| m != n);
+                    }
+                    forming.retain(|_, (_, members)| !members.is_empty());
                     expected[n] = Some(Told::Cancelled);
                     told[n] = Some(Told::Cancelled);
                 }
@@ -820,16 +862,19 @@ async fn agree<H: Harness>(h: &H, steps: &[Step], capacity: usize) -> Result<(),
             Step::Close => {
                 within(engine.close()).await;
                 closed = true;
-                for (_, w) in waiting.drain() {
-                    expected[w] = Some(Told::ShuttingDown);
+                for (_, (_, members)) in forming.drain() {
+                    for member in members {
+                        expected[member] = Some(Told::ShuttingDown);
+                    }
                 }
             }
         }
-        settle(&*engine, &mut calls, &mut told, &expected, waiting.len()).await;
+        let now_waiting = waiting(&forming);
+        settle(&*engine, &mut calls, &mut told, &expected, now_waiting).await;
         for (i, (want, got)) in expected.iter().zip(&told).enumerate() {
             prop_assert_eq!(want, got, "caller {} after {:?}", i, step);
         }
-        prop_assert_eq!(engine.waiting(), waiting.len());
+        prop_assert_eq!(engine.waiting(), now_waiting);
     }
     within(engine.close()).await;
     for call in calls.into_iter().flatten() {
@@ -854,17 +899,20 @@ async fn settle<E: Engine>(
             continue;
         }
         let Some(call) = call.take() else { continue };
+        let own = i.to_string();
         told[i] = Some(match answer(call).await {
-            Ok(meeting) => Told::Paired {
-                role: meeting.role(),
-                peer: std::str::from_utf8(&meeting.peer().payload)
-                    .unwrap()
-                    .parse()
-                    .unwrap(),
+            Ok(meeting) => Told::Met {
+                position: meeting.position,
+                group: meeting
+                    .payloads(&Bytes::from(own))
+                    .iter()
+                    .map(|p| std::str::from_utf8(p).unwrap().parse().unwrap())
+                    .collect(),
             },
             Err(PairError::TimedOut) => Told::TimedOut,
             Err(PairError::Full { .. }) => Told::Full,
             Err(PairError::ShuttingDown) => Told::ShuttingDown,
+            Err(PairError::PartiesMismatch { forming, asked }) => Told::Mismatch { forming, asked },
             Err(error) => panic!("{error}"),
         });
     }
@@ -889,8 +937,8 @@ pub async fn random_schedules_agree_with_the_model<H: Harness>() {
     // proptest runs each case synchronously; each blocks on this runtime
     // from a thread of its own.
     let result = tokio::task::block_in_place(|| {
-        runner.run(&schedule(), |(steps, capacity)| {
-            runtime.block_on(agree(&h, &steps, capacity))
+        runner.run(&schedule(), |(steps, sizes, capacity)| {
+            runtime.block_on(agree(&h, &steps, sizes, capacity))
         })
     });
     if let Err(failure) = result {
