@@ -13,6 +13,7 @@ mod deployment;
 mod engine_properties;
 mod engine_suite;
 mod fuzz_corpus;
+mod groups;
 mod grpc;
 mod grpc_web;
 mod health_reflection;
