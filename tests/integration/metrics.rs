@@ -191,3 +191,65 @@ async fn refusals_are_counted_by_reason() {
     );
     waiter.abort();
 }
+
+/// Group members show in the parked gauge while they wait; a completed
+/// group is counted once, in its size's bucket; pairs are groups of 2; a
+/// mismatched size is a rejection of its own.
+#[tokio::test]
+async fn groups_are_counted_once_by_size_and_their_members_as_parked() {
+    let server = TestServer::start().await;
+    let grpc = [("protocol", "grpc")];
+    let http = [("protocol", "http")];
+    let group = |parties: u32, payload: &str| {
+        let url = server.url(&format!("/wait-for-parties/g?parties={parties}"));
+        let request = common::http_client().post(url).body(payload.to_owned());
+        tokio::spawn(async move { request.send().await.unwrap() })
+    };
+    let waiting: Vec<_> = (0..4).map(|n| group(5, &n.to_string())).collect();
+    server.parked(4).await;
+    let parked = scrape(&server).await;
+    assert_eq!(value(&parked, "rendezvous_parked_callers", &http), 4.0);
+    let mismatched = group(3, "x");
+    assert_eq!(within(mismatched).await.unwrap().status(), 409);
+    let mut last = server.grpc().await;
+    let answer = last
+        .wait_for_parties(rendezvous::proto::WaitForPartiesRequest {
+            id: "g".into(),
+            payload: "4".into(),
+            parties: 5,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.position, 4);
+    for member in waiting {
+        assert_eq!(within(member).await.unwrap().status(), 200);
+    }
+    let mut first = server.grpc().await;
+    let pair = tokio::spawn(async move { first.wait_for_second_party(request("p", b"")).await });
+    server.parked(1).await;
+    server
+        .grpc()
+        .await
+        .wait_for_second_party(request("p", b""))
+        .await
+        .unwrap();
+    within(pair).await.unwrap().unwrap();
+
+    let after = scrape(&server).await;
+    let completed = |size| {
+        value(
+            &after,
+            "rendezvous_groups_completed_total",
+            &[("size", size)],
+        )
+    };
+    assert_eq!(completed("5-8"), 1.0);
+    assert_eq!(completed("2"), 1.0);
+    assert_eq!(completed("3-4"), 0.0);
+    assert_eq!(value(&after, "rendezvous_parked_callers", &http), 0.0);
+    assert_eq!(value(&after, "rendezvous_paired_total", &http), 4.0);
+    assert_eq!(value(&after, "rendezvous_paired_total", &grpc), 3.0);
+    let mismatch = [("protocol", "http"), ("reason", "parties_mismatch")];
+    assert_eq!(value(&after, "rendezvous_rejections_total", &mismatch), 1.0);
+}
