@@ -43,7 +43,7 @@ use crate::{
     config::PAYLOAD_CEILING,
     grpc::MESSAGE_OVERHEAD,
     pairing::{Meeting, Offer, Offers},
-    proto::{self, WaitForSecondPartyRequest, sync_client::SyncClient},
+    proto::{self, WaitForPartiesRequest, WaitForSecondPartyRequest, sync_client::SyncClient},
     service::whole_millis,
     trace::TraceId,
 };
@@ -366,35 +366,67 @@ impl Client {
         payload: Bytes,
         timeout: Option<Duration>,
     ) -> Result<Meeting, Status> {
-        let request = || {
-            let mut request = tonic::Request::new(WaitForSecondPartyRequest {
-                id: id.to_owned(),
-                payload: payload.clone(),
-            });
-            if let Some(timeout) = timeout {
-                request.set_timeout(timeout);
-            }
-            if let Some(authorization) = &self.authorization {
-                request
-                    .metadata_mut()
-                    .insert("authorization", authorization.clone());
-            }
-            if let Some(traceparent) = &self.traceparent {
-                request
-                    .metadata_mut()
-                    .insert("traceparent", traceparent.clone());
-            }
-            request
+        let message = WaitForSecondPartyRequest {
+            id: id.to_owned(),
+            payload,
         };
         let call = resent_if_unsent(|| {
             let mut sync = self.sync.clone();
-            let request = request();
+            let request = self.request(message.clone(), timeout);
             async move { sync.wait_for_second_party(request).await }
         });
         let response = within(timeout, call)
             .await
             .map_err(|status| self.failed(status, timeout))?;
         meeting(response.into_inner())
+    }
+
+    /// Waits until `parties` callers (this one included) have come with
+    /// `id`, sending `payload` to each of them, for at most `timeout`. The
+    /// [`Meeting`] holds this caller's position and every member's payload
+    /// ([`Meeting::payloads`]). A group that does not fill up in time gets
+    /// `DEADLINE_EXCEEDED`.
+    pub async fn gather(
+        &self,
+        id: &str,
+        parties: u32,
+        payload: Bytes,
+        timeout: Option<Duration>,
+    ) -> Result<Meeting, Status> {
+        let message = WaitForPartiesRequest {
+            id: id.to_owned(),
+            payload,
+            parties,
+        };
+        let call = resent_if_unsent(|| {
+            let mut sync = self.sync.clone();
+            let request = self.request(message.clone(), timeout);
+            async move { sync.wait_for_parties(request).await }
+        });
+        let response = within(timeout, call)
+            .await
+            .map_err(|status| self.failed(status, timeout))?;
+        group(response.into_inner())
+    }
+
+    /// A call's request: `message`, with the deadline, the token and the
+    /// traceparent this client sends.
+    fn request<T>(&self, message: T, timeout: Option<Duration>) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        if let Some(timeout) = timeout {
+            request.set_timeout(timeout);
+        }
+        if let Some(authorization) = &self.authorization {
+            request
+                .metadata_mut()
+                .insert("authorization", authorization.clone());
+        }
+        if let Some(traceparent) = &self.traceparent {
+            request
+                .metadata_mut()
+                .insert("traceparent", traceparent.clone());
+        }
+        request
     }
 
     /// [`Client::wait`], retried while the server is unavailable or full
@@ -583,6 +615,22 @@ fn meeting(response: proto::WaitForSecondPartyResponse) -> Result<Meeting, Statu
     // The server does not tell a caller its partner's trace id.
     let peer = Offer::from(response.peer_payload);
     Ok(Meeting::new(position, Offers::Peer(peer), waited))
+}
+
+fn group(response: proto::WaitForPartiesResponse) -> Result<Meeting, Status> {
+    let position = response.position as usize;
+    if position >= response.payloads.len() {
+        return Err(Status::internal(format!(
+            "the server's answer puts this caller at position {position} of a group of {}",
+            response.payloads.len()
+        )));
+    }
+    let waited = response
+        .waited
+        .and_then(|waited| Duration::try_from(waited).ok())
+        .unwrap_or_default();
+    let offers = response.payloads.into_iter().map(Offer::from).collect();
+    Ok(Meeting::new(position, Offers::All(offers), waited))
 }
 
 /// Exponential backoff with jitter, from 50 ms up to 2 s a pause (each

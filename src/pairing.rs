@@ -657,6 +657,42 @@ mod tests {
         assert!(Id::new("é".repeat(129)).is_err());
     }
 
+    /// A larger group's meeting holds everyone's offers: its peer is the
+    /// first member other than itself, its role follows its position, and
+    /// its payloads come back in arrival order, its own from the list.
+    #[test]
+    fn a_group_meeting_reads_from_the_shared_list() {
+        let all: Arc<[Offer]> = [&b"a"[..], b"b", b"c"]
+            .map(|p| Offer::from(Bytes::from_static(p)))
+            .into();
+        let at = |position| Meeting::new(position, Offers::All(all.clone()), Duration::ZERO);
+        assert_eq!(at(0).peer().payload, "b");
+        assert_eq!(at(1).peer().payload, "a");
+        assert_eq!(at(2).peer().payload, "a");
+        assert_eq!((at(0).role(), at(2).role()), (Role::First, Role::Second));
+        assert_eq!(at(1).parties(), 3);
+        assert_eq!(
+            at(1).payloads(&Bytes::from_static(b"ignored")),
+            ["a", "b", "c"]
+        );
+        let pair = |position| {
+            Meeting::new(
+                position,
+                Offers::Peer(Bytes::from_static(b"peer").into()),
+                Duration::ZERO,
+            )
+        };
+        assert_eq!(
+            pair(0).payloads(&Bytes::from_static(b"own")),
+            ["own", "peer"]
+        );
+        assert_eq!(
+            pair(1).payloads(&Bytes::from_static(b"own")),
+            ["peer", "own"]
+        );
+        assert_eq!(pair(1).parties(), 2);
+    }
+
     #[test]
     fn debug_does_not_leak_the_id() {
         assert_eq!(format!("{:?}", id("secret-code")), "Id(11 bytes)");

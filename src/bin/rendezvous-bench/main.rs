@@ -53,6 +53,13 @@ enum Mode {
     Idle(IdleArgs),
     /// A long mixed run that checks correctness, leaks and the gauge.
     Soak(soak::SoakArgs),
+    /// Run groups (WaitForParties) as fast as the concurrency allows: server
+    /// CPU per member.
+    Groups(GroupsArgs),
+    /// Park all members but the last of some groups, measure memory, then
+    /// send every group's last member at once: how long until the last
+    /// member is answered.
+    Gather(GatherArgs),
 }
 
 #[derive(Debug, Args)]
@@ -180,6 +187,33 @@ struct PairsArgs {
     /// Pairs to run first, unmeasured.
     #[arg(long, default_value_t = 2_000)]
     warmup: u64,
+}
+
+#[derive(Debug, Args)]
+struct GroupsArgs {
+    #[command(flatten)]
+    target: Target,
+    /// Callers in each group.
+    #[arg(long)]
+    parties: u32,
+    /// Members to run in all (after the warm-up), in groups of --parties.
+    #[arg(long, default_value_t = 200_000)]
+    members: u64,
+    /// Members in flight at once (whole groups: at least one).
+    #[arg(long, default_value_t = 256)]
+    concurrency: usize,
+}
+
+#[derive(Debug, Args)]
+struct GatherArgs {
+    #[command(flatten)]
+    target: Target,
+    /// Callers in each group.
+    #[arg(long)]
+    parties: u32,
+    /// Groups to park.
+    #[arg(long, default_value_t = 1)]
+    groups: usize,
 }
 
 #[derive(Debug, Args)]
@@ -630,6 +664,8 @@ async fn main() {
         Mode::Pairs(args) => pairs(args).await,
         Mode::Idle(args) => idle(args).await,
         Mode::Soak(args) => soak::soak(args).await,
+        Mode::Groups(args) => groups(args).await,
+        Mode::Gather(args) => gather(args).await,
     };
     if cli.json {
         println!("{report}");
@@ -683,6 +719,171 @@ async fn pairs(args: PairsArgs) -> serde_json::Value {
     }
     if let (Some(before), Some(after)) = (redis_before, redis_after) {
         RedisInfo::per_pair(&before, &after, args.pairs as f64, &mut report);
+    }
+    report
+}
+
+/// One group's members, all at once, from `slot` on; each member's payload
+/// is its number, as a member's would be.
+async fn run_group(clients: &[Client], parties: u32, id: String, slot: usize) -> (u64, u64) {
+    let mut calls = JoinSet::new();
+    for m in 0..parties as usize {
+        let (client, id) = (clients[(slot + m) % clients.len()].clone(), id.clone());
+        calls.spawn(async move {
+            let answer = client.gather(&id, parties, Bytes::from(m.to_string()), None);
+            answer.await.is_ok_and(|m| m.parties() == parties as usize)
+        });
+    }
+    let (mut ok, mut failed) = (0, 0);
+    while let Some(done) = calls.join_next().await {
+        match done.unwrap() {
+            true => ok += 1,
+            false => failed += 1,
+        }
+    }
+    (ok, failed)
+}
+
+/// `count` groups of `parties`, `concurrency` members in flight at once.
+async fn run_groups(
+    clients: &Arc<[Client]>,
+    parties: u32,
+    count: u64,
+    concurrency: usize,
+    tag: &str,
+) -> (Duration, u64) {
+    let next = Arc::new(AtomicU64::new(0));
+    let mut workers = JoinSet::new();
+    let started = Instant::now();
+    for _ in 0..(concurrency / parties as usize).max(1) {
+        let (clients, next, tag) = (clients.clone(), next.clone(), tag.to_owned());
+        workers.spawn(async move {
+            let mut failed = 0;
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= count {
+                    return failed;
+                }
+                let slot = i as usize * parties as usize;
+                failed += run_group(&clients, parties, fresh_id(&tag, i), slot)
+                    .await
+                    .1;
+            }
+        });
+    }
+    let mut failed = 0;
+    while let Some(f) = workers.join_next().await {
+        failed += f.unwrap();
+    }
+    (started.elapsed(), failed)
+}
+
+fn grpc_only(target: &Target) {
+    assert!(
+        target.protocol == Protocol::Grpc && target.target.len() == 1,
+        "groups run over gRPC, against one target"
+    );
+}
+
+async fn groups(args: GroupsArgs) -> serde_json::Value {
+    grpc_only(&args.target);
+    let connections = args.target.connections.unwrap_or(4);
+    let options = client_options(&args.target, args.target.target[0]);
+    let clients = grpc_clients(&options, connections).await;
+    let count = args.members / u64::from(args.parties);
+    let members = count * u64::from(args.parties);
+    run_groups(
+        &clients,
+        args.parties,
+        (count / 20).max(1),
+        args.concurrency,
+        "warmup",
+    )
+    .await;
+    let before = usage_of(&args.target.server_pid);
+    let (elapsed, failed) =
+        run_groups(&clients, args.parties, count, args.concurrency, "group").await;
+    let after = usage_of(&args.target.server_pid);
+    let mut report = serde_json::json!({
+        "mode": "groups",
+        "parties": args.parties,
+        "groups": count,
+        "members": members,
+        "concurrency": args.concurrency,
+        "connections": connections,
+        "seconds": elapsed.as_secs_f64(),
+        "members_per_second": members as f64 / elapsed.as_secs_f64(),
+        "failed": failed,
+    });
+    if let (Some(before), Some(after)) = (before, after) {
+        let cpu = after.cpu.saturating_sub(before.cpu);
+        report["server_cpu_us_per_member"] = (micros(cpu) / members as f64).into();
+        report["server_cpu_utilisation"] = (cpu.as_secs_f64() / elapsed.as_secs_f64()).into();
+    }
+    report
+}
+
+async fn gather(args: GatherArgs) -> serde_json::Value {
+    grpc_only(&args.target);
+    let options = client_options(&args.target, args.target.target[0]);
+    // As many connections as a group has members, up to 64: the members of
+    // a group arrive as separate callers would.
+    let clients = grpc_clients(&options, (args.parties as usize).min(64)).await;
+    run_groups(&clients, 2, 2_000, 64, "warmup").await;
+    let pids = &args.target.server_pid;
+    quiesce(pids).await;
+    let before = usage_of(pids);
+    let parties = args.parties;
+    let ids: Vec<String> = (0..args.groups)
+        .map(|g| fresh_id("gather", g as u64))
+        .collect();
+    let mut parked = JoinSet::new();
+    for (g, id) in ids.iter().enumerate() {
+        for m in 0..parties as usize - 1 {
+            let (client, id) = (clients[m % clients.len()].clone(), id.clone());
+            let slot = g * parties as usize + m;
+            parked.spawn(async move {
+                let answer = client.gather(&id, parties, Bytes::from(slot.to_string()), None);
+                answer.await.is_ok_and(|m| m.parties() == parties as usize)
+            });
+        }
+    }
+    quiesce(pids).await;
+    let during = usage_of(pids);
+    let members = args.groups * (parties as usize - 1);
+    eprintln!("parked {members}");
+    let started = Instant::now();
+    let mut last = JoinSet::new();
+    for id in ids {
+        let client = clients[0].clone();
+        last.spawn(async move {
+            let answer = client.gather(&id, parties, Bytes::from_static(b"last"), None);
+            answer.await.is_ok_and(|m| m.parties() == parties as usize)
+        });
+    }
+    let (mut ok, mut failed) = (0u64, 0u64);
+    for set in [&mut last, &mut parked] {
+        while let Some(done) = set.join_next().await {
+            if done.unwrap() {
+                ok += 1;
+            } else {
+                failed += 1;
+            }
+        }
+    }
+    let completed = started.elapsed();
+    let mut report = serde_json::json!({
+        "mode": "gather",
+        "parties": parties,
+        "groups": args.groups,
+        "parked_members": members,
+        "last_arrival_to_last_answer_ms": completed.as_secs_f64() * 1e3,
+        "answered_ok": ok,
+        "failed": failed,
+    });
+    if let (Some(before), Some(during)) = (before, during) {
+        let delta = during.rss_bytes.saturating_sub(before.rss_bytes);
+        report["bytes_per_parked_member"] = (delta as f64 / members as f64).into();
     }
     report
 }
