@@ -9,12 +9,16 @@
 #      two callers of each pair on different replicas, against the local
 #      engine in the same run; memory per parked caller; capacity;
 #   6. what a traceparent on every call costs: the same server, calls with
-#      and without one, alternating, ROUNDS rounds.
+#      and without one, alternating, ROUNDS rounds;
+#   7. groups (WaitForParties): server CPU per member in groups of 2, 8 and
+#      64 against per caller of a pair, alternating, ROUNDS rounds; a group
+#      of 1,000 completing (last arrival to last answer); memory per parked
+#      member.
 # Servers run on core 0 and the load on core 1 when there are two cores.
 #
 #   scripts/bench.sh                 # everything
 #   ROUNDS=3 PAIRS=50000 scripts/bench.sh
-#   ONLY=cpu scripts/bench.sh        # one part: cpu, memory, parked, engine, redis or trace
+#   ONLY=cpu scripts/bench.sh        # one part: cpu, memory, parked, engine, redis, trace or groups
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -97,6 +101,25 @@ if [[ $ONLY == all || $ONLY == trace ]]; then
       record "$protocol-traced" -- "${common[@]}" --traceparent "$traceparent"
     done
   done
+  stop "$server"
+fi
+
+if [[ $ONLY == all || $ONLY == groups ]]; then
+  members=$((PAIRS * 2))
+  start_project --max-parties 1000 --max-wait 10m
+  for round in $(seq "$ROUNDS"); do
+    echo "== groups, round $round of $ROUNDS"
+    record group-pair -- pairs --protocol grpc --target 127.0.0.1:50051 --server-pid "$server" --pairs "$PAIRS"
+    for parties in 2 8 64; do
+      record "group-$parties" -- groups --target 127.0.0.1:50051 --server-pid "$server" --parties "$parties" --members "$members"
+    done
+  done
+  for round in $(seq "$ROUNDS"); do
+    record gather-1000 -- gather --target 127.0.0.1:50051 --server-pid "$server" --parties 1000
+  done
+  stop "$server"
+  start_project --max-parties 1000 --max-wait 10m
+  record gather-64x320 -- gather --target 127.0.0.1:50051 --server-pid "$server" --parties 64 --groups 320
   stop "$server"
 fi
 
@@ -250,6 +273,28 @@ if "redis-128" in runs:
               f"({r['bytes_per_parked_caller'] / 1024:.2f} KiB), "
               f"{r['redis_bytes_per_parked_caller']:.0f} B each in Redis; "
               f"released in {r['release_seconds']:.2f} s, {r['answered_ok']} OK, {r['failed']} failed")
+if "group-pair" in runs:
+    per_caller = med("group-pair", "server_cpu_us_per_pair") / 2
+    print("\n| group | server CPU µs per member | per caller of a pair | ratio | members/s | failed, all rounds |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for parties in [2, 8, 64]:
+        label = f"group-{parties}"
+        per_member = med(label, "server_cpu_us_per_member")
+        failed = sum(r["failed"] for r in runs[label])
+        print(f"| {parties} | {per_member:.1f} | {per_caller:.1f} | {per_member / per_caller:.2f} "
+              f"| {med(label, 'members_per_second'):.0f} | {failed} |")
+if "gather-1000" in runs:
+    times = sorted(r["last_arrival_to_last_answer_ms"] for r in runs["gather-1000"])
+    failed = sum(r["failed"] for r in runs["gather-1000"])
+    print(f"\na group of 1,000: last arrival to last answer {', '.join(f'{t:.1f}' for t in times)} ms "
+          f"(median {statistics.median(times):.1f}), server CPU meanwhile "
+          f"{med('gather-1000', 'server_cpu_ms_to_complete'):.0f} ms; {failed} failed; "
+          f"{med('gather-1000', 'bytes_per_parked_member'):.0f} B per parked member")
+if "gather-64x320" in runs:
+    r = runs["gather-64x320"][-1]
+    print(f"\n{r['parked_members']} members parked in {r['groups']} groups of {r['parties']}: "
+          f"{r['bytes_per_parked_member']:.0f} B each ({r['bytes_per_parked_member'] / 1024:.2f} KiB); "
+          f"the groups completed in {r['last_arrival_to_last_answer_ms']:.1f} ms, {r['failed']} failed")
 if "parked-0" in runs:
     none, parked = med("parked-0", "pairs_per_second"), med("parked-50k", "pairs_per_second")
     failed = sum(r["failed"] for r in runs.get("parked-50k-holder", []))

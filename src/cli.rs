@@ -19,7 +19,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use crate::{
     Config,
     client::{Client, ClientError, ClientOptions, DEFAULT_SERVER},
-    json::{JsonError, JsonMeeting},
+    json::{JsonError, JsonGroup, JsonMeeting},
     pairing::Role,
     service::whole_millis,
 };
@@ -192,7 +192,13 @@ pub struct WaitArgs {
     #[arg(long, env = "RENDEZVOUS_TOKEN_FILE", value_name = "FILE")]
     pub token_file: Option<PathBuf>,
 
-    /// The payload to hand the other party.
+    /// Wait for a group of N callers, this one included (WaitForParties),
+    /// rather than for one other party: a barrier. Its answer (every
+    /// member's payload, and this caller's position) comes with --json.
+    #[arg(long, value_name = "N")]
+    pub parties: Option<u32>,
+
+    /// The payload to hand the other party (with --parties, every member).
     #[arg(long, value_name = "TEXT", conflicts_with = "payload_file")]
     pub payload: Option<String>,
 
@@ -242,6 +248,9 @@ pub struct ProbeArgs {
 
 /// Runs `rendezvous wait`: the partner's payload to stdout, raw; the role
 /// and wait (or what went wrong) to stderr; or all of it as JSON on stdout.
+/// With `--parties`, the group's position and wait go to stderr, and its
+/// payloads come only with `--json`: a group has many, and raw bytes one
+/// after another could not be told apart.
 pub async fn wait(args: WaitArgs) -> Exit {
     let report = Report { json: args.json };
     let payload = match read_payload(&args) {
@@ -263,22 +272,47 @@ pub async fn wait(args: WaitArgs) -> Exit {
         Ok(client) => client,
         Err(error) => return report.client_error(&error),
     };
-    let result = match (args.retry, args.timeout) {
-        (true, Some(timeout)) => {
+    let on_retry = |status: &Status, pause| {
+        eprintln!(
+            "rendezvous wait: {}: {}; trying again in {}",
+            code_name(status.code()),
+            status.message(),
+            whole_millis(pause)
+        );
+    };
+    let own = payload.clone();
+    let result = match (args.parties, args.retry, args.timeout) {
+        (None, true, Some(timeout)) => {
             client
-                .wait_retrying(&args.id, payload, timeout, |status, pause| {
-                    eprintln!(
-                        "rendezvous wait: {}: {}; trying again in {}",
-                        code_name(status.code()),
-                        status.message(),
-                        whole_millis(pause)
-                    );
-                })
+                .wait_retrying(&args.id, payload, timeout, on_retry)
                 .await
         }
-        _ => client.wait(&args.id, payload, args.timeout).await,
+        (None, _, _) => client.wait(&args.id, payload, args.timeout).await,
+        (Some(parties), true, Some(timeout)) => {
+            client
+                .gather_retrying(&args.id, parties, payload, timeout, on_retry)
+                .await
+        }
+        (Some(parties), _, _) => {
+            client
+                .gather(&args.id, parties, payload, args.timeout)
+                .await
+        }
     };
     match result {
+        Ok(meeting) if args.parties.is_some() => {
+            if report.json {
+                report.print_json(&JsonGroup::new(&meeting, &own));
+            } else {
+                eprintln!(
+                    "completed a group of {} at position {} after {}",
+                    meeting.parties(),
+                    meeting.position,
+                    whole_millis(meeting.waited)
+                );
+            }
+            Exit::Ok
+        }
         Ok(meeting) => {
             if report.json {
                 report.print_json(&JsonMeeting::from(&meeting));

@@ -17,7 +17,19 @@
 //!     .await?;
 //! println!(
 //!     "{:?} after {:?}, the other sent {:?}",
-//!     meeting.role, meeting.waited, meeting.peer_payload
+//!     meeting.role(),
+//!     meeting.waited,
+//!     meeting.peer().payload
+//! );
+//! // Waits for a group of three, this caller included: every member's
+//! // payload comes back, in arrival order.
+//! let group = client
+//!     .gather("deploy-7", 3, "eu".into(), Some(Duration::from_secs(30)))
+//!     .await?;
+//! println!(
+//!     "arrived at position {} of {:?}",
+//!     group.position,
+//!     group.payloads(&"eu".into())
 //! );
 //! # Ok(())
 //! # }
@@ -441,37 +453,27 @@ impl Client {
         id: &str,
         payload: Bytes,
         timeout: Duration,
-        mut on_retry: impl FnMut(&Status, Duration),
+        on_retry: impl FnMut(&Status, Duration),
     ) -> Result<Meeting, Status> {
-        let deadline = Instant::now() + timeout;
-        let mut backoff = backoff();
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let status = match self.wait(id, payload.clone(), Some(left)).await {
-                Ok(meeting) => return Ok(meeting),
-                Err(status) => status,
-            };
-            if !retryable(&status) {
-                return Err(status);
-            }
-            let pause = backoff.next().expect("retries without end");
-            let left = deadline.saturating_duration_since(Instant::now());
-            // A try needs time to be worth making: one that its own
-            // deadline cuts short says only "timed out", and hides why the
-            // tries before it failed.
-            if pause + MIN_TRY >= left {
-                return Err(Status::new(
-                    status.code(),
-                    format!(
-                        "{} (still, after {} of retries)",
-                        status.message(),
-                        whole_millis(timeout),
-                    ),
-                ));
-            }
-            on_retry(&status, pause);
-            tokio::time::sleep(pause).await;
-        }
+        retrying(timeout, on_retry, |left| {
+            self.wait(id, payload.clone(), Some(left))
+        })
+        .await
+    }
+
+    /// [`Client::gather`], retried as [`Client::wait_retrying`] retries.
+    pub async fn gather_retrying(
+        &self,
+        id: &str,
+        parties: u32,
+        payload: Bytes,
+        timeout: Duration,
+        on_retry: impl FnMut(&Status, Duration),
+    ) -> Result<Meeting, Status> {
+        retrying(timeout, on_retry, |left| {
+            self.gather(id, parties, payload.clone(), Some(left))
+        })
+        .await
     }
 
     /// Asks the server's health service about `service` ("" for the whole
@@ -631,6 +633,47 @@ fn group(response: proto::WaitForPartiesResponse) -> Result<Meeting, Status> {
         .unwrap_or_default();
     let offers = response.payloads.into_iter().map(Offer::from).collect();
     Ok(Meeting::new(position, Offers::All(offers), waited))
+}
+
+/// Makes `attempt` (given the time left) until it succeeds, fails in a way
+/// that retrying cannot mend, or `timeout` has passed since the first.
+async fn retrying<F>(
+    timeout: Duration,
+    mut on_retry: impl FnMut(&Status, Duration),
+    mut attempt: impl FnMut(Duration) -> F,
+) -> Result<Meeting, Status>
+where
+    F: Future<Output = Result<Meeting, Status>>,
+{
+    let deadline = Instant::now() + timeout;
+    let mut backoff = backoff();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let status = match attempt(left).await {
+            Ok(meeting) => return Ok(meeting),
+            Err(status) => status,
+        };
+        if !retryable(&status) {
+            return Err(status);
+        }
+        let pause = backoff.next().expect("retries without end");
+        let left = deadline.saturating_duration_since(Instant::now());
+        // A try needs time to be worth making: one that its own deadline
+        // cuts short says only "timed out", and hides why the tries before
+        // it failed.
+        if pause + MIN_TRY >= left {
+            return Err(Status::new(
+                status.code(),
+                format!(
+                    "{} (still, after {} of retries)",
+                    status.message(),
+                    whole_millis(timeout),
+                ),
+            ));
+        }
+        on_retry(&status, pause);
+        tokio::time::sleep(pause).await;
+    }
 }
 
 /// Exponential backoff with jitter, from 50 ms up to 2 s a pause (each

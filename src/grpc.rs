@@ -570,7 +570,7 @@ impl From<Meeting> for proto::WaitForSecondPartyResponse {
         Self {
             role: proto::Role::from(meeting.role()).into(),
             waited: prost_types::Duration::try_from(meeting.waited).ok(),
-            peer_payload: meeting.peer().payload.clone(),
+            peer_payload: meeting.into_peer().payload,
         }
     }
 }

@@ -246,6 +246,14 @@ impl Meeting {
         }
     }
 
+    /// [`Meeting::peer`], taken out of the meeting rather than copied.
+    pub fn into_peer(self) -> Offer {
+        match self.offers {
+            Offers::Peer(peer) => peer,
+            Offers::All(all) => all[usize::from(self.position == 0)].clone(),
+        }
+    }
+
     /// Every member's payload in arrival order, this caller's own (`own`,
     /// which a pair does not hand back) at [`Meeting::position`].
     pub fn payloads(&self, own: &Bytes) -> Vec<Bytes> {
@@ -669,6 +677,8 @@ mod tests {
         assert_eq!(at(0).peer().payload, "b");
         assert_eq!(at(1).peer().payload, "a");
         assert_eq!(at(2).peer().payload, "a");
+        assert_eq!(at(0).into_peer().payload, "b");
+        assert_eq!(at(1).into_peer().payload, "a");
         assert_eq!((at(0).role(), at(2).role()), (Role::First, Role::Second));
         assert_eq!(at(1).parties(), 3);
         assert_eq!(

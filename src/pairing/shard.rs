@@ -126,8 +126,6 @@ struct Forming {
     hash: u64,
     /// How many callers complete it.
     parties: u32,
-    /// The members' payloads, in bytes, against [`Group::max_bytes`].
-    bytes: usize,
     /// In arrival order. The first is kept inline, so that a pair's waiter
     /// costs no allocation beyond its entry.
     members: SmallVec<[Member; 1]>,
@@ -215,7 +213,6 @@ impl Shard {
                 id,
                 hash,
                 parties: group.parties,
-                bytes: payload,
                 members: SmallVec::from_buf([member]),
             };
             state
@@ -229,21 +226,21 @@ impl Shard {
                 forming: forming.parties,
             };
         }
-        if forming.bytes.saturating_add(payload) > max_bytes {
-            return Arrival::TooLarge {
-                held: forming.bytes,
-                payload,
-            };
+        // Summed when needed rather than kept: a pair, the common case,
+        // never needs it, and every byte of its entry is paid while it waits.
+        if max_bytes != usize::MAX {
+            let held = forming.members.iter().map(|m| m.offer.payload.len()).sum();
+            if payload.saturating_add(held) > max_bytes {
+                return Arrival::TooLarge { held, payload };
+            }
         }
         // A member whose caller went away withdraws itself under this lock
         // before its channel closes, so none should be found here. Never
         // count one all the same: the group then waits for another caller.
         let counts = &mut state.counts;
-        let Forming { members, bytes, .. } = forming;
-        members.retain(|member| {
+        forming.members.retain(|member| {
             let gone = member.tx.is_closed();
             if gone {
-                *bytes -= member.offer.payload.len();
                 occupancy.release(&mut counts.spares);
                 counts.parked -= 1;
             }
@@ -253,7 +250,6 @@ impl Shard {
             let Some((member, parking)) = self.park(counts, hash, offer, occupancy) else {
                 return Arrival::Full;
             };
-            forming.bytes += payload;
             forming.members.push(member);
             return Arrival::Parked(parking);
         }
@@ -400,8 +396,7 @@ impl<'a> Parking<'a> {
                 .iter()
                 .position(|m| m.ticket == ticket)
                 .expect("found by this ticket");
-            let member = forming.members.remove(at);
-            forming.bytes -= member.offer.payload.len();
+            forming.members.remove(at);
         }
         self.occupancy.release(&mut state.counts.spares);
         state.counts.parked -= 1;

@@ -42,6 +42,57 @@ fn json(output: &Output) -> serde_json::Value {
         .unwrap_or_else(|e| panic!("{e}: {:?}", String::from_utf8_lossy(&output.stdout)))
 }
 
+/// Three `wait --parties 3` form a barrier: each exits 0 once all three
+/// are there, with its position and every payload in `--json`, or a line
+/// on stderr without it.
+#[tokio::test]
+async fn three_waits_with_parties_form_a_group() {
+    let mut server = Process::start(&[]).await;
+    let grpc = server.grpc.clone();
+    let member = |payload: &str, json: bool| {
+        let mut args = vec![
+            "wait",
+            "barrier",
+            "--server",
+            &grpc,
+            "--parties",
+            "3",
+            "--payload",
+            payload,
+        ];
+        if json {
+            args.push("--json");
+        }
+        rendezvous(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let first = member("a", true);
+    server.next("arrived").await;
+    let second = member("b", false);
+    server.next("arrived").await;
+    let third = within(member("c", true).wait_with_output()).await.unwrap();
+    let first = within(first.wait_with_output()).await.unwrap();
+    let second = within(second.wait_with_output()).await.unwrap();
+    for output in [&first, &second, &third] {
+        assert_eq!(output.status.code(), Some(0), "{}", stderr(output));
+    }
+    // "a", "b", "c" in base64, in arrival order.
+    let payloads = serde_json::json!(["YQ==", "Yg==", "Yw=="]);
+    assert_eq!(json(&first)["payloads"], payloads);
+    assert_eq!(json(&first)["position"], 0);
+    assert_eq!(json(&third)["payloads"], payloads);
+    assert_eq!(json(&third)["position"], 2);
+    assert!(second.stdout.is_empty());
+    assert!(
+        stderr(&second).starts_with("completed a group of 3 at position 1 after "),
+        "{}",
+        stderr(&second)
+    );
+}
+
 #[tokio::test]
 async fn two_waits_pair_and_print_each_others_payload() {
     let mut server = Process::start(&[]).await;

@@ -853,6 +853,7 @@ async fn gather(args: GatherArgs) -> serde_json::Value {
     let members = args.groups * (parties as usize - 1);
     eprintln!("parked {members}");
     let started = Instant::now();
+    let sending = usage_of(pids);
     let mut last = JoinSet::new();
     for id in ids {
         let client = clients[0].clone();
@@ -872,6 +873,7 @@ async fn gather(args: GatherArgs) -> serde_json::Value {
         }
     }
     let completed = started.elapsed();
+    let done = usage_of(pids);
     let mut report = serde_json::json!({
         "mode": "gather",
         "parties": parties,
@@ -884,6 +886,10 @@ async fn gather(args: GatherArgs) -> serde_json::Value {
     if let (Some(before), Some(during)) = (before, during) {
         let delta = during.rss_bytes.saturating_sub(before.rss_bytes);
         report["bytes_per_parked_member"] = (delta as f64 / members as f64).into();
+    }
+    if let (Some(sending), Some(done)) = (sending, done) {
+        let cpu = done.cpu.saturating_sub(sending.cpu);
+        report["server_cpu_ms_to_complete"] = (cpu.as_secs_f64() * 1e3).into();
     }
     report
 }
