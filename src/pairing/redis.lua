@@ -239,7 +239,11 @@ if op == 'join' then
       return {'offered'}
     end
   end
-  if may_park ~= '1' then return {'full'} end
+  if may_park ~= '1' then
+    -- Members that were dropped above may have been the last ones.
+    if k == 0 then redis.call('DEL', key) end
+    return {'full'}
+  end
   redis.call('HSET', key, 'n', parties)
   add_member(k, token, channel, payload, expires, len)
   return {'parked'}

@@ -125,7 +125,22 @@ async fn the_documented_acl_is_enough() {
     assert_pair(&server, server.client().await, server.client().await, "acl").await;
     let timed_out = within(raw_wait(server.grpc_addr, "acl-alone", b"", "200m")).await;
     assert_eq!(timed_out.grpc_status, "4", "{timed_out:?}");
-    assert!(redis.keys(prefix).await.is_empty());
+    // A group of three, whose script uses commands a pair's does not.
+    let client = server.client().await;
+    let member = |payload: &'static str| {
+        let client = client.clone();
+        tokio::spawn(async move { client.gather("acl-group", 3, payload.into(), None).await })
+    };
+    let (a, b) = (member("a"), member("b"));
+    server.parked(2).await;
+    let c = within(member("c")).await.unwrap().unwrap();
+    assert_eq!(c.position, 2);
+    for member in [a, b] {
+        let meeting = within(member).await.unwrap().unwrap();
+        assert_eq!(meeting.payloads(&Default::default()).len(), 3);
+    }
+    common::eventually(|| server.waiting() == 0, "no member waiting").await;
+    redis.until_keys(prefix, 0).await;
 }
 
 /// `rediss://`: TLS to Redis, trusting a CA given in `SSL_CERT_FILE`.
