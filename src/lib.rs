@@ -2,13 +2,17 @@
 //! `rendezvous.v1.Sync/WaitForSecondParty` (or the legacy
 //! `POST /wait-for-second-party/{id}`) with the same id. The first waits;
 //! when the second arrives both return at once, each with the other's payload.
+//! `WaitForParties` (`POST /wait-for-parties/{id}?parties=N`) does the same
+//! for a group of any size: the engine forms groups, and a pair is its group
+//! of two.
 //!
 //! # Layout
 //!
 //! Read it from the inside out:
 //!
 //! - [`pairing`]: the engines, behind one seam, [`pairing::Engine`]: ids,
-//!   waiters, pairing, cleanup on drop, and no transport types. The local
+//!   groups forming and completing (a pair is a group of two), cleanup on
+//!   drop, and no transport types. The local
 //!   engine (one process is the meeting place) and the Redis engine
 //!   (replicas meet in Redis); [`pairing::AnyEngine`] is whichever one the
 //!   configuration chose, and the only one the rest of the crate names.
