@@ -6,7 +6,7 @@
 use crate::common;
 
 use base64::Engine as _;
-use common::{JsonBody, TestServer, redis::RedisServer, test_config, within};
+use common::{JsonBody, TestServer, redis::RedisServer, scrape, test_config, value, within};
 use rendezvous::{
     Config,
     proto::{
@@ -203,24 +203,39 @@ async fn a_member_cancelling_while_the_last_arrives(deployment: Deployment) {
     let last = http_member(d.server(2), "race", 3, "last", true);
     leaving.abort();
     let _ = leaving.await;
-    let completed = tokio::select! {
-        answer = http_answer(last) => Some(answer),
-        () = d.parked(2) => None,
-    };
-    let everyone = match completed {
-        Some(answer) => {
-            let body = answer.json_body().await;
-            assert_eq!(body["position"], 2, "{body}");
-            vec!["leaving", "staying", "last"]
+    // The client is gone; the server learns it from a RST_STREAM. Settled
+    // means: the last member was answered (the group counted the one that
+    // left, which it did if it was decided first), or the server counted
+    // the departure and the last member waits in its place.
+    let gone = [("protocol", "grpc")];
+    let completed = loop {
+        if last.is_finished() {
+            break true;
         }
-        None => {
+        let cancelled = value(
+            &scrape(d.server(0)).await,
+            "rendezvous_cancellations_total",
+            &gone,
+        );
+        let waiting: usize = d.servers.iter().map(TestServer::waiting).sum();
+        if cancelled == 1.0 && waiting == 2 {
+            break false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    };
+    let (everyone, last_position) = match completed {
+        true => (vec!["leaving", "staying", "last"], 2),
+        false => {
             let replacement = grpc_answer(grpc_member(d.server(0), "race", 3, "replacement"))
                 .await
                 .unwrap();
             assert_eq!(replacement.position, 2);
-            vec!["staying", "last", "replacement"]
+            (vec!["staying", "last", "replacement"], 1)
         }
     };
+    let body = http_answer(last).await.json_body().await;
+    assert_eq!(body["position"], last_position, "{body}");
+    assert_eq!(body["payloads"].as_array().unwrap().len(), 3, "{body}");
     let staying = grpc_answer(staying).await.unwrap();
     assert_eq!(payloads_of(&staying), everyone);
     d.parked(0).await;
