@@ -408,3 +408,51 @@ async fn a_member_whose_wait_runs_out_is_not_counted() {
     assert_eq!(payloads_of(&c), vec!["a", "b", "c"]);
     assert!(grpc_answer(a).await.is_ok() && grpc_answer(b).await.is_ok());
 }
+
+/// A member whose replica is gone (killed: nobody listens on its channel)
+/// is dropped when the group would complete, and the caller that would have
+/// completed it waits in its place; the next caller completes the group
+/// without the dead member, and nothing is left in Redis.
+#[tokio::test]
+async fn a_member_whose_replica_is_gone_is_dropped() {
+    let replicas = common::redis::Replicas::start(1).await;
+    let server = &replicas.servers[0];
+    // The dead member, written as a replica would have written it, on a
+    // channel nobody subscribes to.
+    let key = replicas.key_of("dead");
+    let expires = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        + 60_000;
+    let _: i64 = replicas
+        .redis
+        .query(
+            ::redis::cmd("HSET")
+                .arg(&key)
+                .arg(&[
+                    "n", "3", "k", "1", "b", "4", "t1", "ghost:1", "c1", "nobody", "l1", "4",
+                ])
+                .arg("p1")
+                .arg(common::redis::sealed(b"dead"))
+                .arg("e1")
+                .arg(expires.to_string()),
+        )
+        .await;
+    let _: i64 = replicas
+        .redis
+        .query(::redis::cmd("PEXPIRE").arg(&key).arg(60_000))
+        .await;
+    let a = grpc_member(server, "dead", 3, "a");
+    server.parked(1).await;
+    // "b" would complete the group with the dead member: instead it waits.
+    let b = grpc_member(server, "dead", 3, "b");
+    server.parked(2).await;
+    let c = grpc_answer(grpc_member(server, "dead", 3, "c"))
+        .await
+        .unwrap();
+    assert_eq!(payloads_of(&c), vec!["a", "b", "c"]);
+    assert_eq!(grpc_answer(a).await.unwrap().position, 0);
+    assert_eq!(grpc_answer(b).await.unwrap().position, 1);
+    replicas.assert_nothing_left().await;
+}
