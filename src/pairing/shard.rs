@@ -248,6 +248,10 @@ impl Shard {
         });
         if forming.members.len() + 1 < forming.parties as usize {
             let Some((member, parking)) = self.park(counts, hash, offer, occupancy) else {
+                // Nothing may be left behind, not even an empty group.
+                if forming.members.is_empty() {
+                    entry.remove();
+                }
                 return Arrival::Full;
             };
             forming.members.push(member);
