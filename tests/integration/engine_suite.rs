@@ -642,6 +642,12 @@ pub async fn a_payload_over_the_group_limit_is_refused<H: Harness>() {
     assert_eq!(group_of(c, b""), (2, everyone.clone()));
     assert_eq!(group_of(answer(a).await, b"aaaaaa"), (0, everyone.clone()));
     assert_eq!(group_of(answer(b).await, b"bbbb"), (1, everyone));
+    // A first member at the limit exactly is let in, as the last one was.
+    let exact = join(&engine, "h", 3, &[1; 10], LONG);
+    parked(&*engine, 1).await;
+    exact.abort();
+    let _ = exact.await;
+    parked(&*engine, 0).await;
 
     let big = [7; 32];
     let first = arrive(&engine, "pair", &big, LONG);
