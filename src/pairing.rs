@@ -665,6 +665,51 @@ mod tests {
         assert!(Id::new("é".repeat(129)).is_err());
     }
 
+    /// A member whose channel has closed but whose entry is still there
+    /// (its cleanup has not run) is never counted: the caller that would
+    /// have completed the group with it waits in its place, and the place
+    /// it held against the cap is given back.
+    #[test]
+    fn a_member_gone_without_cleanup_is_never_counted() {
+        let shard = Shard::default();
+        let occupancy = Occupancy::new(2, 1);
+        let group = shard::Group {
+            parties: 3,
+            max_bytes: usize::MAX,
+        };
+        let arrive = |payload: &'static [u8]| {
+            shard.arrive(
+                id("g"),
+                7,
+                group,
+                Bytes::from_static(payload).into(),
+                &occupancy,
+            )
+        };
+        let (Arrival::Parked(gone), Arrival::Parked(b)) = (arrive(b"gone"), arrive(b"b")) else {
+            panic!("the first two wait");
+        };
+        gone.leave_without_cleanup();
+        // The cap (2) is full until the one that left is dropped.
+        let Arrival::Parked(c) = arrive(b"c") else {
+            panic!("counted a member that had gone");
+        };
+        assert_eq!(shard.waiting(), 2);
+        assert_eq!(occupancy.taken(), 2);
+        let Arrival::Completed(2, Offers::All(all)) = arrive(b"d") else {
+            panic!("the group did not complete");
+        };
+        let payloads: Vec<_> = all.iter().map(|o| o.payload.clone()).collect();
+        assert_eq!(payloads, ["b", "c", "d"]);
+        for (parking, position) in [(b, 0), (c, 1)] {
+            let outcome = futures_poll(std::pin::pin!(parking.outcome(std::future::pending())));
+            assert!(
+                matches!(outcome, Poll::Ready(shard::Outcome::Completed(p, _)) if p == position)
+            );
+        }
+        assert_eq!((shard.waiting(), occupancy.taken()), (0, 0));
+    }
+
     /// A larger group's meeting holds everyone's offers: its peer is the
     /// first member other than itself, its role follows its position, and
     /// its payloads come back in arrival order, its own from the list.
