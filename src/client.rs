@@ -382,15 +382,14 @@ impl Client {
             id: id.to_owned(),
             payload,
         };
-        let call = resent_if_unsent(|| {
-            let mut sync = self.sync.clone();
-            let request = self.request(message.clone(), timeout);
-            async move { sync.wait_for_second_party(request).await }
-        });
-        let response = within(timeout, call)
-            .await
-            .map_err(|status| self.failed(status, timeout))?;
-        meeting(response.into_inner())
+        let response = self
+            .unary(timeout, || {
+                let mut sync = self.sync.clone();
+                let request = self.request(message.clone(), timeout);
+                async move { sync.wait_for_second_party(request).await }
+            })
+            .await?;
+        meeting(response)
     }
 
     /// Waits until `parties` callers (this one included) have come with
@@ -410,15 +409,31 @@ impl Client {
             payload,
             parties,
         };
-        let call = resent_if_unsent(|| {
-            let mut sync = self.sync.clone();
-            let request = self.request(message.clone(), timeout);
-            async move { sync.wait_for_parties(request).await }
-        });
-        let response = within(timeout, call)
+        let response = self
+            .unary(timeout, || {
+                let mut sync = self.sync.clone();
+                let request = self.request(message.clone(), timeout);
+                async move { sync.wait_for_parties(request).await }
+            })
+            .await?;
+        group(response)
+    }
+
+    /// One unary call, as every call of this client is made: sent again if
+    /// it never left (hyperium/tonic#2185), bounded by `timeout` connection
+    /// included, and its failure read as [`Client::failed`] reads it.
+    async fn unary<R, Fut>(
+        &self,
+        timeout: Option<Duration>,
+        call: impl FnMut() -> Fut,
+    ) -> Result<R, Status>
+    where
+        Fut: Future<Output = Result<tonic::Response<R>, Status>>,
+    {
+        let response = within(timeout, resent_if_unsent(call))
             .await
             .map_err(|status| self.failed(status, timeout))?;
-        group(response.into_inner())
+        Ok(response.into_inner())
     }
 
     /// A call's request: `message`, with the deadline, the token and the
@@ -483,20 +498,19 @@ impl Client {
         service: &str,
         timeout: Option<Duration>,
     ) -> Result<ServingStatus, Status> {
-        let call = resent_if_unsent(|| {
-            let mut request = tonic::Request::new(HealthCheckRequest {
-                service: service.into(),
-            });
-            if let Some(timeout) = timeout {
-                request.set_timeout(timeout);
-            }
-            let mut health = self.health.clone();
-            async move { health.check(request).await }
-        });
-        let response = within(timeout, call)
-            .await
-            .map_err(|status| self.failed(status, timeout))?;
-        Ok(response.into_inner().status())
+        let response = self
+            .unary(timeout, || {
+                let mut request = tonic::Request::new(HealthCheckRequest {
+                    service: service.into(),
+                });
+                if let Some(timeout) = timeout {
+                    request.set_timeout(timeout);
+                }
+                let mut health = self.health.clone();
+                async move { health.check(request).await }
+            })
+            .await?;
+        Ok(response.status())
     }
 }
 

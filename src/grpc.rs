@@ -417,8 +417,7 @@ where
 {
     let message = read_message(body, service.limits().max_payload).await?;
     let proto::WaitForSecondPartyRequest { id, payload } =
-        proto::WaitForSecondPartyRequest::decode(message)
-            .map_err(|e| GrpcError::Decode("WaitForSecondPartyRequest", e))?;
+        decode(message, "WaitForSecondPartyRequest")?;
     let offer = Offer { payload, trace };
     let meeting = service
         .call(Protocol::Grpc, namespace, id, 2, offer, deadline)
@@ -442,8 +441,7 @@ where
         id,
         payload,
         parties,
-    } = proto::WaitForPartiesRequest::decode(message)
-        .map_err(|e| GrpcError::Decode("WaitForPartiesRequest", e))?;
+    } = decode(message, "WaitForPartiesRequest")?;
     let own = payload.clone();
     let offer = Offer { payload, trace };
     let meeting = service
@@ -454,6 +452,11 @@ where
         waited: prost_types::Duration::try_from(meeting.waited).ok(),
         payloads: meeting.payloads(&own),
     })
+}
+
+/// A request message of type `name`, from the bytes `read_message` read.
+fn decode<M: Message + Default>(message: Bytes, name: &'static str) -> Result<M, GrpcError> {
+    M::decode(message).map_err(|e| GrpcError::Decode(name, e))
 }
 
 fn is_grpc(headers: &HeaderMap) -> bool {
