@@ -49,6 +49,15 @@ local key, op, token = KEYS[1], ARGV[1], ARGV[2]
 -- own answer at the deadline still finds them.
 local SLACK_MS = 1000
 
+-- Every number a command takes goes through this. Redis turns a Lua number
+-- argument into text as it prints a double: -0 becomes '-0', a fraction
+-- '0.5', and past 2^53 an exponent, and commands that want an integer
+-- refuse all three ('value is not an integer'). A member with an empty
+-- payload took its 0 bytes away from its group's count as -0 (issue 21).
+local function int(n)
+  return string.format('%d', tonumber(n))
+end
+
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -56,7 +65,7 @@ end
 
 local function expire_within(ms)
   if redis.call('PTTL', key) < ms then
-    redis.call('PEXPIRE', key, ms)
+    redis.call('PEXPIRE', key, int(ms))
   end
 end
 
@@ -75,7 +84,7 @@ local function pair(s)
     return nil
   end
   local ttl = math.max(tonumber(s[6]) - now_ms(), 0) + SLACK_MS
-  redis.call('SET', key .. ':r:' .. s[3], s[2], 'PX', ttl)
+  redis.call('SET', key .. ':r:' .. s[3], s[2], 'PX', int(ttl))
   redis.call('DEL', key)
   return s[5]
 end
@@ -102,15 +111,15 @@ local function remove_member(i, k)
     end
   end
   for _, f in ipairs(FIELDS) do redis.call('HDEL', key, f .. k) end
-  redis.call('HSET', key, 'k', k - 1)
-  redis.call('HINCRBY', key, 'b', -l)
+  redis.call('HSET', key, 'k', int(k - 1))
+  redis.call('HINCRBY', key, 'b', int(-l))
   return k - 1
 end
 
 local function add_member(k, t, c, p, e, l)
   k = k + 1
-  redis.call('HSET', key, 'k', k, 't' .. k, t, 'c' .. k, c, 'p' .. k, p, 'e' .. k, e, 'l' .. k, l)
-  redis.call('HINCRBY', key, 'b', l)
+  redis.call('HSET', key, 'k', int(k), 't' .. k, t, 'c' .. k, c, 'p' .. k, p, 'e' .. k, int(e), 'l' .. k, int(l))
+  redis.call('HINCRBY', key, 'b', int(l))
   expire_within(math.max(tonumber(e) - now_ms(), 0) + SLACK_MS)
   return k
 end
@@ -159,12 +168,12 @@ local function complete(me, k)
   list = table.concat(list)
   local result = key .. ':g:' .. o[1]
   local ttl = math.max(latest - now_ms(), 0) + SLACK_MS
-  redis.call('HSET', result, 'list', list, 'left', k)
-  redis.call('PEXPIRE', result, ttl)
+  redis.call('HSET', result, 'list', list, 'left', int(k))
+  redis.call('PEXPIRE', result, int(ttl))
   for i = 1, k + 1 do
     if i ~= me then
       local where = (i - 1) .. '\n' .. result
-      redis.call('SET', key .. ':q:' .. tokens[i], where, 'PX', ttl)
+      redis.call('SET', key .. ':q:' .. tokens[i], where, 'PX', int(ttl))
       redis.call('PUBLISH', channels[i], 'G' .. tokens[i] .. '\n' .. key .. '\n' .. where)
     end
   end
@@ -234,7 +243,7 @@ if op == 'join' then
       end
     end
     if k + 1 == tonumber(parties) then
-      redis.call('HSET', key, 'o', token, 'oc', channel, 'op', payload, 'oe', expires, 'ol', len, 'a', 0)
+      redis.call('HSET', key, 'o', token, 'oc', channel, 'op', payload, 'oe', int(expires), 'ol', int(len), 'a', '0')
       expire_within(wait + SLACK_MS)
       return {'offered'}
     end
@@ -264,7 +273,7 @@ if op == 'arrive' then
     -- Someone else is already pairing with the waiter: try again shortly.
     if s[3] then return {'busy'} end
     if redis.call('PUBLISH', s[7], 'O' .. s[1] .. '\n' .. key) > 0 then
-      redis.call('HSET', key, 'o', token, 'oc', channel, 'op', payload, 'oe', now_ms() + wait)
+      redis.call('HSET', key, 'o', token, 'oc', channel, 'op', payload, 'oe', int(now_ms() + wait))
       expire_within(wait + SLACK_MS)
       return {'offered'}
     end
@@ -272,8 +281,8 @@ if op == 'arrive' then
     redis.call('DEL', key)
   end
   if may_park ~= '1' then return {'full'} end
-  redis.call('HSET', key, 'w', token, 'wc', channel, 'wp', payload, 'we', now_ms() + wait)
-  redis.call('PEXPIRE', key, wait + SLACK_MS)
+  redis.call('HSET', key, 'w', token, 'wc', channel, 'wp', payload, 'we', int(now_ms() + wait))
+  redis.call('PEXPIRE', key, int(wait + SLACK_MS))
   return {'parked'}
 end
 
@@ -320,7 +329,7 @@ if op == 'leave' then
         -- The waiter left: its offerer takes its place.
         redis.call('HSET', key, 'w', s[3], 'wc', s[4], 'wp', s[5], 'we', s[6])
         redis.call('HDEL', key, 'o', 'oc', 'op', 'oe')
-        redis.call('PEXPIRE', key, math.max(tonumber(s[6]) - now_ms(), 0) + SLACK_MS)
+        redis.call('PEXPIRE', key, int(math.max(tonumber(s[6]) - now_ms(), 0) + SLACK_MS))
         return {'left'}
       end
     end

@@ -712,7 +712,7 @@ impl Inner {
             .arg(&token)
             .arg(&self.channel)
             .arg(payload.as_ref())
-            .arg(wait.as_millis().max(1) as u64)
+            .arg(wait_ms(wait))
             .arg(if may_park { "1" } else { "0" });
         if group {
             invocation
@@ -1076,6 +1076,13 @@ fn unexpected(reply: &[Vec<u8>]) -> PairError {
     PairError::Unavailable(format!("unexpected answer from Redis: {first:?}"))
 }
 
+/// A wait as the script takes it: whole milliseconds, at least 1, and at
+/// most 2^50 (about 35,000 years), so that the script's sums of it and
+/// Redis's clock stay integers a Lua number holds exactly.
+fn wait_ms(wait: Duration) -> u64 {
+    wait.as_millis().clamp(1, 1 << 50) as u64
+}
+
 /// What a caller is told while the probe finds Redis unreachable.
 const UNREACHABLE: &str = "cannot reach Redis";
 
@@ -1216,6 +1223,16 @@ mod tests {
                 (Bytes::from_static(foreign), None)
             );
         }
+    }
+
+    /// The script adds a wait to Redis's clock in milliseconds: never 0
+    /// (an entry must outlive its own arrival), and never so large that the
+    /// sum stops being an integer in Lua.
+    #[test]
+    fn waits_reach_the_script_as_whole_milliseconds_in_range() {
+        assert_eq!(wait_ms(Duration::ZERO), 1);
+        assert_eq!(wait_ms(Duration::from_micros(1_500_900)), 1500);
+        assert_eq!(wait_ms(Duration::MAX), 1 << 50);
     }
 
     #[test]

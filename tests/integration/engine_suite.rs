@@ -661,6 +661,36 @@ pub async fn a_payload_over_the_group_limit_is_refused<H: Harness>() {
     h.assert_nothing_left().await;
 }
 
+/// Issue 21, as a user met it: four members of a group of three with
+/// empty payloads, one after another. The first three complete the group;
+/// the fourth is alone in the next one, and its deadline passing is a
+/// timeout, not an outage. Nothing of it is left: a pair caller can use
+/// the id at once (a group's leftover size would refuse it).
+pub async fn a_lone_member_with_an_empty_payload_times_out<H: Harness>() {
+    let h = H::new().await;
+    let engine = h.engine(usize::MAX).await;
+    let mut members = Vec::new();
+    for n in 0..2 {
+        members.push(join(&engine, "g", 3, b"", LONG));
+        parked(&*engine, n + 1).await;
+    }
+    let everyone = vec![String::new(); 3];
+    let third = answer(join(&engine, "g", 3, b"", LONG)).await;
+    assert_eq!(group_of(third, b""), (2, everyone.clone()));
+    for (position, member) in members.into_iter().enumerate() {
+        assert_eq!(
+            group_of(answer(member).await, b""),
+            (position, everyone.clone())
+        );
+    }
+    let fourth = join(&engine, "g", 3, b"", Duration::from_millis(1500));
+    assert_eq!(answer(fourth).await, Err(PairError::TimedOut));
+    assert_eq!(engine.waiting(), 0);
+    let pair = arrive(&engine, "g", b"", Duration::from_millis(300));
+    assert_eq!(answer(pair).await, Err(PairError::TimedOut));
+    h.assert_nothing_left().await;
+}
+
 /// Closing answers every member of a forming group.
 pub async fn close_answers_every_member<H: Harness>() {
     let h = H::new().await;
@@ -716,6 +746,7 @@ both!(
     every_parked_member_counts_against_the_cap,
     a_payload_over_the_group_limit_is_refused,
     close_answers_every_member,
+    a_lone_member_with_an_empty_payload_times_out,
 );
 
 // The property: random schedules, one step at a time.
