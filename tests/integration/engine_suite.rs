@@ -6,6 +6,11 @@
 //! time, and the only timeouts are those a scenario asks for with nobody
 //! racing them. The paused-time property test in `engine_properties.rs`
 //! checks the local engine's timing to the millisecond on top of this.
+//!
+//! Every scenario runs twice on each engine: with the ids and payloads it
+//! was written with (1-byte ids and empty payloads among them), and with
+//! each id made [`MAX_ID_BYTES`](rendezvous::pairing::MAX_ID_BYTES) long and
+//! each payload padded to exactly `--max-payload` bytes (see [`Inputs`]).
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -18,6 +23,9 @@ use rendezvous::trace::TraceId;
 use tokio::{task::JoinHandle, time::Instant};
 
 use crate::common::{
+    edges::{
+        self, describe, longest_id, max_group_bytes, max_parties, max_payload, padded, tag_of,
+    },
     eventually,
     redis::{self, RedisServer},
     within,
@@ -113,8 +121,72 @@ impl Harness for OnRedis {
 
 const LONG: Duration = Duration::from_secs(60);
 
+/// How a scenario's ids and payloads reach the engine: as written, or each
+/// id made as long as an id may be and each payload padded to exactly
+/// `--max-payload` bytes. Helpers below apply it going in and take it off
+/// coming out, so that a scenario reads the same either way. It is the test
+/// task's own: make ids and payloads before spawning a caller.
+#[derive(Debug, Clone, Copy)]
+pub struct Inputs {
+    longest_ids: bool,
+    largest_payloads: bool,
+}
+
+impl Inputs {
+    pub const AS_WRITTEN: Self = Self {
+        longest_ids: false,
+        largest_payloads: false,
+    };
+    pub const LARGEST: Self = Self {
+        longest_ids: true,
+        largest_payloads: true,
+    };
+}
+
+tokio::task_local! {
+    static INPUTS: Inputs;
+}
+
+fn inputs() -> Inputs {
+    INPUTS
+        .try_with(|inputs| *inputs)
+        .unwrap_or(Inputs::AS_WRITTEN)
+}
+
+/// Runs `scenario` with its payloads as written, whatever the inputs: for
+/// scenarios about byte counts.
+async fn exact_payloads<T>(scenario: impl Future<Output = T>) -> T {
+    let inputs = Inputs {
+        largest_payloads: false,
+        ..inputs()
+    };
+    INPUTS.scope(inputs, scenario).await
+}
+
 fn id(s: &str) -> Id {
-    Id::new(s).unwrap()
+    if inputs().longest_ids {
+        Id::new(longest_id(s)).unwrap()
+    } else {
+        Id::new(s).unwrap()
+    }
+}
+
+/// A scenario's payload as the engine gets it.
+fn payload(written: &[u8]) -> Bytes {
+    if inputs().largest_payloads && written.len() < max_payload() {
+        padded(written, max_payload()).into()
+    } else {
+        Bytes::copy_from_slice(written)
+    }
+}
+
+/// A payload the engine handed back, as the scenario wrote it.
+fn as_written(received: &[u8]) -> &[u8] {
+    if inputs().largest_payloads && received.len() == max_payload() {
+        tag_of(received)
+    } else {
+        received
+    }
 }
 
 fn after(wait: Duration) -> Instant {
@@ -126,7 +198,7 @@ type Call = JoinHandle<Result<Meeting, PairError>>;
 /// A caller, on a task of its own, so that it waits while the test goes on.
 fn arrive<E: Engine>(engine: &Arc<E>, key: &str, payload: &[u8], wait: Duration) -> Call {
     let engine = engine.clone();
-    let (key, payload) = (id(key), Bytes::copy_from_slice(payload));
+    let (key, payload) = (id(key), self::payload(payload));
     let deadline = after(wait);
     tokio::spawn(async move { engine.meet(key, payload.into(), deadline).await })
 }
@@ -142,8 +214,8 @@ async fn answer(call: Call) -> Result<Meeting, PairError> {
 fn assert_paired(result: Result<Meeting, PairError>, role: Role, peer: &[u8]) {
     let meeting = result.unwrap_or_else(|e| panic!("expected a pair as {role:?}, got {e:?}"));
     assert_eq!(
-        (meeting.role(), meeting.peer().payload.as_ref()),
-        (role, peer),
+        (meeting.role(), describe(&meeting.peer().payload)),
+        (role, describe(&payload(peer))),
         "role and partner's payload"
     );
 }
@@ -276,7 +348,11 @@ pub async fn payloads_arrive_byte_for_byte<H: Harness>() {
     let h = H::new().await;
     let engine = h.engine(usize::MAX).await;
     let big: Vec<u8> = (0..64 * 1024).map(|i| (i * 7 % 256) as u8).collect();
-    for (one, other) in [(&b""[..], &big[..]), (&b"\n\0\xff"[..], &b"R\n"[..])] {
+    for (one, other) in [
+        (&b""[..], &big[..]),
+        (&b""[..], &b""[..]),
+        (&b"\n\0\xff"[..], &b"R\n"[..]),
+    ] {
         let first = arrive(&engine, "p", one, LONG);
         parked(&*engine, 1).await;
         assert_paired(
@@ -304,8 +380,8 @@ pub async fn trace_ids_reach_the_partner<H: Harness>() {
         (Some(a), Some(b)),
     ];
     for (first_trace, second_trace) in pairs {
-        let offer = |payload: &[u8], trace| Offer {
-            payload: Bytes::copy_from_slice(payload),
+        let offer = |written: &[u8], trace| Offer {
+            payload: payload(written),
             trace,
         };
         let first = {
@@ -313,7 +389,9 @@ pub async fn trace_ids_reach_the_partner<H: Harness>() {
                 engine.clone(),
                 offer(framing_lookalike, first_trace.clone()),
             );
-            tokio::spawn(async move { engine.meet(id("t"), offer, after(LONG)).await })
+            // The id is made here: the inputs are the test task's own.
+            let id = id("t");
+            tokio::spawn(async move { engine.meet(id, offer, after(LONG)).await })
         };
         parked(&*engine, 1).await;
         let second = engine
@@ -324,18 +402,18 @@ pub async fn trace_ids_reach_the_partner<H: Harness>() {
         assert_eq!(
             (
                 second.role(),
-                second.peer().payload.as_ref(),
+                second.peer().payload.clone(),
                 second.peer().trace.clone()
             ),
-            (Role::Second, framing_lookalike, first_trace)
+            (Role::Second, payload(framing_lookalike), first_trace)
         );
         assert_eq!(
             (
                 first.role(),
-                first.peer().payload.as_ref(),
+                first.peer().payload.clone(),
                 first.peer().trace.clone()
             ),
-            (Role::First, &b"\0"[..], second_trace)
+            (Role::First, payload(b"\0"), second_trace)
         );
     }
     h.assert_nothing_left().await;
@@ -362,7 +440,7 @@ pub async fn many_pairs_at_once_pair_each_caller_once<H: Harness>() {
     let mut partner = HashMap::new();
     for (i, call) in calls {
         let meeting = answer(call).await.unwrap();
-        let peer: usize = std::str::from_utf8(&meeting.peer().payload)
+        let peer: usize = std::str::from_utf8(as_written(&meeting.peer().payload))
             .unwrap()
             .parse()
             .unwrap();
@@ -389,7 +467,7 @@ fn join<E: Engine>(
     wait: Duration,
 ) -> Call {
     let engine = engine.clone();
-    let (key, payload) = (id(key), Bytes::copy_from_slice(payload));
+    let (key, payload) = (id(key), self::payload(payload));
     let parties = Parties::new(parties, u32::MAX).unwrap();
     let deadline = after(wait);
     tokio::spawn(async move { engine.gather(key, parties, payload.into(), deadline).await })
@@ -398,12 +476,11 @@ fn join<E: Engine>(
 /// The member's position, and every member's payload in arrival order.
 fn group_of(result: Result<Meeting, PairError>, own: &[u8]) -> (usize, Vec<String>) {
     let meeting = result.unwrap_or_else(|e| panic!("expected a group, got {e:?}"));
-    let own = Bytes::copy_from_slice(own);
-    let payloads = meeting.payloads(&own);
+    let payloads = meeting.payloads(&payload(own));
     assert_eq!(payloads.len(), meeting.parties());
     let payloads = payloads
         .iter()
-        .map(|p| String::from_utf8(p.to_vec()).unwrap())
+        .map(|p| String::from_utf8(as_written(p).to_vec()).unwrap())
         .collect();
     (meeting.position, payloads)
 }
@@ -615,6 +692,10 @@ pub async fn every_parked_member_counts_against_the_cap<H: Harness>() {
 /// arrives, saying how much the group holds; a smaller one is let in.
 /// Pairs are not held to it.
 pub async fn a_payload_over_the_group_limit_is_refused<H: Harness>() {
+    exact_payloads(payload_over_the_group_limit::<H>()).await;
+}
+
+async fn payload_over_the_group_limit<H: Harness>() {
     let h = H::new().await;
     let engine = h.engine_with(usize::MAX, 10).await;
     let a = join(&engine, "g", 3, b"aaaaaa", LONG);
@@ -691,6 +772,67 @@ pub async fn a_lone_member_with_an_empty_payload_times_out<H: Harness>() {
     h.assert_nothing_left().await;
 }
 
+/// Members with empty payloads leave a forming group every way a member
+/// can (cancelled, timed out) and leave nothing behind: the id is free for
+/// a pair at once, and a pair of empty payloads meets.
+pub async fn members_with_empty_payloads_leave_cleanly<H: Harness>() {
+    let h = H::new().await;
+    let engine = h.engine(usize::MAX).await;
+    let cancelled = join(&engine, "g", 3, b"", LONG);
+    parked(&*engine, 1).await;
+    let expired = join(&engine, "g", 3, b"", Duration::from_millis(300));
+    parked(&*engine, 2).await;
+    cancelled.abort();
+    assert!(cancelled.await.unwrap_err().is_cancelled());
+    assert_eq!(answer(expired).await, Err(PairError::TimedOut));
+    parked(&*engine, 0).await;
+    h.assert_nothing_left().await;
+    let pair = arrive(&engine, "g", b"", Duration::from_millis(300));
+    assert_eq!(answer(pair).await, Err(PairError::TimedOut));
+    let first = arrive(&engine, "p", b"", LONG);
+    parked(&*engine, 1).await;
+    assert_paired(
+        answer(arrive(&engine, "p", b"", LONG)).await,
+        Role::Second,
+        b"",
+    );
+    assert_paired(answer(first).await, Role::First, b"");
+    h.assert_nothing_left().await;
+}
+
+/// A group of `--max-parties` members whose payloads take exactly
+/// `--max-group-bytes` between them completes, each member with its
+/// position and every payload in order.
+pub async fn a_group_of_the_largest_size_filling_the_group_limit<H: Harness>() {
+    exact_payloads(largest_group::<H>()).await;
+}
+
+async fn largest_group<H: Harness>() {
+    let h = H::new().await;
+    let engine = h.engine_with(usize::MAX, max_group_bytes()).await;
+    let parties = max_parties() as usize;
+    let each = max_group_bytes() / parties;
+    assert_eq!(each * parties, max_group_bytes(), "the defaults divide");
+    let sent: Vec<Vec<u8>> = (0..parties)
+        .map(|i| edges::padded(i.to_string().as_bytes(), each))
+        .collect();
+    let mut members = Vec::new();
+    for (n, payload) in sent[..parties - 1].iter().enumerate() {
+        members.push(join(&engine, "g", max_parties(), payload, LONG));
+        parked(&*engine, n + 1).await;
+    }
+    members.push(join(&engine, "g", max_parties(), &sent[parties - 1], LONG));
+    let everyone: Vec<String> = sent.iter().map(|p| describe(p)).collect();
+    for (position, member) in members.into_iter().enumerate() {
+        let meeting = answer(member).await.unwrap();
+        let own = Bytes::copy_from_slice(&sent[position]);
+        let payloads: Vec<String> = meeting.payloads(&own).iter().map(|p| describe(p)).collect();
+        assert_eq!((meeting.position, payloads), (position, everyone.clone()));
+    }
+    assert_eq!(engine.waiting(), 0);
+    h.assert_nothing_left().await;
+}
+
 /// Closing answers every member of a forming group.
 pub async fn close_answers_every_member<H: Harness>() {
     let h = H::new().await;
@@ -705,23 +847,37 @@ pub async fn close_answers_every_member<H: Harness>() {
 }
 
 macro_rules! suite {
-    ($harness:ty: $($scenario:ident),* $(,)?) => {
+    ($harness:ty, $inputs:expr; $($scenario:ident),* $(,)?) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $scenario() {
-                super::$scenario::<$harness>().await;
+                super::super::INPUTS
+                    .scope($inputs, super::super::$scenario::<$harness>())
+                    .await;
             }
         )*
     };
 }
 
+/// Every scenario on both engines, with its inputs as written and at
+/// their largest.
 macro_rules! both {
     ($($scenario:ident),* $(,)?) => {
         mod local {
-            suite!(super::Local: $($scenario),*);
+            mod as_written {
+                suite!(super::super::Local, super::super::Inputs::AS_WRITTEN; $($scenario),*);
+            }
+            mod largest {
+                suite!(super::super::Local, super::super::Inputs::LARGEST; $($scenario),*);
+            }
         }
         mod redis_engine {
-            suite!(super::OnRedis: $($scenario),*);
+            mod as_written {
+                suite!(super::super::OnRedis, super::super::Inputs::AS_WRITTEN; $($scenario),*);
+            }
+            mod largest {
+                suite!(super::super::OnRedis, super::super::Inputs::LARGEST; $($scenario),*);
+            }
         }
     };
 }
@@ -737,7 +893,6 @@ both!(
     the_cap_counts_waiting_callers_only,
     payloads_arrive_byte_for_byte,
     many_pairs_at_once_pair_each_caller_once,
-    random_schedules_agree_with_the_model,
     a_group_of_five_completes_together,
     a_member_that_leaves_is_replaced_and_never_counted,
     a_member_cancelling_while_the_last_arrives,
@@ -747,7 +902,23 @@ both!(
     a_payload_over_the_group_limit_is_refused,
     close_answers_every_member,
     a_lone_member_with_an_empty_payload_times_out,
+    members_with_empty_payloads_leave_cleanly,
+    a_group_of_the_largest_size_filling_the_group_limit,
 );
+
+/// The property makes its own edges (see [`Sent`] and [`IdKind`]), so it
+/// runs once per engine.
+mod properties {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn local() {
+        super::random_schedules_agree_with_the_model::<super::Local>().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redis_engine() {
+        super::random_schedules_agree_with_the_model::<super::OnRedis>().await;
+    }
+}
 
 // The property: random schedules, one step at a time.
 
@@ -760,18 +931,59 @@ enum Step {
         id: u8,
         stray: bool,
         expires: bool,
+        payload: Sent,
     },
     /// The `n`th caller so far goes away, if it is still waiting.
     Cancel(usize),
     Close,
 }
 
+/// What a caller sends: a payload that says who it is, none, or one of
+/// exactly `--max-payload` bytes that starts by saying who it is.
+#[derive(Debug, Clone, Copy)]
+enum Sent {
+    Tagged,
+    Empty,
+    Largest,
+}
+
+impl Sent {
+    /// Caller `i`'s payload.
+    fn payload(self, i: usize) -> Vec<u8> {
+        match self {
+            Self::Tagged => i.to_string().into_bytes(),
+            Self::Empty => Vec::new(),
+            Self::Largest => padded(i.to_string().as_bytes(), max_payload()),
+        }
+    }
+}
+
+/// How long an id of the schedule is: 1 byte, a few, or the most allowed.
+#[derive(Debug, Clone, Copy)]
+enum IdKind {
+    Shortest,
+    Short,
+    Longest,
+}
+
+impl IdKind {
+    /// The id in the schedule's slot `slot` (0 to 2): distinct per slot.
+    fn id(self, slot: u8) -> String {
+        match self {
+            Self::Shortest => char::from(b'a' + slot).to_string(),
+            Self::Short => format!("id-{slot}"),
+            Self::Longest => longest_id(&format!("id-{slot}")),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Told {
-    /// Its group completed: its position, and the members in arrival order.
+    /// Its group completed: its position, and the members' payloads in
+    /// arrival order (as [`describe`] prints them).
     Met {
         position: usize,
-        group: Vec<usize>,
+        group: Vec<String>,
     },
     TimedOut,
     Full,
@@ -783,21 +995,48 @@ enum Told {
     Cancelled,
 }
 
+fn sent() -> impl Strategy<Value = Sent> {
+    prop_oneof![3 => Just(Sent::Tagged), 2 => Just(Sent::Empty), 1 => Just(Sent::Largest)]
+}
+
 fn step() -> impl Strategy<Value = Step> {
+    let arrive = |stray, expires| {
+        (0u8..3, sent()).prop_map(move |(id, payload)| Step::Arrive {
+            id,
+            stray,
+            expires,
+            payload,
+        })
+    };
     prop_oneof![
-        8 => (0u8..3).prop_map(|id| Step::Arrive { id, stray: false, expires: false }),
-        1 => (0u8..3).prop_map(|id| Step::Arrive { id, stray: true, expires: false }),
-        1 => (0u8..3).prop_map(|id| Step::Arrive { id, stray: false, expires: true }),
+        8 => arrive(false, false),
+        1 => arrive(true, false),
+        1 => arrive(false, true),
         3 => (0usize..20).prop_map(Step::Cancel),
         1 => Just(Step::Close),
     ]
 }
 
-/// The steps, each id's usual group size (2 to 4), and the cap.
-fn schedule() -> impl Strategy<Value = (Vec<Step>, [u32; 3], usize)> {
+fn id_kind() -> impl Strategy<Value = IdKind> {
+    prop_oneof![
+        Just(IdKind::Shortest),
+        Just(IdKind::Short),
+        Just(IdKind::Longest)
+    ]
+}
+
+/// A group size: mostly 2 to 4, which complete within a schedule, and
+/// sometimes `--max-parties`, which forms, loses members and closes.
+fn size() -> impl Strategy<Value = u32> {
+    prop_oneof![4 => 2u32..5, 1 => Just(max_parties())]
+}
+
+/// The steps, each id's usual group size and length, and the cap.
+fn schedule() -> impl Strategy<Value = (Vec<Step>, [u32; 3], [IdKind; 3], usize)> {
     (
         proptest::collection::vec(step(), 1..24),
-        [2u32..5, 2u32..5, 2u32..5],
+        [size(), size(), size()],
+        [id_kind(), id_kind(), id_kind()],
         prop_oneof![3 => Just(usize::MAX), 1 => 1usize..5],
     )
 }
@@ -809,10 +1048,13 @@ async fn agree<H: Harness>(
     h: &H,
     steps: &[Step],
     sizes: [u32; 3],
+    ids: [IdKind; 3],
     capacity: usize,
 ) -> Result<(), TestCaseError> {
     let engine = h.engine(capacity).await;
     let mut calls: Vec<Option<Call>> = Vec::new();
+    // What each caller sent, for what its group's members are told.
+    let mut sent: Vec<Vec<u8>> = Vec::new();
     let mut told: Vec<Option<Told>> = Vec::new();
     // The model: the group forming under each id (its size, and its members
     // in arrival order), and whether the engine is closed.
@@ -827,7 +1069,12 @@ async fn agree<H: Harness>(
     };
     for step in steps {
         match *step {
-            Step::Arrive { id, stray, expires } => {
+            Step::Arrive {
+                id,
+                stray,
+                expires,
+                payload,
+            } => {
                 let i = calls.len();
                 let parties = sizes[usize::from(id)] + u32::from(stray);
                 let wait = if expires {
@@ -835,12 +1082,12 @@ async fn agree<H: Harness>(
                 } else {
                     LONG
                 };
-                let payload = i.to_string();
+                sent.push(payload.payload(i));
                 calls.push(Some(join(
                     &engine,
-                    &format!("id-{id}"),
+                    &ids[usize::from(id)].id(id),
                     parties,
-                    payload.as_bytes(),
+                    &sent[i],
                     wait,
                 )));
                 told.push(None);
@@ -855,16 +1102,17 @@ async fn agree<H: Harness>(
                 } else if group.is_some_and(|(_, members)| members.len() + 1 == parties as usize) {
                     let (_, mut members) = forming.remove(&id).unwrap();
                     members.push(i);
+                    let group: Vec<String> = members.iter().map(|&m| describe(&sent[m])).collect();
                     let parked = &members[..members.len() - 1];
                     for (position, &member) in parked.iter().enumerate() {
                         expected[member] = Some(Told::Met {
                             position,
-                            group: members.clone(),
+                            group: group.clone(),
                         });
                     }
                     Some(Told::Met {
                         position: members.len() - 1,
-                        group: members,
+                        group,
                     })
                 } else if waiting(&forming) >= capacity {
                     Some(Told::Full)
@@ -907,7 +1155,15 @@ async fn agree<H: Harness>(
             }
         }
         let now_waiting = waiting(&forming);
-        settle(&*engine, &mut calls, &mut told, &expected, now_waiting).await;
+        settle(
+            &*engine,
+            &mut calls,
+            &sent,
+            &mut told,
+            &expected,
+            now_waiting,
+        )
+        .await;
         for (i, (want, got)) in expected.iter().zip(&told).enumerate() {
             prop_assert_eq!(want, got, "caller {} after {:?}", i, step);
         }
@@ -927,6 +1183,7 @@ async fn agree<H: Harness>(
 async fn settle<E: Engine>(
     engine: &E,
     calls: &mut [Option<Call>],
+    sent: &[Vec<u8>],
     told: &mut [Option<Told>],
     expected: &[Option<Told>],
     waiting: usize,
@@ -936,15 +1193,11 @@ async fn settle<E: Engine>(
             continue;
         }
         let Some(call) = call.take() else { continue };
-        let own = i.to_string();
+        let own = Bytes::copy_from_slice(&sent[i]);
         told[i] = Some(match answer(call).await {
             Ok(meeting) => Told::Met {
                 position: meeting.position,
-                group: meeting
-                    .payloads(&Bytes::from(own))
-                    .iter()
-                    .map(|p| std::str::from_utf8(p).unwrap().parse().unwrap())
-                    .collect(),
+                group: meeting.payloads(&own).iter().map(|p| describe(p)).collect(),
             },
             Err(PairError::TimedOut) => Told::TimedOut,
             Err(PairError::Full { .. }) => Told::Full,
@@ -974,8 +1227,8 @@ pub async fn random_schedules_agree_with_the_model<H: Harness>() {
     // proptest runs each case synchronously; each blocks on this runtime
     // from a thread of its own.
     let result = tokio::task::block_in_place(|| {
-        runner.run(&schedule(), |(steps, sizes, capacity)| {
-            runtime.block_on(agree(&h, &steps, sizes, capacity))
+        runner.run(&schedule(), |(steps, sizes, ids, capacity)| {
+            runtime.block_on(agree(&h, &steps, sizes, ids, capacity))
         })
     });
     if let Err(failure) = result {

@@ -1,5 +1,6 @@
 //! A real server on 127.0.0.1:0 for each test, and real clients for it.
 
+pub mod edges;
 pub mod redis;
 
 use std::{future::Future, net::SocketAddr, process::Stdio, sync::Arc, time::Duration};
