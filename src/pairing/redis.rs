@@ -4,7 +4,10 @@
 //! Keys hold the truth, and one Lua script (`redis.lua`, which documents the
 //! keys and messages) takes every decision about an id atomically. Pub/sub
 //! only wakes replicas up: each replica subscribes to one channel of its own,
-//! on the same RESP3 connection as its commands.
+//! on a RESP3 connection that carries nothing else. Redis holds a subscribed
+//! connection's replies to its pub/sub output-buffer limit (32 MiB by
+//! default, then it cuts the connection), and a group's payloads, read once
+//! by each member, would pass it: commands go over a connection of their own.
 //!
 //! How a pair happens, and why nobody pairs with a caller that left:
 //! 1. The first caller's replica runs `arrive`: the caller parks in the id's
@@ -228,10 +231,12 @@ pub struct RedisEngine {
 }
 
 struct Inner {
+    /// The callers' commands.
     connection: ConnectionManager,
-    /// The probe's own connection: on the callers' connection, a PING would
-    /// queue behind their commands, and a burst would look like an outage.
-    probe_connection: ConnectionManager,
+    /// This replica's subscription, and the probe's PING: on the callers'
+    /// connection, a PING would queue behind their commands, and a burst
+    /// would look like an outage.
+    subscriber: ConnectionManager,
     script: Script,
     key_prefix: String,
     /// This replica's channel, and the start of its callers' tokens.
@@ -322,14 +327,14 @@ impl RedisEngine {
                 .set_number_of_retries(1)
                 .set_max_delay(config.timeout)
         };
-        let callers = managed()
-            .set_push_sender(pushes)
-            .set_automatic_resubscription()
-            .set_response_timeout(Some(config.timeout * COMMANDS_WAIT));
+        let callers = managed().set_response_timeout(Some(config.timeout * COMMANDS_WAIT));
         let connection = ConnectionManager::new_lazy_with_config(client.clone(), callers)
             .map_err(|e| bad_url(e.to_string()))?;
-        let probing = managed().set_response_timeout(Some(config.timeout));
-        let probe_connection = ConnectionManager::new_lazy_with_config(client, probing)
+        let subscribing = managed()
+            .set_push_sender(pushes)
+            .set_automatic_resubscription()
+            .set_response_timeout(Some(config.timeout));
+        let subscriber = ConnectionManager::new_lazy_with_config(client, subscribing)
             .map_err(|e| bad_url(e.to_string()))?;
 
         let replica = format!("{:016x}", std::hash::RandomState::new().hash_one(0u8));
@@ -337,7 +342,7 @@ impl RedisEngine {
         metrics.reachable.set(0);
         let inner = Arc::new(Inner {
             connection,
-            probe_connection,
+            subscriber,
             script: Script::new(include_str!("redis.lua")),
             channel: format!("{}replica:{replica}", config.key_prefix),
             key_prefix: config.key_prefix,
@@ -795,8 +800,8 @@ impl Inner {
         match reply {
             Ok(Ok(reply)) => Ok(reply),
             // This call fails; whether Redis is lost is for the probe and
-            // the connection to say (a broken connection pushes a
-            // `Disconnection`, see `pushed`), not for one command.
+            // the subscription to say (a broken subscriber connection pushes
+            // a `Disconnection`, see `pushed`), not for one command.
             Ok(Err(error)) => Err(PairError::Unavailable(format!("Redis failed: {error}"))),
             Err(_) => Err(PairError::Unavailable(format!(
                 "Redis did not answer within {}",
@@ -866,10 +871,10 @@ impl Inner {
         tokio::spawn(self.clone().clean_up(key, token, deadline));
     }
 
-    /// What the connection hands over besides answers: a message on this
-    /// replica's channel, or news that the connection dropped, which loses
-    /// Redis: messages sent while it was down are gone, so no waiting caller
-    /// can trust what it has not been told.
+    /// What the subscriber connection hands over besides answers: a message
+    /// on this replica's channel, or news that the connection dropped, which
+    /// loses Redis: messages sent while it was down are gone, so no waiting
+    /// caller can trust what it has not been told.
     fn pushed(self: &Arc<Self>, push: PushInfo) {
         match push.kind {
             PushKind::Message => {
@@ -1123,11 +1128,11 @@ async fn probe(inner: Weak<Inner>) {
             return;
         };
         let mut connection = engine.connection.clone();
-        let mut probe_connection = engine.probe_connection.clone();
+        let mut subscriber = engine.subscriber.clone();
         let was_reachable = *engine.reachable.borrow();
         let answered = timeout(engine.timeout, async {
             if !subscribed {
-                connection.subscribe(&engine.channel).await?;
+                subscriber.subscribe(&engine.channel).await?;
                 subscribed = true;
             }
             // Before saying Redis is back, make sure the callers' connection
@@ -1135,7 +1140,7 @@ async fn probe(inner: Weak<Inner>) {
             if !was_reachable {
                 redis::cmd("PING").exec_async(&mut connection).await?;
             }
-            redis::cmd("PING").exec_async(&mut probe_connection).await
+            redis::cmd("PING").exec_async(&mut subscriber).await
         })
         .await;
         let failure = match answered {

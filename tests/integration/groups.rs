@@ -456,3 +456,36 @@ async fn a_member_whose_replica_is_gone_is_dropped() {
     assert_eq!(grpc_answer(b).await.unwrap().position, 1);
     replicas.assert_nothing_left().await;
 }
+
+/// Issue 21 as a user met it: three replicas on one Redis, four members of a
+/// group of three with empty payloads. The first three complete the group;
+/// the fourth, alone, is told `408 Timeout` when its wait runs out (it was
+/// answered 503, Redis refusing the script's arithmetic), and leaves nothing
+/// behind: a pair caller with the id right after times out too, where the
+/// group's leftovers made it a mismatch (409).
+#[tokio::test]
+async fn a_lone_member_with_an_empty_payload_times_out_across_replicas() {
+    let d = Deployment::replicas(3, |_| {}).await;
+    let a = grpc_member(d.server(0), "empty", 3, "");
+    d.parked(1).await;
+    let b = grpc_member(d.server(1), "empty", 3, "");
+    d.parked(2).await;
+    let c = grpc_answer(grpc_member(d.server(2), "empty", 3, ""))
+        .await
+        .unwrap();
+    assert_eq!((c.position, payloads_of(&c)), (2, vec![""; 3]));
+    assert_eq!(grpc_answer(a).await.unwrap().position, 0);
+    assert_eq!(grpc_answer(b).await.unwrap().position, 1);
+    let wait = |path: &str| common::http_client().post(d.server(0).url(path)).send();
+    let fourth = wait("/wait-for-parties/empty?parties=3&wait=1500ms")
+        .await
+        .unwrap();
+    assert_eq!(fourth.status(), 408);
+    assert_eq!(fourth.text().await.unwrap(), "Timeout");
+    d.parked(0).await;
+    let pair = wait("/wait-for-second-party/empty?wait=100ms")
+        .await
+        .unwrap();
+    assert_eq!(pair.status(), 408);
+    assert_eq!(pair.text().await.unwrap(), "Timeout");
+}
