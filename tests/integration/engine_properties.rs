@@ -8,13 +8,17 @@
 //! [`drive`]), and must agree with the model exactly: who pairs with whom and
 //! in which role, each side's payload and time waited, who times out and at
 //! which millisecond, who is refused and why, and how many callers wait after
-//! every step.
+//! every step. Callers send the payloads and ids at the edges of what is
+//! allowed (`common::edges`): empty, tagged or `--max-payload` bytes, over
+//! ids of 1, 4 and 256 bytes.
 
 use std::{collections::HashMap, pin::Pin, task::Context, time::Duration};
 
 use bytes::Bytes;
 use proptest::prelude::*;
 use rendezvous::pairing::{Engine, Id, LocalEngine, Meeting, PairError, Role};
+
+use crate::common::edges::{IdKind, Sent, describe, id_kind, sent};
 
 #[derive(Debug, Clone)]
 struct Caller {
@@ -25,11 +29,14 @@ struct Caller {
     cancel_after_ms: Option<u64>,
     /// Orders events that fall in the same millisecond.
     tiebreak: u8,
+    payload: Sent,
 }
 
 #[derive(Debug, Clone)]
 struct Schedule {
     callers: Vec<Caller>,
+    /// How long each of the three ids is.
+    ids: [IdKind; 3],
     capacity: usize,
     close_at_ms: Option<u64>,
 }
@@ -39,7 +46,8 @@ struct Schedule {
 enum Told {
     Paired {
         role: Role,
-        peer: usize,
+        /// The partner's payload, as [`describe`] prints it.
+        peer: String,
         waited_ms: u64,
         at_ms: u64,
     },
@@ -148,13 +156,13 @@ impl<'a> Model<'a> {
                 } else if let Some(w) = self.waiting.remove(&me.id) {
                     self.told[w] = Some(Told::Paired {
                         role: Role::First,
-                        peer: i,
+                        peer: describe(&me.payload.payload(i)),
                         waited_ms: now - callers[w].arrive_ms,
                         at_ms: now,
                     });
                     Some(Told::Paired {
                         role: Role::Second,
-                        peer: w,
+                        peer: describe(&callers[w].payload.payload(w)),
                         waited_ms: 0,
                         at_ms: now,
                     })
@@ -236,9 +244,8 @@ fn drive<E: Engine>(engine: &E, schedule: &Schedule) -> Result<Vec<Told>, TestCa
                 }
                 Action::Arrive(i) => {
                     let caller = &schedule.callers[i];
-                    let id = Id::new(format!("id-{}", caller.id)).unwrap();
-                    // The payload says who sent it.
-                    let payload = Bytes::from(i.to_string());
+                    let id = Id::new(schedule.ids[usize::from(caller.id)].id(caller.id)).unwrap();
+                    let payload = Bytes::from(caller.payload.payload(i));
                     let deadline =
                         tokio::time::Instant::now() + Duration::from_millis(caller.wait_ms);
                     calls[i] = Some(Box::pin(engine.meet(id, payload.into(), deadline)));
@@ -287,10 +294,7 @@ fn poll_one(slot: &mut Option<Call<'_>>, told: &mut Option<Told>, start: tokio::
     *told = Some(match result {
         Ok(meeting) => Told::Paired {
             role: meeting.role(),
-            peer: std::str::from_utf8(&meeting.peer().payload)
-                .ok()
-                .and_then(|p| p.parse().ok())
-                .unwrap_or(usize::MAX),
+            peer: describe(&meeting.peer().payload),
             waited_ms: u64::try_from(meeting.waited.as_millis()).unwrap(),
             at_ms,
         },
@@ -333,14 +337,16 @@ fn caller() -> impl Strategy<Value = Caller> {
         prop_oneof![1 => Just(0u64), 6 => 1u64..150],
         proptest::option::weighted(0.2, 0u64..150),
         0u8..4,
+        sent(),
     )
         .prop_map(
-            |(id, arrive_ms, wait_ms, cancel_after_ms, tiebreak)| Caller {
+            |(id, arrive_ms, wait_ms, cancel_after_ms, tiebreak, payload)| Caller {
                 id,
                 arrive_ms,
                 wait_ms,
                 cancel_after_ms,
                 tiebreak,
+                payload,
             },
         )
 }
@@ -351,9 +357,11 @@ fn schedule() -> impl Strategy<Value = Schedule> {
         // Mostly no cap; sometimes a tiny one, so refusals mix in.
         prop_oneof![3 => Just(usize::MAX), 1 => 1usize..5],
         proptest::option::weighted(0.25, 0u64..360),
+        [id_kind(), id_kind(), id_kind()],
     )
-        .prop_map(|(callers, capacity, close_at_ms)| Schedule {
+        .prop_map(|(callers, capacity, close_at_ms, ids)| Schedule {
             callers,
+            ids,
             capacity,
             close_at_ms,
         })
@@ -381,6 +389,7 @@ mod model_examples {
             wait_ms,
             cancel_after_ms: None,
             tiebreak: 0,
+            payload: Sent::Tagged,
         }
     }
 
@@ -400,6 +409,7 @@ mod model_examples {
                 caller(1, 60, 5),
                 caller(1, 70, 0),
             ],
+            ids: [IdKind::Short; 3],
             capacity: 1,
             close_at_ms: None,
         });
@@ -408,13 +418,13 @@ mod model_examples {
             [
                 Told::Paired {
                     role: Role::First,
-                    peer: 1,
+                    peer: "1".into(),
                     waited_ms: 20,
                     at_ms: 30
                 },
                 Told::Paired {
                     role: Role::Second,
-                    peer: 0,
+                    peer: "0".into(),
                     waited_ms: 0,
                     at_ms: 30
                 },
@@ -441,6 +451,7 @@ mod model_examples {
                 caller(1, 30, 100),
                 caller(0, 60, 100),
             ],
+            ids: [IdKind::Short; 3],
             capacity: usize::MAX,
             close_at_ms: Some(50),
         });

@@ -24,7 +24,8 @@ use tokio::{task::JoinHandle, time::Instant};
 
 use crate::common::{
     edges::{
-        self, describe, longest_id, max_group_bytes, max_parties, max_payload, padded, tag_of,
+        self, IdKind, Sent, describe, id_kind, longest_id, max_group_bytes, max_parties,
+        max_payload, padded, sent, size, tag_of,
     },
     eventually,
     redis::{self, RedisServer},
@@ -906,7 +907,7 @@ both!(
     a_group_of_the_largest_size_filling_the_group_limit,
 );
 
-/// The property makes its own edges (see [`Sent`] and [`IdKind`]), so it
+/// The property makes its own edges ([`Sent`], [`IdKind`], [`size`]), so it
 /// runs once per engine.
 mod properties {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -938,45 +939,6 @@ enum Step {
     Close,
 }
 
-/// What a caller sends: a payload that says who it is, none, or one of
-/// exactly `--max-payload` bytes that starts by saying who it is.
-#[derive(Debug, Clone, Copy)]
-enum Sent {
-    Tagged,
-    Empty,
-    Largest,
-}
-
-impl Sent {
-    /// Caller `i`'s payload.
-    fn payload(self, i: usize) -> Vec<u8> {
-        match self {
-            Self::Tagged => i.to_string().into_bytes(),
-            Self::Empty => Vec::new(),
-            Self::Largest => padded(i.to_string().as_bytes(), max_payload()),
-        }
-    }
-}
-
-/// How long an id of the schedule is: 1 byte, a few, or the most allowed.
-#[derive(Debug, Clone, Copy)]
-enum IdKind {
-    Shortest,
-    Short,
-    Longest,
-}
-
-impl IdKind {
-    /// The id in the schedule's slot `slot` (0 to 2): distinct per slot.
-    fn id(self, slot: u8) -> String {
-        match self {
-            Self::Shortest => char::from(b'a' + slot).to_string(),
-            Self::Short => format!("id-{slot}"),
-            Self::Longest => longest_id(&format!("id-{slot}")),
-        }
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Told {
     /// Its group completed: its position, and the members' payloads in
@@ -995,10 +957,6 @@ enum Told {
     Cancelled,
 }
 
-fn sent() -> impl Strategy<Value = Sent> {
-    prop_oneof![3 => Just(Sent::Tagged), 2 => Just(Sent::Empty), 1 => Just(Sent::Largest)]
-}
-
 fn step() -> impl Strategy<Value = Step> {
     let arrive = |stray, expires| {
         (0u8..3, sent()).prop_map(move |(id, payload)| Step::Arrive {
@@ -1015,20 +973,6 @@ fn step() -> impl Strategy<Value = Step> {
         3 => (0usize..20).prop_map(Step::Cancel),
         1 => Just(Step::Close),
     ]
-}
-
-fn id_kind() -> impl Strategy<Value = IdKind> {
-    prop_oneof![
-        Just(IdKind::Shortest),
-        Just(IdKind::Short),
-        Just(IdKind::Longest)
-    ]
-}
-
-/// A group size: mostly 2 to 4, which complete within a schedule, and
-/// sometimes `--max-parties`, which forms, loses members and closes.
-fn size() -> impl Strategy<Value = u32> {
-    prop_oneof![4 => 2u32..5, 1 => Just(max_parties())]
 }
 
 /// The steps, each id's usual group size and length, and the cap.

@@ -4,6 +4,7 @@
 //! `--max-parties` members. Issue 21 was a bug that only an empty payload
 //! found; the suites had only ever sent short, non-empty ones.
 
+use proptest::prelude::*;
 use rendezvous::{Config, pairing::MAX_ID_BYTES};
 
 /// The byte that pads a payload to a size: 0xFF never occurs in UTF-8, so
@@ -63,6 +64,63 @@ pub fn describe(payload: &[u8]) -> String {
     } else {
         format!("{tag}+{} bytes", payload.len())
     }
+}
+
+/// What a caller sends: a payload that says who it is, none, or one of
+/// exactly `--max-payload` bytes that starts by saying who it is.
+#[derive(Debug, Clone, Copy)]
+pub enum Sent {
+    Tagged,
+    Empty,
+    Largest,
+}
+
+impl Sent {
+    /// Caller `i`'s payload.
+    pub fn payload(self, i: usize) -> Vec<u8> {
+        match self {
+            Self::Tagged => i.to_string().into_bytes(),
+            Self::Empty => Vec::new(),
+            Self::Largest => padded(i.to_string().as_bytes(), max_payload()),
+        }
+    }
+}
+
+/// How long an id of the schedule is: 1 byte, a few, or the most allowed.
+#[derive(Debug, Clone, Copy)]
+pub enum IdKind {
+    Shortest,
+    Short,
+    Longest,
+}
+
+impl IdKind {
+    /// The id in the schedule's slot `slot` (0 to 2): distinct per slot.
+    pub fn id(self, slot: u8) -> String {
+        match self {
+            Self::Shortest => char::from(b'a' + slot).to_string(),
+            Self::Short => format!("id-{slot}"),
+            Self::Longest => longest_id(&format!("id-{slot}")),
+        }
+    }
+}
+
+pub fn sent() -> impl Strategy<Value = Sent> {
+    prop_oneof![3 => Just(Sent::Tagged), 2 => Just(Sent::Empty), 1 => Just(Sent::Largest)]
+}
+
+pub fn id_kind() -> impl Strategy<Value = IdKind> {
+    prop_oneof![
+        Just(IdKind::Shortest),
+        Just(IdKind::Short),
+        Just(IdKind::Longest)
+    ]
+}
+
+/// A group size: mostly 2 to 4, which complete within a schedule, and
+/// sometimes `--max-parties`, which forms, loses members and closes.
+pub fn size() -> impl Strategy<Value = u32> {
+    prop_oneof![4 => 2u32..5, 1 => Just(max_parties())]
 }
 
 #[test]
