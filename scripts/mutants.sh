@@ -21,7 +21,7 @@ out=${OUT:-target/mutants}
 mkdir -p "$out/engine" "$out/redis" "$out/transports"
 common=(--test-tool nextest --profile mutants --timeout 120 --no-shuffle)
 engine=(-f src/pairing.rs -f src/pairing/shard.rs)
-redis=(-f src/pairing/redis.rs)
+redis=(-f src/pairing/redis.rs -f 'src/pairing/redis/*.rs')
 transports=(-f src/service.rs -f src/grpc.rs -f src/gateway.rs -f src/auth.rs -f src/health.rs
   -f src/server.rs -f src/metrics.rs -f src/json.rs -f src/config.rs -f src/client.rs -f src/cli.rs)
 if [ $# -gt 0 ]; then
@@ -29,7 +29,7 @@ if [ $# -gt 0 ]; then
   engine=() redis=() transports=()
   for arg in "$@"; do
     case $arg in
-      src/pairing/redis.rs) redis+=(-f "$arg") ;;
+      src/pairing/redis.rs | src/pairing/redis/*) redis+=(-f "$arg") ;;
       src/pairing*) engine+=(-f "$arg") ;;
       -f) ;;
       *) transports+=(-f "$arg") ;;

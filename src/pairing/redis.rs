@@ -44,12 +44,22 @@ use redis::{
 use sha2::{Digest as _, Sha256};
 use tokio::{
     sync::{Notify, Semaphore, mpsc, watch},
-    time::{Instant, sleep, sleep_until, timeout, timeout_at},
+    time::{Instant, sleep_until, timeout, timeout_at},
 };
 
+mod config;
+mod guard;
+mod probe;
+mod wire;
+
+pub use config::{RedisConfig, RedisError, redact};
+use guard::Guard;
+use probe::{probe, sweep};
+use wire::{seal, settled, unexpected, unpack, unseal, wait_ms};
+
 use super::{Engine, Id, Meeting, Offer, Offers, PairError, Parties, Role};
+use crate::hex::Hex16;
 use crate::metrics::RedisMetrics;
-use crate::{hex::Hex16, trace::TraceId};
 
 /// How often a replica checks that Redis answers, while nothing else would
 /// tell it: a paused Redis (SIGSTOP) closes no connection.
@@ -76,102 +86,6 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// write different formats (during an upgrade) never meet, rather than hand
 /// each other payloads they would misread. `v2` added the trace id.
 const FORMAT: &str = "v2";
-
-/// A caller's offer as Redis keeps and sends it, one string: a first byte
-/// of 1 and a 16-byte trace id, or a 0 and none; then the payload. The Lua
-/// script never looks inside.
-fn seal(offer: Offer) -> Bytes {
-    let trace = offer.trace.as_ref().map(TraceId::to_bytes);
-    let mut sealed = Vec::with_capacity(17 + offer.payload.len());
-    match trace {
-        Some(trace) => {
-            sealed.push(1);
-            sealed.extend_from_slice(&trace);
-        }
-        None => sealed.push(0),
-    }
-    sealed.extend_from_slice(&offer.payload);
-    sealed.into()
-}
-
-/// The payload and trace id of a sealed offer. Anything else (nothing this
-/// version writes) is all payload.
-fn unseal(sealed: Bytes) -> Offer {
-    match sealed.first() {
-        Some(0) => Offer::from(sealed.slice(1..)),
-        Some(1) if sealed.len() >= 17 => {
-            let trace: [u8; 16] = sealed[1..17].try_into().expect("16 bytes");
-            Offer {
-                payload: sealed.slice(17..),
-                trace: TraceId::from_bytes(trace),
-            }
-        }
-        _ => Offer::from(sealed),
-    }
-}
-
-/// How the Redis engine connects, from the flags.
-#[derive(Clone)]
-pub struct RedisConfig {
-    /// `redis://` or `rediss://` (TLS), with a password or not.
-    pub url: String,
-    /// A password that overrides the URL's (from `--redis-password-file`).
-    pub password: Option<String>,
-    /// What every key and channel starts with, so that several services (or
-    /// tests) can share one Redis.
-    pub key_prefix: String,
-    /// How long a command may take before Redis counts as unreachable.
-    pub timeout: Duration,
-    /// The most callers that may wait through this replica at once.
-    pub capacity: usize,
-    /// The most bytes of payloads a group of more than two may hold.
-    pub max_group_bytes: usize,
-}
-
-// The URL and the password are secrets: never print them.
-impl fmt::Debug for RedisConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedisConfig")
-            .field("url", &redact(&self.url))
-            .field("key_prefix", &self.key_prefix)
-            .field("timeout", &self.timeout)
-            .field("capacity", &self.capacity)
-            .finish_non_exhaustive()
-    }
-}
-
-/// A URL with its password (or lone user part) replaced by `***`, for logs.
-pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return "***".into();
-    };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let Some(at) = rest[..authority_end].rfind('@') else {
-        return url.into();
-    };
-    let user = match rest[..at].split_once(':') {
-        Some((user, _password)) => format!("{user}:***"),
-        None => "***".into(),
-    };
-    format!("{scheme}://{user}@{}", &rest[at + 1..])
-}
-
-/// Why the Redis engine could not be set up.
-#[derive(Debug, thiserror::Error)]
-pub enum RedisError {
-    /// The URL is not a Redis URL.
-    #[error("--redis-url {url} is not usable: {reason}")]
-    BadUrl {
-        /// The URL, its secrets redacted.
-        url: String,
-        /// What is wrong with it.
-        reason: String,
-    },
-    /// The key prefix would break the hash tags that keep an id's keys in one
-    /// cluster slot.
-    #[error("--redis-key-prefix {0:?} must not contain '{{' or '}}'")]
-    BadPrefix(String),
-}
 
 /// What a parked caller's replica learns about it.
 #[derive(Debug)]
@@ -956,53 +870,6 @@ impl Inner {
     }
 }
 
-/// A caller's claim on its entries: dropped unsettled (the caller left, or
-/// its outcome is unknown), it removes them from Redis in a task.
-struct Guard {
-    inner: Arc<Inner>,
-    /// The id's hash: its key is built from it when needed.
-    digest: Digest,
-    ticket: u64,
-    deadline: Instant,
-    /// How many callers make up its group.
-    parties: u32,
-    /// Holds a place against the cap.
-    place: bool,
-    /// Counted as parked.
-    parked: bool,
-    /// The outcome is known, and nothing of this caller is left in Redis.
-    settled: bool,
-}
-
-impl Guard {
-    fn key(&self) -> String {
-        self.inner.key(&self.digest)
-    }
-
-    fn token(&self) -> String {
-        self.inner.token(self.ticket)
-    }
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        // The cleanup is counted before the slot goes, so that `close`
-        // never sees neither (and returns before the entry is gone).
-        if !self.settled {
-            self.inner
-                .spawn_cleanup(self.key(), self.token(), self.deadline);
-        }
-        self.inner.lock_slots().remove(&self.ticket);
-        if self.place {
-            self.inner.places.fetch_sub(1, Ordering::Relaxed);
-        }
-        if self.parked {
-            self.inner.parked.fetch_sub(1, Ordering::Relaxed);
-        }
-        self.inner.settled.notify_waiters();
-    }
-}
-
 /// The first half of an id's SHA-256: its key's hash tag.
 type Digest = [u8; 16];
 
@@ -1016,244 +883,12 @@ fn id_digest(id: &Id) -> Digest {
     half
 }
 
-fn settled(reply: Vec<Vec<u8>>) -> Result<Settled, PairError> {
-    let role = match reply.first().map(Vec::as_slice) {
-        Some(b"first") => Role::First,
-        Some(b"second") => Role::Second,
-        Some(b"group") => {
-            let mut parts = reply.into_iter().skip(1);
-            let position = parts
-                .next()
-                .and_then(|p| String::from_utf8(p).ok()?.parse().ok());
-            return match (position, parts.next()) {
-                (Some(position), Some(list)) => {
-                    Ok(Settled::Grouped(position, unpack(Bytes::from(list))?))
-                }
-                _ => Err(PairError::Unavailable(
-                    "Redis answered a group without its payloads".into(),
-                )),
-            };
-        }
-        Some(b"none" | b"left" | b"gone") => return Ok(Settled::Unpaired),
-        _ => return Err(unexpected(&reply)),
-    };
-    match reply.into_iter().nth(1) {
-        Some(payload) => Ok(Settled::Paired(role, Bytes::from(payload))),
-        None => Err(PairError::Unavailable(
-            "Redis answered a pair without a payload".into(),
-        )),
-    }
-}
-
-/// A group's sealed offers, from the list the script writes: each as its
-/// length in decimal, a colon, and its bytes.
-fn unpack(mut list: Bytes) -> Result<Vec<Bytes>, PairError> {
-    let mut offers = Vec::new();
-    while !list.is_empty() {
-        let colon = list.iter().position(|&b| b == b':');
-        let len = colon.and_then(|colon| {
-            std::str::from_utf8(&list[..colon])
-                .ok()?
-                .parse::<usize>()
-                .ok()
-        });
-        let (Some(colon), Some(len)) = (colon, len) else {
-            return Err(PairError::Unavailable(
-                "Redis answered a malformed list of payloads".into(),
-            ));
-        };
-        let end = colon + 1 + len;
-        if end > list.len() {
-            return Err(PairError::Unavailable(
-                "Redis answered a list of payloads cut short".into(),
-            ));
-        }
-        offers.push(list.slice(colon + 1..end));
-        let _ = list.split_to(end);
-    }
-    Ok(offers)
-}
-
-fn unexpected(reply: &[Vec<u8>]) -> PairError {
-    let first = reply
-        .first()
-        .map(|b| String::from_utf8_lossy(b).into_owned());
-    PairError::Unavailable(format!("unexpected answer from Redis: {first:?}"))
-}
-
-/// A wait as the script takes it: whole milliseconds, at least 1, and at
-/// most 2^50 (about 35,000 years), so that the script's sums of it and
-/// Redis's clock stay integers a Lua number holds exactly.
-fn wait_ms(wait: Duration) -> u64 {
-    wait.as_millis().clamp(1, 1 << 50) as u64
-}
-
 /// What a caller is told while the probe finds Redis unreachable.
 const UNREACHABLE: &str = "cannot reach Redis";
-
-/// Removes the result keys whose message arrived, many at once when many
-/// pairs complete together: one pipeline, one write, one read.
-async fn sweep(inner: Weak<Inner>, mut swept: mpsc::UnboundedReceiver<String>) {
-    let mut keys = Vec::new();
-    while swept.recv_many(&mut keys, 512).await > 0 {
-        let Some(engine) = inner.upgrade() else {
-            return;
-        };
-        let mut pipeline = redis::pipe();
-        for key in keys.drain(..) {
-            // UNLINK rather than DEL only so that Redis's command counts
-            // tell these apart from the script's own DELs.
-            pipeline.cmd("UNLINK").arg(key).ignore();
-        }
-        let mut connection = engine.connection.clone();
-        let _ = timeout(
-            engine.timeout * COMMANDS_WAIT,
-            pipeline.exec_async(&mut connection),
-        )
-        .await;
-    }
-}
-
-/// Subscribes this replica's channel, then checks that Redis answers, every
-/// [`PROBE_INTERVAL`]: readiness follows, and so do new callers.
-async fn probe(inner: Weak<Inner>) {
-    let mut subscribed = false;
-    let mut reached_before = false;
-    // Before the first answer, failing is normal for a moment (Redis may be
-    // starting beside us): say so at info, and warn only if it lasts.
-    let started = Instant::now();
-    let mut told = (false, false);
-    loop {
-        let Some(engine) = inner.upgrade() else {
-            return;
-        };
-        let mut connection = engine.connection.clone();
-        let mut subscriber = engine.subscriber.clone();
-        let was_reachable = *engine.reachable.borrow();
-        let answered = timeout(engine.timeout, async {
-            if !subscribed {
-                subscriber.subscribe(&engine.channel).await?;
-                subscribed = true;
-            }
-            // Before saying Redis is back, make sure the callers' connection
-            // is too (it reconnects on its first command after an outage).
-            if !was_reachable {
-                redis::cmd("PING").exec_async(&mut connection).await?;
-            }
-            redis::cmd("PING").exec_async(&mut subscriber).await
-        })
-        .await;
-        let failure = match answered {
-            Ok(Ok(())) => {
-                if !engine.reachable.send_replace(true) {
-                    tracing::info!("Redis is reachable");
-                    engine.metrics.reachable.set(1);
-                    if reached_before {
-                        engine.metrics.reconnects.inc();
-                    }
-                    reached_before = true;
-                }
-                None
-            }
-            Ok(Err(error)) => Some(format!("cannot reach Redis: {error}")),
-            Err(_) => Some(format!(
-                "Redis did not answer within {}",
-                humantime::format_duration(engine.timeout)
-            )),
-        };
-        if let Some(reason) = failure {
-            if !reached_before {
-                if !told.0 {
-                    tracing::info!(%reason, "waiting for Redis");
-                    told.0 = true;
-                } else if !told.1 && started.elapsed() > STARTUP_PATIENCE {
-                    tracing::warn!(%reason, "still cannot reach Redis");
-                    told.1 = true;
-                }
-            }
-            engine.lost(reason);
-        }
-        drop(engine);
-        sleep(PROBE_INTERVAL).await;
-    }
-}
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A group's list of sealed offers reads back as written, empty ones
-    /// and ones holding the separator included; a list cut short or
-    /// malformed is refused, never misread.
-    #[test]
-    fn group_lists_unpack_to_what_the_script_packs() {
-        let list = Bytes::from_static(b"3:a:b0:5:12345");
-        assert_eq!(
-            unpack(list).unwrap(),
-            [&b"a:b"[..], b"", b"12345"].map(Bytes::from_static)
-        );
-        assert_eq!(unpack(Bytes::new()).unwrap(), Vec::<Bytes>::new());
-        for bad in [&b"4:abc"[..], b"x:abc", b"3abc", b":abc"] {
-            assert!(
-                unpack(Bytes::from_static(bad)).is_err(),
-                "{:?}",
-                String::from_utf8_lossy(bad)
-            );
-        }
-    }
-
-    /// Offers are sealed with their trace id and unsealed whole; a string
-    /// this version would not write (too short for the trace id it claims,
-    /// or unknown) is all payload, never a panic.
-    #[test]
-    fn offers_unseal_to_what_was_sealed() {
-        let unsealed = |sealed: Bytes| {
-            let offer = unseal(sealed);
-            (offer.payload, offer.trace)
-        };
-        let trace = TraceId::from_bytes([7; 16]);
-        for offer in [
-            Offer::from(Bytes::from_static(b"payload")),
-            Offer {
-                payload: Bytes::from_static(b"\x01\x02"),
-                trace,
-            },
-            Offer::default(),
-        ] {
-            assert_eq!(unsealed(seal(offer.clone())), (offer.payload, offer.trace));
-        }
-        for foreign in [&b"\x01short"[..], b"\x02other", b""] {
-            assert_eq!(
-                unsealed(Bytes::from_static(foreign)),
-                (Bytes::from_static(foreign), None)
-            );
-        }
-    }
-
-    /// The script adds a wait to Redis's clock in milliseconds: never 0
-    /// (an entry must outlive its own arrival), and never so large that the
-    /// sum stops being an integer in Lua.
-    #[test]
-    fn waits_reach_the_script_as_whole_milliseconds_in_range() {
-        assert_eq!(wait_ms(Duration::ZERO), 1);
-        assert_eq!(wait_ms(Duration::from_micros(1_500_900)), 1500);
-        assert_eq!(wait_ms(Duration::MAX), 1 << 50);
-    }
-
-    #[test]
-    fn urls_are_redacted() {
-        assert_eq!(
-            redact("redis://:hunter2@db:6379/0"),
-            "redis://:***@db:6379/0"
-        );
-        assert_eq!(
-            redact("rediss://app:hunter2@db:6380"),
-            "rediss://app:***@db:6380"
-        );
-        assert_eq!(redact("redis://hunter2@db"), "redis://***@db");
-        assert_eq!(redact("redis://db:6379"), "redis://db:6379");
-        assert_eq!(redact("not a url hunter2"), "***");
-    }
 
     fn config(url: &str) -> RedisConfig {
         RedisConfig {
