@@ -49,7 +49,8 @@ local key, op, token = KEYS[1], ARGV[1], ARGV[2]
 -- own answer at the deadline still finds them.
 local SLACK_MS = 1000
 
--- Every number a command takes goes through this. Redis turns a Lua number
+-- Every number the script computes goes through this on its way into a
+-- command (literals such as 1 and -1 are written as text). Redis turns a Lua number
 -- argument into text as it prints a double: -0 becomes '-0', a fraction
 -- '0.5', and past 2^53 an exponent, and commands that want an integer
 -- refuse all three ('value is not an integer'). A member with an empty

@@ -61,10 +61,6 @@ use super::{Engine, Id, Meeting, Offer, Offers, PairError, Parties, Role};
 use crate::hex::Hex16;
 use crate::metrics::RedisMetrics;
 
-/// How often a replica checks that Redis answers, while nothing else would
-/// tell it: a paused Redis (SIGSTOP) closes no connection.
-const PROBE_INTERVAL: Duration = Duration::from_millis(250);
-
 /// A command may take this many `--redis-timeout`s: the probe, not one slow
 /// command, decides that Redis is unreachable, since a command can queue
 /// behind a burst of others while Redis is well.
@@ -75,9 +71,6 @@ const COMMANDS_WAIT: u32 = 10;
 /// its commands are built, rather than as thousands of commands queued at
 /// once, whose buffers would outlive the burst in the allocator.
 const IN_FLIGHT: usize = 256;
-
-/// How long a replica that has not reached Redis yet waits before it warns.
-const STARTUP_PATIENCE: Duration = Duration::from_secs(10);
 
 /// The longest pause between two tries of an arrival that found the id busy.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);

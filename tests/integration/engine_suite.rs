@@ -24,8 +24,8 @@ use tokio::{task::JoinHandle, time::Instant};
 
 use crate::common::{
     edges::{
-        self, IdKind, Sent, describe, id_kind, longest_id, max_group_bytes, max_parties,
-        max_payload, padded, sent, size, tag_of,
+        IdKind, Sent, describe, id_kind, longest_id, max_group_bytes, max_parties, max_payload,
+        padded, sent, size, tag_of,
     },
     eventually,
     redis::{self, RedisServer},
@@ -486,28 +486,36 @@ fn group_of(result: Result<Meeting, PairError>, own: &[u8]) -> (usize, Vec<Strin
     (meeting.position, payloads)
 }
 
-/// Callers arriving one after another with `payloads` (each parked before
-/// the next arrives), as one group: each learns its position and everyone's
-/// payload in arrival order, the last without waiting.
-pub async fn a_group_of_five_completes_together<H: Harness>() {
-    let h = H::new().await;
-    let engine = h.engine(usize::MAX).await;
-    let names = ["a", "b", "c", "d", "e"];
+/// Callers with `key` arriving one after another with `payloads` (each
+/// parked before the next arrives), as one group: each learns its position
+/// and everyone's payload in arrival order, the last without waiting.
+async fn assert_group_completes<E: Engine>(engine: &Arc<E>, key: &str, payloads: &[&str]) {
+    let parties = payloads.len() as u32;
+    let (last, parked_ones) = payloads.split_last().unwrap();
     let mut members = Vec::new();
-    for (n, name) in names[..4].iter().enumerate() {
-        members.push(join(&engine, "g", 5, name.as_bytes(), LONG));
-        parked(&*engine, n + 1).await;
+    for (n, payload) in parked_ones.iter().enumerate() {
+        members.push(join(engine, key, parties, payload.as_bytes(), LONG));
+        parked(&**engine, n + 1).await;
     }
-    let last = answer(join(&engine, "g", 5, b"e", LONG)).await;
-    let everyone: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-    assert_eq!(group_of(last, b"e"), (4, everyone.clone()));
+    let everyone: Vec<String> = payloads.iter().map(|p| p.to_string()).collect();
+    let completing = answer(join(engine, key, parties, last.as_bytes(), LONG)).await;
+    assert_eq!(
+        group_of(completing, last.as_bytes()),
+        (parked_ones.len(), everyone.clone())
+    );
     for (position, member) in members.into_iter().enumerate() {
-        let own = names[position].as_bytes();
+        let own = payloads[position].as_bytes();
         assert_eq!(
             group_of(answer(member).await, own),
             (position, everyone.clone())
         );
     }
+}
+
+pub async fn a_group_of_five_completes_together<H: Harness>() {
+    let h = H::new().await;
+    let engine = h.engine(usize::MAX).await;
+    assert_group_completes(&engine, "g", &["a", "b", "c", "d", "e"]).await;
     assert_eq!(engine.waiting(), 0);
     // The next caller with the id starts a new group.
     let next = join(&engine, "g", 5, b"f", Duration::from_millis(300));
@@ -747,24 +755,16 @@ async fn payload_over_the_group_limit<H: Harness>() {
 /// empty payloads, one after another. The first three complete the group;
 /// the fourth is alone in the next one, and its deadline passing is a
 /// timeout, not an outage. Nothing of it is left: a pair caller can use
-/// the id at once (a group's leftover size would refuse it).
+/// the id at once (a group's leftover size would refuse it). The payloads
+/// stay empty with the largest inputs too: only the ids grow.
 pub async fn a_lone_member_with_an_empty_payload_times_out<H: Harness>() {
+    exact_payloads(lone_empty_member::<H>()).await;
+}
+
+async fn lone_empty_member<H: Harness>() {
     let h = H::new().await;
     let engine = h.engine(usize::MAX).await;
-    let mut members = Vec::new();
-    for n in 0..2 {
-        members.push(join(&engine, "g", 3, b"", LONG));
-        parked(&*engine, n + 1).await;
-    }
-    let everyone = vec![String::new(); 3];
-    let third = answer(join(&engine, "g", 3, b"", LONG)).await;
-    assert_eq!(group_of(third, b""), (2, everyone.clone()));
-    for (position, member) in members.into_iter().enumerate() {
-        assert_eq!(
-            group_of(answer(member).await, b""),
-            (position, everyone.clone())
-        );
-    }
+    assert_group_completes(&engine, "g", &["", "", ""]).await;
     let fourth = join(&engine, "g", 3, b"", Duration::from_millis(1500));
     assert_eq!(answer(fourth).await, Err(PairError::TimedOut));
     assert_eq!(engine.waiting(), 0);
@@ -775,8 +775,13 @@ pub async fn a_lone_member_with_an_empty_payload_times_out<H: Harness>() {
 
 /// Members with empty payloads leave a forming group every way a member
 /// can (cancelled, timed out) and leave nothing behind: the id is free for
-/// a pair at once, and a pair of empty payloads meets.
+/// a pair at once, and a pair of empty payloads meets. The payloads stay
+/// empty with the largest inputs too.
 pub async fn members_with_empty_payloads_leave_cleanly<H: Harness>() {
+    exact_payloads(empty_members_leave::<H>()).await;
+}
+
+async fn empty_members_leave<H: Harness>() {
     let h = H::new().await;
     let engine = h.engine(usize::MAX).await;
     let cancelled = join(&engine, "g", 3, b"", LONG);
@@ -815,7 +820,7 @@ async fn largest_group<H: Harness>() {
     let each = max_group_bytes() / parties;
     assert_eq!(each * parties, max_group_bytes(), "the defaults divide");
     let sent: Vec<Vec<u8>> = (0..parties)
-        .map(|i| edges::padded(i.to_string().as_bytes(), each))
+        .map(|i| padded(i.to_string().as_bytes(), each))
         .collect();
     let mut members = Vec::new();
     for (n, payload) in sent[..parties - 1].iter().enumerate() {

@@ -2,14 +2,21 @@
 //! replica's channel and decides whether Redis is reachable, and the
 //! janitor, which removes result keys whose message arrived.
 
-use std::sync::Weak;
+use std::{sync::Weak, time::Duration};
 
 use tokio::{
     sync::mpsc,
     time::{Instant, sleep, timeout},
 };
 
-use super::{COMMANDS_WAIT, Inner, PROBE_INTERVAL, STARTUP_PATIENCE};
+use super::{COMMANDS_WAIT, Inner};
+
+/// How often a replica checks that Redis answers, while nothing else would
+/// tell it: a paused Redis (SIGSTOP) closes no connection.
+const PROBE_INTERVAL: Duration = Duration::from_millis(250);
+
+/// How long a replica that has not reached Redis yet waits before it warns.
+const STARTUP_PATIENCE: Duration = Duration::from_secs(10);
 
 /// Removes the result keys whose message arrived, many at once when many
 /// pairs complete together: one pipeline, one write, one read.
