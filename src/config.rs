@@ -5,6 +5,9 @@ use std::{fmt, path::PathBuf, str::FromStr, time::Duration};
 
 use clap::{Parser, ValueEnum};
 
+/// The Redis engine's flags, which its module owns.
+pub use crate::pairing::RedisArgs;
+
 const DEFAULT_GRPC_ADDR: &str = "127.0.0.1:50051";
 const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:3030";
 const DEFAULT_MAX_WAIT: &str = "10s";
@@ -24,8 +27,6 @@ const DEFAULT_HTTP2_CONNECTION_WINDOW: &str = "64MiB";
 const DEFAULT_HTTP2_STREAM_WINDOW: &str = "1MiB";
 const DEFAULT_HTTP2_KEEPALIVE_INTERVAL: &str = "20s";
 const DEFAULT_HTTP2_KEEPALIVE_TIMEOUT: &str = "20s";
-const DEFAULT_REDIS_KEY_PREFIX: &str = "rendezvous:";
-const DEFAULT_REDIS_TIMEOUT: &str = "500ms";
 
 /// The largest `--max-payload` accepted: payloads are meant to be small, and
 /// every parked caller can hold one in memory.
@@ -223,54 +224,6 @@ impl fmt::Display for ListenAddr {
     }
 }
 
-/// Where replicas meet. Without `--redis-url`, this process is the meeting
-/// place, and callers meet only callers that reached the same process.
-#[derive(Clone, clap::Args)]
-pub struct RedisArgs {
-    /// Meet callers of other replicas through this Redis: redis://HOST:PORT/DB,
-    /// or rediss:// for TLS, with an optional USER:PASSWORD@ before the host.
-    #[arg(
-        long = "redis-url",
-        env = "RENDEZVOUS_REDIS_URL",
-        value_name = "URL",
-        hide_env_values = true
-    )]
-    pub url: Option<String>,
-
-    /// Read the Redis password from this file (one line), instead of putting
-    /// it in the URL.
-    #[arg(
-        long = "redis-password-file",
-        env = "RENDEZVOUS_REDIS_PASSWORD_FILE",
-        value_name = "FILE",
-        requires = "url"
-    )]
-    pub password_file: Option<PathBuf>,
-
-    /// What every Redis key and channel of this service starts with.
-    #[arg(long = "redis-key-prefix", env = "RENDEZVOUS_REDIS_KEY_PREFIX", value_name = "PREFIX", default_value = DEFAULT_REDIS_KEY_PREFIX)]
-    pub key_prefix: String,
-
-    /// How long Redis may take to answer this replica's probe (every 250ms).
-    /// Past it, Redis counts as unreachable: waiting and new callers are
-    /// answered UNAVAILABLE, and readiness goes down until it answers again.
-    /// A command may take ten times as long, queued behind a burst.
-    #[arg(long = "redis-timeout", env = "RENDEZVOUS_REDIS_TIMEOUT", value_name = "DURATION", default_value = DEFAULT_REDIS_TIMEOUT, value_parser = positive_duration)]
-    pub timeout: Duration,
-}
-
-// The URL can hold a password: never print it.
-impl std::fmt::Debug for RedisArgs {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisArgs")
-            .field("url", &self.url.as_deref().map(crate::pairing::redact))
-            .field("password_file", &self.password_file)
-            .field("key_prefix", &self.key_prefix)
-            .field("timeout", &self.timeout)
-            .finish()
-    }
-}
-
 /// HTTP/2 settings. Callers park tens of thousands of calls on one or a few
 /// connections, so the defaults are sized for that, not for hyper's 200
 /// streams per connection.
@@ -347,17 +300,6 @@ impl Default for Config {
             max_connection_age_grace: None,
             http2: Http2Config::default(),
             redis: RedisArgs::default(),
-        }
-    }
-}
-
-impl Default for RedisArgs {
-    fn default() -> Self {
-        Self {
-            url: None,
-            password_file: None,
-            key_prefix: DEFAULT_REDIS_KEY_PREFIX.into(),
-            timeout: positive_duration(DEFAULT_REDIS_TIMEOUT).expect("valid default"),
         }
     }
 }
@@ -565,7 +507,7 @@ mod tests {
             assert_eq!(env.as_deref(), Some(expected.as_str()), "--{long}");
             flags += 1;
         }
-        assert_eq!(flags, 28);
+        assert_eq!(flags, 29);
     }
 
     #[test]

@@ -3,9 +3,9 @@
 //!
 //! Liveness (`""`, `/healthz`) says the process works, and stays up until
 //! shutdown. Readiness (`rendezvous.v1.Sync`, `/readyz`) says it can take
-//! callers: it goes down while the meeting place (Redis) is unreachable, so
-//! an orchestrator stops sending callers here without restarting a replica
-//! that only waits for Redis to come back.
+//! callers: it goes down while the engine's meeting place is unreachable,
+//! so an orchestrator stops sending callers here without restarting a
+//! replica that only waits for it to come back.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -23,7 +23,9 @@ use crate::proto::sync_server::SERVICE_NAME as SYNC_SERVICE_NAME;
 pub struct Health {
     reporter: HealthReporter,
     draining: AtomicBool,
-    reachable: AtomicBool,
+    /// `None` while the meeting place is reachable; the engine's words for
+    /// why not otherwise.
+    unreachable: std::sync::Mutex<Option<&'static str>>,
     /// Serialises changes, so that the gRPC statuses end up matching the
     /// flags whatever order two changes race in.
     changing: Mutex<()>,
@@ -34,8 +36,8 @@ pub struct Health {
 pub enum NotReady {
     /// Shutdown has begun.
     ShuttingDown,
-    /// The meeting place cannot be reached.
-    Unreachable,
+    /// The meeting place cannot be reached: the engine's words for it.
+    Unreachable(&'static str),
 }
 
 impl NotReady {
@@ -43,7 +45,7 @@ impl NotReady {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::ShuttingDown => "shutting down",
-            Self::Unreachable => "cannot reach Redis",
+            Self::Unreachable(reason) => reason,
         }
     }
 }
@@ -61,7 +63,7 @@ impl Health {
         let health = Self {
             reporter,
             draining: AtomicBool::new(false),
-            reachable: AtomicBool::new(true),
+            unreachable: std::sync::Mutex::new(None),
             changing: Mutex::new(()),
         };
         (health, server)
@@ -80,10 +82,12 @@ impl Health {
     }
 
     /// Follows the meeting place: readiness goes down while it cannot be
-    /// reached, and liveness does not change.
-    pub async fn set_reachable(&self, reachable: bool) {
+    /// reached (`Err`, with the engine's words for it), and liveness does not
+    /// change.
+    pub async fn set_reachable(&self, reachable: Result<(), &'static str>) {
         let _changing = self.changing.lock().await;
-        self.reachable.store(reachable, Ordering::Release);
+        *self.lock_unreachable() = reachable.err();
+        let reachable = reachable.is_ok();
         if self.draining.load(Ordering::Acquire) {
             return;
         }
@@ -101,9 +105,15 @@ impl Health {
         if self.draining.load(Ordering::Acquire) {
             return Err(NotReady::ShuttingDown);
         }
-        if !self.reachable.load(Ordering::Acquire) {
-            return Err(NotReady::Unreachable);
+        match *self.lock_unreachable() {
+            Some(reason) => Err(NotReady::Unreachable(reason)),
+            None => Ok(()),
         }
-        Ok(())
+    }
+
+    fn lock_unreachable(&self) -> std::sync::MutexGuard<'_, Option<&'static str>> {
+        self.unreachable
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }

@@ -101,17 +101,6 @@ struct SizeLabel {
     size: &'static str,
 }
 
-/// The Redis engine's series: handles into [`Metrics`]' registry.
-#[derive(Debug, Clone)]
-pub struct RedisMetrics {
-    /// Each command's round trip.
-    pub round_trips: Histogram,
-    /// Times Redis came back after being unreachable.
-    pub reconnects: Counter,
-    /// 1 while Redis is reachable.
-    pub reachable: Gauge,
-}
-
 /// Why a call was refused, as the `reason` label says it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rejection {
@@ -123,7 +112,7 @@ pub enum Rejection {
     Full,
     /// The server was shutting down.
     ShuttingDown,
-    /// The meeting place (Redis) could not be reached.
+    /// The meeting place (the engine's store) could not be reached.
     Unavailable,
     /// A group of another size was forming under the id.
     PartiesMismatch,
@@ -336,35 +325,10 @@ impl Metrics {
         self.rejections[index(protocol)][reason as usize].inc();
     }
 
-    /// Registers the Redis engine's series, and returns the handles it
-    /// records them with. Only a server with `--redis-url` has them.
-    pub fn redis(&mut self) -> RedisMetrics {
-        let round_trips = Histogram::new(
-            // 50 µs to about 3.3 s, in factors of 4.
-            prometheus_client::metrics::histogram::exponential_buckets(0.000_05, 4.0, 9),
-        );
-        self.registry.register(
-            "redis_round_trip_seconds",
-            "How long each command to Redis took, from sending it to its answer",
-            round_trips.clone(),
-        );
-        let reconnects = Counter::default();
-        self.registry.register(
-            "redis_reconnects",
-            "Times this replica got Redis back after losing it",
-            reconnects.clone(),
-        );
-        let reachable = Gauge::default();
-        self.registry.register(
-            "redis_reachable",
-            "1 while Redis answers this replica, 0 while it does not",
-            reachable.clone(),
-        );
-        RedisMetrics {
-            round_trips,
-            reconnects,
-            reachable,
-        }
+    /// The registry, for an engine to register series of its own: each
+    /// engine's series belong to its module.
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
     }
 
     /// The Prometheus text exposition.

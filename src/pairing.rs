@@ -39,14 +39,16 @@ use tokio::{
 
 #[cfg(test)]
 mod model;
+mod occupancy;
 mod redis;
 mod shard;
 
-pub use redis::{RedisConfig, RedisEngine, RedisError, redact};
+pub use redis::{RedisArgs, RedisConfig, RedisEngine, RedisError};
 
 use crate::trace::TraceId;
 
-use shard::{Arrival, Occupancy, Outcome, Shard};
+use occupancy::Occupancy;
+use shard::{Arrival, Outcome, Shard};
 
 /// The primitives the shards synchronise with. The loom model swaps in its
 /// own versions of exactly these (see `model.rs`).
@@ -267,6 +269,54 @@ impl Meeting {
     }
 }
 
+/// The limits that every engine holds its callers to, whichever engine it
+/// is: one place for them, so that the engines cannot drift apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineLimits {
+    /// The most callers that may wait at once (`--max-waiters`); a caller
+    /// that completes a meeting never counts against it.
+    pub max_waiters: usize,
+    /// The most bytes of payloads a group of more than two may hold
+    /// (`--max-group-bytes`).
+    pub max_group_bytes: usize,
+}
+
+impl EngineLimits {
+    /// No limit at all, for tests and benchmarks of the engines alone.
+    pub const NONE: Self = Self {
+        max_waiters: usize::MAX,
+        max_group_bytes: usize::MAX,
+    };
+
+    /// The most bytes of payloads a meeting of `parties` may hold. A pair is
+    /// held to `--max-payload` alone: each of its callers is answered with
+    /// one payload, while every member of a group is answered with them all,
+    /// and a client refuses an answer over its receive limit.
+    pub fn meeting_bytes(&self, parties: u32) -> usize {
+        match parties {
+            2 => usize::MAX,
+            _ => self.max_group_bytes,
+        }
+    }
+
+    /// The refusal of a caller that would wait past `--max-waiters`.
+    fn full(&self) -> PairError {
+        PairError::Full {
+            capacity: self.max_waiters,
+        }
+    }
+
+    /// The refusal of a caller whose `payload` bytes would take its group,
+    /// which holds `held`, over `--max-group-bytes`.
+    fn too_large(&self, held: usize, payload: usize) -> PairError {
+        PairError::GroupTooLarge {
+            held,
+            payload,
+            limit: self.max_group_bytes,
+        }
+    }
+}
+
 /// Why a caller did not pair. Every case leaves nothing behind.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PairError {
@@ -391,6 +441,12 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Whether the meeting place can be reached: `true`, then changes.
     fn reachable(&self) -> watch::Receiver<bool>;
+
+    /// What readiness says while [`Engine::reachable`] is `false`, in the
+    /// engine's own words.
+    fn unreachable_reason(&self) -> &'static str {
+        "cannot reach the meeting place"
+    }
 }
 
 /// Shards spread ids over independent locks, so that callers on different
@@ -406,37 +462,33 @@ pub struct LocalEngine {
     // them aim every id at one bucket.
     hasher: std::hash::RandomState,
     occupancy: Occupancy,
-    /// The most bytes of payloads one group may hold (`--max-group-bytes`).
-    max_group_bytes: usize,
+    limits: EngineLimits,
 }
 
 impl LocalEngine {
     /// An empty, open engine with no cap on waiting callers.
     pub fn new() -> Self {
-        Self::with_capacity(usize::MAX)
+        Self::with_limits(EngineLimits::NONE)
     }
 
-    /// An empty, open engine that holds at most `capacity` waiting callers,
-    /// so that no flood of callers can exhaust the server's memory. A caller
-    /// that completes a pair never counts against it.
-    pub fn with_capacity(capacity: usize) -> Self {
+    /// An empty, open engine that holds its callers to `limits`.
+    pub fn with_limits(limits: EngineLimits) -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Shard::default()).collect(),
             reachable: watch::Sender::new(true),
             hasher: std::hash::RandomState::new(),
-            occupancy: Occupancy::new(capacity, SHARDS),
-            max_group_bytes: usize::MAX,
+            occupancy: Occupancy::new(limits.max_waiters, SHARDS),
+            limits,
         }
     }
 
-    /// The same engine, refusing a caller whose payload would take its
-    /// group's payloads over `limit` bytes: every member is answered with
-    /// all of them, and a client refuses an answer over its receive limit.
-    pub fn with_max_group_bytes(self, limit: usize) -> Self {
-        Self {
-            max_group_bytes: limit,
-            ..self
-        }
+    /// An empty, open engine that holds at most `capacity` waiting callers,
+    /// and no limit on a group's bytes.
+    pub fn with_capacity(capacity: usize) -> Self {
+        Self::with_limits(EngineLimits {
+            max_waiters: capacity,
+            ..EngineLimits::NONE
+        })
     }
 
     /// Places taken against the cap by parked callers (the shards' spares
@@ -478,7 +530,7 @@ impl Engine for LocalEngine {
         let hash = self.hasher.hash_one(&id);
         let group = shard::Group {
             parties: parties.get(),
-            max_bytes: self.max_group_bytes,
+            max_bytes: self.limits.meeting_bytes(parties.get()),
         };
         let parking = match self
             .shard(hash)
@@ -489,11 +541,7 @@ impl Engine for LocalEngine {
                 return Ok(Meeting::new(position, offers, Duration::ZERO));
             }
             Arrival::Closed => return Err(PairError::ShuttingDown),
-            Arrival::Full => {
-                return Err(PairError::Full {
-                    capacity: self.occupancy.capacity,
-                });
-            }
+            Arrival::Full => return Err(self.limits.full()),
             Arrival::Mismatch { forming } => {
                 return Err(PairError::PartiesMismatch {
                     forming,
@@ -501,11 +549,7 @@ impl Engine for LocalEngine {
                 });
             }
             Arrival::TooLarge { held, payload } => {
-                return Err(PairError::GroupTooLarge {
-                    held,
-                    payload,
-                    limit: self.max_group_bytes,
-                });
+                return Err(self.limits.too_large(held, payload));
             }
             Arrival::Parked(parking) => parking,
         };
@@ -560,6 +604,30 @@ impl From<LocalEngine> for AnyEngine {
 impl From<RedisEngine> for AnyEngine {
     fn from(engine: RedisEngine) -> Self {
         Self::Redis(engine)
+    }
+}
+
+/// Why no engine could be built from the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// `--redis-url` or its companions are not usable.
+    #[error(transparent)]
+    Redis(#[from] RedisError),
+}
+
+impl AnyEngine {
+    /// The one place the engine is chosen: Redis with `--redis-url`, this
+    /// process otherwise. An engine with series of its own registers them
+    /// in `registry`.
+    pub fn build(
+        redis: &RedisArgs,
+        limits: EngineLimits,
+        registry: &mut prometheus_client::registry::Registry,
+    ) -> Result<Self, EngineError> {
+        Ok(match redis.engine_config(limits)? {
+            None => LocalEngine::with_limits(limits).into(),
+            Some(config) => RedisEngine::start(config, registry)?.into(),
+        })
     }
 }
 
@@ -628,6 +696,13 @@ impl Engine for AnyEngine {
         match self {
             Self::Local(engine) => engine.reachable(),
             Self::Redis(engine) => engine.reachable(),
+        }
+    }
+
+    fn unreachable_reason(&self) -> &'static str {
+        match self {
+            Self::Local(engine) => engine.unreachable_reason(),
+            Self::Redis(engine) => engine.unreachable_reason(),
         }
     }
 }

@@ -41,7 +41,7 @@ use crate::{
     grpc::GrpcService,
     health::Health,
     metrics::{Listener, Metrics},
-    pairing::{AnyEngine, Engine, LocalEngine, RedisConfig, RedisEngine, RedisError},
+    pairing::{AnyEngine, Engine, EngineError, EngineLimits},
     proto,
     service::{Limits, Rendezvous},
     tls::{Tls, TlsError},
@@ -72,17 +72,9 @@ pub enum ServerError {
     /// The listener's address could not be read back.
     #[error("cannot read a listener's address: {0}")]
     Io(#[from] io::Error),
-    /// `--redis-url` or its companions are not usable.
+    /// The engine's flags are not usable.
     #[error(transparent)]
-    Redis(#[from] RedisError),
-    /// `--redis-password-file` could not be read.
-    #[error("cannot read --redis-password-file {path}: {source}")]
-    RedisPassword {
-        /// The file named by the flag.
-        path: std::path::PathBuf,
-        /// What the operating system said.
-        source: io::Error,
-    },
+    Engine(#[from] EngineError),
 }
 
 /// A server whose listeners are bound but not yet serving.
@@ -142,34 +134,22 @@ impl Application {
     /// A server on listeners bound elsewhere (a test, socket activation); the
     /// addresses in `config` are not used.
     ///
-    /// The one place the engine is chosen: Redis with `--redis-url`, this
-    /// process otherwise.
+    /// The engine is chosen here, by [`AnyEngine::build`].
     pub fn from_listeners(
         config: Config,
         grpc: TcpListener,
         http: TcpListener,
     ) -> Result<Self, ServerError> {
         let mut metrics = Metrics::new();
-        let engine = Arc::new(match &config.redis.url {
-            None => LocalEngine::with_capacity(config.max_waiters)
-                .with_max_group_bytes(config.max_group_bytes)
-                .into(),
-            Some(url) => {
-                let password = match &config.redis.password_file {
-                    Some(path) => Some(read_password(path)?),
-                    None => None,
-                };
-                let redis = RedisConfig {
-                    url: url.clone(),
-                    password,
-                    key_prefix: config.redis.key_prefix.clone(),
-                    timeout: config.redis.timeout,
-                    capacity: config.max_waiters,
-                    max_group_bytes: config.max_group_bytes,
-                };
-                RedisEngine::start(redis, metrics.redis())?.into()
-            }
-        });
+        let limits = EngineLimits {
+            max_waiters: config.max_waiters,
+            max_group_bytes: config.max_group_bytes,
+        };
+        let engine = Arc::new(AnyEngine::build(
+            &config.redis,
+            limits,
+            metrics.registry_mut(),
+        )?);
         let auth = match &config.auth_token_file {
             Some(path) => Some(Arc::new(Auth::load(path.clone())?)),
             None => None,
@@ -243,7 +223,11 @@ impl Application {
             .with_auth(auth);
         let (health, health_server) = Health::serving().await;
         let health = Arc::new(health);
-        let follower = tokio::spawn(follow_reachability(engine.reachable(), health.clone()));
+        let follower = tokio::spawn(follow_reachability(
+            engine.reachable(),
+            engine.unreachable_reason(),
+            health.clone(),
+        ));
 
         let routes = Routes::new(health_server)
             .add_service(reflection().build_v1()?)
@@ -274,10 +258,6 @@ impl Application {
             http2_stream_window = config.http2.stream_window,
             http2_keepalive_interval = duration(config.http2.keepalive_interval),
             http2_keepalive_timeout = duration(config.http2.keepalive_timeout),
-            redis = config.redis.url.as_deref().map(crate::pairing::redact),
-            redis_key_prefix = config.redis.url.is_some().then_some(config.redis.key_prefix.as_str()),
-            redis_timeout = config.redis.url.is_some().then(|| duration(config.redis.timeout)),
-            redis_password_file = config.redis.password_file.is_some(),
             cors_allow_origin = config.cors_allow_origin.join(","),
             tokens = config.auth_token_file.is_some(),
             tls = config.tls_cert.is_some(),
@@ -351,24 +331,18 @@ impl Application {
 /// Readiness follows whether the meeting place can be reached.
 async fn follow_reachability(
     mut reachable: tokio::sync::watch::Receiver<bool>,
+    reason: &'static str,
     health: Arc<Health>,
 ) {
     loop {
         let now = *reachable.borrow_and_update();
-        health.set_reachable(now).await;
+        health
+            .set_reachable(if now { Ok(()) } else { Err(reason) })
+            .await;
         if reachable.changed().await.is_err() {
             return;
         }
     }
-}
-
-/// The Redis password: the file's first line, without its line ending.
-fn read_password(path: &std::path::Path) -> Result<String, ServerError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ServerError::RedisPassword {
-        path: path.to_owned(),
-        source,
-    })?;
-    Ok(text.lines().next().unwrap_or_default().to_owned())
 }
 
 fn reflection() -> tonic_reflection::server::Builder<'static> {

@@ -147,10 +147,14 @@ mod sync {
 // The engine's own shard code, built a second time on purpose, against the
 // primitives above. The model does not use every item in it.
 #[allow(dead_code, clippy::duplicate_mod)]
+#[path = "occupancy.rs"]
+mod occupancy;
+#[allow(dead_code, clippy::duplicate_mod)]
 #[path = "shard.rs"]
 mod shard;
 
-use shard::{Arrival, Group, Occupancy, Outcome, Shard};
+use occupancy::Occupancy;
+use shard::{Arrival, Group, Outcome, Shard};
 
 /// One shard and its cap, shared by the model's threads.
 struct World {

@@ -34,8 +34,8 @@
 --   'G' token '\n' key '\n' position '\n' result
 --                                   member `token`'s group completed; its
 --                                   payloads are in the key `result`
--- PUBLISH returns how many replicas listen: 0 means the caller's replica is
--- gone (killed, or cut off from Redis), and nobody is paired with it.
+-- Publishing returns how many replicas listen: 0 means the caller's replica
+-- is gone (killed, or cut off from Redis), and nobody is paired with it.
 --
 -- ARGV[1] is the operation, ARGV[2] the caller's token, then:
 --   arrive  channel payload wait_ms may_park
@@ -59,6 +59,33 @@ local function int(n)
   return string.format('%d', tonumber(n))
 end
 
+-- Wake-ups go to the receiving replica's channel. On one primary that is a
+-- classic channel, one per replica. In a cluster, a classic PUBLISH would be
+-- broadcast to every node and count the receivers of one, so there a replica
+-- has a shard channel per bucket of ids, named with the bucket's hash tag:
+-- the channel of any caller an id's script wakes is then in the slot of the
+-- id's keys, as a cluster requires of everything a script touches, and
+-- SPUBLISH counts exactly the replicas that listen to it. A channel's name
+-- says which kind it is: only shard channels have braces.
+local function sharded(channel)
+  return string.find(channel, '{', 1, true) ~= nil
+end
+
+local function publish(channel, message)
+  if sharded(channel) then
+    return redis.call('SPUBLISH', channel, message)
+  end
+  return redis.call('PUBLISH', channel, message)
+end
+
+-- PUBSUB NUMSUB's reply (channel, count, ...) for channels of one kind.
+local function numsub(channels)
+  if sharded(channels[1]) then
+    return redis.call('PUBSUB', 'SHARDNUMSUB', unpack(channels))
+  end
+  return redis.call('PUBSUB', 'NUMSUB', unpack(channels))
+end
+
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -80,7 +107,7 @@ end
 -- or nil after withdrawing an offer nobody can receive an answer to.
 local function pair(s)
   local message = 'R' .. s[3] .. '\n' .. key .. '\n' .. s[2]
-  if redis.call('PUBLISH', s[4], message) == 0 then
+  if publish(s[4], message) == 0 then
     redis.call('HDEL', key, 'o', 'oc', 'op', 'oe')
     return nil
   end
@@ -132,7 +159,7 @@ local function withdraw_completion(k, promote)
   local o = redis.call('HMGET', key, 'o', 'oc', 'op', 'oe', 'ol')
   redis.call('HDEL', key, 'o', 'oc', 'op', 'oe', 'ol', 'a')
   for i = 1, k do redis.call('HDEL', key, 'a' .. i) end
-  if promote and o[1] and redis.call('PUBLISH', o[2], 'P' .. o[1] .. '\n' .. key) > 0 then
+  if promote and o[1] and publish(o[2], 'P' .. o[1] .. '\n' .. key) > 0 then
     k = add_member(k, o[1], o[2], o[3], o[4], o[5])
   end
   return k
@@ -151,7 +178,7 @@ local function complete(me, k)
     latest = math.max(latest, tonumber(m[4]))
   end
   tokens[k + 1], channels[k + 1], payloads[k + 1] = o[1], o[2], o[3]
-  local listening = redis.call('PUBSUB', 'NUMSUB', unpack(channels))
+  local listening = numsub(channels)
   local offerer_listens = listening[2 * (k + 1)] ~= 0
   local gone = {}
   for i = 1, k + 1 do
@@ -175,7 +202,7 @@ local function complete(me, k)
     if i ~= me then
       local where = (i - 1) .. '\n' .. result
       redis.call('SET', key .. ':q:' .. tokens[i], where, 'PX', int(ttl))
-      redis.call('PUBLISH', channels[i], 'G' .. tokens[i] .. '\n' .. key .. '\n' .. where)
+      publish(channels[i], 'G' .. tokens[i] .. '\n' .. key .. '\n' .. where)
     end
   end
   redis.call('DEL', key)
@@ -237,7 +264,7 @@ if op == 'join' then
     local i = 1
     while i <= k do
       local m = redis.call('HMGET', key, 't' .. i, 'c' .. i)
-      if redis.call('PUBLISH', m[2], 'O' .. m[1] .. '\n' .. key) > 0 then
+      if publish(m[2], 'O' .. m[1] .. '\n' .. key) > 0 then
         i = i + 1
       else
         k = remove_member(i, k)
@@ -273,7 +300,7 @@ if op == 'arrive' then
   if s[1] then
     -- Someone else is already pairing with the waiter: try again shortly.
     if s[3] then return {'busy'} end
-    if redis.call('PUBLISH', s[7], 'O' .. s[1] .. '\n' .. key) > 0 then
+    if publish(s[7], 'O' .. s[1] .. '\n' .. key) > 0 then
       redis.call('HSET', key, 'o', token, 'oc', channel, 'op', payload, 'oe', int(now_ms() + wait))
       expire_within(wait + SLACK_MS)
       return {'offered'}
@@ -326,7 +353,7 @@ if op == 'leave' then
         -- The deadline came with an offer pending: the offer was first.
         local payload = pair(s)
         if payload then return {'first', payload} end
-      elseif redis.call('PUBLISH', s[4], 'P' .. s[3] .. '\n' .. key) > 0 then
+      elseif publish(s[4], 'P' .. s[3] .. '\n' .. key) > 0 then
         -- The waiter left: its offerer takes its place.
         redis.call('HSET', key, 'w', s[3], 'wc', s[4], 'wp', s[5], 'we', s[6])
         redis.call('HDEL', key, 'o', 'oc', 'op', 'oe')

@@ -36,11 +36,10 @@ use std::{
     time::Duration,
 };
 
+use arc_swap::ArcSwapOption;
 use bytes::Bytes;
-use redis::{
-    Client, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Script, Value,
-    aio::{ConnectionManager, ConnectionManagerConfig},
-};
+use prometheus_client::registry::Registry;
+use redis::{PushInfo, PushKind, Script, Value};
 use sha2::{Digest as _, Sha256};
 use tokio::{
     sync::{Notify, Semaphore, mpsc, watch},
@@ -49,17 +48,23 @@ use tokio::{
 
 mod config;
 mod guard;
+mod links;
+mod metrics;
 mod probe;
+mod slots;
 mod wire;
 
-pub use config::{RedisConfig, RedisError, redact};
+use config::Deployment;
+pub use config::{RedisArgs, RedisConfig, RedisError, redact};
 use guard::Guard;
+use links::{Connector, Links, Pushes};
+use metrics::RedisMetrics;
 use probe::{probe, sweep};
+use slots::{BUCKETS, Digest};
 use wire::{seal, settled, unexpected, unpack, unseal, wait_ms};
 
-use super::{Engine, Id, Meeting, Offer, Offers, PairError, Parties, Role};
-use crate::hex::Hex16;
-use crate::metrics::RedisMetrics;
+use super::occupancy::Occupancy;
+use super::{Engine, EngineLimits, Id, Meeting, Offer, Offers, PairError, Parties, Role};
 
 /// A command may take this many `--redis-timeout`s: the probe, not one slow
 /// command, decides that Redis is unreachable, since a command can queue
@@ -74,11 +79,6 @@ const IN_FLIGHT: usize = 256;
 
 /// The longest pause between two tries of an arrival that found the id busy.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
-
-/// The format of what the keys hold, in every key's name: replicas that
-/// write different formats (during an upgrade) never meet, rather than hand
-/// each other payloads they would misread. `v2` added the trace id.
-const FORMAT: &str = "v2";
 
 /// What a parked caller's replica learns about it.
 #[derive(Debug)]
@@ -138,27 +138,33 @@ pub struct RedisEngine {
 }
 
 struct Inner {
-    /// The callers' commands.
-    connection: ConnectionManager,
-    /// This replica's subscription, and the probe's PING: on the callers'
-    /// connection, a PING would queue behind their commands, and a burst
-    /// would look like an outage.
-    subscriber: ConnectionManager,
+    /// The callers' commands, and this replica's subscription with the
+    /// probe's PING: on the callers' connection, a PING would queue behind
+    /// their commands, and a burst would look like an outage. `None` until
+    /// the probe first connects.
+    links: ArcSwapOption<Links>,
+    /// Makes the links, and makes them again where a failover moves the
+    /// primary.
+    connector: Connector,
+    /// Bumped whenever the links are replaced: pushes from older links
+    /// (closing as they are dropped) are not news about the new ones.
+    generation: AtomicU64,
     script: Script,
     key_prefix: String,
-    /// This replica's channel, and the start of its callers' tokens.
-    channel: String,
+    /// This replica's channels: one, or in a cluster one per bucket (see
+    /// `slots.rs`).
+    channels: Vec<String>,
+    /// The start of this replica's callers' tokens, and of its channels.
     replica: String,
     next_ticket: AtomicU64,
     /// The callers waiting through this replica, by ticket.
     slots: Mutex<HashMap<u64, Arc<Slot>>>,
     /// Places taken against the cap: callers parked in Redis through this
     /// replica, and arrivals that may park, from before they ask Redis.
-    places: AtomicUsize,
+    places: Occupancy,
     /// Callers parked in Redis through this replica (not offerers).
     parked: AtomicUsize,
-    capacity: usize,
-    max_group_bytes: usize,
+    limits: EngineLimits,
     timeout: Duration,
     closed: AtomicBool,
     reachable: watch::Sender<bool>,
@@ -176,7 +182,7 @@ struct Inner {
 impl fmt::Debug for RedisEngine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisEngine")
-            .field("channel", &self.inner.channel)
+            .field("channel", &self.inner.channels[0])
             .field("waiting", &self.waiting())
             .finish()
     }
@@ -185,81 +191,50 @@ impl fmt::Debug for RedisEngine {
 impl RedisEngine {
     /// Connects to Redis in the background and returns at once: the replica
     /// starts (not ready) even while Redis is down, and becomes ready when
-    /// Redis answers.
-    pub fn start(config: RedisConfig, metrics: RedisMetrics) -> Result<Self, RedisError> {
+    /// Redis answers. Its series go into `registry`.
+    pub fn start(config: RedisConfig, registry: &mut Registry) -> Result<Self, RedisError> {
         if config.key_prefix.contains(['{', '}']) {
             return Err(RedisError::BadPrefix(config.key_prefix));
         }
-        let bad_url = |reason: String| RedisError::BadUrl {
-            url: redact(&config.url),
-            reason,
-        };
-        if !(config.url.starts_with("redis://") || config.url.starts_with("rediss://")) {
-            return Err(bad_url("use redis:// or rediss:// (TLS)".into()));
-        }
-        let mut info = config
-            .url
-            .as_str()
-            .into_connection_info()
-            .map_err(|e| bad_url(e.to_string()))?;
-        let mut settings = info.redis_settings().clone();
-        if let Some(password) = &config.password {
-            settings = settings.set_password(password);
-        }
-        info = info.set_redis_settings(settings.set_protocol(ProtocolVersion::RESP3));
-        if config.url.starts_with("rediss://") {
-            // rustls needs a process-wide provider; the server's TLS uses ring.
-            let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
-        }
-        let client = Client::open(info).map_err(|e| bad_url(e.to_string()))?;
-
+        let deployment = Deployment::parse(&config.url, config.password.as_deref())?;
         // Messages are handled where the connection hands them over, with
         // no task in between: the engine is filled in once it exists.
         let engine: Arc<OnceLock<Weak<Inner>>> = Arc::default();
-        let pushes = {
-            let engine = engine.clone();
-            move |push: PushInfo| -> Result<(), std::convert::Infallible> {
-                if let Some(inner) = engine.get().and_then(Weak::upgrade) {
-                    inner.pushed(push);
-                }
-                Ok(())
-            }
-        };
+        // A cluster's links are made once, and follow the cluster by
+        // themselves: their pushes are always news.
+        let connector = Connector::new(&deployment, &config, &pushes_for(&engine, None))?;
+        tracing::info!(
+            redis = %redact(&config.url),
+            redis_mode = deployment.mode(),
+            redis_key_prefix = %config.key_prefix,
+            redis_timeout = %humantime::format_duration(config.timeout),
+            redis_password_file = config.password.is_some(),
+            "meeting through Redis"
+        );
+        let metrics = RedisMetrics::register(registry);
         let (janitor, swept) = mpsc::unbounded_channel();
-        // The probe retries on its own schedule; a long backoff inside the
-        // managers would only hold calls up.
-        let managed = || {
-            ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(config.timeout))
-                .set_number_of_retries(1)
-                .set_max_delay(config.timeout)
-        };
-        let callers = managed().set_response_timeout(Some(config.timeout * COMMANDS_WAIT));
-        let connection = ConnectionManager::new_lazy_with_config(client.clone(), callers)
-            .map_err(|e| bad_url(e.to_string()))?;
-        let subscribing = managed()
-            .set_push_sender(pushes)
-            .set_automatic_resubscription()
-            .set_response_timeout(Some(config.timeout));
-        let subscriber = ConnectionManager::new_lazy_with_config(client, subscribing)
-            .map_err(|e| bad_url(e.to_string()))?;
-
         let replica = format!("{:016x}", std::hash::RandomState::new().hash_one(0u8));
+        let channels = match connector.sharded() {
+            true => (0..BUCKETS)
+                .map(|bucket| slots::shard_channel(&config.key_prefix, bucket, &replica))
+                .collect(),
+            false => vec![format!("{}replica:{replica}", config.key_prefix)],
+        };
         let (reachable, _) = watch::channel(false);
         metrics.reachable.set(0);
         let inner = Arc::new(Inner {
-            connection,
-            subscriber,
+            links: ArcSwapOption::empty(),
+            connector,
+            generation: AtomicU64::new(0),
             script: Script::new(include_str!("redis.lua")),
-            channel: format!("{}replica:{replica}", config.key_prefix),
+            channels,
             key_prefix: config.key_prefix,
             replica,
             next_ticket: AtomicU64::new(0),
             slots: Mutex::new(HashMap::new()),
-            places: AtomicUsize::new(0),
+            places: Occupancy::exact(config.limits.max_waiters),
             parked: AtomicUsize::new(0),
-            capacity: config.capacity,
-            max_group_bytes: config.max_group_bytes,
+            limits: config.limits,
             timeout: config.timeout,
             closed: AtomicBool::new(false),
             reachable,
@@ -272,15 +247,34 @@ impl RedisEngine {
         let _ = engine.set(Arc::downgrade(&inner));
         // Both hold the engine weakly, and end with it.
         tokio::spawn(sweep(Arc::downgrade(&inner), swept));
-        tokio::spawn(probe(Arc::downgrade(&inner)));
+        tokio::spawn(probe(Arc::downgrade(&inner), engine));
         Ok(Self { inner })
     }
 
-    /// This replica's pub/sub channel, for tests that check what is left in
-    /// Redis.
+    /// One of this replica's pub/sub channels (the first bucket's, in a
+    /// cluster), for tests that check what is left in Redis.
     pub fn channel(&self) -> &str {
-        &self.inner.channel
+        &self.inner.channels[0]
     }
+
+    /// The key that `id`'s meeting place has under `prefix`, for tools and
+    /// tests that look into Redis.
+    pub fn key_of(prefix: &str, id: &Id) -> String {
+        slots::key(prefix, &id_digest(id))
+    }
+}
+
+/// Hands the pushes of one generation of links (or of any, with `None`) to
+/// the engine, once it exists.
+fn pushes_for(engine: &Arc<OnceLock<Weak<Inner>>>, generation: Option<u64>) -> Pushes {
+    let engine = engine.clone();
+    Arc::new(move |push: PushInfo| {
+        if let Some(inner) = engine.get().and_then(Weak::upgrade)
+            && generation.is_none_or(|g| g == inner.generation.load(Ordering::Acquire))
+        {
+            inner.pushed(push);
+        }
+    })
 }
 
 impl Engine for RedisEngine {
@@ -321,6 +315,10 @@ impl Engine for RedisEngine {
 
     fn reachable(&self) -> watch::Receiver<bool> {
         self.inner.reachable.subscribe()
+    }
+
+    fn unreachable_reason(&self) -> &'static str {
+        UNREACHABLE
     }
 }
 
@@ -370,13 +368,16 @@ impl Inner {
     /// A waiting caller keeps only the hash, and builds the key when it
     /// sends a command: every byte it keeps is paid for as long as it waits.
     fn key(&self, digest: &Digest) -> String {
-        let mut key = String::with_capacity(self.key_prefix.len() + FORMAT.len() + 34);
-        key.push_str(&self.key_prefix);
-        key.push_str(FORMAT);
-        key.push('{');
-        key.push_str(Hex16::new(digest).as_str());
-        key.push('}');
-        key
+        slots::key(&self.key_prefix, digest)
+    }
+
+    /// The channel this replica hears about the id whose hash is `digest`
+    /// on: in a cluster, the one in its key's slot.
+    fn channel(&self, digest: &Digest) -> &str {
+        match self.channels.len() {
+            1 => &self.channels[0],
+            _ => &self.channels[slots::bucket(digest)],
+        }
     }
 
     fn token(&self, ticket: u64) -> String {
@@ -476,11 +477,8 @@ impl Inner {
                 // with none left, it leaves (the guard removes it).
                 Event::Promoted => {
                     if !guard.place {
-                        if self.places.fetch_add(1, Ordering::Relaxed) >= self.capacity {
-                            self.places.fetch_sub(1, Ordering::Relaxed);
-                            return Err(PairError::Full {
-                                capacity: self.capacity,
-                            });
+                        if !self.places.take() {
+                            return Err(self.limits.full());
                         }
                         guard.place = true;
                         self.parked.fetch_add(1, Ordering::Relaxed);
@@ -561,8 +559,8 @@ impl Inner {
             };
             // A place against the cap, taken before asking, so that two
             // arrivals at once cannot both take the last one.
-            let may_park = self.places.fetch_add(1, Ordering::Relaxed) < self.capacity;
-            guard.place = true;
+            let may_park = self.places.take();
+            guard.place = may_park;
             // Each command's future is boxed, here and below: it lives for a
             // round trip, and inline it would size every waiting caller.
             let arrived =
@@ -570,8 +568,8 @@ impl Inner {
             if matches!(arrived, Ok(Arrived::Parked)) {
                 self.parked.fetch_add(1, Ordering::Relaxed);
                 guard.parked = true;
-            } else {
-                self.places.fetch_sub(1, Ordering::Relaxed);
+            } else if guard.place {
+                self.places.give_back();
                 guard.place = false;
             }
             match arrived? {
@@ -580,9 +578,7 @@ impl Inner {
                 Arrived::Parked | Arrived::Offered => return Ok(None),
                 Arrived::Full => {
                     guard.settled = true;
-                    return Ok(Some(PairError::Full {
-                        capacity: self.capacity,
-                    }));
+                    return Ok(Some(self.limits.full()));
                 }
                 Arrived::Mismatch(forming) => {
                     guard.settled = true;
@@ -593,11 +589,7 @@ impl Inner {
                 }
                 Arrived::TooLarge(held) => {
                     guard.settled = true;
-                    return Ok(Some(PairError::GroupTooLarge {
-                        held,
-                        payload: payload_len,
-                        limit: self.max_group_bytes,
-                    }));
+                    return Ok(Some(self.limits.too_large(held, payload_len)));
                 }
                 // Another caller is pairing with this id's waiter right now;
                 // the id is free again within a round trip or two.
@@ -622,7 +614,7 @@ impl Inner {
         invocation
             .arg(if group { "join" } else { "arrive" })
             .arg(&token)
-            .arg(&self.channel)
+            .arg(self.channel(&guard.digest))
             .arg(payload.as_ref())
             .arg(wait_ms(wait))
             .arg(if may_park { "1" } else { "0" });
@@ -630,7 +622,7 @@ impl Inner {
             invocation
                 .arg(guard.parties)
                 .arg(payload_len)
-                .arg(self.max_group_bytes);
+                .arg(self.limits.meeting_bytes(guard.parties));
         }
         let reply = self.run(&invocation).await?;
         let number = || {
@@ -690,7 +682,10 @@ impl Inner {
         invocation: &redis::ScriptInvocation<'_>,
     ) -> Result<Vec<Vec<u8>>, PairError> {
         let mut reachable = self.reachable.subscribe();
-        let mut connection = self.connection.clone();
+        let Some(links) = self.links.load_full() else {
+            return Err(PairError::Unavailable(UNREACHABLE.into()));
+        };
+        let mut connection = links.commands.clone();
         let start = Instant::now();
         // Boxed: inline, this large future would be part of every waiting
         // caller's, though it lives only for a round trip.
@@ -784,12 +779,19 @@ impl Inner {
     /// caller can trust what it has not been told.
     fn pushed(self: &Arc<Self>, push: PushInfo) {
         match push.kind {
-            PushKind::Message => {
+            PushKind::Message | PushKind::SMessage => {
                 if let Some(Value::BulkString(message)) = push.data.get(1) {
                     self.received(message);
                 }
             }
             PushKind::Disconnection => self.lost("lost the connection to Redis".into()),
+            // This replica never unsubscribes: Redis dropped a subscription,
+            // as a cluster does when a slot moves to another node. Messages
+            // on it may be lost until the probe has it back.
+            PushKind::Unsubscribe | PushKind::SUnsubscribe => {
+                self.metrics.failovers.inc();
+                self.lost("Redis dropped this replica's subscription (a slot moved)".into());
+            }
             _ => {}
         }
     }
@@ -863,9 +865,6 @@ impl Inner {
     }
 }
 
-/// The first half of an id's SHA-256: its key's hash tag.
-type Digest = [u8; 16];
-
 /// Ids are hashed: they can be secret meeting codes, and a hash keeps braces
 /// in an id from breaking the hash tag that keeps an id's keys in one
 /// cluster slot.
@@ -887,11 +886,18 @@ mod tests {
         RedisConfig {
             url: url.into(),
             password: Some("from-a-file".into()),
+            sentinel_password: None,
             key_prefix: "debug:".into(),
             timeout: Duration::from_millis(10),
-            capacity: 1,
-            max_group_bytes: usize::MAX,
+            limits: EngineLimits {
+                max_waiters: 1,
+                max_group_bytes: usize::MAX,
+            },
         }
+    }
+
+    fn start(config: RedisConfig) -> Result<RedisEngine, RedisError> {
+        RedisEngine::start(config, &mut Registry::default())
     }
 
     #[test]
@@ -910,34 +916,54 @@ mod tests {
 
     #[tokio::test]
     async fn an_engine_shows_its_channel_and_how_many_wait() {
-        let engine = RedisEngine::start(
-            config("redis://127.0.0.1:1"),
-            crate::metrics::Metrics::new().redis(),
-        )
-        .unwrap();
+        let engine = start(config("redis://127.0.0.1:1")).unwrap();
         let shown = format!("{engine:?}");
         let channel = engine.channel().to_owned();
-        assert!(channel.starts_with("debug:replica:"), "{channel}");
+        assert_eq!(channel, format!("debug:replica:{}", engine.inner.replica));
         assert_eq!(
             shown,
             format!("RedisEngine {{ channel: {channel:?}, waiting: 0 }}")
         );
+        assert_eq!(engine.unreachable_reason(), "cannot reach Redis");
+    }
+
+    /// In a cluster, one shard channel per bucket, each in its bucket's slot.
+    #[tokio::test]
+    async fn a_cluster_replica_has_a_channel_per_bucket() {
+        let engine = start(config("redis+cluster://127.0.0.1:1")).unwrap();
+        let channels = &engine.inner.channels;
+        assert_eq!(channels.len(), BUCKETS);
+        let digest: Digest = [7; 16];
+        let channel = engine.inner.channel(&digest);
+        assert_eq!(
+            slots::slot(channel.as_bytes()),
+            slots::slot(engine.inner.key(&digest).as_bytes())
+        );
+        assert!(channel.ends_with(&format!("}}replica:{}", engine.inner.replica)));
     }
 
     #[test]
     fn bad_urls_and_prefixes_are_refused_with_the_secret_hidden() {
-        let metrics = || crate::metrics::Metrics::new().redis();
-        let error = RedisEngine::start(config("http://user:hunter2@db"), metrics()).unwrap_err();
-        assert_eq!(
-            error.to_string(),
-            "--redis-url http://user:***@db is not usable: use redis:// or rediss:// (TLS)"
+        let error = start(config("http://user:hunter2@db")).unwrap_err();
+        assert!(
+            error.to_string().starts_with(
+                "--redis-url http://user:***@db is not usable: use redis:// or rediss:// (TLS)"
+            ),
+            "{error}"
         );
         let mut braces = config("redis://db");
         braces.key_prefix = "app{1}:".into();
-        let error = RedisEngine::start(braces, metrics()).unwrap_err();
+        let error = start(braces).unwrap_err();
         assert_eq!(
             error.to_string(),
             "--redis-key-prefix \"app{1}:\" must not contain '{' or '}'"
+        );
+        let mut sentinel_password = config("redis://db");
+        sentinel_password.sentinel_password = Some("x".into());
+        let error = start(sentinel_password).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "--redis-sentinel-password-file needs a redis+sentinel:// URL"
         );
     }
 }
@@ -951,13 +977,12 @@ mod size {
         let config = super::RedisConfig {
             url: "redis://127.0.0.1:1".into(),
             password: None,
+            sentinel_password: None,
             key_prefix: "size:".into(),
             timeout: std::time::Duration::from_millis(10),
-            capacity: 1,
-            max_group_bytes: usize::MAX,
+            limits: super::EngineLimits::NONE,
         };
-        let engine =
-            super::RedisEngine::start(config, crate::metrics::Metrics::new().redis()).unwrap();
+        let engine = super::RedisEngine::start(config, &mut Default::default()).unwrap();
         let call = engine.inner.clone().meet(
             [0; 16],
             super::Parties::TWO,

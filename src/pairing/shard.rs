@@ -21,72 +21,9 @@ use smallvec::SmallVec;
 
 use super::{
     Id, Offer, Offers,
-    sync::{AtomicUsize, Mutex, MutexGuard, Ordering, oneshot},
+    occupancy::Occupancy,
+    sync::{Mutex, MutexGuard, oneshot},
 };
-/// Places for parked callers, against the cap.
-///
-/// One counter for the whole engine would put a cache line that every core
-/// writes on every park (it cut the engine's two-core scaling from 1.55 to
-/// 1.23). So a shard that frees a place may keep it as a spare for its next
-/// parked caller instead of handing it back. With large caps a shard keeps at
-/// most one spare, so the cap holds to within one place per shard (0.4% at the
-/// smallest cap that allows spares); below that, every place goes through the
-/// counter and the cap is exact.
-pub(super) struct Occupancy {
-    /// Places taken: parked callers plus the shards' spares.
-    taken: CachePadded<AtomicUsize>,
-    /// The cap on waiting callers.
-    pub(super) capacity: usize,
-    /// How many spares one shard may keep.
-    spares_per_shard: usize,
-}
-
-/// Keeps a hot atomic on cache lines of its own.
-#[repr(align(128))]
-struct CachePadded<T>(T);
-
-impl Occupancy {
-    /// Room for `capacity` parked callers. Shards keep spares only when the
-    /// cap is large enough for the slack to be negligible.
-    pub(super) fn new(capacity: usize, shards: usize) -> Self {
-        Self {
-            taken: CachePadded(AtomicUsize::new(0)),
-            capacity,
-            spares_per_shard: usize::from(capacity >= shards * 256),
-        }
-    }
-
-    /// Places taken, the shards' spares included.
-    #[cfg(test)]
-    pub(super) fn taken(&self) -> usize {
-        self.taken.0.load(Ordering::Relaxed)
-    }
-
-    /// Takes a place for one more parked caller in a shard that keeps
-    /// `spares`: its spare if it has one, or a new one if the cap allows.
-    fn admit(&self, spares: &mut usize) -> bool {
-        if *spares > 0 {
-            *spares -= 1;
-            return true;
-        }
-        // Relaxed: the count orders nothing else; the shard lock does that.
-        if self.taken.0.fetch_add(1, Ordering::Relaxed) < self.capacity {
-            return true;
-        }
-        self.taken.0.fetch_sub(1, Ordering::Relaxed);
-        false
-    }
-
-    /// Frees the place of a caller that left a shard that keeps `spares`.
-    fn release(&self, spares: &mut usize) {
-        if *spares < self.spares_per_shard {
-            *spares += 1;
-        } else {
-            self.taken.0.fetch_sub(1, Ordering::Relaxed);
-        }
-    }
-}
-
 /// Aligned to its own cache lines (128 bytes covers the adjacent-line
 /// prefetcher), so that two cores working on neighbouring shards do not
 /// slow each other down through false sharing.
@@ -150,8 +87,9 @@ pub(super) struct Delivery(usize, Offers);
 pub(super) struct Group {
     /// How many callers make up its group.
     pub(super) parties: u32,
-    /// The most bytes of payloads the group may hold, if it is larger than
-    /// a pair.
+    /// The most bytes of payloads the group may hold
+    /// ([`EngineLimits::meeting_bytes`](super::EngineLimits::meeting_bytes) in the
+    /// engine): `usize::MAX` for none.
     pub(super) max_bytes: usize,
 }
 
@@ -196,11 +134,7 @@ impl Shard {
             return Arrival::Closed;
         }
         let payload = offer.payload.len();
-        // Pairs are held to `--max-payload` alone.
-        let max_bytes = match group.parties {
-            2 => usize::MAX,
-            _ => group.max_bytes,
-        };
+        let max_bytes = group.max_bytes;
         let Ok(mut entry) = state.table.find_entry(hash, |f| f.id == id) else {
             if payload > max_bytes {
                 return Arrival::TooLarge { held: 0, payload };

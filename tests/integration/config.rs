@@ -118,12 +118,16 @@ async fn every_setting_can_come_from_its_environment_variable() {
     let mut child = command.spawn().unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let listening = common::within(async {
+        let mut engine = serde_json::Map::new();
         loop {
             let line = lines.next_line().await.unwrap().expect("the server starts");
             // RENDEZVOUS_LOG_FORMAT=json: every line is JSON.
             let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+            common::settings(&event, &mut engine);
             if event["fields"]["message"] == "listening" {
-                return event["fields"].clone();
+                let mut fields = event["fields"].as_object().unwrap().clone();
+                fields.extend(engine);
+                return serde_json::Value::Object(fields);
             }
         }
     })

@@ -17,7 +17,7 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 use bytes::Bytes;
 use proptest::prelude::*;
 use rendezvous::pairing::{
-    Engine, Id, LocalEngine, Meeting, Offer, PairError, Parties, RedisEngine, Role,
+    Engine, EngineLimits, Id, LocalEngine, Meeting, Offer, PairError, Parties, RedisEngine, Role,
 };
 use rendezvous::trace::TraceId;
 use tokio::{task::JoinHandle, time::Instant};
@@ -29,6 +29,7 @@ use crate::common::{
     },
     eventually,
     redis::{self, RedisServer},
+    topology::{Kind, Topology},
     within,
 };
 
@@ -69,7 +70,10 @@ impl Harness for Local {
     }
 
     async fn engine_with(&self, capacity: usize, max_group_bytes: usize) -> Arc<LocalEngine> {
-        Arc::new(LocalEngine::with_capacity(capacity).with_max_group_bytes(max_group_bytes))
+        Arc::new(LocalEngine::with_limits(EngineLimits {
+            max_waiters: capacity,
+            max_group_bytes,
+        }))
     }
 
     async fn assert_nothing_left(&self) {}
@@ -80,45 +84,135 @@ impl Harness for Local {
     async fn slow_down_removals(&self) {}
 }
 
-pub struct OnRedis {
-    pub server: RedisServer,
-    pub prefix: String,
+/// Where a Redis harness's engines meet: a Redis of the scenario's own, or
+/// a Sentinel set or cluster shared by the test binary (each scenario with
+/// a key prefix of its own).
+pub enum Place {
+    Single(RedisServer),
+    Shared(&'static Topology),
 }
 
-impl Harness for OnRedis {
-    type Engine = RedisEngine;
-
-    async fn new() -> Self {
-        Self {
-            server: RedisServer::start().await,
-            prefix: redis::unique_prefix("suite"),
+impl Place {
+    pub fn url(&self) -> String {
+        match self {
+            Self::Single(server) => server.url(),
+            Self::Shared(topology) => topology.url.clone(),
         }
     }
 
+    pub async fn keys(&self, prefix: &str) -> Vec<String> {
+        match self {
+            Self::Single(server) => server.keys(prefix).await,
+            Self::Shared(topology) => topology.keys(prefix).await,
+        }
+    }
+
+    pub async fn until_keys(&self, prefix: &str, n: usize) {
+        match self {
+            Self::Single(server) => server.until_keys(prefix, n).await,
+            Self::Shared(topology) => topology.until_keys(prefix, n).await,
+        }
+    }
+
+    pub async fn pause_writes(&self, ms: u64) {
+        match self {
+            Self::Single(server) => {
+                let paused: String = server
+                    .query(::redis::cmd("CLIENT").arg("PAUSE").arg(ms).arg("WRITE"))
+                    .await;
+                assert_eq!(paused, "OK");
+            }
+            Self::Shared(topology) => topology.pause_writes(ms).await,
+        }
+    }
+
+    /// The shared topology of `kind`, started on first use.
+    pub async fn shared(kind: Kind) -> Self {
+        let topology = tokio::task::spawn_blocking(move || Topology::shared(kind))
+            .await
+            .unwrap();
+        Self::Shared(topology)
+    }
+}
+
+/// The Redis engine, on one Redis ([`OnRedis`]), under Sentinel
+/// ([`OnSentinel`]) or on a cluster ([`OnCluster`]).
+pub struct RedisHarness {
+    pub place: Place,
+    pub prefix: String,
+}
+
+impl RedisHarness {
     async fn engine_with(&self, capacity: usize, max_group_bytes: usize) -> Arc<RedisEngine> {
-        let mut config = redis::engine_config(self.server.url(), &self.prefix, capacity);
-        config.max_group_bytes = max_group_bytes;
+        let mut config = redis::engine_config(self.place.url(), &self.prefix, capacity);
+        config.limits.max_group_bytes = max_group_bytes;
         Arc::new(redis::start_engine(config).await)
     }
 
     async fn assert_nothing_left(&self) {
-        self.server.until_keys(&self.prefix, 0).await;
+        self.place.until_keys(&self.prefix, 0).await;
     }
 
     async fn assert_nothing_left_now(&self) {
-        let left = self.server.keys(&self.prefix).await;
+        let left = self.place.keys(&self.prefix).await;
         assert!(left.is_empty(), "keys left in Redis: {left:?}");
     }
-
-    /// Scripts wait 300 ms; reads (the check above) do not.
-    async fn slow_down_removals(&self) {
-        let paused: String = self
-            .server
-            .query(::redis::cmd("CLIENT").arg("PAUSE").arg(300).arg("WRITE"))
-            .await;
-        assert_eq!(paused, "OK");
-    }
 }
+
+macro_rules! redis_harness {
+    ($(#[$doc:meta])* $name:ident, $place:expr) => {
+        $(#[$doc])*
+        pub struct $name(pub RedisHarness);
+
+        impl Harness for $name {
+            type Engine = RedisEngine;
+
+            async fn new() -> Self {
+                Self(RedisHarness {
+                    place: $place,
+                    prefix: redis::unique_prefix("suite"),
+                })
+            }
+
+            async fn engine_with(
+                &self,
+                capacity: usize,
+                max_group_bytes: usize,
+            ) -> Arc<RedisEngine> {
+                self.0.engine_with(capacity, max_group_bytes).await
+            }
+
+            async fn assert_nothing_left(&self) {
+                self.0.assert_nothing_left().await;
+            }
+
+            async fn assert_nothing_left_now(&self) {
+                self.0.assert_nothing_left_now().await;
+            }
+
+            /// Scripts wait 300 ms; reads (the check above) do not.
+            async fn slow_down_removals(&self) {
+                self.0.place.pause_writes(300).await;
+            }
+        }
+    };
+}
+
+redis_harness!(
+    /// One `redis-server` of the scenario's own.
+    OnRedis,
+    Place::Single(RedisServer::start().await)
+);
+redis_harness!(
+    /// The test binary's Sentinel set: a primary, a replica, three Sentinels.
+    OnSentinel,
+    Place::shared(Kind::Sentinel).await
+);
+redis_harness!(
+    /// The test binary's cluster: three primaries, each with a replica.
+    OnCluster,
+    Place::shared(Kind::Cluster).await
+);
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -885,6 +979,22 @@ macro_rules! both {
                 suite!(super::super::OnRedis, super::super::Inputs::LARGEST; $($scenario),*);
             }
         }
+        mod sentinel {
+            mod as_written {
+                suite!(super::super::OnSentinel, super::super::Inputs::AS_WRITTEN; $($scenario),*);
+            }
+            mod largest {
+                suite!(super::super::OnSentinel, super::super::Inputs::LARGEST; $($scenario),*);
+            }
+        }
+        mod cluster {
+            mod as_written {
+                suite!(super::super::OnCluster, super::super::Inputs::AS_WRITTEN; $($scenario),*);
+            }
+            mod largest {
+                suite!(super::super::OnCluster, super::super::Inputs::LARGEST; $($scenario),*);
+            }
+        }
     };
 }
 
@@ -923,6 +1033,16 @@ mod properties {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn redis_engine() {
         super::random_schedules_agree_with_the_model::<super::OnRedis>().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sentinel() {
+        super::random_schedules_agree_with_the_model::<super::OnSentinel>().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cluster() {
+        super::random_schedules_agree_with_the_model::<super::OnCluster>().await;
     }
 }
 

@@ -274,18 +274,21 @@ async fn keys_share_one_hash_slot_per_id_and_expire_with_the_wait() {
     let keys = replicas.redis.keys(&replicas.prefix).await;
     assert_eq!(keys.len(), 1, "{keys:?}");
     let key = &keys[0];
-    // `prefixv2{hash}`: the format's version, then braces that make a hash
-    // tag, so every key of one id lands in one Redis Cluster slot; the id
-    // itself is not in it.
-    let tag = key
+    // `prefixv3{bucket}hash`: the format's version, then braces around the
+    // tag of the id's bucket, so every key of one id lands in one Redis
+    // Cluster slot, then half the id's SHA-256; the id itself is not in it.
+    let rest = key
         .strip_prefix(replicas.prefix.as_str())
         .unwrap()
-        .strip_prefix("v2")
+        .strip_prefix("v3{")
         .unwrap();
+    let (tag, hash) = rest.split_once('}').unwrap();
+    assert!(tag.bytes().all(|b| b.is_ascii_digit()), "{key}");
     assert!(
-        tag.starts_with('{') && tag.ends_with('}') && tag.len() == 34,
+        hash.len() == 32 && hash.bytes().all(|b| b.is_ascii_hexdigit()),
         "{key}"
     );
+    assert_eq!(key, &replicas.key_of("tagged"));
     assert!(!key.contains("tagged"), "{key}");
     let ttl: i64 = replicas.redis.query(redis::cmd("PTTL").arg(key)).await;
     assert!(ttl > 0 && ttl <= 30_000 + 1_000, "TTL {ttl} ms");

@@ -5,7 +5,7 @@ use std::sync::{Arc, atomic::Ordering};
 
 use tokio::time::Instant;
 
-use super::{Digest, Inner};
+use super::{Inner, slots::Digest};
 
 /// A caller's claim on its entries: dropped unsettled (the caller left, or
 /// its outcome is unknown), it removes them from Redis in a task.
@@ -45,7 +45,7 @@ impl Drop for Guard {
         }
         self.inner.lock_slots().remove(&self.ticket);
         if self.place {
-            self.inner.places.fetch_sub(1, Ordering::Relaxed);
+            self.inner.places.give_back();
         }
         if self.parked {
             self.inner.parked.fetch_sub(1, Ordering::Relaxed);

@@ -1,15 +1,20 @@
-//! The replica's background tasks: the probe, which subscribes this
-//! replica's channel and decides whether Redis is reachable, and the
+//! The replica's background tasks: the probe, which connects, subscribes
+//! this replica's channels and decides whether Redis is reachable, and the
 //! janitor, which removes result keys whose message arrived.
 
-use std::{sync::Weak, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{Arc, OnceLock, Weak, atomic::Ordering},
+    time::Duration,
+};
 
 use tokio::{
     sync::mpsc,
+    task::JoinSet,
     time::{Instant, sleep, timeout},
 };
 
-use super::{COMMANDS_WAIT, Inner};
+use super::{COMMANDS_WAIT, Inner, links::Links, slots::slot};
 
 /// How often a replica checks that Redis answers, while nothing else would
 /// tell it: a paused Redis (SIGSTOP) closes no connection.
@@ -19,32 +24,43 @@ const PROBE_INTERVAL: Duration = Duration::from_millis(250);
 const STARTUP_PATIENCE: Duration = Duration::from_secs(10);
 
 /// Removes the result keys whose message arrived, many at once when many
-/// pairs complete together: one pipeline, one write, one read.
+/// pairs complete together: one UNLINK for them all, or in a cluster one
+/// per slot (a command's keys must share one), sent at once.
 pub(super) async fn sweep(inner: Weak<Inner>, mut swept: mpsc::UnboundedReceiver<String>) {
     let mut keys = Vec::new();
     while swept.recv_many(&mut keys, 512).await > 0 {
         let Some(engine) = inner.upgrade() else {
             return;
         };
-        let mut pipeline = redis::pipe();
+        let mut by_slot: HashMap<usize, Vec<String>> = HashMap::new();
+        let sharded = engine.connector.sharded();
         for key in keys.drain(..) {
+            let slot = if sharded { slot(key.as_bytes()) } else { 0 };
+            by_slot.entry(slot).or_default().push(key);
+        }
+        let Some(links) = engine.links.load_full() else {
+            continue;
+        };
+        let mut unlinks = JoinSet::new();
+        for (_, keys) in by_slot {
+            let mut connection = links.commands.clone();
             // UNLINK rather than DEL only so that Redis's command counts
             // tell these apart from the script's own DELs.
-            pipeline.cmd("UNLINK").arg(key).ignore();
+            let unlink = redis::cmd("UNLINK").arg(keys).to_owned();
+            let wait = engine.timeout * COMMANDS_WAIT;
+            unlinks.spawn(async move {
+                let _ = timeout(wait, unlink.exec_async(&mut connection)).await;
+            });
         }
-        let mut connection = engine.connection.clone();
-        let _ = timeout(
-            engine.timeout * COMMANDS_WAIT,
-            pipeline.exec_async(&mut connection),
-        )
-        .await;
+        drop(engine);
+        while unlinks.join_next().await.is_some() {}
     }
 }
 
-/// Subscribes this replica's channel, then checks that Redis answers, every
-/// [`PROBE_INTERVAL`]: readiness follows, and so do new callers.
-pub(super) async fn probe(inner: Weak<Inner>) {
-    let mut subscribed = false;
+/// Connects and subscribes this replica's channels, then checks that Redis
+/// answers, every [`PROBE_INTERVAL`]: readiness follows, and so do new
+/// callers.
+pub(super) async fn probe(inner: Weak<Inner>, cell: Arc<OnceLock<Weak<Inner>>>) {
     let mut reached_before = false;
     // Before the first answer, failing is normal for a moment (Redis may be
     // starting beside us): say so at info, and warn only if it lasts.
@@ -54,53 +70,163 @@ pub(super) async fn probe(inner: Weak<Inner>) {
         let Some(engine) = inner.upgrade() else {
             return;
         };
-        let mut connection = engine.connection.clone();
-        let mut subscriber = engine.subscriber.clone();
         let was_reachable = *engine.reachable.borrow();
-        let answered = timeout(engine.timeout, async {
-            if !subscribed {
-                subscriber.subscribe(&engine.channel).await?;
-                subscribed = true;
-            }
-            // Before saying Redis is back, make sure the callers' connection
-            // is too (it reconnects on its first command after an outage).
-            if !was_reachable {
-                redis::cmd("PING").exec_async(&mut connection).await?;
-            }
-            redis::cmd("PING").exec_async(&mut subscriber).await
-        })
-        .await;
-        let failure = match answered {
-            Ok(Ok(())) => {
+        let checked = match was_reachable {
+            true => engine.check().await,
+            false => engine.recover(&cell).await,
+        };
+        match checked {
+            Ok(()) => {
                 if !engine.reachable.send_replace(true) {
-                    tracing::info!("Redis is reachable");
+                    tracing::info!(place = %engine.place(), "Redis is reachable");
                     engine.metrics.reachable.set(1);
                     if reached_before {
                         engine.metrics.reconnects.inc();
                     }
                     reached_before = true;
                 }
-                None
             }
-            Ok(Err(error)) => Some(format!("cannot reach Redis: {error}")),
-            Err(_) => Some(format!(
-                "Redis did not answer within {}",
-                humantime::format_duration(engine.timeout)
-            )),
-        };
-        if let Some(reason) = failure {
-            if !reached_before {
-                if !told.0 {
-                    tracing::info!(%reason, "waiting for Redis");
-                    told.0 = true;
-                } else if !told.1 && started.elapsed() > STARTUP_PATIENCE {
-                    tracing::warn!(%reason, "still cannot reach Redis");
-                    told.1 = true;
+            Err(reason) => {
+                if !reached_before {
+                    if !told.0 {
+                        tracing::info!(%reason, "waiting for Redis");
+                        told.0 = true;
+                    } else if !told.1 && started.elapsed() > STARTUP_PATIENCE {
+                        tracing::warn!(%reason, "still cannot reach Redis");
+                        told.1 = true;
+                    }
                 }
+                engine.lost(reason);
             }
-            engine.lost(reason);
         }
         drop(engine);
         sleep(PROBE_INTERVAL).await;
+    }
+}
+
+impl Inner {
+    /// Where the links lead, for logs.
+    fn place(&self) -> String {
+        self.links
+            .load()
+            .as_ref()
+            .map_or_else(String::new, |links| links.place.clone())
+    }
+
+    /// While Redis is reachable: it still answers, on every primary, and
+    /// (under Sentinel) the primary still is one.
+    async fn check(&self) -> Result<(), String> {
+        let Some(links) = self.links.load_full() else {
+            return Err("not connected".into());
+        };
+        let mut subscriber = links.subscriber.clone();
+        let follows = self.connector.follows_failovers();
+        let answered = timeout(self.timeout, async {
+            subscriber.ping().await?;
+            Ok::<_, redis::RedisError>(!follows || subscriber.is_primary().await?)
+        })
+        .await;
+        match answered {
+            Ok(Ok(true)) => Ok(()),
+            Ok(Ok(false)) => Err(format!(
+                "{} is no longer the primary (a failover)",
+                links.place
+            )),
+            Ok(Err(error)) => Err(format!("cannot reach Redis: {error}")),
+            Err(_) => Err(format!(
+                "Redis did not answer within {}",
+                humantime::format_duration(self.timeout)
+            )),
+        }
+    }
+
+    /// While Redis is unreachable: connects (again, where a failover may
+    /// have moved the primary), subscribes every channel of this replica,
+    /// and makes sure that each is heard where its messages are published.
+    async fn recover(&self, cell: &Arc<OnceLock<Weak<Inner>>>) -> Result<(), String> {
+        let current = self.links.load_full();
+        if current.is_none() || self.connector.follows_failovers() {
+            let generation = self.generation.load(Ordering::Acquire) + 1;
+            let pushes = super::pushes_for(cell, Some(generation));
+            let links = self.connector.connect(&pushes, self.timeout).await?;
+            let moved = current.as_ref().is_some_and(|old| old.place != links.place);
+            if current.is_none() || moved {
+                if moved {
+                    tracing::info!(primary = %links.place, "following the primary");
+                    self.metrics.failovers.inc();
+                }
+                self.generation.store(generation, Ordering::Release);
+                self.links.store(Some(Arc::new(links)));
+            }
+        }
+        let links = self.links.load_full().expect("connected above");
+        let budget = self.timeout * COMMANDS_WAIT;
+        let within = |what: &str| {
+            format!(
+                "Redis did not {what} within {}",
+                humantime::format_duration(budget)
+            )
+        };
+        timeout(budget, self.subscribe_all(&links))
+            .await
+            .map_err(|_| within("confirm this replica's subscriptions"))?
+            .map_err(|e| format!("cannot subscribe: {e}"))?;
+        timeout(budget, self.heard_everywhere(&links))
+            .await
+            .map_err(|_| within("answer"))??;
+        let mut commands = links.commands.clone();
+        timeout(self.timeout, redis::cmd("PING").exec_async(&mut commands))
+            .await
+            .map_err(|_| within("answer a PING"))?
+            .map_err(|e| format!("cannot reach Redis: {e}"))?;
+        Ok(())
+    }
+
+    /// Subscribes every channel; a channel subscribed already stays so.
+    async fn subscribe_all(&self, links: &Links) -> redis::RedisResult<()> {
+        let mut tasks = JoinSet::new();
+        for channel in &self.channels {
+            let (mut subscriber, channel) = (links.subscriber.clone(), channel.clone());
+            tasks.spawn(async move { subscriber.subscribe(&channel).await });
+        }
+        while let Some(done) = tasks.join_next().await {
+            done.expect("a subscription task does not panic")?;
+        }
+        Ok(())
+    }
+
+    /// Publishes an empty check to each channel: a count of 0 means that
+    /// the node that serves its slot does not have this replica's
+    /// subscription (it was made on another node, or lost in a reconnect),
+    /// and offers to its callers would be lost.
+    async fn heard_everywhere(&self, links: &Links) -> Result<(), String> {
+        let publish = match self.connector.sharded() {
+            true => "SPUBLISH",
+            false => "PUBLISH",
+        };
+        let mut tasks = JoinSet::new();
+        for channel in &self.channels {
+            let (mut commands, channel) = (links.commands.clone(), channel.clone());
+            tasks.spawn(async move {
+                let heard: redis::RedisResult<u64> = redis::cmd(publish)
+                    .arg(&channel)
+                    .arg("K")
+                    .query_async(&mut commands)
+                    .await;
+                (channel, heard)
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            match done.expect("a check task does not panic") {
+                (_, Ok(n)) if n > 0 => {}
+                (channel, Ok(_)) => {
+                    return Err(format!(
+                        "Redis does not deliver {channel} to this replica yet"
+                    ));
+                }
+                (_, Err(error)) => return Err(format!("cannot reach Redis: {error}")),
+            }
+        }
+        Ok(())
     }
 }

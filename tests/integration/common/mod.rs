@@ -2,6 +2,7 @@
 
 pub mod edges;
 pub mod redis;
+pub mod topology;
 
 use std::{future::Future, net::SocketAddr, process::Stdio, sync::Arc, time::Duration};
 
@@ -439,8 +440,24 @@ pub struct Process {
     events: tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>,
     pub grpc: String,
     pub http: String,
-    /// The startup line, with every setting in force.
+    /// The startup line, with every setting in force: the server's, and the
+    /// engine's merged in (see [`settings`]).
     pub listening: serde_json::Value,
+}
+
+/// Collects the fields of the engine's startup line, if `event` is it: the
+/// settings a server logs come in two lines, its own and its engine's.
+pub fn settings(
+    event: &serde_json::Value,
+    engine: &mut serde_json::Map<String, serde_json::Value>,
+) {
+    if event["fields"]["message"] == "meeting through Redis" {
+        for (name, value) in event["fields"].as_object().unwrap() {
+            if name != "message" {
+                engine.insert(name.clone(), value.clone());
+            }
+        }
+    }
 }
 
 impl Process {
@@ -486,7 +503,7 @@ impl Process {
             http: String::new(),
             listening: serde_json::Value::Null,
         };
-        let listening = process.next("listening").await;
+        let listening = process.settings().await;
         let field = |name: &str| listening["fields"][name].as_str().unwrap().to_owned();
         (process.grpc, process.http) = (field("grpc"), field("http"));
         process.listening = listening;
@@ -514,6 +531,25 @@ impl Process {
     }
 
     /// Waits for the next log line with this message.
+    /// The "listening" line, with the fields of the engine's own startup
+    /// line ("meeting through Redis") merged in.
+    async fn settings(&mut self) -> serde_json::Value {
+        within(async {
+            let mut engine = serde_json::Map::new();
+            loop {
+                let event = self.events.recv().await.expect("the server starts");
+                settings(&event, &mut engine);
+                if event["fields"]["message"] == "listening" {
+                    let mut event = event;
+                    let fields = event["fields"].as_object_mut().unwrap();
+                    fields.extend(engine);
+                    return event;
+                }
+            }
+        })
+        .await
+    }
+
     pub async fn next(&mut self, message: &str) -> serde_json::Value {
         within(async {
             loop {

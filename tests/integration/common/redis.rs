@@ -9,7 +9,7 @@ use std::{
 
 use rendezvous::{
     metrics::Metrics,
-    pairing::{Engine, RedisConfig, RedisEngine},
+    pairing::{Engine, EngineLimits, RedisConfig, RedisEngine},
 };
 
 /// A private Redis: nothing on disk, gone with the test.
@@ -220,14 +220,17 @@ pub fn engine_config(url: String, key_prefix: &str, capacity: usize) -> RedisCon
         password: None,
         key_prefix: key_prefix.to_owned(),
         timeout: Duration::from_secs(2),
-        capacity,
-        max_group_bytes: usize::MAX,
+        sentinel_password: None,
+        limits: EngineLimits {
+            max_waiters: capacity,
+            max_group_bytes: usize::MAX,
+        },
     }
 }
 
 /// A Redis engine with `config`, once it is ready.
 pub async fn start_engine(config: RedisConfig) -> RedisEngine {
-    let engine = RedisEngine::start(config, Metrics::new().redis()).unwrap();
+    let engine = RedisEngine::start(config, Metrics::new().registry_mut()).unwrap();
     ready(&engine).await;
     engine
 }
@@ -284,10 +287,7 @@ impl Replicas {
     /// The key of `id`'s meeting place, named as the engine names it (half of
     /// the id's SHA-256, in a hash tag), for tests that write it by hand.
     pub fn key_of(&self, id: &str) -> String {
-        use sha2::Digest as _;
-        let digest = sha2::Sha256::digest(id.as_bytes());
-        let hash: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-        format!("{}v2{{{hash}}}", self.prefix)
+        RedisEngine::key_of(&self.prefix, &rendezvous::pairing::Id::new(id).unwrap())
     }
 
     /// A stand-in waiter for `id`: an entry written by hand whose "replica"

@@ -1,0 +1,416 @@
+//! The replica's two connections to Redis, whichever kind of deployment
+//! serves it: how they are made (and made again, after a Sentinel failover),
+//! and the few commands whose routing differs between one primary and a
+//! cluster.
+//!
+//! - **One primary** (`redis://`): two [`ConnectionManager`]s, which
+//!   reconnect to the same address by themselves.
+//! - **Sentinel** (`redis+sentinel://`): the same two, to the primary the
+//!   Sentinels name, once it has said `ROLE` master itself. When the replica
+//!   loses Redis it asks the Sentinels again, so that it follows a failover.
+//! - **Cluster** (`redis+cluster://`): two cluster connections, which follow
+//!   `MOVED`, `ASK` and topology changes by themselves, and re-subscribe
+//!   shard channels on the node that serves them now.
+
+use std::{sync::Arc, time::Duration};
+
+use redis::{
+    Client, Cmd, ConnectionAddr, IntoConnectionInfo, Pipeline, ProtocolVersion, PushInfo,
+    RedisFuture, TlsMode, Value,
+    aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig},
+    cluster::{ClusterClient, ClusterClientBuilder},
+    cluster_async::ClusterConnection,
+    cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo},
+    sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType},
+};
+
+use super::config::{Deployment, RedisConfig, RedisError, redact};
+
+/// Where pushes (messages, and news of a dropped connection) go.
+pub(super) type Pushes = Arc<dyn Fn(PushInfo) + Send + Sync>;
+
+/// One connection, to a primary or to a cluster.
+#[derive(Clone)]
+pub(super) enum Conn {
+    Managed(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Managed(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Managed(c) => c.req_packed_commands(cmd, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Managed(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+impl Conn {
+    /// Subscribes `channel`: a shard channel in a cluster, where a classic
+    /// one would be broadcast to every node.
+    pub(super) async fn subscribe(&mut self, channel: &str) -> redis::RedisResult<()> {
+        match self {
+            Self::Managed(c) => c.subscribe(channel).await,
+            Self::Cluster(c) => c.ssubscribe(channel).await,
+        }
+    }
+
+    /// PING on every primary: one of a cluster's may be the one that is
+    /// down.
+    pub(super) async fn ping(&mut self) -> redis::RedisResult<()> {
+        let mut ping = redis::cmd("PING");
+        match self {
+            Self::Managed(c) => ping.exec_async(c).await,
+            Self::Cluster(c) => {
+                let every_primary = RoutingInfo::MultiNode((
+                    MultipleNodeRoutingInfo::AllMasters,
+                    Some(ResponsePolicy::AllSucceeded),
+                ));
+                ping.arg("rendezvous");
+                c.route_command(ping, every_primary).await.map(drop)
+            }
+        }
+    }
+
+    /// Whether this connection's node is a primary (`ROLE`), where only a
+    /// Sentinel failover can turn it into a replica under the replica's feet.
+    pub(super) async fn is_primary(&mut self) -> redis::RedisResult<bool> {
+        match self {
+            Self::Managed(c) => {
+                let role: Vec<Value> = redis::cmd("ROLE").query_async(c).await?;
+                Ok(
+                    matches!(role.first(), Some(Value::BulkString(r)) if r == b"master")
+                        || matches!(role.first(), Some(Value::SimpleString(r)) if r == "master"),
+                )
+            }
+            Self::Cluster(_) => Ok(true),
+        }
+    }
+}
+
+/// The callers' commands, and the subscription with the probe's PING: see
+/// the engine's module docs for why they are apart.
+#[derive(Clone)]
+pub(super) struct Links {
+    pub(super) commands: Conn,
+    pub(super) subscriber: Conn,
+    /// Where they lead, for logs: the primary's address, or the seeds.
+    pub(super) place: String,
+}
+
+/// Makes [`Links`] for the deployment that `--redis-url` names.
+// One per replica: its size does not matter.
+#[allow(clippy::large_enum_variant)]
+pub(super) enum Connector {
+    Single(Client),
+    Sentinel {
+        client: tokio::sync::Mutex<SentinelClient>,
+        master: String,
+        sentinels: String,
+    },
+    Cluster {
+        commands: ClusterClient,
+        subscriber: ClusterClient,
+        seeds: String,
+    },
+}
+
+impl Connector {
+    /// Checks the configuration; connects nothing yet.
+    pub(super) fn new(
+        deployment: &Deployment,
+        config: &RedisConfig,
+        pushes: &Pushes,
+    ) -> Result<Self, RedisError> {
+        let bad_url = |reason: String| RedisError::BadUrl {
+            url: redact(&config.url),
+            reason,
+        };
+        if config.sentinel_password.is_some() && !matches!(deployment, Deployment::Sentinel { .. })
+        {
+            return Err(RedisError::SentinelPasswordWithoutSentinel);
+        }
+        if deployment.tls() {
+            // rustls needs a process-wide provider; the server's TLS uses ring.
+            let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
+        }
+        match deployment {
+            Deployment::Single { url } => {
+                let mut info = url
+                    .as_str()
+                    .into_connection_info()
+                    .map_err(|e| bad_url(e.to_string()))?;
+                let mut settings = info.redis_settings().clone();
+                if let Some(password) = &config.password {
+                    settings = settings.set_password(password);
+                }
+                info = info.set_redis_settings(settings.set_protocol(ProtocolVersion::RESP3));
+                Ok(Self::Single(
+                    Client::open(info).map_err(|e| bad_url(e.to_string()))?,
+                ))
+            }
+            Deployment::Sentinel {
+                sentinels,
+                master,
+                access,
+            } => {
+                let addresses = sentinels
+                    .iter()
+                    .map(|(host, port)| address(host, *port, access.tls));
+                let mut builder =
+                    SentinelClientBuilder::new(addresses, master, SentinelServerType::Master)
+                        .map_err(|e| bad_url(e.to_string()))?
+                        .set_client_to_redis_protocol(ProtocolVersion::RESP3);
+                if access.tls {
+                    builder = builder
+                        .set_client_to_redis_tls_mode(TlsMode::Secure)
+                        .set_client_to_sentinel_tls_mode(TlsMode::Secure);
+                }
+                if let Some(username) = &access.username {
+                    builder = builder.set_client_to_redis_username(username);
+                }
+                if let Some(password) = &access.password {
+                    builder = builder.set_client_to_redis_password(password);
+                }
+                if let Some(password) = &config.sentinel_password {
+                    builder = builder.set_client_to_sentinel_password(password);
+                }
+                Ok(Self::Sentinel {
+                    client: tokio::sync::Mutex::new(
+                        builder.build().map_err(|e| bad_url(e.to_string()))?,
+                    ),
+                    master: master.clone(),
+                    sentinels: list(sentinels),
+                })
+            }
+            Deployment::Cluster { seeds, access } => {
+                let builder = || {
+                    let nodes = seeds
+                        .iter()
+                        .map(|(host, port)| address(host, *port, access.tls));
+                    let mut builder = ClusterClientBuilder::new(nodes)
+                        .use_protocol(ProtocolVersion::RESP3)
+                        .connection_timeout(config.timeout)
+                        .response_timeout(config.timeout * super::COMMANDS_WAIT)
+                        // A redirection or a node that is failing over is
+                        // retried inside the connection, briefly: the probe,
+                        // not a long backoff, decides that Redis is lost.
+                        .retries(3)
+                        .min_retry_wait(10)
+                        .max_retry_wait(200);
+                    if access.tls {
+                        builder = builder.tls(TlsMode::Secure);
+                    }
+                    if let Some(username) = &access.username {
+                        builder = builder.username(username);
+                    }
+                    if let Some(password) = &access.password {
+                        builder = builder.password(password);
+                    }
+                    builder
+                };
+                let pushes = pushes.clone();
+                let subscriber = builder().response_timeout(config.timeout).push_sender(
+                    move |push: PushInfo| -> Result<(), std::convert::Infallible> {
+                        pushes(push);
+                        Ok(())
+                    },
+                );
+                let built = |builder: ClusterClientBuilder| {
+                    builder.build().map_err(|e| bad_url(e.to_string()))
+                };
+                Ok(Self::Cluster {
+                    commands: built(builder())?,
+                    subscriber: built(subscriber)?,
+                    seeds: list(seeds),
+                })
+            }
+        }
+    }
+
+    /// Connects both links, or says why not in words for the log and for
+    /// callers. `timeout` bounds each step.
+    pub(super) async fn connect(
+        &self,
+        pushes: &Pushes,
+        timeout: Duration,
+    ) -> Result<Links, String> {
+        let within = |what: String| {
+            move |_| {
+                format!(
+                    "{what} did not answer within {}",
+                    humantime::format_duration(timeout)
+                )
+            }
+        };
+        match self {
+            Self::Single(client) => {
+                let (commands, subscriber) = managed(client.clone(), pushes, timeout)?;
+                Ok(Links {
+                    commands,
+                    subscriber,
+                    place: redact(&client.get_connection_info().addr().to_string()),
+                })
+            }
+            Self::Sentinel {
+                client,
+                master,
+                sentinels,
+            } => {
+                let found = tokio::time::timeout(timeout * 4, async {
+                    client.lock().await.async_get_client().await
+                })
+                .await
+                .map_err(within(format!("Sentinels {sentinels}")))?
+                .map_err(|error| sentinel_problem(&error, master, sentinels))?;
+                let place = found.get_connection_info().addr().to_string();
+                let (mut commands, subscriber) = managed(found, pushes, timeout)?;
+                // The Sentinels may name a primary that has just been turned
+                // into a replica: check with the node itself.
+                let primary = tokio::time::timeout(timeout, commands.is_primary())
+                    .await
+                    .map_err(within(format!("the primary {place}")))?
+                    .map_err(|e| format!("cannot reach the primary {place}: {e}"))?;
+                if !primary {
+                    return Err(format!(
+                        "the Sentinels name {place} as {master:?}'s primary, but it is a replica \
+                         (a failover under way?)"
+                    ));
+                }
+                Ok(Links {
+                    commands,
+                    subscriber,
+                    place,
+                })
+            }
+            Self::Cluster {
+                commands,
+                subscriber,
+                seeds,
+            } => {
+                let both = tokio::time::timeout(timeout * 4, async {
+                    Ok::<_, redis::RedisError>((
+                        commands.get_async_connection().await?,
+                        subscriber.get_async_connection().await?,
+                    ))
+                })
+                .await
+                .map_err(within(format!("the cluster at {seeds}")))?
+                .map_err(|error| cluster_problem(&error, seeds))?;
+                Ok(Links {
+                    commands: Conn::Cluster(both.0),
+                    subscriber: Conn::Cluster(both.1),
+                    place: seeds.clone(),
+                })
+            }
+        }
+    }
+
+    /// Whether a lost Redis may be found elsewhere, so that the links must
+    /// be made again: only Sentinel moves the primary to another address.
+    pub(super) fn follows_failovers(&self) -> bool {
+        matches!(self, Self::Sentinel { .. })
+    }
+
+    /// Whether channels are shard channels, one per bucket: only in a
+    /// cluster, where a classic channel's receiver count covers one node.
+    pub(super) fn sharded(&self) -> bool {
+        matches!(self, Self::Cluster { .. })
+    }
+}
+
+/// The two managed connections to one primary.
+fn managed(client: Client, pushes: &Pushes, timeout: Duration) -> Result<(Conn, Conn), String> {
+    // The probe retries on its own schedule; a long backoff inside the
+    // managers would only hold calls up.
+    let config = || {
+        ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(timeout)
+    };
+    let callers = config().set_response_timeout(Some(timeout * super::COMMANDS_WAIT));
+    let commands = ConnectionManager::new_lazy_with_config(client.clone(), callers)
+        .map_err(|e| e.to_string())?;
+    let pushes = pushes.clone();
+    let subscribing = config()
+        .set_push_sender(
+            move |push: PushInfo| -> Result<(), std::convert::Infallible> {
+                pushes(push);
+                Ok(())
+            },
+        )
+        .set_automatic_resubscription()
+        .set_response_timeout(Some(timeout));
+    let subscriber =
+        ConnectionManager::new_lazy_with_config(client, subscribing).map_err(|e| e.to_string())?;
+    Ok((Conn::Managed(commands), Conn::Managed(subscriber)))
+}
+
+fn address(host: &str, port: u16, tls: bool) -> ConnectionAddr {
+    match tls {
+        false => ConnectionAddr::Tcp(host.to_owned(), port),
+        true => ConnectionAddr::TcpTls {
+            host: host.to_owned(),
+            port,
+            insecure: false,
+            tls_params: None,
+        },
+    }
+}
+
+fn list(nodes: &[(String, u16)]) -> String {
+    nodes
+        .iter()
+        .map(|(host, port)| match host.contains(':') {
+            true => format!("[{host}]:{port}"),
+            false => format!("{host}:{port}"),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// A Sentinel lookup's failure, in words that name what to fix.
+fn sentinel_problem(error: &redis::RedisError, master: &str, sentinels: &str) -> String {
+    match error.kind() {
+        redis::ErrorKind::MasterNameNotFoundBySentinel => format!(
+            "no Sentinel of {sentinels} knows a master named {master:?} (or none can reach it): \
+             check the name after the last '/' in --redis-url"
+        ),
+        _ if error.is_io_error() || error.is_connection_refusal() => {
+            format!("no Sentinel of {sentinels} answered: {error}")
+        }
+        _ => format!("the Sentinels {sentinels} failed: {error}"),
+    }
+}
+
+/// A cluster connection's failure, in words that name what to fix.
+fn cluster_problem(error: &redis::RedisError, seeds: &str) -> String {
+    let text = error.to_string();
+    if text.contains("cluster support disabled") || text.contains("cluster mode") {
+        return format!(
+            "{seeds} is not a cluster (its cluster support is disabled): use redis:// or \
+             redis+sentinel:// for it"
+        );
+    }
+    format!("cannot reach the cluster at {seeds}: {text}")
+}
