@@ -43,14 +43,15 @@ stop() {
 trap stop EXIT
 trap 'exit 130' INT TERM
 
-# Every data node: loopback only, nothing on disk, and quick to notice a
-# dead peer, so that failovers in tests take seconds.
+# Every data node: loopback only, nothing on disk, and a replica synced at
+# once (not after diskless replication's default wait of 5 s for more
+# replicas), so that the topology is ready, and fails over, in seconds.
 start_node() {
   local port=$1
   shift
   redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
     --dir "$dir" --dbfilename "dump-$port.rdb" --logfile "$dir/$port.log" \
-    --daemonize no "$@" &
+    --repl-diskless-sync-delay 0 --daemonize no "$@" &
   pids+=($!)
   echo "node $port $!"
 }
@@ -127,6 +128,11 @@ EOF
     for port in "$@"; do
       until_true "node $port to see the whole cluster" \
         "redis-cli -p $port CLUSTER INFO | grep -q 'cluster_state:ok'"
+    done
+    # A replica that never synced refuses to take over its primary.
+    for port in "$@"; do
+      until_true "node $port to be a primary or a synced replica" \
+        "redis-cli -p $port INFO replication | grep -q -e 'role:master' -e 'master_link_status:up'"
     done
     until_true "the nodes to agree on the slots" \
       "redis-cli --cluster check 127.0.0.1:$1 | grep -q 'All 16384 slots covered' && \

@@ -200,9 +200,7 @@ impl RedisEngine {
         // Messages are handled where the connection hands them over, with
         // no task in between: the engine is filled in once it exists.
         let engine: Arc<OnceLock<Weak<Inner>>> = Arc::default();
-        // A cluster's links are made once, and follow the cluster by
-        // themselves: their pushes are always news.
-        let connector = Connector::new(&deployment, &config, &pushes_for(&engine, None))?;
+        let connector = Connector::new(&deployment, &config)?;
         tracing::info!(
             redis = %redact(&config.url),
             redis_mode = deployment.mode(),
@@ -264,13 +262,13 @@ impl RedisEngine {
     }
 }
 
-/// Hands the pushes of one generation of links (or of any, with `None`) to
-/// the engine, once it exists.
-fn pushes_for(engine: &Arc<OnceLock<Weak<Inner>>>, generation: Option<u64>) -> Pushes {
+/// Hands the pushes of one generation of links to the engine, once it
+/// exists.
+fn pushes_for(engine: &Arc<OnceLock<Weak<Inner>>>, generation: u64) -> Pushes {
     let engine = engine.clone();
     Arc::new(move |push: PushInfo| {
         if let Some(inner) = engine.get().and_then(Weak::upgrade)
-            && generation.is_none_or(|g| g == inner.generation.load(Ordering::Acquire))
+            && generation == inner.generation.load(Ordering::Acquire)
         {
             inner.pushed(push);
         }

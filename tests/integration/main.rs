@@ -25,6 +25,7 @@ mod metrics;
 mod mixed;
 mod proxies;
 mod redis_auth;
+mod redis_failover;
 mod redis_faults;
 mod replicas;
 mod shutdown;

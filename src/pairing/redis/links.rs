@@ -24,7 +24,7 @@ use redis::{
     sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType},
 };
 
-use super::config::{Deployment, RedisConfig, RedisError, redact};
+use super::config::{Access, Deployment, RedisConfig, RedisError, redact};
 
 /// Where pushes (messages, and news of a dropped connection) go.
 pub(super) type Pushes = Arc<dyn Fn(PushInfo) + Send + Sync>;
@@ -128,19 +128,16 @@ pub(super) enum Connector {
         sentinels: String,
     },
     Cluster {
-        commands: ClusterClient,
-        subscriber: ClusterClient,
-        seeds: String,
+        seeds: Vec<(String, u16)>,
+        access: Access,
+        timeout: Duration,
+        place: String,
     },
 }
 
 impl Connector {
     /// Checks the configuration; connects nothing yet.
-    pub(super) fn new(
-        deployment: &Deployment,
-        config: &RedisConfig,
-        pushes: &Pushes,
-    ) -> Result<Self, RedisError> {
+    pub(super) fn new(deployment: &Deployment, config: &RedisConfig) -> Result<Self, RedisError> {
         let bad_url = |reason: String| RedisError::BadUrl {
             url: redact(&config.url),
             reason,
@@ -203,48 +200,66 @@ impl Connector {
                 })
             }
             Deployment::Cluster { seeds, access } => {
-                let builder = || {
-                    let nodes = seeds
-                        .iter()
-                        .map(|(host, port)| address(host, *port, access.tls));
-                    let mut builder = ClusterClientBuilder::new(nodes)
-                        .use_protocol(ProtocolVersion::RESP3)
-                        .connection_timeout(config.timeout)
-                        .response_timeout(config.timeout * super::COMMANDS_WAIT)
-                        // A redirection or a node that is failing over is
-                        // retried inside the connection, briefly: the probe,
-                        // not a long backoff, decides that Redis is lost.
-                        .retries(3)
-                        .min_retry_wait(10)
-                        .max_retry_wait(200);
-                    if access.tls {
-                        builder = builder.tls(TlsMode::Secure);
-                    }
-                    if let Some(username) = &access.username {
-                        builder = builder.username(username);
-                    }
-                    if let Some(password) = &access.password {
-                        builder = builder.password(password);
-                    }
-                    builder
+                let connector = Self::Cluster {
+                    seeds: seeds.clone(),
+                    access: access.clone(),
+                    timeout: config.timeout,
+                    place: list(seeds),
                 };
+                // Checked now, so that a bad setting fails at start-up.
+                connector
+                    .cluster_client(None)
+                    .map_err(|e| bad_url(e.to_string()))?;
+                Ok(connector)
+            }
+        }
+    }
+
+    /// A client for the cluster, which sends its pushes to `pushes`.
+    fn cluster_client(&self, pushes: Option<&Pushes>) -> redis::RedisResult<ClusterClient> {
+        let Self::Cluster {
+            seeds,
+            access,
+            timeout,
+            ..
+        } = self
+        else {
+            unreachable!("only a cluster connector makes cluster clients")
+        };
+        let nodes = seeds
+            .iter()
+            .map(|(host, port)| address(host, *port, access.tls));
+        let mut builder = ClusterClientBuilder::new(nodes)
+            .use_protocol(ProtocolVersion::RESP3)
+            .connection_timeout(*timeout)
+            // A redirection or a node that is failing over is retried inside
+            // the connection, briefly: the probe, not a long backoff,
+            // decides that Redis is lost.
+            .retries(3)
+            .min_retry_wait(10)
+            .max_retry_wait(200);
+        builder = match pushes {
+            None => builder.response_timeout(*timeout * super::COMMANDS_WAIT),
+            Some(pushes) => {
                 let pushes = pushes.clone();
-                let subscriber = builder().response_timeout(config.timeout).push_sender(
+                builder.response_timeout(*timeout).push_sender(
                     move |push: PushInfo| -> Result<(), std::convert::Infallible> {
                         pushes(push);
                         Ok(())
                     },
-                );
-                let built = |builder: ClusterClientBuilder| {
-                    builder.build().map_err(|e| bad_url(e.to_string()))
-                };
-                Ok(Self::Cluster {
-                    commands: built(builder())?,
-                    subscriber: built(subscriber)?,
-                    seeds: list(seeds),
-                })
+                )
             }
+        };
+        if access.tls {
+            builder = builder.tls(TlsMode::Secure);
         }
+        if let Some(username) = &access.username {
+            builder = builder.username(username);
+        }
+        if let Some(password) = &access.password {
+            builder = builder.password(password);
+        }
+        builder.build()
     }
 
     /// Connects both links, or says why not in words for the log and for
@@ -302,32 +317,41 @@ impl Connector {
                     place,
                 })
             }
-            Self::Cluster {
-                commands,
-                subscriber,
-                seeds,
-            } => {
+            Self::Cluster { place, .. } => {
+                let clients = self
+                    .cluster_client(None)
+                    .and_then(|commands| Ok((commands, self.cluster_client(Some(pushes))?)))
+                    .map_err(|e| e.to_string())?;
                 let both = tokio::time::timeout(timeout * 4, async {
                     Ok::<_, redis::RedisError>((
-                        commands.get_async_connection().await?,
-                        subscriber.get_async_connection().await?,
+                        clients.0.get_async_connection().await?,
+                        clients.1.get_async_connection().await?,
                     ))
                 })
                 .await
-                .map_err(within(format!("the cluster at {seeds}")))?
-                .map_err(|error| cluster_problem(&error, seeds))?;
+                .map_err(within(format!("the cluster at {place}")))?
+                .map_err(|error| cluster_problem(&error, place))?;
                 Ok(Links {
                     commands: Conn::Cluster(both.0),
                     subscriber: Conn::Cluster(both.1),
-                    place: seeds.clone(),
+                    place: place.clone(),
                 })
             }
         }
     }
 
-    /// Whether a lost Redis may be found elsewhere, so that the links must
-    /// be made again: only Sentinel moves the primary to another address.
-    pub(super) fn follows_failovers(&self) -> bool {
+    /// Whether a lost Redis is found again by making the links again:
+    /// Sentinel moves the primary to another address, and a cluster
+    /// connection whose node died can keep routing to it (a fresh one asks
+    /// the seeds for the slots). One primary's managers reconnect by
+    /// themselves.
+    pub(super) fn remakes_links(&self) -> bool {
+        !matches!(self, Self::Single(_))
+    }
+
+    /// Whether a `ROLE` check belongs in the probe: only under Sentinel can
+    /// a failover turn the primary into a replica under a replica's feet.
+    pub(super) fn checks_role(&self) -> bool {
         matches!(self, Self::Sentinel { .. })
     }
 

@@ -95,6 +95,8 @@ pub(super) async fn probe(inner: Weak<Inner>, cell: Arc<OnceLock<Weak<Inner>>>) 
                         tracing::warn!(%reason, "still cannot reach Redis");
                         told.1 = true;
                     }
+                } else {
+                    tracing::debug!(%reason, "Redis is still unreachable");
                 }
                 engine.lost(reason);
             }
@@ -120,7 +122,7 @@ impl Inner {
             return Err("not connected".into());
         };
         let mut subscriber = links.subscriber.clone();
-        let follows = self.connector.follows_failovers();
+        let follows = self.connector.checks_role();
         let answered = timeout(self.timeout, async {
             subscriber.ping().await?;
             Ok::<_, redis::RedisError>(!follows || subscriber.is_primary().await?)
@@ -145,16 +147,18 @@ impl Inner {
     /// and makes sure that each is heard where its messages are published.
     async fn recover(&self, cell: &Arc<OnceLock<Weak<Inner>>>) -> Result<(), String> {
         let current = self.links.load_full();
-        if current.is_none() || self.connector.follows_failovers() {
+        if current.is_none() || self.connector.remakes_links() {
             let generation = self.generation.load(Ordering::Acquire) + 1;
-            let pushes = super::pushes_for(cell, Some(generation));
+            let pushes = super::pushes_for(cell, generation);
             let links = self.connector.connect(&pushes, self.timeout).await?;
             let moved = current.as_ref().is_some_and(|old| old.place != links.place);
-            if current.is_none() || moved {
-                if moved {
-                    tracing::info!(primary = %links.place, "following the primary");
-                    self.metrics.failovers.inc();
-                }
+            if moved {
+                tracing::info!(primary = %links.place, "following the primary");
+                self.metrics.failovers.inc();
+            }
+            // Under Sentinel, the same primary keeps its links (they
+            // reconnect by themselves); a cluster's are made afresh.
+            if current.is_none() || moved || self.connector.sharded() {
                 self.generation.store(generation, Ordering::Release);
                 self.links.store(Some(Arc::new(links)));
             }
