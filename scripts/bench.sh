@@ -13,12 +13,16 @@
 #   7. groups (WaitForParties): server CPU per member in groups of 2, 8 and
 #      64 against per caller of a pair, alternating, ROUNDS rounds; a group
 #      of 1,000 completing (last arrival to last answer); memory per parked
-#      member.
+#      member;
+#   8. the Redis engine on a cluster and under Sentinel
+#      (tests/integration/redis_measure.rs, on topologies started by
+#      scripts/redis-topology.sh): pair latency on one primary against a
+#      cluster, side by side; failover time, five kills of each.
 # Servers run on core 0 and the load on core 1 when there are two cores.
 #
 #   scripts/bench.sh                 # everything
 #   ROUNDS=3 PAIRS=50000 scripts/bench.sh
-#   ONLY=cpu scripts/bench.sh        # one part: cpu, memory, parked, engine, redis, trace or groups
+#   ONLY=cpu scripts/bench.sh        # one part: cpu, memory, parked, engine, redis, trace, groups or topologies
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -210,6 +214,12 @@ if [[ $ONLY == all || $ONLY == redis ]]; then
   record redis-idle-20k -- idle "${both[@]}" --waiters 20000 --connections 64
   stop "$a"
   stop "$b"
+fi
+
+if [[ $ONLY == all || $ONLY == topologies ]]; then
+  echo "== Redis topologies: pair latency (one primary against a cluster), failover"
+  cargo test --quiet --release --test integration -- --ignored --nocapture --test-threads 1 \
+    redis_measure 2>/dev/null | grep '^MEASURE' | tee "$out/topologies.txt"
 fi
 
 if [[ $ONLY == all || $ONLY == engine ]]; then

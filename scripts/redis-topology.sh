@@ -10,8 +10,8 @@
 #
 # It prints a line per process ("node PORT PID"), then "ready URL" with the
 # --redis-url to use, and keeps everything running until its standard input
-# closes (Enter or Ctrl-D by hand; the test's end in a test) or it is
-# interrupted. Then it stops every process and removes its directory:
+# closes (Enter or Ctrl-D in a terminal; the test's end in a test), or, run
+# in the background (its input /dev/null), until it is signalled. Then it stops every process and removes its directory:
 # nothing is kept on disk (no RDB, no AOF; a cluster's nodes.conf lives in a
 # temporary directory that goes with it).
 set -euo pipefail
@@ -142,4 +142,10 @@ EOF
 esac
 
 # Until standard input closes, or a signal.
-cat >/dev/null || true
+if [ -t 0 ] || [ -p /dev/stdin ]; then
+  cat >/dev/null || true
+else
+  sleep infinity &
+  pids+=($!)
+  wait $! || true
+fi

@@ -168,6 +168,10 @@ struct Inner {
     timeout: Duration,
     closed: AtomicBool,
     reachable: watch::Sender<bool>,
+    /// While the configuration is what keeps Redis out of reach (an unknown
+    /// master name, a seed that is not a cluster): what new callers are
+    /// told, so that it reaches whoever can fix it.
+    misconfigured: Mutex<Option<String>>,
     /// Cleanups started from `Drop` that have not finished yet.
     cleanups: AtomicUsize,
     /// Woken whenever a slot or a cleanup ends, for `close`.
@@ -236,6 +240,7 @@ impl RedisEngine {
             timeout: config.timeout,
             closed: AtomicBool::new(false),
             reachable,
+            misconfigured: Mutex::new(None),
             cleanups: AtomicUsize::new(0),
             settled: Notify::new(),
             janitor,
@@ -386,7 +391,23 @@ impl Inner {
         if self.closed.load(Ordering::Acquire) {
             return Some(PairError::ShuttingDown);
         }
-        (!*self.reachable.borrow()).then(|| PairError::Unavailable(UNREACHABLE.into()))
+        if *self.reachable.borrow() {
+            return None;
+        }
+        let misconfigured = self.lock_misconfigured().clone();
+        Some(PairError::Unavailable(
+            misconfigured.unwrap_or_else(|| UNREACHABLE.into()),
+        ))
+    }
+
+    fn set_misconfigured(&self, problem: Option<String>) {
+        *self.lock_misconfigured() = problem;
+    }
+
+    fn lock_misconfigured(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+        self.misconfigured
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     async fn meet(

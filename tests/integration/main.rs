@@ -27,6 +27,7 @@ mod proxies;
 mod redis_auth;
 mod redis_failover;
 mod redis_faults;
+mod redis_measure;
 mod replicas;
 mod shutdown;
 mod tls;

@@ -235,3 +235,179 @@ async fn cluster_reshard_while_callers_wait() {
     every_caller_answered(&engines, &ids, waiters).await;
     topology.until_keys(&prefix, 0).await;
 }
+
+/// How many times the primaries ran `command`, in all.
+async fn calls(topology: &Topology, command: &str) -> Vec<u64> {
+    let mut counts = Vec::new();
+    for port in topology.primaries().await {
+        let info: String = topology
+            .query(port, redis::cmd("INFO").arg("commandstats"))
+            .await;
+        let calls = info
+            .lines()
+            .find_map(|line| line.strip_prefix(&format!("cmdstat_{command}:calls=")))
+            .and_then(|rest| rest.split(',').next())
+            .map_or(0, |n| n.parse().unwrap());
+        counts.push(calls);
+    }
+    counts
+}
+
+/// On a cluster, a pair still costs three scripts and one UNLINK, and ids
+/// spread over the shards: each of the three primaries runs between 25%
+/// and 42% of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pair_costs_four_commands_and_ids_spread_over_the_shards() {
+    let topology = topology(Kind::Cluster).await;
+    let prefix = unique_prefix("cluster-cost");
+    let [a, b] = replicas(&topology, &prefix).await;
+    let pair = |id: String| {
+        let (a, b) = (a.clone(), b.clone());
+        async move {
+            let first = arrive(&a, &id, &format!("waiter {id}"), Duration::from_secs(30));
+            parked(&a, 1).await;
+            let second = within(arrive(
+                &b,
+                &id,
+                &format!("partner {id}"),
+                Duration::from_secs(30),
+            ))
+            .await
+            .unwrap();
+            let first = within(first).await.unwrap();
+            assert_consistent(&id, &first, &second);
+            assert!(first.is_ok(), "{id}: {first:?}");
+        }
+    };
+    pair("warm-up".into()).await;
+    topology.until_keys(&prefix, 0).await;
+    let sum = |counts: Vec<u64>| counts.iter().sum::<u64>();
+    let (scripts, unlinks) = (
+        calls(&topology, "evalsha").await,
+        calls(&topology, "unlink").await,
+    );
+    const PAIRS: usize = 300;
+    for i in 0..PAIRS {
+        pair(format!("spread-{i}")).await;
+    }
+    topology.until_keys(&prefix, 0).await;
+    let after = calls(&topology, "evalsha").await;
+    assert_eq!(sum(after.clone()) - sum(scripts.clone()), 3 * PAIRS as u64);
+    assert_eq!(
+        sum(calls(&topology, "unlink").await) - sum(unlinks),
+        PAIRS as u64
+    );
+    for (before, after) in scripts.iter().zip(&after) {
+        let share = (after - before) as f64 / (3 * PAIRS) as f64;
+        assert!(
+            (0.25..=0.42).contains(&share),
+            "a primary ran {share:.2} of the scripts"
+        );
+    }
+}
+
+// Bad configuration: a clear message at start-up, naming what is wrong, and
+// nothing hangs: the replica starts unready, and callers are answered
+// UNAVAILABLE with the same words.
+
+/// A replica of the real binary on `url`, with its misconfiguration (or its
+/// wait) logged: the log line with `message`, and what a caller is told.
+async fn refused_with(url: &str, message: &str) -> (String, String) {
+    let mut server = crate::common::Process::start(&["--redis-url", url]).await;
+    let logged = server.next(message).await;
+    let reason = logged["fields"]["reason"].as_str().unwrap().to_owned();
+    server.until_ready(503).await;
+    let addr = server.grpc.parse().unwrap();
+    let answer = within(crate::common::raw_wait(addr, "refused", b"", "30S")).await;
+    assert_eq!(answer.grpc_status, "14", "{answer:?}");
+    (reason, answer.grpc_message)
+}
+
+#[tokio::test]
+async fn an_unknown_master_name_is_named() {
+    let topology = topology(Kind::Sentinel).await;
+    let sentinel = topology.sentinel_ports()[0];
+    let url = format!("redis+sentinel://127.0.0.1:{sentinel}/nosuch");
+    let (reason, told) = refused_with(
+        &url,
+        "Redis is misconfigured; this replica stays unready until it is fixed",
+    )
+    .await;
+    let expected = format!(
+        "the Sentinels 127.0.0.1:{sentinel} know no master named \"nosuch\": check the name \
+         after the last '/' in --redis-url"
+    );
+    assert_eq!(reason, expected);
+    assert_eq!(told, format!("{expected}; retry shortly"));
+}
+
+#[tokio::test]
+async fn a_cluster_seed_that_is_not_a_cluster_is_named() {
+    let single = crate::common::redis::RedisServer::start().await;
+    let seed = single.url().trim_start_matches("redis://").to_owned();
+    let (reason, _) = refused_with(
+        &format!("redis+cluster://{seed}"),
+        "Redis is misconfigured; this replica stays unready until it is fixed",
+    )
+    .await;
+    assert_eq!(
+        reason,
+        format!(
+            "{seed} is not a cluster (its cluster support is disabled): use redis:// for one \
+             primary, or redis+sentinel:// under Sentinel"
+        )
+    );
+}
+
+/// Nobody listens: the replica waits for the Sentinels (they may be
+/// starting beside it), and says which it waits for.
+#[tokio::test]
+async fn no_sentinel_reachable_is_named() {
+    let nobody = crate::common::redis::free_port();
+    let (reason, told) = refused_with(
+        &format!("redis+sentinel://127.0.0.1:{nobody}/main"),
+        "waiting for Redis",
+    )
+    .await;
+    assert!(
+        reason.starts_with(&format!("no Sentinel of 127.0.0.1:{nobody} answered")),
+        "{reason}"
+    );
+    assert!(told.contains("Redis"), "{told}");
+}
+
+/// What the server cannot run with at all, it refuses to start with.
+#[tokio::test]
+async fn a_prefix_with_braces_or_a_bad_url_stops_the_start() {
+    for (args, expected) in [
+        (
+            vec![
+                "--redis-url=redis+cluster://127.0.0.1:7000",
+                "--redis-key-prefix=app{1}:",
+            ],
+            "--redis-key-prefix \\\"app{1}:\\\" must not contain '{' or '}'",
+        ),
+        (
+            vec!["--redis-url=redis+sentinel://:hunter2@127.0.0.1:26379"],
+            "--redis-url redis+sentinel://:***@127.0.0.1:26379 is not usable: name the master after the Sentinels",
+        ),
+    ] {
+        let output = within(
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_rendezvous"))
+                .args([
+                    "--grpc-addr=127.0.0.1:0",
+                    "--http-addr=127.0.0.1:0",
+                    "--log-format=json",
+                ])
+                .args(&args)
+                .output(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(output.status.code(), Some(1), "{args:?}");
+        let log = String::from_utf8_lossy(&output.stderr);
+        assert!(log.contains("cannot start"), "{log}");
+        assert!(log.contains(expected), "{args:?}: {log}");
+        assert!(!log.contains("hunter2"), "{log}");
+    }
+}

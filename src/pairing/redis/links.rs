@@ -126,6 +126,8 @@ pub(super) enum Connector {
         client: tokio::sync::Mutex<SentinelClient>,
         master: String,
         sentinels: String,
+        /// Each Sentinel's address, to ask whether it knows the master at all.
+        addresses: Vec<redis::ConnectionInfo>,
     },
     Cluster {
         seeds: Vec<(String, u16)>,
@@ -170,9 +172,22 @@ impl Connector {
                 master,
                 access,
             } => {
-                let addresses = sentinels
+                let addresses: Vec<_> = sentinels
                     .iter()
-                    .map(|(host, port)| address(host, *port, access.tls));
+                    .map(|(host, port)| address(host, *port, access.tls))
+                    .collect();
+                let mut infos = Vec::new();
+                for address in &addresses {
+                    let mut info = address
+                        .clone()
+                        .into_connection_info()
+                        .map_err(|e| bad_url(e.to_string()))?;
+                    if let Some(password) = &config.sentinel_password {
+                        let settings = info.redis_settings().clone().set_password(password);
+                        info = info.set_redis_settings(settings);
+                    }
+                    infos.push(info);
+                }
                 let mut builder =
                     SentinelClientBuilder::new(addresses, master, SentinelServerType::Master)
                         .map_err(|e| bad_url(e.to_string()))?
@@ -197,6 +212,7 @@ impl Connector {
                     ),
                     master: master.clone(),
                     sentinels: list(sentinels),
+                    addresses: infos,
                 })
             }
             Deployment::Cluster { seeds, access } => {
@@ -268,18 +284,19 @@ impl Connector {
         &self,
         pushes: &Pushes,
         timeout: Duration,
-    ) -> Result<Links, String> {
+    ) -> Result<Links, Problem> {
         let within = |what: String| {
             move |_| {
-                format!(
+                Problem::passing(format!(
                     "{what} did not answer within {}",
                     humantime::format_duration(timeout)
-                )
+                ))
             }
         };
         match self {
             Self::Single(client) => {
-                let (commands, subscriber) = managed(client.clone(), pushes, timeout)?;
+                let (commands, subscriber) =
+                    managed(client.clone(), pushes, timeout).map_err(Problem::passing)?;
                 Ok(Links {
                     commands,
                     subscriber,
@@ -290,26 +307,38 @@ impl Connector {
                 client,
                 master,
                 sentinels,
+                addresses,
             } => {
                 let found = tokio::time::timeout(timeout * 4, async {
                     client.lock().await.async_get_client().await
                 })
                 .await
-                .map_err(within(format!("Sentinels {sentinels}")))?
-                .map_err(|error| sentinel_problem(&error, master, sentinels))?;
+                .map_err(within(format!("the Sentinels {sentinels}")))?;
+                let found = match found {
+                    Ok(found) => found,
+                    Err(error) => {
+                        return Err(sentinel_problem(
+                            &error, master, sentinels, addresses, timeout,
+                        )
+                        .await);
+                    }
+                };
                 let place = found.get_connection_info().addr().to_string();
-                let (mut commands, subscriber) = managed(found, pushes, timeout)?;
+                let (mut commands, subscriber) =
+                    managed(found, pushes, timeout).map_err(Problem::passing)?;
                 // The Sentinels may name a primary that has just been turned
                 // into a replica: check with the node itself.
                 let primary = tokio::time::timeout(timeout, commands.is_primary())
                     .await
                     .map_err(within(format!("the primary {place}")))?
-                    .map_err(|e| format!("cannot reach the primary {place}: {e}"))?;
+                    .map_err(|e| {
+                        Problem::passing(format!("cannot reach the primary {place}: {e}"))
+                    })?;
                 if !primary {
-                    return Err(format!(
+                    return Err(Problem::passing(format!(
                         "the Sentinels name {place} as {master:?}'s primary, but it is a replica \
                          (a failover under way?)"
-                    ));
+                    )));
                 }
                 Ok(Links {
                     commands,
@@ -321,7 +350,7 @@ impl Connector {
                 let clients = self
                     .cluster_client(None)
                     .and_then(|commands| Ok((commands, self.cluster_client(Some(pushes))?)))
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| Problem::passing(e.to_string()))?;
                 let both = tokio::time::timeout(timeout * 4, async {
                     Ok::<_, redis::RedisError>((
                         clients.0.get_async_connection().await?,
@@ -413,28 +442,86 @@ fn list(nodes: &[(String, u16)]) -> String {
         .join(",")
 }
 
-/// A Sentinel lookup's failure, in words that name what to fix.
-fn sentinel_problem(error: &redis::RedisError, master: &str, sentinels: &str) -> String {
-    match error.kind() {
-        redis::ErrorKind::MasterNameNotFoundBySentinel => format!(
-            "no Sentinel of {sentinels} knows a master named {master:?} (or none can reach it): \
-             check the name after the last '/' in --redis-url"
-        ),
-        _ if error.is_io_error() || error.is_connection_refusal() => {
-            format!("no Sentinel of {sentinels} answered: {error}")
+/// Why the links could not be made: in words for the log and for callers,
+/// and whether it is the configuration (nothing but a fix will help) rather
+/// than something that passes (a node starting, a failover).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Problem {
+    pub(super) reason: String,
+    pub(super) misconfigured: bool,
+}
+
+impl Problem {
+    pub(super) fn passing(reason: String) -> Self {
+        Self {
+            reason,
+            misconfigured: false,
         }
-        _ => format!("the Sentinels {sentinels} failed: {error}"),
+    }
+
+    fn misconfigured(reason: String) -> Self {
+        Self {
+            reason,
+            misconfigured: true,
+        }
     }
 }
 
-/// A cluster connection's failure, in words that name what to fix.
-fn cluster_problem(error: &redis::RedisError, seeds: &str) -> String {
-    let text = error.to_string();
-    if text.contains("cluster support disabled") || text.contains("cluster mode") {
-        return format!(
-            "{seeds} is not a cluster (its cluster support is disabled): use redis:// or \
-             redis+sentinel:// for it"
-        );
+/// A Sentinel lookup's failure, in words that name what to fix. The
+/// Sentinels say "not found" both for a name they do not know and for a
+/// master that is down (a failover under way): asking one of them for the
+/// name tells the two apart.
+async fn sentinel_problem(
+    error: &redis::RedisError,
+    master: &str,
+    sentinels: &str,
+    addresses: &[redis::ConnectionInfo],
+    timeout: Duration,
+) -> Problem {
+    if error.kind() != redis::ErrorKind::MasterNameNotFoundBySentinel {
+        return Problem::passing(match error.is_io_error() || error.is_connection_refusal() {
+            true => format!("no Sentinel of {sentinels} answered: {error}"),
+            false => format!("the Sentinels {sentinels} failed: {error}"),
+        });
     }
-    format!("cannot reach the cluster at {seeds}: {text}")
+    for address in addresses {
+        let ask = async {
+            let mut connection = Client::open(address.clone())?
+                .get_multiplexed_async_connection()
+                .await?;
+            redis::cmd("SENTINEL")
+                .arg("get-master-addr-by-name")
+                .arg(master)
+                .query_async::<Option<(String, u16)>>(&mut connection)
+                .await
+        };
+        match tokio::time::timeout(timeout, ask).await {
+            Ok(Ok(None)) => {
+                return Problem::misconfigured(format!(
+                    "the Sentinels {sentinels} know no master named {master:?}: check the name \
+                     after the last '/' in --redis-url"
+                ));
+            }
+            Ok(Ok(Some((host, port)))) => {
+                return Problem::passing(format!(
+                    "the Sentinels' primary for {master:?}, {host}:{port}, is down or being \
+                     replaced (a failover under way?)"
+                ));
+            }
+            _ => continue,
+        }
+    }
+    Problem::passing(format!("no Sentinel of {sentinels} answered"))
+}
+
+/// A cluster connection's failure, in words that name what to fix.
+fn cluster_problem(error: &redis::RedisError, seeds: &str) -> Problem {
+    let text = error.to_string();
+    if text.contains("cluster support disabled") {
+        return Problem::misconfigured(format!(
+            "{seeds} is not a cluster (its cluster support is disabled): use redis:// for one \
+             primary, or redis+sentinel:// under Sentinel"
+        ));
+    }
+    Problem::passing(format!("cannot reach the cluster at {seeds}: {text}"))
 }

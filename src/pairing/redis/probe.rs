@@ -14,7 +14,11 @@ use tokio::{
     time::{Instant, sleep, timeout},
 };
 
-use super::{COMMANDS_WAIT, Inner, links::Links, slots::slot};
+use super::{
+    COMMANDS_WAIT, Inner,
+    links::{Links, Problem},
+    slots::slot,
+};
 
 /// How often a replica checks that Redis answers, while nothing else would
 /// tell it: a paused Redis (SIGSTOP) closes no connection.
@@ -57,6 +61,17 @@ pub(super) async fn sweep(inner: Weak<Inner>, mut swept: mpsc::UnboundedReceiver
     }
 }
 
+/// What the probe has said already, so that it says each thing once.
+#[derive(Default)]
+struct Told {
+    /// "waiting for Redis", before the first answer.
+    waiting: bool,
+    /// "still cannot reach Redis", when that lasts.
+    warned: bool,
+    /// The misconfiguration reported last.
+    misconfigured: Option<String>,
+}
+
 /// Connects and subscribes this replica's channels, then checks that Redis
 /// answers, every [`PROBE_INTERVAL`]: readiness follows, and so do new
 /// callers.
@@ -65,7 +80,7 @@ pub(super) async fn probe(inner: Weak<Inner>, cell: Arc<OnceLock<Weak<Inner>>>) 
     // Before the first answer, failing is normal for a moment (Redis may be
     // starting beside us): say so at info, and warn only if it lasts.
     let started = Instant::now();
-    let mut told = (false, false);
+    let mut told = Told::default();
     loop {
         let Some(engine) = inner.upgrade() else {
             return;
@@ -77,6 +92,7 @@ pub(super) async fn probe(inner: Weak<Inner>, cell: Arc<OnceLock<Weak<Inner>>>) 
         };
         match checked {
             Ok(()) => {
+                engine.set_misconfigured(None);
                 if !engine.reachable.send_replace(true) {
                     tracing::info!(place = %engine.place(), "Redis is reachable");
                     engine.metrics.reachable.set(1);
@@ -86,14 +102,27 @@ pub(super) async fn probe(inner: Weak<Inner>, cell: Arc<OnceLock<Weak<Inner>>>) 
                     reached_before = true;
                 }
             }
-            Err(reason) => {
-                if !reached_before {
-                    if !told.0 {
+            Err(Problem {
+                reason,
+                misconfigured,
+            }) => {
+                engine.set_misconfigured(misconfigured.then(|| reason.clone()));
+                if misconfigured {
+                    // Said once, at error: it lasts until someone fixes it.
+                    if told.misconfigured.as_ref() != Some(&reason) {
+                        tracing::error!(
+                            %reason,
+                            "Redis is misconfigured; this replica stays unready until it is fixed"
+                        );
+                        told.misconfigured = Some(reason.clone());
+                    }
+                } else if !reached_before {
+                    if !told.waiting {
                         tracing::info!(%reason, "waiting for Redis");
-                        told.0 = true;
-                    } else if !told.1 && started.elapsed() > STARTUP_PATIENCE {
+                        told.waiting = true;
+                    } else if !told.warned && started.elapsed() > STARTUP_PATIENCE {
                         tracing::warn!(%reason, "still cannot reach Redis");
-                        told.1 = true;
+                        told.warned = true;
                     }
                 } else {
                     tracing::debug!(%reason, "Redis is still unreachable");
@@ -117,9 +146,9 @@ impl Inner {
 
     /// While Redis is reachable: it still answers, on every primary, and
     /// (under Sentinel) the primary still is one.
-    async fn check(&self) -> Result<(), String> {
+    async fn check(&self) -> Result<(), Problem> {
         let Some(links) = self.links.load_full() else {
-            return Err("not connected".into());
+            return Err(Problem::passing("not connected".into()));
         };
         let mut subscriber = links.subscriber.clone();
         let follows = self.connector.checks_role();
@@ -128,24 +157,22 @@ impl Inner {
             Ok::<_, redis::RedisError>(!follows || subscriber.is_primary().await?)
         })
         .await;
-        match answered {
-            Ok(Ok(true)) => Ok(()),
-            Ok(Ok(false)) => Err(format!(
-                "{} is no longer the primary (a failover)",
-                links.place
-            )),
-            Ok(Err(error)) => Err(format!("cannot reach Redis: {error}")),
-            Err(_) => Err(format!(
+        let reason = match answered {
+            Ok(Ok(true)) => return Ok(()),
+            Ok(Ok(false)) => format!("{} is no longer the primary (a failover)", links.place),
+            Ok(Err(error)) => format!("cannot reach Redis: {error}"),
+            Err(_) => format!(
                 "Redis did not answer within {}",
                 humantime::format_duration(self.timeout)
-            )),
-        }
+            ),
+        };
+        Err(Problem::passing(reason))
     }
 
     /// While Redis is unreachable: connects (again, where a failover may
     /// have moved the primary), subscribes every channel of this replica,
     /// and makes sure that each is heard where its messages are published.
-    async fn recover(&self, cell: &Arc<OnceLock<Weak<Inner>>>) -> Result<(), String> {
+    async fn recover(&self, cell: &Arc<OnceLock<Weak<Inner>>>) -> Result<(), Problem> {
         let current = self.links.load_full();
         if current.is_none() || self.connector.remakes_links() {
             let generation = self.generation.load(Ordering::Acquire) + 1;
@@ -164,6 +191,12 @@ impl Inner {
             }
         }
         let links = self.links.load_full().expect("connected above");
+        self.resubscribe(&links).await.map_err(Problem::passing)
+    }
+
+    /// Subscribes every channel of this replica, checks that each is heard,
+    /// and that the callers' connection answers too.
+    async fn resubscribe(&self, links: &Links) -> Result<(), String> {
         let budget = self.timeout * COMMANDS_WAIT;
         let within = |what: &str| {
             format!(
@@ -171,11 +204,11 @@ impl Inner {
                 humantime::format_duration(budget)
             )
         };
-        timeout(budget, self.subscribe_all(&links))
+        timeout(budget, self.subscribe_all(links))
             .await
             .map_err(|_| within("confirm this replica's subscriptions"))?
             .map_err(|e| format!("cannot subscribe: {e}"))?;
-        timeout(budget, self.heard_everywhere(&links))
+        timeout(budget, self.heard_everywhere(links))
             .await
             .map_err(|_| within("answer"))??;
         let mut commands = links.commands.clone();

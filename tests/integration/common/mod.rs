@@ -438,6 +438,9 @@ pub struct Process {
     /// The log, parsed, line by line. A task drains the pipe all the time:
     /// a server whose stderr fills up blocks on its next log line.
     events: tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>,
+    /// Lines read before "listening" (which [`Process::next`] looks at
+    /// first): the engine may log before the server does.
+    early: std::collections::VecDeque<serde_json::Value>,
     pub grpc: String,
     pub http: String,
     /// The startup line, with every setting in force: the server's, and the
@@ -499,6 +502,7 @@ impl Process {
         let mut process = Self {
             child,
             events,
+            early: std::collections::VecDeque::new(),
             grpc: String::new(),
             http: String::new(),
             listening: serde_json::Value::Null,
@@ -539,6 +543,7 @@ impl Process {
             loop {
                 let event = self.events.recv().await.expect("the server starts");
                 settings(&event, &mut engine);
+                self.early.push_back(event.clone());
                 if event["fields"]["message"] == "listening" {
                     let mut event = event;
                     let fields = event["fields"].as_object_mut().unwrap();
@@ -550,7 +555,13 @@ impl Process {
         .await
     }
 
+    /// The next log line whose message is `message`, skipping others.
     pub async fn next(&mut self, message: &str) -> serde_json::Value {
+        while let Some(event) = self.early.pop_front() {
+            if event["fields"]["message"] == message {
+                return event;
+            }
+        }
         within(async {
             loop {
                 let event = self
