@@ -382,3 +382,47 @@ fn the_kustomization_lists_every_manifest_and_names_the_image() {
     let image = &deployment["spec"]["template"]["spec"]["containers"][0]["image"];
     assert_eq!(&kustomization["images"][0]["name"], image);
 }
+
+/// The components for Redis under Sentinel and in a cluster replace the
+/// Redis URL, and nothing else, with one the binary takes: it starts, and
+/// says which kind of Redis it meets through.
+#[tokio::test]
+async fn the_sentinel_and_cluster_components_point_the_replicas_at_them() {
+    let documents = manifests();
+    let deployment = serde_json::to_value(find(&documents, "Deployment", "rendezvous")).unwrap();
+    for (component, mode) in [("sentinel", "sentinel"), ("cluster", "cluster")] {
+        let text = std::fs::read_to_string(
+            root()
+                .join("deploy/kubernetes")
+                .join(component)
+                .join("kustomization.yaml"),
+        )
+        .unwrap();
+        let kustomization: Value = serde_yaml_ng::from_str(&text).unwrap();
+        assert_eq!(kustomization["kind"], "Component", "{component}");
+        let patches = kustomization["patches"].as_array().unwrap();
+        assert_eq!(patches.len(), 1, "{component}");
+        assert_eq!(patches[0]["target"]["kind"], "Deployment");
+        assert_eq!(patches[0]["target"]["name"], "rendezvous");
+        let ops: Value = serde_yaml_ng::from_str(patches[0]["patch"].as_str().unwrap()).unwrap();
+        let [op] = ops.as_array().unwrap().as_slice() else {
+            panic!("{component}: one operation");
+        };
+        assert_eq!(op["op"], "replace");
+        let path = op["path"].as_str().unwrap();
+        let variable = path.strip_suffix("/value").unwrap();
+        assert_eq!(
+            deployment.pointer(&format!("{variable}/name")),
+            Some(&Value::from("RENDEZVOUS_REDIS_URL")),
+            "{component}: {path}"
+        );
+        let url = op["value"].as_str().unwrap();
+        let mut server = crate::common::Process::start(&["--redis-url", url]).await;
+        assert_eq!(
+            server.listening["fields"]["redis_mode"], mode,
+            "{component}"
+        );
+        // Names that resolve only in the cluster: waiting, not refused.
+        server.next("waiting for Redis").await;
+    }
+}

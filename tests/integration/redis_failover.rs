@@ -411,3 +411,57 @@ async fn a_prefix_with_braces_or_a_bad_url_stops_the_start() {
         assert!(!log.contains("hunter2"), "{log}");
     }
 }
+
+/// The ACL that SECURITY.md documents is enough on a cluster too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_documented_acl_is_enough_on_a_cluster() {
+    const PASSWORD: &str = "acl-on-a-cluster";
+    let topology = topology(Kind::Cluster).await;
+    let security =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/SECURITY.md")).unwrap();
+    let acl = security
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("`ACL SETUSER ")?.split('`').next())
+        .expect("SECURITY.md documents an ACL");
+    let mut command = redis::cmd("ACL");
+    command.arg("SETUSER");
+    for word in acl.split_whitespace() {
+        command.arg(word.replace("PASSWORD", PASSWORD));
+    }
+    for port in topology.data_ports() {
+        let _: String = topology.query(port, &command).await;
+    }
+    let prefix = "rendezvous:";
+    let url = topology.url.replace(
+        "redis+cluster://",
+        &format!("redis+cluster://rendezvous:{PASSWORD}@"),
+    );
+    let start = || async {
+        let engine = RedisEngine::start(
+            engine_config(url.clone(), prefix, usize::MAX),
+            rendezvous::metrics::Metrics::new().registry_mut(),
+        )
+        .unwrap();
+        ready(&engine).await;
+        Arc::new(engine)
+    };
+    let (a, b) = (start().await, start().await);
+    let first = arrive(&a, "acl", "waiter acl", Duration::from_secs(30));
+    parked(&a, 1).await;
+    let second = within(arrive(&b, "acl", "partner acl", Duration::from_secs(30)))
+        .await
+        .unwrap();
+    let first = within(first).await.unwrap();
+    assert_consistent("acl", &first, &second);
+    assert!(first.is_ok(), "{first:?}");
+    let alone = within(arrive(
+        &a,
+        "acl-alone",
+        "waiter acl-alone",
+        Duration::from_millis(200),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(alone.unwrap_err(), PairError::TimedOut);
+    topology.until_keys(prefix, 0).await;
+}
