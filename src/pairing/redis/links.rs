@@ -309,7 +309,7 @@ impl Connector {
                 sentinels,
                 addresses,
             } => {
-                let found = tokio::time::timeout(timeout * 4, async {
+                let found = tokio::time::timeout(timeout * 2, async {
                     client.lock().await.async_get_client().await
                 })
                 .await
@@ -351,7 +351,7 @@ impl Connector {
                     .cluster_client(None)
                     .and_then(|commands| Ok((commands, self.cluster_client(Some(pushes))?)))
                     .map_err(|e| Problem::passing(e.to_string()))?;
-                let both = tokio::time::timeout(timeout * 4, async {
+                let both = tokio::time::timeout(timeout * 2, async {
                     Ok::<_, redis::RedisError>((
                         clients.0.get_async_connection().await?,
                         clients.1.get_async_connection().await?,

@@ -197,7 +197,11 @@ impl Inner {
     /// Subscribes every channel of this replica, checks that each is heard,
     /// and that the callers' connection answers too.
     async fn resubscribe(&self, links: &Links) -> Result<(), String> {
-        let budget = self.timeout * COMMANDS_WAIT;
+        // Each step is a round trip per channel, all at once. A step that
+        // takes longer is stuck on a node that is going away (a fresh
+        // connection can still be routed to a dead primary for a moment):
+        // the next probe starts afresh rather than wait for it.
+        let budget = self.timeout * 2;
         let within = |what: &str| {
             format!(
                 "Redis did not {what} within {}",
