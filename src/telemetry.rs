@@ -6,8 +6,11 @@ use tracing_subscriber::{EnvFilter, fmt};
 
 use crate::config::LogFormat;
 
-/// Installs the global subscriber. `RUST_LOG` filters (default `info`); the
-/// format is text for people or JSON for log pipelines.
+/// Installs the global subscriber. `RUST_LOG` filters (default `info`, with
+/// the Redis client's own messages from `error` up: its warnings, about each
+/// node it cannot reach while a cluster starts or fails over, repeat what
+/// the Redis engine says in its own words, once); the format is text for
+/// people or JSON for log pipelines.
 ///
 /// Calls are not logged one by one at `info`: each gets a `debug` span with
 /// its protocol, outcome, role and time waited, and `debug` events for its
@@ -16,7 +19,8 @@ use crate::config::LogFormat;
 /// Colours only on a terminal: a log redirected to a file or a pipe must not
 /// be full of escape codes.
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    const DEFAULT_FILTER: &str = "info,redis=error";
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let builder = fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -3,8 +3,10 @@
 //!
 //! Keys hold the truth, and one Lua script (`redis.lua`, which documents the
 //! keys and messages) takes every decision about an id atomically. Pub/sub
-//! only wakes replicas up: each replica subscribes to one channel of its own,
-//! on a RESP3 connection that carries nothing else. Redis holds a subscribed
+//! only wakes replicas up: each replica subscribes to one channel of its own
+//! (on a cluster, one shard channel per bucket of ids: `slots.rs`), on a
+//! RESP3 connection that carries nothing else. One primary, Sentinel and a
+//! cluster differ only in how those connections are made (`links.rs`). Redis holds a subscribed
 //! connection's replies to its pub/sub output-buffer limit (32 MiB by
 //! default, then it cuts the connection), and a group's payloads, read once
 //! by each member, would pass it: commands go over a connection of their own.

@@ -95,19 +95,10 @@ async fn a_password_protected_redis_pairs_and_the_password_is_never_logged() {
 #[tokio::test]
 async fn the_documented_acl_is_enough() {
     let redis = RedisServer::start().await;
-    let security =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/SECURITY.md")).unwrap();
-    let acl = security
-        .lines()
-        .find_map(|line| line.trim().strip_prefix("`ACL SETUSER ")?.split('`').next())
-        .expect("SECURITY.md documents an ACL");
     let prefix = "rendezvous:";
-    let mut command = redis::cmd("ACL");
-    command.arg("SETUSER");
-    for word in acl.split_whitespace() {
-        command.arg(word.replace("PASSWORD", PASSWORD));
-    }
-    let _: String = redis.query(&command).await;
+    let _: String = redis
+        .query(&crate::common::redis::documented_acl(PASSWORD))
+        .await;
 
     let server = TestServer::with(Config {
         redis: rendezvous::config::RedisArgs {

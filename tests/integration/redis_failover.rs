@@ -417,17 +417,7 @@ async fn a_prefix_with_braces_or_a_bad_url_stops_the_start() {
 async fn the_documented_acl_is_enough_on_a_cluster() {
     const PASSWORD: &str = "acl-on-a-cluster";
     let topology = topology(Kind::Cluster).await;
-    let security =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/SECURITY.md")).unwrap();
-    let acl = security
-        .lines()
-        .find_map(|line| line.trim().strip_prefix("`ACL SETUSER ")?.split('`').next())
-        .expect("SECURITY.md documents an ACL");
-    let mut command = redis::cmd("ACL");
-    command.arg("SETUSER");
-    for word in acl.split_whitespace() {
-        command.arg(word.replace("PASSWORD", PASSWORD));
-    }
+    let command = crate::common::redis::documented_acl(PASSWORD);
     for port in topology.data_ports() {
         let _: String = topology.query(port, &command).await;
     }

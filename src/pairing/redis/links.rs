@@ -96,11 +96,8 @@ impl Conn {
     pub(super) async fn is_primary(&mut self) -> redis::RedisResult<bool> {
         match self {
             Self::Managed(c) => {
-                let role: Vec<Value> = redis::cmd("ROLE").query_async(c).await?;
-                Ok(
-                    matches!(role.first(), Some(Value::BulkString(r)) if r == b"master")
-                        || matches!(role.first(), Some(Value::SimpleString(r)) if r == "master"),
-                )
+                let role: redis::Role = redis::cmd("ROLE").query_async(c).await?;
+                Ok(matches!(role, redis::Role::Primary { .. }))
             }
             Self::Cluster(_) => Ok(true),
         }

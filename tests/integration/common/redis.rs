@@ -202,6 +202,22 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The `ACL SETUSER` that SECURITY.md documents, with `password`.
+pub fn documented_acl(password: &str) -> redis::Cmd {
+    let security =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/SECURITY.md")).unwrap();
+    let acl = security
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("`ACL SETUSER ")?.split('`').next())
+        .expect("SECURITY.md documents an ACL");
+    let mut command = redis::cmd("ACL");
+    command.arg("SETUSER");
+    for word in acl.split_whitespace() {
+        command.arg(word.replace("PASSWORD", password));
+    }
+    command
+}
+
 /// A key prefix no other test uses, so that tests can share nothing.
 pub fn unique_prefix(test: &str) -> String {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
