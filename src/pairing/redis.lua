@@ -1,5 +1,11 @@
 -- The Redis engine's one script: every decision about one id, atomically.
 --
+-- Everything one run touches is in one cluster slot: KEYS[1] is
+-- PREFIX 'v3{' BUCKET '}' HASH, every other key it names starts with KEYS[1],
+-- and on a cluster every channel it publishes to is a replica's shard
+-- channel for the same bucket, PREFIX '{' BUCKET '}replica:' ID (see
+-- `publish` below, and slots.rs for the buckets).
+--
 -- KEYS[1], the meeting place of one id, is a hash:
 --   w, wc, wp, we   the waiter: its token, its replica's channel, its payload,
 --                   and when it gives up (Redis's clock, in ms)

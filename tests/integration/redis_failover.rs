@@ -304,6 +304,21 @@ async fn a_pair_costs_four_commands_and_ids_spread_over_the_shards() {
             "a primary ran {share:.2} of the scripts"
         );
     }
+
+    // Scripts are cached per node, and a promoted replica (or a restarted
+    // node) has none: a node's NOSCRIPT loads the script on every primary.
+    let loads = sum(calls(&topology, "script|load").await);
+    for port in topology.primaries().await {
+        let flushed: String = topology
+            .query(port, redis::cmd("SCRIPT").arg("FLUSH"))
+            .await;
+        assert_eq!(flushed, "OK");
+    }
+    for i in 0..10 {
+        pair(format!("after-flush-{i}")).await;
+    }
+    let reloads = sum(calls(&topology, "script|load").await) - loads;
+    assert!(reloads >= 3, "{reloads} loads after the flush");
 }
 
 // Bad configuration: a clear message at start-up, naming what is wrong, and
