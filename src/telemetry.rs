@@ -20,7 +20,8 @@ use crate::config::LogFormat;
 /// be full of escape codes.
 pub fn init(format: LogFormat) {
     const DEFAULT_FILTER: &str = "info,redis=error";
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let builder = fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

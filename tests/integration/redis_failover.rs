@@ -93,19 +93,20 @@ fn assert_consistent(
 /// states, 60 s being far past it), partners come, and each id ends
 /// consistently; then both replicas pair across each other again.
 async fn every_caller_answered([a, b]: &[Arc<RedisEngine>; 2], ids: &[String], waiters: Vec<Call>) {
-    let mut outcomes = HashMap::new();
-    for (id, waiter) in ids.iter().zip(waiters) {
-        // A waiter told UNAVAILABLE has gone: its partner must not pair with
-        // it, and waits (briefly) on its own instead.
-        ready_again(b).await;
-        let partner = arrive(b, id, &format!("partner {id}"), Duration::from_secs(3));
+    // A waiter told UNAVAILABLE has gone: its partner must not pair with it,
+    // and waits (briefly) on its own instead. All at once.
+    ready_again(b).await;
+    let partners: Vec<Call> = ids
+        .iter()
+        .map(|id| arrive(b, id, &format!("partner {id}"), Duration::from_secs(3)))
+        .collect();
+    for ((id, waiter), partner) in ids.iter().zip(waiters).zip(partners) {
         let partner = within(partner).await.unwrap();
         let waiter = tokio::time::timeout(Duration::from_secs(60), waiter)
             .await
             .expect("the waiter is answered")
             .unwrap();
         assert_consistent(id, &waiter, &partner);
-        outcomes.insert(id.clone(), (waiter.is_ok(), partner.is_ok()));
     }
     ready_again(a).await;
     ready_again(b).await;
@@ -206,9 +207,21 @@ async fn cluster_reshard_while_callers_wait() {
     let topology = topology(Kind::Cluster).await;
     let prefix = unique_prefix("cluster-reshard");
     let engines = replicas(&topology, &prefix).await;
-    let ids = ids("cr", 12);
-    let waiters = park_waiters(&engines[0], &ids).await;
     let primaries = topology.primaries().await;
+    // Waiters whose ids the source of the slots serves: about half of them
+    // move with the slots.
+    let source = topology.slots_of(primaries[0]).await;
+    let mut ids = Vec::new();
+    let mut slots = HashMap::new();
+    for id in self::ids("cr", 200) {
+        let key = RedisEngine::key_of(&prefix, &Id::new(id.as_str()).unwrap());
+        let slot = topology.keyslot(&key).await;
+        if source.iter().any(|range| range.contains(&slot)) && ids.len() < 16 {
+            slots.insert(id.clone(), slot);
+            ids.push(id);
+        }
+    }
+    let waiters = park_waiters(&engines[0], &ids).await;
     let node_id = |port: u16| {
         let topology = &topology;
         async move {
@@ -232,7 +245,32 @@ async fn cluster_reshard_while_callers_wait() {
     .await
     .unwrap();
     assert!(status.success(), "redis-cli --cluster reshard");
+    let target = topology.slots_of(primaries[1]).await;
+    let moved = ids
+        .iter()
+        .filter(|id| target.iter().any(|range| range.contains(&slots[*id])))
+        .count();
+    assert!(moved > 0, "none of the waiters' slots moved");
     every_caller_answered(&engines, &ids, waiters).await;
+    topology.until_keys(&prefix, 0).await;
+    // Every id again, those whose slots moved among them: the replicas'
+    // shard channels followed the slots to their new node.
+    let [a, b] = &engines;
+    for id in &ids {
+        let first = arrive(a, id, &format!("waiter {id}"), Duration::from_secs(30));
+        parked(a, 1).await;
+        let second = within(arrive(
+            b,
+            id,
+            &format!("partner {id}"),
+            Duration::from_secs(30),
+        ))
+        .await
+        .unwrap();
+        let first = within(first).await.unwrap();
+        assert_consistent(id, &first, &second);
+        assert!(first.is_ok(), "{id} after the reshard: {first:?}");
+    }
     topology.until_keys(&prefix, 0).await;
 }
 

@@ -150,7 +150,7 @@ async fn failover_once(kind: Kind) -> (Duration, Duration) {
     // Found before the kill: the node asked is the one killed.
     let ranges = match kind {
         Kind::Sentinel => Vec::new(),
-        Kind::Cluster => slots_of(&topology, primary).await,
+        Kind::Cluster => topology.slots_of(primary).await,
     };
     let mut ids = Vec::new();
     for i in 0.. {
@@ -214,29 +214,6 @@ async fn failover_once(kind: Kind) -> (Duration, Duration) {
     };
     let (promoted, paired) = tokio::join!(promoted, paired);
     (paired, promoted)
-}
-
-/// The slot ranges the primary on `port` serves, as `CLUSTER NODES` says.
-async fn slots_of(topology: &Topology, port: u16) -> Vec<std::ops::RangeInclusive<u32>> {
-    let nodes: String = topology
-        .query(port, redis::cmd("CLUSTER").arg("NODES"))
-        .await;
-    // `ID IP:PORT@BUS FLAGS PRIMARY PING PONG EPOCH STATE SLOTS...`
-    let line = nodes
-        .lines()
-        .find(|line| {
-            line.split_whitespace()
-                .nth(2)
-                .is_some_and(|f| f.contains("myself"))
-        })
-        .unwrap();
-    line.split_whitespace()
-        .skip(8)
-        .filter_map(|range| {
-            let (start, end) = range.split_once('-').unwrap_or((range, range));
-            Some(start.parse().ok()?..=end.parse().ok()?)
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

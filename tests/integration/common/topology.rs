@@ -163,6 +163,34 @@ impl Topology {
         panic!("expected {n} keys under {prefix}, found {left:?}");
     }
 
+    /// The slot ranges the primary on `port` serves, as `CLUSTER NODES` says.
+    pub async fn slots_of(&self, port: u16) -> Vec<std::ops::RangeInclusive<u32>> {
+        let nodes: String = self.query(port, redis::cmd("CLUSTER").arg("NODES")).await;
+        // `ID IP:PORT@BUS FLAGS PRIMARY PING PONG EPOCH STATE SLOTS...`
+        let line = nodes
+            .lines()
+            .find(|line| {
+                line.split_whitespace()
+                    .nth(2)
+                    .is_some_and(|f| f.contains("myself"))
+            })
+            .unwrap();
+        line.split_whitespace()
+            .skip(8)
+            .filter_map(|range| {
+                let (start, end) = range.split_once('-').unwrap_or((range, range));
+                Some(start.parse().ok()?..=end.parse().ok()?)
+            })
+            .collect()
+    }
+
+    /// The cluster slot of `key`, as a live primary computes it.
+    pub async fn keyslot(&self, key: &str) -> u32 {
+        let port = self.primaries().await[0];
+        self.query(port, redis::cmd("CLUSTER").arg("KEYSLOT").arg(key))
+            .await
+    }
+
     /// Pauses writes on every primary for `ms` milliseconds.
     pub async fn pause_writes(&self, ms: u64) {
         for port in self.primaries().await {
