@@ -432,6 +432,50 @@ mod tests {
     }
 
     #[test]
+    fn each_deployment_says_its_mode_and_whether_it_uses_tls() {
+        let parsed = |url| Deployment::parse(url, None).unwrap();
+        for (url, mode, tls) in [
+            ("redis://db", "single", false),
+            ("rediss://db", "single", true),
+            ("redis+sentinel://s1/main", "sentinel", false),
+            ("rediss+sentinel://s1/main", "sentinel", true),
+            ("redis+cluster://n1", "cluster", false),
+            ("rediss+cluster://n1", "cluster", true),
+        ] {
+            assert_eq!(
+                (parsed(url).mode(), parsed(url).tls()),
+                (mode, tls),
+                "{url}"
+            );
+        }
+    }
+
+    /// Flags and settings are printed in logs and panics: never a secret.
+    #[test]
+    fn debug_shows_no_secret() {
+        let args = RedisArgs {
+            url: Some("redis+cluster://app:hunter2@n1".into()),
+            ..RedisArgs::default()
+        };
+        let shown = format!("{args:?}");
+        assert!(
+            shown.contains(r#"url: Some("redis+cluster://app:***@n1")"#),
+            "{shown}"
+        );
+        assert!(shown.contains(r#"key_prefix: "rendezvous:""#), "{shown}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        let Deployment::Cluster { access, .. } =
+            Deployment::parse("redis+cluster://app:hunter2@n1", None).unwrap()
+        else {
+            unreachable!()
+        };
+        assert_eq!(
+            format!("{access:?}"),
+            r#"Access { tls: false, username: Some("app"), password: Some("***") }"#
+        );
+    }
+
+    #[test]
     fn bad_urls_say_what_is_wrong_with_the_secret_hidden() {
         let reason = |url: &str| match Deployment::parse(url, None).unwrap_err() {
             RedisError::BadUrl { url, reason } => {
