@@ -57,6 +57,9 @@ fn tags() -> &'static [String] {
         let mut missing = BUCKETS;
         let mut n = 0u64;
         while missing > 0 {
+            // A few thousand steps fill every bucket: far more is a broken
+            // hash, which must not hang the replica's start.
+            assert!(n < 1 << 20, "no hash tag found for every bucket");
             let tag = n.to_string();
             let bucket = slot(tag.as_bytes()) / (SLOTS / BUCKETS);
             if tags[bucket].is_empty() {
