@@ -43,11 +43,12 @@ if [ ${#engine[@]} -gt 0 ]; then
   cargo mutants "${common[@]}" -o "$out/engine" "${engine[@]}" || status=$?
 fi
 if [ ${#redis[@]} -gt 0 ]; then
-  # The Redis engine: only the tests that run it (the engine suite's Redis
-  # half, the replicas, the faults, the Redis unit tests) can catch a
-  # mutant there, and the others would triple the time.
+  # The Redis engine: only the tests that run it (the engine suite's Redis,
+  # Sentinel and cluster parts, the replicas, the faults and failovers, the
+  # Redis unit tests) can catch a mutant there, and the others would triple
+  # the time.
   cargo mutants "${common[@]}" -o "$out/redis" "${redis[@]}" \
-    -- -E 'test(/redis|replicas/)' || status=$?
+    -- -E 'test(/redis|replicas|sentinel|cluster/)' || status=$?
 fi
 if [ ${#transports[@]} -gt 0 ]; then
   # The rest: the whole suite but the loom model, which runs the local
