@@ -508,3 +508,45 @@ async fn the_documented_acl_is_enough_on_a_cluster() {
     assert_eq!(alone.unwrap_err(), PairError::TimedOut);
     topology.until_keys(prefix, 0).await;
 }
+
+/// A primary turned into a replica under the replicas' feet, its clients
+/// not cut (as `REPLICAOF` by hand leaves them): the probe's `ROLE` check
+/// finds out, the replica goes unready and answers UNAVAILABLE rather than
+/// send scripts to a read-only node, and says why: the Sentinels still
+/// name that node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_demoted_without_cutting_its_clients_is_noticed() {
+    let topology = topology(Kind::Sentinel).await;
+    let prefix = unique_prefix("demoted");
+    let [a, _b] = replicas(&topology, &prefix).await;
+    let [primary, replica] = topology.data_ports()[..] else {
+        unreachable!()
+    };
+    // The Sentinels would undo this by failing over; they are stopped.
+    for sentinel in topology.sentinel_ports() {
+        topology.kill(sentinel);
+    }
+    let _: String = topology
+        .query(replica, redis::cmd("REPLICAOF").arg("NO").arg("ONE"))
+        .await;
+    let _: String = topology
+        .query(
+            primary,
+            redis::cmd("REPLICAOF").arg("127.0.0.1").arg(replica),
+        )
+        .await;
+    let mut reachable = a.reachable();
+    within(reachable.wait_for(|up| !up)).await.unwrap();
+    let refused = within(arrive(
+        &a,
+        "demoted",
+        "waiter demoted",
+        Duration::from_secs(5),
+    ))
+    .await
+    .unwrap();
+    match refused {
+        Err(PairError::Unavailable(reason)) => assert!(reason.contains("Redis"), "{reason}"),
+        other => panic!("expected UNAVAILABLE, got {other:?}"),
+    }
+}
