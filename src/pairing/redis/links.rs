@@ -91,6 +91,29 @@ impl Conn {
         }
     }
 
+    /// Whether every primary says the cluster serves all its slots
+    /// (`cluster_state:ok`): while a cluster forms or fails over, a node may
+    /// answer, and even deliver shard messages, while scripts get
+    /// `CLUSTERDOWN`. Always so for one primary.
+    pub(super) async fn cluster_ok(&mut self) -> redis::RedisResult<bool> {
+        let Self::Cluster(c) = self else {
+            return Ok(true);
+        };
+        let every_primary = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
+        let mut info = redis::cmd("CLUSTER");
+        info.arg("INFO");
+        let answers = c.route_command(info, every_primary).await?;
+        let texts: Vec<String> = match answers {
+            Value::Map(answers) => answers
+                .into_iter()
+                .map(|(_, text)| redis::from_redis_value::<String>(text))
+                .collect::<Result<_, _>>()
+                .map_err(redis::RedisError::from)?,
+            text => vec![redis::from_redis_value::<String>(text).map_err(redis::RedisError::from)?],
+        };
+        Ok(!texts.is_empty() && texts.iter().all(|t| t.contains("cluster_state:ok")))
+    }
+
     /// Whether this connection's node is a primary (`ROLE`), where only a
     /// Sentinel failover can turn it into a replica under the replica's feet.
     pub(super) async fn is_primary(&mut self) -> redis::RedisResult<bool> {

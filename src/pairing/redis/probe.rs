@@ -212,6 +212,16 @@ impl Inner {
             .await
             .map_err(|_| within("confirm this replica's subscriptions"))?
             .map_err(|e| format!("cannot subscribe: {e}"))?;
+        let mut commands = links.commands.clone();
+        let whole = timeout(budget, commands.cluster_ok())
+            .await
+            .map_err(|_| within("answer"))?
+            .map_err(|e| format!("cannot reach Redis: {e}"))?;
+        if !whole {
+            return Err(
+                "the cluster does not serve all its slots yet (cluster_state is not ok)".into(),
+            );
+        }
         timeout(budget, self.heard_everywhere(links))
             .await
             .map_err(|_| within("answer"))??;
