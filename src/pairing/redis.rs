@@ -215,6 +215,7 @@ impl RedisEngine {
             redis_password_file = config.password.is_some(),
             "meeting through Redis"
         );
+        slots::prepare();
         let metrics = RedisMetrics::register(registry);
         let (janitor, swept) = mpsc::unbounded_channel();
         let replica = format!("{:016x}", std::hash::RandomState::new().hash_one(0u8));

@@ -12,7 +12,7 @@ use rendezvous::pairing::{Engine, Id, Meeting, PairError, RedisEngine, Role};
 use tokio::{task::JoinHandle, time::Instant};
 
 use crate::common::{
-    redis::{engine_config, ready, unique_prefix},
+    redis::{engine_config, start_engine, unique_prefix},
     topology::{Kind, Topology},
     within,
 };
@@ -25,18 +25,35 @@ async fn topology(kind: Kind) -> Topology {
         .unwrap()
 }
 
-/// Two replicas on `topology`, both ready.
-async fn replicas(topology: &Topology, prefix: &str) -> [Arc<RedisEngine>; 2] {
+/// Two replicas on `url`, both ready.
+async fn replicas_on(url: &str, prefix: &str) -> [Arc<RedisEngine>; 2] {
     let start = || async {
-        let engine = RedisEngine::start(
-            engine_config(topology.url.clone(), prefix, usize::MAX),
-            rendezvous::metrics::Metrics::new().registry_mut(),
-        )
-        .unwrap();
-        ready(&engine).await;
-        Arc::new(engine)
+        Arc::new(start_engine(engine_config(url.to_owned(), prefix, usize::MAX)).await)
     };
     [start().await, start().await]
+}
+
+/// Two replicas on `topology`, both ready.
+async fn replicas(topology: &Topology, prefix: &str) -> [Arc<RedisEngine>; 2] {
+    replicas_on(&topology.url, prefix).await
+}
+
+/// A pair across `a` (the waiter) and `b`, each waiting up to `wait`:
+/// both answers, checked to agree ([`assert_consistent`]).
+async fn pair_across(
+    a: &Arc<RedisEngine>,
+    b: &Arc<RedisEngine>,
+    id: &str,
+    wait: Duration,
+) -> Result<Meeting, PairError> {
+    let first = arrive(a, id, &format!("waiter {id}"), wait);
+    parked(a, 1).await;
+    let second = within(arrive(b, id, &format!("partner {id}"), wait))
+        .await
+        .unwrap();
+    let first = within(first).await.unwrap();
+    assert_consistent(id, &first, &second);
+    first
 }
 
 fn arrive(engine: &Arc<RedisEngine>, id: &str, payload: &str, wait: Duration) -> Call {
@@ -110,13 +127,7 @@ async fn every_caller_answered([a, b]: &[Arc<RedisEngine>; 2], ids: &[String], w
     }
     ready_again(a).await;
     ready_again(b).await;
-    let first = arrive(a, "after", "waiter after", Duration::from_secs(60));
-    parked(a, 1).await;
-    let second = within(arrive(b, "after", "partner after", Duration::from_secs(60)))
-        .await
-        .unwrap();
-    let first = within(first).await.unwrap();
-    assert_consistent("after", &first, &second);
+    let first = pair_across(a, b, "after", Duration::from_secs(60)).await;
     assert!(
         first.is_ok(),
         "replicas pair again after the fault: {first:?}"
@@ -322,18 +333,7 @@ async fn cluster_reshard_while_callers_wait() {
     // shard channels followed the slots to their new node.
     let [a, b] = &engines;
     for id in &ids {
-        let first = arrive(a, id, &format!("waiter {id}"), Duration::from_secs(30));
-        parked(a, 1).await;
-        let second = within(arrive(
-            b,
-            id,
-            &format!("partner {id}"),
-            Duration::from_secs(30),
-        ))
-        .await
-        .unwrap();
-        let first = within(first).await.unwrap();
-        assert_consistent(id, &first, &second);
+        let first = pair_across(a, b, id, Duration::from_secs(30)).await;
         assert!(first.is_ok(), "{id} after the reshard: {first:?}");
     }
     topology.until_keys(&prefix, 0).await;
@@ -367,18 +367,7 @@ async fn a_pair_costs_four_commands_and_ids_spread_over_the_shards() {
     let pair = |id: String| {
         let (a, b) = (a.clone(), b.clone());
         async move {
-            let first = arrive(&a, &id, &format!("waiter {id}"), Duration::from_secs(30));
-            parked(&a, 1).await;
-            let second = within(arrive(
-                &b,
-                &id,
-                &format!("partner {id}"),
-                Duration::from_secs(30),
-            ))
-            .await
-            .unwrap();
-            let first = within(first).await.unwrap();
-            assert_consistent(&id, &first, &second);
+            let first = pair_across(&a, &b, &id, Duration::from_secs(30)).await;
             assert!(first.is_ok(), "{id}: {first:?}");
         }
     };
@@ -544,23 +533,8 @@ async fn the_documented_acl_is_enough_on_a_cluster() {
         "redis+cluster://",
         &format!("redis+cluster://rendezvous:{PASSWORD}@"),
     );
-    let start = || async {
-        let engine = RedisEngine::start(
-            engine_config(url.clone(), prefix, usize::MAX),
-            rendezvous::metrics::Metrics::new().registry_mut(),
-        )
-        .unwrap();
-        ready(&engine).await;
-        Arc::new(engine)
-    };
-    let (a, b) = (start().await, start().await);
-    let first = arrive(&a, "acl", "waiter acl", Duration::from_secs(30));
-    parked(&a, 1).await;
-    let second = within(arrive(&b, "acl", "partner acl", Duration::from_secs(30)))
-        .await
-        .unwrap();
-    let first = within(first).await.unwrap();
-    assert_consistent("acl", &first, &second);
+    let [a, b] = replicas_on(&url, prefix).await;
+    let first = pair_across(&a, &b, "acl", Duration::from_secs(30)).await;
     assert!(first.is_ok(), "{first:?}");
     let alone = within(arrive(
         &a,

@@ -15,7 +15,7 @@ use rendezvous::pairing::{Engine, Id, RedisEngine};
 use tokio::time::Instant;
 
 use crate::common::{
-    redis::{RedisServer, engine_config, ready, unique_prefix},
+    redis::{RedisServer, engine_config, start_engine, unique_prefix},
     topology::{Kind, Topology},
 };
 
@@ -24,10 +24,7 @@ use crate::common::{
 async fn engine(url: String, prefix: &str) -> Arc<RedisEngine> {
     let mut config = engine_config(url, prefix, usize::MAX);
     config.timeout = rendezvous::config::RedisArgs::default().timeout;
-    let engine =
-        RedisEngine::start(config, rendezvous::metrics::Metrics::new().registry_mut()).unwrap();
-    ready(&engine).await;
-    Arc::new(engine)
+    Arc::new(start_engine(config).await)
 }
 
 /// One pair across `a` and `b`: the time from the second caller's arrival

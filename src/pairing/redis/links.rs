@@ -81,12 +81,9 @@ impl Conn {
         match self {
             Self::Managed(c) => ping.exec_async(c).await,
             Self::Cluster(c) => {
-                let every_primary = RoutingInfo::MultiNode((
-                    MultipleNodeRoutingInfo::AllMasters,
-                    Some(ResponsePolicy::AllSucceeded),
-                ));
                 ping.arg("rendezvous");
-                c.route_command(ping, every_primary).await.map(drop)
+                let all_answered = every_primary(Some(ResponsePolicy::AllSucceeded));
+                c.route_command(ping, all_answered).await.map(drop)
             }
         }
     }
@@ -99,10 +96,10 @@ impl Conn {
         let Self::Cluster(c) = self else {
             return Ok(true);
         };
-        let every_primary = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
         let mut info = redis::cmd("CLUSTER");
         info.arg("INFO");
-        let answers = c.route_command(info, every_primary).await?;
+        // No policy: each primary's answer, by node.
+        let answers = c.route_command(info, every_primary(None)).await?;
         let texts: Vec<String> = match answers {
             Value::Map(answers) => answers
                 .into_iter()
@@ -276,15 +273,9 @@ impl Connector {
             .max_retry_wait(200);
         builder = match pushes {
             None => builder.response_timeout(*timeout * super::COMMANDS_WAIT),
-            Some(pushes) => {
-                let pushes = pushes.clone();
-                builder.response_timeout(*timeout).push_sender(
-                    move |push: PushInfo| -> Result<(), std::convert::Infallible> {
-                        pushes(push);
-                        Ok(())
-                    },
-                )
-            }
+            Some(pushes) => builder
+                .response_timeout(*timeout)
+                .push_sender(sender(pushes)),
         };
         if access.tls {
             builder = builder.tls(TlsMode::Secure);
@@ -424,19 +415,28 @@ fn managed(client: Client, pushes: &Pushes, timeout: Duration) -> Result<(Conn, 
     let callers = config().set_response_timeout(Some(timeout * super::COMMANDS_WAIT));
     let commands = ConnectionManager::new_lazy_with_config(client.clone(), callers)
         .map_err(|e| e.to_string())?;
-    let pushes = pushes.clone();
     let subscribing = config()
-        .set_push_sender(
-            move |push: PushInfo| -> Result<(), std::convert::Infallible> {
-                pushes(push);
-                Ok(())
-            },
-        )
+        .set_push_sender(sender(pushes))
         .set_automatic_resubscription()
         .set_response_timeout(Some(timeout));
     let subscriber =
         ConnectionManager::new_lazy_with_config(client, subscribing).map_err(|e| e.to_string())?;
     Ok((Conn::Managed(commands), Conn::Managed(subscriber)))
+}
+
+/// Hands a connection's pushes to `pushes`, which never refuses one.
+fn sender(pushes: &Pushes) -> impl redis::aio::AsyncPushSender + Clone {
+    let pushes = pushes.clone();
+    move |push: PushInfo| -> Result<(), std::convert::Infallible> {
+        pushes(push);
+        Ok(())
+    }
+}
+
+/// A command for every primary of a cluster, its answers combined by
+/// `policy` (or each one returned, by node, with `None`).
+fn every_primary(policy: Option<ResponsePolicy>) -> RoutingInfo {
+    RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, policy))
 }
 
 fn address(host: &str, port: u16, tls: bool) -> ConnectionAddr {

@@ -72,6 +72,12 @@ fn tags() -> &'static [String] {
     })
 }
 
+/// Finds the buckets' tags now, at start-up, rather than in the first
+/// caller's call.
+pub(super) fn prepare() {
+    tags();
+}
+
 /// The bucket an id's hash falls into.
 pub(super) fn bucket(digest: &Digest) -> usize {
     usize::from(u16::from_be_bytes([digest[0], digest[1]])) % BUCKETS
