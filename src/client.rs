@@ -378,9 +378,23 @@ impl Client {
         payload: Bytes,
         timeout: Option<Duration>,
     ) -> Result<Meeting, Status> {
+        self.wait_with_key(id, payload, timeout, "").await
+    }
+
+    /// [`Client::wait`] with an attempt key (see [`attempt_key`]): a try of
+    /// the wait that an earlier call with the same key started, if the
+    /// server still knows it. Empty for none.
+    pub async fn wait_with_key(
+        &self,
+        id: &str,
+        payload: Bytes,
+        timeout: Option<Duration>,
+        attempt_key: &str,
+    ) -> Result<Meeting, Status> {
         let message = WaitForSecondPartyRequest {
             id: id.to_owned(),
             payload,
+            attempt_key: attempt_key.to_owned(),
         };
         let response = self
             .unary(timeout, || {
@@ -404,10 +418,24 @@ impl Client {
         payload: Bytes,
         timeout: Option<Duration>,
     ) -> Result<Meeting, Status> {
+        self.gather_with_key(id, parties, payload, timeout, "")
+            .await
+    }
+
+    /// [`Client::gather`] with an attempt key, as [`Client::wait_with_key`].
+    pub async fn gather_with_key(
+        &self,
+        id: &str,
+        parties: u32,
+        payload: Bytes,
+        timeout: Option<Duration>,
+        attempt_key: &str,
+    ) -> Result<Meeting, Status> {
         let message = WaitForPartiesRequest {
             id: id.to_owned(),
             payload,
             parties,
+            attempt_key: attempt_key.to_owned(),
         };
         let response = self
             .unary(timeout, || {
@@ -457,12 +485,15 @@ impl Client {
     }
 
     /// [`Client::wait`], retried while the server is unavailable or full
-    /// (a rolling restart, a burst), with exponential backoff and jitter,
-    /// until `timeout` has passed since the first try. `on_retry` hears of
-    /// each failure that will be retried, and the pause before the next try.
+    /// (a rolling restart, a burst) or the call's connection broke, with
+    /// exponential backoff and jitter, until `timeout` has passed since the
+    /// first try. `on_retry` hears of each failure that will be retried, and
+    /// the pause before the next try.
     ///
-    /// A caller parked on a server that shuts down is answered `UNAVAILABLE`
-    /// and never paired, so trying again cannot pair it twice.
+    /// Every try sends one attempt key, made here: a try whose connection
+    /// broke keeps its place on the server for a few seconds, and the next
+    /// try takes it back, or gets the answer decided meanwhile. So a broken
+    /// connection never costs the wait, nor pairs it twice.
     pub async fn wait_retrying(
         &self,
         id: &str,
@@ -470,8 +501,9 @@ impl Client {
         timeout: Duration,
         on_retry: impl FnMut(&Status, Duration),
     ) -> Result<Meeting, Status> {
+        let key = attempt_key();
         retrying(timeout, on_retry, |left| {
-            self.wait(id, payload.clone(), Some(left))
+            self.wait_with_key(id, payload.clone(), Some(left), &key)
         })
         .await
     }
@@ -485,8 +517,9 @@ impl Client {
         timeout: Duration,
         on_retry: impl FnMut(&Status, Duration),
     ) -> Result<Meeting, Status> {
+        let key = attempt_key();
         retrying(timeout, on_retry, |left| {
-            self.gather(id, parties, payload.clone(), Some(left))
+            self.gather_with_key(id, parties, payload.clone(), Some(left), &key)
         })
         .await
     }
@@ -610,10 +643,25 @@ fn own_deadline(status: Status, timeout: Option<Duration>) -> Status {
     }
 }
 
-/// Whether a failed call may be tried again: only refusals that left no
-/// trace (the server was unreachable, shutting down or full).
+/// A new attempt key: a random UUID, so that no other wait has it, and so
+/// that nobody can guess it.
+pub fn attempt_key() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// Whether a failed call may be tried again with the same attempt key:
+/// refusals that left no trace (the server was unreachable, shutting down
+/// or full), and calls whose stream broke before an answer came back (the
+/// key gets the broken try's place or answer back).
 pub fn retryable(status: &Status) -> bool {
-    matches!(status.code(), Code::Unavailable | Code::ResourceExhausted)
+    match status.code() {
+        Code::Unavailable | Code::ResourceExhausted => true,
+        // From the transport, not the server: the stream was cut (a proxy's
+        // route timeout, a connection reset). The client's own deadline is
+        // reported as DEADLINE_EXCEEDED, and is not retried.
+        Code::Cancelled | Code::Unknown => std::error::Error::source(status).is_some(),
+        _ => false,
+    }
 }
 
 fn meeting(response: proto::WaitForSecondPartyResponse) -> Result<Meeting, Status> {

@@ -16,6 +16,7 @@ const DEFAULT_SHUTDOWN_GRACE: &str = "5s";
 const DEFAULT_MAX_WAITERS: usize = 200_000;
 const DEFAULT_MAX_PARTIES: u32 = 64;
 const DEFAULT_MAX_GROUP_BYTES: &str = "1MiB";
+const DEFAULT_ATTEMPT_GRACE: &str = "5s";
 
 /// The largest `--max-parties` accepted.
 pub const PARTIES_CEILING: u32 = 10_000;
@@ -66,6 +67,14 @@ pub struct Config {
     /// --max-payload alone.
     #[arg(long, env = "RENDEZVOUS_MAX_GROUP_BYTES", value_name = "SIZE", default_value = DEFAULT_MAX_GROUP_BYTES, value_parser = group_size)]
     pub max_group_bytes: usize,
+
+    /// How long a call with an attempt key keeps its place after its caller
+    /// went away, so that a retry with the same key takes it back; and how
+    /// long its answer is kept for such a retry. Never past the caller's
+    /// deadline while it waits. 0s turns attempt keys off: they are then
+    /// accepted, and ignored.
+    #[arg(long, env = "RENDEZVOUS_ATTEMPT_GRACE", value_name = "DURATION", default_value = DEFAULT_ATTEMPT_GRACE, value_parser = humantime::parse_duration)]
+    pub attempt_grace: Duration,
 
     /// Log line format. RUST_LOG filters what is logged (default: info).
     #[arg(long, env = "RENDEZVOUS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -287,6 +296,7 @@ impl Default for Config {
             shutdown_grace: duration(DEFAULT_SHUTDOWN_GRACE).expect("valid default"),
             max_waiters: DEFAULT_MAX_WAITERS,
             max_parties: DEFAULT_MAX_PARTIES,
+            attempt_grace: humantime::parse_duration(DEFAULT_ATTEMPT_GRACE).expect("valid default"),
             max_group_bytes: group_size(DEFAULT_MAX_GROUP_BYTES).expect("valid default"),
             max_connections: DEFAULT_MAX_CONNECTIONS,
             auth_token_file: None,
@@ -507,7 +517,7 @@ mod tests {
             assert_eq!(env.as_deref(), Some(expected.as_str()), "--{long}");
             flags += 1;
         }
-        assert_eq!(flags, 29);
+        assert_eq!(flags, 30);
     }
 
     #[test]

@@ -16,11 +16,10 @@ use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use crate::{
     auth::AuthError,
     health::{Health, NotReady},
-    json::{JsonError, JsonGroup, JsonMeeting},
+    json::{JsonError, JsonGroup, JsonMeeting, code_name},
     metrics::{Protocol, Rejection},
-    pairing::{Offer, PairError},
-    service::{CallError, Deadline, Namespace, Rendezvous, trace_id},
-    trace::TraceId,
+    pairing::{Meeting, PairError},
+    service::{CallError, CallRequest, Deadline, Rendezvous, trace_id},
 };
 
 /// The path prefix of the rendezvous route.
@@ -100,17 +99,13 @@ impl Gateway {
         async move {
             let result = match route {
                 Ok(Route::Answered(response)) => Ok(response),
-                Ok(Route::Rendezvous {
-                    namespace,
-                    id,
-                    deadline,
-                    trace,
-                    body,
-                }) => rendezvous(&service, namespace, id, deadline, trace, body, json).await,
+                Ok(Route::Call { call, body }) if call.parties.is_none() => {
+                    wait::<Pair, _>(&service, call, body, json).await
+                }
                 // Boxed, as on the gRPC port: a member keeps its own payload
                 // for its answer, and inline that would size every pair's.
-                Ok(Route::Group { call, body }) => {
-                    Box::pin(gather(&service, call, body, json)).await
+                Ok(Route::Call { call, body }) => {
+                    Box::pin(wait::<Group, _>(&service, call, body, json)).await
                 }
                 Err(error) => Err(error),
             };
@@ -162,24 +157,24 @@ impl Gateway {
         let namespace = self
             .service
             .authenticate(Protocol::Http, request.headers())?;
-        let (id, wait) = call_target(segment, request.uri().query())?;
-        if group {
-            return Ok(Route::Group {
-                call: GroupCall {
-                    namespace,
-                    id,
-                    parties: requested_parties(request.uri().query())?,
-                    deadline: Deadline::starting_now(wait),
-                    trace: trace_id(request.headers()),
-                },
-                body: request.into_body(),
-            });
-        }
-        Ok(Route::Rendezvous {
+        let query = Query::parse(request.uri().query(), group)?;
+        let parties = match group {
+            true => Some(query.parties.ok_or(HttpError::NoParties)?),
+            false => None,
+        };
+        let call = CallRequest {
+            protocol: Protocol::Http,
             namespace,
-            id,
-            deadline: Deadline::starting_now(wait),
+            deadline: Deadline::starting_now(query.wait),
             trace: trace_id(request.headers()),
+            id: decode_id(segment)?,
+            parties: parties.unwrap_or(2),
+            // Read from the body once the route is known.
+            payload: Bytes::new(),
+            attempt_key: query.attempt_key,
+        };
+        Ok(Route::Call {
+            call: HttpCall { call, parties },
             body: request.into_body(),
         })
     }
@@ -214,34 +209,61 @@ fn only_get(method: &Method, path: &'static str) -> Result<(), HttpError> {
 enum Route<B> {
     /// A probe, answered from the head alone.
     Answered(Response<Full<Bytes>>),
-    /// A rendezvous call: the body is the payload.
-    Rendezvous {
-        namespace: Namespace,
-        id: String,
-        deadline: Deadline,
-        /// From the caller's `traceparent`, if it sent a valid one.
-        trace: Option<TraceId>,
-        body: B,
-    },
-    /// A group call: the body is the payload.
-    Group { call: GroupCall, body: B },
+    /// A rendezvous or group call: the body is the payload.
+    Call { call: HttpCall, body: B },
 }
 
-/// What a group call asks for, from its request's head.
-struct GroupCall {
-    namespace: Namespace,
-    id: String,
-    parties: u32,
-    deadline: Deadline,
-    trace: Option<TraceId>,
+/// A call, from its request's head.
+struct HttpCall {
+    /// All but the payload, which is in the body.
+    call: CallRequest,
+    /// `?parties=N`, on the group route only.
+    parties: Option<u32>,
 }
 
-async fn rendezvous<B>(
+/// A route's answer: how it is made from the meeting. One handler serves
+/// both routes through this.
+trait Shape {
+    /// What the answer needs besides the meeting: nothing for a pair, and so
+    /// nothing kept while a pair waits.
+    type Keep: Send;
+    fn keep(payload: &Bytes) -> Self::Keep;
+    fn json(meeting: &Meeting, keep: &Self::Keep) -> Response<Full<Bytes>>;
+}
+
+/// `POST /wait-for-second-party/{id}`.
+struct Pair;
+
+impl Shape for Pair {
+    type Keep = ();
+
+    fn keep(_: &Bytes) {}
+
+    fn json(meeting: &Meeting, (): &()) -> Response<Full<Bytes>> {
+        json_response(StatusCode::OK, &JsonMeeting::from(meeting))
+    }
+}
+
+/// `POST /wait-for-parties/{id}?parties=N`.
+struct Group;
+
+impl Shape for Group {
+    /// The caller's own payload, which a group of two does not hand back.
+    type Keep = Bytes;
+
+    fn keep(payload: &Bytes) -> Bytes {
+        payload.clone()
+    }
+
+    fn json(meeting: &Meeting, own: &Bytes) -> Response<Full<Bytes>> {
+        json_response(StatusCode::OK, &JsonGroup::new(meeting, own))
+    }
+}
+
+/// Reads the payload and makes the call, answering as route `S` does.
+async fn wait<S: Shape, B>(
     service: &Rendezvous,
-    namespace: Namespace,
-    id: String,
-    deadline: Deadline,
-    trace: Option<TraceId>,
+    HttpCall { mut call, .. }: HttpCall,
     body: B,
     json: bool,
 ) -> Result<Response<Full<Bytes>>, HttpError>
@@ -249,88 +271,72 @@ where
     B: http_body::Body<Data = Bytes>,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
-    let payload = read_body(body, service.limits().max_payload).await?;
-    let meeting = service
-        .call(
-            Protocol::Http,
-            namespace,
-            id,
-            2,
-            Offer { payload, trace },
-            deadline,
-        )
-        .await?;
+    call.payload = read_body(body, service.limits().max_payload).await?;
+    let keep = S::keep(&call.payload);
+    let meeting = service.call(call).await?;
     Ok(match json {
-        true => json_response(StatusCode::OK, &JsonMeeting::from(&meeting)),
+        true => S::json(&meeting, &keep),
         false => text(StatusCode::OK, "Synced"),
     })
 }
 
-async fn gather<B>(
-    service: &Rendezvous,
-    call: GroupCall,
-    body: B,
-    json: bool,
-) -> Result<Response<Full<Bytes>>, HttpError>
-where
-    B: http_body::Body<Data = Bytes>,
-    B::Error: std::error::Error + Send + Sync + 'static,
-{
-    let payload = read_body(body, service.limits().max_payload).await?;
-    let own = payload.clone();
-    let offer = Offer {
-        payload,
-        trace: call.trace,
-    };
-    let meeting = service
-        .call(
-            Protocol::Http,
-            call.namespace,
-            call.id,
-            call.parties,
-            offer,
-            call.deadline,
-        )
-        .await?;
-    Ok(match json {
-        true => json_response(StatusCode::OK, &JsonGroup::new(&meeting, &own)),
-        false => text(StatusCode::OK, "Synced"),
-    })
+/// What a rendezvous request's query asks for. Other parameters are
+/// ignored, as they always were.
+#[derive(Debug, Default, PartialEq)]
+pub(crate) struct Query {
+    /// `?wait=<duration>`.
+    pub(crate) wait: Option<Duration>,
+    /// `?parties=N`, which a group call must send (and the pair route
+    /// ignores, as it always did).
+    pub(crate) parties: Option<u32>,
+    /// `?attempt_key=K`: the same on every retry of one wait.
+    pub(crate) attempt_key: String,
 }
 
-/// `?parties=N`, which a group call must send.
-fn requested_parties(query: Option<&str>) -> Result<u32, HttpError> {
-    let value = form_urlencoded::parse(query.unwrap_or("").as_bytes())
-        .find(|(key, _)| key == "parties")
-        .ok_or(HttpError::NoParties)?
-        .1;
-    value
-        .parse()
-        .map_err(|_| HttpError::BadParties(value.into_owned()))
+impl Query {
+    /// The query of a call on the group route (`group`) or the pair route.
+    pub(crate) fn parse(query: Option<&str>, group: bool) -> Result<Self, HttpError> {
+        let mut parsed = Self::default();
+        for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+            match &*key {
+                "wait" if parsed.wait.is_none() => {
+                    let wait = humantime::parse_duration(&value)
+                        .map_err(|e| HttpError::BadWait(value.clone().into_owned(), e))?;
+                    parsed.wait = Some(wait);
+                }
+                "parties" if group && parsed.parties.is_none() => {
+                    let parties = value
+                        .parse()
+                        .map_err(|_| HttpError::BadParties(value.clone().into_owned()))?;
+                    parsed.parties = Some(parties);
+                }
+                "attempt_key" if parsed.attempt_key.is_empty() => {
+                    parsed.attempt_key = value.into_owned();
+                }
+                _ => {}
+            }
+        }
+        Ok(parsed)
+    }
 }
 
-/// The id (percent-decoded, not yet validated) and the wait a rendezvous
-/// request asks for, from the path segment after the route and the query.
+/// The id and the wait a legacy rendezvous request asks for, from the path
+/// segment after the route and the query: what the fuzz targets check.
+#[cfg(feature = "fuzzing")]
 pub(crate) fn call_target(
     segment: &str,
     query: Option<&str>,
 ) -> Result<(String, Option<Duration>), HttpError> {
-    let id = percent_encoding::percent_decode_str(segment)
-        .decode_utf8()
-        .map_err(|_| HttpError::IdNotUtf8)?
-        .into_owned();
-    Ok((id, requested_wait(query)?))
+    Ok((decode_id(segment)?, Query::parse(query, false)?.wait))
 }
 
-/// `?wait=<duration>`; other query parameters are ignored, as they always were.
-fn requested_wait(query: Option<&str>) -> Result<Option<Duration>, HttpError> {
-    let Some(query) = query else { return Ok(None) };
-    form_urlencoded::parse(query.as_bytes())
-        .find(|(key, _)| key == "wait")
-        .map(|(_, value)| {
-            humantime::parse_duration(&value).map_err(|e| HttpError::BadWait(value.into_owned(), e))
-        })
-        .transpose()
+/// The id, percent-decoded but not yet validated, from the path segment
+/// after the route.
+pub(crate) fn decode_id(segment: &str) -> Result<String, HttpError> {
+    Ok(percent_encoding::percent_decode_str(segment)
+        .decode_utf8()
+        .map_err(|_| HttpError::IdNotUtf8)?
+        .into_owned())
 }
 
 /// Reads the whole body, refusing it as soon as it passes `limit` bytes
@@ -389,51 +395,34 @@ impl HttpError {
         }
     }
 
+    /// The call's own failures read as the service's one table says; the
+    /// gateway's own ones, here.
     fn status(&self) -> StatusCode {
         match self {
-            Self::Call(CallError::InvalidId(_) | CallError::InvalidParties(_))
-            | Self::BadWait(..)
+            Self::Call(error) => error.codes().http,
+            Self::BadWait(..)
             | Self::IdNotUtf8
             | Self::NoParties
             | Self::BadParties(_)
             | Self::Body(_) => StatusCode::BAD_REQUEST,
-            Self::Call(
-                CallError::PayloadTooLarge { .. }
-                | CallError::Refused(PairError::GroupTooLarge { .. }),
-            )
-            | Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::Call(CallError::Refused(PairError::PartiesMismatch { .. })) => {
-                StatusCode::CONFLICT
-            }
-            Self::Call(CallError::TimedOut { .. } | CallError::Refused(PairError::TimedOut)) => {
-                StatusCode::REQUEST_TIMEOUT
-            }
-            Self::Call(CallError::Refused(
-                PairError::ShuttingDown | PairError::Full { .. } | PairError::Unavailable(_),
-            )) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Call(CallError::Unauthenticated(_)) => StatusCode::UNAUTHORIZED,
+            Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::NotFound => StatusCode::NOT_FOUND,
         }
     }
 
-    /// The gRPC code name for the JSON body, so both protocols speak alike.
-    fn code(&self) -> &'static str {
+    /// The gRPC code for the JSON body, so both protocols speak alike.
+    fn code(&self) -> tonic::Code {
         match self {
-            Self::Call(CallError::Refused(
-                PairError::Full { .. } | PairError::GroupTooLarge { .. },
-            )) => "RESOURCE_EXHAUSTED",
-            Self::Call(CallError::Refused(PairError::PartiesMismatch { .. })) => {
-                "FAILED_PRECONDITION"
-            }
-            Self::Call(CallError::Unauthenticated(_)) => "UNAUTHENTICATED",
-            _ => match self.status() {
-                StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE => "INVALID_ARGUMENT",
-                StatusCode::REQUEST_TIMEOUT => "DEADLINE_EXCEEDED",
-                StatusCode::SERVICE_UNAVAILABLE => "UNAVAILABLE",
-                StatusCode::METHOD_NOT_ALLOWED => "UNIMPLEMENTED",
-                _ => "NOT_FOUND",
-            },
+            Self::Call(error) => error.codes().grpc,
+            Self::BadWait(..)
+            | Self::IdNotUtf8
+            | Self::NoParties
+            | Self::BadParties(_)
+            | Self::Body(_)
+            | Self::BodyTooLarge { .. } => tonic::Code::InvalidArgument,
+            Self::MethodNotAllowed { .. } => tonic::Code::Unimplemented,
+            Self::NotFound => tonic::Code::NotFound,
         }
     }
 
@@ -443,7 +432,7 @@ impl HttpError {
             (true, _) => json_response(
                 status,
                 &JsonError {
-                    code: self.code(),
+                    code: code_name(self.code()),
                     message: self.to_string(),
                 },
             ),
@@ -470,7 +459,12 @@ impl HttpError {
             }
             // Places free up as pairs complete, and a lost connection to
             // Redis is retried within a second: a second is plenty to wait.
-            Self::Call(CallError::Refused(PairError::Full { .. } | PairError::Unavailable(_))) => {
+            Self::Call(CallError::Refused(refusal))
+                if matches!(
+                    refusal.error(),
+                    PairError::Full { .. } | PairError::Unavailable(_)
+                ) =>
+            {
                 response
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
@@ -532,6 +526,7 @@ mod tests {
             max_wait: Duration::from_secs(1),
             max_payload: 1,
             max_parties: 64,
+            attempt_grace: crate::service::DEFAULT_ATTEMPT_GRACE,
         };
         let gateway = Gateway::new(
             Rendezvous::new(Arc::new(LocalEngine::new().into()), limits),
@@ -590,17 +585,17 @@ mod tests {
                 "DEADLINE_EXCEEDED",
             ),
             (
-                CallError::Refused(PairError::ShuttingDown).into(),
+                crate::service::refused(PairError::ShuttingDown).into(),
                 503,
                 "UNAVAILABLE",
             ),
             (
-                CallError::Refused(PairError::Unavailable("cannot reach Redis".into())).into(),
+                crate::service::refused(PairError::Unavailable("cannot reach Redis".into())).into(),
                 503,
                 "UNAVAILABLE",
             ),
             (
-                CallError::Refused(PairError::Full { capacity: 1 }).into(),
+                crate::service::refused(PairError::Full { capacity: 1 }).into(),
                 503,
                 "RESOURCE_EXHAUSTED",
             ),
@@ -643,24 +638,40 @@ mod tests {
     }
 
     #[test]
-    fn wait_parsing() {
-        assert_eq!(requested_wait(None).unwrap(), None);
-        assert_eq!(requested_wait(Some("x=1")).unwrap(), None);
+    fn query_parsing() {
+        let wait = |query| Query::parse(query, false).map(|q| q.wait);
+        assert_eq!(wait(None).unwrap(), None);
+        assert_eq!(wait(Some("x=1")).unwrap(), None);
         assert_eq!(
-            requested_wait(Some("wait=250ms")).unwrap(),
+            wait(Some("wait=250ms")).unwrap(),
             Some(Duration::from_millis(250))
         );
         assert_eq!(
-            requested_wait(Some("a=b&wait=1m")).unwrap(),
+            wait(Some("a=b&wait=1m&wait=x")).unwrap(),
             Some(Duration::from_secs(60))
         );
         assert!(matches!(
-            requested_wait(Some("wait=soon")),
+            wait(Some("wait=soon")),
             Err(HttpError::BadWait(..))
         ));
+        assert!(matches!(wait(Some("wait=")), Err(HttpError::BadWait(..))));
+        // The pair route ignores ?parties, as it always did; the group
+        // route reads it.
+        assert_eq!(
+            Query::parse(Some("parties=x"), false).unwrap(),
+            Query::default()
+        );
         assert!(matches!(
-            requested_wait(Some("wait=")),
-            Err(HttpError::BadWait(..))
+            Query::parse(Some("parties=x"), true),
+            Err(HttpError::BadParties(p)) if p == "x"
         ));
+        assert_eq!(
+            Query::parse(Some("parties=3&attempt_key=k%201&attempt_key=2"), true).unwrap(),
+            Query {
+                wait: None,
+                parties: Some(3),
+                attempt_key: "k 1".into(),
+            }
+        );
     }
 }

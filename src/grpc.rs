@@ -27,9 +27,9 @@ use tonic::{Status, codegen::Service, service::Routes};
 
 use crate::{
     metrics::{Protocol, Rejection},
-    pairing::{Meeting, Offer, PairError, Role},
+    pairing::{Meeting, Role},
     proto,
-    service::{CallError, Deadline, Namespace, Rendezvous, trace_id},
+    service::{CallError, CallRequest, Deadline, Namespace, Rendezvous, trace_id},
     trace::TraceId,
 };
 
@@ -44,7 +44,8 @@ pub const WAIT_FOR_PARTIES: &str = "/rendezvous.v1.Sync/WaitForParties";
 pub(crate) const MAX_DEADLINE_MARGIN: Duration = Duration::from_millis(50);
 
 /// How much bigger than `--max-payload` a request message may be: room for
-/// the id (at most 256 bytes) and the protobuf framing.
+/// the id (at most 256 bytes), the attempt key (at most 128) and the
+/// protobuf framing.
 pub const MESSAGE_OVERHEAD: usize = 1024;
 
 /// Serves every request on the gRPC port. Cheap to clone per connection.
@@ -118,33 +119,16 @@ impl GrpcError {
 
 impl From<GrpcError> for Status {
     fn from(error: GrpcError) -> Self {
-        let message = error.to_string();
-        match error {
-            GrpcError::Call(
-                CallError::InvalidId(_)
-                | CallError::PayloadTooLarge { .. }
-                | CallError::InvalidParties(_),
-            )
-            | GrpcError::BadTimeout(_)
+        let code = match &error {
+            GrpcError::Call(error) => error.codes().grpc,
+            GrpcError::BadTimeout(_)
             | GrpcError::TooLarge { .. }
             | GrpcError::Framing(_)
-            | GrpcError::Decode(..) => Status::invalid_argument(message),
-            GrpcError::Call(
-                CallError::TimedOut { .. } | CallError::Refused(PairError::TimedOut),
-            ) => Status::deadline_exceeded(message),
-            GrpcError::Call(CallError::Refused(
-                PairError::ShuttingDown | PairError::Unavailable(_),
-            )) => Status::unavailable(message),
-            GrpcError::Call(CallError::Refused(
-                PairError::Full { .. } | PairError::GroupTooLarge { .. },
-            )) => Status::resource_exhausted(message),
-            GrpcError::Call(CallError::Refused(PairError::PartiesMismatch { .. })) => {
-                Status::failed_precondition(message)
-            }
-            GrpcError::Call(CallError::Unauthenticated(_)) => Status::unauthenticated(message),
-            GrpcError::Compressed => Status::unimplemented(message),
-            GrpcError::Body(_) => Status::cancelled(message),
-        }
+            | GrpcError::Decode(..) => tonic::Code::InvalidArgument,
+            GrpcError::Compressed => tonic::Code::Unimplemented,
+            GrpcError::Body(_) => tonic::Code::Cancelled,
+        };
+        Status::new(code, error.to_string())
     }
 }
 
@@ -193,28 +177,22 @@ impl GrpcService {
             match call {
                 Call::Wait {
                     group: false,
-                    namespace,
-                    deadline,
-                    trace,
+                    head,
                     body,
                 } => {
-                    let result =
-                        wait_for_second_party(&service, namespace, deadline, trace, body).await;
-                    Ok(respond(&service, result))
+                    let result = wait::<proto::WaitForSecondPartyRequest, _>(&service, head, body);
+                    Ok(respond(&service, result.await))
                 }
                 // Boxed: a group member's future is larger (it keeps its own
                 // payload for its answer), and inline it would size every
                 // parked pair's.
                 Call::Wait {
                     group: true,
-                    namespace,
-                    deadline,
-                    trace,
+                    head,
                     body,
                 } => {
-                    let call = wait_for_parties(&service, namespace, deadline, trace, body);
-                    let result = Box::pin(call).await;
-                    Ok(respond(&service, result))
+                    let result = wait::<proto::WaitForPartiesRequest, _>(&service, head, body);
+                    Ok(respond(&service, Box::pin(result).await))
                 }
                 Call::Other(future) => future.await,
                 Call::Refused(response) => Ok(response),
@@ -277,9 +255,11 @@ impl GrpcService {
         }
         Call::Wait {
             group,
-            namespace,
-            deadline,
-            trace: trace_id(request.headers()),
+            head: Head {
+                namespace,
+                deadline,
+                trace: trace_id(request.headers()),
+            },
             body: request.into_body(),
         }
     }
@@ -367,20 +347,25 @@ fn http1_refused() -> Response<tonic::body::Body> {
 
 /// What is left of a request once its headers have been read.
 enum Call<B> {
-    /// A rendezvous method: the caller's deadline, and the body to read.
+    /// A rendezvous method: what its headers said, and the body to read.
     Wait {
         /// `WaitForParties`, rather than `WaitForSecondParty`.
         group: bool,
-        namespace: Namespace,
-        deadline: Deadline,
-        /// From the caller's `traceparent`, if it sent a valid one.
-        trace: Option<TraceId>,
+        head: Head,
         body: B,
     },
     /// Health or reflection, already handed to tonic.
     Other(Pin<Box<dyn Future<Output = Result<Response<tonic::body::Body>, Infallible>> + Send>>),
     /// Answered without reading the body.
     Refused(Response<tonic::body::Body>),
+}
+
+/// What a rendezvous call's headers said.
+struct Head {
+    namespace: Namespace,
+    deadline: Deadline,
+    /// From the caller's `traceparent`, if it sent a valid one.
+    trace: Option<TraceId>,
 }
 
 /// The answer to a rendezvous call. Kept out of the `async` block that awaits
@@ -404,59 +389,87 @@ fn refusal(service: &Rendezvous, error: GrpcError) -> Response<tonic::body::Body
     Status::from(error).into_http()
 }
 
-async fn wait_for_second_party<B>(
+/// A rendezvous method: its request, and how its answer is made from the
+/// meeting. One handler serves both methods through this.
+trait Method: Message + Default {
+    /// The message's name, for errors.
+    const NAME: &'static str;
+    type Response: Message;
+    /// What the answer needs besides the meeting: nothing for a pair, and
+    /// so nothing kept while a pair waits.
+    type Keep: Send;
+
+    /// The call this request asks for, and what its answer will need.
+    fn into_call(self, head: Head) -> (CallRequest, Self::Keep);
+
+    fn answer(meeting: Meeting, keep: Self::Keep) -> Self::Response;
+}
+
+impl Head {
+    fn call(self, id: String, parties: u32, payload: Bytes, attempt_key: String) -> CallRequest {
+        CallRequest {
+            protocol: Protocol::Grpc,
+            namespace: self.namespace,
+            deadline: self.deadline,
+            trace: self.trace,
+            id,
+            parties,
+            payload,
+            attempt_key,
+        }
+    }
+}
+
+impl Method for proto::WaitForSecondPartyRequest {
+    const NAME: &'static str = "WaitForSecondPartyRequest";
+    type Response = proto::WaitForSecondPartyResponse;
+    type Keep = ();
+
+    fn into_call(self, head: Head) -> (CallRequest, ()) {
+        (head.call(self.id, 2, self.payload, self.attempt_key), ())
+    }
+
+    fn answer(meeting: Meeting, (): ()) -> Self::Response {
+        meeting.into()
+    }
+}
+
+impl Method for proto::WaitForPartiesRequest {
+    const NAME: &'static str = "WaitForPartiesRequest";
+    type Response = proto::WaitForPartiesResponse;
+    /// The caller's own payload, which a group of two does not hand back.
+    type Keep = Bytes;
+
+    fn into_call(self, head: Head) -> (CallRequest, Bytes) {
+        let own = self.payload.clone();
+        let call = head.call(self.id, self.parties, self.payload, self.attempt_key);
+        (call, own)
+    }
+
+    fn answer(meeting: Meeting, own: Bytes) -> Self::Response {
+        proto::WaitForPartiesResponse {
+            position: meeting.position as u32,
+            waited: prost_types::Duration::try_from(meeting.waited).ok(),
+            payloads: meeting.payloads(&own),
+        }
+    }
+}
+
+/// Reads, decodes and makes one call of method `M`.
+async fn wait<M: Method, B>(
     service: &Rendezvous,
-    namespace: Namespace,
-    deadline: Deadline,
-    trace: Option<TraceId>,
+    head: Head,
     body: B,
-) -> Result<proto::WaitForSecondPartyResponse, GrpcError>
+) -> Result<M::Response, GrpcError>
 where
     B: http_body::Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let message = read_message(body, service.limits().max_payload).await?;
-    let proto::WaitForSecondPartyRequest { id, payload } =
-        decode(message, "WaitForSecondPartyRequest")?;
-    let offer = Offer { payload, trace };
-    let meeting = service
-        .call(Protocol::Grpc, namespace, id, 2, offer, deadline)
-        .await?;
-    Ok(proto::WaitForSecondPartyResponse::from(meeting))
-}
-
-async fn wait_for_parties<B>(
-    service: &Rendezvous,
-    namespace: Namespace,
-    deadline: Deadline,
-    trace: Option<TraceId>,
-    body: B,
-) -> Result<proto::WaitForPartiesResponse, GrpcError>
-where
-    B: http_body::Body<Data = Bytes>,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let message = read_message(body, service.limits().max_payload).await?;
-    let proto::WaitForPartiesRequest {
-        id,
-        payload,
-        parties,
-    } = decode(message, "WaitForPartiesRequest")?;
-    let own = payload.clone();
-    let offer = Offer { payload, trace };
-    let meeting = service
-        .call(Protocol::Grpc, namespace, id, parties, offer, deadline)
-        .await?;
-    Ok(proto::WaitForPartiesResponse {
-        position: meeting.position as u32,
-        waited: prost_types::Duration::try_from(meeting.waited).ok(),
-        payloads: meeting.payloads(&own),
-    })
-}
-
-/// A request message of type `name`, from the bytes `read_message` read.
-fn decode<M: Message + Default>(message: Bytes, name: &'static str) -> Result<M, GrpcError> {
-    M::decode(message).map_err(|e| GrpcError::Decode(name, e))
+    let request: M = M::decode(message).map_err(|e| GrpcError::Decode(M::NAME, e))?;
+    let (call, keep) = request.into_call(head);
+    let meeting = service.call(call).await?;
+    Ok(M::answer(meeting, keep))
 }
 
 fn is_grpc(headers: &HeaderMap) -> bool {
@@ -617,6 +630,7 @@ mod tests {
                 max_wait: Duration::from_secs(1),
                 max_payload: 1,
                 max_parties: 64,
+                attempt_grace: crate::service::DEFAULT_ATTEMPT_GRACE,
             },
         );
         let routes = tonic::service::Routes::default();
@@ -711,15 +725,21 @@ mod tests {
             tonic::Code::DeadlineExceeded
         );
         assert_eq!(
-            code(CallError::Refused(PairError::ShuttingDown)),
+            code(crate::service::refused(
+                crate::pairing::PairError::ShuttingDown
+            )),
             tonic::Code::Unavailable
         );
         assert_eq!(
-            code(CallError::Refused(PairError::Unavailable("Redis".into()))),
+            code(crate::service::refused(
+                crate::pairing::PairError::Unavailable("Redis".into())
+            )),
             tonic::Code::Unavailable
         );
         assert_eq!(
-            code(CallError::Refused(PairError::Full { capacity: 1 })),
+            code(crate::service::refused(crate::pairing::PairError::Full {
+                capacity: 1
+            })),
             tonic::Code::ResourceExhausted
         );
     }

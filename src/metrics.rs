@@ -7,6 +7,8 @@
 
 use std::time::Duration;
 
+use crate::pairing::PairError;
+
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
@@ -75,6 +77,8 @@ pub struct Metrics {
     paired: [Counter; 2],
     timeouts: [Counter; 2],
     cancellations: [Counter; 2],
+    reattached: [Counter; 2],
+    redelivered: [Counter; 2],
     waited: [Histogram; 2],
     /// Indexed by protocol, then by [`Rejection`] in [`Rejection::ALL`]'s order.
     rejections: [[Counter; Rejection::ALL.len()]; 2],
@@ -118,12 +122,16 @@ pub enum Rejection {
     PartiesMismatch,
     /// The payload would take its group over `--max-group-bytes`.
     GroupTooLarge,
+    /// The attempt key was first sent with another id, size or payload.
+    AttemptReused,
+    /// A newer call with the same attempt key took the wait over.
+    Superseded,
 }
 
 impl Rejection {
     /// Every reason, so that each one's series exists (at 0) from the start:
     /// an alert on a reason that has not happened yet still has data.
-    pub const ALL: [Rejection; 7] = [
+    pub const ALL: [Rejection; 9] = [
         Self::InvalidArgument,
         Self::Unauthenticated,
         Self::Full,
@@ -131,7 +139,24 @@ impl Rejection {
         Self::Unavailable,
         Self::PartiesMismatch,
         Self::GroupTooLarge,
+        Self::AttemptReused,
+        Self::Superseded,
     ];
+
+    /// How an engine's refusal is counted: `None` for a timeout, which is
+    /// an outcome.
+    pub fn of(error: &PairError) -> Option<Self> {
+        Some(match error {
+            PairError::TimedOut => return None,
+            PairError::Full { .. } => Self::Full,
+            PairError::ShuttingDown => Self::ShuttingDown,
+            PairError::Unavailable(_) => Self::Unavailable,
+            PairError::PartiesMismatch { .. } => Self::PartiesMismatch,
+            PairError::GroupTooLarge { .. } => Self::GroupTooLarge,
+            PairError::AttemptReused(_) => Self::AttemptReused,
+            PairError::Superseded => Self::Superseded,
+        })
+    }
 
     pub(crate) fn as_str(self) -> &'static str {
         match self {
@@ -142,6 +167,8 @@ impl Rejection {
             Self::Unavailable => "unavailable",
             Self::PartiesMismatch => "parties_mismatch",
             Self::GroupTooLarge => "group_too_large",
+            Self::AttemptReused => "attempt_reused",
+            Self::Superseded => "superseded",
         }
     }
 }
@@ -196,6 +223,16 @@ impl Metrics {
             &mut registry,
             "cancellations",
             "Callers that went away while waiting (cancel, closed connection, dead peer)",
+        );
+        let reattached = counters(
+            &mut registry,
+            "reattached",
+            "Retries with an attempt key that took their wait over from an earlier try",
+        );
+        let redelivered = counters(
+            &mut registry,
+            "redelivered",
+            "Answers handed again to a retry with the same attempt key",
         );
         let waited = Family::<ProtocolLabel, Histogram>::new_with_constructor(|| {
             // 1 ms to about 16 min, in factors of 4.
@@ -264,6 +301,8 @@ impl Metrics {
             paired,
             timeouts,
             cancellations,
+            reattached,
+            redelivered,
             waited,
             rejections,
             connections,
@@ -320,6 +359,16 @@ impl Metrics {
         self.cancellations[index(protocol)].inc();
     }
 
+    /// A retry with an attempt key took its wait over.
+    pub fn reattached(&self, protocol: Protocol) {
+        self.reattached[index(protocol)].inc();
+    }
+
+    /// A retry with an attempt key was handed an answer again.
+    pub fn redelivered(&self, protocol: Protocol) {
+        self.redelivered[index(protocol)].inc();
+    }
+
     /// A call was refused.
     pub fn rejected(&self, protocol: Protocol, reason: Rejection) {
         self.rejections[index(protocol)][reason as usize].inc();
@@ -367,8 +416,8 @@ mod tests {
                 series += 1;
             }
         }
-        assert_eq!(series, 14);
-        assert_eq!(text.matches("rendezvous_rejections_total{").count(), 14);
+        assert_eq!(series, 18);
+        assert_eq!(text.matches("rendezvous_rejections_total{").count(), 18);
     }
 
     /// Each size lands in its own bucket, bounds included.

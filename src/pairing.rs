@@ -37,12 +37,14 @@ use tokio::{
     time::{Instant, sleep_until},
 };
 
+mod attempts;
 #[cfg(test)]
 mod model;
 mod occupancy;
 mod redis;
 mod shard;
 
+pub use attempts::{Attempts, Delivery};
 pub use redis::{RedisArgs, RedisConfig, RedisEngine, RedisError};
 
 use crate::trace::TraceId;
@@ -118,6 +120,90 @@ pub enum IdError {
         /// The length the caller sent, in bytes.
         len: usize,
     },
+}
+
+/// The longest attempt key accepted, in bytes: room for a UUID or a
+/// 256-bit random value in any common spelling, and a bound on what a held
+/// answer pins besides its payloads.
+pub const MAX_ATTEMPT_KEY_BYTES: usize = 128;
+
+/// A validated attempt key, scoped to its caller's namespace: what makes a
+/// retry of one logical wait safe.
+///
+/// A client makes one at random for each wait and sends it on every try of
+/// that wait. A try that finds the key still known gets the first try's
+/// place back, or its answer ([`Attempts`]). Keys are scoped like ids, so
+/// that one tenant cannot read another's answer by guessing its key.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct AttemptKey(String);
+
+impl AttemptKey {
+    /// Validates `key` at the edge, and scopes it to `namespace`. An empty
+    /// key (proto3's default, or no query parameter) is no key: `Ok(None)`.
+    pub fn in_namespace(
+        namespace: Option<&str>,
+        key: &str,
+    ) -> Result<Option<Self>, AttemptKeyError> {
+        if key.is_empty() {
+            return Ok(None);
+        }
+        if key.len() > MAX_ATTEMPT_KEY_BYTES {
+            return Err(AttemptKeyError::TooLong { len: key.len() });
+        }
+        if !key.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(AttemptKeyError::NotPrintable);
+        }
+        Ok(Some(Self(match namespace {
+            None => key.to_owned(),
+            Some(namespace) => format!("{namespace}/{key}"),
+        })))
+    }
+}
+
+// A key stands for a caller's answer: `Debug` does not print it.
+impl fmt::Debug for AttemptKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "AttemptKey({} bytes)", self.0.len())
+    }
+}
+
+/// Why an attempt key was refused. The messages go to callers verbatim.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AttemptKeyError {
+    /// The key is longer than [`MAX_ATTEMPT_KEY_BYTES`].
+    #[error("attempt key is {len} bytes long; the limit is {MAX_ATTEMPT_KEY_BYTES} bytes")]
+    TooLong {
+        /// The length the caller sent, in bytes.
+        len: usize,
+    },
+    /// The key holds a space, a control character or non-ASCII text.
+    #[error(
+        "attempt key may hold only visible ASCII characters (letters, digits, punctuation), \
+         such as a UUID"
+    )]
+    NotPrintable,
+}
+
+/// What differs between a call and the first call that sent its attempt
+/// key: one key stands for one wait, and a retry must ask for the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reuse {
+    /// Another id.
+    Id,
+    /// Another group size (or the other method).
+    Parties,
+    /// Another payload.
+    Payload,
+}
+
+impl Reuse {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Id => "another id",
+            Self::Parties => "another group size",
+            Self::Payload => "another payload",
+        }
+    }
 }
 
 /// Which side of a pair a caller took.
@@ -368,6 +454,18 @@ pub enum PairError {
         /// The configured limit.
         limit: usize,
     },
+    /// The call's attempt key was first sent with another id, group size or
+    /// payload: a key stands for one wait, and its answer is that wait's.
+    #[error(
+        "this attempt key was first sent with {}; send the same request on every retry \
+         of one wait, and a new key for each new wait",
+        .0.as_str()
+    )]
+    AttemptReused(Reuse),
+    /// A newer call with the same attempt key took this wait over: the
+    /// answer goes to it.
+    #[error("a newer call with the same attempt key took this wait over; its answer goes there")]
+    Superseded,
 }
 
 /// The interface every pairing engine offers: the in-process one

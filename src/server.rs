@@ -216,6 +216,7 @@ impl Application {
             max_wait: config.max_wait,
             max_payload: config.max_payload,
             max_parties: config.max_parties,
+            attempt_grace: config.attempt_grace,
         };
         let metrics = Arc::new(metrics);
         let service = Rendezvous::new(engine.clone(), limits)

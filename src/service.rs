@@ -8,18 +8,50 @@
 
 use std::{sync::Arc, time::Duration};
 
+use bytes::Bytes;
 use tokio::time::Instant;
+use tonic::Code;
 use tracing::{Instrument, field::Empty};
 
-use http::{HeaderMap, header::AUTHORIZATION};
+use http::{HeaderMap, StatusCode, header::AUTHORIZATION};
 
 use crate::{
     auth::{Auth, AuthError},
     metrics::{Metrics, Protocol, Rejection},
-    pairing::{AnyEngine, Engine, Id, IdError, Meeting, Offer, PairError, Parties, PartiesError},
+    pairing::{
+        AnyEngine, AttemptKey, AttemptKeyError, Attempts, Delivery, Engine, Id, IdError, Meeting,
+        Offer, PairError, Parties, PartiesError,
+    },
     proto,
     trace::TraceId,
 };
+
+/// How long a keyed wait keeps its place after its caller went away, and
+/// its answer after the decision, unless configured (`--attempt-grace`).
+pub const DEFAULT_ATTEMPT_GRACE: Duration = Duration::from_secs(5);
+
+/// One rendezvous call as a transport read it, not validated yet: the one
+/// request both transports build, from a gRPC message or from an HTTP path,
+/// query and body, and hand to [`Rendezvous::call`].
+#[derive(Debug)]
+pub struct CallRequest {
+    /// The transport it came in on.
+    pub protocol: Protocol,
+    /// Where its token lets it meet.
+    pub namespace: Namespace,
+    /// When it must be answered by.
+    pub deadline: Deadline,
+    /// From the caller's `traceparent`, if it sent a valid one.
+    pub trace: Option<TraceId>,
+    /// The meeting id, as sent.
+    pub id: String,
+    /// How many callers make up its group: 2 for `WaitForSecondParty`.
+    pub parties: u32,
+    /// What it brings for the others.
+    pub payload: Bytes,
+    /// Its attempt key, as sent; empty for none.
+    pub attempt_key: String,
+}
 
 /// The namespace a call meets in: `None` when tokens are not required.
 pub type Namespace = Option<Arc<str>>;
@@ -33,6 +65,9 @@ pub struct Limits {
     pub max_payload: usize,
     /// The largest group a caller may ask for.
     pub max_parties: u32,
+    /// How long a keyed wait keeps its place after its caller went away,
+    /// and its answer after the decision (`--attempt-grace`).
+    pub attempt_grace: Duration,
 }
 
 /// When a call must be answered by, fixed when its request arrives, so that
@@ -65,6 +100,8 @@ pub struct Rendezvous<E = AnyEngine> {
     /// `None` when `--auth-token-file` is not set: everyone may call.
     auth: Option<Arc<Auth>>,
     metrics: Arc<Metrics>,
+    /// The waits of calls with attempt keys.
+    attempts: Arc<Attempts>,
 }
 
 impl<E> Clone for Rendezvous<E> {
@@ -74,6 +111,7 @@ impl<E> Clone for Rendezvous<E> {
             limits: self.limits,
             auth: self.auth.clone(),
             metrics: self.metrics.clone(),
+            attempts: self.attempts.clone(),
         }
     }
 }
@@ -96,6 +134,9 @@ pub enum CallError {
     /// `parties` is below 2 or over `--max-parties`.
     #[error(transparent)]
     InvalidParties(#[from] PartiesError),
+    /// The attempt key is too long, or not printable ASCII.
+    #[error(transparent)]
+    InvalidAttemptKey(#[from] AttemptKeyError),
     /// The caller sent no valid bearer token, and `--auth-token-file` is set.
     #[error(transparent)]
     Unauthenticated(#[from] AuthError),
@@ -105,30 +146,93 @@ pub enum CallError {
         /// The wait the caller was allowed: from its arrival to its deadline.
         wait: Duration,
     },
-    /// The engine refused the call: the server is shutting down, is full, or
-    /// cannot reach the meeting place. (Never [`PairError::TimedOut`], which
-    /// becomes [`CallError::TimedOut`] with the wait in it.)
+    /// The engine refused the call, for a reason other than a timeout.
     #[error(transparent)]
-    Refused(PairError),
+    Refused(Refusal),
+}
+
+/// An engine's refusal: any [`PairError`] but a timeout, which is an
+/// outcome ([`CallError::TimedOut`], with the wait in it). Only
+/// [`Refusal::new`] builds one, so no table needs a row for it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(transparent)]
+pub struct Refusal(PairError);
+
+impl Refusal {
+    /// `error` as a refusal, or `None` for a timeout.
+    pub fn new(error: PairError) -> Option<Self> {
+        match error {
+            PairError::TimedOut => None,
+            error => Some(Self(error)),
+        }
+    }
+
+    /// What the engine said.
+    pub fn error(&self) -> &PairError {
+        &self.0
+    }
+}
+
+/// `error` as the service reports it, for tests: a refusal, never a timeout.
+#[cfg(test)]
+pub(crate) fn refused(error: PairError) -> CallError {
+    CallError::Refused(Refusal::new(error).expect("not a timeout"))
+}
+
+/// How a failure reads on each protocol: its gRPC code, which the HTTP
+/// gateway's JSON bodies name too, and its HTTP status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Codes {
+    /// The gRPC status code.
+    pub grpc: Code,
+    /// The HTTP status.
+    pub http: StatusCode,
 }
 
 impl CallError {
+    /// The one table of how each failure is answered, on both protocols.
+    pub fn codes(&self) -> Codes {
+        let (grpc, http) = match self {
+            Self::InvalidId(_) | Self::InvalidParties(_) | Self::InvalidAttemptKey(_) => {
+                (Code::InvalidArgument, StatusCode::BAD_REQUEST)
+            }
+            Self::PayloadTooLarge { .. } => (Code::InvalidArgument, StatusCode::PAYLOAD_TOO_LARGE),
+            Self::Unauthenticated(_) => (Code::Unauthenticated, StatusCode::UNAUTHORIZED),
+            Self::TimedOut { .. } => return engine_codes(&PairError::TimedOut),
+            Self::Refused(refusal) => return engine_codes(refusal.error()),
+        };
+        Codes { grpc, http }
+    }
+
     /// How the metrics count this failure: `None` for a timeout, which is an
     /// outcome, not a refusal.
     pub fn rejection(&self) -> Option<Rejection> {
         Some(match self {
-            Self::InvalidId(_) | Self::PayloadTooLarge { .. } | Self::InvalidParties(_) => {
-                Rejection::InvalidArgument
-            }
+            Self::InvalidId(_)
+            | Self::PayloadTooLarge { .. }
+            | Self::InvalidParties(_)
+            | Self::InvalidAttemptKey(_) => Rejection::InvalidArgument,
             Self::Unauthenticated(_) => Rejection::Unauthenticated,
-            Self::TimedOut { .. } | Self::Refused(PairError::TimedOut) => return None,
-            Self::Refused(PairError::Full { .. }) => Rejection::Full,
-            Self::Refused(PairError::ShuttingDown) => Rejection::ShuttingDown,
-            Self::Refused(PairError::Unavailable(_)) => Rejection::Unavailable,
-            Self::Refused(PairError::PartiesMismatch { .. }) => Rejection::PartiesMismatch,
-            Self::Refused(PairError::GroupTooLarge { .. }) => Rejection::GroupTooLarge,
+            Self::TimedOut { .. } => return None,
+            Self::Refused(refusal) => return Rejection::of(refusal.error()),
         })
     }
+}
+
+/// How each of the engines' answers reads on each protocol.
+fn engine_codes(error: &PairError) -> Codes {
+    let (grpc, http) = match error {
+        PairError::TimedOut => (Code::DeadlineExceeded, StatusCode::REQUEST_TIMEOUT),
+        PairError::ShuttingDown | PairError::Unavailable(_) => {
+            (Code::Unavailable, StatusCode::SERVICE_UNAVAILABLE)
+        }
+        PairError::Full { .. } => (Code::ResourceExhausted, StatusCode::SERVICE_UNAVAILABLE),
+        PairError::GroupTooLarge { .. } => (Code::ResourceExhausted, StatusCode::PAYLOAD_TOO_LARGE),
+        PairError::PartiesMismatch { .. } => (Code::FailedPrecondition, StatusCode::CONFLICT),
+        PairError::AttemptReused(_) => (Code::FailedPrecondition, StatusCode::UNPROCESSABLE_ENTITY),
+        PairError::Superseded => (Code::Aborted, StatusCode::CONFLICT),
+    };
+    Codes { grpc, http }
 }
 
 /// The caller's trace id, from its `traceparent`, if the per-call span that
@@ -158,7 +262,13 @@ impl<E: Engine> Rendezvous<E> {
             limits,
             auth: None,
             metrics: Arc::new(Metrics::new()),
+            attempts: Attempts::new(limits.attempt_grace),
         }
+    }
+
+    /// The keyed waits open or kept, for tests.
+    pub fn attempts(&self) -> &Arc<Attempts> {
+        &self.attempts
     }
 
     /// The series this service counts its calls in.
@@ -226,18 +336,22 @@ impl<E: Engine> Rendezvous<E> {
         &self.engine
     }
 
-    /// Meets the other `parties - 1` callers with `id` (one, for
-    /// `WaitForSecondParty`), by `deadline` at the latest, or after
-    /// `max_wait` if that comes sooner, handing them `offer`.
-    pub async fn call(
-        &self,
-        protocol: Protocol,
-        namespace: Namespace,
-        id: String,
-        parties: u32,
-        offer: Offer,
-        deadline: Deadline,
-    ) -> Result<Meeting, CallError> {
+    /// Meets the other `parties - 1` callers with the request's id (one,
+    /// for `WaitForSecondParty`), by its deadline at the latest, or after
+    /// `max_wait` if that comes sooner, handing them its payload. With an
+    /// attempt key, a retry gets the first try's place or answer
+    /// ([`Attempts`]).
+    pub async fn call(&self, request: CallRequest) -> Result<Meeting, CallError> {
+        let CallRequest {
+            protocol,
+            namespace,
+            deadline,
+            trace,
+            id,
+            parties,
+            payload,
+            attempt_key,
+        } = request;
         let id = match Id::in_namespace(namespace.as_deref(), id) {
             Ok(id) => id,
             Err(error) => return Err(self.refuse(protocol, error.into())),
@@ -246,13 +360,21 @@ impl<E: Engine> Rendezvous<E> {
             Ok(parties) => parties,
             Err(error) => return Err(self.refuse(protocol, error.into())),
         };
-        if offer.payload.len() > self.limits.max_payload {
+        if payload.len() > self.limits.max_payload {
             let error = CallError::PayloadTooLarge {
-                size: offer.payload.len(),
+                size: payload.len(),
                 limit: self.limits.max_payload,
             };
             return Err(self.refuse(protocol, error));
         }
+        let attempt = match AttemptKey::in_namespace(namespace.as_deref(), &attempt_key) {
+            // `--attempt-grace 0s`: keys are checked, and not kept.
+            Ok(_) if self.limits.attempt_grace.is_zero() => None,
+            Ok(attempt) => attempt,
+            Err(error) => return Err(self.refuse(protocol, error.into())),
+        };
+        drop(attempt_key);
+        let offer = Offer { payload, trace };
         let wait = deadline
             .requested
             .map_or(self.limits.max_wait, |w| w.min(self.limits.max_wait));
@@ -272,6 +394,7 @@ impl<E: Engine> Rendezvous<E> {
             position = Empty,
             partner_trace_id = Empty,
             waited = Empty,
+            attempt = Empty,
         );
         if let Some(trace) = &offer.trace {
             span.record("trace_id", tracing::field::display(trace));
@@ -287,13 +410,33 @@ impl<E: Engine> Rendezvous<E> {
             protocol,
             settled: false,
         };
-        let result = self
-            .engine
-            .gather(id, parties, offer, deadline.arrived + wait)
-            .instrument(span.clone())
-            .await;
+        let deadline = deadline.arrived + wait;
+        let (result, delivery) = match attempt {
+            None => {
+                let call = self.engine.gather(id, parties, offer, deadline);
+                (call.instrument(span.clone()).await, Delivery::Fresh)
+            }
+            // Boxed: a keyed call's future is not the one most callers pay
+            // for while they wait.
+            Some(key) => {
+                let call = self
+                    .attempts
+                    .gather(&self.engine, key, (id, parties, offer), deadline);
+                Box::pin(call.instrument(span.clone())).await
+            }
+        };
         pending.settled = true;
+        match delivery {
+            Delivery::Fresh => {}
+            Delivery::Reattached => self.metrics.reattached(protocol),
+            Delivery::Redelivered => self.metrics.redelivered(protocol),
+        }
+        if !span.is_disabled() {
+            span.record("attempt", delivery.as_str());
+        }
         let result = match result {
+            // An answer handed out before was counted then.
+            Ok(meeting) if delivery == Delivery::Redelivered => Ok(meeting),
             Ok(meeting) => {
                 self.metrics.paired(protocol, meeting.waited);
                 // Once per group: by its last member, which completed it.
@@ -302,11 +445,15 @@ impl<E: Engine> Rendezvous<E> {
                 }
                 Ok(meeting)
             }
-            Err(PairError::TimedOut) => {
-                self.metrics.timed_out(protocol);
-                Err(CallError::TimedOut { wait })
-            }
-            Err(refused) => Err(self.refuse(protocol, CallError::Refused(refused))),
+            Err(error) => match Refusal::new(error) {
+                None => {
+                    if delivery != Delivery::Redelivered {
+                        self.metrics.timed_out(protocol);
+                    }
+                    Err(CallError::TimedOut { wait })
+                }
+                Some(refusal) => Err(self.refuse(protocol, CallError::Refused(refusal))),
+            },
         };
         if !span.is_disabled() {
             record(&span, &result);
@@ -359,9 +506,29 @@ fn record(span: &tracing::Span, result: &Result<Meeting, CallError>) {
 
 #[cfg(test)]
 mod tests {
+    use super::refused as refused_by;
     use super::*;
     use crate::pairing::LocalEngine;
     use bytes::Bytes;
+
+    fn request(
+        protocol: Protocol,
+        id: impl Into<String>,
+        parties: u32,
+        payload: Bytes,
+        deadline: Deadline,
+    ) -> CallRequest {
+        CallRequest {
+            protocol,
+            namespace: None,
+            deadline,
+            trace: None,
+            id: id.into(),
+            parties,
+            payload,
+            attempt_key: String::new(),
+        }
+    }
 
     fn service(max_wait: Duration) -> Rendezvous {
         Rendezvous::new(
@@ -370,6 +537,7 @@ mod tests {
                 max_wait,
                 max_payload: 4,
                 max_parties: 5,
+                attempt_grace: DEFAULT_ATTEMPT_GRACE,
             },
         )
     }
@@ -399,24 +567,22 @@ mod tests {
     async fn bad_inputs_are_refused_before_the_engine() {
         let svc = service(Duration::from_secs(1));
         let call = |id: &str, payload: &'static [u8]| {
-            svc.call(
+            svc.call(request(
                 Protocol::Grpc,
-                None,
-                id.into(),
+                id,
                 2,
-                Bytes::from_static(payload).into(),
+                Bytes::from_static(payload),
                 Deadline::starting_now(None),
-            )
+            ))
         };
         let group = |parties| {
-            svc.call(
+            svc.call(request(
                 Protocol::Grpc,
-                None,
-                "a".into(),
+                "a",
                 parties,
-                Offer::default(),
+                Bytes::new(),
                 Deadline::starting_now(None),
-            )
+            ))
         };
         assert_eq!(
             group(1).await,
@@ -462,16 +628,15 @@ mod tests {
         let svc = service(Duration::from_secs(1));
         svc.engine().close().await;
         let refused = svc
-            .call(
+            .call(request(
                 Protocol::Http,
-                None,
-                "a".into(),
+                "a",
                 2,
-                Bytes::new().into(),
+                Bytes::new(),
                 Deadline::starting_now(None),
-            )
+            ))
             .await;
-        assert_eq!(refused, Err(CallError::Refused(PairError::ShuttingDown)));
+        assert_eq!(refused, Err(refused_by(PairError::ShuttingDown)));
         assert_eq!(
             sample(
                 &svc,
@@ -490,14 +655,13 @@ mod tests {
     async fn a_caller_that_leaves_is_counted_as_cancelled_and_no_longer_parked() {
         let svc = service(Duration::from_secs(10));
         {
-            let call = svc.call(
+            let call = svc.call(request(
                 Protocol::Grpc,
-                None,
-                "a".into(),
+                "a",
                 2,
-                Bytes::new().into(),
+                Bytes::new(),
                 Deadline::starting_now(None),
-            );
+            ));
             tokio::pin!(call);
             let waker = std::task::Waker::noop();
             let polled = call
@@ -532,32 +696,29 @@ mod tests {
                 wait: Duration::from_secs(secs),
             })
         };
-        let short = svc.call(
+        let short = svc.call(request(
             Protocol::Http,
-            None,
-            "a".into(),
+            "a",
             2,
-            Bytes::new().into(),
+            Bytes::new(),
             Deadline::starting_now(Some(Duration::from_secs(2))),
-        );
+        ));
         assert_eq!(short.await, timed_out(2));
-        let long = svc.call(
+        let long = svc.call(request(
             Protocol::Http,
-            None,
-            "a".into(),
+            "a",
             2,
-            Bytes::new().into(),
+            Bytes::new(),
             Deadline::starting_now(Some(Duration::from_secs(60))),
-        );
+        ));
         assert_eq!(long.await, timed_out(10));
-        let default = svc.call(
+        let default = svc.call(request(
             Protocol::Grpc,
-            None,
-            "a".into(),
+            "a",
             2,
-            Bytes::new().into(),
+            Bytes::new(),
             Deadline::starting_now(None),
-        );
+        ));
         assert_eq!(default.await, timed_out(10));
     }
 }

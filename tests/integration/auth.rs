@@ -54,6 +54,7 @@ async fn raw_call_with(addr: std::net::SocketAddr, id: &str, token: &str) -> Raw
         WaitForSecondPartyRequest {
             id: id.into(),
             payload: Bytes::new(),
+            ..Default::default()
         },
     ))
     .await

@@ -301,7 +301,12 @@ fn poll_one(slot: &mut Option<Call<'_>>, told: &mut Option<Told>, start: tokio::
         Err(PairError::TimedOut) => Told::TimedOut { at_ms },
         Err(PairError::Full { capacity }) => Told::Full { capacity, at_ms },
         Err(PairError::ShuttingDown) => Told::ShuttingDown { at_ms },
-        Err(error @ (PairError::PartiesMismatch { .. } | PairError::GroupTooLarge { .. })) => {
+        Err(
+            error @ (PairError::PartiesMismatch { .. }
+            | PairError::GroupTooLarge { .. }
+            | PairError::AttemptReused(_)
+            | PairError::Superseded),
+        ) => {
             panic!("{error}")
         }
         Err(PairError::Unavailable(reason)) => {

@@ -79,6 +79,7 @@ fn grpc_member(
         id: id.into(),
         payload: payload.to_owned().into(),
         parties,
+        ..Default::default()
     };
     tokio::spawn(async move {
         let mut client = SyncClient::connect(endpoint).await.unwrap();
@@ -274,6 +275,7 @@ async fn mismatched_parties_are_refused(deployment: Deployment) {
         .wait_for_second_party(WaitForSecondPartyRequest {
             id: "sizes".into(),
             payload: Default::default(),
+            ..Default::default()
         })
         .await
         .unwrap_err();

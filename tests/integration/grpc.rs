@@ -127,6 +127,7 @@ async fn a_raw_client_pairs_and_reads_the_response_fields() {
         WaitForSecondPartyRequest {
             id: "raw-pair".into(),
             payload: Bytes::from_static(b"raw"),
+            ..Default::default()
         },
     ));
     server.parked(1).await;
@@ -154,6 +155,7 @@ async fn a_malformed_grpc_timeout_is_invalid_argument() {
         WaitForSecondPartyRequest {
             id: "x".into(),
             payload: Bytes::new(),
+            ..Default::default()
         },
     ))
     .await;
@@ -192,6 +194,7 @@ async fn a_closed_connection_leaves_no_waiter_behind() {
         WaitForSecondPartyRequest {
             id: "hang-up".into(),
             payload: Bytes::new(),
+            ..Default::default()
         },
     ));
     server.parked(1).await;
@@ -213,6 +216,7 @@ async fn bad_inputs_are_invalid_argument_with_a_message() {
                 .wait_for_second_party(WaitForSecondPartyRequest {
                     id,
                     payload: payload.into(),
+                    ..Default::default()
                 })
                 .await
                 .unwrap_err()
@@ -260,6 +264,7 @@ async fn bad_inputs_are_invalid_argument_with_a_message() {
                 .wait_for_second_party(WaitForSecondPartyRequest {
                     id,
                     payload: vec![1; 64 * 1024].into(),
+                    ..Default::default()
                 })
                 .await
         }
@@ -270,6 +275,7 @@ async fn bad_inputs_are_invalid_argument_with_a_message() {
         .wait_for_second_party(WaitForSecondPartyRequest {
             id: edge_id,
             payload: vec![2; 64 * 1024].into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -448,6 +454,7 @@ async fn malformed_grpc_requests_get_a_status_that_says_why() {
     let message = WaitForSecondPartyRequest {
         id: "x".into(),
         payload: Bytes::new(),
+        ..Default::default()
     };
     type Headers = &'static [(&'static str, &'static str)];
     let cases: [(Headers, Vec<u8>, &str, &str); 6] = [
@@ -511,6 +518,7 @@ async fn identity_encoding_is_served() {
         WaitForSecondPartyRequest {
             id: "identity".into(),
             payload: Bytes::new(),
+            ..Default::default()
         },
     ))
     .await;

@@ -30,6 +30,7 @@ async fn web_call(
     let request = WaitForSecondPartyRequest {
         id: id.into(),
         payload: Bytes::from_static(payload),
+        ..Default::default()
     };
     let mut builder = common::http_client()
         .post(format!(

@@ -42,6 +42,7 @@ async fn thousands_of_callers_park_and_pair_on_one_connection() {
                     .wait_for_second_party(rendezvous::proto::WaitForSecondPartyRequest {
                         id,
                         payload: payload.into(),
+                        ..Default::default()
                     })
                     .await;
                 (i, side, answer)

@@ -217,6 +217,7 @@ async fn groups_are_counted_once_by_size_and_their_members_as_parked() {
             id: "g".into(),
             payload: "4".into(),
             parties: 5,
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -138,6 +138,7 @@ async fn a_stream_reset_by_a_proxy_is_cleaned_up_and_its_neighbours_carry_on() {
             &WaitForSecondPartyRequest {
                 id: id.into(),
                 payload: Bytes::from_static(payload),
+                ..Default::default()
             },
         );
         let addr = server.grpc_addr;
@@ -167,6 +168,7 @@ async fn a_stream_reset_by_a_proxy_is_cleaned_up_and_its_neighbours_carry_on() {
         WaitForSecondPartyRequest {
             id: "neighbour".into(),
             payload: Bytes::from_static(b"partner"),
+            ..Default::default()
         },
     ))
     .await;

@@ -190,6 +190,7 @@ async fn namespaces_keep_tenants_apart_across_replicas() {
                 WaitForSecondPartyRequest {
                     id: "shared-id".into(),
                     payload: bytes::Bytes::from_static(payload),
+                    ..Default::default()
                 },
             )
             .await

@@ -145,6 +145,7 @@ async fn calls_arriving_during_shutdown_are_answered_unavailable() {
     let message = rendezvous::proto::WaitForSecondPartyRequest {
         id: "late".into(),
         payload: bytes::Bytes::new(),
+        ..Default::default()
     };
     body.send_data(common::grpc_frame(0, &message).into(), true)
         .unwrap();
@@ -197,6 +198,7 @@ async fn a_pair_in_flight_finishes_within_the_grace_period() {
     let message = rendezvous::proto::WaitForSecondPartyRequest {
         id: "in-flight".into(),
         payload: vec![1u8; 16].into(),
+        ..Default::default()
     };
     body.send_data(common::grpc_frame(0, &message).into(), true)
         .unwrap();
@@ -208,6 +210,7 @@ async fn a_pair_in_flight_finishes_within_the_grace_period() {
         .wait_for_second_party(rendezvous::proto::WaitForSecondPartyRequest {
             id: "in-flight".into(),
             payload: vec![2u8; PAYLOAD].into(),
+            ..Default::default()
         })
         .await
         .unwrap()

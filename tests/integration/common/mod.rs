@@ -152,6 +152,7 @@ pub fn request(id: &str, payload: &'static [u8]) -> tonic::Request<WaitForSecond
     tonic::Request::new(WaitForSecondPartyRequest {
         id: id.into(),
         payload: Bytes::from_static(payload),
+        ..Default::default()
     })
 }
 
@@ -357,6 +358,7 @@ pub async fn raw_wait(addr: SocketAddr, id: &str, payload: &[u8], timeout: &str)
         WaitForSecondPartyRequest {
             id: id.into(),
             payload: Bytes::copy_from_slice(payload),
+            ..Default::default()
         },
     )
     .await
