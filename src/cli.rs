@@ -212,9 +212,17 @@ pub struct WaitArgs {
     pub timeout: Option<Duration>,
 
     /// Keep trying while the server is unavailable or full (a rolling
-    /// restart), with backoff and jitter, until --timeout.
+    /// restart), or the connection broke, with backoff and jitter, until
+    /// --timeout. Every try sends one attempt key, so that a try cut off
+    /// gets its place or its answer back (--attempt-key, or a random one).
     #[arg(long, requires = "timeout")]
     pub retry: bool,
+
+    /// The attempt key to send: the same on every run that is a retry of
+    /// one wait (say, a CI job's id and attempt), so that a run cut off, or
+    /// killed, can be run again and get its place or its answer back.
+    #[arg(long, env = "RENDEZVOUS_ATTEMPT_KEY", value_name = "KEY")]
+    pub attempt_key: Option<String>,
 
     /// Print one JSON object on stdout, the answer or the error, in
     /// proto3's JSON form (the payload in base64).
@@ -281,21 +289,26 @@ pub async fn wait(args: WaitArgs) -> Exit {
         );
     };
     let own = payload.clone();
+    let key = args.attempt_key.as_deref().unwrap_or_default();
     let result = match (args.parties, args.retry, args.timeout) {
         (None, true, Some(timeout)) => {
             client
-                .wait_retrying(&args.id, payload, timeout, on_retry)
+                .wait_retrying(&args.id, payload, timeout, key, on_retry)
                 .await
         }
-        (None, _, _) => client.wait(&args.id, payload, args.timeout).await,
+        (None, _, _) => {
+            client
+                .wait_with_key(&args.id, payload, args.timeout, key)
+                .await
+        }
         (Some(parties), true, Some(timeout)) => {
             client
-                .gather_retrying(&args.id, parties, payload, timeout, on_retry)
+                .gather_retrying(&args.id, parties, payload, timeout, key, on_retry)
                 .await
         }
         (Some(parties), _, _) => {
             client
-                .gather(&args.id, parties, payload, args.timeout)
+                .gather_with_key(&args.id, parties, payload, args.timeout, key)
                 .await
         }
     };

@@ -490,18 +490,20 @@ impl Client {
     /// first try. `on_retry` hears of each failure that will be retried, and
     /// the pause before the next try.
     ///
-    /// Every try sends one attempt key, made here: a try whose connection
-    /// broke keeps its place on the server for a few seconds, and the next
-    /// try takes it back, or gets the answer decided meanwhile. So a broken
-    /// connection never costs the wait, nor pairs it twice.
+    /// Every try sends one attempt key: `attempt_key`, or one made here if
+    /// that is empty. A try whose connection broke keeps its place on the
+    /// server for a few seconds, and the next try takes it back, or gets
+    /// the answer decided meanwhile. So a broken connection never costs the
+    /// wait, nor pairs it twice.
     pub async fn wait_retrying(
         &self,
         id: &str,
         payload: Bytes,
         timeout: Duration,
+        attempt_key: &str,
         on_retry: impl FnMut(&Status, Duration),
     ) -> Result<Meeting, Status> {
-        let key = attempt_key();
+        let key = key_or_new(attempt_key);
         retrying(timeout, on_retry, |left| {
             self.wait_with_key(id, payload.clone(), Some(left), &key)
         })
@@ -515,9 +517,10 @@ impl Client {
         parties: u32,
         payload: Bytes,
         timeout: Duration,
+        attempt_key: &str,
         on_retry: impl FnMut(&Status, Duration),
     ) -> Result<Meeting, Status> {
-        let key = attempt_key();
+        let key = key_or_new(attempt_key);
         retrying(timeout, on_retry, |left| {
             self.gather_with_key(id, parties, payload.clone(), Some(left), &key)
         })
@@ -570,10 +573,14 @@ impl Client {
             }
             cause = error.source();
         }
-        Status::new(
+        let mut said = Status::new(
             status.code(),
             format!("cannot reach {}: {}", self.server, parts.join(": ")),
-        )
+        );
+        // Still from the transport: `retryable` tells it from the server's
+        // own answer by that.
+        said.set_source(std::sync::Arc::new(status));
+        said
     }
 }
 
@@ -647,6 +654,14 @@ fn own_deadline(status: Status, timeout: Option<Duration>) -> Status {
 /// that nobody can guess it.
 pub fn attempt_key() -> String {
     uuid::Uuid::new_v4().to_string()
+}
+
+/// `key`, or a new one if it is empty.
+fn key_or_new(key: &str) -> String {
+    match key {
+        "" => attempt_key(),
+        key => key.to_owned(),
+    }
 }
 
 /// Whether a failed call may be tried again with the same attempt key:

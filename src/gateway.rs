@@ -15,8 +15,9 @@ use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 
 use crate::{
     auth::AuthError,
+    cli::code_name,
     health::{Health, NotReady},
-    json::{JsonError, JsonGroup, JsonMeeting, code_name},
+    json::{JsonError, JsonGroup, JsonMeeting},
     metrics::{Protocol, Rejection},
     pairing::{Meeting, PairError},
     service::{CallError, CallRequest, Deadline, Rendezvous, trace_id},

@@ -308,3 +308,327 @@ impl Drop for Holding<'_> {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::task::Poll;
+
+    use super::*;
+    use crate::pairing::{LocalEngine, Role};
+
+    const GRACE: Duration = Duration::from_secs(5);
+    const FAR: Duration = Duration::from_secs(60);
+
+    fn key(k: &str) -> AttemptKey {
+        AttemptKey::in_namespace(None, k).unwrap().unwrap()
+    }
+
+    fn ask(id: &str, parties: u32, payload: &'static [u8]) -> (Id, Parties, Offer) {
+        (
+            Id::new(id).unwrap(),
+            Parties::new(parties, 64).unwrap(),
+            Bytes::from_static(payload).into(),
+        )
+    }
+
+    struct Fixture {
+        engine: Arc<LocalEngine>,
+        attempts: Arc<Attempts>,
+    }
+
+    type Answer = (Result<Meeting, PairError>, Delivery);
+
+    impl Fixture {
+        fn new() -> Self {
+            Self {
+                engine: Arc::new(LocalEngine::new()),
+                attempts: Attempts::new(GRACE),
+            }
+        }
+
+        /// A keyed call, spawned: its handle, which aborting cuts as a
+        /// broken stream would.
+        fn call(
+            &self,
+            k: &str,
+            (id, parties, payload): (&str, u32, &'static [u8]),
+            wait: Duration,
+        ) -> tokio::task::JoinHandle<Answer> {
+            let (engine, attempts, key) = (self.engine.clone(), self.attempts.clone(), key(k));
+            let ask = ask(id, parties, payload);
+            let deadline = Instant::now() + wait;
+            tokio::spawn(async move { attempts.gather(&engine, key, ask, deadline).await })
+        }
+
+        /// A call without a key, straight to the engine.
+        fn plain(
+            &self,
+            (id, parties, payload): (&str, u32, &'static [u8]),
+            wait: Duration,
+        ) -> tokio::task::JoinHandle<Result<Meeting, PairError>> {
+            let engine = self.engine.clone();
+            let (id, parties, offer) = ask(id, parties, payload);
+            let deadline = Instant::now() + wait;
+            tokio::spawn(async move { engine.gather(id, parties, offer, deadline).await })
+        }
+
+        /// Lets every spawned task run until it waits.
+        async fn settle(&self) {
+            for _ in 0..8 {
+                tokio::task::yield_now().await;
+            }
+        }
+
+        async fn cut(&self, call: tokio::task::JoinHandle<Answer>) {
+            call.abort();
+            assert!(call.await.unwrap_err().is_cancelled());
+            self.settle().await;
+        }
+    }
+
+    fn paired(answer: &Answer) -> (Role, Bytes, Delivery) {
+        let meeting = answer.0.as_ref().expect("paired");
+        (meeting.role(), meeting.peer().payload.clone(), answer.1)
+    }
+
+    const A: (&str, u32, &[u8]) = ("a", 2, b"from a");
+    const B: (&str, u32, &[u8]) = ("a", 2, b"from b");
+
+    /// Cut while parked, retried before anyone came: the retry takes the
+    /// place back, as the first party, with the first try's deadline.
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_while_parked_takes_the_place_back() {
+        let f = Fixture::new();
+        let first = f.call("k", A, Duration::from_secs(10));
+        f.settle().await;
+        f.cut(first).await;
+        assert_eq!(f.engine.waiting(), 1, "the place is held through the cut");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let retry = f.call("k", A, FAR);
+        f.settle().await;
+        assert_eq!(f.engine.waiting(), 1, "the retry did not park again");
+        let partner = f.plain(B, FAR).await.unwrap().unwrap();
+        assert_eq!(partner.role(), Role::Second);
+        assert_eq!(partner.peer().payload, "from a");
+        let retry = retry.await.unwrap();
+        assert_eq!(
+            paired(&retry),
+            (Role::First, "from b".into(), Delivery::Reattached)
+        );
+        assert_eq!(retry.0.unwrap().waited, Duration::from_secs(2));
+        // The first try's deadline holds: a retry after it is told so.
+        let late = f.call("k2", A, Duration::from_secs(1));
+        f.settle().await;
+        f.cut(late).await;
+        let retry = f.call("k2", A, FAR).await.unwrap();
+        assert_eq!(retry, (Err(PairError::TimedOut), Delivery::Reattached));
+    }
+
+    /// Cut while parked, a partner comes within the grace: it pairs, and
+    /// the answer waits for the retry.
+    #[tokio::test(start_paused = true)]
+    async fn a_partner_in_the_grace_pairs_and_the_answer_waits_for_the_retry() {
+        let f = Fixture::new();
+        let first = f.call("k", A, FAR);
+        f.settle().await;
+        f.cut(first).await;
+        tokio::time::advance(GRACE - Duration::from_millis(1)).await;
+        let partner = f.plain(B, FAR).await.unwrap().unwrap();
+        assert_eq!(partner.peer().payload, "from a");
+        tokio::time::advance(GRACE - Duration::from_millis(1)).await;
+        let retry = f.call("k", A, FAR).await.unwrap();
+        assert_eq!(
+            paired(&retry),
+            (Role::First, "from b".into(), Delivery::Reattached)
+        );
+        // Delivered once; every retry after gets it again, the same.
+        let again = f.call("k", A, FAR).await.unwrap();
+        assert_eq!(again.0, retry.0);
+        assert_eq!(again.1, Delivery::Redelivered);
+    }
+
+    /// Nobody back within the grace: the place goes, as a keyless caller's
+    /// goes at once, and the key is forgotten.
+    #[tokio::test(start_paused = true)]
+    async fn after_the_grace_the_place_is_gone() {
+        let f = Fixture::new();
+        let first = f.call("k", A, FAR);
+        f.settle().await;
+        f.cut(first).await;
+        tokio::time::advance(GRACE).await;
+        f.settle().await;
+        assert_eq!(f.engine.waiting(), 0);
+        assert!(f.attempts.is_empty());
+        let partner = f.plain(B, Duration::from_secs(1)).await.unwrap();
+        assert_eq!(partner, Err(PairError::TimedOut));
+        // A retry now is a new wait.
+        let retry = f.call("k", A, Duration::from_secs(1)).await.unwrap();
+        assert_eq!(retry, (Err(PairError::TimedOut), Delivery::Fresh));
+    }
+
+    /// An answer that reached its caller is handed again to a retry with
+    /// the same key, the same, and not after the grace.
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_is_handed_again_within_the_grace() {
+        let f = Fixture::new();
+        let members = [b"m0", b"m1"].map(|p| {
+            let call = f.call(std::str::from_utf8(p).unwrap(), ("g", 3, p), FAR);
+            (call, p)
+        });
+        f.settle().await;
+        let last = f.call("m2", ("g", 3, b"m2"), FAR).await.unwrap();
+        assert_eq!(last.1, Delivery::Fresh);
+        for (call, _) in members {
+            assert_eq!(call.await.unwrap().1, Delivery::Fresh);
+        }
+        let again = f.call("m0", ("g", 3, b"m0"), FAR).await.unwrap();
+        let meeting = again.0.unwrap();
+        assert_eq!(again.1, Delivery::Redelivered);
+        assert_eq!(meeting.position, 0);
+        assert_eq!(meeting.payloads(&"m0".into()), ["m0", "m1", "m2"]);
+        tokio::time::advance(GRACE).await;
+        f.settle().await;
+        assert!(f.attempts.is_empty(), "kept past the grace");
+    }
+
+    /// A group member cut while it waits keeps its position.
+    #[tokio::test(start_paused = true)]
+    async fn a_group_member_keeps_its_position() {
+        let f = Fixture::new();
+        let first = f.call("m0", ("g", 3, b"m0"), FAR);
+        f.settle().await;
+        let second = f.call("m1", ("g", 3, b"m1"), FAR);
+        f.settle().await;
+        f.cut(first).await;
+        let retry = f.call("m0", ("g", 3, b"m0"), FAR);
+        f.settle().await;
+        let last = f.plain(("g", 3, b"m2"), FAR).await.unwrap().unwrap();
+        assert_eq!(last.position, 2);
+        let retry = retry.await.unwrap();
+        assert_eq!(retry.1, Delivery::Reattached);
+        assert_eq!(retry.0.unwrap().position, 0);
+        assert_eq!(second.await.unwrap().0.unwrap().position, 1);
+    }
+
+    /// Two open calls with one key: the newer takes over.
+    #[tokio::test(start_paused = true)]
+    async fn the_newer_of_two_open_calls_takes_over() {
+        let f = Fixture::new();
+        let older = f.call("k", A, FAR);
+        f.settle().await;
+        let newer = f.call("k", A, FAR);
+        f.settle().await;
+        assert_eq!(
+            older.await.unwrap(),
+            (Err(PairError::Superseded), Delivery::Fresh)
+        );
+        assert_eq!(f.engine.waiting(), 1);
+        f.plain(B, FAR).await.unwrap().unwrap();
+        assert_eq!(
+            paired(&newer.await.unwrap()),
+            (Role::First, "from b".into(), Delivery::Reattached)
+        );
+    }
+
+    /// A key stands for one request: another id, size or payload is
+    /// refused, and the wait it names is left as it was.
+    #[tokio::test(start_paused = true)]
+    async fn a_key_reused_for_another_request_is_refused() {
+        let f = Fixture::new();
+        let first = f.call("k", A, FAR);
+        f.settle().await;
+        for (other, reuse) in [
+            (("b", 2, &b"from a"[..]), Reuse::Id),
+            (("a", 3, b"from a"), Reuse::Parties),
+            (("a", 2, b"other"), Reuse::Payload),
+        ] {
+            let refused = f.call("k", other, FAR).await.unwrap();
+            assert_eq!(
+                refused,
+                (Err(PairError::AttemptReused(reuse)), Delivery::Fresh)
+            );
+        }
+        f.plain(B, FAR).await.unwrap().unwrap();
+        assert_eq!(paired(&first.await.unwrap()).2, Delivery::Fresh);
+    }
+
+    /// Keys are scoped to their namespace: the same key in another one is
+    /// another wait.
+    #[tokio::test(start_paused = true)]
+    async fn keys_are_per_namespace() {
+        let ours = AttemptKey::in_namespace(Some("ours"), "k")
+            .unwrap()
+            .unwrap();
+        let theirs = AttemptKey::in_namespace(Some("theirs"), "k")
+            .unwrap()
+            .unwrap();
+        assert_ne!(ours, theirs);
+        assert_eq!(AttemptKey::in_namespace(None, ""), Ok(None));
+        assert_eq!(
+            AttemptKey::in_namespace(None, &"k".repeat(129)),
+            Err(crate::pairing::AttemptKeyError::TooLong { len: 129 })
+        );
+        assert!(AttemptKey::in_namespace(None, &"k".repeat(128)).is_ok());
+        for bad in ["a b", "é", "a\n"] {
+            assert_eq!(
+                AttemptKey::in_namespace(None, bad),
+                Err(crate::pairing::AttemptKeyError::NotPrintable),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(format!("{ours:?}"), "AttemptKey(6 bytes)");
+    }
+
+    /// A refusal is not a decision: a retry is a new try.
+    #[tokio::test(start_paused = true)]
+    async fn refusals_are_not_kept() {
+        let f = Fixture {
+            engine: Arc::new(LocalEngine::with_capacity(1)),
+            attempts: Attempts::new(GRACE),
+        };
+        let _other = f.plain(("x", 2, b""), FAR);
+        f.settle().await;
+        let full = f.call("k", A, FAR).await.unwrap();
+        assert_eq!(full.0, Err(PairError::Full { capacity: 1 }));
+        f.settle().await;
+        assert!(f.attempts.is_empty());
+    }
+
+    /// A place held for a retry never outlives its caller's deadline, and
+    /// its timeout is an answer like any other.
+    #[tokio::test(start_paused = true)]
+    async fn a_held_place_ends_at_the_deadline() {
+        let f = Fixture::new();
+        let first = f.call("k", A, Duration::from_secs(1));
+        f.settle().await;
+        f.cut(first).await;
+        tokio::time::advance(Duration::from_secs(1)).await;
+        f.settle().await;
+        assert_eq!(f.engine.waiting(), 0);
+        let retry = f.call("k", A, FAR).await.unwrap();
+        assert_eq!(retry, (Err(PairError::TimedOut), Delivery::Reattached));
+    }
+
+    /// The call was cut before it reached the engine (before its arrival
+    /// was recorded): there is nothing to take back, and the retry is the
+    /// first try.
+    #[tokio::test(start_paused = true)]
+    async fn a_call_cut_before_it_arrived_leaves_nothing() {
+        let f = Fixture::new();
+        drop(
+            f.attempts
+                .gather(&f.engine, key("k"), ask("a", 2, b""), Instant::now() + FAR),
+        );
+        assert!(f.attempts.is_empty());
+        let retry = f.call("k", ("a", 2, b""), FAR);
+        f.settle().await;
+        let mut retry = std::pin::pin!(retry);
+        assert!(matches!(futures_poll(retry.as_mut()), Poll::Pending));
+        f.plain(("a", 2, b""), FAR).await.unwrap().unwrap();
+        assert_eq!(retry.await.unwrap().1, Delivery::Fresh);
+    }
+
+    fn futures_poll<F: Future + ?Sized>(f: std::pin::Pin<&mut F>) -> Poll<F::Output> {
+        f.poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+    }
+}

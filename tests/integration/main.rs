@@ -5,6 +5,7 @@
 
 mod common;
 
+mod attempts;
 mod auth;
 mod cli;
 mod config;

@@ -1,0 +1,328 @@
+//! Attempt keys through the real server: a call whose stream is cut gets its
+//! place or its answer back by retrying with the same key, over gRPC and
+//! HTTP, on the local engine and on Redis.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use rendezvous::pairing::Role;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    sync::watch,
+};
+use tonic::Code;
+
+use crate::common::{
+    JsonBody, TestServer, http_client, redis::RedisServer, redis::replica_config,
+    redis::unique_prefix, scrape, value, within,
+};
+
+/// The engines every scenario here runs on: one process, and a replica on
+/// a Redis of its own.
+async fn servers() -> Vec<(TestServer, Option<RedisServer>)> {
+    let local = TestServer::start().await;
+    let redis = RedisServer::start().await;
+    let replica = TestServer::with(replica_config(&redis, &unique_prefix("attempts"))).await;
+    replica.ready().await;
+    vec![(local, None), (replica, Some(redis))]
+}
+
+/// A gRPC waiter's stream is cut while it is parked (its task aborted, so
+/// its client resets the stream); the partner comes; the retry, on a new
+/// connection, gets the answer: the first party's, with the partner's
+/// payload. Then again, the same, and counted as handed again.
+#[tokio::test]
+async fn a_cut_grpc_waiter_retries_and_gets_its_answer() {
+    for (server, _redis) in servers().await {
+        let cut = server.client().await;
+        let waiter = tokio::spawn(async move {
+            cut.wait_with_key("cut", "from a".into(), None, "key-1")
+                .await
+        });
+        server.parked(1).await;
+        waiter.abort();
+        let _ = waiter.await;
+        // The place is held: the partner pairs with it at once.
+        let partner = server.client().await;
+        let second = within(partner.wait("cut", "from b".into(), None))
+            .await
+            .unwrap();
+        assert_eq!(
+            (second.role(), &second.peer().payload[..]),
+            (Role::Second, &b"from a"[..])
+        );
+        let retry = server.client().await;
+        for _ in 0..2 {
+            let first = within(retry.wait_with_key("cut", "from a".into(), None, "key-1"))
+                .await
+                .unwrap();
+            assert_eq!(
+                (first.role(), &first.peer().payload[..]),
+                (Role::First, &b"from b"[..])
+            );
+        }
+        let scrape = scrape(&server).await;
+        let grpc = [("protocol", "grpc")];
+        assert_eq!(value(&scrape, "rendezvous_reattached_total", &grpc), 1.0);
+        assert_eq!(value(&scrape, "rendezvous_redelivered_total", &grpc), 1.0);
+        // Counted once each, not once per delivery.
+        assert_eq!(value(&scrape, "rendezvous_paired_total", &grpc), 2.0);
+        assert_eq!(server.waiting(), 0);
+    }
+}
+
+/// A waiter whose retry comes before its partner takes its place back: it
+/// stays the first party, and the partner finds it there.
+#[tokio::test]
+async fn a_retry_before_the_partner_keeps_the_first_place() {
+    for (server, _redis) in servers().await {
+        let cut = server.client().await;
+        let waiter =
+            tokio::spawn(async move { cut.wait_with_key("keep", "a".into(), None, "key-2").await });
+        server.parked(1).await;
+        waiter.abort();
+        let _ = waiter.await;
+        let again = server.client().await;
+        let retry =
+            tokio::spawn(
+                async move { again.wait_with_key("keep", "a".into(), None, "key-2").await },
+            );
+        // Still one caller parked: the retry did not park a second time.
+        server.parked(1).await;
+        let partner = server.client().await;
+        let second = within(partner.wait("keep", "b".into(), None))
+            .await
+            .unwrap();
+        assert_eq!(second.role(), Role::Second);
+        let first = within(retry).await.unwrap().unwrap();
+        assert_eq!(
+            (first.role(), &first.peer().payload[..]),
+            (Role::First, &b"b"[..])
+        );
+    }
+}
+
+/// Over HTTP the key is `?attempt_key=`: a waiter cut while parked gets,
+/// on retrying, the answer decided meanwhile; every retry after that gets
+/// the same bytes.
+#[tokio::test]
+async fn an_http_retry_gets_the_same_answer_byte_for_byte() {
+    for (server, _redis) in servers().await {
+        let http = http_client();
+        let url = server.url("/wait-for-second-party/web?attempt_key=k-3");
+        let cut = tokio::spawn(http.post(&url).body("from a").send());
+        server.parked(1).await;
+        cut.abort();
+        let _ = cut.await;
+        let partner = within(
+            http.post(server.url("/wait-for-second-party/web"))
+                .body("from b")
+                .send(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(partner.status(), 200);
+        assert_eq!(partner.text().await.unwrap(), "Synced");
+        let retry = || async {
+            let answer = within(
+                http.post(&url)
+                    .header("accept", "application/json")
+                    .body("from a")
+                    .send(),
+            )
+            .await
+            .unwrap();
+            assert_eq!(answer.status(), 200);
+            answer.bytes().await.unwrap()
+        };
+        let (once, twice) = (retry().await, retry().await);
+        assert_eq!(once, twice);
+        let json: serde_json::Value = serde_json::from_slice(&once).unwrap();
+        assert_eq!(json["role"], "ROLE_FIRST");
+        assert_eq!(json["peerPayload"], "ZnJvbSBi"); // "from b"
+        // The legacy body, for a legacy retry.
+        let legacy = within(http.post(&url).body("from a").send()).await.unwrap();
+        assert_eq!(legacy.text().await.unwrap(), "Synced");
+    }
+}
+
+/// A key is for one request: a retry with another payload or id is refused
+/// and says why, and an older call still open is told a newer one took its
+/// wait over. Bad keys are refused as bad arguments.
+#[tokio::test]
+async fn misused_keys_are_refused_with_their_reason() {
+    for (server, _redis) in servers().await {
+        let older = server.client().await;
+        let open =
+            tokio::spawn(
+                async move { older.wait_with_key("mine", "p".into(), None, "key-4").await },
+            );
+        server.parked(1).await;
+        let client = server.client().await;
+        let other = client
+            .wait_with_key("mine", "q".into(), None, "key-4")
+            .await
+            .unwrap_err();
+        assert_eq!(other.code(), Code::FailedPrecondition);
+        assert_eq!(
+            other.message(),
+            "this attempt key was first sent with another payload; send the same request on \
+             every retry of one wait, and a new key for each new wait"
+        );
+        let http = http_client()
+            .post(server.url("/wait-for-second-party/yours?attempt_key=key-4"))
+            .header("accept", "application/json")
+            .body("p")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(http.status(), 422);
+        let json = http.json_body().await;
+        assert_eq!(json["code"], "FAILED_PRECONDITION");
+        assert!(
+            json["message"].as_str().unwrap().contains("another id"),
+            "{json}"
+        );
+        // A newer call with the key takes the wait over.
+        let newer = server.client().await;
+        let took_over =
+            tokio::spawn(
+                async move { newer.wait_with_key("mine", "p".into(), None, "key-4").await },
+            );
+        let superseded = within(open).await.unwrap().unwrap_err();
+        assert_eq!(superseded.code(), Code::Aborted);
+        assert_eq!(
+            superseded.message(),
+            "a newer call with the same attempt key took this wait over; its answer goes there"
+        );
+        let partner = server.client().await;
+        within(partner.wait("mine", "r".into(), None))
+            .await
+            .unwrap();
+        let first = within(took_over).await.unwrap().unwrap();
+        assert_eq!(first.peer().payload, "r");
+        let bad = client
+            .wait_with_key("mine", "p".into(), None, "not a key")
+            .await
+            .unwrap_err();
+        assert_eq!(bad.code(), Code::InvalidArgument);
+        let scrape = scrape(&server).await;
+        let reason = |r| [("protocol", "grpc"), ("reason", r)];
+        assert_eq!(
+            value(
+                &scrape,
+                "rendezvous_rejections_total",
+                &reason("attempt_reused")
+            ),
+            1.0
+        );
+        assert_eq!(
+            value(
+                &scrape,
+                "rendezvous_rejections_total",
+                &reason("superseded")
+            ),
+            1.0
+        );
+    }
+}
+
+/// `Client::wait_retrying` (and so `rendezvous wait --retry`) makes a key
+/// by itself: a proxy that cuts its first connection while it is parked
+/// costs it nothing but a reconnect, and it keeps the first place.
+#[tokio::test]
+async fn the_retrying_client_survives_a_cut_connection() {
+    let server = TestServer::start().await;
+    let (proxy, cuts) = cutting_proxy(server.grpc_addr).await;
+    let options = rendezvous::client::ClientOptions::new(&proxy.to_string()).unwrap();
+    let client = rendezvous::client::Client::connect_lazily(&options).unwrap();
+    let waiter = tokio::spawn(async move {
+        let mut retries = Vec::new();
+        let meeting = client
+            .wait_retrying(
+                "proxied",
+                "a".into(),
+                Duration::from_secs(30),
+                "",
+                |status: &tonic::Status, _| retries.push(status.code()),
+            )
+            .await;
+        (meeting, retries)
+    });
+    server.parked(1).await;
+    cuts.send_replace(true);
+    // The cut caller's place is still there, for the retry to take back:
+    // the partner, which comes only now, pairs with it.
+    let partner = server.client().await;
+    let second = within(partner.wait("proxied", Bytes::from_static(b"b"), None))
+        .await
+        .unwrap();
+    assert_eq!(
+        (second.role(), &second.peer().payload[..]),
+        (Role::Second, &b"a"[..])
+    );
+    let (meeting, retries) = within(waiter).await.unwrap();
+    let meeting = meeting.unwrap();
+    assert_eq!(
+        (meeting.role(), &meeting.peer().payload[..]),
+        (Role::First, &b"b"[..])
+    );
+    assert!(!retries.is_empty(), "the cut was not retried");
+}
+
+/// A TCP proxy to `target` whose first connection is cut (both ways at
+/// once) when the returned flag turns `true`; later ones pass untouched.
+async fn cutting_proxy(
+    target: std::net::SocketAddr,
+) -> (std::net::SocketAddr, watch::Sender<bool>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (cut, _) = watch::channel(false);
+    let cuts = cut.clone();
+    tokio::spawn(async move {
+        let mut first = true;
+        while let Ok((client, _)) = listener.accept().await {
+            let server = TcpStream::connect(target).await.unwrap();
+            let mut cut = cuts.subscribe();
+            let cuttable = std::mem::take(&mut first);
+            tokio::spawn(async move {
+                let piped = pipe(client, server);
+                if cuttable {
+                    tokio::select! {
+                        () = piped => {}
+                        _ = cut.wait_for(|cut| *cut) => {}
+                    }
+                } else {
+                    piped.await;
+                }
+            });
+        }
+    });
+    (addr, cut)
+}
+
+async fn pipe(mut a: TcpStream, mut b: TcpStream) {
+    let (mut ar, mut aw) = a.split();
+    let (mut br, mut bw) = b.split();
+    let there = async {
+        let mut buf = [0; 8192];
+        while let Ok(n @ 1..) = ar.read(&mut buf).await {
+            if bw.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+    };
+    let back = async {
+        let mut buf = [0; 8192];
+        while let Ok(n @ 1..) = br.read(&mut buf).await {
+            if aw.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+    };
+    tokio::select! {
+        () = there => {}
+        () = back => {}
+    }
+}
