@@ -138,6 +138,14 @@ pub const MAX_ATTEMPT_KEY_BYTES: usize = 128;
 pub struct AttemptKey(String);
 
 impl AttemptKey {
+    /// The key as Redis stores it: hashed, since a key stands for a
+    /// caller's answer.
+    pub(crate) fn digest(&self) -> String {
+        use sha2::Digest as _;
+        let digest = sha2::Sha256::digest(self.0.as_bytes());
+        digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+    }
+
     /// Validates `key` at the edge, and scopes it to `namespace`. An empty
     /// key (proto3's default, or no query parameter) is no key: `Ok(None)`.
     pub fn in_namespace(
@@ -529,6 +537,21 @@ pub trait Engine: Send + Sync + 'static {
         self.gather(id, Parties::TWO, offer, deadline)
     }
 
+    /// [`Engine::gather`] for a call with an attempt key, whose answer a
+    /// retry with the same key may come back for within `grace`, through
+    /// this replica or another. An engine that replicas share keeps the
+    /// answer where every replica finds it; one in a single process has
+    /// nothing to add to what [`Attempts`] keeps.
+    fn gather_keyed(
+        &self,
+        (id, parties, offer): (Id, Parties, Offer),
+        deadline: Instant,
+        (key, grace): (&AttemptKey, Duration),
+    ) -> impl Future<Output = Result<Meeting, PairError>> + Send {
+        let _ = (key, grace);
+        self.gather(id, parties, offer, deadline)
+    }
+
     /// Answers every parked caller [`PairError::ShuttingDown`], and every
     /// later one too, then waits for their cleanup. Shutdown uses it so that
     /// no caller hangs and nothing is left behind.
@@ -772,6 +795,22 @@ impl Engine for AnyEngine {
             },
             Self::Redis(engine) => Meet::Redis {
                 call: engine.gather(id, parties, offer, deadline),
+            },
+        }
+    }
+
+    fn gather_keyed(
+        &self,
+        call: (Id, Parties, Offer),
+        deadline: Instant,
+        attempt: (&AttemptKey, Duration),
+    ) -> impl Future<Output = Result<Meeting, PairError>> + Send {
+        match self {
+            Self::Local(engine) => Meet::Local {
+                call: engine.gather(call.0, call.1, call.2, deadline),
+            },
+            Self::Redis(engine) => Meet::Redis {
+                call: engine.gather_keyed(call, deadline, attempt),
             },
         }
     }

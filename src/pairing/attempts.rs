@@ -143,14 +143,15 @@ impl Attempts {
                         }),
                     });
                     waits.insert(key.clone(), wait.clone());
-                    let call = engine.clone();
-                    let run = Self::run(
-                        Arc::downgrade(self),
-                        key,
-                        wait.clone(),
-                        self.grace,
-                        async move { call.gather(id, parties, offer, deadline).await },
-                    );
+                    let (engine, grace) = (engine.clone(), self.grace);
+                    let keyed = key.clone();
+                    let call = async move {
+                        let attempt = (&keyed, grace);
+                        engine
+                            .gather_keyed((id, parties, offer), deadline, attempt)
+                            .await
+                    };
+                    let run = Self::run(Arc::downgrade(self), key, wait.clone(), grace, call);
                     tokio::spawn(run);
                     (wait, 0, true)
                 }

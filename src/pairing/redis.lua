@@ -13,6 +13,11 @@
 --                   the waiter's replica accepts
 -- and KEYS[1] .. ':r:' .. token holds the waiter's payload for an offerer
 -- whose pair was decided, until the offerer's replica has read it.
+-- A caller with an attempt key also has, beside its w or o fields:
+--   wk, wg, ws      (ok, og for an offerer) its key's digest, how long its
+--                   answer is kept (ms), and when it parked
+-- and once its pair is decided, KEYS[1] .. ':k:' .. digest holds its answer,
+-- role '\n' waited_ms '\n' sealed payload, for a retry through any replica.
 --
 -- A group of more than two (WaitForParties) forming under an id keeps other
 -- fields in the same hash, so that a pair and a group never share an id:
@@ -40,11 +45,13 @@
 --   'G' token '\n' key '\n' position '\n' result
 --                                   member `token`'s group completed; its
 --                                   payloads are in the key `result`
+--   'X' token '\n' key              waiter `token` was taken over by a
+--                                   retry with its attempt key
 -- Publishing returns how many replicas listen: 0 means the caller's replica
 -- is gone (killed, or cut off from Redis), and nobody is paired with it.
 --
 -- ARGV[1] is the operation, ARGV[2] the caller's token, then:
---   arrive  channel payload wait_ms may_park
+--   arrive  channel payload wait_ms may_park [key_digest grace_ms]
 --   accept
 --   leave   can_accept
 --   join    channel payload wait_ms may_park parties payload_len max_bytes
@@ -108,19 +115,35 @@ local function state()
   return redis.call('HMGET', key, 'w', 'wp', 'o', 'oc', 'op', 'oe', 'wc', 'n')
 end
 
+local OFFER = {'o', 'oc', 'op', 'oe', 'ok', 'og'}
+
 -- Pairs the waiter with the offerer in `s`, if the offerer's replica still
--- listens: the one place a pair is decided. Returns the offerer's payload,
--- or nil after withdrawing an offer nobody can receive an answer to.
+-- listens or the offerer has an attempt key to come back with: the one
+-- place a pair is decided. Returns the offerer's payload and how long the
+-- waiter waited, or nil after withdrawing an offer nobody can receive an
+-- answer to.
 local function pair(s)
+  local k = redis.call('HMGET', key, 'wk', 'wg', 'ws', 'ok', 'og')
   local message = 'R' .. s[3] .. '\n' .. key .. '\n' .. s[2]
-  if publish(s[4], message) == 0 then
-    redis.call('HDEL', key, 'o', 'oc', 'op', 'oe')
+  if publish(s[4], message) == 0 and not k[4] then
+    redis.call('HDEL', key, unpack(OFFER))
     return nil
   end
-  local ttl = math.max(tonumber(s[6]) - now_ms(), 0) + SLACK_MS
+  local now = now_ms()
+  local ttl = math.max(tonumber(s[6]) - now, 0) + SLACK_MS
   redis.call('SET', key .. ':r:' .. s[3], s[2], 'PX', int(ttl))
+  -- Only a caller with a key is told Redis's measure: the others measure
+  -- their own wait.
+  local waited = nil
+  if k[1] then
+    waited = int(math.max(now - tonumber(k[3]), 0))
+    redis.call('SET', key .. ':k:' .. k[1], 'first\n' .. waited .. '\n' .. s[5], 'PX', k[2])
+  end
+  if k[4] then
+    redis.call('SET', key .. ':k:' .. k[4], 'second\n0\n' .. s[2], 'PX', k[5])
+  end
   redis.call('DEL', key)
-  return s[5]
+  return s[5], waited
 end
 
 -- Groups of more than two.
@@ -301,21 +324,56 @@ end
 
 if op == 'arrive' then
   local channel, payload, wait, may_park = ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6]
+  local digest, grace = ARGV[7], ARGV[8]
+  if digest then
+    -- A retry whose pair was decided: its answer, again.
+    local kept = redis.call('GET', key .. ':k:' .. digest)
+    if kept then
+      local role, waited, given = string.match(kept, '^(%a+)\n(%d+)\n(.*)$')
+      return {role, given, waited}
+    end
+  end
   local s = state()
   if s[8] then return {'mismatch', s[8]} end
+  if s[1] and digest and redis.call('HGET', key, 'wk') == digest then
+    -- The waiter's own retry, through this replica or another: it takes its
+    -- place back, with its first try's deadline. A try still open elsewhere
+    -- is told it was superseded, and an offer made to it comes here.
+    if may_park ~= '1' then return {'full'} end
+    publish(s[7], 'X' .. s[1] .. '\n' .. key)
+    redis.call('HSET', key, 'w', token, 'wc', channel)
+    if s[3] then publish(channel, 'O' .. token .. '\n' .. key) end
+    local left = math.max(tonumber(redis.call('HGET', key, 'we')) - now_ms(), 0)
+    return {'parked', int(left)}
+  end
   if s[1] then
     -- Someone else is already pairing with the waiter: try again shortly.
     if s[3] then return {'busy'} end
-    if publish(s[7], 'O' .. s[1] .. '\n' .. key) > 0 then
+    local listens = publish(s[7], 'O' .. s[1] .. '\n' .. key) > 0
+    if listens then
       redis.call('HSET', key, 'o', token, 'oc', channel, 'op', payload, 'oe', int(now_ms() + wait))
+      if digest then redis.call('HSET', key, 'ok', digest, 'og', grace) end
       expire_within(wait + SLACK_MS)
       return {'offered'}
+    end
+    if redis.call('HEXISTS', key, 'wk') == 1 then
+      -- Nobody listens for the waiter, but it has an attempt key: its
+      -- replica is gone (killed, or cut off), and it will come back through
+      -- another. Pair with it; its answer waits for it.
+      redis.call('HSET', key, 'o', token, 'oc', channel, 'op', payload, 'oe', int(now_ms() + wait))
+      if digest then redis.call('HSET', key, 'ok', digest, 'og', grace) end
+      local paired = state()
+      pair(paired)
+      redis.call('DEL', key .. ':r:' .. token)
+      return {'second', paired[2], '0'}
     end
     -- Nobody listens for the waiter: its replica is gone. Take its place.
     redis.call('DEL', key)
   end
   if may_park ~= '1' then return {'full'} end
-  redis.call('HSET', key, 'w', token, 'wc', channel, 'wp', payload, 'we', int(now_ms() + wait))
+  local now = now_ms()
+  redis.call('HSET', key, 'w', token, 'wc', channel, 'wp', payload, 'we', int(now + wait))
+  if digest then redis.call('HSET', key, 'wk', digest, 'wg', grace, 'ws', int(now)) end
   redis.call('PEXPIRE', key, int(wait + SLACK_MS))
   return {'parked'}
 end
@@ -323,8 +381,8 @@ end
 if op == 'accept' then
   local s = state()
   if s[1] == token and s[3] then
-    local payload = pair(s)
-    if payload then return {'first', payload} end
+    local payload, waited = pair(s)
+    if payload then return {'first', payload, waited} end
   end
   return {'none'}
 end
@@ -357,12 +415,15 @@ if op == 'leave' then
     if s[3] then
       if can_accept then
         -- The deadline came with an offer pending: the offer was first.
-        local payload = pair(s)
-        if payload then return {'first', payload} end
+        local payload, waited = pair(s)
+        if payload then return {'first', payload, waited} end
       elseif publish(s[4], 'P' .. s[3] .. '\n' .. key) > 0 then
-        -- The waiter left: its offerer takes its place.
+        -- The waiter left: its offerer takes its place, and its key.
+        local k = redis.call('HMGET', key, 'ok', 'og')
+        redis.call('HDEL', key, 'wk', 'wg', 'ws')
         redis.call('HSET', key, 'w', s[3], 'wc', s[4], 'wp', s[5], 'we', s[6])
-        redis.call('HDEL', key, 'o', 'oc', 'op', 'oe')
+        if k[1] then redis.call('HSET', key, 'wk', k[1], 'wg', k[2], 'ws', int(now_ms())) end
+        redis.call('HDEL', key, unpack(OFFER))
         redis.call('PEXPIRE', key, int(math.max(tonumber(s[6]) - now_ms(), 0) + SLACK_MS))
         return {'left'}
       end
@@ -371,7 +432,7 @@ if op == 'leave' then
     return {'left'}
   end
   if s[3] == token then
-    redis.call('HDEL', key, 'o', 'oc', 'op', 'oe')
+    redis.call('HDEL', key, unpack(OFFER))
     return {'left'}
   end
   local result = key .. ':r:' .. token

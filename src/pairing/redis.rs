@@ -66,7 +66,9 @@ use slots::{BUCKETS, Digest};
 use wire::{seal, settled, unexpected, unpack, unseal, wait_ms};
 
 use super::occupancy::Occupancy;
-use super::{Engine, EngineLimits, Id, Meeting, Offer, Offers, PairError, Parties, Role};
+use super::{
+    AttemptKey, Engine, EngineLimits, Id, Meeting, Offer, Offers, PairError, Parties, Role,
+};
 
 /// A command may take this many `--redis-timeout`s: the probe, not one slow
 /// command, decides that Redis is unreachable, since a command can queue
@@ -94,6 +96,8 @@ enum Event {
     /// This caller's group completed: its position, and the key that holds
     /// the group's payloads.
     Grouped(usize, String),
+    /// A retry with this caller's attempt key took its place over.
+    Superseded,
     /// Redis cannot be reached: the outcome cannot be known.
     Lost(String),
     /// The engine is closing.
@@ -283,9 +287,45 @@ fn pushes_for(engine: &Arc<OnceLock<Weak<Inner>>>, generation: u64) -> Pushes {
     })
 }
 
-impl Engine for RedisEngine {
+/// What an arrival brings to Redis, used up by the time it waits.
+struct Arrival {
+    sealed: Bytes,
+    payload_len: usize,
+    /// The attempt key's digest, and how long its answer is kept for.
+    attempt: Option<(String, Duration)>,
+}
+
+impl RedisEngine {
     /// Boxed: this future is larger than the local engine's, and inline in
     /// [`super::AnyEngine`]'s it would make every local call as large.
+    fn call(
+        &self,
+        (id, parties, offer): (Id, Parties, Offer),
+        deadline: Instant,
+        attempt: Option<(String, Duration)>,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<Meeting, PairError>> + Send>> {
+        let inner = self.inner.clone();
+        // Hashed now, so that the waiting future keeps 16 bytes, not the id.
+        let digest = id_digest(&id);
+        // Boxed: used up on arrival, it would otherwise take room in the
+        // future for as long as the caller waits.
+        let arrival = Box::new(Arrival {
+            payload_len: offer.payload.len(),
+            sealed: seal(offer),
+            attempt,
+        });
+        Box::pin(async move {
+            let met = inner.meet(digest, parties, arrival, deadline).await?;
+            let offers = match met.offers {
+                Sealed::Peer(peer) => Offers::Peer(unseal(peer)),
+                Sealed::All(all) => Offers::All(all.into_iter().map(unseal).collect()),
+            };
+            Ok(Meeting::new(met.position, offers, met.waited))
+        })
+    }
+}
+
+impl Engine for RedisEngine {
     fn gather(
         &self,
         id: Id,
@@ -293,22 +333,19 @@ impl Engine for RedisEngine {
         offer: Offer,
         deadline: Instant,
     ) -> impl Future<Output = Result<Meeting, PairError>> + Send {
-        let inner = self.inner.clone();
-        // Hashed now, so that the waiting future keeps 16 bytes, not the id.
-        let digest = id_digest(&id);
-        let payload_len = offer.payload.len();
-        let sealed = seal(offer);
-        let call: std::pin::Pin<Box<dyn Future<Output = _> + Send>> = Box::pin(async move {
-            let met = inner
-                .meet(digest, parties, (sealed, payload_len), deadline)
-                .await?;
-            let offers = match met.offers {
-                Sealed::Peer(peer) => Offers::Peer(unseal(peer)),
-                Sealed::All(all) => Offers::All(all.into_iter().map(unseal).collect()),
-            };
-            Ok(Meeting::new(met.position, offers, met.waited))
-        });
-        call
+        self.call((id, parties, offer), deadline, None)
+    }
+
+    /// A pair's answer is kept in Redis too, under the key's digest, for the
+    /// grace: a retry through another replica (this one killed, say) finds
+    /// it there.
+    fn gather_keyed(
+        &self,
+        call: (Id, Parties, Offer),
+        deadline: Instant,
+        (key, grace): (&AttemptKey, Duration),
+    ) -> impl Future<Output = Result<Meeting, PairError>> + Send {
+        self.call(call, deadline, Some((key.digest(), grace)))
     }
 
     async fn close(&self) {
@@ -330,7 +367,9 @@ impl Engine for RedisEngine {
 
 /// What `arrive` decided.
 enum Arrived {
-    Parked,
+    /// Parked; or, for a retry that took its place back, parked until its
+    /// first try's deadline, this far off.
+    Parked(Option<Duration>),
     Offered,
     Busy,
     Full,
@@ -338,6 +377,16 @@ enum Arrived {
     Mismatch(u32),
     /// The group's payloads already take this many bytes.
     TooLarge(usize),
+    /// A retry with an attempt key: the answer Redis kept for it.
+    Answered(Settled),
+}
+
+/// How an arrival ended up.
+enum Placed {
+    /// Parked, or offered to the waiter: its outcome is to come.
+    Waiting,
+    Refused(PairError),
+    Answered(Settled),
 }
 
 /// What a caller's replica learned, the offers still sealed.
@@ -355,7 +404,10 @@ enum Sealed {
 
 /// What `accept`, `confirm` and `leave` decided.
 enum Settled {
-    Paired(Role, Bytes),
+    /// Paired: the role, the partner's sealed offer, and how long Redis
+    /// says the caller waited, where it keeps that (for an answer that a
+    /// retry may be handed again).
+    Paired(Role, Bytes, Option<Duration>),
     /// The group completed: this caller's position, and every member's
     /// sealed offer.
     Grouped(usize, Vec<Bytes>),
@@ -417,7 +469,7 @@ impl Inner {
         self: Arc<Self>,
         digest: Digest,
         parties: Parties,
-        payload: (Bytes, usize),
+        arrival: Box<Arrival>,
         deadline: Instant,
     ) -> Result<Met, PairError> {
         if let Some(error) = self.unreachable_now() {
@@ -452,25 +504,29 @@ impl Inner {
         };
         // Boxed: what arriving needs (the payload, a timer to back off with)
         // is then not part of the future that waits.
-        let placed = Box::pin(self.arrive_until_placed(&mut guard, payload, turn)).await?;
-        if let Some(refused) = placed {
-            return Err(refused);
-        }
+        let placed = Box::pin(self.arrive_until_placed(&mut guard, arrival, turn)).await?;
 
         // The payloads here are sealed offers; `gather` unseals them.
         let met = |settled| {
-            let (position, offers) = match settled {
-                Settled::Paired(Role::First, peer) => (0, Sealed::Peer(peer)),
-                Settled::Paired(Role::Second, peer) => (1, Sealed::Peer(peer)),
-                Settled::Grouped(position, all) => (position, Sealed::All(all)),
+            let (position, offers, waited) = match settled {
+                Settled::Paired(Role::First, peer, waited) => (0, Sealed::Peer(peer), waited),
+                Settled::Paired(Role::Second, peer, waited) => (1, Sealed::Peer(peer), waited),
+                Settled::Grouped(position, all) => (position, Sealed::All(all), None),
                 Settled::Unpaired => return Err(PairError::TimedOut),
             };
             Ok(Met {
                 position,
                 offers,
-                waited: start.elapsed(),
+                waited: waited.unwrap_or_else(|| start.elapsed()),
             })
         };
+        match placed {
+            Placed::Waiting => {}
+            Placed::Refused(refused) => return Err(refused),
+            Placed::Answered(answer) => return met(answer),
+        }
+        // A retry that took its place back keeps its first try's deadline.
+        let deadline = guard.deadline;
         loop {
             let event = tokio::select! {
                 event = slot.next() => event,
@@ -488,7 +544,7 @@ impl Inner {
                 }
                 Event::Paired(peer_payload) => {
                     guard.settled = true;
-                    return met(Settled::Paired(Role::Second, peer_payload));
+                    return met(Settled::Paired(Role::Second, peer_payload, None));
                 }
                 Event::Grouped(position, result) => {
                     let all = Box::pin(self.group_result(&result)).await;
@@ -506,6 +562,11 @@ impl Inner {
                         self.parked.fetch_add(1, Ordering::Relaxed);
                         guard.parked = true;
                     }
+                }
+                // Nothing of it is left here: the retry holds its entry.
+                Event::Superseded => {
+                    guard.settled = true;
+                    return Err(PairError::Superseded);
                 }
                 Event::Lost(reason) => return Err(PairError::Unavailable(reason)),
                 Event::Closed => return Err(PairError::ShuttingDown),
@@ -526,7 +587,7 @@ impl Inner {
         while let Some(event) = slot.try_next() {
             match event {
                 Event::Paired(peer_payload) => {
-                    return Ok(Settled::Paired(Role::Second, peer_payload));
+                    return Ok(Settled::Paired(Role::Second, peer_payload, None));
                 }
                 Event::Grouped(position, result) => {
                     let all = self.group_result(&result).await?;
@@ -559,13 +620,13 @@ impl Inner {
     }
 
     /// Parks the caller in Redis, or offers it to the waiter there, trying
-    /// again while the id is busy: `Some` refusal if it cannot wait.
+    /// again while the id is busy.
     async fn arrive_until_placed(
         &self,
         guard: &mut Guard,
-        (payload, payload_len): (Bytes, usize),
+        arrival: Box<Arrival>,
         turn: tokio::sync::SemaphorePermit<'_>,
-    ) -> Result<Option<PairError>, PairError> {
+    ) -> Result<Placed, PairError> {
         let deadline = guard.deadline;
         let mut first_turn = Some(turn);
         let mut backoff = Duration::from_millis(1);
@@ -573,7 +634,7 @@ impl Inner {
             let wait = deadline.saturating_duration_since(Instant::now());
             if wait.is_zero() {
                 guard.settled = true;
-                return Ok(Some(PairError::TimedOut));
+                return Ok(Placed::Refused(PairError::TimedOut));
             }
             let _turn = match first_turn.take() {
                 Some(turn) => turn,
@@ -585,9 +646,11 @@ impl Inner {
             guard.place = may_park;
             // Each command's future is boxed, here and below: it lives for a
             // round trip, and inline it would size every waiting caller.
-            let arrived =
-                Box::pin(self.arrive(guard, (&payload, payload_len), wait, may_park)).await;
-            if matches!(arrived, Ok(Arrived::Parked)) {
+            let arrived = Box::pin(self.arrive(guard, &arrival, wait, may_park)).await;
+            if let Ok(Arrived::Parked(left)) = arrived {
+                if let Some(left) = left {
+                    guard.deadline = guard.deadline.min(Instant::now() + left);
+                }
                 self.parked.fetch_add(1, Ordering::Relaxed);
                 guard.parked = true;
             } else if guard.place {
@@ -597,21 +660,26 @@ impl Inner {
             match arrived? {
                 // Redis has the payload now: it (and the request buffer it
                 // may be a slice of) is let go of as this returns.
-                Arrived::Parked | Arrived::Offered => return Ok(None),
+                Arrived::Parked(_) | Arrived::Offered => return Ok(Placed::Waiting),
+                Arrived::Answered(answer) => {
+                    guard.settled = true;
+                    return Ok(Placed::Answered(answer));
+                }
                 Arrived::Full => {
                     guard.settled = true;
-                    return Ok(Some(self.limits.full()));
+                    return Ok(Placed::Refused(self.limits.full()));
                 }
                 Arrived::Mismatch(forming) => {
                     guard.settled = true;
-                    return Ok(Some(PairError::PartiesMismatch {
+                    return Ok(Placed::Refused(PairError::PartiesMismatch {
                         forming,
                         asked: guard.parties,
                     }));
                 }
                 Arrived::TooLarge(held) => {
                     guard.settled = true;
-                    return Ok(Some(self.limits.too_large(held, payload_len)));
+                    let payload_len = arrival.payload_len;
+                    return Ok(Placed::Refused(self.limits.too_large(held, payload_len)));
                 }
                 // Another caller is pairing with this id's waiter right now;
                 // the id is free again within a round trip or two.
@@ -626,10 +694,11 @@ impl Inner {
     async fn arrive(
         &self,
         guard: &Guard,
-        (payload, payload_len): (&Bytes, usize),
+        arrival: &Arrival,
         wait: Duration,
         may_park: bool,
     ) -> Result<Arrived, PairError> {
+        let (payload, payload_len) = (&arrival.sealed, arrival.payload_len);
         let (key, token) = (guard.key(), guard.token());
         let mut invocation = self.script.key(&key);
         let group = guard.parties > 2;
@@ -645,6 +714,8 @@ impl Inner {
                 .arg(guard.parties)
                 .arg(payload_len)
                 .arg(self.limits.meeting_bytes(guard.parties));
+        } else if let Some((digest, grace)) = &arrival.attempt {
+            invocation.arg(digest).arg(wait_ms(*grace));
         }
         let reply = self.run(&invocation).await?;
         let number = || {
@@ -654,12 +725,19 @@ impl Inner {
                 .ok_or_else(|| unexpected(&reply))
         };
         match reply.first().map(Vec::as_slice) {
-            Some(b"parked") => Ok(Arrived::Parked),
+            Some(b"parked") => Ok(Arrived::Parked(
+                reply
+                    .get(1)
+                    .map(|_| number())
+                    .transpose()?
+                    .map(Duration::from_millis),
+            )),
             Some(b"offered") => Ok(Arrived::Offered),
             Some(b"busy") => Ok(Arrived::Busy),
             Some(b"full") => Ok(Arrived::Full),
             Some(b"mismatch") => Ok(Arrived::Mismatch(number()? as u32)),
             Some(b"toolarge") => Ok(Arrived::TooLarge(number()? as usize)),
+            Some(b"first" | b"second") => Ok(Arrived::Answered(settled(reply)?)),
             _ => Err(unexpected(&reply)),
         }
     }
@@ -839,6 +917,7 @@ impl Inner {
         };
         let event = match kind {
             b'O' => Event::Offer,
+            b'X' => Event::Superseded,
             b'P' => Event::Promoted,
             b'R' => Event::Paired(Bytes::copy_from_slice(parts.next().unwrap_or_default())),
             b'G' => {
@@ -876,6 +955,8 @@ impl Inner {
             // collects its copy of the payloads through that key, so that
             // they do not outstay their last reader.
             (b'G', false) => {}
+            // Taken over by a retry: its entry is the retry's now.
+            (b'X', _) => {}
             // An offer to (or a promotion of) a caller that is no longer
             // here: it left, or was answered when Redis was lost. Make sure
             // it is gone from Redis, which hands its place to the offerer.
@@ -1008,7 +1089,11 @@ mod size {
         let call = engine.inner.clone().meet(
             [0; 16],
             super::Parties::TWO,
-            (bytes::Bytes::new(), 0),
+            Box::new(super::Arrival {
+                sealed: bytes::Bytes::new(),
+                payload_len: 0,
+                attempt: None,
+            }),
             tokio::time::Instant::now(),
         );
         let size = std::mem::size_of_val(&call);

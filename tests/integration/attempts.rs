@@ -326,3 +326,79 @@ async fn pipe(mut a: TcpStream, mut b: TcpStream) {
         () = back => {}
     }
 }
+
+/// On Redis, a pair's answer is kept where every replica finds it. A waiter
+/// answered through one replica, whose answer never reached it, retries
+/// through another and gets the same answer. A waiter whose replica was
+/// SIGKILLed is paired by a partner that comes meanwhile, and its retry
+/// through another replica gets that answer; and nothing is left behind.
+#[tokio::test]
+async fn on_redis_a_retry_through_another_replica_gets_the_answer() {
+    let redis = RedisServer::start().await;
+    let prefix = unique_prefix("attempts-across");
+    let b = TestServer::with(replica_config(&redis, &prefix)).await;
+    b.ready().await;
+    let a = TestServer::with(replica_config(&redis, &prefix)).await;
+    a.ready().await;
+    let first = a.client().await;
+    let waiter = tokio::spawn(async move {
+        first
+            .wait_with_key("across", "from a".into(), None, "key-5")
+            .await
+    });
+    a.parked(1).await;
+    let partner = b.client().await;
+    within(partner.wait("across", "from b".into(), None))
+        .await
+        .unwrap();
+    let answered = within(waiter).await.unwrap().unwrap();
+    let again = within(
+        b.client()
+            .await
+            .wait_with_key("across", "from a".into(), None, "key-5"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (again.role(), &again.peer().payload[..], again.waited),
+        (Role::First, &b"from b"[..], answered.waited)
+    );
+
+    // The real binary, killed while its caller waits.
+    let url = redis.url();
+    let killed =
+        crate::common::Process::start(&["--redis-url", &url, "--redis-key-prefix", &prefix]).await;
+    killed.until_ready(200).await;
+    let through_killed = killed.client().await;
+    let waiter = tokio::spawn(async move {
+        through_killed
+            .wait_with_key("killed", "from a".into(), None, "key-6")
+            .await
+    });
+    // Parked: its entry beside the answer kept from the pair above.
+    redis.until_keys(&prefix, 2).await;
+    let mut killed = killed;
+    killed.child.kill().await.unwrap();
+    assert!(within(waiter).await.unwrap().is_err());
+    let partner = within(b.client().await.wait("killed", "from b".into(), None))
+        .await
+        .unwrap();
+    assert_eq!(
+        (partner.role(), &partner.peer().payload[..]),
+        (Role::Second, &b"from a"[..])
+    );
+    let retry = within(
+        b.client()
+            .await
+            .wait_with_key("killed", "from a".into(), None, "key-6"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (retry.role(), &retry.peer().payload[..]),
+        (Role::First, &b"from b"[..])
+    );
+    // Only the two waiters' kept answers are left (the partners had no
+    // key), and they go after the grace.
+    redis.until_keys(&prefix, 2).await;
+}

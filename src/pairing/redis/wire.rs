@@ -62,8 +62,15 @@ pub(super) fn settled(reply: Vec<Vec<u8>>) -> Result<Settled, PairError> {
         Some(b"none" | b"left" | b"gone") => return Ok(Settled::Unpaired),
         _ => return Err(unexpected(&reply)),
     };
-    match reply.into_iter().nth(1) {
-        Some(payload) => Ok(Settled::Paired(role, Bytes::from(payload))),
+    let mut parts = reply.into_iter().skip(1);
+    let payload = parts.next();
+    // How long Redis says the caller waited, in ms, where it keeps that.
+    let waited = parts
+        .next()
+        .and_then(|ms| String::from_utf8(ms).ok()?.parse().ok())
+        .map(Duration::from_millis);
+    match payload {
+        Some(payload) => Ok(Settled::Paired(role, Bytes::from(payload), waited)),
         None => Err(PairError::Unavailable(
             "Redis answered a pair without a payload".into(),
         )),
