@@ -1,7 +1,8 @@
 // A Node client of rendezvous.v1.Sync over gRPC, with @grpc/grpc-js and the
 // proto loaded at run time by @grpc/proto-loader (nothing generated): two
 // callers pair and swap payloads, a lone caller with a deadline gets
-// DEADLINE_EXCEEDED, and the server's health says SERVING.
+// DEADLINE_EXCEEDED, a call cut off gets its answer by retrying with its
+// attempt key, and the server's health says SERVING.
 //
 //   node grpc.mjs 127.0.0.1:50051
 //
@@ -49,6 +50,25 @@ const alone = await wait(`node-alone-${randomUUID()}`, "", 300).then(
 assert.equal(alone.code, grpc.status.DEADLINE_EXCEEDED);
 assert.equal(alone.code, 4);
 console.log(`alone: DEADLINE_EXCEEDED: ${alone.details}`);
+
+// A call cut off (cancelled here; a broken connection, in life) keeps its
+// place for the server's --attempt-grace. Its retry, with the same request
+// and so the same attemptKey, gets the answer decided meanwhile: make one
+// key per wait, and send it on every try.
+const retried = { id: `node-retried-${randomUUID()}`, payload: Buffer.from("from a"), attemptKey: randomUUID() };
+const first = sync.WaitForSecondParty(retried, deadline(30_000), () => {});
+await new Promise((resolve) => setTimeout(resolve, 200));
+first.cancel();
+const partner = await wait(retried.id, "from b", 10_000);
+const again = await new Promise((resolve, reject) =>
+  sync.WaitForSecondParty(retried, deadline(10_000), (error, answer) =>
+    error ? reject(error) : resolve(answer),
+  ),
+);
+assert.equal(partner.peerPayload.toString(), "from a");
+assert.equal(again.peerPayload.toString(), "from b");
+assert.deepEqual(new Set([again.role, partner.role]), new Set(["ROLE_FIRST", "ROLE_SECOND"]));
+console.log(`retried: ${again.role}, with the partner's payload`);
 
 // Liveness ("") and readiness (rendezvous.v1.Sync), as probes ask.
 const Health = grpc.makeGenericClientConstructor(healthService, "Health");

@@ -1,6 +1,7 @@
 """A Python client of rendezvous.v1.Sync, with stubs generated from proto/ by
 grpcio-tools (see run.sh): two callers pair and swap payloads, a lone caller
-with a deadline gets DEADLINE_EXCEEDED, and the server's health says SERVING.
+with a deadline gets DEADLINE_EXCEEDED, a call cut off gets its answer by
+retrying with its attempt key, and the server's health says SERVING.
 
     python client.py 127.0.0.1:50051
 
@@ -10,6 +11,7 @@ Exits non-zero, saying why, if anything is not as the proto documents it.
 import pathlib
 import sys
 import threading
+import time
 import uuid
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent / "gen"))
@@ -54,6 +56,28 @@ def deadline(stub):
     raise AssertionError("a lone caller was answered OK")
 
 
+def retried(stub):
+    """A call cut off (cancelled here; a broken connection, in life) keeps
+    its place for the server's --attempt-grace. Its retry, with the same
+    request and so the same attempt_key, gets the answer decided meanwhile:
+    make one key per wait, and send it on every try."""
+    meeting = f"python-retried-{uuid.uuid4()}"
+    request = sync_pb2.WaitForSecondPartyRequest(
+        id=meeting, payload=b"from a", attempt_key=str(uuid.uuid4())
+    )
+    first = stub.WaitForSecondParty.future(request, timeout=30)
+    time.sleep(0.2)
+    first.cancel()
+    partner = stub.WaitForSecondParty(
+        sync_pb2.WaitForSecondPartyRequest(id=meeting, payload=b"from b"), timeout=10
+    )
+    again = stub.WaitForSecondParty(request, timeout=10)
+    assert partner.peer_payload == b"from a", partner
+    assert again.peer_payload == b"from b", again
+    assert {again.role, partner.role} == {sync_pb2.ROLE_FIRST, sync_pb2.ROLE_SECOND}
+    print(f"retried: {sync_pb2.Role.Name(again.role)}, with the partner's payload")
+
+
 def health(channel):
     """Liveness ("") and readiness (rendezvous.v1.Sync), as probes ask."""
     stub = health_pb2_grpc.HealthStub(channel)
@@ -69,6 +93,7 @@ def main():
         stub = sync_pb2_grpc.SyncStub(channel)
         pair(stub)
         deadline(stub)
+        retried(stub)
         health(channel)
     print("python client: ok")
 
