@@ -404,6 +404,7 @@ mod tests {
         f.settle().await;
         f.cut(first).await;
         assert_eq!(f.engine.waiting(), 1, "the place is held through the cut");
+        assert_eq!((f.attempts.len(), f.attempts.is_empty()), (1, false));
         tokio::time::advance(Duration::from_secs(2)).await;
         let retry = f.call("k", A, FAR);
         f.settle().await;
@@ -487,6 +488,7 @@ mod tests {
         assert_eq!(again.1, Delivery::Redelivered);
         assert_eq!(meeting.position, 0);
         assert_eq!(meeting.payloads(&"m0".into()), ["m0", "m1", "m2"]);
+        assert_eq!(f.attempts.len(), 3, "every member's answer is kept");
         tokio::time::advance(GRACE).await;
         f.settle().await;
         assert!(f.attempts.is_empty(), "kept past the grace");
@@ -627,6 +629,14 @@ mod tests {
         assert!(matches!(futures_poll(retry.as_mut()), Poll::Pending));
         f.plain(("a", 2, b""), FAR).await.unwrap().unwrap();
         assert_eq!(retry.await.unwrap().1, Delivery::Fresh);
+    }
+
+    /// The span's `attempt` field names how the answer came.
+    #[test]
+    fn deliveries_are_named_for_the_span() {
+        let names =
+            [Delivery::Fresh, Delivery::Reattached, Delivery::Redelivered].map(Delivery::as_str);
+        assert_eq!(names, ["fresh", "reattached", "redelivered"]);
     }
 
     fn futures_poll<F: Future + ?Sized>(f: std::pin::Pin<&mut F>) -> Poll<F::Output> {
