@@ -525,6 +525,14 @@ mod tests {
             older.await.unwrap(),
             (Err(PairError::Superseded), Delivery::Fresh)
         );
+        // And so on: each retry is newer than the last.
+        let newer_still = f.call("k", A, FAR);
+        f.settle().await;
+        assert_eq!(
+            newer.await.unwrap(),
+            (Err(PairError::Superseded), Delivery::Reattached)
+        );
+        let newer = newer_still;
         assert_eq!(f.engine.waiting(), 1);
         f.plain(B, FAR).await.unwrap().unwrap();
         assert_eq!(
