@@ -117,6 +117,23 @@ end
 
 local OFFER = {'o', 'oc', 'op', 'oe', 'ok', 'og'}
 
+-- Ends a decided pair: each side with an attempt key has its answer kept
+-- for its retry, and the meeting place goes. `k` is the keys' fields (wk,
+-- wg, ws, ok, og). Returns how long the waiter waited, as Redis measured
+-- it, for a waiter with a key: the others measure their own wait.
+local function decide(waiter_payload, offerer_payload, k)
+  local waited = nil
+  if k[1] then
+    waited = int(math.max(now_ms() - tonumber(k[3]), 0))
+    redis.call('SET', key .. ':k:' .. k[1], 'first\n' .. waited .. '\n' .. offerer_payload, 'PX', k[2])
+  end
+  if k[4] then
+    redis.call('SET', key .. ':k:' .. k[4], 'second\n0\n' .. waiter_payload, 'PX', k[5])
+  end
+  redis.call('DEL', key)
+  return waited
+end
+
 -- Pairs the waiter with the offerer in `s`, if the offerer's replica still
 -- listens or the offerer has an attempt key to come back with: the one
 -- place a pair is decided. Returns the offerer's payload and how long the
@@ -129,21 +146,9 @@ local function pair(s)
     redis.call('HDEL', key, unpack(OFFER))
     return nil
   end
-  local now = now_ms()
-  local ttl = math.max(tonumber(s[6]) - now, 0) + SLACK_MS
+  local ttl = math.max(tonumber(s[6]) - now_ms(), 0) + SLACK_MS
   redis.call('SET', key .. ':r:' .. s[3], s[2], 'PX', int(ttl))
-  -- Only a caller with a key is told Redis's measure: the others measure
-  -- their own wait.
-  local waited = nil
-  if k[1] then
-    waited = int(math.max(now - tonumber(k[3]), 0))
-    redis.call('SET', key .. ':k:' .. k[1], 'first\n' .. waited .. '\n' .. s[5], 'PX', k[2])
-  end
-  if k[4] then
-    redis.call('SET', key .. ':k:' .. k[4], 'second\n0\n' .. s[2], 'PX', k[5])
-  end
-  redis.call('DEL', key)
-  return s[5], waited
+  return s[5], decide(s[2], s[5], k)
 end
 
 -- Groups of more than two.
@@ -356,16 +361,14 @@ if op == 'arrive' then
       expire_within(wait + SLACK_MS)
       return {'offered'}
     end
-    if redis.call('HEXISTS', key, 'wk') == 1 then
+    local k = redis.call('HMGET', key, 'wk', 'wg', 'ws')
+    if k[1] then
       -- Nobody listens for the waiter, but it has an attempt key: its
       -- replica is gone (killed, or cut off), and it will come back through
-      -- another. Pair with it; its answer waits for it.
-      redis.call('HSET', key, 'o', token, 'oc', channel, 'op', payload, 'oe', int(now_ms() + wait))
-      if digest then redis.call('HSET', key, 'ok', digest, 'og', grace) end
-      local paired = state()
-      pair(paired)
-      redis.call('DEL', key .. ':r:' .. token)
-      return {'second', paired[2], '0'}
+      -- another. Pair with it; its answer waits for it. This caller hears
+      -- its own answer here, so nothing is sent to it.
+      decide(s[2], payload, {k[1], k[2], k[3], digest, grace})
+      return {'second', s[2], '0'}
     end
     -- Nobody listens for the waiter: its replica is gone. Take its place.
     redis.call('DEL', key)
