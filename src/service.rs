@@ -266,11 +266,6 @@ impl<E: Engine> Rendezvous<E> {
         }
     }
 
-    /// The keyed waits open or kept, for tests.
-    pub fn attempts(&self) -> &Arc<Attempts> {
-        &self.attempts
-    }
-
     /// The series this service counts its calls in.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
