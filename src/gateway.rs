@@ -12,15 +12,15 @@ use std::{borrow::Cow, convert::Infallible, sync::Arc, time::Duration};
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use tonic::Code;
 
 use crate::{
     auth::AuthError,
-    cli::code_name,
     health::{Health, NotReady},
-    json::{JsonError, JsonGroup, JsonMeeting},
+    json::{JsonError, JsonGroup, JsonMeeting, code_name},
     metrics::{Protocol, Rejection},
     pairing::{Meeting, PairError},
-    service::{CallError, CallRequest, Deadline, Rendezvous, trace_id},
+    service::{CallError, CallRequest, Codes, Deadline, Rendezvous, trace_id},
 };
 
 /// The path prefix of the rendezvous route.
@@ -100,14 +100,18 @@ impl Gateway {
         async move {
             let result = match route {
                 Ok(Route::Answered(response)) => Ok(response),
-                Ok(Route::Call { call, body }) if call.parties.is_none() => {
-                    wait::<Pair, _>(&service, call, body, json).await
-                }
+                Ok(Route::Call {
+                    group: false,
+                    call,
+                    body,
+                }) => wait::<Pair, _>(&service, call, body, json).await,
                 // Boxed, as on the gRPC port: a member keeps its own payload
                 // for its answer, and inline that would size every pair's.
-                Ok(Route::Call { call, body }) => {
-                    Box::pin(wait::<Group, _>(&service, call, body, json)).await
-                }
+                Ok(Route::Call {
+                    group: true,
+                    call,
+                    body,
+                }) => Box::pin(wait::<Group, _>(&service, call, body, json)).await,
                 Err(error) => Err(error),
             };
             Ok(result.unwrap_or_else(|error| {
@@ -160,8 +164,8 @@ impl Gateway {
             .authenticate(Protocol::Http, request.headers())?;
         let query = Query::parse(request.uri().query(), group)?;
         let parties = match group {
-            true => Some(query.parties.ok_or(HttpError::NoParties)?),
-            false => None,
+            true => query.parties.ok_or(HttpError::NoParties)?,
+            false => 2,
         };
         let call = CallRequest {
             protocol: Protocol::Http,
@@ -169,13 +173,14 @@ impl Gateway {
             deadline: Deadline::starting_now(query.wait),
             trace: trace_id(request.headers()),
             id: decode_id(segment)?,
-            parties: parties.unwrap_or(2),
+            parties,
             // Read from the body once the route is known.
             payload: Bytes::new(),
             attempt_key: query.attempt_key,
         };
         Ok(Route::Call {
-            call: HttpCall { call, parties },
+            group,
+            call,
             body: request.into_body(),
         })
     }
@@ -210,16 +215,14 @@ fn only_get(method: &Method, path: &'static str) -> Result<(), HttpError> {
 enum Route<B> {
     /// A probe, answered from the head alone.
     Answered(Response<Full<Bytes>>),
-    /// A rendezvous or group call: the body is the payload.
-    Call { call: HttpCall, body: B },
-}
-
-/// A call, from its request's head.
-struct HttpCall {
-    /// All but the payload, which is in the body.
-    call: CallRequest,
-    /// `?parties=N`, on the group route only.
-    parties: Option<u32>,
+    /// A rendezvous or group call: all of it but the payload, which is in
+    /// the body.
+    Call {
+        /// On the group route, which answers as [`Group`] does.
+        group: bool,
+        call: CallRequest,
+        body: B,
+    },
 }
 
 /// A route's answer: how it is made from the meeting. One handler serves
@@ -264,7 +267,7 @@ impl Shape for Group {
 /// Reads the payload and makes the call, answering as route `S` does.
 async fn wait<S: Shape, B>(
     service: &Rendezvous,
-    HttpCall { mut call, .. }: HttpCall,
+    mut call: CallRequest,
     body: B,
     json: bool,
 ) -> Result<Response<Full<Bytes>>, HttpError>
@@ -396,44 +399,32 @@ impl HttpError {
         }
     }
 
-    /// The call's own failures read as the service's one table says; the
-    /// gateway's own ones, here.
-    fn status(&self) -> StatusCode {
-        match self {
-            Self::Call(error) => error.codes().http,
+    /// How this failure reads: the call's own failures as the service's one
+    /// table says; the gateway's own ones, here. The gRPC code is for the
+    /// JSON body, so that both protocols speak alike.
+    fn codes(&self) -> Codes {
+        let (grpc, http) = match self {
+            Self::Call(error) => return error.codes(),
             Self::BadWait(..)
             | Self::IdNotUtf8
             | Self::NoParties
             | Self::BadParties(_)
-            | Self::Body(_) => StatusCode::BAD_REQUEST,
-            Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            Self::NotFound => StatusCode::NOT_FOUND,
-        }
-    }
-
-    /// The gRPC code for the JSON body, so both protocols speak alike.
-    fn code(&self) -> tonic::Code {
-        match self {
-            Self::Call(error) => error.codes().grpc,
-            Self::BadWait(..)
-            | Self::IdNotUtf8
-            | Self::NoParties
-            | Self::BadParties(_)
-            | Self::Body(_)
-            | Self::BodyTooLarge { .. } => tonic::Code::InvalidArgument,
-            Self::MethodNotAllowed { .. } => tonic::Code::Unimplemented,
-            Self::NotFound => tonic::Code::NotFound,
-        }
+            | Self::Body(_) => (Code::InvalidArgument, StatusCode::BAD_REQUEST),
+            Self::BodyTooLarge { .. } => (Code::InvalidArgument, StatusCode::PAYLOAD_TOO_LARGE),
+            Self::MethodNotAllowed { .. } => (Code::Unimplemented, StatusCode::METHOD_NOT_ALLOWED),
+            Self::NotFound => (Code::NotFound, StatusCode::NOT_FOUND),
+        };
+        Codes { grpc, http }
     }
 
     fn into_response(self, json: bool) -> Response<Full<Bytes>> {
-        let status = self.status();
+        let codes = self.codes();
+        let status = codes.http;
         let mut response = match (json, &self) {
             (true, _) => json_response(
                 status,
                 &JsonError {
-                    code: code_name(self.code()),
+                    code: code_name(codes.grpc),
                     message: self.to_string(),
                 },
             ),
