@@ -72,22 +72,6 @@ fn proto3_duration(d: Duration) -> String {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_use_the_proto3_json_form() {
-        assert_eq!(proto3_duration(Duration::ZERO), "0s");
-        assert_eq!(proto3_duration(Duration::from_millis(1500)), "1.500s");
-        assert_eq!(proto3_duration(Duration::from_micros(2)), "0.000002s");
-        assert_eq!(
-            proto3_duration(Duration::from_nanos(1_000_000_007)),
-            "1.000000007s"
-        );
-    }
-}
-
 /// A status code as gRPC names it (`DEADLINE_EXCEEDED`), as grpcurl and
 /// the HTTP gateway's JSON errors print it.
 pub fn code_name(code: tonic::Code) -> &'static str {
@@ -110,5 +94,21 @@ pub fn code_name(code: tonic::Code) -> &'static str {
         Code::Unavailable => "UNAVAILABLE",
         Code::DataLoss => "DATA_LOSS",
         Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_use_the_proto3_json_form() {
+        assert_eq!(proto3_duration(Duration::ZERO), "0s");
+        assert_eq!(proto3_duration(Duration::from_millis(1500)), "1.500s");
+        assert_eq!(proto3_duration(Duration::from_micros(2)), "0.000002s");
+        assert_eq!(
+            proto3_duration(Duration::from_nanos(1_000_000_007)),
+            "1.000000007s"
+        );
     }
 }
