@@ -18,6 +18,32 @@ use crate::common::{
     redis::unique_prefix, scrape, value, within,
 };
 
+type Waiting = tokio::task::JoinHandle<Result<rendezvous::pairing::Meeting, tonic::Status>>;
+
+/// A call with attempt key `key`, on `client`, on a task of its own.
+fn keyed(
+    client: rendezvous::client::Client,
+    id: &'static str,
+    payload: &'static str,
+    key: &'static str,
+) -> Waiting {
+    tokio::spawn(async move { client.wait_with_key(id, payload.into(), None, key).await })
+}
+
+/// A call with attempt key `key` on `server`, cut once it is parked: its
+/// task aborted, so that its client resets the stream.
+async fn cut_while_parked(
+    server: &TestServer,
+    id: &'static str,
+    payload: &'static str,
+    key: &'static str,
+) {
+    let waiter = keyed(server.client().await, id, payload, key);
+    server.parked(1).await;
+    waiter.abort();
+    let _ = waiter.await;
+}
+
 /// The engines every scenario here runs on: one process, and a replica on
 /// a Redis of its own.
 async fn servers() -> Vec<(TestServer, Option<RedisServer>)> {
@@ -35,14 +61,7 @@ async fn servers() -> Vec<(TestServer, Option<RedisServer>)> {
 #[tokio::test]
 async fn a_cut_grpc_waiter_retries_and_gets_its_answer() {
     for (server, _redis) in servers().await {
-        let cut = server.client().await;
-        let waiter = tokio::spawn(async move {
-            cut.wait_with_key("cut", "from a".into(), None, "key-1")
-                .await
-        });
-        server.parked(1).await;
-        waiter.abort();
-        let _ = waiter.await;
+        cut_while_parked(&server, "cut", "from a", "key-1").await;
         // The place is held: the partner pairs with it at once.
         let partner = server.client().await;
         let second = within(partner.wait("cut", "from b".into(), None))
@@ -77,17 +96,8 @@ async fn a_cut_grpc_waiter_retries_and_gets_its_answer() {
 #[tokio::test]
 async fn a_retry_before_the_partner_keeps_the_first_place() {
     for (server, _redis) in servers().await {
-        let cut = server.client().await;
-        let waiter =
-            tokio::spawn(async move { cut.wait_with_key("keep", "a".into(), None, "key-2").await });
-        server.parked(1).await;
-        waiter.abort();
-        let _ = waiter.await;
-        let again = server.client().await;
-        let retry =
-            tokio::spawn(
-                async move { again.wait_with_key("keep", "a".into(), None, "key-2").await },
-            );
+        cut_while_parked(&server, "keep", "a", "key-2").await;
+        let retry = keyed(server.client().await, "keep", "a", "key-2");
         // Still one caller parked: the retry did not park a second time.
         server.parked(1).await;
         let partner = server.client().await;
@@ -153,11 +163,7 @@ async fn an_http_retry_gets_the_same_answer_byte_for_byte() {
 #[tokio::test]
 async fn misused_keys_are_refused_with_their_reason() {
     for (server, _redis) in servers().await {
-        let older = server.client().await;
-        let open =
-            tokio::spawn(
-                async move { older.wait_with_key("mine", "p".into(), None, "key-4").await },
-            );
+        let open = keyed(server.client().await, "mine", "p", "key-4");
         server.parked(1).await;
         let client = server.client().await;
         let other = client
@@ -185,11 +191,7 @@ async fn misused_keys_are_refused_with_their_reason() {
             "{json}"
         );
         // A newer call with the key takes the wait over.
-        let newer = server.client().await;
-        let took_over =
-            tokio::spawn(
-                async move { newer.wait_with_key("mine", "p".into(), None, "key-4").await },
-            );
+        let took_over = keyed(server.client().await, "mine", "p", "key-4");
         let superseded = within(open).await.unwrap().unwrap_err();
         assert_eq!(superseded.code(), Code::Aborted);
         assert_eq!(
@@ -340,12 +342,7 @@ async fn on_redis_a_retry_through_another_replica_gets_the_answer() {
     b.ready().await;
     let a = TestServer::with(replica_config(&redis, &prefix)).await;
     a.ready().await;
-    let first = a.client().await;
-    let waiter = tokio::spawn(async move {
-        first
-            .wait_with_key("across", "from a".into(), None, "key-5")
-            .await
-    });
+    let waiter = keyed(a.client().await, "across", "from a", "key-5");
     a.parked(1).await;
     let partner = b.client().await;
     within(partner.wait("across", "from b".into(), None))
@@ -369,12 +366,7 @@ async fn on_redis_a_retry_through_another_replica_gets_the_answer() {
     let killed =
         crate::common::Process::start(&["--redis-url", &url, "--redis-key-prefix", &prefix]).await;
     killed.until_ready(200).await;
-    let through_killed = killed.client().await;
-    let waiter = tokio::spawn(async move {
-        through_killed
-            .wait_with_key("killed", "from a".into(), None, "key-6")
-            .await
-    });
+    let waiter = keyed(killed.client().await, "killed", "from a", "key-6");
     // Parked: its entry beside the answer kept from the pair above.
     redis.until_keys(&prefix, 2).await;
     let mut killed = killed;
