@@ -22,7 +22,7 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, PoisonError, Weak},
+    sync::{Arc, Mutex, PoisonError},
     time::Duration,
 };
 
@@ -143,15 +143,8 @@ impl Attempts {
                         }),
                     });
                     waits.insert(key.clone(), wait.clone());
-                    let (engine, grace) = (engine.clone(), self.grace);
-                    let keyed = key.clone();
-                    let call = async move {
-                        let attempt = (&keyed, grace);
-                        engine
-                            .gather_keyed((id, parties, offer), deadline, attempt)
-                            .await
-                    };
-                    let run = Self::run(Arc::downgrade(self), key, wait.clone(), grace, call);
+                    let call = ((id, parties, offer), deadline);
+                    let run = self.clone().run(engine.clone(), key, wait.clone(), call);
                     tokio::spawn(run);
                     (wait, 0, true)
                 }
@@ -173,13 +166,15 @@ impl Attempts {
 
     /// The wait's engine call, run apart from its callers: it ends with an
     /// answer, or when nobody has come back for it within the grace.
-    async fn run(
-        attempts: Weak<Self>,
+    async fn run<E: Engine>(
+        self: Arc<Self>,
+        engine: Arc<E>,
         key: AttemptKey,
         wait: Arc<Wait>,
-        grace: Duration,
-        call: impl Future<Output = Result<Meeting, PairError>>,
+        (call, deadline): ((Id, Parties, Offer), Instant),
     ) {
+        let grace = self.grace;
+        let call = engine.gather_keyed(call, deadline, (&key, grace));
         // The call first: a decision that comes as the grace ends stands.
         let answer = tokio::select! {
             biased;
@@ -193,11 +188,9 @@ impl Attempts {
                 sleep(grace).await;
             }
         }
-        if let Some(attempts) = attempts.upgrade() {
-            let mut waits = attempts.lock();
-            if waits.get(&key).is_some_and(|kept| Arc::ptr_eq(kept, &wait)) {
-                waits.remove(&key);
-            }
+        let mut waits = self.lock();
+        if waits.get(&key).is_some_and(|kept| Arc::ptr_eq(kept, &wait)) {
+            waits.remove(&key);
         }
     }
 }
