@@ -92,6 +92,10 @@ struct Target {
     /// it costs the server.
     #[arg(long, value_name = "TRACEPARENT")]
     traceparent: Option<String>,
+    /// Send a new attempt key with every call (gRPC only), to measure what
+    /// keeping the call's place and answer costs the server.
+    #[arg(long)]
+    attempt_keys: bool,
     /// The replicas' Redis, to report its CPU, memory and commands per pair
     /// (from its own INFO).
     #[arg(long, value_name = "URL")]
@@ -266,7 +270,8 @@ impl Load {
 /// Connections to one server, and one call over them.
 #[derive(Clone)]
 enum TargetClient {
-    Grpc(Arc<[Client]>),
+    /// The clients, and whether each call sends an attempt key.
+    Grpc(Arc<[Client]>, bool),
     Http(HttpPool),
 }
 
@@ -274,7 +279,10 @@ impl TargetClient {
     async fn connect(target: &Target, addr: SocketAddr, connections: usize) -> Self {
         let options = client_options(target, addr);
         match target.protocol {
-            Protocol::Grpc => Self::Grpc(grpc_clients(&options, connections).await),
+            Protocol::Grpc => Self::Grpc(
+                grpc_clients(&options, connections).await,
+                target.attempt_keys,
+            ),
             Protocol::Http => Self::Http(
                 HttpPool::connect(addr, connections, headers(&options), tls_connector(target))
                     .await,
@@ -284,9 +292,13 @@ impl TargetClient {
 
     async fn call(&self, slot: usize, id: String) -> Outcome {
         match self {
-            Self::Grpc(clients) => {
+            Self::Grpc(clients, keys) => {
                 let client = &clients[slot % clients.len()];
-                match client.wait(&id, Bytes::new(), None).await {
+                let key = match keys {
+                    true => rendezvous::client::attempt_key(),
+                    false => String::new(),
+                };
+                match client.wait_with_key(&id, Bytes::new(), None, &key).await {
                     Ok(_) => Outcome::Ok,
                     Err(status) if status.code() == Code::DeadlineExceeded => Outcome::Timeout,
                     Err(_) => Outcome::Error,
