@@ -110,25 +110,27 @@ local function expire_within(ms)
   end
 end
 
--- The fields of the meeting place, in this order.
+-- The fields of the meeting place, in this order. The attempt keys' come
+-- last (9 to 13), read with the rest, so that a pair reads its place once.
 local function state()
-  return redis.call('HMGET', key, 'w', 'wp', 'o', 'oc', 'op', 'oe', 'wc', 'n')
+  return redis.call('HMGET', key, 'w', 'wp', 'o', 'oc', 'op', 'oe', 'wc', 'n',
+    'wk', 'wg', 'ws', 'ok', 'og')
 end
 
 local OFFER = {'o', 'oc', 'op', 'oe', 'ok', 'og'}
 
--- Ends a decided pair: each side with an attempt key has its answer kept
--- for its retry, and the meeting place goes. `k` is the keys' fields (wk,
--- wg, ws, ok, og). Returns how long the waiter waited, as Redis measured
+-- Ends a decided pair: each side with an attempt key (the waiter's wk, wg,
+-- ws; the offerer's ok, og) has its answer kept for its retry, and the
+-- meeting place goes. Returns how long the waiter waited, as Redis measured
 -- it, for a waiter with a key: the others measure their own wait.
-local function decide(waiter_payload, offerer_payload, k)
+local function decide(waiter_payload, offerer_payload, wk, wg, ws, ok, og)
   local waited = nil
-  if k[1] then
-    waited = int(math.max(now_ms() - tonumber(k[3]), 0))
-    redis.call('SET', key .. ':k:' .. k[1], 'first\n' .. waited .. '\n' .. offerer_payload, 'PX', k[2])
+  if wk then
+    waited = int(math.max(now_ms() - tonumber(ws), 0))
+    redis.call('SET', key .. ':k:' .. wk, 'first\n' .. waited .. '\n' .. offerer_payload, 'PX', wg)
   end
-  if k[4] then
-    redis.call('SET', key .. ':k:' .. k[4], 'second\n0\n' .. waiter_payload, 'PX', k[5])
+  if ok then
+    redis.call('SET', key .. ':k:' .. ok, 'second\n0\n' .. waiter_payload, 'PX', og)
   end
   redis.call('DEL', key)
   return waited
@@ -140,15 +142,14 @@ end
 -- waiter waited, or nil after withdrawing an offer nobody can receive an
 -- answer to.
 local function pair(s)
-  local k = redis.call('HMGET', key, 'wk', 'wg', 'ws', 'ok', 'og')
   local message = 'R' .. s[3] .. '\n' .. key .. '\n' .. s[2]
-  if publish(s[4], message) == 0 and not k[4] then
+  if publish(s[4], message) == 0 and not s[12] then
     redis.call('HDEL', key, unpack(OFFER))
     return nil
   end
   local ttl = math.max(tonumber(s[6]) - now_ms(), 0) + SLACK_MS
   redis.call('SET', key .. ':r:' .. s[3], s[2], 'PX', int(ttl))
-  return s[5], decide(s[2], s[5], k)
+  return s[5], decide(s[2], s[5], s[9], s[10], s[11], s[12], s[13])
 end
 
 -- Groups of more than two.
@@ -340,7 +341,7 @@ if op == 'arrive' then
   end
   local s = state()
   if s[8] then return {'mismatch', s[8]} end
-  if s[1] and digest and redis.call('HGET', key, 'wk') == digest then
+  if s[1] and digest and s[9] == digest then
     -- The waiter's own retry, through this replica or another: it takes its
     -- place back, with its first try's deadline. A try still open elsewhere
     -- is told it was superseded, and an offer made to it comes here.
@@ -361,13 +362,12 @@ if op == 'arrive' then
       expire_within(wait + SLACK_MS)
       return {'offered'}
     end
-    local k = redis.call('HMGET', key, 'wk', 'wg', 'ws')
-    if k[1] then
+    if s[9] then
       -- Nobody listens for the waiter, but it has an attempt key: its
       -- replica is gone (killed, or cut off), and it will come back through
       -- another. Pair with it; its answer waits for it. This caller hears
       -- its own answer here, so nothing is sent to it.
-      decide(s[2], payload, {k[1], k[2], k[3], digest, grace})
+      decide(s[2], payload, s[9], s[10], s[11], digest, grace)
       return {'second', s[2], '0'}
     end
     -- Nobody listens for the waiter: its replica is gone. Take its place.
@@ -422,10 +422,9 @@ if op == 'leave' then
         if payload then return {'first', payload, waited} end
       elseif publish(s[4], 'P' .. s[3] .. '\n' .. key) > 0 then
         -- The waiter left: its offerer takes its place, and its key.
-        local k = redis.call('HMGET', key, 'ok', 'og')
         redis.call('HDEL', key, 'wk', 'wg', 'ws')
         redis.call('HSET', key, 'w', s[3], 'wc', s[4], 'wp', s[5], 'we', s[6])
-        if k[1] then redis.call('HSET', key, 'wk', k[1], 'wg', k[2], 'ws', int(now_ms())) end
+        if s[12] then redis.call('HSET', key, 'wk', s[12], 'wg', s[13], 'ws', int(now_ms())) end
         redis.call('HDEL', key, unpack(OFFER))
         redis.call('PEXPIRE', key, int(math.max(tonumber(s[6]) - now_ms(), 0) + SLACK_MS))
         return {'left'}
