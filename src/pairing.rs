@@ -142,8 +142,13 @@ impl AttemptKey {
     /// caller's answer.
     pub(crate) fn digest(&self) -> String {
         use sha2::Digest as _;
+        use std::fmt::Write as _;
         let digest = sha2::Sha256::digest(self.0.as_bytes());
-        digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+        let mut hex = String::with_capacity(32);
+        for byte in &digest[..16] {
+            let _ = write!(hex, "{byte:02x}");
+        }
+        hex
     }
 
     /// Validates `key` at the edge, and scopes it to `namespace`. An empty
