@@ -21,15 +21,15 @@
 //! Redis, a retry re-attaches through the replica its first try reached.
 
 use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex, PoisonError},
+    collections::{HashMap, VecDeque},
+    sync::{Arc, Mutex, MutexGuard, Once, PoisonError},
     time::Duration,
 };
 
 use bytes::Bytes;
 use tokio::{
-    sync::watch,
-    time::{Instant, sleep, sleep_until},
+    sync::{Notify, watch},
+    time::{Instant, sleep_until},
 };
 
 use super::{AttemptKey, Engine, Id, Meeting, Offer, PairError, Parties, Reuse};
@@ -63,6 +63,14 @@ impl Delivery {
 pub struct Attempts {
     grace: Duration,
     waits: Mutex<HashMap<AttemptKey, Arc<Wait>>>,
+    /// Decided waits, oldest first, each with when it is forgotten. One
+    /// task forgets them all (see [`Attempts::sweep`]): a task and a timer
+    /// apiece would be paid for as long as each answer is kept. The grace
+    /// is the same for every wait, so they are forgotten in this order.
+    kept: Mutex<VecDeque<(Instant, AttemptKey, Arc<Wait>)>>,
+    /// Tells the sweeper that `kept` has an entry again.
+    more: Notify,
+    sweeper: Once,
 }
 
 /// One logical wait: what its first call asked for, and how it stands.
@@ -92,6 +100,9 @@ impl Attempts {
         Arc::new(Self {
             grace,
             waits: Mutex::default(),
+            kept: Mutex::default(),
+            more: Notify::new(),
+            sweeper: Once::new(),
         })
     }
 
@@ -105,9 +116,8 @@ impl Attempts {
         self.len() == 0
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<AttemptKey, Arc<Wait>>> {
-        // Nothing panics while holding it; the map is consistent at each step.
-        self.waits.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> MutexGuard<'_, HashMap<AttemptKey, Arc<Wait>>> {
+        lock(&self.waits)
     }
 
     /// [`Engine::gather`] for a call with `key`: the first call with the
@@ -185,14 +195,62 @@ impl Attempts {
             let decided = matches!(answer, Ok(_) | Err(PairError::TimedOut));
             wait.state.send_modify(|state| state.answer = Some(answer));
             if decided {
-                sleep(grace).await;
+                return self.keep(key, wait);
             }
         }
-        let mut waits = self.lock();
-        if waits.get(&key).is_some_and(|kept| Arc::ptr_eq(kept, &wait)) {
-            waits.remove(&key);
+        self.forget(&key, &wait);
+    }
+
+    /// Keeps a decided wait's answer for the grace.
+    fn keep(self: &Arc<Self>, key: AttemptKey, wait: Arc<Wait>) {
+        self.sweeper
+            .call_once(|| drop(tokio::spawn(self.clone().sweep())));
+        let mut kept = lock(&self.kept);
+        if kept.is_empty() {
+            self.more.notify_one();
+        }
+        kept.push_back((Instant::now() + self.grace, key, wait));
+    }
+
+    /// Forgets each kept answer at its time.
+    async fn sweep(self: Arc<Self>) {
+        loop {
+            match self.forget_expired() {
+                Some(next) => sleep_until(next).await,
+                // A permit is kept if the entry came first: nothing is missed.
+                None => self.more.notified().await,
+            }
         }
     }
+
+    /// Forgets the answers whose grace is over; returns when the next one's
+    /// ends.
+    fn forget_expired(&self) -> Option<Instant> {
+        let now = Instant::now();
+        let mut kept = lock(&self.kept);
+        while let Some(&(at, ..)) = kept.front() {
+            if at > now {
+                return Some(at);
+            }
+            let (_, key, wait) = kept.pop_front().expect("looked at");
+            self.forget(&key, &wait);
+        }
+        None
+    }
+
+    /// Forgets `wait`, if `key` still names it (a wait after it may have
+    /// taken the key since).
+    fn forget(&self, key: &AttemptKey, wait: &Arc<Wait>) {
+        let mut waits = self.lock();
+        if waits.get(key).is_some_and(|kept| Arc::ptr_eq(kept, wait)) {
+            waits.remove(key);
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Nothing panics while holding one; each is consistent at every step.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Wait {
