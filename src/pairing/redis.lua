@@ -16,6 +16,7 @@
 -- A caller with an attempt key also has, beside its w or o fields:
 --   wk, wg, ws      (ok, og for an offerer) its key's digest, how long its
 --                   answer is kept (ms), and when it parked
+--   ak              '1': a caller of this place has (or had) a key
 -- and once its pair is decided, KEYS[1] .. ':k:' .. digest holds its answer,
 -- role '\n' waited_ms '\n' sealed payload, for a retry through any replica.
 --
@@ -110,11 +111,19 @@ local function expire_within(ms)
   end
 end
 
--- The fields of the meeting place, in this order. The attempt keys' come
--- last (9 to 13), read with the rest, so that a pair reads its place once.
+-- The fields of the meeting place, in this order; the last, ak, is set once
+-- either caller has an attempt key. Their keys' own fields are read only
+-- then (`keys`): five more fields in every read cost a pair without keys
+-- 8% more of Redis's time.
 local function state()
-  return redis.call('HMGET', key, 'w', 'wp', 'o', 'oc', 'op', 'oe', 'wc', 'n',
-    'wk', 'wg', 'ws', 'ok', 'og')
+  return redis.call('HMGET', key, 'w', 'wp', 'o', 'oc', 'op', 'oe', 'wc', 'n', 'ak')
+end
+
+-- The attempt keys' fields of the place in `s`: the waiter's wk, wg, ws,
+-- then the offerer's ok, og; none if neither caller has a key.
+local function keys(s)
+  if not s[9] then return {} end
+  return redis.call('HMGET', key, 'wk', 'wg', 'ws', 'ok', 'og')
 end
 
 local OFFER = {'o', 'oc', 'op', 'oe', 'ok', 'og'}
@@ -143,13 +152,14 @@ end
 -- answer to.
 local function pair(s)
   local message = 'R' .. s[3] .. '\n' .. key .. '\n' .. s[2]
-  if publish(s[4], message) == 0 and not s[12] then
+  local k = keys(s)
+  if publish(s[4], message) == 0 and not k[4] then
     redis.call('HDEL', key, unpack(OFFER))
     return nil
   end
   local ttl = math.max(tonumber(s[6]) - now_ms(), 0) + SLACK_MS
   redis.call('SET', key .. ':r:' .. s[3], s[2], 'PX', int(ttl))
-  return s[5], decide(s[2], s[5], s[9], s[10], s[11], s[12], s[13])
+  return s[5], decide(s[2], s[5], k[1], k[2], k[3], k[4], k[5])
 end
 
 -- Groups of more than two.
@@ -341,7 +351,8 @@ if op == 'arrive' then
   end
   local s = state()
   if s[8] then return {'mismatch', s[8]} end
-  if s[1] and digest and s[9] == digest then
+  local k = keys(s)
+  if s[1] and digest and k[1] == digest then
     -- The waiter's own retry, through this replica or another: it takes its
     -- place back, with its first try's deadline. A try still open elsewhere
     -- is told it was superseded, and an offer made to it comes here.
@@ -358,16 +369,16 @@ if op == 'arrive' then
     local listens = publish(s[7], 'O' .. s[1] .. '\n' .. key) > 0
     if listens then
       redis.call('HSET', key, 'o', token, 'oc', channel, 'op', payload, 'oe', int(now_ms() + wait))
-      if digest then redis.call('HSET', key, 'ok', digest, 'og', grace) end
+      if digest then redis.call('HSET', key, 'ok', digest, 'og', grace, 'ak', '1') end
       expire_within(wait + SLACK_MS)
       return {'offered'}
     end
-    if s[9] then
+    if k[1] then
       -- Nobody listens for the waiter, but it has an attempt key: its
       -- replica is gone (killed, or cut off), and it will come back through
       -- another. Pair with it; its answer waits for it. This caller hears
       -- its own answer here, so nothing is sent to it.
-      decide(s[2], payload, s[9], s[10], s[11], digest, grace)
+      decide(s[2], payload, k[1], k[2], k[3], digest, grace)
       return {'second', s[2], '0'}
     end
     -- Nobody listens for the waiter: its replica is gone. Take its place.
@@ -376,7 +387,7 @@ if op == 'arrive' then
   if may_park ~= '1' then return {'full'} end
   local now = now_ms()
   redis.call('HSET', key, 'w', token, 'wc', channel, 'wp', payload, 'we', int(now + wait))
-  if digest then redis.call('HSET', key, 'wk', digest, 'wg', grace, 'ws', int(now)) end
+  if digest then redis.call('HSET', key, 'wk', digest, 'wg', grace, 'ws', int(now), 'ak', '1') end
   redis.call('PEXPIRE', key, int(wait + SLACK_MS))
   return {'parked'}
 end
@@ -422,9 +433,10 @@ if op == 'leave' then
         if payload then return {'first', payload, waited} end
       elseif publish(s[4], 'P' .. s[3] .. '\n' .. key) > 0 then
         -- The waiter left: its offerer takes its place, and its key.
+        local k = keys(s)
         redis.call('HDEL', key, 'wk', 'wg', 'ws')
         redis.call('HSET', key, 'w', s[3], 'wc', s[4], 'wp', s[5], 'we', s[6])
-        if s[12] then redis.call('HSET', key, 'wk', s[12], 'wg', s[13], 'ws', int(now_ms())) end
+        if k[4] then redis.call('HSET', key, 'wk', k[4], 'wg', k[5], 'ws', int(now_ms())) end
         redis.call('HDEL', key, unpack(OFFER))
         redis.call('PEXPIRE', key, int(math.max(tonumber(s[6]) - now_ms(), 0) + SLACK_MS))
         return {'left'}
