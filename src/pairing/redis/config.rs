@@ -58,8 +58,9 @@ pub struct RedisArgs {
     pub key_prefix: String,
 
     /// How long Redis may take to answer this replica's probe (every 250ms).
-    /// Past it, Redis counts as unreachable: waiting and new callers are
-    /// answered UNAVAILABLE, and readiness goes down until it answers again.
+    /// Past it twice in a row, Redis counts as unreachable: waiting and new
+    /// callers are answered UNAVAILABLE, and readiness goes down until it
+    /// answers again.
     /// A command may take ten times as long, queued behind a burst.
     #[arg(long = "redis-timeout", env = "RENDEZVOUS_REDIS_TIMEOUT", value_name = "DURATION", default_value = DEFAULT_TIMEOUT, value_parser = positive_duration)]
     pub timeout: Duration,

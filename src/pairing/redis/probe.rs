@@ -150,19 +150,27 @@ impl Inner {
         let Some(links) = self.links.load_full() else {
             return Err(Problem::passing("not connected".into()));
         };
-        let mut subscriber = links.subscriber.clone();
         let follows = self.connector.checks_role();
-        let answered = timeout(self.timeout, async {
-            subscriber.ping().await?;
-            Ok::<_, redis::RedisError>(!follows || subscriber.is_primary().await?)
-        })
-        .await;
+        let ask = || {
+            let mut subscriber = links.subscriber.clone();
+            timeout(self.timeout, async move {
+                subscriber.ping().await?;
+                Ok::<_, redis::RedisError>(!follows || subscriber.is_primary().await?)
+            })
+        };
+        // A refusal or a broken connection is lost at once; one slow answer
+        // is asked again first. Losing Redis answers every caller waiting
+        // here UNAVAILABLE, and a busy machine can be slow once.
+        let answered = match ask().await {
+            Err(_) => ask().await,
+            answered => answered,
+        };
         let reason = match answered {
             Ok(Ok(true)) => return Ok(()),
             Ok(Ok(false)) => format!("{} is no longer the primary (a failover)", links.place),
             Ok(Err(error)) => format!("cannot reach Redis: {error}"),
             Err(_) => format!(
-                "Redis did not answer within {}",
+                "Redis did not answer within {}, twice",
                 humantime::format_duration(self.timeout)
             ),
         };
