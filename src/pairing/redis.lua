@@ -17,6 +17,9 @@
 --   wk, wg, ws      (ok, og for an offerer) its key's digest, how long its
 --                   answer is kept (ms), and when it parked
 --   ak              '1': a caller of this place has (or had) a key
+-- A keyed waiter whose replica shut down is detached: its w and wc are ''
+-- (nobody can be told anything until its retry takes the place back), and
+-- the place expires after the grace.
 -- and once its pair is decided, KEYS[1] .. ':k:' .. digest holds its answer,
 -- role '\n' waited_ms '\n' sealed payload, for a retry through any replica.
 --
@@ -55,6 +58,7 @@
 --   arrive  channel payload wait_ms may_park [key_digest grace_ms]
 --   accept
 --   leave   can_accept
+--   detach                          (a shutting-down replica's keyed waiter)
 --   join    channel payload wait_ms may_park parties payload_len max_bytes
 --   confirm
 --   collect                         (KEYS[1] is then a group's result)
@@ -86,6 +90,8 @@ local function sharded(channel)
 end
 
 local function publish(channel, message)
+  -- A detached waiter's: nobody listens.
+  if channel == '' then return 0 end
   if sharded(channel) then
     return redis.call('SPUBLISH', channel, message)
   end
@@ -361,6 +367,8 @@ if op == 'arrive' then
     redis.call('HSET', key, 'w', token, 'wc', channel)
     if s[3] then publish(channel, 'O' .. token .. '\n' .. key) end
     local left = math.max(tonumber(redis.call('HGET', key, 'we')) - now_ms(), 0)
+    -- A detached place expires with the grace; taken back, with the deadline.
+    redis.call('PEXPIRE', key, int(left + SLACK_MS))
     return {'parked', int(left)}
   end
   if s[1] then
@@ -373,11 +381,12 @@ if op == 'arrive' then
       expire_within(wait + SLACK_MS)
       return {'offered'}
     end
-    if k[1] then
-      -- Nobody listens for the waiter, but it has an attempt key: its
-      -- replica is gone (killed, or cut off), and it will come back through
-      -- another. Pair with it; its answer waits for it. This caller hears
-      -- its own answer here, so nothing is sent to it.
+    if k[1] and tonumber(redis.call('HGET', key, 'we')) > now_ms() then
+      -- Nobody listens for the waiter, but it has an attempt key and its
+      -- deadline has not passed: its replica is gone (killed, cut off, or
+      -- shut down), and it will come back through another. Pair with it;
+      -- its answer waits for it. This caller hears its own answer here, so
+      -- nothing is sent to it.
       decide(s[2], payload, k[1], k[2], k[3], digest, grace)
       return {'second', s[2], '0'}
     end
@@ -399,6 +408,26 @@ if op == 'accept' then
     if payload then return {'first', payload, waited} end
   end
   return {'none'}
+end
+
+if op == 'detach' then
+  -- A replica shutting down lets go of its waiter with an attempt key,
+  -- rather than take it out: the place stays for the grace (never past its
+  -- deadline), for the retry through another replica to take back, and a
+  -- partner that comes meanwhile pairs with it. An offer already made to it
+  -- is accepted first.
+  local s = state()
+  if s[1] ~= token or s[8] then return {'none'} end
+  if s[3] then
+    local payload, waited = pair(s)
+    if payload then return {'first', payload, waited} end
+  end
+  local k = keys(s)
+  if not k[1] then return {'none'} end
+  local left = tonumber(redis.call('HGET', key, 'we')) - now_ms()
+  redis.call('HSET', key, 'w', '', 'wc', '')
+  redis.call('PEXPIRE', key, int(math.max(math.min(tonumber(k[2]), left), 1)))
+  return {'detached'}
 end
 
 if op == 'leave' then

@@ -485,6 +485,8 @@ impl Inner {
             ticket,
             deadline,
             parties: parties.get(),
+            // Groups' keys are kept by this replica alone (see `call`).
+            keyed: arrival.attempt.is_some() && parties.get() == 2,
             place: false,
             parked: false,
             settled: false,
@@ -569,6 +571,9 @@ impl Inner {
                     return Err(PairError::Superseded);
                 }
                 Event::Lost(reason) => return Err(PairError::Unavailable(reason)),
+                Event::Closed if guard.keyed => {
+                    return met(Box::pin(self.detach(&mut guard)).await?);
+                }
                 Event::Closed => return Err(PairError::ShuttingDown),
             }
         }
@@ -597,6 +602,31 @@ impl Inner {
             }
         }
         Ok(Settled::Unpaired)
+    }
+
+    /// Shutting down, a waiter with an attempt key lets go of its place in
+    /// Redis rather than take it out, so that a rolling restart costs it only
+    /// a reconnect: its retry through another replica takes the place back
+    /// within the grace, and a partner that comes first pairs with it and
+    /// leaves the answer for the retry. An offer already made to it is
+    /// accepted, and then the caller is answered here after all.
+    async fn detach(&self, guard: &mut Guard) -> Result<Settled, PairError> {
+        let _turn = self.turn().await?;
+        let mut invocation = self.script.key(guard.key());
+        invocation.arg("detach").arg(guard.token());
+        let reply = self.run(&invocation).await?;
+        if reply.first().map(Vec::as_slice) == Some(b"detached") {
+            guard.settled = true;
+            return Err(PairError::ShuttingDown);
+        }
+        match settled(reply)? {
+            // Not its place (an offerer's, say): the guard takes it out.
+            Settled::Unpaired => Err(PairError::ShuttingDown),
+            answered => {
+                guard.settled = true;
+                Ok(answered)
+            }
+        }
     }
 
     /// The payloads of a completed group, from the key its message named.

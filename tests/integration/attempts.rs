@@ -394,3 +394,99 @@ async fn on_redis_a_retry_through_another_replica_gets_the_answer() {
     // key), and they go after the grace.
     redis.until_keys(&prefix, 2).await;
 }
+
+/// A replica drained by SIGTERM while 1,000 callers with attempt keys are
+/// parked on it: each is answered `UNAVAILABLE`, and its place stays in
+/// Redis. Partners for half of them come first and pair with the held
+/// places; then every caller retries through another replica, where the
+/// first half get their answers and the other half take their places back,
+/// to pair with partners that come only then. Every caller keeps its role
+/// and gets its partner's payload; nobody parks twice.
+#[tokio::test]
+async fn on_redis_a_drain_costs_keyed_callers_only_a_reconnect() {
+    const CALLERS: usize = 1_000;
+    let redis = RedisServer::start().await;
+    let prefix = unique_prefix("attempts-drain");
+    let other = TestServer::with(replica_config(&redis, &prefix)).await;
+    other.ready().await;
+    let url = redis.url();
+    let mut drained =
+        crate::common::Process::start(&["--redis-url", &url, "--redis-key-prefix", &prefix]).await;
+    drained.until_ready(200).await;
+    let client = drained.client().await;
+    let id = |i: usize| format!("drain-{i}");
+    let key = |i: usize| format!("key-{i}");
+    let waiters: Vec<_> = (0..CALLERS)
+        .map(|i| {
+            let client = client.clone();
+            let (id, key) = (id(i), key(i));
+            tokio::spawn(async move {
+                client
+                    .wait_with_key(&id, format!("a{i}").into(), None, &key)
+                    .await
+            })
+        })
+        .collect();
+    redis.until_keys(&prefix, CALLERS).await;
+    drained.signal("TERM");
+    for waiter in waiters {
+        let status = within(waiter).await.unwrap().unwrap_err();
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    }
+    assert_eq!(within(drained.child.wait()).await.unwrap().code(), Some(0));
+    // Every place is still there, detached.
+    assert_eq!(redis.keys(&prefix).await.len(), CALLERS);
+
+    let partner = other.client().await;
+    let partners = |range: std::ops::Range<usize>| {
+        range
+            .map(|i| {
+                let partner = partner.clone();
+                let id = id(i);
+                tokio::spawn(async move { partner.wait(&id, format!("b{i}").into(), None).await })
+            })
+            .collect::<Vec<_>>()
+    };
+    let check_second = |i: usize, meeting: rendezvous::pairing::Meeting| {
+        assert_eq!(
+            (meeting.role(), &meeting.peer().payload[..]),
+            (Role::Second, format!("a{i}").as_bytes()),
+            "partner {i}"
+        );
+    };
+    let half = CALLERS / 2;
+    for (i, partner) in partners(0..half).into_iter().enumerate() {
+        check_second(i, within(partner).await.unwrap().unwrap());
+    }
+    let retrying = other.client().await;
+    let retries: Vec<_> = (0..CALLERS)
+        .map(|i| {
+            let retrying = retrying.clone();
+            let (id, key) = (id(i), key(i));
+            tokio::spawn(async move {
+                retrying
+                    .wait_with_key(&id, format!("a{i}").into(), None, &key)
+                    .await
+            })
+        })
+        .collect();
+    // The second half took their places back: parked once, not twice.
+    other.parked(CALLERS - half).await;
+    assert_eq!(redis.keys(&prefix).await.len(), CALLERS);
+    for (i, partner) in partners(half..CALLERS).into_iter().enumerate() {
+        check_second(half + i, within(partner).await.unwrap().unwrap());
+    }
+    for (i, retry) in retries.into_iter().enumerate() {
+        let meeting = within(retry).await.unwrap().unwrap();
+        assert_eq!(
+            (meeting.role(), &meeting.peer().payload[..]),
+            (Role::First, format!("b{i}").as_bytes()),
+            "caller {i}"
+        );
+    }
+    assert_eq!(other.waiting(), 0);
+    // What is left is each caller's kept answer, until the grace ends.
+    let left = redis.keys(&prefix).await;
+    assert_eq!(left.len(), CALLERS);
+    assert!(left.iter().all(|key| key.contains(":k:")), "{left:?}");
+}

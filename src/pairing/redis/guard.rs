@@ -17,6 +17,9 @@ pub(super) struct Guard {
     pub(super) deadline: Instant,
     /// How many callers make up its group.
     pub(super) parties: u32,
+    /// A pair's caller with an attempt key: shutting down, its place is
+    /// detached for its retry, not taken out.
+    pub(super) keyed: bool,
     /// Holds a place against the cap.
     pub(super) place: bool,
     /// Counted as parked.
