@@ -11,6 +11,9 @@
 //! - `soak`: a long mixed run over both ports, with cancellations and
 //!   timeouts, checking every pair's payloads, the RSS and the parked gauge
 //!   (see `soak.rs`).
+//! - `cuts`: pairs whose callers are cut off at random points and retry with
+//!   their attempt keys across replicas; checks that no answer is lost and
+//!   none decided twice (see `cuts.rs`).
 //!
 //! Not a test: nothing here asserts a timing. `scripts/bench.sh` runs it.
 
@@ -31,6 +34,7 @@ use rendezvous::client::{Client, ClientOptions};
 use tokio::{net::TcpStream, sync::mpsc, task::JoinSet};
 use tonic::Code;
 
+mod cuts;
 mod soak;
 
 #[derive(Debug, Parser)]
@@ -53,6 +57,10 @@ enum Mode {
     Idle(IdleArgs),
     /// A long mixed run that checks correctness, leaks and the gauge.
     Soak(soak::SoakArgs),
+    /// Pairs whose callers are cut off at random points and retry with
+    /// their attempt keys on random replicas: checks that no answer is lost
+    /// and none decided twice.
+    Cuts(cuts::CutsArgs),
     /// Run groups (WaitForParties) as fast as the concurrency allows: server
     /// CPU per member.
     Groups(GroupsArgs),
@@ -676,6 +684,7 @@ async fn main() {
         Mode::Pairs(args) => pairs(args).await,
         Mode::Idle(args) => idle(args).await,
         Mode::Soak(args) => soak::soak(args).await,
+        Mode::Cuts(args) => cuts::cuts(args).await,
         Mode::Groups(args) => groups(args).await,
         Mode::Gather(args) => gather(args).await,
     };

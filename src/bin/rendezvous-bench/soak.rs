@@ -265,7 +265,7 @@ impl Clients {
     }
 }
 
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+pub(crate) struct AbortOnDrop<T>(pub(crate) tokio::task::JoinHandle<T>);
 
 impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
@@ -335,7 +335,7 @@ async fn run(clients: &Clients, rounds: u64, concurrency: usize, tag: &str) -> (
 }
 
 /// The value of an unlabelled series, or the sum of a labelled one.
-fn metric(text: &str, name: &str) -> f64 {
+pub(crate) fn metric(text: &str, name: &str) -> f64 {
     text.lines()
         .filter(|line| {
             line.strip_prefix(name)
@@ -345,7 +345,7 @@ fn metric(text: &str, name: &str) -> f64 {
         .fold(0.0, |sum, value| sum + value)
 }
 
-async fn scrape(addr: SocketAddr) -> String {
+pub(crate) async fn scrape(addr: SocketAddr) -> String {
     let mut sender = HttpPool::open(addr, None).await;
     let request = http::Request::get("/metrics")
         .header(http::header::HOST, addr.to_string())
@@ -412,7 +412,7 @@ pub async fn soak(args: SoakArgs) -> serde_json::Value {
         metrics.push_str(&scrape(http).await);
     }
     let keys_left = match &args.redis_url {
-        Some(url) => Some(keys_left(url, &args.redis_key_prefix).await),
+        Some(url) => Some(keys_left(url, &args.redis_key_prefix, Duration::from_secs(5)).await),
         None => None,
     };
 
@@ -445,26 +445,26 @@ pub async fn soak(args: SoakArgs) -> serde_json::Value {
     })
 }
 
-/// Keys under `prefix` once the replicas have had a moment to remove their
-/// last result keys.
-async fn keys_left(url: &str, prefix: &str) -> usize {
+/// Keys under `prefix` once they have had `within` to go: for the replicas
+/// to remove their last result keys, or for kept answers to expire.
+pub(crate) async fn keys_left(url: &str, prefix: &str, within: Duration) -> usize {
     let client = redis::Client::open(url).expect("a valid --redis-url");
     let mut connection = client
         .get_multiplexed_async_connection()
         .await
         .expect("connects to Redis");
-    let mut keys: Vec<String> = Vec::new();
-    for _ in 0..50 {
-        keys = redis::cmd("KEYS")
+    let give_up = Instant::now() + within;
+    let keys = loop {
+        let keys: Vec<String> = redis::cmd("KEYS")
             .arg(format!("{prefix}*"))
             .query_async(&mut connection)
             .await
             .expect("KEYS");
-        if keys.is_empty() {
-            break;
+        if keys.is_empty() || Instant::now() >= give_up {
+            break keys;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    };
     if !keys.is_empty() {
         eprintln!("keys left in Redis: {:?}", &keys[..keys.len().min(10)]);
     }
