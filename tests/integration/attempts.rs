@@ -416,17 +416,21 @@ async fn on_redis_a_drain_costs_keyed_callers_only_a_reconnect() {
     let client = drained.client().await;
     let id = |i: usize| format!("drain-{i}");
     let key = |i: usize| format!("key-{i}");
-    let waiters: Vec<_> = (0..CALLERS)
-        .map(|i| {
-            let client = client.clone();
-            let (id, key) = (id(i), key(i));
-            tokio::spawn(async move {
-                client
-                    .wait_with_key(&id, format!("a{i}").into(), None, &key)
-                    .await
+    // Every keyed caller's try, through `client`.
+    let tries = |client: &rendezvous::client::Client| -> Vec<_> {
+        (0..CALLERS)
+            .map(|i| {
+                let client = client.clone();
+                let (id, key) = (id(i), key(i));
+                tokio::spawn(async move {
+                    client
+                        .wait_with_key(&id, format!("a{i}").into(), None, &key)
+                        .await
+                })
             })
-        })
-        .collect();
+            .collect()
+    };
+    let waiters = tries(&client);
     redis.until_keys(&prefix, CALLERS).await;
     drained.signal("TERM");
     for waiter in waiters {
@@ -458,18 +462,7 @@ async fn on_redis_a_drain_costs_keyed_callers_only_a_reconnect() {
     for (i, partner) in partners(0..half).into_iter().enumerate() {
         check_second(i, within(partner).await.unwrap().unwrap());
     }
-    let retrying = other.client().await;
-    let retries: Vec<_> = (0..CALLERS)
-        .map(|i| {
-            let retrying = retrying.clone();
-            let (id, key) = (id(i), key(i));
-            tokio::spawn(async move {
-                retrying
-                    .wait_with_key(&id, format!("a{i}").into(), None, &key)
-                    .await
-            })
-        })
-        .collect();
+    let retries = tries(&other.client().await);
     // The second half took their places back: parked once, not twice.
     other.parked(CALLERS - half).await;
     assert_eq!(redis.keys(&prefix).await.len(), CALLERS);
