@@ -29,7 +29,12 @@
 //! out what each method means when the meeting place is remote, and
 //! [`AnyEngine`] is the one type the rest of the crate holds.
 
-use std::{fmt, hash::BuildHasher, sync::Arc, time::Duration};
+use std::{
+    fmt,
+    hash::BuildHasher,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 use bytes::Bytes;
 use tokio::{
@@ -178,6 +183,23 @@ impl fmt::Debug for AttemptKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "AttemptKey({} bytes)", self.0.len())
     }
+}
+
+/// A keyed engine call's attempt: its key, how long its answer is kept,
+/// and when the try it runs for reached this replica.
+///
+/// Tries of one wait are ordered by that time, not by when each reaches a
+/// meeting place that replicas share: a cut try's engine call can get there
+/// after its retry's, through another replica, and must not take the wait
+/// back from it. Across replicas, the order is as good as their clocks.
+#[derive(Debug, Clone, Copy)]
+pub struct Attempt<'a> {
+    /// The wait's key.
+    pub key: &'a AttemptKey,
+    /// How long the answer is kept for a retry.
+    pub grace: Duration,
+    /// When the try reached this replica.
+    pub tried: SystemTime,
 }
 
 /// Why an attempt key was refused. The messages go to callers verbatim.
@@ -551,9 +573,9 @@ pub trait Engine: Send + Sync + 'static {
         &self,
         (id, parties, offer): (Id, Parties, Offer),
         deadline: Instant,
-        (key, grace): (&AttemptKey, Duration),
+        attempt: Attempt<'_>,
     ) -> impl Future<Output = Result<Meeting, PairError>> + Send {
-        let _ = (key, grace);
+        let _ = attempt;
         self.gather(id, parties, offer, deadline)
     }
 
@@ -562,7 +584,9 @@ pub trait Engine: Send + Sync + 'static {
     /// no caller hangs and nothing is left behind.
     fn close(&self) -> impl Future<Output = ()> + Send;
 
-    /// How many callers are parked through this engine right now.
+    /// How many callers are parked through this engine right now. One that
+    /// went away counts until the meeting place has let it go: until then,
+    /// a caller of its id still meets it there.
     fn waiting(&self) -> usize;
 
     /// Whether the meeting place can be reached: `true`, then changes.
@@ -808,7 +832,7 @@ impl Engine for AnyEngine {
         &self,
         call: (Id, Parties, Offer),
         deadline: Instant,
-        attempt: (&AttemptKey, Duration),
+        attempt: Attempt<'_>,
     ) -> impl Future<Output = Result<Meeting, PairError>> + Send {
         match self {
             Self::Local(engine) => Meet::Local {

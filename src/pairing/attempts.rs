@@ -23,7 +23,7 @@
 use std::{
     collections::{HashMap, VecDeque},
     sync::{Arc, Mutex, MutexGuard, Once, PoisonError},
-    time::Duration,
+    time::{Duration, SystemTime},
 };
 
 use bytes::Bytes;
@@ -32,7 +32,7 @@ use tokio::{
     time::{Instant, sleep_until},
 };
 
-use super::{AttemptKey, Engine, Id, Meeting, Offer, PairError, Parties, Reuse};
+use super::{Attempt, AttemptKey, Engine, Id, Meeting, Offer, PairError, Parties, Reuse};
 
 /// How a keyed call got its answer, for the metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +89,9 @@ struct State {
     holder: Option<u64>,
     since: Instant,
     next_holder: u64,
+    /// When the newest call with the key reached this replica: what orders
+    /// it against tries through other replicas ([`Attempt::tried`]).
+    tried: SystemTime,
     answer: Option<Result<Meeting, PairError>>,
     /// Whether a call has been handed the answer.
     delivered: bool,
@@ -148,6 +151,7 @@ impl Attempts {
                             holder: Some(0),
                             since: Instant::now(),
                             next_holder: 1,
+                            tried: SystemTime::now(),
                             answer: None,
                             delivered: false,
                         }),
@@ -184,12 +188,35 @@ impl Attempts {
         (call, deadline): ((Id, Parties, Offer), Instant),
     ) {
         let grace = self.grace;
-        let call = engine.gather_keyed(call, deadline, (&key, grace));
-        // The call first: a decision that comes as the grace ends stands.
-        let answer = tokio::select! {
-            biased;
-            answer = call => Some(answer),
-            () = wait.abandoned(grace) => None,
+        let mut tried = wait.state.borrow().tried;
+        let answer = loop {
+            let attempt = Attempt {
+                key: &key,
+                grace,
+                tried,
+            };
+            let engine_call = engine.gather_keyed(call.clone(), deadline, attempt);
+            // The call first: a decision that comes as the grace ends stands.
+            let answer = tokio::select! {
+                biased;
+                answer = engine_call => answer,
+                () = wait.abandoned(grace) => break None,
+            };
+            if !matches!(answer, Err(PairError::Superseded)) {
+                break Some(answer);
+            }
+            // A try through another replica holds the wait now. A call
+            // here since may be newer still: the engine call is made again
+            // for it. Decided under the lock that calls take the wait over
+            // with, so that none comes to a wait that is over.
+            let mut waits = self.lock();
+            let newest = wait.state.borrow().tried;
+            if newest > tried {
+                tried = newest;
+                continue;
+            }
+            wait.state.send_modify(|state| state.answer = Some(answer));
+            return forget(&mut waits, &key, &wait);
         };
         if let Some(answer) = answer {
             let decided = matches!(answer, Ok(_) | Err(PairError::TimedOut));
@@ -238,13 +265,16 @@ impl Attempts {
         None
     }
 
-    /// Forgets `wait`, if `key` still names it (a wait after it may have
-    /// taken the key since).
     fn forget(&self, key: &AttemptKey, wait: &Arc<Wait>) {
-        let mut waits = self.lock();
-        if waits.get(key).is_some_and(|kept| Arc::ptr_eq(kept, wait)) {
-            waits.remove(key);
-        }
+        forget(&mut self.lock(), key, wait);
+    }
+}
+
+/// Forgets `wait`, if `key` still names it (a wait after it may have taken
+/// the key since).
+fn forget(waits: &mut HashMap<AttemptKey, Arc<Wait>>, key: &AttemptKey, wait: &Arc<Wait>) {
+    if waits.get(key).is_some_and(|kept| Arc::ptr_eq(kept, wait)) {
+        waits.remove(key);
     }
 }
 
@@ -275,6 +305,8 @@ impl Wait {
             holder = state.next_holder;
             state.next_holder += 1;
             state.holder = Some(holder);
+            // Later than the call before, even if the clock stepped back.
+            state.tried = SystemTime::now().max(state.tried + Duration::from_micros(1));
         });
         holder
     }
@@ -366,7 +398,7 @@ mod tests {
     use std::task::Poll;
 
     use super::*;
-    use crate::pairing::{LocalEngine, Role};
+    use crate::pairing::{LocalEngine, Offers, Role};
 
     const GRACE: Duration = Duration::from_secs(5);
     const FAR: Duration = Duration::from_secs(60);
@@ -690,6 +722,130 @@ mod tests {
         assert!(matches!(futures_poll(retry.as_mut()), Poll::Pending));
         f.plain(("a", 2, b""), FAR).await.unwrap().unwrap();
         assert_eq!(retry.await.unwrap().1, Delivery::Fresh);
+    }
+
+    /// An engine that replicas share, played by the test: each keyed call
+    /// waits until the test answers it, as the meeting place would, and
+    /// records when its try reached this replica.
+    #[derive(Default)]
+    struct Shared {
+        calls: Mutex<Vec<(SystemTime, Answering)>>,
+    }
+
+    type Answering = tokio::sync::oneshot::Sender<Result<Meeting, PairError>>;
+
+    impl Shared {
+        fn calls(&self) -> Vec<SystemTime> {
+            lock(&self.calls).iter().map(|(tried, _)| *tried).collect()
+        }
+
+        /// Ends the `n`th engine call with `answer`.
+        fn answer(&self, n: usize, answer: Result<Meeting, PairError>) {
+            let (_, call) = lock(&self.calls).remove(n);
+            call.send(answer).unwrap();
+        }
+    }
+
+    impl Engine for Shared {
+        async fn gather(
+            &self,
+            _: Id,
+            _: Parties,
+            _: Offer,
+            _: Instant,
+        ) -> Result<Meeting, PairError> {
+            unreachable!("every call here has a key")
+        }
+
+        fn gather_keyed(
+            &self,
+            _: (Id, Parties, Offer),
+            _: Instant,
+            attempt: Attempt<'_>,
+        ) -> impl Future<Output = Result<Meeting, PairError>> + Send {
+            let (answer, answered) = tokio::sync::oneshot::channel();
+            lock(&self.calls).push((attempt.tried, answer));
+            async move { answered.await.expect("answered") }
+        }
+
+        async fn close(&self) {}
+
+        fn waiting(&self) -> usize {
+            lock(&self.calls).len()
+        }
+
+        fn reachable(&self) -> watch::Receiver<bool> {
+            watch::channel(true).1
+        }
+    }
+
+    fn shared_call(
+        attempts: &Arc<Attempts>,
+        engine: &Arc<Shared>,
+        k: &'static str,
+    ) -> tokio::task::JoinHandle<Answer> {
+        let (attempts, engine) = (attempts.clone(), engine.clone());
+        let deadline = Instant::now() + FAR;
+        tokio::spawn(async move {
+            attempts
+                .gather(&engine, key(k), ask("a", 2, b"from a"), deadline)
+                .await
+        })
+    }
+
+    /// A try through another replica took the wait over (the shared engine
+    /// ends this replica's call superseded), but a retry came here after
+    /// it: the engine call is made again, for the retry's later time, and
+    /// the retry gets its answer. With no later call here, the one holding
+    /// the wait is told it was superseded, and the key is forgotten.
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_taken_over_elsewhere_is_asked_for_again_by_a_later_call() {
+        let (attempts, engine) = (Attempts::new(GRACE), Arc::new(Shared::default()));
+        let first = shared_call(&attempts, &engine, "k");
+        for _ in 0..8 {
+            tokio::task::yield_now().await;
+        }
+        let [first_tried] = engine.calls()[..] else {
+            panic!("one engine call")
+        };
+        first.abort();
+        let _ = first.await;
+        let retry = shared_call(&attempts, &engine, "k");
+        for _ in 0..8 {
+            tokio::task::yield_now().await;
+        }
+        engine.answer(0, Err(PairError::Superseded));
+        for _ in 0..8 {
+            tokio::task::yield_now().await;
+        }
+        let [again] = engine.calls()[..] else {
+            panic!("asked again, once")
+        };
+        assert!(again > first_tried, "for the retry's later time");
+        let partner = Offer::from(Bytes::from_static(b"from b"));
+        engine.answer(
+            0,
+            Ok(Meeting::new(
+                0,
+                Offers::Peer(partner.clone()),
+                Duration::ZERO,
+            )),
+        );
+        let (answer, delivery) = retry.await.unwrap();
+        assert_eq!(
+            (answer.unwrap().peer(), delivery),
+            (&partner, Delivery::Reattached)
+        );
+
+        let holder = shared_call(&attempts, &engine, "k2");
+        for _ in 0..8 {
+            tokio::task::yield_now().await;
+        }
+        engine.answer(0, Err(PairError::Superseded));
+        let answer = holder.await.unwrap();
+        assert_eq!(answer, (Err(PairError::Superseded), Delivery::Fresh));
+        assert!(engine.calls().is_empty(), "not asked again");
+        assert_eq!(attempts.len(), 1, "k2 is forgotten; k's answer is kept");
     }
 
     /// The span's `attempt` field names how the answer came.

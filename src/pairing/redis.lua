@@ -14,8 +14,9 @@
 -- and KEYS[1] .. ':r:' .. token holds the waiter's payload for an offerer
 -- whose pair was decided, until the offerer's replica has read it.
 -- A caller with an attempt key also has, beside its w or o fields:
---   wk, wg, ws      (ok, og for an offerer) its key's digest, how long its
---                   answer is kept (ms), and when it parked
+--   wk, wg, ws, wt  (ok, og, ot for an offerer) its key's digest, how long
+--                   its answer is kept (ms), when it parked, and when its
+--                   try reached its replica (that replica's clock, in us)
 --   ak              '1': a caller of this place has (or had) a key
 -- A keyed waiter whose replica shut down is detached: its w and wc are ''
 -- (nobody can be told anything until its retry takes the place back), and
@@ -55,7 +56,7 @@
 -- is gone (killed, or cut off from Redis), and nobody is paired with it.
 --
 -- ARGV[1] is the operation, ARGV[2] the caller's token, then:
---   arrive  channel payload wait_ms may_park [key_digest grace_ms]
+--   arrive  channel payload wait_ms may_park [key_digest grace_ms tried_us]
 --   accept
 --   leave   can_accept
 --   detach                          (a shutting-down replica's keyed waiter)
@@ -126,13 +127,14 @@ local function state()
 end
 
 -- The attempt keys' fields of the place in `s`: the waiter's wk, wg, ws,
--- then the offerer's ok, og; none if neither caller has a key.
+-- then the offerer's ok, og, then wt and ot; none if neither caller has a
+-- key.
 local function keys(s)
   if not s[9] then return {} end
-  return redis.call('HMGET', key, 'wk', 'wg', 'ws', 'ok', 'og')
+  return redis.call('HMGET', key, 'wk', 'wg', 'ws', 'ok', 'og', 'wt', 'ot')
 end
 
-local OFFER = {'o', 'oc', 'op', 'oe', 'ok', 'og'}
+local OFFER = {'o', 'oc', 'op', 'oe', 'ok', 'og', 'ot'}
 
 -- Ends a decided pair: each side with an attempt key (the waiter's wk, wg,
 -- ws; the offerer's ok, og) has its answer kept for its retry, and the
@@ -346,7 +348,7 @@ end
 
 if op == 'arrive' then
   local channel, payload, wait, may_park = ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6]
-  local digest, grace = ARGV[7], ARGV[8]
+  local digest, grace, tried = ARGV[7], ARGV[8], ARGV[9] or '0'
   if digest then
     -- A retry whose pair was decided: its answer, again.
     local kept = redis.call('GET', key .. ':k:' .. digest)
@@ -361,10 +363,13 @@ if op == 'arrive' then
   if s[1] and digest and k[1] == digest then
     -- The waiter's own retry, through this replica or another: it takes its
     -- place back, with its first try's deadline. A try still open elsewhere
-    -- is told it was superseded, and an offer made to it comes here.
+    -- is told it was superseded, and an offer made to it comes here. Unless
+    -- this is the older try: a cut try's arrival, still on its way through
+    -- one replica, can reach Redis after its retry's through another.
+    if tonumber(tried) < tonumber(k[6] or '0') then return {'superseded'} end
     if may_park ~= '1' then return {'full'} end
     publish(s[7], 'X' .. s[1] .. '\n' .. key)
-    redis.call('HSET', key, 'w', token, 'wc', channel)
+    redis.call('HSET', key, 'w', token, 'wc', channel, 'wt', tried)
     if s[3] then publish(channel, 'O' .. token .. '\n' .. key) end
     local left = math.max(tonumber(redis.call('HGET', key, 'we')) - now_ms(), 0)
     -- A detached place expires with the grace; taken back, with the deadline.
@@ -377,7 +382,7 @@ if op == 'arrive' then
     local listens = publish(s[7], 'O' .. s[1] .. '\n' .. key) > 0
     if listens then
       redis.call('HSET', key, 'o', token, 'oc', channel, 'op', payload, 'oe', int(now_ms() + wait))
-      if digest then redis.call('HSET', key, 'ok', digest, 'og', grace, 'ak', '1') end
+      if digest then redis.call('HSET', key, 'ok', digest, 'og', grace, 'ot', tried, 'ak', '1') end
       expire_within(wait + SLACK_MS)
       return {'offered'}
     end
@@ -396,7 +401,9 @@ if op == 'arrive' then
   if may_park ~= '1' then return {'full'} end
   local now = now_ms()
   redis.call('HSET', key, 'w', token, 'wc', channel, 'wp', payload, 'we', int(now + wait))
-  if digest then redis.call('HSET', key, 'wk', digest, 'wg', grace, 'ws', int(now), 'ak', '1') end
+  if digest then
+    redis.call('HSET', key, 'wk', digest, 'wg', grace, 'ws', int(now), 'wt', tried, 'ak', '1')
+  end
   redis.call('PEXPIRE', key, int(wait + SLACK_MS))
   return {'parked'}
 end
@@ -463,9 +470,11 @@ if op == 'leave' then
       elseif publish(s[4], 'P' .. s[3] .. '\n' .. key) > 0 then
         -- The waiter left: its offerer takes its place, and its key.
         local k = keys(s)
-        redis.call('HDEL', key, 'wk', 'wg', 'ws')
+        redis.call('HDEL', key, 'wk', 'wg', 'ws', 'wt')
         redis.call('HSET', key, 'w', s[3], 'wc', s[4], 'wp', s[5], 'we', s[6])
-        if k[4] then redis.call('HSET', key, 'wk', k[4], 'wg', k[5], 'ws', int(now_ms())) end
+        if k[4] then
+          redis.call('HSET', key, 'wk', k[4], 'wg', k[5], 'ws', int(now_ms()), 'wt', k[7] or '0')
+        end
         redis.call('HDEL', key, unpack(OFFER))
         redis.call('PEXPIRE', key, int(math.max(tonumber(s[6]) - now_ms(), 0) + SLACK_MS))
         return {'left'}

@@ -35,7 +35,7 @@ use std::{
         Arc, Mutex, OnceLock, PoisonError, Weak,
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
-    time::Duration,
+    time::{Duration, UNIX_EPOCH},
 };
 
 use arc_swap::ArcSwapOption;
@@ -66,9 +66,7 @@ use slots::{BUCKETS, Digest};
 use wire::{seal, settled, unexpected, unpack, unseal, wait_ms};
 
 use super::occupancy::Occupancy;
-use super::{
-    AttemptKey, Engine, EngineLimits, Id, Meeting, Offer, Offers, PairError, Parties, Role,
-};
+use super::{Attempt, Engine, EngineLimits, Id, Meeting, Offer, Offers, PairError, Parties, Role};
 
 /// A command may take this many `--redis-timeout`s: the probe, not one slow
 /// command, decides that Redis is unreachable, since a command can queue
@@ -272,6 +270,21 @@ impl RedisEngine {
     pub fn key_of(prefix: &str, id: &Id) -> String {
         slots::key(prefix, &id_digest(id))
     }
+
+    /// Waits until every caller that went away unanswered is out of Redis.
+    /// A caller's leaving is sent to Redis after it has gone, and until it
+    /// gets there a caller of the same id still meets it: a test that
+    /// cancels a caller and then expects it gone waits for this.
+    pub async fn let_go(&self) {
+        let inner = &self.inner;
+        loop {
+            let settled = inner.settled.notified();
+            if inner.cleanups.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            settled.await;
+        }
+    }
 }
 
 /// Hands the pushes of one generation of links to the engine, once it
@@ -291,8 +304,17 @@ fn pushes_for(engine: &Arc<OnceLock<Weak<Inner>>>, generation: u64) -> Pushes {
 struct Arrival {
     sealed: Bytes,
     payload_len: usize,
-    /// The attempt key's digest, and how long its answer is kept for.
-    attempt: Option<(String, Duration)>,
+    attempt: Option<Keyed>,
+}
+
+/// What Redis keeps of a keyed call's [`Attempt`].
+struct Keyed {
+    digest: String,
+    /// How long the answer is kept for.
+    grace: Duration,
+    /// When the try reached its replica, in microseconds since the Unix
+    /// epoch: a try older than the one holding the place is refused it.
+    tried_us: u64,
 }
 
 impl RedisEngine {
@@ -302,7 +324,7 @@ impl RedisEngine {
         &self,
         (id, parties, offer): (Id, Parties, Offer),
         deadline: Instant,
-        attempt: Option<(String, Duration)>,
+        attempt: Option<Keyed>,
     ) -> std::pin::Pin<Box<dyn Future<Output = Result<Meeting, PairError>> + Send>> {
         let inner = self.inner.clone();
         // Hashed now, so that the waiting future keeps 16 bytes, not the id.
@@ -343,9 +365,15 @@ impl Engine for RedisEngine {
         &self,
         call: (Id, Parties, Offer),
         deadline: Instant,
-        (key, grace): (&AttemptKey, Duration),
+        attempt: Attempt<'_>,
     ) -> impl Future<Output = Result<Meeting, PairError>> + Send {
-        self.call(call, deadline, Some((key.digest(), grace)))
+        let since_epoch = attempt.tried.duration_since(UNIX_EPOCH).unwrap_or_default();
+        let keyed = Keyed {
+            digest: attempt.key.digest(),
+            grace: attempt.grace,
+            tried_us: u64::try_from(since_epoch.as_micros()).unwrap_or(u64::MAX),
+        };
+        self.call(call, deadline, Some(keyed))
     }
 
     async fn close(&self) {
@@ -379,6 +407,8 @@ enum Arrived {
     TooLarge(usize),
     /// A retry with an attempt key: the answer Redis kept for it.
     Answered(Settled),
+    /// A try with an attempt key older than the one that holds its place.
+    Superseded,
 }
 
 /// How an arrival ended up.
@@ -699,6 +729,10 @@ impl Inner {
                     guard.settled = true;
                     return Ok(Placed::Refused(self.limits.full()));
                 }
+                Arrived::Superseded => {
+                    guard.settled = true;
+                    return Ok(Placed::Refused(PairError::Superseded));
+                }
                 Arrived::Mismatch(forming) => {
                     guard.settled = true;
                     return Ok(Placed::Refused(PairError::PartiesMismatch {
@@ -744,8 +778,11 @@ impl Inner {
                 .arg(guard.parties)
                 .arg(payload_len)
                 .arg(self.limits.meeting_bytes(guard.parties));
-        } else if let Some((digest, grace)) = &arrival.attempt {
-            invocation.arg(digest).arg(wait_ms(*grace));
+        } else if let Some(keyed) = &arrival.attempt {
+            invocation
+                .arg(&keyed.digest)
+                .arg(wait_ms(keyed.grace))
+                .arg(keyed.tried_us);
         }
         let reply = self.run(&invocation).await?;
         let number = || {
@@ -764,6 +801,7 @@ impl Inner {
             )),
             Some(b"offered") => Ok(Arrived::Offered),
             Some(b"busy") => Ok(Arrived::Busy),
+            Some(b"superseded") => Ok(Arrived::Superseded),
             Some(b"full") => Ok(Arrived::Full),
             Some(b"mismatch") => Ok(Arrived::Mismatch(number()? as u32)),
             Some(b"toolarge") => Ok(Arrived::TooLarge(number()? as usize)),

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use rendezvous::pairing::Role;
+use rendezvous::pairing::{PairError, Role};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
@@ -14,8 +14,9 @@ use tokio::{
 use tonic::Code;
 
 use crate::common::{
-    JsonBody, TestServer, http_client, redis::RedisServer, redis::replica_config,
-    redis::unique_prefix, scrape, value, within,
+    JsonBody, TestServer, http_client,
+    redis::{RedisServer, engine_config, replica_config, start_engine, unique_prefix},
+    scrape, value, within,
 };
 
 type Waiting = tokio::task::JoinHandle<Result<rendezvous::pairing::Meeting, tonic::Status>>;
@@ -482,4 +483,76 @@ async fn on_redis_a_drain_costs_keyed_callers_only_a_reconnect() {
     let left = redis.keys(&prefix).await;
     assert_eq!(left.len(), CALLERS);
     assert!(left.iter().all(|key| key.contains(":k:")), "{left:?}");
+}
+
+/// On Redis, tries of one wait are ordered by when each reached its
+/// replica, not by when each reached Redis. A cut try's arrival that gets
+/// to Redis only after its retry (through another replica) has parked is
+/// refused, and the retry keeps the place; a later try takes the place
+/// over, and the one before is told it was superseded; the partner pairs
+/// with the latest, once.
+#[tokio::test]
+async fn on_redis_a_late_arrival_of_an_older_try_leaves_the_place_to_its_retry() {
+    use rendezvous::pairing::{Attempt, AttemptKey, Engine, Id, Parties, RedisEngine};
+    use std::{sync::Arc, time::SystemTime};
+
+    let redis = RedisServer::start().await;
+    let prefix = unique_prefix("attempts-order");
+    let engine = || start_engine(engine_config(redis.url(), &prefix, usize::MAX));
+    let (a, b) = (Arc::new(engine().await), Arc::new(engine().await));
+    let start = SystemTime::now();
+    // A try of the wait with key "k", through `engine`, that reached it
+    // `at` after `start`.
+    let tried = |engine: &Arc<RedisEngine>, at: u64| {
+        let engine = engine.clone();
+        let tried = start + Duration::from_millis(at);
+        async move {
+            let key = AttemptKey::in_namespace(None, "k").unwrap().unwrap();
+            let attempt = Attempt {
+                key: &key,
+                grace: Duration::from_secs(5),
+                tried,
+            };
+            let ask = (
+                Id::new("order").unwrap(),
+                Parties::TWO,
+                Bytes::from_static(b"from a").into(),
+            );
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+            engine.gather_keyed(ask, deadline, attempt).await
+        }
+    };
+    let retry = tokio::spawn(tried(&b, 2));
+    crate::common::eventually(|| b.waiting() == 1, "the retry parked").await;
+    let first = within(tried(&a, 1)).await;
+    assert_eq!(first.unwrap_err(), PairError::Superseded);
+    assert_eq!(
+        (a.waiting(), b.waiting()),
+        (0, 1),
+        "the retry keeps its place"
+    );
+
+    let latest = tokio::spawn(tried(&a, 3));
+    let retry = within(retry).await.unwrap();
+    assert_eq!(retry.unwrap_err(), PairError::Superseded);
+    assert_eq!((a.waiting(), b.waiting()), (1, 0));
+    let partner = within(b.gather(
+        Id::new("order").unwrap(),
+        Parties::TWO,
+        Bytes::from_static(b"from b").into(),
+        tokio::time::Instant::now() + Duration::from_secs(60),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        (partner.role(), &partner.peer().payload[..]),
+        (Role::Second, &b"from a"[..])
+    );
+    let latest = within(latest).await.unwrap().unwrap();
+    assert_eq!(
+        (latest.role(), &latest.peer().payload[..]),
+        (Role::First, &b"from b"[..])
+    );
+    // Only the kept answer is left, for the grace.
+    redis.until_keys(&prefix, 1).await;
 }
