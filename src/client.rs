@@ -383,18 +383,21 @@ impl Client {
 
     /// [`Client::wait`] with an attempt key (see [`attempt_key`]): a try of
     /// the wait that an earlier call with the same key started, if the
-    /// server still knows it. Empty for none.
+    /// server still knows it. Empty for none. A key alone is the wait's
+    /// first try; a [`Try`] says which try it is.
     pub async fn wait_with_key(
         &self,
         id: &str,
         payload: Bytes,
         timeout: Option<Duration>,
-        attempt_key: &str,
+        attempt: impl Into<Try<'_>>,
     ) -> Result<Meeting, Status> {
+        let attempt = attempt.into();
         let message = WaitForSecondPartyRequest {
             id: id.to_owned(),
             payload,
-            attempt_key: attempt_key.to_owned(),
+            attempt_key: attempt.key.to_owned(),
+            previous_attempts: attempt.previous,
         };
         let response = self
             .unary(timeout, || {
@@ -429,13 +432,15 @@ impl Client {
         parties: u32,
         payload: Bytes,
         timeout: Option<Duration>,
-        attempt_key: &str,
+        attempt: impl Into<Try<'_>>,
     ) -> Result<Meeting, Status> {
+        let attempt = attempt.into();
         let message = WaitForPartiesRequest {
             id: id.to_owned(),
             payload,
             parties,
-            attempt_key: attempt_key.to_owned(),
+            attempt_key: attempt.key.to_owned(),
+            previous_attempts: attempt.previous,
         };
         let response = self
             .unary(timeout, || {
@@ -504,8 +509,12 @@ impl Client {
         on_retry: impl FnMut(&Status, Duration),
     ) -> Result<Meeting, Status> {
         let key = key_or_new(attempt_key);
-        retrying(timeout, on_retry, |left| {
-            self.wait_with_key(id, payload.clone(), Some(left), &key)
+        retrying(timeout, on_retry, |left, previous| {
+            let attempt = Try {
+                key: &key,
+                previous,
+            };
+            self.wait_with_key(id, payload.clone(), Some(left), attempt)
         })
         .await
     }
@@ -521,8 +530,12 @@ impl Client {
         on_retry: impl FnMut(&Status, Duration),
     ) -> Result<Meeting, Status> {
         let key = key_or_new(attempt_key);
-        retrying(timeout, on_retry, |left| {
-            self.gather_with_key(id, parties, payload.clone(), Some(left), &key)
+        retrying(timeout, on_retry, |left, previous| {
+            let attempt = Try {
+                key: &key,
+                previous,
+            };
+            self.gather_with_key(id, parties, payload.clone(), Some(left), attempt)
         })
         .await
     }
@@ -650,6 +663,32 @@ fn own_deadline(status: Status, timeout: Option<Duration>) -> Status {
     }
 }
 
+/// One try of a wait with an attempt key: the key, and how many tries of
+/// the wait this client made before this one. The server orders a wait's
+/// tries by the count, so that a cut try that reaches it late does not take
+/// the wait back from its retry.
+#[derive(Debug, Clone, Copy)]
+pub struct Try<'a> {
+    /// The wait's attempt key; empty for none.
+    pub key: &'a str,
+    /// The tries before this one: 0 for the first.
+    pub previous: u32,
+}
+
+impl<'a> From<&'a str> for Try<'a> {
+    /// The first try of the wait with `key`.
+    fn from(key: &'a str) -> Self {
+        Self { key, previous: 0 }
+    }
+}
+
+impl<'a> From<&'a String> for Try<'a> {
+    /// The first try of the wait with `key`.
+    fn from(key: &'a String) -> Self {
+        Self::from(key.as_str())
+    }
+}
+
 /// A new attempt key: a random UUID, so that no other wait has it, and so
 /// that nobody can guess it.
 pub fn attempt_key() -> String {
@@ -717,16 +756,17 @@ fn group(response: proto::WaitForPartiesResponse) -> Result<Meeting, Status> {
 async fn retrying<F>(
     timeout: Duration,
     mut on_retry: impl FnMut(&Status, Duration),
-    mut attempt: impl FnMut(Duration) -> F,
+    mut attempt: impl FnMut(Duration, u32) -> F,
 ) -> Result<Meeting, Status>
 where
     F: Future<Output = Result<Meeting, Status>>,
 {
     let deadline = Instant::now() + timeout;
     let mut backoff = backoff();
+    let mut previous = 0;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let status = match attempt(left).await {
+        let status = match attempt(left, previous).await {
             Ok(meeting) => return Ok(meeting),
             Err(status) => status,
         };
@@ -750,6 +790,7 @@ where
         }
         on_retry(&status, pause);
         tokio::time::sleep(pause).await;
+        previous = previous.saturating_add(1);
     }
 }
 

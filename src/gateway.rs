@@ -72,6 +72,11 @@ pub(crate) enum HttpError {
     NoParties,
     #[error("?parties={0} is not a number of callers; use a whole number such as 3")]
     BadParties(String),
+    #[error(
+        "?previous_attempts={0} is not a count of tries; use a whole number: 0 on the first \
+         try of a wait, 1 on its first retry"
+    )]
+    BadPreviousAttempts(String),
 }
 
 impl Gateway {
@@ -177,6 +182,7 @@ impl Gateway {
             // Read from the body once the route is known.
             payload: Bytes::new(),
             attempt_key: query.attempt_key,
+            previous_attempts: query.previous_attempts,
         };
         Ok(Route::Call {
             group,
@@ -295,12 +301,15 @@ pub(crate) struct Query {
     pub(crate) parties: Option<u32>,
     /// `?attempt_key=K`: the same on every retry of one wait.
     pub(crate) attempt_key: String,
+    /// `?previous_attempts=N`: how many tries of the wait came before.
+    pub(crate) previous_attempts: u32,
 }
 
 impl Query {
     /// The query of a call on the group route (`group`) or the pair route.
     pub(crate) fn parse(query: Option<&str>, group: bool) -> Result<Self, HttpError> {
         let mut parsed = Self::default();
+        let mut seen_previous = false;
         for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
             match &*key {
                 "wait" if parsed.wait.is_none() => {
@@ -316,6 +325,12 @@ impl Query {
                 }
                 "attempt_key" if parsed.attempt_key.is_empty() => {
                     parsed.attempt_key = value.into_owned();
+                }
+                "previous_attempts" if !seen_previous => {
+                    seen_previous = true;
+                    parsed.previous_attempts = value
+                        .parse()
+                        .map_err(|_| HttpError::BadPreviousAttempts(value.clone().into_owned()))?;
                 }
                 _ => {}
             }
@@ -393,6 +408,7 @@ impl HttpError {
             | Self::IdNotUtf8
             | Self::NoParties
             | Self::BadParties(_)
+            | Self::BadPreviousAttempts(_)
             | Self::BodyTooLarge { .. }
             | Self::Call(CallError::PayloadTooLarge { .. }) => Some(Rejection::InvalidArgument),
             Self::Call(_) | Self::Body(_) | Self::MethodNotAllowed { .. } | Self::NotFound => None,
@@ -409,6 +425,7 @@ impl HttpError {
             | Self::IdNotUtf8
             | Self::NoParties
             | Self::BadParties(_)
+            | Self::BadPreviousAttempts(_)
             | Self::Body(_) => (Code::InvalidArgument, StatusCode::BAD_REQUEST),
             Self::BodyTooLarge { .. } => (Code::InvalidArgument, StatusCode::PAYLOAD_TOO_LARGE),
             Self::MethodNotAllowed { .. } => (Code::Unimplemented, StatusCode::METHOD_NOT_ALLOWED),
@@ -658,12 +675,23 @@ mod tests {
             Err(HttpError::BadParties(p)) if p == "x"
         ));
         assert_eq!(
-            Query::parse(Some("parties=3&attempt_key=k%201&attempt_key=2"), true).unwrap(),
+            Query::parse(
+                Some("parties=3&attempt_key=k%201&attempt_key=2&previous_attempts=2&previous_attempts=x"),
+                true
+            )
+            .unwrap(),
             Query {
                 wait: None,
                 parties: Some(3),
                 attempt_key: "k 1".into(),
+                previous_attempts: 2,
             }
         );
+        for bad in ["x", "-1", "4294967296", ""] {
+            assert!(matches!(
+                Query::parse(Some(&format!("previous_attempts={bad}")), false),
+                Err(HttpError::BadPreviousAttempts(p)) if p == bad
+            ));
+        }
     }
 }

@@ -406,7 +406,8 @@ trait Method: Message + Default {
 }
 
 impl Head {
-    fn call(self, id: String, parties: u32, payload: Bytes, attempt_key: String) -> CallRequest {
+    /// `attempt`: the key and `previous_attempts` fields.
+    fn call(self, id: String, parties: u32, payload: Bytes, attempt: (String, u32)) -> CallRequest {
         CallRequest {
             protocol: Protocol::Grpc,
             namespace: self.namespace,
@@ -415,7 +416,8 @@ impl Head {
             id,
             parties,
             payload,
-            attempt_key,
+            attempt_key: attempt.0,
+            previous_attempts: attempt.1,
         }
     }
 }
@@ -426,7 +428,8 @@ impl Method for proto::WaitForSecondPartyRequest {
     type Keep = ();
 
     fn into_call(self, head: Head) -> (CallRequest, ()) {
-        (head.call(self.id, 2, self.payload, self.attempt_key), ())
+        let attempt = (self.attempt_key, self.previous_attempts);
+        (head.call(self.id, 2, self.payload, attempt), ())
     }
 
     fn answer(meeting: Meeting, (): ()) -> Self::Response {
@@ -442,7 +445,8 @@ impl Method for proto::WaitForPartiesRequest {
 
     fn into_call(self, head: Head) -> (CallRequest, Bytes) {
         let own = self.payload.clone();
-        let call = head.call(self.id, self.parties, self.payload, self.attempt_key);
+        let attempt = (self.attempt_key, self.previous_attempts);
+        let call = head.call(self.id, self.parties, self.payload, attempt);
         (call, own)
     }
 

@@ -186,20 +186,43 @@ impl fmt::Debug for AttemptKey {
 }
 
 /// A keyed engine call's attempt: its key, how long its answer is kept,
-/// and when the try it runs for reached this replica.
+/// and which try of the wait it runs for.
 ///
-/// Tries of one wait are ordered by that time, not by when each reaches a
-/// meeting place that replicas share: a cut try's engine call can get there
-/// after its retry's, through another replica, and must not take the wait
-/// back from it. Across replicas, the order is as good as their clocks.
+/// A cut try can reach the meeting place after its retry (its request was
+/// still on its way, or its engine call on another replica's), and must
+/// not take the wait back from it. So tries are ordered by [`TryOrder`],
+/// not by when each gets there.
 #[derive(Debug, Clone, Copy)]
 pub struct Attempt<'a> {
     /// The wait's key.
     pub key: &'a AttemptKey,
     /// How long the answer is kept for a retry.
     pub grace: Duration,
+    /// Which try this is.
+    pub order: TryOrder,
+}
+
+/// Where a try stands among the tries of its wait: by how many tries its
+/// client says came before it, then by when it reached its replica (for
+/// clients that do not count, and across replicas as good as their clocks).
+/// A later try takes a wait over; an earlier one that comes late is told
+/// [`PairError::Superseded`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct TryOrder {
+    /// The client's count of the tries before this one.
+    pub previous: u32,
     /// When the try reached this replica.
     pub tried: SystemTime,
+}
+
+impl TryOrder {
+    /// A try that has just reached this replica, after `previous` others.
+    pub fn now(previous: u32) -> Self {
+        Self {
+            previous,
+            tried: SystemTime::now(),
+        }
+    }
 }
 
 /// Why an attempt key was refused. The messages go to callers verbatim.

@@ -51,6 +51,9 @@ pub struct CallRequest {
     pub payload: Bytes,
     /// Its attempt key, as sent; empty for none.
     pub attempt_key: String,
+    /// How many tries of its wait came before it, as its client counts:
+    /// what orders the tries of one key (see [`Attempts`]).
+    pub previous_attempts: u32,
 }
 
 /// The namespace a call meets in: `None` when tokens are not required.
@@ -346,6 +349,7 @@ impl<E: Engine> Rendezvous<E> {
             parties,
             payload,
             attempt_key,
+            previous_attempts,
         } = request;
         let id = match Id::in_namespace(namespace.as_deref(), id) {
             Ok(id) => id,
@@ -414,9 +418,12 @@ impl<E: Engine> Rendezvous<E> {
             // Boxed: a keyed call's future is not the one most callers pay
             // for while they wait.
             Some(key) => {
-                let call = self
-                    .attempts
-                    .gather(&self.engine, key, (id, parties, offer), deadline);
+                let call = self.attempts.gather(
+                    &self.engine,
+                    (key, previous_attempts),
+                    (id, parties, offer),
+                    deadline,
+                );
                 Box::pin(call.instrument(span.clone())).await
             }
         };
@@ -522,6 +529,7 @@ mod tests {
             parties,
             payload,
             attempt_key: String::new(),
+            previous_attempts: 0,
         }
     }
 

@@ -23,7 +23,7 @@
 use std::{
     collections::{HashMap, VecDeque},
     sync::{Arc, Mutex, MutexGuard, Once, PoisonError},
-    time::{Duration, SystemTime},
+    time::Duration,
 };
 
 use bytes::Bytes;
@@ -32,7 +32,7 @@ use tokio::{
     time::{Instant, sleep_until},
 };
 
-use super::{Attempt, AttemptKey, Engine, Id, Meeting, Offer, PairError, Parties, Reuse};
+use super::{Attempt, AttemptKey, Engine, Id, Meeting, Offer, PairError, Parties, Reuse, TryOrder};
 
 /// How a keyed call got its answer, for the metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,9 +89,8 @@ struct State {
     holder: Option<u64>,
     since: Instant,
     next_holder: u64,
-    /// When the newest call with the key reached this replica: what orders
-    /// it against tries through other replicas ([`Attempt::tried`]).
-    tried: SystemTime,
+    /// The latest try of the wait that has come here.
+    newest: TryOrder,
     answer: Option<Result<Meeting, PairError>>,
     /// Whether a call has been handed the answer.
     delivered: bool,
@@ -123,16 +122,20 @@ impl Attempts {
         lock(&self.waits)
     }
 
-    /// [`Engine::gather`] for a call with `key`: the first call with the
-    /// key starts the wait, and a later one takes it over (the one before
-    /// is answered [`PairError::Superseded`]) or gets its answer.
+    /// [`Engine::gather`] for a call with `key`, after `previous` tries of
+    /// its wait (as its client counts): the first call with the key starts
+    /// the wait, and a later one takes it over (the one before is answered
+    /// [`PairError::Superseded`]) or gets its answer. An earlier try that
+    /// comes after a later one is the one answered `Superseded`, unless the
+    /// answer is known: every try gets that.
     pub async fn gather<E: Engine>(
         self: &Arc<Self>,
         engine: &Arc<E>,
-        key: AttemptKey,
+        (key, previous): (AttemptKey, u32),
         (id, parties, offer): (Id, Parties, Offer),
         deadline: Instant,
     ) -> (Result<Meeting, PairError>, Delivery) {
+        let order = TryOrder::now(previous);
         let (wait, holder, fresh) = {
             let mut waits = self.lock();
             match waits.get(&key) {
@@ -140,7 +143,10 @@ impl Attempts {
                     if let Err(reuse) = wait.same(&id, parties, &offer.payload) {
                         return (Err(PairError::AttemptReused(reuse)), Delivery::Fresh);
                     }
-                    (wait.clone(), wait.take_over(), false)
+                    let Some(holder) = wait.take_over(order) else {
+                        return (Err(PairError::Superseded), Delivery::Fresh);
+                    };
+                    (wait.clone(), holder, false)
                 }
                 None => {
                     let wait = Arc::new(Wait {
@@ -151,7 +157,7 @@ impl Attempts {
                             holder: Some(0),
                             since: Instant::now(),
                             next_holder: 1,
-                            tried: SystemTime::now(),
+                            newest: order,
                             answer: None,
                             delivered: false,
                         }),
@@ -188,12 +194,12 @@ impl Attempts {
         (call, deadline): ((Id, Parties, Offer), Instant),
     ) {
         let grace = self.grace;
-        let mut tried = wait.state.borrow().tried;
+        let mut order = wait.state.borrow().newest;
         let answer = loop {
             let attempt = Attempt {
                 key: &key,
                 grace,
-                tried,
+                order,
             };
             let engine_call = engine.gather_keyed(call.clone(), deadline, attempt);
             // The call first: a decision that comes as the grace ends stands.
@@ -210,9 +216,9 @@ impl Attempts {
             // for it. Decided under the lock that calls take the wait over
             // with, so that none comes to a wait that is over.
             let mut waits = self.lock();
-            let newest = wait.state.borrow().tried;
-            if newest > tried {
-                tried = newest;
+            let newest = wait.state.borrow().newest;
+            if newest > order {
+                order = newest;
                 continue;
             }
             wait.state.send_modify(|state| state.answer = Some(answer));
@@ -298,15 +304,29 @@ impl Wait {
         Ok(())
     }
 
-    /// Makes a new call the holder, and returns its number.
-    fn take_over(&self) -> u64 {
-        let mut holder = 0;
-        self.state.send_modify(|state| {
-            holder = state.next_holder;
+    /// Makes a call that is try `order` the holder, and returns its
+    /// number; `None` if a later try has come, and the wait is undecided.
+    fn take_over(&self, mut order: TryOrder) -> Option<u64> {
+        let mut holder = None;
+        self.state.send_if_modified(|state| {
+            let number = state.next_holder;
             state.next_holder += 1;
-            state.holder = Some(holder);
-            // Later than the call before, even if the clock stepped back.
-            state.tried = SystemTime::now().max(state.tried + Duration::from_micros(1));
+            if state.answer.is_some() {
+                // Any try may hear the answer: nothing to take over.
+                holder = Some(number);
+                return false;
+            }
+            if order.previous < state.newest.previous {
+                return false;
+            }
+            // Of two tries with one count, the later to come is the later,
+            // even if the clock stepped back in between.
+            let after = state.newest.tried + Duration::from_micros(1);
+            order.tried = order.tried.max(after);
+            state.newest = order;
+            state.holder = Some(number);
+            holder = Some(number);
+            true
         });
         holder
     }
@@ -353,16 +373,15 @@ impl Holding<'_> {
         loop {
             {
                 let mut seen = None;
+                // The answer first: every try may hear it, even one that a
+                // later try took over from as it came.
                 self.wait.state.send_if_modified(|now| {
-                    if now.holder != Some(self.holder) {
+                    if let Some(answer) = now.answer.clone() {
+                        seen = Some((answer, now.delivered));
+                        now.delivered = true;
+                    } else if now.holder != Some(self.holder) {
                         seen = Some((Err(PairError::Superseded), false));
-                        return false;
                     }
-                    let Some(answer) = now.answer.clone() else {
-                        return false;
-                    };
-                    seen = Some((answer, now.delivered));
-                    now.delivered = true;
                     false
                 });
                 if let Some(seen) = seen {
@@ -441,7 +460,7 @@ mod tests {
             let (engine, attempts, key) = (self.engine.clone(), self.attempts.clone(), key(k));
             let ask = ask(id, parties, payload);
             let deadline = Instant::now() + wait;
-            tokio::spawn(async move { attempts.gather(&engine, key, ask, deadline).await })
+            tokio::spawn(async move { attempts.gather(&engine, (key, 0), ask, deadline).await })
         }
 
         /// A call without a key, straight to the engine.
@@ -711,10 +730,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_call_cut_before_it_arrived_leaves_nothing() {
         let f = Fixture::new();
-        drop(
-            f.attempts
-                .gather(&f.engine, key("k"), ask("a", 2, b""), Instant::now() + FAR),
-        );
+        drop(f.attempts.gather(
+            &f.engine,
+            (key("k"), 0),
+            ask("a", 2, b""),
+            Instant::now() + FAR,
+        ));
         assert!(f.attempts.is_empty());
         let retry = f.call("k", ("a", 2, b""), FAR);
         f.settle().await;
@@ -727,6 +748,8 @@ mod tests {
     /// An engine that replicas share, played by the test: each keyed call
     /// waits until the test answers it, as the meeting place would, and
     /// records when its try reached this replica.
+    use std::time::SystemTime;
+
     #[derive(Default)]
     struct Shared {
         calls: Mutex<Vec<(SystemTime, Answering)>>,
@@ -764,7 +787,7 @@ mod tests {
             attempt: Attempt<'_>,
         ) -> impl Future<Output = Result<Meeting, PairError>> + Send {
             let (answer, answered) = tokio::sync::oneshot::channel();
-            lock(&self.calls).push((attempt.tried, answer));
+            lock(&self.calls).push((attempt.order.tried, answer));
             async move { answered.await.expect("answered") }
         }
 
@@ -788,7 +811,7 @@ mod tests {
         let deadline = Instant::now() + FAR;
         tokio::spawn(async move {
             attempts
-                .gather(&engine, key(k), ask("a", 2, b"from a"), deadline)
+                .gather(&engine, (key(k), 0), ask("a", 2, b"from a"), deadline)
                 .await
         })
     }

@@ -14,9 +14,11 @@
 -- and KEYS[1] .. ':r:' .. token holds the waiter's payload for an offerer
 -- whose pair was decided, until the offerer's replica has read it.
 -- A caller with an attempt key also has, beside its w or o fields:
---   wk, wg, ws, wt  (ok, og, ot for an offerer) its key's digest, how long
---                   its answer is kept (ms), when it parked, and when its
---                   try reached its replica (that replica's clock, in us)
+--   wk, wg, ws      (ok, og for an offerer) its key's digest, how long its
+--                   answer is kept (ms), and when it parked
+--   wn, wt          (on, ot) which try of its wait it is: how many came
+--                   before it, as its client counts, and when it reached its
+--                   replica (that replica's clock, in us)
 --   ak              '1': a caller of this place has (or had) a key
 -- A keyed waiter whose replica shut down is detached: its w and wc are ''
 -- (nobody can be told anything until its retry takes the place back), and
@@ -56,7 +58,8 @@
 -- is gone (killed, or cut off from Redis), and nobody is paired with it.
 --
 -- ARGV[1] is the operation, ARGV[2] the caller's token, then:
---   arrive  channel payload wait_ms may_park [key_digest grace_ms tried_us]
+--   arrive  channel payload wait_ms may_park
+--           [key_digest grace_ms previous_tries tried_us]
 --   accept
 --   leave   can_accept
 --   detach                          (a shutting-down replica's keyed waiter)
@@ -127,14 +130,21 @@ local function state()
 end
 
 -- The attempt keys' fields of the place in `s`: the waiter's wk, wg, ws,
--- then the offerer's ok, og, then wt and ot; none if neither caller has a
--- key.
+-- then the offerer's ok, og, then wn, wt, on, ot; none if neither caller
+-- has a key.
 local function keys(s)
   if not s[9] then return {} end
-  return redis.call('HMGET', key, 'wk', 'wg', 'ws', 'ok', 'og', 'wt', 'ot')
+  return redis.call('HMGET', key, 'wk', 'wg', 'ws', 'ok', 'og', 'wn', 'wt', 'on', 'ot')
 end
 
-local OFFER = {'o', 'oc', 'op', 'oe', 'ok', 'og', 'ot'}
+local OFFER = {'o', 'oc', 'op', 'oe', 'ok', 'og', 'on', 'ot'}
+
+-- Whether try (n, t) of a wait comes before try (wn, wt) of it: by the
+-- tries before each, then by when each reached its replica.
+local function earlier(n, t, wn, wt)
+  n, t, wn, wt = tonumber(n), tonumber(t), tonumber(wn or '0'), tonumber(wt or '0')
+  return n < wn or (n == wn and t < wt)
+end
 
 -- Ends a decided pair: each side with an attempt key (the waiter's wk, wg,
 -- ws; the offerer's ok, og) has its answer kept for its retry, and the
@@ -348,7 +358,8 @@ end
 
 if op == 'arrive' then
   local channel, payload, wait, may_park = ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6]
-  local digest, grace, tried = ARGV[7], ARGV[8], ARGV[9] or '0'
+  local digest, grace = ARGV[7], ARGV[8]
+  local previous, tried = ARGV[9] or '0', ARGV[10] or '0'
   if digest then
     -- A retry whose pair was decided: its answer, again.
     local kept = redis.call('GET', key .. ':k:' .. digest)
@@ -366,10 +377,10 @@ if op == 'arrive' then
     -- is told it was superseded, and an offer made to it comes here. Unless
     -- this is the older try: a cut try's arrival, still on its way through
     -- one replica, can reach Redis after its retry's through another.
-    if tonumber(tried) < tonumber(k[6] or '0') then return {'superseded'} end
+    if earlier(previous, tried, k[6], k[7]) then return {'superseded'} end
     if may_park ~= '1' then return {'full'} end
     publish(s[7], 'X' .. s[1] .. '\n' .. key)
-    redis.call('HSET', key, 'w', token, 'wc', channel, 'wt', tried)
+    redis.call('HSET', key, 'w', token, 'wc', channel, 'wn', previous, 'wt', tried)
     if s[3] then publish(channel, 'O' .. token .. '\n' .. key) end
     local left = math.max(tonumber(redis.call('HGET', key, 'we')) - now_ms(), 0)
     -- A detached place expires with the grace; taken back, with the deadline.
@@ -382,7 +393,9 @@ if op == 'arrive' then
     local listens = publish(s[7], 'O' .. s[1] .. '\n' .. key) > 0
     if listens then
       redis.call('HSET', key, 'o', token, 'oc', channel, 'op', payload, 'oe', int(now_ms() + wait))
-      if digest then redis.call('HSET', key, 'ok', digest, 'og', grace, 'ot', tried, 'ak', '1') end
+      if digest then
+        redis.call('HSET', key, 'ok', digest, 'og', grace, 'on', previous, 'ot', tried, 'ak', '1')
+      end
       expire_within(wait + SLACK_MS)
       return {'offered'}
     end
@@ -402,7 +415,8 @@ if op == 'arrive' then
   local now = now_ms()
   redis.call('HSET', key, 'w', token, 'wc', channel, 'wp', payload, 'we', int(now + wait))
   if digest then
-    redis.call('HSET', key, 'wk', digest, 'wg', grace, 'ws', int(now), 'wt', tried, 'ak', '1')
+    redis.call('HSET', key, 'wk', digest, 'wg', grace, 'ws', int(now), 'wn', previous, 'wt', tried,
+      'ak', '1')
   end
   redis.call('PEXPIRE', key, int(wait + SLACK_MS))
   return {'parked'}
@@ -470,10 +484,11 @@ if op == 'leave' then
       elseif publish(s[4], 'P' .. s[3] .. '\n' .. key) > 0 then
         -- The waiter left: its offerer takes its place, and its key.
         local k = keys(s)
-        redis.call('HDEL', key, 'wk', 'wg', 'ws', 'wt')
+        redis.call('HDEL', key, 'wk', 'wg', 'ws', 'wn', 'wt')
         redis.call('HSET', key, 'w', s[3], 'wc', s[4], 'wp', s[5], 'we', s[6])
         if k[4] then
-          redis.call('HSET', key, 'wk', k[4], 'wg', k[5], 'ws', int(now_ms()), 'wt', k[7] or '0')
+          redis.call('HSET', key, 'wk', k[4], 'wg', k[5], 'ws', int(now_ms()), 'wn', k[8] or '0',
+            'wt', k[9] or '0')
         end
         redis.call('HDEL', key, unpack(OFFER))
         redis.call('PEXPIRE', key, int(math.max(tonumber(s[6]) - now_ms(), 0) + SLACK_MS))

@@ -312,8 +312,10 @@ struct Keyed {
     digest: String,
     /// How long the answer is kept for.
     grace: Duration,
-    /// When the try reached its replica, in microseconds since the Unix
-    /// epoch: a try older than the one holding the place is refused it.
+    /// Which try it is ([`super::TryOrder`]): the tries before it, and
+    /// when it reached its replica, in microseconds since the Unix epoch.
+    /// A try earlier than the one holding the place is refused it.
+    previous: u32,
     tried_us: u64,
 }
 
@@ -367,10 +369,13 @@ impl Engine for RedisEngine {
         deadline: Instant,
         attempt: Attempt<'_>,
     ) -> impl Future<Output = Result<Meeting, PairError>> + Send {
-        let since_epoch = attempt.tried.duration_since(UNIX_EPOCH).unwrap_or_default();
+        let since_epoch = (attempt.order.tried)
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
         let keyed = Keyed {
             digest: attempt.key.digest(),
             grace: attempt.grace,
+            previous: attempt.order.previous,
             tried_us: u64::try_from(since_epoch.as_micros()).unwrap_or(u64::MAX),
         };
         self.call(call, deadline, Some(keyed))
@@ -782,6 +787,7 @@ impl Inner {
             invocation
                 .arg(&keyed.digest)
                 .arg(wait_ms(keyed.grace))
+                .arg(keyed.previous)
                 .arg(keyed.tried_us);
         }
         let reply = self.run(&invocation).await?;

@@ -493,7 +493,7 @@ async fn on_redis_a_drain_costs_keyed_callers_only_a_reconnect() {
 /// with the latest, once.
 #[tokio::test]
 async fn on_redis_a_late_arrival_of_an_older_try_leaves_the_place_to_its_retry() {
-    use rendezvous::pairing::{Attempt, AttemptKey, Engine, Id, Parties, RedisEngine};
+    use rendezvous::pairing::{Attempt, AttemptKey, Engine, Id, Parties, RedisEngine, TryOrder};
     use std::{sync::Arc, time::SystemTime};
 
     let redis = RedisServer::start().await;
@@ -508,10 +508,12 @@ async fn on_redis_a_late_arrival_of_an_older_try_leaves_the_place_to_its_retry()
         let tried = start + Duration::from_millis(at);
         async move {
             let key = AttemptKey::in_namespace(None, "k").unwrap().unwrap();
+            // Counted alike, as by a client that does not count: only
+            // when each reached its replica orders them.
             let attempt = Attempt {
                 key: &key,
                 grace: Duration::from_secs(5),
-                tried,
+                order: TryOrder { previous: 0, tried },
             };
             let ask = (
                 Id::new("order").unwrap(),
@@ -555,4 +557,94 @@ async fn on_redis_a_late_arrival_of_an_older_try_leaves_the_place_to_its_retry()
     );
     // Only the kept answer is left, for the grace.
     redis.until_keys(&prefix, 1).await;
+}
+
+/// `rendezvous-bench cuts`, as `scripts/cuts.sh` runs it, against `servers`
+/// (on `redis`, if they share one under `prefix`): 1,000 pairs whose
+/// callers are cut at random points and retry with their attempt keys on
+/// random servers over both protocols. Every pair ends with both callers
+/// told the same pair, once, however often they were cut, and nothing is
+/// left behind. A failure prints the run's seed, which repeats its cuts.
+async fn cuts(servers: &[TestServer], redis: Option<(&RedisServer, &str)>) {
+    let list = |addr: fn(&TestServer) -> std::net::SocketAddr| {
+        servers
+            .iter()
+            .map(|s| addr(s).to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_rendezvous-bench"));
+    command.args(["--json", "cuts", "--pairs", "1000"]);
+    command.args([
+        "--grpc",
+        &list(|s| s.grpc_addr),
+        "--http",
+        &list(|s| s.http_addr),
+    ]);
+    if let Some((redis, prefix)) = redis {
+        command.args(["--redis-url", &redis.url(), "--redis-key-prefix", prefix]);
+        command.args(["--keys-expire-within", "5s"]);
+    }
+    let output = tokio::time::timeout(Duration::from_secs(120), command.output())
+        .await
+        .expect("the run finishes")
+        .unwrap();
+    let report = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{report}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_str(&report).unwrap();
+    // The tool names each bad pair, with what its callers were told.
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let named: Vec<&str> = stderr.lines().take(10).collect();
+    let why = format!("{report}\n{}", named.join("\n"));
+    let run = &report["run"];
+    let count = |field: &str| {
+        run[field]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{field} in {why}"))
+    };
+    let bad = [
+        "one_sided",
+        "double_decisions",
+        "wrong",
+        "forgotten",
+        "unpaired",
+        "failed",
+    ];
+    assert_eq!(
+        (count("pairs_ok"), bad.map(count)),
+        (1000, [0; 6]),
+        "one bad pair or more: {why}"
+    );
+    assert!(count("cuts") > 0, "callers were cut: {why}");
+    assert_eq!(report["parked_gauge_after"], 0.0, "{why}");
+    if redis.is_some() {
+        assert_eq!(report["redis_keys_left"], 0, "{why}");
+    }
+}
+
+/// Random cuts on one process, and on two replicas sharing a Redis, where
+/// a cut try's arrival can reach Redis after its retry's through the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_cuts_never_leave_a_pair_one_sided() {
+    let grace = |mut config: rendezvous::Config| {
+        // Short, so that the kept answers are gone soon after the run.
+        config.attempt_grace = Duration::from_secs(2);
+        config
+    };
+    let local = TestServer::with(grace(crate::common::test_config())).await;
+    cuts(&[local], None).await;
+
+    let redis = RedisServer::start().await;
+    let prefix = unique_prefix("cuts");
+    let mut replicas = Vec::new();
+    for _ in 0..2 {
+        let replica = TestServer::with(grace(replica_config(&redis, &prefix))).await;
+        replica.ready().await;
+        replicas.push(replica);
+    }
+    cuts(&replicas, Some((&redis, &prefix))).await;
 }

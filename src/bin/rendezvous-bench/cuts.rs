@@ -38,7 +38,7 @@ use clap::Args;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use rendezvous::{
-    client::{Client, ClientOptions, retryable},
+    client::{Client, ClientOptions, Try, retryable},
     pairing::Role,
 };
 use tokio::{net::TcpStream, task::JoinSet};
@@ -184,12 +184,12 @@ impl Run {
     async fn wait(&self, caller: &Caller, rng: &mut fastrand::Rng) -> Vec<Told> {
         let (mut cuts, mut refusals, mut again) = (0, 0, false);
         let mut answers = Vec::new();
-        loop {
+        for previous in 0.. {
             let replica = &self.replicas[rng.usize(..self.replicas.len())];
             let grpc = rng.bool();
             let cut = (cuts < self.args.max_cuts && rng.f64() < self.args.cut_chance)
                 .then(|| random_within(rng, self.args.cut_within));
-            let call = self.try_once(replica, grpc, caller);
+            let call = self.try_once(replica, grpc, caller, previous);
             let told = match cut {
                 None => call.await,
                 Some(after) => match tokio::time::timeout(after, call).await {
@@ -218,11 +218,21 @@ impl Run {
             }
             return answers;
         }
+        unreachable!("a caller makes a few dozen tries at most")
     }
 
-    async fn try_once(&self, replica: &Replica, grpc: bool, caller: &Caller) -> Told {
+    /// One try, after `previous` tries of the caller's wait, which it says
+    /// (as `wait_retrying` does), so that the server can tell a late cut try
+    /// from its retry.
+    async fn try_once(
+        &self,
+        replica: &Replica,
+        grpc: bool,
+        caller: &Caller,
+        previous: u32,
+    ) -> Told {
         if !grpc {
-            return http_try(replica.http, caller, self.args.wait).await;
+            return http_try(replica.http, caller, previous, self.args.wait).await;
         }
         let client = &replica.grpc[fastrand::usize(..replica.grpc.len())];
         let result = client
@@ -230,7 +240,10 @@ impl Run {
                 &caller.id,
                 caller.payload.clone(),
                 Some(self.args.wait),
-                &caller.key,
+                Try {
+                    key: &caller.key,
+                    previous,
+                },
             )
             .await;
         match result {
@@ -362,7 +375,7 @@ fn random_within(rng: &mut fastrand::Rng, bound: Duration) -> Duration {
 
 /// One HTTP try, on a connection of its own that is reset (not closed: no
 /// TIME_WAIT to pile up) when the try is dropped: the HTTP cut.
-async fn http_try(addr: SocketAddr, caller: &Caller, wait: Duration) -> Told {
+async fn http_try(addr: SocketAddr, caller: &Caller, previous: u32, wait: Duration) -> Told {
     let stream = match TcpStream::connect(addr).await {
         Ok(stream) => stream,
         Err(error) => return Told::Failed(format!("retry: http connect: {error}")),
@@ -378,7 +391,7 @@ async fn http_try(addr: SocketAddr, caller: &Caller, wait: Duration) -> Told {
         };
     let _connection = soak::AbortOnDrop(tokio::spawn(connection));
     let request = http::Request::post(format!(
-        "/wait-for-second-party/{}?wait={}ms&attempt_key={}",
+        "/wait-for-second-party/{}?wait={}ms&attempt_key={}&previous_attempts={previous}",
         caller.id,
         wait.as_millis(),
         caller.key
