@@ -18,7 +18,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::{
     Config,
-    client::{Client, ClientError, ClientOptions, DEFAULT_SERVER},
+    client::{Client, ClientError, ClientOptions, DEFAULT_SERVER, Try},
     json::{JsonError, JsonGroup, JsonMeeting},
     pairing::Role,
     service::whole_millis,
@@ -224,6 +224,20 @@ pub struct WaitArgs {
     #[arg(long, env = "RENDEZVOUS_ATTEMPT_KEY", value_name = "KEY")]
     pub attempt_key: Option<String>,
 
+    /// With --attempt-key: how many runs of this wait came before this one
+    /// (0 on the first, 1 on the first retry, ...). A run cut off can still
+    /// reach the server after its retry; with the count, the server knows
+    /// which is the later. (--retry counts its own tries.)
+    #[arg(
+        long,
+        env = "RENDEZVOUS_PREVIOUS_ATTEMPTS",
+        value_name = "N",
+        requires = "attempt_key",
+        conflicts_with = "retry",
+        default_value_t = 0
+    )]
+    pub previous_attempts: u32,
+
     /// Print one JSON object on stdout, the answer or the error, in
     /// proto3's JSON form (the payload in base64).
     #[arg(long)]
@@ -290,6 +304,10 @@ pub async fn wait(args: WaitArgs) -> Exit {
     };
     let own = payload.clone();
     let key = args.attempt_key.as_deref().unwrap_or_default();
+    let attempt = Try {
+        key,
+        previous: args.previous_attempts,
+    };
     let result = match (args.parties, args.retry, args.timeout) {
         (None, true, Some(timeout)) => {
             client
@@ -298,7 +316,7 @@ pub async fn wait(args: WaitArgs) -> Exit {
         }
         (None, _, _) => {
             client
-                .wait_with_key(&args.id, payload, args.timeout, key)
+                .wait_with_key(&args.id, payload, args.timeout, attempt)
                 .await
         }
         (Some(parties), true, Some(timeout)) => {
@@ -308,7 +326,7 @@ pub async fn wait(args: WaitArgs) -> Exit {
         }
         (Some(parties), _, _) => {
             client
-                .gather_with_key(&args.id, parties, payload, args.timeout, key)
+                .gather_with_key(&args.id, parties, payload, args.timeout, attempt)
                 .await
         }
     };

@@ -454,13 +454,27 @@ mod tests {
         fn call(
             &self,
             k: &str,
+            asked: (&str, u32, &'static [u8]),
+            wait: Duration,
+        ) -> tokio::task::JoinHandle<Answer> {
+            self.try_after(0, k, asked, wait)
+        }
+
+        /// [`Fixture::call`], as the try after `previous` others.
+        fn try_after(
+            &self,
+            previous: u32,
+            k: &str,
             (id, parties, payload): (&str, u32, &'static [u8]),
             wait: Duration,
         ) -> tokio::task::JoinHandle<Answer> {
             let (engine, attempts, key) = (self.engine.clone(), self.attempts.clone(), key(k));
             let ask = ask(id, parties, payload);
             let deadline = Instant::now() + wait;
-            tokio::spawn(async move { attempts.gather(&engine, (key, 0), ask, deadline).await })
+            tokio::spawn(async move {
+                let attempt = (key, previous);
+                attempts.gather(&engine, attempt, ask, deadline).await
+            })
         }
 
         /// A call without a key, straight to the engine.
@@ -743,6 +757,35 @@ mod tests {
         assert!(matches!(futures_poll(retry.as_mut()), Poll::Pending));
         f.plain(("a", 2, b""), FAR).await.unwrap().unwrap();
         assert_eq!(retry.await.unwrap().1, Delivery::Fresh);
+    }
+
+    /// A try that comes after a later try of its wait (its request was
+    /// slower) is the one answered superseded: the later keeps the wait,
+    /// whatever the order they came in. Once the answer is known, every
+    /// try gets it, the late one too.
+    #[tokio::test(start_paused = true)]
+    async fn a_late_earlier_try_leaves_the_wait_to_the_later_one() {
+        let f = Fixture::new();
+        let later = f.try_after(1, "k", A, FAR);
+        f.settle().await;
+        let earlier = f.try_after(0, "k", A, FAR).await.unwrap();
+        assert_eq!(earlier, (Err(PairError::Superseded), Delivery::Fresh));
+        // Of two with one count, the one that comes last is the later.
+        let same = f.try_after(1, "k", A, FAR);
+        f.settle().await;
+        assert!(later.is_finished(), "taken over by the same count");
+        assert_eq!(later.await.unwrap().0, Err(PairError::Superseded));
+        assert_eq!(f.engine.waiting(), 1, "one place through it all");
+        f.plain(B, FAR).await.unwrap().unwrap();
+        assert_eq!(
+            paired(&same.await.unwrap()),
+            (Role::First, "from b".into(), Delivery::Reattached)
+        );
+        let late = f.try_after(0, "k", A, FAR).await.unwrap();
+        assert_eq!(
+            paired(&late),
+            (Role::First, "from b".into(), Delivery::Redelivered)
+        );
     }
 
     /// An engine that replicas share, played by the test: each keyed call

@@ -65,7 +65,7 @@
 --   detach                          (a shutting-down replica's keyed waiter)
 --   join    channel payload wait_ms may_park parties payload_len max_bytes
 --   confirm
---   collect                         (KEYS[1] is then a group's result)
+--   claim                           (a member of a completed group)
 local key, op, token = KEYS[1], ARGV[1], ARGV[2]
 -- How long entries outlive their caller's deadline, so that the replica's
 -- own answer at the deadline still finds them.
@@ -304,10 +304,11 @@ local function grouped(t)
   return {'group', position, list}
 end
 
-if op == 'collect' then
-  local list = collect(key)
-  if not list then return {'none'} end
-  return {'list', list}
+if op == 'claim' then
+  -- A member's copy of its completed group's payloads, through its record
+  -- of the group: the member claims it once its message came, or its
+  -- cleanup does if it left first, and only one of them gets it.
+  return grouped(token) or {'none'}
 end
 
 if op == 'join' then

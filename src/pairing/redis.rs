@@ -63,7 +63,7 @@ use links::{Connector, Links, Pushes};
 use metrics::RedisMetrics;
 use probe::{probe, sweep};
 use slots::{BUCKETS, Digest};
-use wire::{seal, settled, unexpected, unpack, unseal, wait_ms};
+use wire::{seal, settled, unexpected, unseal, wait_ms};
 
 use super::occupancy::Occupancy;
 use super::{Attempt, Engine, EngineLimits, Id, Meeting, Offer, Offers, PairError, Parties, Role};
@@ -91,9 +91,9 @@ enum Event {
     Paired(Bytes),
     /// This caller, an offerer, now waits in the place of a waiter that left.
     Promoted,
-    /// This caller's group completed: its position, and the key that holds
-    /// the group's payloads.
-    Grouped(usize, String),
+    /// This caller's group completed: its position. Its payloads are
+    /// claimed through the member's record of its group.
+    Grouped(usize),
     /// A retry with this caller's attempt key took its place over.
     Superseded,
     /// Redis cannot be reached: the outcome cannot be known.
@@ -583,8 +583,8 @@ impl Inner {
                     guard.settled = true;
                     return met(Settled::Paired(Role::Second, peer_payload, None));
                 }
-                Event::Grouped(position, result) => {
-                    let all = Box::pin(self.group_result(&result)).await;
+                Event::Grouped(position) => {
+                    let all = Box::pin(self.group_result(&guard)).await;
                     guard.settled = true;
                     return met(Settled::Grouped(position, all?));
                 }
@@ -629,8 +629,8 @@ impl Inner {
                 Event::Paired(peer_payload) => {
                     return Ok(Settled::Paired(Role::Second, peer_payload, None));
                 }
-                Event::Grouped(position, result) => {
-                    let all = self.group_result(&result).await?;
+                Event::Grouped(position) => {
+                    let all = self.group_result(guard).await?;
                     return Ok(Settled::Grouped(position, all));
                 }
                 _ => {}
@@ -664,18 +664,20 @@ impl Inner {
         }
     }
 
-    /// The payloads of a completed group, from the key its message named.
-    async fn group_result(&self, result: &str) -> Result<Vec<Bytes>, PairError> {
+    /// The payloads of the member's completed group. Claimed through the
+    /// member's own record of its group (not the key its message named), as
+    /// its cleanup claims them if it goes first: either way once, so that
+    /// the payloads go with their last reader.
+    async fn group_result(&self, guard: &Guard) -> Result<Vec<Bytes>, PairError> {
         let _turn = self.turn().await?;
-        let mut invocation = self.script.key(result);
-        invocation.arg("collect").arg("");
+        let mut invocation = self.script.key(guard.key());
+        invocation.arg("claim").arg(guard.token());
         let reply = self.run(&invocation).await?;
-        match (reply.first().map(Vec::as_slice), reply.get(1)) {
-            (Some(b"list"), Some(list)) => unpack(Bytes::copy_from_slice(list)),
-            (Some(b"none"), _) => Err(PairError::Unavailable(
+        match settled(reply)? {
+            Settled::Grouped(_, all) => Ok(all),
+            _ => Err(PairError::Unavailable(
                 "the group completed, but its answer expired in Redis before it was read".into(),
             )),
-            _ => Err(unexpected(&reply)),
         }
     }
 
@@ -994,17 +996,16 @@ impl Inner {
             b'X' => Event::Superseded,
             b'P' => Event::Promoted,
             b'R' => Event::Paired(Bytes::copy_from_slice(parts.next().unwrap_or_default())),
+            // The position, then the result's key, which the member's
+            // record of its group names too.
             b'G' => {
-                let Some((position, result)) = parts
-                    .next()
-                    .and_then(|rest| std::str::from_utf8(rest).ok()?.split_once('\n'))
-                else {
+                let Some(Ok(position)) = parts.next().and_then(|rest| {
+                    let (position, _result) = std::str::from_utf8(rest).ok()?.split_once('\n')?;
+                    Some(position.parse())
+                }) else {
                     return;
                 };
-                let Ok(position) = position.parse() else {
-                    return;
-                };
-                Event::Grouped(position, result.to_owned())
+                Event::Grouped(position)
             }
             _ => return,
         };
@@ -1022,13 +1023,11 @@ impl Inner {
             (b'R', _) => {
                 let _ = self.janitor.send(format!("{key}:r:{token}"));
             }
-            (b'G', true) => {
-                let _ = self.janitor.send(format!("{key}:q:{token}"));
-            }
-            // A member that left as its group completed: its cleanup
-            // collects its copy of the payloads through that key, so that
-            // they do not outstay their last reader.
-            (b'G', false) => {}
+            // The member claims its copy of the payloads through its record
+            // of the group, or its cleanup does, if it left as the group
+            // completed (or leaves before it has read them): so that they
+            // do not outstay their last reader.
+            (b'G', _) => {}
             // Taken over by a retry: its entry is the retry's now.
             (b'X', _) => {}
             // An offer to (or a promotion of) a caller that is no longer

@@ -5,7 +5,10 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use rendezvous::pairing::{PairError, Role};
+use rendezvous::{
+    client::Try,
+    pairing::{PairError, Role},
+};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
@@ -155,6 +158,76 @@ async fn an_http_retry_gets_the_same_answer_byte_for_byte() {
         // The legacy body, for a legacy retry.
         let legacy = within(http.post(&url).body("from a").send()).await.unwrap();
         assert_eq!(legacy.text().await.unwrap(), "Synced");
+    }
+}
+
+/// A try that says how many came before it keeps its wait when an earlier
+/// try's request reaches the server only after it: the late one is
+/// answered ABORTED over gRPC and 409 over HTTP, and leaves the place
+/// alone; the pair is decided once, for the later try, and then the late
+/// one gets that answer too. A count that is not a number is refused.
+#[tokio::test]
+async fn a_late_earlier_try_is_aborted_and_the_later_keeps_the_wait() {
+    for (server, _redis) in servers().await {
+        let client = server.client().await;
+        let later = {
+            let client = client.clone();
+            let attempt = Try {
+                key: "key-7",
+                previous: 1,
+            };
+            tokio::spawn(async move {
+                client
+                    .wait_with_key("late", "from a".into(), None, attempt)
+                    .await
+            })
+        };
+        server.parked(1).await;
+        let late = within(client.wait_with_key("late", "from a".into(), None, "key-7")).await;
+        assert_eq!(late.unwrap_err().code(), Code::Aborted);
+        let http = http_client();
+        let url = server.url("/wait-for-second-party/late?attempt_key=key-7&previous_attempts=0");
+        let late = within(
+            http.post(&url)
+                .header("accept", "application/json")
+                .body("from a")
+                .send(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(late.status(), 409);
+        let body: serde_json::Value = serde_json::from_slice(&late.bytes().await.unwrap()).unwrap();
+        assert_eq!(body["code"], "ABORTED");
+        assert!(!later.is_finished());
+        server.parked(1).await;
+
+        let partner = within(client.wait("late", "from b".into(), None))
+            .await
+            .unwrap();
+        assert_eq!(
+            (partner.role(), &partner.peer().payload[..]),
+            (Role::Second, &b"from a"[..])
+        );
+        let later = within(later).await.unwrap().unwrap();
+        assert_eq!(
+            (later.role(), &later.peer().payload[..]),
+            (Role::First, &b"from b"[..])
+        );
+        let late = within(http.post(&url).body("from a").send()).await.unwrap();
+        assert_eq!(
+            (late.status().as_u16(), late.text().await.unwrap()),
+            (200, "Synced".into())
+        );
+
+        let bad = server.url("/wait-for-second-party/late?attempt_key=key-8&previous_attempts=one");
+        let bad = within(http.post(&bad).send()).await.unwrap();
+        assert_eq!(bad.status(), 400);
+        assert!(
+            bad.text()
+                .await
+                .unwrap()
+                .contains("?previous_attempts=one is not a count of tries")
+        );
     }
 }
 
