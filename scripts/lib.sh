@@ -48,3 +48,36 @@ ensure_deploy_tools() {
   hadolint="$PWD/$venv/bin/hadolint"
   kubernetes_validate="$PWD/$venv/bin/kubernetes-validate"
 }
+
+# Starts REPLICAS release servers, with gRPC on port BASE+i and HTTP on
+# BASE+10+i (below the ephemeral range, where a client socket could hold the
+# port), each on a Redis of its own on port BASE if there is more than one;
+# logs go to $out. Sets grpc and http (comma-separated, in order), servers
+# (their pids) and redis (the bench's --redis-url flag, if any), and adds
+# every pid to pids for the caller's trap.
+start_replicas() {
+  local replicas=$1 base=$2 engine=()
+  redis=() servers=()
+  if [ "$replicas" -gt 1 ]; then
+    "${server_cpu[@]}" redis-server --port "$base" --save '' --appendonly no --loglevel warning \
+      >"$out/redis.log" 2>&1 &
+    pids+=($!)
+    wait_for_port "$base"
+    engine=(--redis-url "redis://127.0.0.1:$base")
+    redis=(--redis-url "redis://127.0.0.1:$base")
+  fi
+  local g h i grpc_list=() http_list=()
+  for i in $(seq "$replicas"); do
+    g=$((base + i)) h=$((base + 10 + i))
+    "${server_cpu[@]}" target/release/rendezvous --grpc-addr 127.0.0.1:$g --http-addr 127.0.0.1:$h \
+      "${engine[@]}" >"$out/server-$i.log" 2>&1 &
+    pids+=($!)
+    servers+=($!)
+    wait_for_port $g
+    wait_for_port $h
+    for _ in $(seq 100); do curl -sf "http://127.0.0.1:$h/readyz" >/dev/null && break; sleep 0.1; done
+    grpc_list+=("127.0.0.1:$g") http_list+=("127.0.0.1:$h")
+  done
+  grpc=$(IFS=,; echo "${grpc_list[*]}")
+  http=$(IFS=,; echo "${http_list[*]}")
+}

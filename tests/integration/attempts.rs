@@ -24,6 +24,11 @@ use crate::common::{
 
 type Waiting = tokio::task::JoinHandle<Result<rendezvous::pairing::Meeting, tonic::Status>>;
 
+/// What a caller was told: its role, and its partner's payload.
+fn told(meeting: &rendezvous::pairing::Meeting) -> (Role, &[u8]) {
+    (meeting.role(), &meeting.peer().payload[..])
+}
+
 /// A call with attempt key `key`, on `client`, on a task of its own.
 fn keyed(
     client: rendezvous::client::Client,
@@ -71,19 +76,13 @@ async fn a_cut_grpc_waiter_retries_and_gets_its_answer() {
         let second = within(partner.wait("cut", "from b".into(), None))
             .await
             .unwrap();
-        assert_eq!(
-            (second.role(), &second.peer().payload[..]),
-            (Role::Second, &b"from a"[..])
-        );
+        assert_eq!(told(&second), (Role::Second, &b"from a"[..]));
         let retry = server.client().await;
         for _ in 0..2 {
             let first = within(retry.wait_with_key("cut", "from a".into(), None, "key-1"))
                 .await
                 .unwrap();
-            assert_eq!(
-                (first.role(), &first.peer().payload[..]),
-                (Role::First, &b"from b"[..])
-            );
+            assert_eq!(told(&first), (Role::First, &b"from b"[..]));
         }
         let scrape = scrape(&server).await;
         let grpc = [("protocol", "grpc")];
@@ -110,10 +109,7 @@ async fn a_retry_before_the_partner_keeps_the_first_place() {
             .unwrap();
         assert_eq!(second.role(), Role::Second);
         let first = within(retry).await.unwrap().unwrap();
-        assert_eq!(
-            (first.role(), &first.peer().payload[..]),
-            (Role::First, &b"b"[..])
-        );
+        assert_eq!(told(&first), (Role::First, &b"b"[..]));
     }
 }
 
@@ -204,15 +200,9 @@ async fn a_late_earlier_try_is_aborted_and_the_later_keeps_the_wait() {
         let partner = within(client.wait("late", "from b".into(), None))
             .await
             .unwrap();
-        assert_eq!(
-            (partner.role(), &partner.peer().payload[..]),
-            (Role::Second, &b"from a"[..])
-        );
+        assert_eq!(told(&partner), (Role::Second, &b"from a"[..]));
         let later = within(later).await.unwrap().unwrap();
-        assert_eq!(
-            (later.role(), &later.peer().payload[..]),
-            (Role::First, &b"from b"[..])
-        );
+        assert_eq!(told(&later), (Role::First, &b"from b"[..]));
         let late = within(http.post(&url).body("from a").send()).await.unwrap();
         assert_eq!(
             (late.status().as_u16(), late.text().await.unwrap()),
@@ -334,16 +324,10 @@ async fn the_retrying_client_survives_a_cut_connection() {
     let second = within(partner.wait("proxied", Bytes::from_static(b"b"), None))
         .await
         .unwrap();
-    assert_eq!(
-        (second.role(), &second.peer().payload[..]),
-        (Role::Second, &b"a"[..])
-    );
+    assert_eq!(told(&second), (Role::Second, &b"a"[..]));
     let (meeting, retries) = within(waiter).await.unwrap();
     let meeting = meeting.unwrap();
-    assert_eq!(
-        (meeting.role(), &meeting.peer().payload[..]),
-        (Role::First, &b"b"[..])
-    );
+    assert_eq!(told(&meeting), (Role::First, &b"b"[..]));
     assert!(!retries.is_empty(), "the cut was not retried");
 }
 
@@ -449,10 +433,7 @@ async fn on_redis_a_retry_through_another_replica_gets_the_answer() {
     let partner = within(b.client().await.wait("killed", "from b".into(), None))
         .await
         .unwrap();
-    assert_eq!(
-        (partner.role(), &partner.peer().payload[..]),
-        (Role::Second, &b"from a"[..])
-    );
+    assert_eq!(told(&partner), (Role::Second, &b"from a"[..]));
     let retry = within(
         b.client()
             .await
@@ -460,10 +441,7 @@ async fn on_redis_a_retry_through_another_replica_gets_the_answer() {
     )
     .await
     .unwrap();
-    assert_eq!(
-        (retry.role(), &retry.peer().payload[..]),
-        (Role::First, &b"from b"[..])
-    );
+    assert_eq!(told(&retry), (Role::First, &b"from b"[..]));
     // Only the two waiters' kept answers are left (the partners had no
     // key), and they go after the grace.
     redis.until_keys(&prefix, 2).await;
@@ -527,7 +505,7 @@ async fn on_redis_a_drain_costs_keyed_callers_only_a_reconnect() {
     };
     let check_second = |i: usize, meeting: rendezvous::pairing::Meeting| {
         assert_eq!(
-            (meeting.role(), &meeting.peer().payload[..]),
+            told(&meeting),
             (Role::Second, format!("a{i}").as_bytes()),
             "partner {i}"
         );
@@ -546,7 +524,7 @@ async fn on_redis_a_drain_costs_keyed_callers_only_a_reconnect() {
     for (i, retry) in retries.into_iter().enumerate() {
         let meeting = within(retry).await.unwrap().unwrap();
         assert_eq!(
-            (meeting.role(), &meeting.peer().payload[..]),
+            told(&meeting),
             (Role::First, format!("b{i}").as_bytes()),
             "caller {i}"
         );
@@ -619,15 +597,9 @@ async fn on_redis_a_late_arrival_of_an_older_try_leaves_the_place_to_its_retry()
     ))
     .await
     .unwrap();
-    assert_eq!(
-        (partner.role(), &partner.peer().payload[..]),
-        (Role::Second, &b"from a"[..])
-    );
+    assert_eq!(told(&partner), (Role::Second, &b"from a"[..]));
     let latest = within(latest).await.unwrap().unwrap();
-    assert_eq!(
-        (latest.role(), &latest.peer().payload[..]),
-        (Role::First, &b"from b"[..])
-    );
+    assert_eq!(told(&latest), (Role::First, &b"from b"[..]));
     // Only the kept answer is left, for the grace.
     redis.until_keys(&prefix, 1).await;
 }
