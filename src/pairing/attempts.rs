@@ -79,6 +79,8 @@ struct Wait {
     id: Id,
     parties: Parties,
     payload: Bytes,
+    /// The first call's deadline, which the engine call keeps.
+    deadline: Instant,
     state: watch::Sender<State>,
 }
 
@@ -153,6 +155,7 @@ impl Attempts {
                         id: id.clone(),
                         parties,
                         payload: offer.payload.clone(),
+                        deadline,
                         state: watch::Sender::new(State {
                             holder: Some(0),
                             since: Instant::now(),
@@ -175,7 +178,18 @@ impl Attempts {
             holder,
             settled: false,
         };
-        let (answer, delivered_before) = holding.answer().await;
+        // A retry that asks to wait less than the wait's first try did is
+        // answered at its own deadline, and lets go as a cut one does: the
+        // place stays for the grace.
+        let (answer, delivered_before) = if deadline < wait.deadline {
+            tokio::select! {
+                biased;
+                seen = holding.answer() => seen,
+                () = sleep_until(deadline) => (Err(PairError::TimedOut), false),
+            }
+        } else {
+            holding.answer().await
+        };
         let delivery = match (fresh, delivered_before) {
             (true, _) => Delivery::Fresh,
             (false, false) => Delivery::Reattached,
@@ -757,6 +771,33 @@ mod tests {
         assert!(matches!(futures_poll(retry.as_mut()), Poll::Pending));
         f.plain(("a", 2, b""), FAR).await.unwrap().unwrap();
         assert_eq!(retry.await.unwrap().1, Delivery::Fresh);
+    }
+
+    /// A retry that asks to wait less than its first try did is answered
+    /// at its own deadline, and lets go as a cut try does: the place stays
+    /// for the grace, for a partner and a retry after it.
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_with_a_shorter_wait_is_answered_at_its_own_deadline() {
+        let f = Fixture::new();
+        let first = f.call("k", A, Duration::from_secs(30));
+        f.settle().await;
+        f.cut(first).await;
+        let short = f.call("k", A, Duration::from_secs(1));
+        f.settle().await;
+        tokio::time::advance(Duration::from_millis(999)).await;
+        f.settle().await;
+        assert!(!short.is_finished(), "not before its deadline");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(
+            short.await.unwrap(),
+            (Err(PairError::TimedOut), Delivery::Reattached)
+        );
+        assert_eq!(f.engine.waiting(), 1, "the place stays");
+        f.plain(B, FAR).await.unwrap().unwrap();
+        assert_eq!(
+            paired(&f.call("k", A, FAR).await.unwrap()),
+            (Role::First, "from b".into(), Delivery::Reattached)
+        );
     }
 
     /// A try that comes after a later try of its wait (its request was

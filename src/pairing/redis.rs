@@ -547,7 +547,11 @@ impl Inner {
         let met = |settled| {
             let (position, offers, waited) = match settled {
                 Settled::Paired(Role::First, peer, waited) => (0, Sealed::Peer(peer), waited),
-                Settled::Paired(Role::Second, peer, waited) => (1, Sealed::Peer(peer), waited),
+                // Zero, as the contract says and the local engine and the
+                // kept answer for a retry do: it found its partner waiting.
+                Settled::Paired(Role::Second, peer, _) => {
+                    (1, Sealed::Peer(peer), Some(Duration::ZERO))
+                }
                 Settled::Grouped(position, all) => (position, Sealed::All(all), None),
                 Settled::Unpaired => return Err(PairError::TimedOut),
             };
