@@ -9,7 +9,7 @@
 //!
 //! Shutdown runs in this order: health goes `NOT_SERVING`; the listeners
 //! close, so new connections are refused; parked callers are answered
-//! `UNAVAILABLE` (HTTP 503) (on Redis, a pair's waiter with an attempt key
+//! `UNAVAILABLE` (HTTP 503) (on Redis, a caller with an attempt key
 //! keeps its place there for its retry through another replica); open
 //! connections get `--shutdown-grace` to finish, and are then closed.
 

@@ -32,15 +32,25 @@
 --   t<i> c<i> p<i> e<i> l<i>
 --                   member i (1..k, in arrival order): token, channel,
 --                   sealed payload, when it gives up, payload length
+--   d<i> g<i> s<i> r<i> u<i>
+--                   for a member with an attempt key: its digest, grace,
+--                   when it parked, and which try holds its place (as wn, wt)
+--   h<i>            until when a keyed member whose replica shut down is
+--                   held (its c<i> is ''), for its retry to take back
 --   o, oc, op, oe, ol
 --                   the caller that would complete it, until every member's
---                   replica has confirmed its member is still there
+--                   replica has confirmed its member is still there (and
+--                   ok, og, os, on, ot, if it has a key)
 --   a, a<i>         how many have confirmed, and whether member i has
+-- A keyed member whose replica does not listen (killed, or shut down) is
+-- confirmed by the group itself while it is held: its answer waits for it.
 -- A completed group's payloads go to the hash KEYS[1] .. ':g:' .. the last
 -- caller's token (fields `list`, and `left`: how many members have yet to
 -- collect it; the last to collect removes it), and each member's position
 -- and that key's name to KEYS[1] .. ':q:' .. its token, in case its message
--- is missed.
+-- is missed. A keyed member's answer is also kept, as a pair's, in
+-- KEYS[1] .. ':k:' .. digest: 'group\n' waited_ms '\n' parties '\n'
+-- position '\n' payloads.
 --
 -- A replica learns what concerns its callers on its channel:
 --   'O' token '\n' key              an offer to waiter `token`: accept it if
@@ -64,6 +74,7 @@
 --   leave   can_accept
 --   detach                          (a shutting-down replica's keyed waiter)
 --   join    channel payload wait_ms may_park parties payload_len max_bytes
+--           [key_digest grace_ms previous_tries tried_us]
 --   confirm
 --   claim                           (a member of a completed group)
 local key, op, token = KEYS[1], ARGV[1], ARGV[2]
@@ -102,12 +113,23 @@ local function publish(channel, message)
   return redis.call('PUBLISH', channel, message)
 end
 
--- PUBSUB NUMSUB's reply (channel, count, ...) for channels of one kind.
-local function numsub(channels)
-  if sharded(channels[1]) then
-    return redis.call('PUBSUB', 'SHARDNUMSUB', unpack(channels))
+-- How many replicas listen on each of `channels`, all of the kind of
+-- `like`. A detached member's channel, '', has nobody (and on a cluster is
+-- in another slot, so it is not asked about).
+local function numsub(channels, like)
+  local asked, at = {}, {}
+  for i, channel in ipairs(channels) do
+    if channel ~= '' then
+      asked[#asked + 1] = channel
+      at[i] = #asked
+    end
   end
-  return redis.call('PUBSUB', 'NUMSUB', unpack(channels))
+  local reply = redis.call('PUBSUB', sharded(like) and 'SHARDNUMSUB' or 'NUMSUB', unpack(asked))
+  local counts = {}
+  for i = 1, #channels do
+    counts[i] = at[i] and reply[2 * at[i]] or 0
+  end
+  return counts
 end
 
 local function now_ms()
@@ -182,7 +204,7 @@ end
 
 -- Groups of more than two.
 
-local FIELDS = {'t', 'c', 'p', 'e', 'l', 'a'}
+local FIELDS = {'t', 'c', 'p', 'e', 'l', 'a', 'd', 'g', 's', 'r', 'u', 'h'}
 
 local function member_of(t)
   local k = tonumber(redis.call('HGET', key, 'k') or '0')
@@ -207,69 +229,125 @@ local function remove_member(i, k)
   return k - 1
 end
 
-local function add_member(k, t, c, p, e, l)
+-- `keyed`, for a member with an attempt key: its digest, grace, when it
+-- parked, and its try's order.
+local function add_member(k, t, c, p, e, l, keyed)
   k = k + 1
   redis.call('HSET', key, 'k', int(k), 't' .. k, t, 'c' .. k, c, 'p' .. k, p, 'e' .. k, int(e), 'l' .. k, int(l))
+  if keyed and keyed[1] then
+    redis.call('HSET', key, 'd' .. k, keyed[1], 'g' .. k, keyed[2], 's' .. k, keyed[3],
+      'r' .. k, keyed[4] or '0', 'u' .. k, keyed[5] or '0')
+  end
   redis.call('HINCRBY', key, 'b', int(l))
   expire_within(math.max(tonumber(e) - now_ms(), 0) + SLACK_MS)
   return k
 end
 
+-- Whether a member that nobody listens for is still held for its retry:
+-- it has a key, its deadline has not passed, and if its replica let go of
+-- it, neither has its hold. `m` holds its d, e and h fields.
+local function held(m, now)
+  return m[1] ~= false and m[1] ~= nil and tonumber(m[2]) > now
+    and (not m[3] or tonumber(m[3]) > now)
+end
+
+-- The member whose attempt key has `digest`, if any.
+local function keyed_member(digest, k)
+  for i = 1, k do
+    if redis.call('HGET', key, 'd' .. i) == digest then return i end
+  end
+  return nil
+end
+
 -- Withdraws the pending completion: confirmations are forgotten, and the
 -- caller that would have completed the group joins it as its last member
 -- (if `promote`, and its replica still listens).
+local COMPLETER = {'o', 'oc', 'op', 'oe', 'ol', 'a', 'ok', 'og', 'os', 'on', 'ot'}
+
 local function withdraw_completion(k, promote)
-  local o = redis.call('HMGET', key, 'o', 'oc', 'op', 'oe', 'ol')
-  redis.call('HDEL', key, 'o', 'oc', 'op', 'oe', 'ol', 'a')
+  local o = redis.call('HMGET', key, unpack(COMPLETER))
+  redis.call('HDEL', key, unpack(COMPLETER))
   for i = 1, k do redis.call('HDEL', key, 'a' .. i) end
   if promote and o[1] and publish(o[2], 'P' .. o[1] .. '\n' .. key) > 0 then
-    k = add_member(k, o[1], o[2], o[3], o[4], o[5])
+    k = add_member(k, o[1], o[2], o[3], o[4], o[5], {o[7], o[8], o[9], o[10], o[11]})
   end
   return k
 end
 
--- Completes the group: every member's replica has confirmed, member `me`
--- last. Returns its answer, or nil if a replica stopped listening since
--- (then that member is dropped, and the group forms on).
+-- Completes the group: every member's replica has confirmed (or the member
+-- is held for its retry), member `me` last (k + 1: the completing caller).
+-- Returns its answer, or nil if a replica stopped listening since (then
+-- that member is dropped, and the group forms on).
 local function complete(me, k)
-  local o = redis.call('HMGET', key, 'o', 'oc', 'op', 'oe')
-  local channels, tokens, payloads = {}, {}, {}
-  local latest = tonumber(o[4])
+  local now = now_ms()
+  local channels, tokens, payloads, ends, keyed = {}, {}, {}, {}, {}
   for i = 1, k do
-    local m = redis.call('HMGET', key, 't' .. i, 'c' .. i, 'p' .. i, 'e' .. i)
-    tokens[i], channels[i], payloads[i] = m[1], m[2], m[3]
-    latest = math.max(latest, tonumber(m[4]))
+    local m = redis.call('HMGET', key, 't' .. i, 'c' .. i, 'p' .. i, 'e' .. i, 'd' .. i, 'g' .. i,
+      's' .. i, 'h' .. i)
+    tokens[i], channels[i], payloads[i], ends[i] = m[1], m[2], m[3], m[4]
+    keyed[i] = {m[5], m[6], m[7], m[8]}
   end
-  tokens[k + 1], channels[k + 1], payloads[k + 1] = o[1], o[2], o[3]
-  local listening = numsub(channels)
-  local offerer_listens = listening[2 * (k + 1)] ~= 0
-  local gone = {}
+  local o = redis.call('HMGET', key, 'o', 'oc', 'op', 'oe', 'ok', 'og', 'os')
+  tokens[k + 1], channels[k + 1], payloads[k + 1], ends[k + 1] = o[1], o[2], o[3], o[4]
+  keyed[k + 1] = {o[5], o[6], o[7], false}
+  local listening = numsub(channels, o[2])
+  -- Members nobody listens for: held ones get their answer kept, the rest
+  -- are gone.
+  local absent, gone = {}, {}
   for i = 1, k + 1 do
-    if listening[2 * i] == 0 then gone[#gone + 1] = i end
+    if listening[i] == 0 then
+      if held({keyed[i][1], ends[i], keyed[i][4]}, now) then
+        absent[i] = true
+      else
+        gone[#gone + 1] = i
+      end
+    end
   end
   if #gone > 0 then
     for j = #gone, 1, -1 do
       if gone[j] <= k then k = remove_member(gone[j], k) end
     end
-    withdraw_completion(k, offerer_listens)
+    withdraw_completion(k, listening[k + 1] ~= 0)
     return nil
   end
   local list = {}
-  for i = 1, k + 1 do list[i] = #payloads[i] .. ':' .. payloads[i] end
-  list = table.concat(list)
-  local result = key .. ':g:' .. o[1]
-  local ttl = math.max(latest - now_ms(), 0) + SLACK_MS
-  redis.call('HSET', result, 'list', list, 'left', int(k))
-  redis.call('PEXPIRE', result, int(ttl))
+  local latest = 0
   for i = 1, k + 1 do
-    if i ~= me then
-      local where = (i - 1) .. '\n' .. result
-      redis.call('SET', key .. ':q:' .. tokens[i], where, 'PX', int(ttl))
+    list[i] = #payloads[i] .. ':' .. payloads[i]
+    latest = math.max(latest, tonumber(ends[i]))
+  end
+  list = table.concat(list)
+  local parties = int(k + 1)
+  -- How long keyed member i waited, as Redis measured it ('' for the others,
+  -- who measure their own), and its answer kept for its retry.
+  local waited = {}
+  for i = 1, k + 1 do
+    waited[i] = ''
+    if keyed[i][1] then
+      waited[i] = int(math.max(now - tonumber(keyed[i][3]), 0))
+      redis.call('SET', key .. ':k:' .. keyed[i][1],
+        'group\n' .. waited[i] .. '\n' .. parties .. '\n' .. (i - 1) .. '\n' .. list, 'PX', keyed[i][2])
+    end
+  end
+  local readers = 0
+  for i = 1, k + 1 do
+    if i ~= me and not absent[i] then readers = readers + 1 end
+  end
+  local ttl = int(math.max(latest - now, 0) + SLACK_MS)
+  local result = key .. ':g:' .. o[1]
+  if readers > 0 then
+    redis.call('HSET', result, 'list', list, 'left', int(readers))
+    redis.call('PEXPIRE', result, ttl)
+  end
+  for i = 1, k + 1 do
+    if i ~= me and not absent[i] then
+      local where = (i - 1) .. '\n' .. waited[i] .. '\n' .. result
+      redis.call('SET', key .. ':q:' .. tokens[i], where, 'PX', ttl)
       publish(channels[i], 'G' .. tokens[i] .. '\n' .. key .. '\n' .. where)
     end
   end
   redis.call('DEL', key)
-  return {'group', tostring(me - 1), list}
+  return {'group', tostring(me - 1), list, waited[me]}
 end
 
 -- Member i confirms that its caller is still there. Returns an answer if
@@ -298,10 +376,10 @@ local function grouped(t)
   local where = redis.call('GET', key .. ':q:' .. t)
   if not where then return nil end
   redis.call('DEL', key .. ':q:' .. t)
-  local position, result = string.match(where, '^(%d+)\n(.*)$')
+  local position, waited, result = string.match(where, '^(%d+)\n(%d*)\n(.*)$')
   local list = collect(result)
   if not list then return nil end
-  return {'group', position, list}
+  return {'group', position, list, waited}
 end
 
 if op == 'claim' then
@@ -311,33 +389,90 @@ if op == 'claim' then
   return grouped(token) or {'none'}
 end
 
+-- An answer kept for a retry with an attempt key: the role (a pair's
+-- 'first' or 'second', or 'group'), how long it waited, and the rest.
+local function kept_answer(digest)
+  local kept = redis.call('GET', key .. ':k:' .. digest)
+  if not kept then return nil end
+  return string.match(kept, '^(%a+)\n(%d*)\n(.*)$')
+end
+
 if op == 'join' then
   local channel, payload, wait, may_park = ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6]
   local parties, len, max_bytes = ARGV[7], tonumber(ARGV[8]), tonumber(ARGV[9])
-  local g = redis.call('HMGET', key, 'w', 'n', 'k', 'b', 'o')
+  local digest, grace = ARGV[10], ARGV[11]
+  local previous, tried = ARGV[12] or '0', ARGV[13] or '0'
+  if digest then
+    -- A retry whose group completed: its answer, again.
+    local role, waited, rest = kept_answer(digest)
+    if role == 'group' then
+      local n, position, list = string.match(rest, '^(%d+)\n(%d+)\n(.*)$')
+      if n ~= parties then return {'mismatch', n} end
+      return {'group', position, list, waited}
+    end
+    if role then return {'mismatch', '2'} end
+  end
+  local g = redis.call('HMGET', key, 'w', 'n', 'k', 'b', 'o', 'ok')
   if g[1] then return {'mismatch', '2'} end
   if g[2] and g[2] ~= parties then return {'mismatch', g[2]} end
+  local k, held_bytes = tonumber(g[3] or '0'), tonumber(g[4] or '0')
+  local i = digest and keyed_member(digest, k)
+  if i then
+    -- A member's own retry, through this replica or another: it takes its
+    -- place (and position) back, with its first try's deadline, as a
+    -- pair's waiter does; a try still open elsewhere is told it was
+    -- superseded. A completion waiting for its confirmation asks again.
+    local m = redis.call('HMGET', key, 't' .. i, 'c' .. i, 'r' .. i, 'u' .. i, 'e' .. i, 'a' .. i)
+    if earlier(previous, tried, m[3], m[4]) then return {'superseded'} end
+    if may_park ~= '1' then return {'full'} end
+    publish(m[2], 'X' .. m[1] .. '\n' .. key)
+    redis.call('HSET', key, 't' .. i, token, 'c' .. i, channel, 'r' .. i, previous, 'u' .. i, tried)
+    redis.call('HDEL', key, 'h' .. i)
+    if g[5] and not m[6] then publish(channel, 'O' .. token .. '\n' .. key) end
+    return {'parked', int(math.max(tonumber(m[5]) - now_ms(), 0))}
+  end
+  if g[5] and digest and g[6] == digest then
+    -- The completing caller's own retry: it takes the completion over.
+    local o = redis.call('HMGET', key, 'oc', 'on', 'ot')
+    if earlier(previous, tried, o[2], o[3]) then return {'superseded'} end
+    publish(o[1], 'X' .. g[5] .. '\n' .. key)
+    redis.call('HSET', key, 'o', token, 'oc', channel, 'on', previous, 'ot', tried)
+    return {'offered'}
+  end
   -- Another caller is completing the group: try again shortly.
   if g[5] then return {'busy'} end
-  local k, held = tonumber(g[3] or '0'), tonumber(g[4] or '0')
-  if held + len > max_bytes then return {'toolarge', tostring(held)} end
-  local expires = now_ms() + wait
+  if held_bytes + len > max_bytes then return {'toolarge', tostring(held_bytes)} end
+  local now = now_ms()
+  local expires = now + wait
   if k + 1 == tonumber(parties) then
-    -- Ask every member's replica to confirm; one that nobody listens for
-    -- is gone, and so is its member.
-    local i = 1
-    while i <= k do
-      local m = redis.call('HMGET', key, 't' .. i, 'c' .. i)
+    -- Ask every member's replica to confirm. A member that nobody listens
+    -- for is gone, and so is its place, unless it is held for its retry:
+    -- then the group confirms it, and its answer waits for it.
+    local held_ones = {}
+    local j = 1
+    while j <= k do
+      local m = redis.call('HMGET', key, 't' .. j, 'c' .. j, 'd' .. j, 'e' .. j, 'h' .. j)
       if publish(m[2], 'O' .. m[1] .. '\n' .. key) > 0 then
-        i = i + 1
+        j = j + 1
+      elseif held({m[3], m[4], m[5]}, now) then
+        held_ones[#held_ones + 1] = j
+        j = j + 1
       else
-        k = remove_member(i, k)
+        k = remove_member(j, k)
       end
     end
     if k + 1 == tonumber(parties) then
-      redis.call('HSET', key, 'o', token, 'oc', channel, 'op', payload, 'oe', int(expires), 'ol', int(len), 'a', '0')
+      redis.call('HSET', key, 'o', token, 'oc', channel, 'op', payload, 'oe', int(expires), 'ol', int(len),
+        'a', int(#held_ones))
+      for _, h in ipairs(held_ones) do redis.call('HSET', key, 'a' .. h, '1') end
+      if digest then
+        redis.call('HSET', key, 'ok', digest, 'og', grace, 'os', int(now), 'on', previous, 'ot', tried)
+      end
       expire_within(wait + SLACK_MS)
-      return {'offered'}
+      if #held_ones < k then return {'offered'} end
+      -- Nobody to wait for: this caller completes the group (or, if its own
+      -- replica stopped listening just now, tries again).
+      return complete(k + 1, k) or {'busy'}
     end
   end
   if may_park ~= '1' then
@@ -346,7 +481,7 @@ if op == 'join' then
     return {'full'}
   end
   redis.call('HSET', key, 'n', parties)
-  add_member(k, token, channel, payload, expires, len)
+  add_member(k, token, channel, payload, expires, len, digest and {digest, grace, int(now), previous, tried})
   return {'parked'}
 end
 
@@ -363,11 +498,9 @@ if op == 'arrive' then
   local previous, tried = ARGV[9] or '0', ARGV[10] or '0'
   if digest then
     -- A retry whose pair was decided: its answer, again.
-    local kept = redis.call('GET', key .. ':k:' .. digest)
-    if kept then
-      local role, waited, given = string.match(kept, '^(%a+)\n(%d+)\n(.*)$')
-      return {role, given, waited}
-    end
+    local role, waited, given = kept_answer(digest)
+    if role == 'group' then return {'mismatch', string.match(given, '^(%d+)')} end
+    if role then return {role, given, waited} end
   end
   local s = state()
   if s[8] then return {'mismatch', s[8]} end
@@ -439,7 +572,22 @@ if op == 'detach' then
   -- partner that comes meanwhile pairs with it. An offer already made to it
   -- is accepted first.
   local s = state()
-  if s[1] ~= token or s[8] then return {'none'} end
+  if s[8] then
+    -- A group's member: its completion, if one waits for it, is confirmed
+    -- first; else its place is held for the grace, with nobody listening.
+    local i, k = member_of(token)
+    if not i or not redis.call('HGET', key, 'd' .. i) then return {'none'} end
+    if s[3] then
+      local answer = confirm(i, k)
+      if answer then return answer end
+    end
+    local e = tonumber(redis.call('HGET', key, 'e' .. i))
+    local now = now_ms()
+    local hold = math.max(math.min(tonumber(redis.call('HGET', key, 'g' .. i)), e - now), 1)
+    redis.call('HSET', key, 'c' .. i, '', 'h' .. i, int(now + hold))
+    return {'detached'}
+  end
+  if s[1] ~= token then return {'none'} end
   if s[3] then
     local payload, waited = pair(s)
     if payload then return {'first', payload, waited} end

@@ -360,9 +360,10 @@ impl Engine for RedisEngine {
         self.call((id, parties, offer), deadline, None)
     }
 
-    /// A pair's answer is kept in Redis too, under the key's digest, for the
-    /// grace: a retry through another replica (this one killed, say) finds
-    /// it there.
+    /// The answer (a pair's or a group's) is kept in Redis too, under the
+    /// key's digest, for the grace, and the place is found by that digest:
+    /// a retry through another replica (this one killed, say) gets the
+    /// answer there, or takes the place back.
     fn gather_keyed(
         &self,
         call: (Id, Parties, Offer),
@@ -443,9 +444,10 @@ enum Settled {
     /// says the caller waited, where it keeps that (for an answer that a
     /// retry may be handed again).
     Paired(Role, Bytes, Option<Duration>),
-    /// The group completed: this caller's position, and every member's
-    /// sealed offer.
-    Grouped(usize, Vec<Bytes>),
+    /// The group completed: this caller's position, every member's sealed
+    /// offer, and how long Redis says it waited, for a caller with an
+    /// attempt key (as for a pair).
+    Grouped(usize, Vec<Bytes>, Option<Duration>),
     /// No pair: `accept` found the offer withdrawn, or `leave` removed the
     /// caller (or found it gone already).
     Unpaired,
@@ -520,8 +522,7 @@ impl Inner {
             ticket,
             deadline,
             parties: parties.get(),
-            // Groups' keys are kept by this replica alone (see `call`).
-            keyed: arrival.attempt.is_some() && parties.get() == 2,
+            keyed: arrival.attempt.is_some(),
             place: false,
             parked: false,
             settled: false,
@@ -552,7 +553,7 @@ impl Inner {
                 Settled::Paired(Role::Second, peer, _) => {
                     (1, Sealed::Peer(peer), Some(Duration::ZERO))
                 }
-                Settled::Grouped(position, all) => (position, Sealed::All(all), None),
+                Settled::Grouped(position, all, waited) => (position, Sealed::All(all), waited),
                 Settled::Unpaired => return Err(PairError::TimedOut),
             };
             Ok(Met {
@@ -588,9 +589,10 @@ impl Inner {
                     return met(Settled::Paired(Role::Second, peer_payload, None));
                 }
                 Event::Grouped(position) => {
-                    let all = Box::pin(self.group_result(&guard)).await;
+                    let claimed = Box::pin(self.group_result(&guard)).await;
                     guard.settled = true;
-                    return met(Settled::Grouped(position, all?));
+                    let (all, waited) = claimed?;
+                    return met(Settled::Grouped(position, all, waited));
                 }
                 // Now a waiter, it takes a place against the cap like one;
                 // with none left, it leaves (the guard removes it).
@@ -634,8 +636,8 @@ impl Inner {
                     return Ok(Settled::Paired(Role::Second, peer_payload, None));
                 }
                 Event::Grouped(position) => {
-                    let all = self.group_result(guard).await?;
-                    return Ok(Settled::Grouped(position, all));
+                    let (all, waited) = self.group_result(guard).await?;
+                    return Ok(Settled::Grouped(position, all, waited));
                 }
                 _ => {}
             }
@@ -672,13 +674,16 @@ impl Inner {
     /// member's own record of its group (not the key its message named), as
     /// its cleanup claims them if it goes first: either way once, so that
     /// the payloads go with their last reader.
-    async fn group_result(&self, guard: &Guard) -> Result<Vec<Bytes>, PairError> {
+    async fn group_result(
+        &self,
+        guard: &Guard,
+    ) -> Result<(Vec<Bytes>, Option<Duration>), PairError> {
         let _turn = self.turn().await?;
         let mut invocation = self.script.key(guard.key());
         invocation.arg("claim").arg(guard.token());
         let reply = self.run(&invocation).await?;
         match settled(reply)? {
-            Settled::Grouped(_, all) => Ok(all),
+            Settled::Grouped(_, all, waited) => Ok((all, waited)),
             _ => Err(PairError::Unavailable(
                 "the group completed, but its answer expired in Redis before it was read".into(),
             )),
@@ -789,7 +794,8 @@ impl Inner {
                 .arg(guard.parties)
                 .arg(payload_len)
                 .arg(self.limits.meeting_bytes(guard.parties));
-        } else if let Some(keyed) = &arrival.attempt {
+        }
+        if let Some(keyed) = &arrival.attempt {
             invocation
                 .arg(&keyed.digest)
                 .arg(wait_ms(keyed.grace))
@@ -817,7 +823,7 @@ impl Inner {
             Some(b"full") => Ok(Arrived::Full),
             Some(b"mismatch") => Ok(Arrived::Mismatch(number()? as u32)),
             Some(b"toolarge") => Ok(Arrived::TooLarge(number()? as usize)),
-            Some(b"first" | b"second") => Ok(Arrived::Answered(settled(reply)?)),
+            Some(b"first" | b"second" | b"group") => Ok(Arrived::Answered(settled(reply)?)),
             _ => Err(unexpected(&reply)),
         }
     }

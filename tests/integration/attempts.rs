@@ -536,6 +536,191 @@ async fn on_redis_a_drain_costs_keyed_callers_only_a_reconnect() {
     assert!(left.iter().all(|key| key.contains(":k:")), "{left:?}");
 }
 
+/// A group member's call with attempt key `key`, on `client`, on a task of
+/// its own.
+fn member(
+    client: rendezvous::client::Client,
+    id: &'static str,
+    payload: &'static str,
+    key: &'static str,
+) -> Waiting {
+    tokio::spawn(async move {
+        client
+            .gather_with_key(id, 3, payload.into(), None, key)
+            .await
+    })
+}
+
+/// What a group member was told: its position, and every payload.
+fn grouped(meeting: &rendezvous::pairing::Meeting) -> (usize, Vec<Bytes>) {
+    (meeting.position, meeting.payloads(&Bytes::new()))
+}
+
+/// On Redis, a group member's place is found by its key, through any
+/// replica. A member cut on one replica retries through another and takes
+/// its place back, with its position (its first try answered `ABORTED`);
+/// the group completes with it; a retry after that, through the first
+/// replica, gets the same answer byte for byte, and one that asks for
+/// another group size is refused.
+#[tokio::test]
+async fn on_redis_a_group_member_retries_through_another_replica() {
+    let redis = RedisServer::start().await;
+    let prefix = unique_prefix("attempts-group");
+    let a = TestServer::with(replica_config(&redis, &prefix)).await;
+    a.ready().await;
+    let b = TestServer::with(replica_config(&redis, &prefix)).await;
+    b.ready().await;
+    let first = member(a.client().await, "team", "m0", "g-0");
+    a.parked(1).await;
+    let second = tokio::spawn({
+        let client = b.client().await;
+        async move { client.gather("team", 3, "m1".into(), None).await }
+    });
+    b.parked(1).await;
+    let retry = member(b.client().await, "team", "m0", "g-0");
+    let status = within(first).await.unwrap().unwrap_err();
+    assert_eq!(status.code(), Code::Aborted, "{status:?}");
+    b.parked(2).await;
+    a.parked(0).await;
+    let last = within(a.client().await.gather("team", 3, "m2".into(), None))
+        .await
+        .unwrap();
+    let all: Vec<Bytes> = vec!["m0".into(), "m1".into(), "m2".into()];
+    assert_eq!(grouped(&last), (2, all.clone()));
+    let second = within(second).await.unwrap().unwrap();
+    assert_eq!(grouped(&second), (1, all.clone()));
+    let retried = within(retry).await.unwrap().unwrap();
+    assert_eq!(grouped(&retried), (0, all.clone()));
+
+    let again = within(member(a.client().await, "team", "m0", "g-0"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((grouped(&again), again.waited), ((0, all), retried.waited));
+    let resized = within(
+        b.client()
+            .await
+            .gather_with_key("team", 4, "m0".into(), None, "g-0"),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(resized.code(), Code::FailedPrecondition, "{resized:?}");
+    // The kept answer is all that is left, until the grace ends.
+    redis.until_keys(&prefix, 1).await;
+    assert!(redis.keys(&prefix).await[0].contains(":k:"));
+}
+
+/// On Redis, a keyed member whose replica goes away keeps its place in the
+/// group: drained by SIGTERM (answered `UNAVAILABLE`, its place held for
+/// the grace) or SIGKILLed (held while its deadline lasts). The group
+/// completes without waiting for it, and its retry through another replica
+/// gets its answer, or, if it comes first, takes its place back.
+#[tokio::test]
+async fn on_redis_a_group_outlives_its_members_replica() {
+    let redis = RedisServer::start().await;
+    let prefix = unique_prefix("attempts-group-gone");
+    let other = TestServer::with(replica_config(&redis, &prefix)).await;
+    other.ready().await;
+    let url = redis.url();
+    // A grace that outlasts the test, so that the kept answers counted at
+    // its end are all still there on a slow machine.
+    let args = [
+        "--redis-url",
+        url.as_str(),
+        "--redis-key-prefix",
+        prefix.as_str(),
+        "--attempt-grace",
+        "60s",
+    ];
+    let all: Vec<Bytes> = vec!["m0".into(), "m1".into(), "m2".into()];
+
+    // Drained: both members parked on it are let go of, and held.
+    let drained = crate::common::Process::start(&args).await;
+    drained.until_ready(200).await;
+    let client = drained.client().await;
+    let m0 = member(client.clone(), "drained", "m0", "d-0");
+    redis.until_keys(&prefix, 1).await;
+    let m1 = member(client, "drained", "m1", "d-1");
+    // Both members in the group's one hash.
+    eventually_members(&redis, &prefix, 2).await;
+    drained.signal("TERM");
+    for waiter in [m0, m1] {
+        let status = within(waiter).await.unwrap().unwrap_err();
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    }
+    let mut drained = drained;
+    assert_eq!(within(drained.child.wait()).await.unwrap().code(), Some(0));
+    // The first member comes back before the group completes: its place,
+    // and its position. The second is held, and the group completes
+    // without it.
+    let m0 = member(other.client().await, "drained", "m0", "d-0");
+    other.parked(1).await;
+    let last = within(other.client().await.gather("drained", 3, "m2".into(), None))
+        .await
+        .unwrap();
+    assert_eq!(grouped(&last), (2, all.clone()));
+    assert_eq!(
+        grouped(&within(m0).await.unwrap().unwrap()),
+        (0, all.clone())
+    );
+    let m1 = within(member(other.client().await, "drained", "m1", "d-1"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(grouped(&m1), (1, all.clone()));
+
+    // Killed while its member waits: nobody listens for it, and its place
+    // is held all the same.
+    let mut killed = crate::common::Process::start(&args).await;
+    killed.until_ready(200).await;
+    let m0 = member(killed.client().await, "killed", "m0", "k-0");
+    eventually_members(&redis, &prefix, 1).await;
+    let m1 = tokio::spawn({
+        let client = other.client().await;
+        async move { client.gather("killed", 3, "m1".into(), None).await }
+    });
+    other.parked(1).await;
+    killed.child.kill().await.unwrap();
+    assert!(within(m0).await.unwrap().is_err());
+    let last = within(other.client().await.gather("killed", 3, "m2".into(), None))
+        .await
+        .unwrap();
+    assert_eq!(grouped(&last), (2, all.clone()));
+    assert_eq!(
+        grouped(&within(m1).await.unwrap().unwrap()),
+        (1, all.clone())
+    );
+    let m0 = within(member(other.client().await, "killed", "m0", "k-0"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(grouped(&m0), (0, all));
+    // Each keyed member's kept answer is all that is left.
+    let left = redis.keys(&prefix).await;
+    assert_eq!(left.len(), 3, "{left:?}");
+    assert!(left.iter().all(|key| key.contains(":k:")), "{left:?}");
+}
+
+/// Until the group forming under some id of `prefix` has `n` members.
+async fn eventually_members(redis: &RedisServer, prefix: &str, n: usize) {
+    for _ in 0..1000 {
+        for key in redis.keys(prefix).await {
+            // A place's key, not a kept answer's (`...}HASH:k:...`).
+            if key
+                .rsplit_once('}')
+                .is_some_and(|(_, hash)| !hash.contains(':'))
+            {
+                let k: Option<usize> = redis.query(redis::cmd("HGET").arg(&key).arg("k")).await;
+                if k == Some(n) {
+                    return;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("no group of {n} members under {prefix}");
+}
+
 /// On Redis, tries of one wait are ordered by when each reached its
 /// replica, not by when each reached Redis. A cut try's arrival that gets
 /// to Redis only after its retry (through another replica) has parked is

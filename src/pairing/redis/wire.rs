@@ -50,10 +50,13 @@ pub(super) fn settled(reply: Vec<Vec<u8>>) -> Result<Settled, PairError> {
             let position = parts
                 .next()
                 .and_then(|p| String::from_utf8(p).ok()?.parse().ok());
-            return match (position, parts.next()) {
-                (Some(position), Some(list)) => {
-                    Ok(Settled::Grouped(position, unpack(Bytes::from(list))?))
-                }
+            let list = parts.next();
+            return match (position, list) {
+                (Some(position), Some(list)) => Ok(Settled::Grouped(
+                    position,
+                    unpack(Bytes::from(list))?,
+                    waited(parts.next()),
+                )),
                 _ => Err(PairError::Unavailable(
                     "Redis answered a group without its payloads".into(),
                 )),
@@ -64,17 +67,20 @@ pub(super) fn settled(reply: Vec<Vec<u8>>) -> Result<Settled, PairError> {
     };
     let mut parts = reply.into_iter().skip(1);
     let payload = parts.next();
-    // How long Redis says the caller waited, in ms, where it keeps that.
-    let waited = parts
-        .next()
-        .and_then(|ms| String::from_utf8(ms).ok()?.parse().ok())
-        .map(Duration::from_millis);
+    let waited = waited(parts.next());
     match payload {
         Some(payload) => Ok(Settled::Paired(role, Bytes::from(payload), waited)),
         None => Err(PairError::Unavailable(
             "Redis answered a pair without a payload".into(),
         )),
     }
+}
+
+/// How long Redis says the caller waited, in ms, where it keeps that (for
+/// a caller with an attempt key; empty or absent for the others).
+fn waited(ms: Option<Vec<u8>>) -> Option<Duration> {
+    ms.and_then(|ms| String::from_utf8(ms).ok()?.parse().ok())
+        .map(Duration::from_millis)
 }
 
 /// A group's sealed offers, from the list the script writes: each as its
