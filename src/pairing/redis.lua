@@ -412,7 +412,7 @@ if op == 'join' then
     end
     if role then return {'mismatch', '2'} end
   end
-  local g = redis.call('HMGET', key, 'w', 'n', 'k', 'b', 'o', 'ok')
+  local g = redis.call('HMGET', key, 'w', 'n', 'k', 'b', 'o')
   if g[1] then return {'mismatch', '2'} end
   if g[2] and g[2] ~= parties then return {'mismatch', g[2]} end
   local k, held_bytes = tonumber(g[3] or '0'), tonumber(g[4] or '0')
@@ -431,15 +431,9 @@ if op == 'join' then
     if g[5] and not m[6] then publish(channel, 'O' .. token .. '\n' .. key) end
     return {'parked', int(math.max(tonumber(m[5]) - now_ms(), 0))}
   end
-  if g[5] and digest and g[6] == digest then
-    -- The completing caller's own retry: it takes the completion over.
-    local o = redis.call('HMGET', key, 'oc', 'on', 'ot')
-    if earlier(previous, tried, o[2], o[3]) then return {'superseded'} end
-    publish(o[1], 'X' .. g[5] .. '\n' .. key)
-    redis.call('HSET', key, 'o', token, 'oc', channel, 'on', previous, 'ot', tried)
-    return {'offered'}
-  end
-  -- Another caller is completing the group: try again shortly.
+  -- Another caller is completing the group: try again shortly. (The
+  -- completing caller's own retry, too: within a round trip the group has
+  -- completed, and its answer is kept, or the completion was withdrawn.)
   if g[5] then return {'busy'} end
   if held_bytes + len > max_bytes then return {'toolarge', tostring(held_bytes)} end
   local now = now_ms()
