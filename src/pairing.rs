@@ -334,7 +334,7 @@ pub enum PartiesError {
 }
 
 /// What a caller learns when its group completes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Meeting {
     /// This caller's place in the group's arrival order, from 0. In a pair,
     /// 0 is the first party, which waited.
@@ -343,7 +343,21 @@ pub struct Meeting {
     offers: Offers,
     /// How long this caller waited for the group.
     pub waited: Duration,
+    /// How an engine that replicas share handed it to a keyed call: a
+    /// retry through another replica than its first try's takes the place
+    /// back there, or is handed the answer kept there. For the metrics
+    /// alone, so it is not part of what two meetings are compared on.
+    pub(crate) handed: Delivery,
 }
+
+/// What was decided, not how it was handed over.
+impl PartialEq for Meeting {
+    fn eq(&self, other: &Self) -> bool {
+        (self.position, &self.offers, self.waited) == (other.position, &other.offers, other.waited)
+    }
+}
+
+impl Eq for Meeting {}
 
 /// The other members' offers. A pair hands over its partner's alone, so
 /// that the most common group allocates nothing to deliver it; larger groups
@@ -363,6 +377,7 @@ impl Meeting {
             position,
             offers,
             waited,
+            handed: Delivery::Fresh,
         }
     }
 

@@ -191,7 +191,11 @@ impl Attempts {
             holding.answer().await
         };
         let delivery = match (fresh, delivered_before) {
-            (true, _) => Delivery::Fresh,
+            // New here; but an engine that replicas share may have had the
+            // wait through another replica.
+            (true, _) => answer
+                .as_ref()
+                .map_or(Delivery::Fresh, |meeting| meeting.handed),
             (false, false) => Delivery::Reattached,
             (false, true) => Delivery::Redelivered,
         };

@@ -77,6 +77,8 @@
 --           [key_digest grace_ms previous_tries tried_us]
 --   confirm
 --   claim                           (a member of a completed group)
+-- A retry handed an answer kept for its attempt key gets 'kept', then the
+-- answer as its first try got it.
 local key, op, token = KEYS[1], ARGV[1], ARGV[2]
 -- How long entries outlive their caller's deadline, so that the replica's
 -- own answer at the deadline still finds them.
@@ -408,7 +410,7 @@ if op == 'join' then
     if role == 'group' then
       local n, position, list = string.match(rest, '^(%d+)\n(%d+)\n(.*)$')
       if n ~= parties then return {'mismatch', n} end
-      return {'group', position, list, waited}
+      return {'kept', 'group', position, list, waited}
     end
     if role then return {'mismatch', '2'} end
   end
@@ -494,7 +496,7 @@ if op == 'arrive' then
     -- A retry whose pair was decided: its answer, again.
     local role, waited, given = kept_answer(digest)
     if role == 'group' then return {'mismatch', string.match(given, '^(%d+)')} end
-    if role then return {role, given, waited} end
+    if role then return {'kept', role, given, waited} end
   end
   local s = state()
   if s[8] then return {'mismatch', s[8]} end

@@ -66,7 +66,9 @@ use slots::{BUCKETS, Digest};
 use wire::{seal, settled, unexpected, unseal, wait_ms};
 
 use super::occupancy::Occupancy;
-use super::{Attempt, Engine, EngineLimits, Id, Meeting, Offer, Offers, PairError, Parties, Role};
+use super::{
+    Attempt, Delivery, Engine, EngineLimits, Id, Meeting, Offer, Offers, PairError, Parties, Role,
+};
 
 /// A command may take this many `--redis-timeout`s: the probe, not one slow
 /// command, decides that Redis is unreachable, since a command can queue
@@ -344,7 +346,9 @@ impl RedisEngine {
                 Sealed::Peer(peer) => Offers::Peer(unseal(peer)),
                 Sealed::All(all) => Offers::All(all.into_iter().map(unseal).collect()),
             };
-            Ok(Meeting::new(met.position, offers, met.waited))
+            let mut meeting = Meeting::new(met.position, offers, met.waited);
+            meeting.handed = met.handed;
+            Ok(meeting)
         })
     }
 }
@@ -411,8 +415,11 @@ enum Arrived {
     Mismatch(u32),
     /// The group's payloads already take this many bytes.
     TooLarge(usize),
-    /// A retry with an attempt key: the answer Redis kept for it.
+    /// Decided as it arrived (a keyed caller that paired with a waiter
+    /// whose replica is gone, or completed a group).
     Answered(Settled),
+    /// A retry with an attempt key: the answer Redis kept for it.
+    Kept(Settled),
     /// A try with an attempt key older than the one that holds its place.
     Superseded,
 }
@@ -420,9 +427,11 @@ enum Arrived {
 /// How an arrival ended up.
 enum Placed {
     /// Parked, or offered to the waiter: its outcome is to come.
-    Waiting,
+    /// `Reattached` if it took back the place of an earlier try with its
+    /// attempt key.
+    Waiting(Delivery),
     Refused(PairError),
-    Answered(Settled),
+    Answered(Settled, Delivery),
 }
 
 /// What a caller's replica learned, the offers still sealed.
@@ -430,6 +439,7 @@ struct Met {
     position: usize,
     offers: Sealed,
     waited: Duration,
+    handed: Delivery,
 }
 
 /// The other members' sealed offers: a pair's partner's, or everyone's.
@@ -543,6 +553,10 @@ impl Inner {
         // Boxed: what arriving needs (the payload, a timer to back off with)
         // is then not part of the future that waits.
         let placed = Box::pin(self.arrive_until_placed(&mut guard, arrival, turn)).await?;
+        let handed = match &placed {
+            Placed::Waiting(handed) | Placed::Answered(_, handed) => *handed,
+            Placed::Refused(_) => Delivery::Fresh,
+        };
 
         // The payloads here are sealed offers; `gather` unseals them.
         let met = |settled| {
@@ -560,12 +574,13 @@ impl Inner {
                 position,
                 offers,
                 waited: waited.unwrap_or_else(|| start.elapsed()),
+                handed,
             })
         };
         match placed {
-            Placed::Waiting => {}
+            Placed::Waiting(_) => {}
             Placed::Refused(refused) => return Err(refused),
-            Placed::Answered(answer) => return met(answer),
+            Placed::Answered(answer, _) => return met(answer),
         }
         // A retry that took its place back keeps its first try's deadline.
         let deadline = guard.deadline;
@@ -736,10 +751,17 @@ impl Inner {
             match arrived? {
                 // Redis has the payload now: it (and the request buffer it
                 // may be a slice of) is let go of as this returns.
-                Arrived::Parked(_) | Arrived::Offered => return Ok(Placed::Waiting),
+                Arrived::Parked(Some(_)) => return Ok(Placed::Waiting(Delivery::Reattached)),
+                Arrived::Parked(None) | Arrived::Offered => {
+                    return Ok(Placed::Waiting(Delivery::Fresh));
+                }
                 Arrived::Answered(answer) => {
                     guard.settled = true;
-                    return Ok(Placed::Answered(answer));
+                    return Ok(Placed::Answered(answer, Delivery::Fresh));
+                }
+                Arrived::Kept(answer) => {
+                    guard.settled = true;
+                    return Ok(Placed::Answered(answer, Delivery::Redelivered));
                 }
                 Arrived::Full => {
                     guard.settled = true;
@@ -824,6 +846,7 @@ impl Inner {
             Some(b"mismatch") => Ok(Arrived::Mismatch(number()? as u32)),
             Some(b"toolarge") => Ok(Arrived::TooLarge(number()? as usize)),
             Some(b"first" | b"second" | b"group") => Ok(Arrived::Answered(settled(reply)?)),
+            Some(b"kept") => Ok(Arrived::Kept(settled(reply.into_iter().skip(1).collect())?)),
             _ => Err(unexpected(&reply)),
         }
     }

@@ -418,6 +418,12 @@ async fn on_redis_a_retry_through_another_replica_gets_the_answer() {
         (again.role(), &again.peer().payload[..], again.waited),
         (Role::First, &b"from b"[..], answered.waited)
     );
+    // Handed again, not paired again: the pair was counted once on each
+    // side's replica.
+    let counted = scrape(&b).await;
+    let grpc = [("protocol", "grpc")];
+    assert_eq!(value(&counted, "rendezvous_redelivered_total", &grpc), 1.0);
+    assert_eq!(value(&counted, "rendezvous_paired_total", &grpc), 1.0);
 
     // The real binary, killed while its caller waits.
     let url = redis.url();
@@ -597,6 +603,15 @@ async fn on_redis_a_group_member_retries_through_another_replica() {
         .unwrap()
         .unwrap();
     assert_eq!((grouped(&again), again.waited), ((0, all), retried.waited));
+    // Counted where each was handed: the retry that took its place back
+    // as reattached, the retry after the answer as redelivered, and the
+    // group's members as paired once each.
+    let grpc = [("protocol", "grpc")];
+    let (on_a, on_b) = (scrape(&a).await, scrape(&b).await);
+    assert_eq!(value(&on_b, "rendezvous_reattached_total", &grpc), 1.0);
+    assert_eq!(value(&on_b, "rendezvous_paired_total", &grpc), 2.0);
+    assert_eq!(value(&on_a, "rendezvous_redelivered_total", &grpc), 1.0);
+    assert_eq!(value(&on_a, "rendezvous_paired_total", &grpc), 1.0);
     let resized = within(
         b.client()
             .await
