@@ -63,6 +63,18 @@ async fn servers() -> Vec<(TestServer, Option<RedisServer>)> {
     vec![(local, None), (replica, Some(redis))]
 }
 
+/// Two replicas, ready, on a Redis of their own, under a prefix named
+/// after `name`.
+async fn replicas(name: &str) -> (RedisServer, String, [TestServer; 2]) {
+    let redis = RedisServer::start().await;
+    let prefix = unique_prefix(name);
+    let a = TestServer::with(replica_config(&redis, &prefix)).await;
+    a.ready().await;
+    let b = TestServer::with(replica_config(&redis, &prefix)).await;
+    b.ready().await;
+    (redis, prefix, [a, b])
+}
+
 /// A gRPC waiter's stream is cut while it is parked (its task aborted, so
 /// its client resets the stream); the partner comes; the retry, on a new
 /// connection, gets the answer: the first party's, with the partner's
@@ -394,12 +406,7 @@ async fn pipe(mut a: TcpStream, mut b: TcpStream) {
 /// through another replica gets that answer; and nothing is left behind.
 #[tokio::test]
 async fn on_redis_a_retry_through_another_replica_gets_the_answer() {
-    let redis = RedisServer::start().await;
-    let prefix = unique_prefix("attempts-across");
-    let b = TestServer::with(replica_config(&redis, &prefix)).await;
-    b.ready().await;
-    let a = TestServer::with(replica_config(&redis, &prefix)).await;
-    a.ready().await;
+    let (redis, prefix, [a, b]) = replicas("attempts-across").await;
     let waiter = keyed(a.client().await, "across", "from a", "key-5");
     a.parked(1).await;
     let partner = b.client().await;
@@ -542,8 +549,8 @@ async fn on_redis_a_drain_costs_keyed_callers_only_a_reconnect() {
     assert!(left.iter().all(|key| key.contains(":k:")), "{left:?}");
 }
 
-/// A group member's call with attempt key `key`, on `client`, on a task of
-/// its own.
+/// A group member's call with attempt key `key` (none if empty), on
+/// `client`, on a task of its own.
 fn member(
     client: rendezvous::client::Client,
     id: &'static str,
@@ -570,26 +577,19 @@ fn grouped(meeting: &rendezvous::pairing::Meeting) -> (usize, Vec<Bytes>) {
 /// another group size is refused.
 #[tokio::test]
 async fn on_redis_a_group_member_retries_through_another_replica() {
-    let redis = RedisServer::start().await;
-    let prefix = unique_prefix("attempts-group");
-    let a = TestServer::with(replica_config(&redis, &prefix)).await;
-    a.ready().await;
-    let b = TestServer::with(replica_config(&redis, &prefix)).await;
-    b.ready().await;
+    let (redis, prefix, [a, b]) = replicas("attempts-group").await;
     let first = member(a.client().await, "team", "m0", "g-0");
     a.parked(1).await;
-    let second = tokio::spawn({
-        let client = b.client().await;
-        async move { client.gather("team", 3, "m1".into(), None).await }
-    });
+    let second = member(b.client().await, "team", "m1", "");
     b.parked(1).await;
     let retry = member(b.client().await, "team", "m0", "g-0");
     let status = within(first).await.unwrap().unwrap_err();
     assert_eq!(status.code(), Code::Aborted, "{status:?}");
     b.parked(2).await;
     a.parked(0).await;
-    let last = within(a.client().await.gather("team", 3, "m2".into(), None))
+    let last = within(member(a.client().await, "team", "m2", ""))
         .await
+        .unwrap()
         .unwrap();
     let all: Vec<Bytes> = vec!["m0".into(), "m1".into(), "m2".into()];
     assert_eq!(grouped(&last), (2, all.clone()));
@@ -647,7 +647,6 @@ async fn on_redis_a_group_outlives_its_members_replica() {
         "--attempt-grace",
         "60s",
     ];
-    let all: Vec<Bytes> = vec!["m0".into(), "m1".into(), "m2".into()];
 
     // Drained: both members parked on it are let go of, and held.
     let drained = crate::common::Process::start(&args).await;
@@ -670,19 +669,7 @@ async fn on_redis_a_group_outlives_its_members_replica() {
     // without it.
     let m0 = member(other.client().await, "drained", "m0", "d-0");
     other.parked(1).await;
-    let last = within(other.client().await.gather("drained", 3, "m2".into(), None))
-        .await
-        .unwrap();
-    assert_eq!(grouped(&last), (2, all.clone()));
-    assert_eq!(
-        grouped(&within(m0).await.unwrap().unwrap()),
-        (0, all.clone())
-    );
-    let m1 = within(member(other.client().await, "drained", "m1", "d-1"))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(grouped(&m1), (1, all.clone()));
+    completes(&other, "drained", (m0, 0), ("m1", "d-1", 1)).await;
 
     // Killed while its member waits: nobody listens for it, and its place
     // is held all the same.
@@ -690,30 +677,33 @@ async fn on_redis_a_group_outlives_its_members_replica() {
     killed.until_ready(200).await;
     let m0 = member(killed.client().await, "killed", "m0", "k-0");
     eventually_members(&redis, &prefix, 1).await;
-    let m1 = tokio::spawn({
-        let client = other.client().await;
-        async move { client.gather("killed", 3, "m1".into(), None).await }
-    });
+    let m1 = member(other.client().await, "killed", "m1", "");
     other.parked(1).await;
     killed.child.kill().await.unwrap();
     assert!(within(m0).await.unwrap().is_err());
-    let last = within(other.client().await.gather("killed", 3, "m2".into(), None))
-        .await
-        .unwrap();
-    assert_eq!(grouped(&last), (2, all.clone()));
-    assert_eq!(
-        grouped(&within(m1).await.unwrap().unwrap()),
-        (1, all.clone())
-    );
-    let m0 = within(member(other.client().await, "killed", "m0", "k-0"))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(grouped(&m0), (0, all));
+    completes(&other, "killed", (m1, 1), ("m0", "k-0", 0)).await;
     // Each keyed member's kept answer is all that is left.
     let left = redis.keys(&prefix).await;
     assert_eq!(left.len(), 3, "{left:?}");
     assert!(left.iter().all(|key| key.contains(":k:")), "{left:?}");
+}
+
+/// The last member ("m2"), through `server`, completes group `id` of "m0"
+/// and "m1": it, the member `waiting` at its position and a keyed member's
+/// retry (its payload, key and position) each get the group's answer.
+async fn completes(
+    server: &TestServer,
+    id: &'static str,
+    (waiting, at): (Waiting, usize),
+    (payload, key, position): (&'static str, &'static str, usize),
+) {
+    let all: Vec<Bytes> = vec!["m0".into(), "m1".into(), "m2".into()];
+    let last = within(member(server.client().await, id, "m2", ""));
+    assert_eq!(grouped(&last.await.unwrap().unwrap()), (2, all.clone()));
+    let waiting = within(waiting).await.unwrap().unwrap();
+    assert_eq!(grouped(&waiting), (at, all.clone()));
+    let retry = within(member(server.client().await, id, payload, key));
+    assert_eq!(grouped(&retry.await.unwrap().unwrap()), (position, all));
 }
 
 /// Until the group forming under some id of `prefix` has `n` members.
