@@ -295,12 +295,12 @@ pub async fn wait(args: WaitArgs) -> Exit {
         Err(error) => return report.client_error(&error),
     };
     let on_retry = |status: &Status, pause| {
-        eprintln!(
+        say(format_args!(
             "rendezvous wait: {}: {}; trying again in {}",
             code_name(status.code()),
             status.message(),
             whole_millis(pause)
-        );
+        ));
     };
     let own = payload.clone();
     let key = args.attempt_key.as_deref().unwrap_or_default();
@@ -335,12 +335,12 @@ pub async fn wait(args: WaitArgs) -> Exit {
             if report.json {
                 report.print_json(&JsonGroup::new(&meeting, &own));
             } else {
-                eprintln!(
+                say(format_args!(
                     "completed a group of {} at position {} after {}",
                     meeting.parties(),
                     meeting.position,
                     whole_millis(meeting.waited)
-                );
+                ));
             }
             Exit::Ok
         }
@@ -355,10 +355,10 @@ pub async fn wait(args: WaitArgs) -> Exit {
                     Role::First => "first",
                     Role::Second => "second",
                 };
-                eprintln!(
+                say(format_args!(
                     "paired as the {role} party after {}",
                     whole_millis(meeting.waited)
-                );
+                ));
             }
             Exit::Ok
         }
@@ -409,6 +409,14 @@ fn read_payload(args: &WaitArgs) -> Result<Bytes, String> {
     Ok(payload.into())
 }
 
+/// Writes one line to stderr in one `write`. Stderr is unbuffered, so
+/// `eprintln!` writes each piece of its format on its own, and the lines of
+/// two waits started from one shell (`wait ... &`) can interleave mid-line.
+fn say(line: std::fmt::Arguments) {
+    let line = format!("{line}\n");
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+}
+
 /// Where outcomes are written: JSON on stdout, or words on stderr.
 struct Report {
     json: bool,
@@ -422,7 +430,7 @@ impl Report {
                 message: message.into(),
             });
         } else {
-            eprintln!("rendezvous: {}: {message}", code_name(code));
+            say(format_args!("rendezvous: {}: {message}", code_name(code)));
         }
         exit
     }

@@ -204,184 +204,190 @@ local function pair(s)
   return s[5], decide(s[2], s[5], k[1], k[2], k[3], k[4], k[5])
 end
 
--- Groups of more than two.
+-- Groups of more than two. Their helpers are built only for the
+-- operations that use them: a script builds every closure and table it
+-- defines on every run, and the two a pair runs most (arrive, accept) would
+-- otherwise pay for a dozen they never call.
+local FIELDS, COMPLETER, member_of, remove_member, add_member, held,
+  keyed_member, withdraw_completion, complete, confirm, collect, grouped
+if op ~= 'arrive' and op ~= 'accept' then
+  FIELDS = {'t', 'c', 'p', 'e', 'l', 'a', 'd', 'g', 's', 'r', 'u', 'h'}
 
-local FIELDS = {'t', 'c', 'p', 'e', 'l', 'a', 'd', 'g', 's', 'r', 'u', 'h'}
-
-local function member_of(t)
-  local k = tonumber(redis.call('HGET', key, 'k') or '0')
-  for i = 1, k do
-    if redis.call('HGET', key, 't' .. i) == t then return i, k end
-  end
-  return nil, k
-end
-
--- Removes member i of k, keeping the others in arrival order.
-local function remove_member(i, k)
-  local l = tonumber(redis.call('HGET', key, 'l' .. i))
-  for j = i, k - 1 do
-    for _, f in ipairs(FIELDS) do
-      local v = redis.call('HGET', key, f .. (j + 1))
-      if v then redis.call('HSET', key, f .. j, v) else redis.call('HDEL', key, f .. j) end
+  function member_of(t)
+    local k = tonumber(redis.call('HGET', key, 'k') or '0')
+    for i = 1, k do
+      if redis.call('HGET', key, 't' .. i) == t then return i, k end
     end
+    return nil, k
   end
-  for _, f in ipairs(FIELDS) do redis.call('HDEL', key, f .. k) end
-  redis.call('HSET', key, 'k', int(k - 1))
-  redis.call('HINCRBY', key, 'b', int(-l))
-  return k - 1
-end
 
--- `keyed`, for a member with an attempt key: its digest, grace, when it
--- parked, and its try's order.
-local function add_member(k, t, c, p, e, l, keyed)
-  k = k + 1
-  redis.call('HSET', key, 'k', int(k), 't' .. k, t, 'c' .. k, c, 'p' .. k, p, 'e' .. k, int(e), 'l' .. k, int(l))
-  if keyed and keyed[1] then
-    redis.call('HSET', key, 'd' .. k, keyed[1], 'g' .. k, keyed[2], 's' .. k, keyed[3],
-      'r' .. k, keyed[4] or '0', 'u' .. k, keyed[5] or '0')
-  end
-  redis.call('HINCRBY', key, 'b', int(l))
-  expire_within(math.max(tonumber(e) - now_ms(), 0) + SLACK_MS)
-  return k
-end
-
--- Whether a member that nobody listens for is still held for its retry:
--- it has a key, its deadline has not passed, and if its replica let go of
--- it, neither has its hold. `m` holds its d, e and h fields.
-local function held(m, now)
-  return m[1] ~= false and m[1] ~= nil and tonumber(m[2]) > now
-    and (not m[3] or tonumber(m[3]) > now)
-end
-
--- The member whose attempt key has `digest`, if any.
-local function keyed_member(digest, k)
-  for i = 1, k do
-    if redis.call('HGET', key, 'd' .. i) == digest then return i end
-  end
-  return nil
-end
-
--- Withdraws the pending completion: confirmations are forgotten, and the
--- caller that would have completed the group joins it as its last member
--- (if `promote`, and its replica still listens).
-local COMPLETER = {'o', 'oc', 'op', 'oe', 'ol', 'a', 'ok', 'og', 'os', 'on', 'ot'}
-
-local function withdraw_completion(k, promote)
-  local o = redis.call('HMGET', key, unpack(COMPLETER))
-  redis.call('HDEL', key, unpack(COMPLETER))
-  for i = 1, k do redis.call('HDEL', key, 'a' .. i) end
-  if promote and o[1] and publish(o[2], 'P' .. o[1] .. '\n' .. key) > 0 then
-    k = add_member(k, o[1], o[2], o[3], o[4], o[5], {o[7], o[8], o[9], o[10], o[11]})
-  end
-  return k
-end
-
--- Completes the group: every member's replica has confirmed (or the member
--- is held for its retry), member `me` last (k + 1: the completing caller).
--- Returns its answer, or nil if a replica stopped listening since (then
--- that member is dropped, and the group forms on).
-local function complete(me, k)
-  local now = now_ms()
-  local channels, tokens, payloads, ends, keyed = {}, {}, {}, {}, {}
-  for i = 1, k do
-    local m = redis.call('HMGET', key, 't' .. i, 'c' .. i, 'p' .. i, 'e' .. i, 'd' .. i, 'g' .. i,
-      's' .. i, 'h' .. i)
-    tokens[i], channels[i], payloads[i], ends[i] = m[1], m[2], m[3], m[4]
-    keyed[i] = {m[5], m[6], m[7], m[8]}
-  end
-  local o = redis.call('HMGET', key, 'o', 'oc', 'op', 'oe', 'ok', 'og', 'os')
-  tokens[k + 1], channels[k + 1], payloads[k + 1], ends[k + 1] = o[1], o[2], o[3], o[4]
-  keyed[k + 1] = {o[5], o[6], o[7], false}
-  local listening = numsub(channels, o[2])
-  -- Members nobody listens for: held ones get their answer kept, the rest
-  -- are gone.
-  local absent, gone = {}, {}
-  for i = 1, k + 1 do
-    if listening[i] == 0 then
-      if held({keyed[i][1], ends[i], keyed[i][4]}, now) then
-        absent[i] = true
-      else
-        gone[#gone + 1] = i
+  -- Removes member i of k, keeping the others in arrival order.
+  function remove_member(i, k)
+    local l = tonumber(redis.call('HGET', key, 'l' .. i))
+    for j = i, k - 1 do
+      for _, f in ipairs(FIELDS) do
+        local v = redis.call('HGET', key, f .. (j + 1))
+        if v then redis.call('HSET', key, f .. j, v) else redis.call('HDEL', key, f .. j) end
       end
     end
+    for _, f in ipairs(FIELDS) do redis.call('HDEL', key, f .. k) end
+    redis.call('HSET', key, 'k', int(k - 1))
+    redis.call('HINCRBY', key, 'b', int(-l))
+    return k - 1
   end
-  if #gone > 0 then
-    for j = #gone, 1, -1 do
-      if gone[j] <= k then k = remove_member(gone[j], k) end
+
+  -- `keyed`, for a member with an attempt key: its digest, grace, when it
+  -- parked, and its try's order.
+  function add_member(k, t, c, p, e, l, keyed)
+    k = k + 1
+    redis.call('HSET', key, 'k', int(k), 't' .. k, t, 'c' .. k, c, 'p' .. k, p, 'e' .. k, int(e), 'l' .. k, int(l))
+    if keyed and keyed[1] then
+      redis.call('HSET', key, 'd' .. k, keyed[1], 'g' .. k, keyed[2], 's' .. k, keyed[3],
+        'r' .. k, keyed[4] or '0', 'u' .. k, keyed[5] or '0')
     end
-    withdraw_completion(k, listening[k + 1] ~= 0)
+    redis.call('HINCRBY', key, 'b', int(l))
+    expire_within(math.max(tonumber(e) - now_ms(), 0) + SLACK_MS)
+    return k
+  end
+
+  -- Whether a member that nobody listens for is still held for its retry:
+  -- it has a key, its deadline has not passed, and if its replica let go of
+  -- it, neither has its hold. `m` holds its d, e and h fields.
+  function held(m, now)
+    return m[1] ~= false and m[1] ~= nil and tonumber(m[2]) > now
+      and (not m[3] or tonumber(m[3]) > now)
+  end
+
+  -- The member whose attempt key has `digest`, if any.
+  function keyed_member(digest, k)
+    for i = 1, k do
+      if redis.call('HGET', key, 'd' .. i) == digest then return i end
+    end
     return nil
   end
-  local list = {}
-  local latest = 0
-  for i = 1, k + 1 do
-    list[i] = #payloads[i] .. ':' .. payloads[i]
-    latest = math.max(latest, tonumber(ends[i]))
-  end
-  list = table.concat(list)
-  local parties = int(k + 1)
-  -- How long keyed member i waited, as Redis measured it ('' for the others,
-  -- who measure their own), and its answer kept for its retry.
-  local waited = {}
-  for i = 1, k + 1 do
-    waited[i] = ''
-    if keyed[i][1] then
-      waited[i] = int(math.max(now - tonumber(keyed[i][3]), 0))
-      redis.call('SET', key .. ':k:' .. keyed[i][1],
-        'group\n' .. waited[i] .. '\n' .. parties .. '\n' .. (i - 1) .. '\n' .. list, 'PX', keyed[i][2])
+
+  -- Withdraws the pending completion: confirmations are forgotten, and the
+  -- caller that would have completed the group joins it as its last member
+  -- (if `promote`, and its replica still listens).
+  COMPLETER = {'o', 'oc', 'op', 'oe', 'ol', 'a', 'ok', 'og', 'os', 'on', 'ot'}
+
+  function withdraw_completion(k, promote)
+    local o = redis.call('HMGET', key, unpack(COMPLETER))
+    redis.call('HDEL', key, unpack(COMPLETER))
+    for i = 1, k do redis.call('HDEL', key, 'a' .. i) end
+    if promote and o[1] and publish(o[2], 'P' .. o[1] .. '\n' .. key) > 0 then
+      k = add_member(k, o[1], o[2], o[3], o[4], o[5], {o[7], o[8], o[9], o[10], o[11]})
     end
+    return k
   end
-  local readers = 0
-  for i = 1, k + 1 do
-    if i ~= me and not absent[i] then readers = readers + 1 end
-  end
-  local ttl = int(math.max(latest - now, 0) + SLACK_MS)
-  local result = key .. ':g:' .. o[1]
-  if readers > 0 then
-    redis.call('HSET', result, 'list', list, 'left', int(readers))
-    redis.call('PEXPIRE', result, ttl)
-  end
-  for i = 1, k + 1 do
-    if i ~= me and not absent[i] then
-      local where = (i - 1) .. '\n' .. waited[i] .. '\n' .. result
-      redis.call('SET', key .. ':q:' .. tokens[i], where, 'PX', ttl)
-      publish(channels[i], 'G' .. tokens[i] .. '\n' .. key .. '\n' .. where)
+
+  -- Completes the group: every member's replica has confirmed (or the member
+  -- is held for its retry), member `me` last (k + 1: the completing caller).
+  -- Returns its answer, or nil if a replica stopped listening since (then
+  -- that member is dropped, and the group forms on).
+  function complete(me, k)
+    local now = now_ms()
+    local channels, tokens, payloads, ends, keyed = {}, {}, {}, {}, {}
+    for i = 1, k do
+      local m = redis.call('HMGET', key, 't' .. i, 'c' .. i, 'p' .. i, 'e' .. i, 'd' .. i, 'g' .. i,
+        's' .. i, 'h' .. i)
+      tokens[i], channels[i], payloads[i], ends[i] = m[1], m[2], m[3], m[4]
+      keyed[i] = {m[5], m[6], m[7], m[8]}
     end
+    local o = redis.call('HMGET', key, 'o', 'oc', 'op', 'oe', 'ok', 'og', 'os')
+    tokens[k + 1], channels[k + 1], payloads[k + 1], ends[k + 1] = o[1], o[2], o[3], o[4]
+    keyed[k + 1] = {o[5], o[6], o[7], false}
+    local listening = numsub(channels, o[2])
+    -- Members nobody listens for: held ones get their answer kept, the rest
+    -- are gone.
+    local absent, gone = {}, {}
+    for i = 1, k + 1 do
+      if listening[i] == 0 then
+        if held({keyed[i][1], ends[i], keyed[i][4]}, now) then
+          absent[i] = true
+        else
+          gone[#gone + 1] = i
+        end
+      end
+    end
+    if #gone > 0 then
+      for j = #gone, 1, -1 do
+        if gone[j] <= k then k = remove_member(gone[j], k) end
+      end
+      withdraw_completion(k, listening[k + 1] ~= 0)
+      return nil
+    end
+    local list = {}
+    local latest = 0
+    for i = 1, k + 1 do
+      list[i] = #payloads[i] .. ':' .. payloads[i]
+      latest = math.max(latest, tonumber(ends[i]))
+    end
+    list = table.concat(list)
+    local parties = int(k + 1)
+    -- How long keyed member i waited, as Redis measured it ('' for the others,
+    -- who measure their own), and its answer kept for its retry.
+    local waited = {}
+    for i = 1, k + 1 do
+      waited[i] = ''
+      if keyed[i][1] then
+        waited[i] = int(math.max(now - tonumber(keyed[i][3]), 0))
+        redis.call('SET', key .. ':k:' .. keyed[i][1],
+          'group\n' .. waited[i] .. '\n' .. parties .. '\n' .. (i - 1) .. '\n' .. list, 'PX', keyed[i][2])
+      end
+    end
+    local readers = 0
+    for i = 1, k + 1 do
+      if i ~= me and not absent[i] then readers = readers + 1 end
+    end
+    local ttl = int(math.max(latest - now, 0) + SLACK_MS)
+    local result = key .. ':g:' .. o[1]
+    if readers > 0 then
+      redis.call('HSET', result, 'list', list, 'left', int(readers))
+      redis.call('PEXPIRE', result, ttl)
+    end
+    for i = 1, k + 1 do
+      if i ~= me and not absent[i] then
+        local where = (i - 1) .. '\n' .. waited[i] .. '\n' .. result
+        redis.call('SET', key .. ':q:' .. tokens[i], where, 'PX', ttl)
+        publish(channels[i], 'G' .. tokens[i] .. '\n' .. key .. '\n' .. where)
+      end
+    end
+    redis.call('DEL', key)
+    return {'group', tostring(me - 1), list, waited[me]}
   end
-  redis.call('DEL', key)
-  return {'group', tostring(me - 1), list, waited[me]}
-end
 
--- Member i confirms that its caller is still there. Returns an answer if
--- that completed the group.
-local function confirm(i, k)
-  if redis.call('HEXISTS', key, 'a' .. i) == 0 then
-    redis.call('HSET', key, 'a' .. i, '1')
-    redis.call('HINCRBY', key, 'a', 1)
+  -- Member i confirms that its caller is still there. Returns an answer if
+  -- that completed the group.
+  function confirm(i, k)
+    if redis.call('HEXISTS', key, 'a' .. i) == 0 then
+      redis.call('HSET', key, 'a' .. i, '1')
+      redis.call('HINCRBY', key, 'a', 1)
+    end
+    if tonumber(redis.call('HGET', key, 'a')) < k then return nil end
+    return complete(i, k)
   end
-  if tonumber(redis.call('HGET', key, 'a')) < k then return nil end
-  return complete(i, k)
-end
 
--- A completed group's payloads, for one of the members it was not handed
--- to: the last of them to collect removes them.
-local function collect(result)
-  local list = redis.call('HGET', result, 'list')
-  if list and redis.call('HINCRBY', result, 'left', -1) <= 0 then
-    redis.call('DEL', result)
+  -- A completed group's payloads, for one of the members it was not handed
+  -- to: the last of them to collect removes them.
+  function collect(result)
+    local list = redis.call('HGET', result, 'list')
+    if list and redis.call('HINCRBY', result, 'left', -1) <= 0 then
+      redis.call('DEL', result)
+    end
+    return list
   end
-  return list
-end
 
--- A group's answer for a caller no longer in it, if its group completed.
-local function grouped(t)
-  local where = redis.call('GET', key .. ':q:' .. t)
-  if not where then return nil end
-  redis.call('DEL', key .. ':q:' .. t)
-  local position, waited, result = string.match(where, '^(%d+)\n(%d*)\n(.*)$')
-  local list = collect(result)
-  if not list then return nil end
-  return {'group', position, list, waited}
+  -- A group's answer for a caller no longer in it, if its group completed.
+  function grouped(t)
+    local where = redis.call('GET', key .. ':q:' .. t)
+    if not where then return nil end
+    redis.call('DEL', key .. ':q:' .. t)
+    local position, waited, result = string.match(where, '^(%d+)\n(%d*)\n(.*)$')
+    local list = collect(result)
+    if not list then return nil end
+    return {'group', position, list, waited}
+  end
 end
 
 if op == 'claim' then
