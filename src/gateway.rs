@@ -139,7 +139,9 @@ impl Gateway {
         }
         if path == "/metrics" {
             only_get(request.method(), "/metrics")?;
-            let text = self.service.metrics().render();
+            let metrics = self.service.metrics();
+            metrics.set_ready(self.health.readiness().is_ok());
+            let text = metrics.render();
             return Ok(Route::Answered(respond(
                 StatusCode::OK,
                 OPENMETRICS,

@@ -87,6 +87,12 @@ pub struct Metrics {
     aged: Counter,
     /// Indexed like [`GROUP_SIZES`].
     groups: [Counter; GROUP_SIZES.len()],
+    /// `--max-waiters`, so a dashboard or an alert can say how full
+    /// `parked_callers` is without knowing each replica's flags.
+    max_waiters: Gauge,
+    /// 1 while `/readyz` says ready. Set when scraped: a replica that cannot
+    /// be scraped is not ready either, and Prometheus's `up` says so.
+    ready: Gauge,
 }
 
 /// The `size` buckets of completed groups: the largest size in each, and
@@ -294,8 +300,22 @@ impl Metrics {
             family.clone(),
         );
         let groups = GROUP_SIZES.map(|(_, size)| family.get_or_create(&SizeLabel { size }).clone());
+        let max_waiters = Gauge::default();
+        registry.register(
+            "max_waiters",
+            "The most callers that may wait at once here (--max-waiters)",
+            max_waiters.clone(),
+        );
+        let ready = Gauge::default();
+        registry.register(
+            "ready",
+            "1 while this replica takes callers (/readyz answers 200), 0 while it does not",
+            ready.clone(),
+        );
         Self {
             groups,
+            max_waiters,
+            ready,
             registry,
             parked,
             paired,
@@ -372,6 +392,17 @@ impl Metrics {
     /// A call was refused.
     pub fn rejected(&self, protocol: Protocol, reason: Rejection) {
         self.rejections[index(protocol)][reason as usize].inc();
+    }
+
+    /// Records the `--max-waiters` limit, once, at start-up.
+    pub fn set_max_waiters(&self, limit: usize) {
+        self.max_waiters
+            .set(i64::try_from(limit).unwrap_or(i64::MAX));
+    }
+
+    /// Records whether the server takes callers, just before a scrape.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.set(i64::from(ready));
     }
 
     /// The registry, for an engine to register series of its own: each

@@ -142,6 +142,7 @@ impl Application {
         http: TcpListener,
     ) -> Result<Self, ServerError> {
         let mut metrics = Metrics::new();
+        metrics.set_max_waiters(config.max_waiters);
         let limits = EngineLimits {
             max_waiters: config.max_waiters,
             max_group_bytes: config.max_group_bytes,

@@ -4,11 +4,16 @@
 
 use crate::common;
 
-use common::{TestServer, request, scrape, value, within};
+use common::{TestServer, request, scrape, test_config, value, within};
+use rendezvous::Config;
 
 #[tokio::test]
 async fn metrics_count_every_outcome_by_protocol() {
-    let server = TestServer::start().await;
+    let server = TestServer::with(Config {
+        max_waiters: 1234,
+        ..test_config()
+    })
+    .await;
     let grpc = [("protocol", "grpc")];
     let http = [("protocol", "http")];
 
@@ -17,6 +22,8 @@ async fn metrics_count_every_outcome_by_protocol() {
     assert_eq!(value(&before, "rendezvous_paired_total", &grpc), 0.0);
     assert_eq!(value(&before, "rendezvous_parked_callers", &grpc), 0.0);
     assert_eq!(value(&before, "rendezvous_parked_callers", &http), 0.0);
+    assert_eq!(value(&before, "rendezvous_max_waiters", &[]), 1234.0);
+    assert_eq!(value(&before, "rendezvous_ready", &[]), 1.0);
 
     // A parked caller shows in the gauge, under its protocol.
     let mut first = server.grpc().await;

@@ -67,6 +67,15 @@ async fn assert_readiness(server: &TestServer, ready: bool) {
         false => assert_eq!(readyz, (503, "cannot reach Redis".into())),
     }
     assert_eq!(probe(server, "/healthz").await, (200, "OK".into()));
+    let metrics = scrape(server).await;
+    assert_eq!(
+        value(&metrics, "rendezvous_ready", &[]),
+        f64::from(u8::from(ready))
+    );
+    assert_eq!(
+        value(&metrics, "rendezvous_redis_reachable", &[]),
+        f64::from(u8::from(ready))
+    );
 }
 
 async fn until_ready(server: &TestServer, ready: bool) {
