@@ -23,9 +23,9 @@ of the rendered page never see:
 After every block, the server's log must hold no WARN or ERROR line. A block
 without a marker, a port already taken, or a server that never listens fails
 the run. Blocks run with `set -eo pipefail` in a scratch directory that holds
-a copy of the checkout's proto/, buf.yaml and scripts/redis-topology.sh (so
-that commands written for a
-checkout's root find them), with three helpers defined first:
+a copy of the checkout's proto/, deploy/, buf.yaml and
+scripts/redis-topology.sh (so that commands written for a checkout's root
+find them), with three helpers defined first:
   - `cargo run --release [-- ARGS]` and `rendezvous ARGS` run the binary given
     on the command line (a debug build of the same code, so CI compiles once);
   - a bare `wait` fails if the last background job failed (bash's own
@@ -155,7 +155,8 @@ def main():
     readme, binary = sys.argv[1], sys.argv[2]
     workdir = tempfile.mkdtemp(prefix="readme-")
     checkout = os.path.dirname(os.path.abspath(readme))
-    shutil.copytree(os.path.join(checkout, "proto"), os.path.join(workdir, "proto"))
+    for tree in ("proto", "deploy"):
+        shutil.copytree(os.path.join(checkout, tree), os.path.join(workdir, tree))
     shutil.copy(os.path.join(checkout, "buf.yaml"), workdir)
     os.makedirs(os.path.join(workdir, "scripts"))
     shutil.copy(os.path.join(checkout, "scripts", "redis-topology.sh"), os.path.join(workdir, "scripts"))

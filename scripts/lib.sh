@@ -47,6 +47,7 @@ ensure_deploy_tools() {
   fi
   hadolint="$PWD/$venv/bin/hadolint"
   kubernetes_validate="$PWD/$venv/bin/kubernetes-validate"
+  deploy_python="$PWD/$venv/bin/python"
 }
 
 # Starts REPLICAS release servers, with gRPC on port BASE+i and HTTP on

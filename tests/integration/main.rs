@@ -9,6 +9,7 @@ mod attempts;
 mod auth;
 mod cli;
 mod config;
+mod dashboards;
 mod dead_peer;
 mod deployment;
 mod engine_properties;
