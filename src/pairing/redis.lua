@@ -24,7 +24,10 @@
 -- (nobody can be told anything until its retry takes the place back), and
 -- the place expires after the grace.
 -- and once its pair is decided, KEYS[1] .. ':k:' .. digest holds its answer,
--- role '\n' waited_ms '\n' sealed payload, for a retry through any replica.
+-- SHA-1 of its own payload '\n' role '\n' waited_ms '\n' sealed payload, for
+-- a retry through any replica. The SHA-1 is how a retry with another payload
+-- is told its key was reused (a record without one, from an older replica,
+-- is handed out unchecked).
 --
 -- A group of more than two (WaitForParties) forming under an id keeps other
 -- fields in the same hash, so that a pair and a group never share an id:
@@ -49,8 +52,8 @@
 -- collect it; the last to collect removes it), and each member's position
 -- and that key's name to KEYS[1] .. ':q:' .. its token, in case its message
 -- is missed. A keyed member's answer is also kept, as a pair's, in
--- KEYS[1] .. ':k:' .. digest: 'group\n' waited_ms '\n' parties '\n'
--- position '\n' payloads.
+-- KEYS[1] .. ':k:' .. digest: SHA-1 of its payload '\n' 'group\n' waited_ms
+-- '\n' parties '\n' position '\n' payloads.
 --
 -- A replica learns what concerns its callers on its channel:
 --   'O' token '\n' key              an offer to waiter `token`: accept it if
@@ -78,7 +81,8 @@
 --   confirm
 --   claim                           (a member of a completed group)
 -- A retry handed an answer kept for its attempt key gets 'kept', then the
--- answer as its first try got it.
+-- answer as its first try got it; one that sent another payload than the
+-- try whose place or answer it finds gets 'reused'.
 local key, op, token = KEYS[1], ARGV[1], ARGV[2]
 -- How long entries outlive their caller's deadline, so that the replica's
 -- own answer at the deadline still finds them.
@@ -174,14 +178,28 @@ end
 -- ws; the offerer's ok, og) has its answer kept for its retry, and the
 -- meeting place goes. Returns how long the waiter waited, as Redis measured
 -- it, for a waiter with a key: the others measure their own wait.
+-- A sealed offer's payload without its trace id (src/pairing/redis/wire.rs):
+-- what a retry must send again, whatever trace each of its tries is part of.
+local function unsealed(sealed)
+  if string.byte(sealed, 1) == 1 then return string.sub(sealed, 18) end
+  return string.sub(sealed, 2)
+end
+
+-- Whether two sealed offers carry the same payload.
+local function same_payload(a, b)
+  return a == b or unsealed(a) == unsealed(b)
+end
+
 local function decide(waiter_payload, offerer_payload, wk, wg, ws, ok, og)
   local waited = nil
   if wk then
     waited = int(math.max(now_ms() - tonumber(ws), 0))
-    redis.call('SET', key .. ':k:' .. wk, 'first\n' .. waited .. '\n' .. offerer_payload, 'PX', wg)
+    redis.call('SET', key .. ':k:' .. wk,
+      redis.sha1hex(unsealed(waiter_payload)) .. '\nfirst\n' .. waited .. '\n' .. offerer_payload, 'PX', wg)
   end
   if ok then
-    redis.call('SET', key .. ':k:' .. ok, 'second\n0\n' .. waiter_payload, 'PX', og)
+    redis.call('SET', key .. ':k:' .. ok,
+      redis.sha1hex(unsealed(offerer_payload)) .. '\nsecond\n0\n' .. waiter_payload, 'PX', og)
   end
   redis.call('DEL', key)
   return waited
@@ -332,8 +350,8 @@ if op ~= 'arrive' and op ~= 'accept' then
       waited[i] = ''
       if keyed[i][1] then
         waited[i] = int(math.max(now - tonumber(keyed[i][3]), 0))
-        redis.call('SET', key .. ':k:' .. keyed[i][1],
-          'group\n' .. waited[i] .. '\n' .. parties .. '\n' .. (i - 1) .. '\n' .. list, 'PX', keyed[i][2])
+        redis.call('SET', key .. ':k:' .. keyed[i][1], redis.sha1hex(unsealed(payloads[i])) .. '\ngroup\n'
+          .. waited[i] .. '\n' .. parties .. '\n' .. (i - 1) .. '\n' .. list, 'PX', keyed[i][2])
       end
     end
     local readers = 0
@@ -398,10 +416,16 @@ if op == 'claim' then
 end
 
 -- An answer kept for a retry with an attempt key: the role (a pair's
--- 'first' or 'second', or 'group'), how long it waited, and the rest.
-local function kept_answer(digest)
+-- 'first' or 'second', or 'group'), how long it waited, and the rest; or
+-- 'reused' if the retry's payload is not the one its answer was kept for.
+local function kept_answer(digest, payload)
   local kept = redis.call('GET', key .. ':k:' .. digest)
   if not kept then return nil end
+  local sha = string.match(kept, '^(%x+)\n')
+  if sha then
+    if sha ~= redis.sha1hex(unsealed(payload)) then return 'reused' end
+    kept = string.sub(kept, #sha + 2)
+  end
   return string.match(kept, '^(%a+)\n(%d*)\n(.*)$')
 end
 
@@ -412,7 +436,8 @@ if op == 'join' then
   local previous, tried = ARGV[12] or '0', ARGV[13] or '0'
   if digest then
     -- A retry whose group completed: its answer, again.
-    local role, waited, rest = kept_answer(digest)
+    local role, waited, rest = kept_answer(digest, payload)
+    if role == 'reused' then return {'reused'} end
     if role == 'group' then
       local n, position, list = string.match(rest, '^(%d+)\n(%d+)\n(.*)$')
       if n ~= parties then return {'mismatch', n} end
@@ -430,7 +455,9 @@ if op == 'join' then
     -- place (and position) back, with its first try's deadline, as a
     -- pair's waiter does; a try still open elsewhere is told it was
     -- superseded. A completion waiting for its confirmation asks again.
-    local m = redis.call('HMGET', key, 't' .. i, 'c' .. i, 'r' .. i, 'u' .. i, 'e' .. i, 'a' .. i)
+    local m = redis.call('HMGET', key, 't' .. i, 'c' .. i, 'r' .. i, 'u' .. i, 'e' .. i, 'a' .. i,
+      'p' .. i)
+    if not same_payload(m[7], payload) then return {'reused'} end
     if earlier(previous, tried, m[3], m[4]) then return {'superseded'} end
     if may_park ~= '1' then return {'full'} end
     publish(m[2], 'X' .. m[1] .. '\n' .. key)
@@ -500,7 +527,8 @@ if op == 'arrive' then
   local previous, tried = ARGV[9] or '0', ARGV[10] or '0'
   if digest then
     -- A retry whose pair was decided: its answer, again.
-    local role, waited, given = kept_answer(digest)
+    local role, waited, given = kept_answer(digest, payload)
+    if role == 'reused' then return {'reused'} end
     if role == 'group' then return {'mismatch', string.match(given, '^(%d+)')} end
     if role then return {'kept', role, given, waited} end
   end
@@ -513,6 +541,7 @@ if op == 'arrive' then
     -- is told it was superseded, and an offer made to it comes here. Unless
     -- this is the older try: a cut try's arrival, still on its way through
     -- one replica, can reach Redis after its retry's through another.
+    if not same_payload(s[2], payload) then return {'reused'} end
     if earlier(previous, tried, k[6], k[7]) then return {'superseded'} end
     if may_park ~= '1' then return {'full'} end
     publish(s[7], 'X' .. s[1] .. '\n' .. key)

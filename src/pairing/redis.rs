@@ -67,7 +67,8 @@ use wire::{seal, settled, unexpected, unseal, wait_ms};
 
 use super::occupancy::Occupancy;
 use super::{
-    Attempt, Delivery, Engine, EngineLimits, Id, Meeting, Offer, Offers, PairError, Parties, Role,
+    Attempt, Delivery, Engine, EngineLimits, Id, Meeting, Offer, Offers, PairError, Parties, Reuse,
+    Role,
 };
 
 /// A command may take this many `--redis-timeout`s: the probe, not one slow
@@ -422,6 +423,9 @@ enum Arrived {
     Kept(Settled),
     /// A try with an attempt key older than the one that holds its place.
     Superseded,
+    /// A retry with an attempt key whose place or kept answer is another
+    /// payload's.
+    Reused,
 }
 
 /// How an arrival ended up.
@@ -771,6 +775,10 @@ impl Inner {
                     guard.settled = true;
                     return Ok(Placed::Refused(PairError::Superseded));
                 }
+                Arrived::Reused => {
+                    guard.settled = true;
+                    return Ok(Placed::Refused(PairError::AttemptReused(Reuse::Payload)));
+                }
                 Arrived::Mismatch(forming) => {
                     guard.settled = true;
                     return Ok(Placed::Refused(PairError::PartiesMismatch {
@@ -842,6 +850,7 @@ impl Inner {
             Some(b"offered") => Ok(Arrived::Offered),
             Some(b"busy") => Ok(Arrived::Busy),
             Some(b"superseded") => Ok(Arrived::Superseded),
+            Some(b"reused") => Ok(Arrived::Reused),
             Some(b"full") => Ok(Arrived::Full),
             Some(b"mismatch") => Ok(Arrived::Mismatch(number()? as u32)),
             Some(b"toolarge") => Ok(Arrived::TooLarge(number()? as usize)),

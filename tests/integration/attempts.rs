@@ -625,6 +625,180 @@ async fn on_redis_a_group_member_retries_through_another_replica() {
     assert!(redis.keys(&prefix).await[0].contains(":k:"));
 }
 
+/// On Redis, a key reused with another payload is refused through any
+/// replica, as one replica refuses it: while its first try is parked (the
+/// place keeps its payload), after its pair was decided (the kept answer
+/// keeps a digest of it), and for a group member in both states. The
+/// refused call takes nothing over.
+#[tokio::test]
+async fn on_redis_a_key_reused_with_another_payload_is_refused_through_any_replica() {
+    let (_redis, _prefix, [a, b]) = replicas("attempts-reused").await;
+    let reused = |status: tonic::Status| {
+        assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+        assert!(
+            status
+                .message()
+                .starts_with("this attempt key was first sent with another payload"),
+            "{status:?}"
+        );
+    };
+    // A pair's waiter, parked through a.
+    let open = keyed(a.client().await, "reuse", "p", "r-1");
+    a.parked(1).await;
+    reused(
+        within(
+            b.client()
+                .await
+                .wait_with_key("reuse", "q".into(), None, "r-1"),
+        )
+        .await
+        .unwrap_err(),
+    );
+    a.parked(1).await;
+    // The same payload takes the place over.
+    let retry = keyed(b.client().await, "reuse", "p", "r-1");
+    assert_eq!(
+        within(open).await.unwrap().unwrap_err().code(),
+        Code::Aborted
+    );
+    b.parked(1).await;
+    let partner = within(a.client().await.wait("reuse", "r".into(), None))
+        .await
+        .unwrap();
+    assert_eq!(told(&partner), (Role::Second, &b"p"[..]));
+    assert_eq!(
+        told(&within(retry).await.unwrap().unwrap()),
+        (Role::First, &b"r"[..])
+    );
+    // Decided: the kept answer is refused to another payload, handed to the
+    // same one.
+    reused(
+        within(
+            a.client()
+                .await
+                .wait_with_key("reuse", "q".into(), None, "r-1"),
+        )
+        .await
+        .unwrap_err(),
+    );
+    let again = within(
+        a.client()
+            .await
+            .wait_with_key("reuse", "p".into(), None, "r-1"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(told(&again), (Role::First, &b"r"[..]));
+
+    // A group member, parked through a, then its group completed.
+    let first = member(a.client().await, "crew", "m0", "g-9");
+    a.parked(1).await;
+    reused(
+        within(member(b.client().await, "crew", "other", "g-9"))
+            .await
+            .unwrap()
+            .unwrap_err(),
+    );
+    a.parked(1).await;
+    b.parked(0).await;
+    let second = member(b.client().await, "crew", "m1", "");
+    b.parked(1).await;
+    let last = within(member(b.client().await, "crew", "m2", ""))
+        .await
+        .unwrap()
+        .unwrap();
+    let all: Vec<Bytes> = vec!["m0".into(), "m1".into(), "m2".into()];
+    assert_eq!(grouped(&last), (2, all.clone()));
+    assert_eq!(
+        grouped(&within(second).await.unwrap().unwrap()),
+        (1, all.clone())
+    );
+    assert_eq!(
+        grouped(&within(first).await.unwrap().unwrap()),
+        (0, all.clone())
+    );
+    reused(
+        within(member(b.client().await, "crew", "other", "g-9"))
+            .await
+            .unwrap()
+            .unwrap_err(),
+    );
+    let kept = within(member(b.client().await, "crew", "m0", "g-9"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(grouped(&kept), (0, all));
+    let grpc = [("protocol", "grpc"), ("reason", "attempt_reused")];
+    let refused = value(&scrape(&a).await, "rendezvous_rejections_total", &grpc)
+        + value(&scrape(&b).await, "rendezvous_rejections_total", &grpc);
+    assert_eq!(refused, 4.0);
+}
+
+/// On Redis, each try of one wait may be part of a trace of its own: a
+/// retry with the same payload and another trace id is the same request,
+/// whether it finds its place (it takes it over) or its kept answer (it is
+/// handed it); with another payload it is refused, whatever its trace.
+#[tokio::test]
+async fn on_redis_a_retry_in_another_trace_is_the_same_request() {
+    use rendezvous::pairing::{
+        Attempt, AttemptKey, Engine, Id, Offer, Parties, RedisEngine, Reuse, TryOrder,
+    };
+    use rendezvous::trace::TraceId;
+    use std::{sync::Arc, time::SystemTime};
+
+    let redis = RedisServer::start().await;
+    let prefix = unique_prefix("attempts-traced");
+    let engine = || start_engine(engine_config(redis.url(), &prefix, usize::MAX));
+    let (a, b) = (Arc::new(engine().await), Arc::new(engine().await));
+    // Try `n` of the wait with key "t", in trace `n`, through `engine`.
+    let tried = |engine: &Arc<RedisEngine>, n: u32, payload: &'static str| {
+        let engine = engine.clone();
+        async move {
+            let key = AttemptKey::in_namespace(None, "t").unwrap().unwrap();
+            let attempt = Attempt {
+                key: &key,
+                grace: Duration::from_secs(5),
+                order: TryOrder {
+                    previous: n,
+                    tried: SystemTime::now(),
+                },
+            };
+            let traceparent = format!("00-{:032x}-00f067aa0ba902b7-01", n + 1);
+            let offer = Offer {
+                payload: Bytes::from_static(payload.as_bytes()),
+                trace: TraceId::from_traceparent(traceparent.as_bytes()),
+            };
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+            let ask = (Id::new("traced").unwrap(), Parties::TWO, offer);
+            engine.gather_keyed(ask, deadline, attempt).await
+        }
+    };
+    let first = tokio::spawn(tried(&a, 0, "p"));
+    crate::common::eventually(|| a.waiting() == 1, "the first try parked").await;
+    let reused = PairError::AttemptReused(Reuse::Payload);
+    assert_eq!(within(tried(&b, 1, "q")).await.unwrap_err(), reused);
+    let retry = tokio::spawn(tried(&b, 1, "p"));
+    assert_eq!(
+        within(first).await.unwrap().unwrap_err(),
+        PairError::Superseded
+    );
+    crate::common::eventually(|| b.waiting() == 1, "the retry parked").await;
+    let partner = within(a.meet(
+        Id::new("traced").unwrap(),
+        Bytes::from_static(b"r").into(),
+        tokio::time::Instant::now() + Duration::from_secs(60),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(told(&partner), (Role::Second, &b"p"[..]));
+    let answered = within(retry).await.unwrap().unwrap();
+    assert_eq!(told(&answered), (Role::First, &b"r"[..]));
+    // Decided: the kept answer, through the other replica, in a third trace.
+    assert_eq!(within(tried(&a, 2, "q")).await.unwrap_err(), reused);
+    let kept = within(tried(&a, 2, "p")).await.unwrap();
+    assert_eq!(told(&kept), (Role::First, &b"r"[..]));
+}
+
 /// On Redis, a keyed member whose replica goes away keeps its place in the
 /// group: drained by SIGTERM (answered `UNAVAILABLE`, its place held for
 /// the grace) or SIGKILLed (held while its deadline lasts). The group

@@ -10,7 +10,8 @@ use crate::{pairing::Offer, trace::TraceId};
 
 /// A caller's offer as Redis keeps and sends it, one string: a first byte
 /// of 1 and a 16-byte trace id, or a 0 and none; then the payload. The Lua
-/// script never looks inside.
+/// script looks past the trace id only to check that a retry with an attempt
+/// key sends its first try's payload (each try may be part of its own trace).
 pub(super) fn seal(offer: Offer) -> Bytes {
     let trace = offer.trace.as_ref().map(TraceId::to_bytes);
     let mut sealed = Vec::with_capacity(17 + offer.payload.len());
