@@ -48,10 +48,16 @@ async fn pair_across(
 ) -> Result<Meeting, PairError> {
     let first = arrive(a, id, &format!("waiter {id}"), wait);
     parked(a, 1).await;
-    let second = within(arrive(b, id, &format!("partner {id}"), wait))
-        .await
-        .unwrap();
-    let first = within(first).await.unwrap();
+    // Bounded by `wait`, not `within`'s 10 s: after a fault, a client on a
+    // busy machine may take longer than that to learn the new slot map.
+    let bounded = |call: Call| async move {
+        tokio::time::timeout(wait, call)
+            .await
+            .expect("answered within its wait")
+            .unwrap()
+    };
+    let second = bounded(arrive(b, id, &format!("partner {id}"), wait)).await;
+    let first = bounded(first).await;
     assert_consistent(id, &first, &second);
     first
 }
