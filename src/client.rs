@@ -57,7 +57,7 @@ use crate::{
     pairing::{Meeting, Offer, Offers},
     proto::{self, WaitForPartiesRequest, WaitForSecondPartyRequest, sync_client::SyncClient},
     service::whole_millis,
-    trace::TraceId,
+    trace::TraceContext,
 };
 
 /// The server a client talks to when it is given none: the server's own
@@ -225,7 +225,7 @@ impl ClientOptions {
     /// id. A malformed one is dropped, not sent, as Trace Context asks of
     /// anyone who would pass one on.
     pub fn traceparent(self, value: &str) -> Self {
-        let valid = TraceId::from_traceparent(value.as_bytes()).is_some();
+        let valid = TraceContext::from_traceparent(value.as_bytes()).is_some();
         Self {
             traceparent: valid.then(|| value.parse().expect("a valid traceparent is ASCII")),
             ..self

@@ -20,7 +20,7 @@ use crate::{
     json::{JsonError, JsonGroup, JsonMeeting, code_name},
     metrics::{Protocol, Rejection},
     pairing::{Meeting, PairError},
-    service::{CallError, CallRequest, Codes, Deadline, Rendezvous, trace_id},
+    service::{CallError, CallRequest, Codes, Deadline, Operation, Rendezvous, trace_context},
 };
 
 /// The path prefix of the rendezvous route.
@@ -176,9 +176,13 @@ impl Gateway {
         };
         let call = CallRequest {
             protocol: Protocol::Http,
+            operation: match group {
+                true => Operation::WaitForParties,
+                false => Operation::WaitForSecondParty,
+            },
             namespace,
             deadline: Deadline::starting_now(query.wait),
-            trace: trace_id(request.headers()),
+            trace: trace_context(request.headers()),
             id: decode_id(segment)?,
             parties,
             // Read from the body once the route is known.

@@ -29,8 +29,8 @@ use crate::{
     metrics::{Protocol, Rejection},
     pairing::{Meeting, Role},
     proto,
-    service::{CallError, CallRequest, Deadline, Namespace, Rendezvous, trace_id},
-    trace::TraceId,
+    service::{CallError, CallRequest, Deadline, Namespace, Operation, Rendezvous, trace_context},
+    trace::TraceContext,
 };
 
 /// The pair method's path on the wire.
@@ -258,7 +258,7 @@ impl GrpcService {
             head: Head {
                 namespace,
                 deadline,
-                trace: trace_id(request.headers()),
+                trace: trace_context(request.headers()),
             },
             body: request.into_body(),
         }
@@ -365,7 +365,7 @@ struct Head {
     namespace: Namespace,
     deadline: Deadline,
     /// From the caller's `traceparent`, if it sent a valid one.
-    trace: Option<TraceId>,
+    trace: Option<TraceContext>,
 }
 
 /// The answer to a rendezvous call. Kept out of the `async` block that awaits
@@ -407,9 +407,15 @@ trait Method: Message + Default {
 
 impl Head {
     /// `attempt`: the key and `previous_attempts` fields.
-    fn call(self, id: String, parties: u32, payload: Bytes, attempt: (String, u32)) -> CallRequest {
+    fn call(
+        self,
+        operation: Operation,
+        (id, parties, payload): (String, u32, Bytes),
+        attempt: (String, u32),
+    ) -> CallRequest {
         CallRequest {
             protocol: Protocol::Grpc,
+            operation,
             namespace: self.namespace,
             deadline: self.deadline,
             trace: self.trace,
@@ -429,7 +435,8 @@ impl Method for proto::WaitForSecondPartyRequest {
 
     fn into_call(self, head: Head) -> (CallRequest, ()) {
         let attempt = (self.attempt_key, self.previous_attempts);
-        (head.call(self.id, 2, self.payload, attempt), ())
+        let call = (self.id, 2, self.payload);
+        (head.call(Operation::WaitForSecondParty, call, attempt), ())
     }
 
     fn answer(meeting: Meeting, (): ()) -> Self::Response {
@@ -446,7 +453,8 @@ impl Method for proto::WaitForPartiesRequest {
     fn into_call(self, head: Head) -> (CallRequest, Bytes) {
         let own = self.payload.clone();
         let attempt = (self.attempt_key, self.previous_attempts);
-        let call = head.call(self.id, self.parties, self.payload, attempt);
+        let call = (self.id, self.parties, self.payload);
+        let call = head.call(Operation::WaitForParties, call, attempt);
         (call, own)
     }
 

@@ -9,7 +9,10 @@ use rendezvous::{
     cli::{self, Cli, Command},
     telemetry,
 };
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    time::Instant,
+};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -22,7 +25,14 @@ async fn main() -> ExitCode {
 }
 
 async fn serve(config: Config) -> ExitCode {
-    telemetry::init(config.log_format);
+    let telemetry = match telemetry::init(config.log_format) {
+        Ok(telemetry) => telemetry,
+        Err(error) => {
+            tracing::error!(%error, "cannot start");
+            return ExitCode::FAILURE;
+        }
+    };
+    let grace = config.shutdown_grace;
 
     let app = match Application::build(config).await {
         Ok(app) => app,
@@ -38,7 +48,19 @@ async fn serve(config: Config) -> ExitCode {
             reloader.reload();
         }
     });
-    match app.run_until_stopped(shutdown_signal()).await {
+    // The grace bounds the whole shutdown: what the server leaves of it
+    // goes to exporting the spans still queued.
+    let (stopping, stopped) = tokio::sync::oneshot::channel();
+    let shutdown = async move {
+        shutdown_signal().await;
+        let _ = stopping.send(Instant::now() + grace);
+    };
+    let result = app.run_until_stopped(shutdown).await;
+    let flush_by = stopped.await.unwrap_or_else(|_| Instant::now());
+    telemetry
+        .shutdown(flush_by.saturating_duration_since(Instant::now()))
+        .await;
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(%error, "server failed");

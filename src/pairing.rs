@@ -52,7 +52,7 @@ mod shard;
 pub use attempts::{Attempts, Delivery};
 pub use redis::{RedisArgs, RedisConfig, RedisEngine, RedisError};
 
-use crate::trace::TraceId;
+use crate::trace::TraceContext;
 
 use occupancy::Occupancy;
 use shard::{Arrival, Outcome, Shard};
@@ -278,8 +278,9 @@ pub enum Role {
 pub struct Offer {
     /// The payload, delivered exactly as sent.
     pub payload: Bytes,
-    /// The caller's trace id, so that its partner's log can name it.
-    pub trace: Option<TraceId>,
+    /// The caller's trace context, so that its partner's log can name its
+    /// trace, and its partner's span link to its span.
+    pub trace: Option<TraceContext>,
 }
 
 impl From<Bytes> for Offer {
@@ -405,6 +406,19 @@ impl Meeting {
             Offers::Peer(peer) => peer,
             Offers::All(all) => &all[usize::from(self.position == 0)],
         }
+    }
+
+    /// Every other member's offer, in arrival order: the partner's alone in
+    /// a pair.
+    pub fn partners(&self) -> impl Iterator<Item = &Offer> {
+        let (all, own): (&[Offer], _) = match &self.offers {
+            Offers::Peer(peer) => (std::slice::from_ref(peer), None),
+            Offers::All(all) => (all, Some(self.position)),
+        };
+        all.iter()
+            .enumerate()
+            .filter(move |(i, _)| Some(*i) != own)
+            .map(|(_, offer)| offer)
     }
 
     /// [`Meeting::peer`], taken out of the meeting rather than copied.

@@ -143,6 +143,7 @@ impl Application {
     ) -> Result<Self, ServerError> {
         let mut metrics = Metrics::new();
         metrics.set_max_waiters(config.max_waiters);
+        crate::telemetry::register_metrics(metrics.registry_mut());
         let limits = EngineLimits {
             max_waiters: config.max_waiters,
             max_group_bytes: config.max_group_bytes,

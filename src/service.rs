@@ -23,7 +23,8 @@ use crate::{
         Offer, PairError, Parties, PartiesError,
     },
     proto,
-    trace::TraceId,
+    telemetry::{self, span::CallSpan},
+    trace::TraceContext,
 };
 
 /// How long a keyed wait keeps its place after its caller went away, and
@@ -37,12 +38,14 @@ pub const DEFAULT_ATTEMPT_GRACE: Duration = Duration::from_secs(5);
 pub struct CallRequest {
     /// The transport it came in on.
     pub protocol: Protocol,
+    /// Which call it is, as its transport named it.
+    pub operation: Operation,
     /// Where its token lets it meet.
     pub namespace: Namespace,
     /// When it must be answered by.
     pub deadline: Deadline,
     /// From the caller's `traceparent`, if it sent a valid one.
-    pub trace: Option<TraceId>,
+    pub trace: Option<TraceContext>,
     /// The meeting id, as sent.
     pub id: String,
     /// How many callers make up its group: 2 for `WaitForSecondParty`.
@@ -54,6 +57,53 @@ pub struct CallRequest {
     /// How many tries of its wait came before it, as its client counts:
     /// what orders the tries of one key (see [`Attempts`]).
     pub previous_attempts: u32,
+}
+
+/// Which of the two calls a request is: what its span is named after.
+/// A group of two asked for by `WaitForParties` is still that call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    /// `WaitForSecondParty`, `POST /wait-for-second-party/{id}`.
+    WaitForSecondParty,
+    /// `WaitForParties`, `POST /wait-for-parties/{id}`.
+    WaitForParties,
+}
+
+impl Operation {
+    /// The gRPC service both methods belong to.
+    pub const GRPC_SERVICE: &str = "rendezvous.v1.Sync";
+
+    /// The gRPC method's name.
+    pub fn grpc_method(self) -> &'static str {
+        match self {
+            Self::WaitForSecondParty => "WaitForSecondParty",
+            Self::WaitForParties => "WaitForParties",
+        }
+    }
+
+    /// `service/method`, as OpenTelemetry names a gRPC span.
+    pub fn grpc_name(self) -> &'static str {
+        match self {
+            Self::WaitForSecondParty => "rendezvous.v1.Sync/WaitForSecondParty",
+            Self::WaitForParties => "rendezvous.v1.Sync/WaitForParties",
+        }
+    }
+
+    /// The HTTP route, with the id as a parameter (never the id itself).
+    pub fn http_route(self) -> &'static str {
+        match self {
+            Self::WaitForSecondParty => "/wait-for-second-party/{id}",
+            Self::WaitForParties => "/wait-for-parties/{id}",
+        }
+    }
+
+    /// `METHOD route`, as OpenTelemetry names an HTTP server span.
+    pub fn http_name(self) -> &'static str {
+        match self {
+            Self::WaitForSecondParty => "POST /wait-for-second-party/{id}",
+            Self::WaitForParties => "POST /wait-for-parties/{id}",
+        }
+    }
 }
 
 /// The namespace a call meets in: `None` when tokens are not required.
@@ -238,18 +288,19 @@ fn engine_codes(error: &PairError) -> Codes {
     Codes { grpc, http }
 }
 
-/// The caller's trace id, from its `traceparent`, if the per-call span that
-/// would show it is on (`RUST_LOG=rendezvous=debug`). With it off, the
-/// default, nothing per call is logged, and looking the header up would cost
-/// every call for nothing (BENCHMARKS.md has the figure). So turn the
-/// spans on in every replica at once: a replica with them off passes no
-/// trace id on to its callers' partners.
-pub fn trace_id(headers: &HeaderMap) -> Option<TraceId> {
-    // The same target and level as the call's span below.
-    if !tracing::enabled!(tracing::Level::DEBUG) {
+/// The caller's trace context, from its `traceparent`, if anything would
+/// use it: the exported span (its parent), or the per-call log span that
+/// would show its trace id (`RUST_LOG=rendezvous=debug`). With both off,
+/// the default, looking the header up would cost every call for nothing
+/// (BENCHMARKS.md has the figure). So turn them on in every replica at
+/// once: a replica with them off passes no trace on to its callers'
+/// partners.
+pub fn trace_context(headers: &HeaderMap) -> Option<TraceContext> {
+    // The same target and level as the call's log span below.
+    if !telemetry::exporting() && !tracing::enabled!(tracing::Level::DEBUG) {
         return None;
     }
-    TraceId::from_headers(headers)
+    TraceContext::from_headers(headers)
 }
 
 /// A wait as people read it: `1s 950ms`, not `1s 949ms 998us 389ns`.
@@ -339,9 +390,22 @@ impl<E: Engine> Rendezvous<E> {
     /// `max_wait` if that comes sooner, handing them its payload. With an
     /// attempt key, a retry gets the first try's place or answer
     /// ([`Attempts`]).
-    pub async fn call(&self, request: CallRequest) -> Result<Meeting, CallError> {
+    pub async fn call(&self, mut request: CallRequest) -> Result<Meeting, CallError> {
+        if !telemetry::exporting() {
+            return self.meet(request).await.0;
+        }
+        let span = CallSpan::start(&mut request);
+        // Boxed: only calls with a span pay for the room it takes.
+        let (result, delivery) = Box::pin(self.meet(request)).await;
+        span.finish(&result, delivery);
+        result
+    }
+
+    /// [`Rendezvous::call`], and how its answer was handed over.
+    async fn meet(&self, request: CallRequest) -> (Result<Meeting, CallError>, Delivery) {
         let CallRequest {
             protocol,
+            operation: _,
             namespace,
             deadline,
             trace,
@@ -353,24 +417,24 @@ impl<E: Engine> Rendezvous<E> {
         } = request;
         let id = match Id::in_namespace(namespace.as_deref(), id) {
             Ok(id) => id,
-            Err(error) => return Err(self.refuse(protocol, error.into())),
+            Err(error) => return (Err(self.refuse(protocol, error.into())), Delivery::Fresh),
         };
         let parties = match Parties::new(parties, self.limits.max_parties) {
             Ok(parties) => parties,
-            Err(error) => return Err(self.refuse(protocol, error.into())),
+            Err(error) => return (Err(self.refuse(protocol, error.into())), Delivery::Fresh),
         };
         if payload.len() > self.limits.max_payload {
             let error = CallError::PayloadTooLarge {
                 size: payload.len(),
                 limit: self.limits.max_payload,
             };
-            return Err(self.refuse(protocol, error));
+            return (Err(self.refuse(protocol, error)), Delivery::Fresh);
         }
         let attempt = match AttemptKey::in_namespace(namespace.as_deref(), &attempt_key) {
             // `--attempt-grace 0s`: keys are checked, and not kept.
             Ok(_) if self.limits.attempt_grace.is_zero() => None,
             Ok(attempt) => attempt,
-            Err(error) => return Err(self.refuse(protocol, error.into())),
+            Err(error) => return (Err(self.refuse(protocol, error.into())), Delivery::Fresh),
         };
         drop(attempt_key);
         let offer = Offer { payload, trace };
@@ -460,7 +524,7 @@ impl<E: Engine> Rendezvous<E> {
         if !span.is_disabled() {
             record(&span, &result);
         }
-        result
+        (result, delivery)
     }
 }
 
@@ -482,28 +546,34 @@ impl Drop for Pending<'_> {
 }
 
 fn record(span: &tracing::Span, result: &Result<Meeting, CallError>) {
-    let (outcome, waited) = match result {
-        Ok(meeting) => {
-            span.record("position", meeting.position);
-            // A pair's partner; in a larger group, every other member is
-            // a partner, and the span has room for one.
-            if meeting.parties() == 2 {
-                span.record("role", proto::Role::from(meeting.role()).as_str_name());
-                if let Some(partner) = &meeting.peer().trace {
-                    span.record("partner_trace_id", tracing::field::display(partner));
-                }
+    if let Ok(meeting) = result {
+        span.record("position", meeting.position);
+        // A pair's partner; in a larger group, every other member is
+        // a partner, and the span has room for one.
+        if meeting.parties() == 2 {
+            span.record("role", proto::Role::from(meeting.role()).as_str_name());
+            if let Some(partner) = &meeting.peer().trace {
+                span.record("partner_trace_id", tracing::field::display(partner));
             }
-            ("paired", meeting.waited)
         }
+    }
+    let (outcome, waited) = outcome(result);
+    span.record("outcome", outcome);
+    span.record("waited", tracing::field::debug(waited));
+    span.in_scope(|| tracing::debug!(outcome, ?waited, "finished"));
+}
+
+/// How a call ended, as its spans and logs name it (`paired`, `timed_out`,
+/// or the reason it was refused), and how long it waited.
+pub(crate) fn outcome(result: &Result<Meeting, CallError>) -> (&'static str, Duration) {
+    match result {
+        Ok(meeting) => ("paired", meeting.waited),
         Err(CallError::TimedOut { wait }) => ("timed_out", *wait),
         Err(error) => (
             error.rejection().map_or("timed_out", Rejection::as_str),
             Duration::ZERO,
         ),
-    };
-    span.record("outcome", outcome);
-    span.record("waited", tracing::field::debug(waited));
-    span.in_scope(|| tracing::debug!(outcome, ?waited, "finished"));
+    }
 }
 
 #[cfg(test)]
@@ -522,6 +592,10 @@ mod tests {
     ) -> CallRequest {
         CallRequest {
             protocol,
+            operation: match parties {
+                2 => Operation::WaitForSecondParty,
+                _ => Operation::WaitForParties,
+            },
             namespace: None,
             deadline,
             trace: None,
@@ -555,7 +629,7 @@ mod tests {
                 .with_max_level(level)
                 .with_writer(std::io::sink)
                 .finish();
-            tracing::subscriber::with_default(subscriber, || trace_id(&headers))
+            tracing::subscriber::with_default(subscriber, || trace_context(&headers))
         };
         assert_eq!(at(tracing::Level::INFO), None);
         assert_eq!(

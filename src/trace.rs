@@ -1,11 +1,13 @@
-//! Trace ids from W3C Trace Context (`traceparent`), so that both parties'
-//! logs can be found from either side's trace.
+//! W3C Trace Context (`traceparent`): which trace a call belongs to, so
+//! that both parties' logs and spans can be found from either side's trace.
 //!
 //! A caller that sends `traceparent` (as gRPC metadata or an HTTP header)
-//! has its trace id on its call's span, and its partner's trace id is logged
-//! when they pair. Nothing else of Trace Context is used: no span is
-//! exported, and a malformed header is ignored, never an error, as the
-//! specification asks.
+//! has its trace id on its call's log span, and its exported span (with
+//! `OTEL_EXPORTER_OTLP_ENDPOINT`, see [`crate::telemetry`]) is that
+//! header's child. Each call hands its partners a [`TraceContext`], so that
+//! their logs name its trace and their spans link to its span. A malformed
+//! header is ignored, never an error, as the specification asks; and
+//! `tracestate` is not read: nothing here samples or routes by it.
 
 use std::fmt;
 
@@ -13,16 +15,22 @@ use http::{HeaderMap, HeaderName};
 
 use crate::hex::{Hex16, decode};
 
-/// A trace id from a valid `traceparent`: 16 bytes, not all zero.
+/// A span's place in a trace: its 16-byte trace id (never all zero), its
+/// 8-byte span id (never all zero) and its flags (bit 0: sampled). From a
+/// caller's valid `traceparent` it names the caller's span; handed to a
+/// partner, the call's own exported span, if it has one.
 ///
-/// Boxed, so that `Option<TraceId>` is one pointer: every parked caller
+/// Boxed, so that `Option<TraceContext>` is one pointer: every parked caller
 /// carries one through several layers of futures, and most callers send
-/// none, so 16 bytes inline would enlarge each of them for nothing.
+/// none, so 25 bytes inline would enlarge each of them for nothing.
 #[derive(Clone, PartialEq, Eq, Hash)]
-pub struct TraceId(Box<[u8; 16]>);
+pub struct TraceContext(Box<[u8; TraceContext::LEN]>);
 
-impl TraceId {
-    /// The trace id of the one `traceparent` header in `headers`, if it is
+impl TraceContext {
+    /// The length of [`TraceContext::to_bytes`].
+    pub const LEN: usize = 25;
+
+    /// The context of the one `traceparent` header in `headers`, if it is
     /// valid. Several `traceparent` headers are as good as none.
     pub fn from_headers(headers: &HeaderMap) -> Option<Self> {
         // A `HeaderName`, not a `&str`, which would be checked and
@@ -54,36 +62,64 @@ impl TraceId {
         }
         let trace = decode::<16>(&head[3..35])?;
         let parent = decode::<8>(&head[36..52])?;
-        decode::<1>(&head[53..55])?;
-        if trace == [0; 16] || parent == [0; 8] {
-            return None;
-        }
-        Some(Self(Box::new(trace)))
+        let flags = decode::<1>(&head[53..55])?;
+        Self::new(trace, parent, flags[0])
     }
 
-    /// The id as 16 bytes, for an engine to carry to the partner.
-    pub fn to_bytes(&self) -> [u8; 16] {
+    /// A context from its parts; `None` if either id is all zero (never a
+    /// valid id).
+    pub fn new(trace: [u8; 16], span: [u8; 8], flags: u8) -> Option<Self> {
+        if trace == [0; 16] || span == [0; 8] {
+            return None;
+        }
+        let mut bytes = [0; Self::LEN];
+        bytes[..16].copy_from_slice(&trace);
+        bytes[16..24].copy_from_slice(&span);
+        bytes[24] = flags;
+        Some(Self(Box::new(bytes)))
+    }
+
+    /// The trace id.
+    pub fn trace_id(&self) -> [u8; 16] {
+        self.0[..16].try_into().expect("16 bytes")
+    }
+
+    /// The span id.
+    pub fn span_id(&self) -> [u8; 8] {
+        self.0[16..24].try_into().expect("8 bytes")
+    }
+
+    /// The trace flags (bit 0: sampled).
+    pub fn flags(&self) -> u8 {
+        self.0[24]
+    }
+
+    /// Trace id, span id and flags, for an engine to carry to the partner.
+    pub fn to_bytes(&self) -> [u8; Self::LEN] {
         *self.0
     }
 
-    /// The id an engine carried, or `None` for 16 zero bytes (never a valid
-    /// id).
-    pub fn from_bytes(bytes: [u8; 16]) -> Option<Self> {
-        (bytes != [0; 16]).then(|| Self(Box::new(bytes)))
+    /// The context an engine carried, or `None` for bytes that are not one
+    /// (an all-zero id).
+    pub fn from_bytes(bytes: [u8; Self::LEN]) -> Option<Self> {
+        let trace = bytes[..16].try_into().expect("16 bytes");
+        let span = bytes[16..24].try_into().expect("8 bytes");
+        Self::new(trace, span, bytes[24])
     }
 }
 
-/// The 32 lowercase hex digits, as they appear in `traceparent` and in
-/// tracing back ends.
-impl fmt::Display for TraceId {
+/// The trace id's 32 lowercase hex digits, as they appear in `traceparent`
+/// and in tracing back ends: what a log line needs to find the trace.
+impl fmt::Display for TraceContext {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(Hex16::new(&self.0).as_str())
+        f.write_str(Hex16::new(&self.trace_id()).as_str())
     }
 }
 
-impl fmt::Debug for TraceId {
+impl fmt::Debug for TraceContext {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "TraceId({self})")
+        let span: String = self.span_id().iter().map(|b| format!("{b:02x}")).collect();
+        write!(f, "TraceContext({self}-{span}-{:02x})", self.flags())
     }
 }
 
@@ -94,7 +130,7 @@ mod tests {
     const VALID: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
     fn parse(value: &str) -> Option<String> {
-        TraceId::from_traceparent(value.as_bytes()).map(|id| id.to_string())
+        TraceContext::from_traceparent(value.as_bytes()).map(|id| id.to_string())
     }
 
     #[test]
@@ -146,24 +182,42 @@ mod tests {
     #[test]
     fn one_header_counts_and_two_are_ignored() {
         let mut headers = HeaderMap::new();
-        assert_eq!(TraceId::from_headers(&headers), None);
+        assert_eq!(TraceContext::from_headers(&headers), None);
         headers.insert("traceparent", VALID.parse().unwrap());
         assert_eq!(
-            TraceId::from_headers(&headers).map(|id| id.to_string()),
+            TraceContext::from_headers(&headers).map(|id| id.to_string()),
             parse(VALID)
         );
         headers.append("traceparent", VALID.parse().unwrap());
-        assert_eq!(TraceId::from_headers(&headers), None);
+        assert_eq!(TraceContext::from_headers(&headers), None);
     }
 
     #[test]
-    fn bytes_round_trip_and_zero_is_none() {
-        let id = TraceId::from_traceparent(VALID.as_bytes()).unwrap();
-        assert_eq!(TraceId::from_bytes(id.to_bytes()), Some(id.clone()));
-        assert_eq!(TraceId::from_bytes([0; 16]), None);
+    fn bytes_round_trip_and_zero_ids_are_none() {
+        let context = TraceContext::from_traceparent(VALID.as_bytes()).unwrap();
         assert_eq!(
-            format!("{id:?}"),
-            "TraceId(4bf92f3577b34da6a3ce929d0e0e4736)"
+            TraceContext::from_bytes(context.to_bytes()),
+            Some(context.clone())
+        );
+        assert_eq!(
+            context.span_id(),
+            [0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7]
+        );
+        assert_eq!(context.flags(), 1);
+        let mut zero_trace = context.to_bytes();
+        zero_trace[..16].fill(0);
+        assert_eq!(TraceContext::from_bytes(zero_trace), None);
+        let mut zero_span = context.to_bytes();
+        zero_span[16..24].fill(0);
+        assert_eq!(TraceContext::from_bytes(zero_span), None);
+        assert_eq!(
+            format!("{context:?}"),
+            "TraceContext(4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01)"
+        );
+        let unsampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+        assert_eq!(
+            TraceContext::from_traceparent(unsampled.as_bytes()).map(|c| c.flags()),
+            Some(0)
         );
     }
 }

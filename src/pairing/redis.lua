@@ -1,7 +1,7 @@
 -- The Redis engine's one script: every decision about one id, atomically.
 --
 -- Everything one run touches is in one cluster slot: KEYS[1] is
--- PREFIX 'v3{' BUCKET '}' HASH, every other key it names starts with KEYS[1],
+-- PREFIX 'v4{' BUCKET '}' HASH, every other key it names starts with KEYS[1],
 -- and on a cluster every channel it publishes to is a replica's shard
 -- channel for the same bucket, PREFIX '{' BUCKET '}replica:' ID (see
 -- `publish` below, and slots.rs for the buckets).
@@ -178,10 +178,11 @@ end
 -- ws; the offerer's ok, og) has its answer kept for its retry, and the
 -- meeting place goes. Returns how long the waiter waited, as Redis measured
 -- it, for a waiter with a key: the others measure their own wait.
--- A sealed offer's payload without its trace id (src/pairing/redis/wire.rs):
--- what a retry must send again, whatever trace each of its tries is part of.
+-- A sealed offer's payload without its trace context, a flag byte of 1 and
+-- 25 bytes (src/pairing/redis/wire.rs): what a retry must send again,
+-- whatever trace each of its tries is part of.
 local function unsealed(sealed)
-  if string.byte(sealed, 1) == 1 then return string.sub(sealed, 18) end
+  if string.byte(sealed, 1) == 1 then return string.sub(sealed, 27) end
   return string.sub(sealed, 2)
 end
 

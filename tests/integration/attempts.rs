@@ -743,7 +743,7 @@ async fn on_redis_a_retry_in_another_trace_is_the_same_request() {
     use rendezvous::pairing::{
         Attempt, AttemptKey, Engine, Id, Offer, Parties, RedisEngine, Reuse, TryOrder,
     };
-    use rendezvous::trace::TraceId;
+    use rendezvous::trace::TraceContext;
     use std::{sync::Arc, time::SystemTime};
 
     let redis = RedisServer::start().await;
@@ -766,7 +766,7 @@ async fn on_redis_a_retry_in_another_trace_is_the_same_request() {
             let traceparent = format!("00-{:032x}-00f067aa0ba902b7-01", n + 1);
             let offer = Offer {
                 payload: Bytes::from_static(payload.as_bytes()),
-                trace: TraceId::from_traceparent(traceparent.as_bytes()),
+                trace: TraceContext::from_traceparent(traceparent.as_bytes()),
             };
             let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
             let ask = (Id::new("traced").unwrap(), Parties::TWO, offer);

@@ -19,7 +19,7 @@ use proptest::prelude::*;
 use rendezvous::pairing::{
     Engine, EngineLimits, Id, LocalEngine, Meeting, Offer, PairError, Parties, RedisEngine, Role,
 };
-use rendezvous::trace::TraceId;
+use rendezvous::trace::TraceContext;
 use tokio::{task::JoinHandle, time::Instant};
 
 use crate::common::{
@@ -470,15 +470,16 @@ pub async fn payloads_arrive_byte_for_byte<H: Harness>() {
     h.assert_nothing_left().await;
 }
 
-/// A caller's trace id reaches its partner with its payload, whichever
-/// side sent one; payloads that look like a trace id's framing stay payloads.
+/// A caller's trace context (trace id, span id, flags) reaches its partner
+/// with its payload, whichever side sent one; payloads that look like its
+/// framing stay payloads.
 pub async fn trace_ids_reach_the_partner<H: Harness>() {
     let h = H::new().await;
     let engine = h.engine(usize::MAX).await;
-    let traced = |text: &str| TraceId::from_traceparent(text.as_bytes()).unwrap();
+    let traced = |text: &str| TraceContext::from_traceparent(text.as_bytes()).unwrap();
     let a = traced("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01");
     let b = traced("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00");
-    let framing_lookalike: &[u8] = &[1; 17];
+    let framing_lookalike: &[u8] = &[1; 1 + TraceContext::LEN];
     let pairs = [
         (Some(a.clone()), None),
         (None, Some(b.clone())),

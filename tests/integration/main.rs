@@ -33,3 +33,4 @@ mod redis_measure;
 mod replicas;
 mod shutdown;
 mod tls;
+mod traces;

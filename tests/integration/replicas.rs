@@ -275,13 +275,13 @@ async fn keys_share_one_hash_slot_per_id_and_expire_with_the_wait() {
     let keys = replicas.redis.keys(&replicas.prefix).await;
     assert_eq!(keys.len(), 1, "{keys:?}");
     let key = &keys[0];
-    // `prefixv3{bucket}hash`: the format's version, then braces around the
+    // `prefixv4{bucket}hash`: the format's version, then braces around the
     // tag of the id's bucket, so every key of one id lands in one Redis
     // Cluster slot, then half the id's SHA-256; the id itself is not in it.
     let rest = key
         .strip_prefix(replicas.prefix.as_str())
         .unwrap()
-        .strip_prefix("v3{")
+        .strip_prefix("v4{")
         .unwrap();
     let (tag, hash) = rest.split_once('}').unwrap();
     assert!(tag.bytes().all(|b| b.is_ascii_digit()), "{key}");

@@ -29,8 +29,9 @@ pub(super) type Digest = [u8; 16];
 /// The format of what the keys hold, in every key's name: replicas that
 /// write different formats (during an upgrade) never meet, rather than hand
 /// each other payloads they would misread. `v2` added the trace id; `v3`
-/// the buckets' hash tags.
-const FORMAT: &str = "v3";
+/// the buckets' hash tags; `v4` the span id and flags beside the trace id,
+/// for partners' spans to link to each other.
+const FORMAT: &str = "v4";
 
 /// The slot of a key (or channel) in a cluster: CRC16 of its hash tag, as
 /// Redis computes it.
@@ -141,7 +142,7 @@ mod tests {
         assert_eq!(
             key,
             format!(
-                "app:v3{{{}}}abcd0102030405060708090a0b0c0d0e",
+                "app:v4{{{}}}abcd0102030405060708090a0b0c0d0e",
                 tags()[bucket]
             )
         );

@@ -6,15 +6,16 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::{PairError, Role, Settled};
-use crate::{pairing::Offer, trace::TraceId};
+use crate::{pairing::Offer, trace::TraceContext};
 
 /// A caller's offer as Redis keeps and sends it, one string: a first byte
-/// of 1 and a 16-byte trace id, or a 0 and none; then the payload. The Lua
-/// script looks past the trace id only to check that a retry with an attempt
-/// key sends its first try's payload (each try may be part of its own trace).
+/// of 1 and a trace context (trace id, span id, flags: 25 bytes), or a 0
+/// and none; then the payload. The Lua script looks past the trace context
+/// only to check that a retry with an attempt key sends its first try's
+/// payload (each try may be part of its own trace).
 pub(super) fn seal(offer: Offer) -> Bytes {
-    let trace = offer.trace.as_ref().map(TraceId::to_bytes);
-    let mut sealed = Vec::with_capacity(17 + offer.payload.len());
+    let trace = offer.trace.as_ref().map(TraceContext::to_bytes);
+    let mut sealed = Vec::with_capacity(1 + TraceContext::LEN + offer.payload.len());
     match trace {
         Some(trace) => {
             sealed.push(1);
@@ -26,16 +27,17 @@ pub(super) fn seal(offer: Offer) -> Bytes {
     sealed.into()
 }
 
-/// The payload and trace id of a sealed offer. Anything else (nothing this
-/// version writes) is all payload.
+/// The payload and trace context of a sealed offer. Anything else (nothing
+/// this version writes) is all payload.
 pub(super) fn unseal(sealed: Bytes) -> Offer {
+    const END: usize = 1 + TraceContext::LEN;
     match sealed.first() {
         Some(0) => Offer::from(sealed.slice(1..)),
-        Some(1) if sealed.len() >= 17 => {
-            let trace: [u8; 16] = sealed[1..17].try_into().expect("16 bytes");
+        Some(1) if sealed.len() >= END => {
+            let trace = sealed[1..END].try_into().expect("the length of a context");
             Offer {
-                payload: sealed.slice(17..),
-                trace: TraceId::from_bytes(trace),
+                payload: sealed.slice(END..),
+                trace: TraceContext::from_bytes(trace),
             }
         }
         _ => Offer::from(sealed),
@@ -151,8 +153,8 @@ mod tests {
         }
     }
 
-    /// Offers are sealed with their trace id and unsealed whole; a string
-    /// this version would not write (too short for the trace id it claims,
+    /// Offers are sealed with their trace context and unsealed whole; a
+    /// string this version would not write (too short for the context it claims,
     /// or unknown) is all payload, never a panic.
     #[test]
     fn offers_unseal_to_what_was_sealed() {
@@ -160,7 +162,8 @@ mod tests {
             let offer = unseal(sealed);
             (offer.payload, offer.trace)
         };
-        let trace = TraceId::from_bytes([7; 16]);
+        let trace = TraceContext::from_bytes([7; TraceContext::LEN]);
+        assert!(trace.is_some());
         for offer in [
             Offer::from(Bytes::from_static(b"payload")),
             Offer {
@@ -171,7 +174,12 @@ mod tests {
         ] {
             assert_eq!(unsealed(seal(offer.clone())), (offer.payload, offer.trace));
         }
-        for foreign in [&b"\x01short"[..], b"\x02other", b""] {
+        for foreign in [
+            &b"\x01short"[..],
+            &[1; TraceContext::LEN],
+            b"\x02other",
+            b"",
+        ] {
             assert_eq!(
                 unsealed(Bytes::from_static(foreign)),
                 (Bytes::from_static(foreign), None)

@@ -1,6 +1,7 @@
 //! A real server on 127.0.0.1:0 for each test, and real clients for it.
 
 pub mod edges;
+pub mod otlp;
 pub mod redis;
 pub mod topology;
 

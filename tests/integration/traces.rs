@@ -1,0 +1,504 @@
+//! Traces over OTLP/gRPC, from the real binary to a receiver in the test
+//! ([`Collector`]): one server span per call, under the caller's
+//! `traceparent`, linked to its partners' spans (across replicas on Redis
+//! too), with the conventions' attributes and no id; and a collector that
+//! is down or stuck changes nothing for callers.
+
+use bytes::Bytes;
+use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode};
+use rendezvous::proto::{WaitForPartiesRequest, sync_client::SyncClient};
+
+use crate::common::{
+    self, Process,
+    otlp::{Collector, Received, hex},
+    redis::RedisServer,
+    within,
+};
+
+const A: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+const B: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+fn trace_of(traceparent: &str) -> (String, String) {
+    (
+        traceparent[3..35].to_owned(),
+        traceparent[36..52].to_owned(),
+    )
+}
+
+/// What a server that exports to `collector` is started with. The batch
+/// is never sent on a timer, so that spans reach the collector only by the
+/// flush at shutdown, which these tests check by it.
+fn exporting_to(collector: &Collector) -> Vec<(&'static str, String)> {
+    vec![
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint.clone()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "3600000".into()),
+    ]
+}
+
+async fn start(args: &[&str], env: &[(&'static str, String)]) -> Process {
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut args = args.to_vec();
+    args.push("--shutdown-grace=10s");
+    Process::start_with_env(&args, &env).await
+}
+
+/// SIGTERM, and the exit status: the spans are flushed before it exits.
+async fn stop(mut server: Process) -> Vec<serde_json::Value> {
+    server.signal("TERM");
+    let status = within(server.child.wait()).await.unwrap();
+    assert!(status.success(), "{status:?}");
+    server.drain_log()
+}
+
+fn with_traceparent<T>(mut request: tonic::Request<T>, traceparent: &str) -> tonic::Request<T> {
+    request
+        .metadata_mut()
+        .insert("traceparent", traceparent.parse().unwrap());
+    request
+}
+
+fn the_one<'a>(
+    spans: &'a [Received],
+    what: &str,
+    pick: impl Fn(&Received) -> bool,
+) -> &'a Received {
+    let found: Vec<_> = spans.iter().filter(|s| pick(s)).collect();
+    assert_eq!(found.len(), 1, "{what}: {spans:#?}");
+    found[0]
+}
+
+fn status(span: &Received) -> (i32, &str) {
+    span.span
+        .status
+        .as_ref()
+        .map_or((StatusCode::Unset as i32, ""), |s| {
+            (s.code, s.message.as_str())
+        })
+}
+
+#[tokio::test]
+async fn each_call_is_a_server_span_under_its_traceparent_linked_to_its_partner() {
+    let mut collector = Collector::start().await;
+    let mut server = start(&[], &exporting_to(&collector)).await;
+    let id = "secret-meeting-code";
+
+    // A pair: gRPC first (under A), HTTP second (under B).
+    let mut grpc = SyncClient::new(server.channel().await);
+    let request = with_traceparent(common::request(id, b"from grpc"), A);
+    let first = tokio::spawn(async move { grpc.wait_for_second_party(request).await });
+    server.next("arrived").await;
+    let http = common::http_client();
+    let url = format!("http://{}/wait-for-second-party/{id}", server.http);
+    let second = http
+        .post(&url)
+        .header("traceparent", B)
+        .body("from http")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(second.status(), 200);
+    let first = within(first).await.unwrap().unwrap().into_inner();
+    assert_eq!(first.peer_payload, Bytes::from_static(b"from http"));
+
+    // Nobody comes: over HTTP (408) and over gRPC (DEADLINE_EXCEEDED).
+    let alone = format!(
+        "http://{}/wait-for-second-party/alone?wait=100ms",
+        server.http
+    );
+    assert_eq!(http.post(&alone).send().await.unwrap().status(), 408);
+    let mut grpc = SyncClient::new(server.channel().await);
+    let mut request = common::request("alone-too", b"");
+    request.set_timeout(std::time::Duration::from_millis(100));
+    let status_code = grpc
+        .wait_for_second_party(request)
+        .await
+        .unwrap_err()
+        .code();
+    assert_eq!(status_code, tonic::Code::DeadlineExceeded);
+    // Refused: the caller's mistake.
+    let refused = grpc
+        .wait_for_second_party(common::request("", b""))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+
+    assert!(collector.received().is_empty(), "sent before shutdown");
+    stop(server).await;
+    let spans = collector.received();
+    assert_eq!(spans.len(), 5, "{spans:#?}");
+    assert!(
+        !format!("{spans:?}").contains(id),
+        "an id in a span: {spans:#?}"
+    );
+
+    let outcome = |span: &Received, want: &str| {
+        span.attribute("rendezvous.outcome").is_some() && span.string("rendezvous.outcome") == want
+    };
+    let paired: Vec<&Received> = spans.iter().filter(|s| outcome(s, "paired")).collect();
+    assert_eq!(paired.len(), 2, "{spans:#?}");
+    let g = the_one(&spans, "the gRPC pair", |s| {
+        outcome(s, "paired") && s.attribute("rpc.system").is_some()
+    });
+    let h = the_one(&spans, "the HTTP pair", |s| {
+        outcome(s, "paired") && s.attribute("http.route").is_some()
+    });
+
+    for span in &spans {
+        assert_eq!(span.span.kind, SpanKind::Server as i32, "{span:?}");
+        assert_eq!(span.service, "rendezvous", "{span:?}");
+        assert!(
+            span.resource
+                .contains(&format!("service.version={}", env!("CARGO_PKG_VERSION"))),
+            "{:?}",
+            span.resource
+        );
+    }
+
+    // Children of their callers' spans, and linked to each other.
+    let (a_trace, a_parent) = trace_of(A);
+    assert_eq!(
+        (hex(&g.span.trace_id), hex(&g.span.parent_span_id)),
+        (a_trace, a_parent)
+    );
+    let (b_trace, b_parent) = trace_of(B);
+    assert_eq!(
+        (hex(&h.span.trace_id), hex(&h.span.parent_span_id)),
+        (b_trace, b_parent)
+    );
+    assert_eq!(g.links(), [h.id()]);
+    assert_eq!(h.links(), [g.id()]);
+
+    assert_eq!(g.span.name, "rendezvous.v1.Sync/WaitForSecondParty");
+    assert_eq!(g.string("rpc.system"), "grpc");
+    assert_eq!(g.string("rpc.service"), "rendezvous.v1.Sync");
+    assert_eq!(g.string("rpc.method"), "WaitForSecondParty");
+    assert_eq!(g.int("rpc.grpc.status_code"), 0);
+    assert_eq!(g.string("rendezvous.protocol"), "grpc");
+    assert_eq!(g.string("rendezvous.role"), "ROLE_FIRST");
+    assert_eq!(g.int("rendezvous.position"), 0);
+    assert_eq!(g.int("rendezvous.parties"), 2);
+    assert!(g.double("rendezvous.waited") > 0.0, "{g:?}");
+    assert_eq!(status(g), (StatusCode::Unset as i32, ""));
+
+    assert_eq!(h.span.name, "POST /wait-for-second-party/{id}");
+    assert_eq!(h.string("http.request.method"), "POST");
+    assert_eq!(h.string("http.route"), "/wait-for-second-party/{id}");
+    assert_eq!(h.int("http.response.status_code"), 200);
+    assert_eq!(h.string("rendezvous.protocol"), "http");
+    assert_eq!(h.string("rendezvous.role"), "ROLE_SECOND");
+    assert_eq!(h.int("rendezvous.position"), 1);
+    assert_eq!(h.double("rendezvous.waited"), 0.0);
+
+    // A timeout over HTTP is the caller's 408, not the server's error; a
+    // root span, since its caller sent no traceparent.
+    let late = the_one(&spans, "the HTTP timeout", |s| {
+        outcome(s, "timed_out") && s.attribute("http.route").is_some()
+    });
+    assert_eq!(late.int("http.response.status_code"), 408);
+    assert_eq!(late.double("rendezvous.waited"), 0.1);
+    assert_eq!(status(late), (StatusCode::Unset as i32, ""));
+    assert!(
+        late.span.parent_span_id.is_empty() && late.links().is_empty(),
+        "{late:?}"
+    );
+    assert!(late.attribute("rendezvous.role").is_none(), "{late:?}");
+    // DEADLINE_EXCEEDED is an error for a gRPC server, as the conventions say.
+    let deadline = the_one(&spans, "the gRPC timeout", |s| {
+        outcome(s, "timed_out") && s.attribute("rpc.system").is_some()
+    });
+    assert_eq!(deadline.int("rpc.grpc.status_code"), 4);
+    let (code, message) = status(deadline);
+    assert_eq!(code, StatusCode::Error as i32);
+    assert!(
+        message.starts_with("nobody else arrived with this id within "),
+        "{message}"
+    );
+    let refused = the_one(&spans, "the refusal", |s| outcome(s, "invalid_argument"));
+    assert_eq!(refused.int("rpc.grpc.status_code"), 3);
+    assert_eq!(status(refused), (StatusCode::Unset as i32, ""));
+}
+
+/// On Redis, partners on two replicas link to each other: a pair, and each
+/// member of a group of three to the two others.
+#[tokio::test]
+async fn on_redis_partners_on_other_replicas_are_linked() {
+    let redis = RedisServer::start().await;
+    let mut collector = Collector::start().await;
+    let url = redis.url();
+    let replica = |name: &str| {
+        let mut env = exporting_to(&collector);
+        env.push(("OTEL_SERVICE_NAME", name.to_owned()));
+        env.push((
+            "OTEL_RESOURCE_ATTRIBUTES",
+            "deployment.environment=test".into(),
+        ));
+        env
+    };
+    let args = ["--redis-url", &url, "--redis-key-prefix", "traces:"];
+    let mut a = start(&args, &replica("replica-a")).await;
+    let b = start(&args, &replica("replica-b")).await;
+    a.until_ready(200).await;
+    b.until_ready(200).await;
+
+    // A pair: gRPC on A under A, HTTP on B with no traceparent.
+    let mut grpc = SyncClient::new(a.channel().await);
+    let request = with_traceparent(common::request("pair", b"on a"), A);
+    let first = tokio::spawn(async move { grpc.wait_for_second_party(request).await });
+    a.next("arrived").await;
+    let http = common::http_client();
+    let second = http
+        .post(format!("http://{}/wait-for-second-party/pair", b.http))
+        .body("on b")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(second.status(), 200);
+    let first = within(first).await.unwrap().unwrap().into_inner();
+    assert_eq!(first.peer_payload, Bytes::from_static(b"on b"));
+
+    // A group of three: two on A (one under B), one on B over HTTP.
+    let group = |traceparent: Option<&str>, payload: &'static [u8]| {
+        let request = tonic::Request::new(WaitForPartiesRequest {
+            id: "group".into(),
+            parties: 3,
+            payload: Bytes::from_static(payload),
+            ..Default::default()
+        });
+        match traceparent {
+            Some(traceparent) => with_traceparent(request, traceparent),
+            None => request,
+        }
+    };
+    let mut on_a = Vec::new();
+    for request in [group(Some(B), b"one"), group(None, b"two")] {
+        let mut grpc = SyncClient::new(a.channel().await);
+        on_a.push(tokio::spawn(
+            async move { grpc.wait_for_parties(request).await },
+        ));
+        a.next("arrived").await;
+    }
+    let third = http
+        .post(format!(
+            "http://{}/wait-for-parties/group?parties=3",
+            b.http
+        ))
+        .header("accept", "application/json")
+        .body("three")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(third.status(), 200);
+    for member in on_a {
+        let answer = within(member).await.unwrap().unwrap().into_inner();
+        assert_eq!(answer.payloads.len(), 3);
+    }
+
+    stop(a).await;
+    stop(b).await;
+    let spans = collector.received();
+    assert_eq!(spans.len(), 5, "{spans:#?}");
+    for span in &spans {
+        assert!(
+            span.resource
+                .contains(&"deployment.environment=test".to_owned()),
+            "{:?}",
+            span.resource
+        );
+    }
+    let on = |replica: &str, route: &str| -> Vec<&Received> {
+        spans
+            .iter()
+            .filter(|s| s.service == replica && s.span.name.contains(route))
+            .collect()
+    };
+
+    let [pair_a] = on("replica-a", "WaitForSecondParty")[..] else {
+        panic!("{spans:#?}")
+    };
+    let [pair_b] = on("replica-b", "/wait-for-second-party/")[..] else {
+        panic!("{spans:#?}")
+    };
+    assert_eq!(hex(&pair_a.span.trace_id), trace_of(A).0);
+    assert!(pair_b.span.parent_span_id.is_empty(), "{pair_b:?}");
+    assert_ne!(
+        pair_b.id().0,
+        pair_a.id().0,
+        "a root span has a trace of its own"
+    );
+    assert_eq!(pair_a.links(), [pair_b.id()]);
+    assert_eq!(pair_b.links(), [pair_a.id()]);
+
+    let mut members = on("replica-a", "WaitForParties");
+    members.extend(on("replica-b", "/wait-for-parties/"));
+    assert_eq!(members.len(), 3, "{spans:#?}");
+    let mut positions: Vec<i64> = members
+        .iter()
+        .map(|m| m.int("rendezvous.position"))
+        .collect();
+    positions.sort();
+    assert_eq!(positions, [0, 1, 2]);
+    for member in &members {
+        let mut others: Vec<_> = members
+            .iter()
+            .filter(|other| other.id() != member.id())
+            .map(|other| other.id())
+            .collect();
+        others.sort();
+        assert_eq!(member.links(), others, "{member:?}");
+        assert_eq!(member.int("rendezvous.parties"), 3);
+        assert_eq!(member.string("rendezvous.outcome"), "paired");
+        assert!(member.attribute("rendezvous.role").is_none(), "{member:?}");
+    }
+    assert_eq!(
+        members
+            .iter()
+            .filter(|m| hex(&m.span.trace_id) == trace_of(B).0)
+            .count(),
+        1
+    );
+}
+
+/// The exporter's own series, from a process's `/metrics`.
+async fn spans_counted(server: &Process) -> [f64; 3] {
+    let text = common::http_client()
+        .get(format!("http://{}/metrics", server.http))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
+    let dropped = |reason| {
+        common::value(
+            &scrape,
+            "rendezvous_trace_spans_dropped_total",
+            &[("reason", reason)],
+        )
+    };
+    [
+        common::value(&scrape, "rendezvous_trace_spans_exported_total", &[]),
+        dropped("queue_full"),
+        dropped("export_failed"),
+    ]
+}
+
+/// Pairs `n` ids on `server` over gRPC, and checks every answer.
+async fn pairs(server: &Process, n: usize) {
+    let client = server.client().await;
+    let mut calls = Vec::new();
+    for i in 0..n {
+        for side in ["left", "right"] {
+            let (client, id) = (client.clone(), format!("pair-{i}"));
+            let payload = Bytes::from(format!("{side} {i}"));
+            calls.push(tokio::spawn(async move {
+                (side, client.wait(&id, payload, None).await)
+            }));
+        }
+    }
+    for (i, call) in calls.into_iter().enumerate() {
+        let (side, meeting) = within(call).await.unwrap();
+        let meeting = meeting.unwrap_or_else(|error| panic!("{side} {}: {error}", i / 2));
+        let other = if side == "left" { "right" } else { "left" };
+        assert_eq!(
+            meeting.peer().payload,
+            format!("{other} {}", i / 2).as_bytes()
+        );
+    }
+}
+
+/// A collector that accepts connections and never answers: callers are
+/// answered as ever, the spans past the queue are dropped and counted, and
+/// shutdown still ends within its grace, saying how many were lost.
+#[tokio::test]
+async fn a_stuck_collector_changes_nothing_for_callers() {
+    let stuck = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", stuck.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = stuck.accept().await {
+            held.push(socket);
+        }
+    });
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
+        ("OTEL_BSP_SCHEDULE_DELAY", "3600000".into()),
+        ("OTEL_BSP_MAX_QUEUE_SIZE", "4".into()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut server = Process::start_with_env(&["--shutdown-grace=2s"], &env).await;
+    pairs(&server, 20).await;
+    assert_eq!(spans_counted(&server).await, [0.0, 36.0, 0.0]);
+
+    server.signal("TERM");
+    let status = within(server.child.wait()).await.unwrap();
+    assert!(status.success(), "{status:?}");
+    let lost = server
+        .drain_log()
+        .into_iter()
+        .find(|line| line["fields"]["message"] == "spans not exported at shutdown")
+        .expect("the loss is logged");
+    assert_eq!(lost["fields"]["lost"], 4, "{lost}");
+}
+
+/// A collector that is down (nothing listens): the same for callers, and
+/// each batch that could not be sent is counted.
+#[tokio::test]
+async fn a_collector_that_is_down_changes_nothing_for_callers() {
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "10"),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "200"),
+    ];
+    let server = Process::start_with_env(&[], &env).await;
+    pairs(&server, 10).await;
+    let mut counted = spans_counted(&server).await;
+    for _ in 0..600 {
+        if counted[2] == 20.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        counted = spans_counted(&server).await;
+    }
+    assert_eq!(counted, [0.0, 0.0, 20.0]);
+}
+
+/// Settings this build cannot honour stop it at startup, and say which.
+#[tokio::test]
+async fn trace_settings_it_cannot_honour_stop_it_from_starting() {
+    for (env, expected) in [
+        (
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            "OTEL_EXPORTER_OTLP_PROTOCOL is \\\"http/protobuf\\\"; traces are exported over OTLP/gRPC only",
+        ),
+        (
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "0"),
+            "OTEL_BSP_MAX_QUEUE_SIZE is \\\"0\\\"",
+        ),
+        (
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "not a url"),
+            "cannot export traces to the OTLP endpoint",
+        ),
+    ] {
+        let output = within(
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_rendezvous"))
+                .args([
+                    "--grpc-addr=127.0.0.1:0",
+                    "--http-addr=127.0.0.1:0",
+                    "--log-format=json",
+                ])
+                .env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317")
+                .env(env.0, env.1)
+                .output(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(output.status.code(), Some(1), "{env:?}");
+        let log = String::from_utf8_lossy(&output.stderr);
+        assert!(log.contains("cannot start"), "{log}");
+        assert!(log.contains(expected), "{env:?}: {log}");
+    }
+}
