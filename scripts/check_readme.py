@@ -23,8 +23,8 @@ of the rendered page never see:
 After every block, the server's log must hold no WARN or ERROR line. A block
 without a marker, a port already taken, or a server that never listens fails
 the run. Blocks run with `set -eo pipefail` in a scratch directory that holds
-a copy of the checkout's proto/, deploy/, buf.yaml and
-scripts/redis-topology.sh (so that commands written for a checkout's root
+a copy of the checkout's proto/, deploy/, buf.yaml, scripts/redis-topology.sh
+and scripts/otlp-receiver.* (so that commands written for a checkout's root
 find them), with three helpers defined first:
   - `cargo run --release [-- ARGS]` and `rendezvous ARGS` run the binary given
     on the command line (a debug build of the same code, so CI compiles once);
@@ -159,7 +159,8 @@ def main():
         shutil.copytree(os.path.join(checkout, tree), os.path.join(workdir, tree))
     shutil.copy(os.path.join(checkout, "buf.yaml"), workdir)
     os.makedirs(os.path.join(workdir, "scripts"))
-    shutil.copy(os.path.join(checkout, "scripts", "redis-topology.sh"), os.path.join(workdir, "scripts"))
+    for script in ("redis-topology.sh", "otlp-receiver.py", "otlp-receiver.txt"):
+        shutil.copy(os.path.join(checkout, "scripts", script), os.path.join(workdir, "scripts"))
     env = dict(os.environ, RENDEZVOUS_BIN=binary)
     server, default_code, failures, logs = None, None, [], 0
 

@@ -79,6 +79,8 @@ pub enum TracesError {
 pub(super) struct Settings {
     /// The most spans waiting to be exported at once.
     queue: usize,
+    /// Where they go, for the startup line (the SDK reads it itself).
+    endpoint: String,
 }
 
 impl Settings {
@@ -101,11 +103,11 @@ impl Settings {
                 ));
             }
         }
-        if var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_none()
-            && var("OTEL_EXPORTER_OTLP_ENDPOINT").is_none()
-        {
+        let Some(endpoint) = var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            .or_else(|| var("OTEL_EXPORTER_OTLP_ENDPOINT"))
+        else {
             return Ok(None);
-        }
+        };
         // The signal's own variable wins over the general one, as for the
         // endpoint.
         let protocol = [
@@ -126,7 +128,7 @@ impl Settings {
                 _ => return Err(TracesError::QueueSize(value)),
             },
         };
-        Ok(Some(Self { queue }))
+        Ok(Some(Self { queue, endpoint }))
     }
 }
 
@@ -184,6 +186,7 @@ pub(super) struct Traces {
     /// Spans handed to the SDK's queue whose export has not ended yet.
     queued: Arc<AtomicUsize>,
     queue: usize,
+    endpoint: String,
 }
 
 impl Traces {
@@ -193,7 +196,7 @@ impl Traces {
     where
         S: Subscriber + for<'span> LookupSpan<'span>,
     {
-        let Settings { queue } = settings;
+        let Settings { queue, endpoint } = settings;
         // The endpoint, headers, timeout and compression come from the
         // environment (the SDK reads them).
         let exporter = opentelemetry_otlp::SpanExporter::builder()
@@ -245,13 +248,18 @@ impl Traces {
                 provider,
                 queued,
                 queue,
+                endpoint,
             },
         ))
     }
 
     /// The startup line, once logging is installed.
     pub(super) fn log_started(&self) {
-        tracing::info!(queue = self.queue, "exporting traces over OTLP/gRPC");
+        tracing::info!(
+            endpoint = self.endpoint,
+            queue = self.queue,
+            "exporting traces over OTLP/gRPC"
+        );
     }
 
     pub(super) async fn shutdown(self, within: Duration) {
@@ -406,11 +414,18 @@ mod tests {
     fn either_endpoint_turns_it_on() {
         let on = Some(Settings {
             queue: DEFAULT_QUEUE,
+            endpoint: ENDPOINT.1.into(),
         });
         assert_eq!(settings(&[ENDPOINT]).unwrap(), on);
+        // The signal's own endpoint wins.
+        let traces = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://c:4317");
         assert_eq!(
-            settings(&[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://c:4317")]).unwrap(),
-            on
+            settings(&[traces]).unwrap().map(|s| s.endpoint),
+            Some("http://c:4317".into())
+        );
+        assert_eq!(
+            settings(&[ENDPOINT, traces]).unwrap().map(|s| s.endpoint),
+            Some("http://c:4317".into())
         );
         assert_eq!(
             settings(&[ENDPOINT, ("OTEL_TRACES_EXPORTER", "OTLP")]).unwrap(),
@@ -422,7 +437,10 @@ mod tests {
         );
         assert_eq!(
             settings(&[ENDPOINT, ("OTEL_BSP_MAX_QUEUE_SIZE", "10")]).unwrap(),
-            Some(Settings { queue: 10 })
+            Some(Settings {
+                queue: 10,
+                endpoint: ENDPOINT.1.into()
+            })
         );
     }
 
@@ -435,7 +453,8 @@ mod tests {
         assert_eq!(
             settings(&[ENDPOINT, ("OTEL_SDK_DISABLED", "false")]).unwrap(),
             Some(Settings {
-                queue: DEFAULT_QUEUE
+                queue: DEFAULT_QUEUE,
+                endpoint: ENDPOINT.1.into()
             })
         );
         assert_eq!(
