@@ -5,15 +5,18 @@ For trying the trace export without a collector: one line per span, with
 its name, trace id, parent span id, the spans it links to and its
 rendezvous.* attributes. Not a collector: it keeps nothing.
 
-Usage: otlp-receiver.py [--listen 127.0.0.1:4317] [--spans N]
+Usage: otlp-receiver.py [--listen 127.0.0.1:4317] [--spans N] [--count]
 
   --listen ADDR  where to listen (default 127.0.0.1:4317, OTLP/gRPC's port)
   --spans N      exit after printing N spans (default: run until stopped)
+  --count        print nothing per span; on SIGTERM, how many came (for
+                 scripts/bench-traces.sh)
 
 Needs grpcio and opentelemetry-proto (scripts/otlp-receiver.txt pins them).
 """
 
 import argparse
+import signal
 import sys
 import threading
 from concurrent import futures
@@ -42,8 +45,8 @@ def line(span, service):
 
 
 class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
-    def __init__(self, limit, done):
-        self.limit, self.done, self.printed = limit, done, 0
+    def __init__(self, limit, done, quiet):
+        self.limit, self.done, self.printed, self.quiet = limit, done, 0, quiet
         self.lock = threading.Lock()
 
     def Export(self, request, context):
@@ -55,7 +58,8 @@ class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
                 )
                 for scope in resource_spans.scope_spans:
                     for span in scope.spans:
-                        print(line(span, service), flush=True)
+                        if not self.quiet:
+                            print(line(span, service), flush=True)
                         self.printed += 1
             if self.limit and self.printed >= self.limit:
                 self.done.set()
@@ -66,10 +70,13 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--listen", default="127.0.0.1:4317")
     parser.add_argument("--spans", type=int, default=0)
+    parser.add_argument("--count", action="store_true")
     args = parser.parse_args()
     done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Receiver(args.spans, done), server)
+    receiver = Receiver(args.spans, done, args.count)
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(receiver, server)
     if server.add_insecure_port(args.listen) == 0:
         sys.exit(f"cannot listen on {args.listen}")
     server.start()
@@ -80,6 +87,8 @@ def main():
         pass
     # Lets the last answer reach its sender before going.
     server.stop(grace=1).wait()
+    if args.count:
+        print(f"{receiver.printed} spans received", flush=True)
 
 
 if __name__ == "__main__":

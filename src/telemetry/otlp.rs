@@ -272,11 +272,15 @@ impl Traces {
         let result =
             tokio::task::spawn_blocking(move || provider.shutdown_with_timeout(within)).await;
         let lost = queued.load(Ordering::Relaxed);
-        match result {
-            Ok(Ok(())) if lost == 0 => tracing::debug!("traces flushed"),
-            Ok(Ok(())) => tracing::warn!(lost, "spans not exported at shutdown"),
-            Ok(Err(error)) => tracing::warn!(%error, lost, "spans not exported at shutdown"),
-            Err(error) => tracing::warn!(%error, lost, "spans not exported at shutdown"),
+        let error = match result {
+            Ok(Ok(())) => None,
+            Ok(Err(error)) => Some(error.to_string()),
+            Err(error) => Some(error.to_string()),
+        };
+        if lost == 0 {
+            tracing::debug!(error, "traces flushed");
+        } else {
+            tracing::warn!(lost, error, "spans not exported at shutdown");
         }
     }
 }

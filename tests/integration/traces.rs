@@ -80,6 +80,13 @@ fn status(span: &Received) -> (i32, &str) {
 async fn each_call_is_a_server_span_under_its_traceparent_linked_to_its_partner() {
     let mut collector = Collector::start().await;
     let mut server = start(&[], &exporting_to(&collector)).await;
+    let started = server.next("exporting traces over OTLP/gRPC").await;
+    assert_eq!(
+        started["fields"]["endpoint"],
+        collector.endpoint.as_str(),
+        "{started}"
+    );
+    assert_eq!(started["fields"]["queue"], 2048, "{started}");
     let id = "secret-meeting-code";
 
     // A pair: gRPC first (under A), HTTP second (under B).
@@ -122,10 +129,39 @@ async fn each_call_is_a_server_span_under_its_traceparent_linked_to_its_partner(
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::InvalidArgument);
 
+    // A keyed caller's retry after its answer: handed the answer again.
+    let mut waiter = SyncClient::new(server.channel().await);
+    let keyed = common::request("keyed", b"waiter");
+    let keyed = tokio::spawn(async move { waiter.wait_for_second_party(keyed).await });
+    until_metric(&server, "rendezvous_parked_callers", 1.0).await;
+    let keyed_url = format!(
+        "http://{}/wait-for-second-party/keyed?attempt_key=k-1",
+        server.http
+    );
+    let first_try = http.post(&keyed_url).body("keyed").send().await.unwrap();
+    assert_eq!(first_try.status(), 200);
+    within(keyed).await.unwrap().unwrap();
+    let again = http.post(&keyed_url).body("keyed").send().await.unwrap();
+    assert_eq!(again.status(), 200);
+    // A caller that goes away while it waits.
+    let mut gone = SyncClient::new(server.channel().await);
+    let gone = tokio::spawn(async move {
+        gone.wait_for_second_party(common::request("gone", b""))
+            .await
+    });
+    until_metric(&server, "rendezvous_parked_callers", 1.0).await;
+    gone.abort();
+    until_metric(&server, "rendezvous_cancellations_total", 1.0).await;
+
     assert!(collector.received().is_empty(), "sent before shutdown");
-    stop(server).await;
+    let log = stop(server).await;
+    assert!(
+        !log.iter()
+            .any(|line| line["fields"]["message"] == "spans not exported at shutdown"),
+        "{log:?}"
+    );
     let spans = collector.received();
-    assert_eq!(spans.len(), 5, "{spans:#?}");
+    assert_eq!(spans.len(), 9, "{spans:#?}");
     assert!(
         !format!("{spans:?}").contains(id),
         "an id in a span: {spans:#?}"
@@ -135,12 +171,13 @@ async fn each_call_is_a_server_span_under_its_traceparent_linked_to_its_partner(
         span.attribute("rendezvous.outcome").is_some() && span.string("rendezvous.outcome") == want
     };
     let paired: Vec<&Received> = spans.iter().filter(|s| outcome(s, "paired")).collect();
-    assert_eq!(paired.len(), 2, "{spans:#?}");
+    assert_eq!(paired.len(), 5, "{spans:#?}");
+    let under = |s: &Received, traceparent: &str| hex(&s.span.trace_id) == trace_of(traceparent).0;
     let g = the_one(&spans, "the gRPC pair", |s| {
-        outcome(s, "paired") && s.attribute("rpc.system").is_some()
+        outcome(s, "paired") && under(s, A)
     });
     let h = the_one(&spans, "the HTTP pair", |s| {
-        outcome(s, "paired") && s.attribute("http.route").is_some()
+        outcome(s, "paired") && under(s, B)
     });
 
     for span in &spans {
@@ -216,6 +253,44 @@ async fn each_call_is_a_server_span_under_its_traceparent_linked_to_its_partner(
     let refused = the_one(&spans, "the refusal", |s| outcome(s, "invalid_argument"));
     assert_eq!(refused.int("rpc.grpc.status_code"), 3);
     assert_eq!(status(refused), (StatusCode::Unset as i32, ""));
+    // Only a keyed call handed an answer again says how.
+    let attempts: Vec<&str> = spans
+        .iter()
+        .filter_map(|s| {
+            s.attribute("rendezvous.attempt")
+                .map(|_| s.string("rendezvous.attempt"))
+        })
+        .collect();
+    assert_eq!(attempts, ["redelivered"], "{spans:#?}");
+    let cancelled = the_one(&spans, "the caller that went away", |s| {
+        outcome(s, "cancelled")
+    });
+    assert_eq!(cancelled.string("rpc.method"), "WaitForSecondParty");
+}
+
+/// One series of a process's `/metrics`, summed over the labels not given.
+async fn metric(server: &Process, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let text = common::http_client()
+        .get(format!("http://{}/metrics", server.http))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
+    common::value(&scrape, name, labels)
+}
+
+/// Waits until `name` reads `want` (the server says so at its own pace).
+async fn until_metric(server: &Process, name: &str, want: f64) {
+    for _ in 0..1000 {
+        if metric(server, name, &[]).await == want {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("{name} never read {want}");
 }
 
 /// On Redis, partners on two replicas link to each other: a pair, and each
@@ -358,28 +433,14 @@ async fn on_redis_partners_on_other_replicas_are_linked() {
     );
 }
 
-/// The exporter's own series, from a process's `/metrics`.
+/// The exporter's own series, from a process's `/metrics`: exported, and
+/// dropped for a full queue and for failed exports.
 async fn spans_counted(server: &Process) -> [f64; 3] {
-    let text = common::http_client()
-        .get(format!("http://{}/metrics", server.http))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
-    let dropped = |reason| {
-        common::value(
-            &scrape,
-            "rendezvous_trace_spans_dropped_total",
-            &[("reason", reason)],
-        )
-    };
+    let dropped = "rendezvous_trace_spans_dropped_total";
     [
-        common::value(&scrape, "rendezvous_trace_spans_exported_total", &[]),
-        dropped("queue_full"),
-        dropped("export_failed"),
+        metric(server, "rendezvous_trace_spans_exported_total", &[]).await,
+        metric(server, dropped, &[("reason", "queue_full")]).await,
+        metric(server, dropped, &[("reason", "export_failed")]).await,
     ]
 }
 
