@@ -390,19 +390,31 @@ impl<E: Engine> Rendezvous<E> {
     /// `max_wait` if that comes sooner, handing them its payload. With an
     /// attempt key, a retry gets the first try's place or answer
     /// ([`Attempts`]).
-    pub async fn call(&self, mut request: CallRequest) -> Result<Meeting, CallError> {
-        if !telemetry::exporting() {
-            return self.meet(request).await.0;
-        }
-        let span = CallSpan::start(&mut request);
-        // Boxed: only calls with a span pay for the room it takes.
-        let (result, delivery) = Box::pin(self.meet(request)).await;
-        span.finish(&result, delivery);
-        result
+    pub fn call(
+        &self,
+        mut request: CallRequest,
+    ) -> impl Future<Output = Result<Meeting, CallError>> + Send + '_ {
+        // Started here, not in an `async` wrapper, which would keep a copy of
+        // the request in every parked caller's future. Boxed: a call that
+        // exports nothing carries one pointer for it.
+        let exported = telemetry::exporting().then(|| Box::new(CallSpan::start(&mut request)));
+        self.meet(request, exported)
     }
 
-    /// [`Rendezvous::call`], and how its answer was handed over.
-    async fn meet(&self, request: CallRequest) -> (Result<Meeting, CallError>, Delivery) {
+    /// [`Rendezvous::call`], its exported span (if any) started.
+    async fn meet(
+        &self,
+        request: CallRequest,
+        exported: Option<Box<CallSpan>>,
+    ) -> Result<Meeting, CallError> {
+        // Every way out ends the exported span with the outcome, and one
+        // that never gets here (the caller went away) ends it as cancelled.
+        let ended = |result, delivery| {
+            if let Some(exported) = exported {
+                CallSpan::finish(*exported, &result, delivery);
+            }
+            result
+        };
         let CallRequest {
             protocol,
             operation: _,
@@ -417,24 +429,24 @@ impl<E: Engine> Rendezvous<E> {
         } = request;
         let id = match Id::in_namespace(namespace.as_deref(), id) {
             Ok(id) => id,
-            Err(error) => return (Err(self.refuse(protocol, error.into())), Delivery::Fresh),
+            Err(error) => return ended(Err(self.refuse(protocol, error.into())), Delivery::Fresh),
         };
         let parties = match Parties::new(parties, self.limits.max_parties) {
             Ok(parties) => parties,
-            Err(error) => return (Err(self.refuse(protocol, error.into())), Delivery::Fresh),
+            Err(error) => return ended(Err(self.refuse(protocol, error.into())), Delivery::Fresh),
         };
         if payload.len() > self.limits.max_payload {
             let error = CallError::PayloadTooLarge {
                 size: payload.len(),
                 limit: self.limits.max_payload,
             };
-            return (Err(self.refuse(protocol, error)), Delivery::Fresh);
+            return ended(Err(self.refuse(protocol, error)), Delivery::Fresh);
         }
         let attempt = match AttemptKey::in_namespace(namespace.as_deref(), &attempt_key) {
             // `--attempt-grace 0s`: keys are checked, and not kept.
             Ok(_) if self.limits.attempt_grace.is_zero() => None,
             Ok(attempt) => attempt,
-            Err(error) => return (Err(self.refuse(protocol, error.into())), Delivery::Fresh),
+            Err(error) => return ended(Err(self.refuse(protocol, error.into())), Delivery::Fresh),
         };
         drop(attempt_key);
         let offer = Offer { payload, trace };
@@ -524,7 +536,7 @@ impl<E: Engine> Rendezvous<E> {
         if !span.is_disabled() {
             record(&span, &result);
         }
-        (result, delivery)
+        ended(result, delivery)
     }
 }
 
