@@ -530,21 +530,7 @@ async fn a_prefix_with_braces_or_a_bad_url_stops_the_start() {
             "--redis-url redis+sentinel://:***@127.0.0.1:26379 is not usable: name the master after the Sentinels",
         ),
     ] {
-        let output = within(
-            tokio::process::Command::new(env!("CARGO_BIN_EXE_rendezvous"))
-                .args([
-                    "--grpc-addr=127.0.0.1:0",
-                    "--http-addr=127.0.0.1:0",
-                    "--log-format=json",
-                ])
-                .args(&args)
-                .output(),
-        )
-        .await
-        .unwrap();
-        assert_eq!(output.status.code(), Some(1), "{args:?}");
-        let log = String::from_utf8_lossy(&output.stderr);
-        assert!(log.contains("cannot start"), "{log}");
+        let log = crate::common::refused_start(&args, &[]).await;
         assert!(log.contains(expected), "{args:?}: {log}");
         assert!(!log.contains("hunter2"), "{log}");
     }

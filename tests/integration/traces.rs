@@ -544,22 +544,8 @@ async fn trace_settings_it_cannot_honour_stop_it_from_starting() {
             "cannot export traces to the OTLP endpoint",
         ),
     ] {
-        let output = within(
-            tokio::process::Command::new(env!("CARGO_BIN_EXE_rendezvous"))
-                .args([
-                    "--grpc-addr=127.0.0.1:0",
-                    "--http-addr=127.0.0.1:0",
-                    "--log-format=json",
-                ])
-                .env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317")
-                .env(env.0, env.1)
-                .output(),
-        )
-        .await
-        .unwrap();
-        assert_eq!(output.status.code(), Some(1), "{env:?}");
-        let log = String::from_utf8_lossy(&output.stderr);
-        assert!(log.contains("cannot start"), "{log}");
+        let endpoint = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317");
+        let log = common::refused_start(&[], &[endpoint, env]).await;
         assert!(log.contains(expected), "{env:?}: {log}");
     }
 }

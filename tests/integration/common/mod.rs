@@ -142,6 +142,28 @@ pub async fn eventually(mut condition: impl FnMut() -> bool, what: &str) {
     }
 }
 
+/// Runs the binary with `args` and `env`, which it must refuse to start
+/// with (exit status 1, "cannot start"), and returns its log.
+pub async fn refused_start(args: &[&str], env: &[(&str, &str)]) -> String {
+    let output = within(
+        Command::new(env!("CARGO_BIN_EXE_rendezvous"))
+            .args([
+                "--grpc-addr=127.0.0.1:0",
+                "--http-addr=127.0.0.1:0",
+                "--log-format=json",
+            ])
+            .args(args)
+            .envs(env.iter().copied())
+            .output(),
+    )
+    .await
+    .unwrap();
+    let log = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(output.status.code(), Some(1), "{args:?} {env:?}: {log}");
+    assert!(log.contains("cannot start"), "{log}");
+    log
+}
+
 /// Fails the test instead of hanging if `future` takes longer than 10 s.
 pub async fn within<T>(future: impl Future<Output = T>) -> T {
     tokio::time::timeout(Duration::from_secs(10), future)
