@@ -410,7 +410,9 @@ impl Head {
     fn call(
         self,
         operation: Operation,
-        (id, parties, payload): (String, u32, Bytes),
+        id: String,
+        parties: u32,
+        payload: Bytes,
         attempt: (String, u32),
     ) -> CallRequest {
         CallRequest {
@@ -435,8 +437,14 @@ impl Method for proto::WaitForSecondPartyRequest {
 
     fn into_call(self, head: Head) -> (CallRequest, ()) {
         let attempt = (self.attempt_key, self.previous_attempts);
-        let call = (self.id, 2, self.payload);
-        (head.call(Operation::WaitForSecondParty, call, attempt), ())
+        let call = head.call(
+            Operation::WaitForSecondParty,
+            self.id,
+            2,
+            self.payload,
+            attempt,
+        );
+        (call, ())
     }
 
     fn answer(meeting: Meeting, (): ()) -> Self::Response {
@@ -453,8 +461,13 @@ impl Method for proto::WaitForPartiesRequest {
     fn into_call(self, head: Head) -> (CallRequest, Bytes) {
         let own = self.payload.clone();
         let attempt = (self.attempt_key, self.previous_attempts);
-        let call = (self.id, self.parties, self.payload);
-        let call = head.call(Operation::WaitForParties, call, attempt);
+        let call = head.call(
+            Operation::WaitForParties,
+            self.id,
+            self.parties,
+            self.payload,
+            attempt,
+        );
         (call, own)
     }
 

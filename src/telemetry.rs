@@ -67,24 +67,20 @@ pub fn init(format: LogFormat) -> Result<Telemetry, TracesError> {
     };
     let traces = otlp::Settings::from_env(|name| std::env::var(name).ok())
         .and_then(|settings| settings.map(otlp::Traces::start).transpose());
-    let (layer, traces, error) = match traces {
-        Ok(Some((layer, traces))) => (Some(layer), Some(traces), None),
-        Ok(None) => (None, None, None),
-        Err(error) => (None, None, Some(error)),
+    let (layer, traces) = match traces {
+        Ok(Some((layer, traces))) => (Some(layer), Ok(Some(traces))),
+        Ok(None) => (None, Ok(None)),
+        Err(error) => (None, Err(error)),
     };
     tracing_subscriber::registry()
         .with(logs.with_filter(filter))
         .with(layer)
         .init();
-    match error {
-        None => {
-            if let Some(traces) = &traces {
-                traces.log_started();
-            }
-            Ok(Telemetry { traces })
-        }
-        Some(error) => Err(error),
+    let traces = traces?;
+    if let Some(traces) = &traces {
+        traces.log_started();
     }
+    Ok(Telemetry { traces })
 }
 
 /// Whether calls' spans are exported: read on every call, so that a

@@ -93,14 +93,11 @@ impl Settings {
         if var("OTEL_SDK_DISABLED").is_some_and(|v| v.trim().eq_ignore_ascii_case("true")) {
             return Ok(None);
         }
-        match var("OTEL_TRACES_EXPORTER").map(|v| v.trim().to_ascii_lowercase()) {
-            None => {}
-            Some(v) if v == "otlp" => {}
-            Some(v) if v == "none" => return Ok(None),
-            Some(_) => {
-                return Err(TracesError::Exporter(
-                    var("OTEL_TRACES_EXPORTER").unwrap_or_default(),
-                ));
+        if let Some(exporter) = var("OTEL_TRACES_EXPORTER") {
+            match exporter.trim().to_ascii_lowercase().as_str() {
+                "otlp" => {}
+                "none" => return Ok(None),
+                _ => return Err(TracesError::Exporter(exporter)),
             }
         }
         let Some(endpoint) = var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")

@@ -93,7 +93,7 @@ async fn each_call_is_a_server_span_under_its_traceparent_linked_to_its_partner(
     let mut grpc = SyncClient::new(server.channel().await);
     let request = with_traceparent(common::request(id, b"from grpc"), A);
     let first = tokio::spawn(async move { grpc.wait_for_second_party(request).await });
-    server.next("arrived").await;
+    until_metric(&server, "rendezvous_parked_callers", 1.0).await;
     let http = common::http_client();
     let url = format!("http://{}/wait-for-second-party/{id}", server.http);
     let second = http
@@ -270,15 +270,7 @@ async fn each_call_is_a_server_span_under_its_traceparent_linked_to_its_partner(
 
 /// One series of a process's `/metrics`, summed over the labels not given.
 async fn metric(server: &Process, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let text = common::http_client()
-        .get(format!("http://{}/metrics", server.http))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
+    let scrape = common::scrape_url(&format!("http://{}/metrics", server.http)).await;
     common::value(&scrape, name, labels)
 }
 

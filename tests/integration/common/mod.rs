@@ -267,11 +267,12 @@ pub async fn assert_serving(channel: Channel) {
 
 /// One scrape, as Prometheus would read it.
 pub async fn scrape(server: &TestServer) -> prometheus_parse::Scrape {
-    let response = http_client()
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap();
+    scrape_url(&server.url("/metrics")).await
+}
+
+/// [`scrape`], of any server's `/metrics` (a process's, say).
+pub async fn scrape_url(url: &str) -> prometheus_parse::Scrape {
+    let response = http_client().get(url).send().await.unwrap();
     assert_eq!(response.status(), 200);
     assert!(
         response.headers()["content-type"]
