@@ -143,17 +143,14 @@ pub const MAX_ATTEMPT_KEY_BYTES: usize = 128;
 pub struct AttemptKey(String);
 
 impl AttemptKey {
-    /// The key as Redis stores it: hashed, since a key stands for a
-    /// caller's answer.
-    pub(crate) fn digest(&self) -> String {
+    /// The key as Redis stores it: hashed (the first half of its SHA-256),
+    /// since a key stands for a caller's answer.
+    pub(crate) fn hash(&self) -> [u8; 16] {
         use sha2::Digest as _;
-        use std::fmt::Write as _;
         let digest = sha2::Sha256::digest(self.0.as_bytes());
-        let mut hex = String::with_capacity(32);
-        for byte in &digest[..16] {
-            let _ = write!(hex, "{byte:02x}");
-        }
-        hex
+        let mut half = [0; 16];
+        half.copy_from_slice(&digest[..16]);
+        half
     }
 
     /// Validates `key` at the edge, and scopes it to `namespace`. An empty

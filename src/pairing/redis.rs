@@ -59,7 +59,7 @@ mod wire;
 use config::Deployment;
 pub use config::{RedisArgs, RedisConfig, RedisError, redact};
 use guard::Guard;
-use links::{Connector, Links, Pushes};
+use links::{Conn, Connector, Links, Pushes};
 use metrics::RedisMetrics;
 use probe::{probe, sweep};
 use slots::{BUCKETS, Digest};
@@ -70,6 +70,7 @@ use super::{
     Attempt, Delivery, Engine, EngineLimits, Id, Meeting, Offer, Offers, PairError, Parties, Reuse,
     Role,
 };
+use crate::hex::Hex16;
 
 /// A command may take this many `--redis-timeout`s: the probe, not one slow
 /// command, decides that Redis is unreachable, since a command can queue
@@ -84,6 +85,11 @@ const IN_FLIGHT: usize = 256;
 
 /// The longest pause between two tries of an arrival that found the id busy.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// How long an attempt key's binding to its id outlives the longest its
+/// answer can be kept (its wait, then the grace), as the script's entries
+/// outlive their callers' deadlines (`SLACK_MS` in `redis.lua`).
+const CLAIM_SLACK: Duration = Duration::from_secs(1);
 
 /// What a parked caller's replica learns about it.
 #[derive(Debug)]
@@ -312,7 +318,8 @@ struct Arrival {
 
 /// What Redis keeps of a keyed call's [`Attempt`].
 struct Keyed {
-    digest: String,
+    /// The key's hash ([`super::AttemptKey::hash`]).
+    hash: Digest,
     /// How long the answer is kept for.
     grace: Duration,
     /// Which try it is ([`super::TryOrder`]): the tries before it, and
@@ -379,7 +386,7 @@ impl Engine for RedisEngine {
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
         let keyed = Keyed {
-            digest: attempt.key.digest(),
+            hash: attempt.key.hash(),
             grace: attempt.grace,
             previous: attempt.order.previous,
             tried_us: u64::try_from(since_epoch.as_micros()).unwrap_or(u64::MAX),
@@ -723,6 +730,16 @@ impl Inner {
         turn: tokio::sync::SemaphorePermit<'_>,
     ) -> Result<Placed, PairError> {
         let deadline = guard.deadline;
+        if let Some(keyed) = &arrival.attempt {
+            // Nothing of the caller is in Redis yet, whatever this says.
+            let claimed = Box::pin(self.claim(guard, keyed)).await;
+            if !matches!(claimed, Ok(None)) {
+                guard.settled = true;
+            }
+            if let Some(reuse) = claimed? {
+                return Ok(Placed::Refused(PairError::AttemptReused(reuse)));
+            }
+        }
         let mut first_turn = Some(turn);
         let mut backoff = Duration::from_millis(1);
         loop {
@@ -827,7 +844,7 @@ impl Inner {
         }
         if let Some(keyed) = &arrival.attempt {
             invocation
-                .arg(&keyed.digest)
+                .arg(Hex16::new(&keyed.hash).as_str())
                 .arg(wait_ms(keyed.grace))
                 .arg(keyed.previous)
                 .arg(keyed.tried_us);
@@ -858,6 +875,30 @@ impl Inner {
             Some(b"kept") => Ok(Arrived::Kept(settled(reply.into_iter().skip(1).collect())?)),
             _ => Err(unexpected(&reply)),
         }
+    }
+
+    /// Binds a keyed call's attempt key to its id and group size in Redis
+    /// (`SET NX GET`, one command), for as long as its wait and then its
+    /// kept answer can last: a try that names another id or size is then
+    /// refused through any replica, as the replica that saw the first try
+    /// refuses it. The payload is checked where the place and the kept
+    /// answer are, in the id's slot; the binding cannot be, since a try
+    /// with another id finds only what is in its key's slot.
+    async fn claim(&self, guard: &Guard, keyed: &Keyed) -> Result<Option<Reuse>, PairError> {
+        let wait = guard.deadline.saturating_duration_since(Instant::now());
+        let ours = format!("{} {}", Hex16::new(&guard.digest).as_str(), guard.parties);
+        let mut command = redis::cmd("SET");
+        command
+            .arg(slots::claim(&self.key_prefix, &keyed.hash))
+            .arg(&ours)
+            .arg("NX")
+            .arg("GET")
+            .arg("PX")
+            .arg(wait_ms(wait + keyed.grace + CLAIM_SLACK));
+        let first: Option<Vec<u8>> = self
+            .send(|mut connection| async move { command.query_async(&mut connection).await })
+            .await?;
+        Ok(first.and_then(|first| claimed_by_another(&first, ours.as_bytes())))
     }
 
     async fn accept(&self, guard: &Guard) -> Result<Settled, PairError> {
@@ -899,15 +940,24 @@ impl Inner {
         &self,
         invocation: &redis::ScriptInvocation<'_>,
     ) -> Result<Vec<Vec<u8>>, PairError> {
+        self.send(|mut connection| async move { invocation.invoke_async(&mut connection).await })
+            .await
+    }
+
+    /// Sends one command, made by `command` on a handle to the commands'
+    /// connection, as [`Inner::run`] says.
+    async fn send<T, F>(&self, command: impl FnOnce(Conn) -> F) -> Result<T, PairError>
+    where
+        F: Future<Output = redis::RedisResult<T>>,
+    {
         let mut reachable = self.reachable.subscribe();
         let Some(links) = self.links.load_full() else {
             return Err(PairError::Unavailable(UNREACHABLE.into()));
         };
-        let mut connection = links.commands.clone();
         let start = Instant::now();
         // Boxed: inline, this large future would be part of every waiting
         // caller's, though it lives only for a round trip.
-        let command = Box::pin(invocation.invoke_async::<Vec<Vec<u8>>>(&mut connection));
+        let command = Box::pin(command(links.commands.clone()));
         let reply = tokio::select! {
             reply = timeout(self.timeout * COMMANDS_WAIT, command) => reply,
             _ = reachable.wait_for(|up| !up) => {
@@ -1093,6 +1143,22 @@ fn id_digest(id: &Id) -> Digest {
     half
 }
 
+/// What an attempt key's binding says of a try whose own binding, `ours`,
+/// is another: `first` (the id's hash, then the group size) names another
+/// id, or the same id with another size. `None` if it is the same.
+fn claimed_by_another(first: &[u8], ours: &[u8]) -> Option<Reuse> {
+    fn id(binding: &[u8]) -> Option<&[u8]> {
+        binding.split(|&b| b == b' ').next()
+    }
+    if first == ours {
+        None
+    } else if id(first) == id(ours) {
+        Some(Reuse::Parties)
+    } else {
+        Some(Reuse::Id)
+    }
+}
+
 /// What a caller is told while the probe finds Redis unreachable.
 const UNREACHABLE: &str = "cannot reach Redis";
 
@@ -1116,6 +1182,20 @@ mod tests {
 
     fn start(config: RedisConfig) -> Result<RedisEngine, RedisError> {
         RedisEngine::start(config, &mut Registry::default())
+    }
+
+    /// A binding names the id's hash, then the group size: a try whose own
+    /// binding differs in the size only reused the key with another size.
+    #[test]
+    fn a_keys_binding_tells_another_id_from_another_size() {
+        let ours = b"0123abcd 2";
+        assert_eq!(claimed_by_another(ours, ours), None);
+        assert_eq!(
+            claimed_by_another(b"0123abcd 3", ours),
+            Some(Reuse::Parties)
+        );
+        assert_eq!(claimed_by_another(b"0123abce 2", ours), Some(Reuse::Id));
+        assert_eq!(claimed_by_another(b"0123abce 3", ours), Some(Reuse::Id));
     }
 
     #[test]

@@ -439,7 +439,7 @@ async fn on_redis_a_retry_through_another_replica_gets_the_answer() {
     killed.until_ready(200).await;
     let waiter = keyed(killed.client().await, "killed", "from a", "key-6");
     // Parked: its entry beside the answer kept from the pair above.
-    redis.until_keys(&prefix, 2).await;
+    redis.until_entries(&prefix, 2).await;
     let mut killed = killed;
     killed.child.kill().await.unwrap();
     assert!(within(waiter).await.unwrap().is_err());
@@ -457,7 +457,7 @@ async fn on_redis_a_retry_through_another_replica_gets_the_answer() {
     assert_eq!(told(&retry), (Role::First, &b"from b"[..]));
     // Only the two waiters' kept answers are left (the partners had no
     // key), and they go after the grace.
-    redis.until_keys(&prefix, 2).await;
+    redis.until_entries(&prefix, 2).await;
 }
 
 /// A replica drained by SIGTERM while 1,000 callers with attempt keys are
@@ -496,7 +496,7 @@ async fn on_redis_a_drain_costs_keyed_callers_only_a_reconnect() {
             .collect()
     };
     let waiters = tries(&client);
-    redis.until_keys(&prefix, CALLERS).await;
+    redis.until_entries(&prefix, CALLERS).await;
     drained.signal("TERM");
     for waiter in waiters {
         let status = within(waiter).await.unwrap().unwrap_err();
@@ -504,7 +504,7 @@ async fn on_redis_a_drain_costs_keyed_callers_only_a_reconnect() {
     }
     assert_eq!(within(drained.child.wait()).await.unwrap().code(), Some(0));
     // Every place is still there, detached.
-    assert_eq!(redis.keys(&prefix).await.len(), CALLERS);
+    assert_eq!(redis.entries(&prefix).await.len(), CALLERS);
 
     let partner = other.client().await;
     let partners = |range: std::ops::Range<usize>| {
@@ -530,7 +530,7 @@ async fn on_redis_a_drain_costs_keyed_callers_only_a_reconnect() {
     let retries = tries(&other.client().await);
     // The second half took their places back: parked once, not twice.
     other.parked(CALLERS - half).await;
-    assert_eq!(redis.keys(&prefix).await.len(), CALLERS);
+    assert_eq!(redis.entries(&prefix).await.len(), CALLERS);
     for (i, partner) in partners(half..CALLERS).into_iter().enumerate() {
         check_second(half + i, within(partner).await.unwrap().unwrap());
     }
@@ -543,10 +543,12 @@ async fn on_redis_a_drain_costs_keyed_callers_only_a_reconnect() {
         );
     }
     assert_eq!(other.waiting(), 0);
-    // What is left is each caller's kept answer, until the grace ends.
-    let left = redis.keys(&prefix).await;
+    // What is left is each caller's kept answer, until the grace ends, and
+    // each key's binding to its id.
+    let left = redis.entries(&prefix).await;
     assert_eq!(left.len(), CALLERS);
     assert!(left.iter().all(|key| key.contains(":k:")), "{left:?}");
+    assert_eq!(redis.bindings(&prefix).await, CALLERS);
 }
 
 /// A group member's call with attempt key `key` (none if empty), on
@@ -621,8 +623,8 @@ async fn on_redis_a_group_member_retries_through_another_replica() {
     .unwrap_err();
     assert_eq!(resized.code(), Code::FailedPrecondition, "{resized:?}");
     // The kept answer is all that is left, until the grace ends.
-    redis.until_keys(&prefix, 1).await;
-    assert!(redis.keys(&prefix).await[0].contains(":k:"));
+    redis.until_entries(&prefix, 1).await;
+    assert!(redis.entries(&prefix).await[0].contains(":k:"));
 }
 
 /// On Redis, a key reused with another payload is refused through any
@@ -734,6 +736,65 @@ async fn on_redis_a_key_reused_with_another_payload_is_refused_through_any_repli
     assert_eq!(refused, 4.0);
 }
 
+/// On Redis, an attempt key is bound to the id and group size of its first
+/// try, through any replica: a try through another replica that names
+/// another id, or another size, is refused and says which, while the first
+/// try waits and after its pair is decided. The refused tries take nothing:
+/// the first try pairs, and its kept answer is still handed to its retry.
+#[tokio::test]
+async fn on_redis_a_key_reused_with_another_id_is_refused_through_any_replica() {
+    let (redis, prefix, [a, b]) = replicas("attempts-other-id").await;
+    let refused = |status: tonic::Status, what: &str| {
+        assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+        let first_sent = format!("this attempt key was first sent with {what};");
+        assert!(status.message().starts_with(&first_sent), "{status:?}");
+    };
+    async fn other_id(server: &TestServer) -> tonic::Status {
+        let client = server.client().await;
+        let call = client.wait_with_key("other-id", "p".into(), None, "bound");
+        within(call).await.unwrap_err()
+    }
+    let open = keyed(a.client().await, "first-id", "p", "bound");
+    a.parked(1).await;
+    refused(other_id(&b).await, "another id");
+    let on_b = b.client().await;
+    let resized = on_b.gather_with_key("first-id", 3, "p".into(), None, "bound");
+    refused(within(resized).await.unwrap_err(), "another group size");
+    b.parked(0).await;
+    a.parked(1).await;
+
+    let partner = within(b.client().await.wait("first-id", "q".into(), None))
+        .await
+        .unwrap();
+    assert_eq!(told(&partner), (Role::Second, &b"p"[..]));
+    let first = within(open).await.unwrap().unwrap();
+    assert_eq!(told(&first), (Role::First, &b"q"[..]));
+    // Decided: refused through either replica, the kept answer handed on.
+    refused(other_id(&b).await, "another id");
+    refused(other_id(&a).await, "another id");
+    let again = on_b.wait_with_key("first-id", "p".into(), None, "bound");
+    assert_eq!(
+        told(&within(again).await.unwrap()),
+        (Role::First, &b"q"[..])
+    );
+    let grpc = [("protocol", "grpc"), ("reason", "attempt_reused")];
+    let refusals = value(&scrape(&a).await, "rendezvous_rejections_total", &grpc)
+        + value(&scrape(&b).await, "rendezvous_rejections_total", &grpc);
+    assert_eq!(refusals, 4.0);
+    // The binding and the kept answer are what is left, each to expire.
+    let (bindings, kept): (Vec<_>, Vec<_>) = (redis.keys(&prefix).await)
+        .into_iter()
+        .partition(|key| key.contains("}attempt:"));
+    assert_eq!(
+        (bindings.len(), kept.len()),
+        (1, 1),
+        "{bindings:?} {kept:?}"
+    );
+    assert!(kept[0].contains(":k:"), "{kept:?}");
+    let ttl: i64 = redis.query(redis::cmd("PTTL").arg(&bindings[0])).await;
+    assert!(ttl > 0, "the binding expires: {ttl}");
+}
+
 /// On Redis, each try of one wait may be part of a trace of its own: a
 /// retry with the same payload and another trace id is the same request,
 /// whether it finds its place (it takes it over) or its kept answer (it is
@@ -827,7 +888,7 @@ async fn on_redis_a_group_outlives_its_members_replica() {
     drained.until_ready(200).await;
     let client = drained.client().await;
     let m0 = member(client.clone(), "drained", "m0", "d-0");
-    redis.until_keys(&prefix, 1).await;
+    redis.until_entries(&prefix, 1).await;
     let m1 = member(client, "drained", "m1", "d-1");
     // Both members in the group's one hash.
     eventually_members(&redis, &prefix, 2).await;
@@ -857,7 +918,7 @@ async fn on_redis_a_group_outlives_its_members_replica() {
     assert!(within(m0).await.unwrap().is_err());
     completes(&other, "killed", (m1, 1), ("m0", "k-0", 0)).await;
     // Each keyed member's kept answer is all that is left.
-    let left = redis.keys(&prefix).await;
+    let left = redis.entries(&prefix).await;
     assert_eq!(left.len(), 3, "{left:?}");
     assert!(left.iter().all(|key| key.contains(":k:")), "{left:?}");
 }
@@ -883,7 +944,7 @@ async fn completes(
 /// Until the group forming under some id of `prefix` has `n` members.
 async fn eventually_members(redis: &RedisServer, prefix: &str, n: usize) {
     for _ in 0..1000 {
-        for key in redis.keys(prefix).await {
+        for key in redis.entries(prefix).await {
             // A place's key, not a kept answer's (`...}HASH:k:...`).
             if key
                 .rsplit_once('}')
@@ -965,7 +1026,7 @@ async fn on_redis_a_late_arrival_of_an_older_try_leaves_the_place_to_its_retry()
     let latest = within(latest).await.unwrap().unwrap();
     assert_eq!(told(&latest), (Role::First, &b"from b"[..]));
     // Only the kept answer is left, for the grace.
-    redis.until_keys(&prefix, 1).await;
+    redis.until_entries(&prefix, 1).await;
 }
 
 /// `rendezvous-bench cuts`, as `scripts/cuts.sh` runs it, against `servers`

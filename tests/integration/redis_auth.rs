@@ -132,6 +132,22 @@ async fn the_documented_acl_is_enough() {
     }
     common::eventually(|| server.waiting() == 0, "no member waiting").await;
     redis.until_keys(prefix, 0).await;
+    // A pair of keyed callers: their keys are bound to the id (a `SET` of
+    // its own, outside the script), and the answers kept in the script.
+    let keyed = |payload: &'static str, key: &'static str| {
+        let client = client.clone();
+        tokio::spawn(async move {
+            client
+                .wait_with_key("acl-keyed", payload.into(), None, key)
+                .await
+        })
+    };
+    let first = keyed("a", "acl-a");
+    server.parked(1).await;
+    let second = within(keyed("b", "acl-b")).await.unwrap().unwrap();
+    assert_eq!(second.peer().payload, "a");
+    assert_eq!(within(first).await.unwrap().unwrap().peer().payload, "b");
+    assert_eq!(redis.bindings(prefix).await, 2);
 }
 
 /// `rediss://`: TLS to Redis, trusting a CA given in `SSL_CERT_FILE`.

@@ -563,6 +563,28 @@ async fn the_documented_acl_is_enough_on_a_cluster() {
     .unwrap();
     assert_eq!(alone.unwrap_err(), PairError::TimedOut);
     topology.until_keys(prefix, 0).await;
+
+    // An attempt key's binding to its id is a key of its own, in its key's
+    // slot, not the id's: a try with the key and another id, through the
+    // other replica, finds it there and is refused.
+    use rendezvous::pairing::{Attempt, AttemptKey, Parties, Reuse, TryOrder};
+    let key = AttemptKey::in_namespace(None, "acl-key").unwrap().unwrap();
+    async fn keyed(engine: &RedisEngine, key: &AttemptKey, id: &str) -> PairError {
+        let attempt = Attempt {
+            key,
+            grace: Duration::from_millis(1),
+            order: TryOrder::now(0),
+        };
+        let call = (Id::new(id).unwrap(), Parties::TWO, Bytes::new().into());
+        let deadline = Instant::now() + Duration::from_millis(200);
+        let answer = engine.gather_keyed(call, deadline, attempt);
+        within(answer).await.unwrap_err()
+    }
+    assert_eq!(keyed(&a, &key, "acl-keyed").await, PairError::TimedOut);
+    let other = keyed(&b, &key, "acl-other").await;
+    assert_eq!(other, PairError::AttemptReused(Reuse::Id));
+    // The binding lasts the wait, the grace and a second.
+    topology.until_keys(prefix, 0).await;
 }
 
 /// A primary turned into a replica under the replicas' feet, its clients

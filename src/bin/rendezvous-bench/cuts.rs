@@ -487,7 +487,15 @@ pub async fn cuts(args: CutsArgs) -> serde_json::Value {
     }
     let keys_left = match &run.args.redis_url {
         Some(url) => Some(
-            soak::keys_left(url, &run.args.redis_key_prefix, run.args.keys_expire_within).await,
+            soak::keys_left(
+                url,
+                &run.args.redis_key_prefix,
+                run.args.keys_expire_within,
+                // The bindings of the last waits' keys: their wait, the
+                // grace and a second (what `keys_expire_within` allows).
+                run.args.wait + run.args.keys_expire_within,
+            )
+            .await,
         ),
         None => None,
     };

@@ -412,7 +412,10 @@ pub async fn soak(args: SoakArgs) -> serde_json::Value {
         metrics.push_str(&scrape(http).await);
     }
     let keys_left = match &args.redis_url {
-        Some(url) => Some(keys_left(url, &args.redis_key_prefix, Duration::from_secs(5)).await),
+        Some(url) => {
+            let within = Duration::from_secs(5);
+            Some(keys_left(url, &args.redis_key_prefix, within, Duration::ZERO).await)
+        }
         None => None,
     };
 
@@ -446,27 +449,49 @@ pub async fn soak(args: SoakArgs) -> serde_json::Value {
 }
 
 /// Keys under `prefix` once they have had `within` to go: for the replicas
-/// to remove their last result keys, or for kept answers to expire.
-pub(crate) async fn keys_left(url: &str, prefix: &str, within: Duration) -> usize {
+/// to remove their last result keys, or for kept answers to expire; and
+/// attempt keys' bindings that would outlive `bindings_within` from now.
+pub(crate) async fn keys_left(
+    url: &str,
+    prefix: &str,
+    within: Duration,
+    bindings_within: Duration,
+) -> usize {
     let client = redis::Client::open(url).expect("a valid --redis-url");
     let mut connection = client
         .get_multiplexed_async_connection()
         .await
         .expect("connects to Redis");
     let give_up = Instant::now() + within;
-    let keys = loop {
+    let (bindings, keys) = loop {
         let keys: Vec<String> = redis::cmd("KEYS")
             .arg(format!("{prefix}*"))
             .query_async(&mut connection)
             .await
             .expect("KEYS");
+        // An attempt key's binding to its id lasts as long as its wait could
+        // (see the README): it is checked to expire in time, not waited for.
+        let (bindings, keys): (Vec<_>, Vec<_>) =
+            keys.into_iter().partition(|key| key.contains("}attempt:"));
         if keys.is_empty() || Instant::now() >= give_up {
-            break keys;
+            break (bindings, keys);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    if !keys.is_empty() {
-        eprintln!("keys left in Redis: {:?}", &keys[..keys.len().min(10)]);
+    let mut left = keys;
+    for binding in bindings {
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(&binding)
+            .query_async(&mut connection)
+            .await
+            .expect("PTTL");
+        // -2: expired meanwhile; -1: it would never expire.
+        if ttl == -1 || u128::try_from(ttl).is_ok_and(|ttl| ttl > bindings_within.as_millis()) {
+            left.push(binding);
+        }
     }
-    keys.len()
+    if !left.is_empty() {
+        eprintln!("keys left in Redis: {:?}", &left[..left.len().min(10)]);
+    }
+    left.len()
 }

@@ -98,6 +98,18 @@ pub(super) fn key(prefix: &str, digest: &Digest) -> String {
     key
 }
 
+/// Where an attempt key (hashed: `key_hash`) is bound to the id of its
+/// first try: in the bucket of the key's hash, not of any id, since a try
+/// that names another id must find it. `attempt:` cannot be mistaken for an
+/// id's hash, which is hex.
+pub(super) fn claim(prefix: &str, key_hash: &Digest) -> String {
+    let tag = &tags()[bucket(key_hash)];
+    format!(
+        "{prefix}{FORMAT}{{{tag}}}attempt:{}",
+        Hex16::new(key_hash).as_str()
+    )
+}
+
 /// A replica's shard channel for one bucket, in that bucket's slot.
 pub(super) fn shard_channel(prefix: &str, bucket: usize, replica: &str) -> String {
     format!("{prefix}{{{}}}replica:{replica}", tags()[bucket])
@@ -150,5 +162,19 @@ mod tests {
         assert_eq!(channel, format!("app:{{{}}}replica:r1", tags()[bucket]));
         assert_eq!(slot(key.as_bytes()), slot(channel.as_bytes()));
         assert_eq!(slot(key.as_bytes()) / 16, bucket);
+    }
+
+    #[test]
+    fn an_attempt_keys_claim_is_in_its_own_hashs_bucket() {
+        let hash: Digest = [0x12, 0x34, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14];
+        let claim = claim("app:", &hash);
+        assert_eq!(
+            claim,
+            format!(
+                "app:v4{{{}}}attempt:12340102030405060708090a0b0c0d0e",
+                tags()[0x1234 % BUCKETS]
+            )
+        );
+        assert_eq!(slot(claim.as_bytes()) / 16, 0x1234 % BUCKETS);
     }
 }

@@ -116,6 +116,35 @@ impl RedisServer {
             .await
     }
 
+    /// The keys under `prefix` but attempt keys' bindings to their ids
+    /// (`...}attempt:HASH`, one per keyed wait, which outlive its answer):
+    /// the places, results and kept answers of ids.
+    pub async fn entries(&self, prefix: &str) -> Vec<String> {
+        let mut keys = self.keys(prefix).await;
+        keys.retain(|key| !key.contains("}attempt:"));
+        keys
+    }
+
+    /// How many attempt keys are bound to their ids under `prefix`.
+    pub async fn bindings(&self, prefix: &str) -> usize {
+        let keys = self.keys(prefix).await;
+        keys.iter().filter(|key| key.contains("}attempt:")).count()
+    }
+
+    /// Waits until exactly `n` [`RedisServer::entries`] are under `prefix`;
+    /// fails after 10 s.
+    pub async fn until_entries(&self, prefix: &str, n: usize) {
+        let mut entries = Vec::new();
+        for _ in 0..1000 {
+            entries = self.entries(prefix).await;
+            if entries.len() == n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("expected {n} entries under {prefix}, found {entries:?}");
+    }
+
     /// Waits until exactly `n` keys start with `prefix`; fails after 10 s.
     /// (A pair's result key goes a moment after both callers are told, and
     /// a dead replica's entries when their TTL runs out.)
