@@ -860,6 +860,51 @@ async fn on_redis_a_retry_in_another_trace_is_the_same_request() {
     assert_eq!(told(&kept), (Role::First, &b"r"[..]));
 }
 
+/// On Redis, a keyed member's retry while its group's completion waits for
+/// that member's confirmation: the retry (through another replica) takes the
+/// place over, its first try is told so, the completion asks the retry to
+/// confirm instead, and the group completes with the member at its first
+/// position. The first try is a stand-in (the test's own subscriber), which
+/// hears the offer and never confirms, so the completion stays pending
+/// until the retry comes.
+#[tokio::test]
+async fn on_redis_a_members_retry_while_its_completion_is_pending_confirms_it() {
+    let replicas = crate::common::redis::Replicas::start(2).await;
+    let (a, b) = (&replicas.servers[0], &replicas.servers[1]);
+    let mut first_try = replicas
+        .stand_in_member("pending", 3, b"m0", "m0-key")
+        .await;
+    let m1 = member(a.client().await, "pending", "m1", "");
+    a.parked(1).await;
+    let m2 = member(a.client().await, "pending", "m2", "");
+    let offer = first_try.next_offer().await;
+    assert!(offer.starts_with(b"Oghost:1\n"), "{offer:?}");
+    // The completion waits for the stand-in's confirmation, which never
+    // comes: the last member is still on its way.
+    let pending: Option<String> = (replicas.redis)
+        .query(redis::cmd("HGET").arg(&first_try.key).arg("o"))
+        .await;
+    assert!(pending.is_some(), "a completion is pending");
+    assert!(!m2.is_finished());
+
+    let retry = member(b.client().await, "pending", "m0", "m0-key");
+    let takeover = first_try.next_offer().await;
+    assert!(takeover.starts_with(b"Xghost:1\n"), "{takeover:?}");
+    let all: Vec<Bytes> = vec!["m0".into(), "m1".into(), "m2".into()];
+    for (at, member) in [(2, m2), (1, m1), (0, retry)] {
+        let meeting = within(member).await.unwrap().unwrap();
+        assert_eq!(grouped(&meeting), (at, all.clone()));
+    }
+    let grpc = [("protocol", "grpc")];
+    assert_eq!(
+        value(&scrape(b).await, "rendezvous_reattached_total", &grpc),
+        1.0
+    );
+    // The retry's kept answer and its key's binding are what is left.
+    replicas.redis.until_entries(&replicas.prefix, 1).await;
+    assert_eq!(replicas.redis.bindings(&replicas.prefix).await, 1);
+}
+
 /// On Redis, a keyed member whose replica goes away keeps its place in the
 /// group: drained by SIGTERM (answered `UNAVAILABLE`, its place held for
 /// the grace) or SIGKILLed (held while its deadline lasts). The group

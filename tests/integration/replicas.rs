@@ -405,11 +405,7 @@ async fn a_waiter_leaving_during_an_offer_hands_its_place_to_the_offerer() {
     assert_eq!(a.waiting(), 0, "an offerer is not a waiter");
 
     // The stand-in's caller leaves; the offerer takes its place.
-    let script = redis::Script::new(include_str!(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/src/pairing/redis.lua"
-    )));
-    let left: Vec<String> = script
+    let left: Vec<String> = crate::common::redis::script()
         .key(&stand_in.key)
         .arg("leave")
         .arg("ghost:1")

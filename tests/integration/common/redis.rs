@@ -340,16 +340,11 @@ impl Replicas {
     /// accepts them. Its token is `ghost:1` and its payload `ghost` (sealed,
     /// as the engine stores offers: [`sealed`]).
     pub async fn stand_in(&self, id: &str) -> StandIn {
-        let url = format!("{}?protocol=resp3", self.redis.url());
-        let client = redis::Client::open(url).unwrap();
-        let (pushes, offers) = tokio::sync::mpsc::unbounded_channel();
-        let config = redis::AsyncConnectionConfig::new().set_push_sender(pushes);
-        let mut connection = client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-            .unwrap();
-        connection.subscribe("stand-in").await.unwrap();
-        let key = self.key_of(id);
+        let StandIn {
+            key,
+            connection,
+            offers,
+        } = self.listening_stand_in(id).await;
         let entry = ["w", "ghost:1", "wc", "stand-in"];
         let _: i64 = self
             .redis
@@ -373,6 +368,65 @@ impl Replicas {
             offers,
         }
     }
+
+    /// A stand-in member of a group of `parties` under `id`, joined through
+    /// the engine's own script as a replica would, with `payload` (sealed)
+    /// and attempt key `attempt_key` (no namespace), as try 0: its
+    /// "replica" is the test's subscriber, which sees offers (and a retry's
+    /// takeover) and never confirms them. Its token is `ghost:1`.
+    pub async fn stand_in_member(
+        &self,
+        id: &str,
+        parties: u32,
+        payload: &[u8],
+        attempt_key: &str,
+    ) -> StandIn {
+        use sha2::Digest as _;
+        let mut stand_in = self.listening_stand_in(id).await;
+        let hash = sha2::Sha256::digest(attempt_key.as_bytes());
+        let digest: String = hash[..16].iter().map(|b| format!("{b:02x}")).collect();
+        let joined: Vec<String> = script()
+            .key(&stand_in.key)
+            .arg(&["join", "ghost:1", "stand-in"][..])
+            .arg(sealed(payload))
+            .arg(60_000)
+            .arg("1")
+            .arg(parties)
+            .arg(payload.len())
+            .arg(1 << 20)
+            .arg(&[digest.as_str(), "5000", "0", "0"][..])
+            .invoke_async(&mut stand_in.connection)
+            .await
+            .unwrap();
+        assert_eq!(joined, ["parked"]);
+        stand_in
+    }
+
+    /// A subscriber on channel `stand-in`, for a stand-in caller of `id`.
+    async fn listening_stand_in(&self, id: &str) -> StandIn {
+        let url = format!("{}?protocol=resp3", self.redis.url());
+        let client = redis::Client::open(url).unwrap();
+        let (pushes, offers) = tokio::sync::mpsc::unbounded_channel();
+        let config = redis::AsyncConnectionConfig::new().set_push_sender(pushes);
+        let mut connection = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .unwrap();
+        connection.subscribe("stand-in").await.unwrap();
+        StandIn {
+            key: self.key_of(id),
+            connection,
+            offers,
+        }
+    }
+}
+
+/// The engine's script, to run as a replica would.
+pub fn script() -> redis::Script {
+    redis::Script::new(include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/src/pairing/redis.lua"
+    )))
 }
 
 /// A payload as the Redis engine stores an offer without a trace id.
@@ -390,7 +444,8 @@ pub struct StandIn {
 }
 
 impl StandIn {
-    /// The next message on its channel: an offer, from a second caller.
+    /// The next message on its channel: an offer, from a second caller (or
+    /// a group's last member), or a retry's takeover.
     pub async fn next_offer(&mut self) -> Vec<u8> {
         super::within(async {
             loop {
