@@ -8,6 +8,8 @@
 #   git worktree add /tmp/old f0f13e3
 #   (cd /tmp/old && CARGO_TARGET_DIR=/tmp/old-target cargo build --release --bin rendezvous)
 #   scripts/bench-attempts.sh /tmp/old-target/release/rendezvous
+#
+# KEYED_OLD=1 also runs the OLD binary with keys, for an OLD that has them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -36,6 +38,9 @@ for round in $(seq $ROUNDS); do
       record "$engine-http-$which" pairs --protocol http --target 127.0.0.1:3030 --server-pid $server --pairs $PAIRS "${load[@]}"
       if [ $which = new ]; then
         record "$engine-grpc-keyed" pairs --protocol grpc --target 127.0.0.1:50051 --server-pid $server --pairs $PAIRS --attempt-keys "${load[@]}"
+      elif [ -n "${KEYED_OLD:-}" ]; then
+        # An OLD binary that has attempt keys too: what a change to them costs.
+        record "$engine-grpc-keyed-old" pairs --protocol grpc --target 127.0.0.1:50051 --server-pid $server --pairs $PAIRS --attempt-keys "${load[@]}"
       fi
       stop
     done

@@ -731,13 +731,17 @@ impl Inner {
     ) -> Result<Placed, PairError> {
         let deadline = guard.deadline;
         if let Some(keyed) = &arrival.attempt {
-            // Nothing of the caller is in Redis yet, whatever this says.
-            let claimed = Box::pin(self.claim(guard, keyed)).await;
-            if !matches!(claimed, Ok(None)) {
-                guard.settled = true;
-            }
-            if let Some(reuse) = claimed? {
-                return Ok(Placed::Refused(PairError::AttemptReused(reuse)));
+            // Refused or failed, nothing of the caller is in Redis yet.
+            match Box::pin(self.claim(guard, keyed)).await {
+                Ok(None) => {}
+                Ok(Some(reuse)) => {
+                    guard.settled = true;
+                    return Ok(Placed::Refused(PairError::AttemptReused(reuse)));
+                }
+                Err(error) => {
+                    guard.settled = true;
+                    return Err(error);
+                }
             }
         }
         let mut first_turn = Some(turn);
@@ -894,7 +898,7 @@ impl Inner {
             .arg("NX")
             .arg("GET")
             .arg("PX")
-            .arg(wait_ms(wait + keyed.grace + CLAIM_SLACK));
+            .arg(claim_ms(wait, keyed.grace));
         let first: Option<Vec<u8>> = self
             .send(|mut connection| async move { command.query_async(&mut connection).await })
             .await?;
@@ -1143,6 +1147,12 @@ fn id_digest(id: &Id) -> Digest {
     half
 }
 
+/// How long a keyed try's binding lasts, in ms: as long as its wait (what
+/// is left of it), then its kept answer, can last, and [`CLAIM_SLACK`].
+fn claim_ms(wait: Duration, grace: Duration) -> u64 {
+    wait_ms(wait + grace + CLAIM_SLACK)
+}
+
 /// What an attempt key's binding says of a try whose own binding, `ours`,
 /// is another: `first` (the id's hash, then the group size) names another
 /// id, or the same id with another size. `None` if it is the same.
@@ -1196,6 +1206,13 @@ mod tests {
         );
         assert_eq!(claimed_by_another(b"0123abce 2", ours), Some(Reuse::Id));
         assert_eq!(claimed_by_another(b"0123abce 3", ours), Some(Reuse::Id));
+    }
+
+    #[test]
+    fn a_keys_binding_outlives_its_wait_and_grace_by_a_second() {
+        let (wait, grace) = (Duration::from_secs(60), Duration::from_secs(5));
+        assert_eq!(claim_ms(wait, grace), 66_000);
+        assert_eq!(claim_ms(Duration::ZERO, Duration::from_millis(1)), 1_001);
     }
 
     #[test]
