@@ -1,10 +1,11 @@
 -- The Redis engine's one script: every decision about one id, atomically.
 --
--- Everything one run touches is in one cluster slot: KEYS[1] is
+-- On a cluster, everything one run touches is in one slot: KEYS[1] is
 -- PREFIX 'v4{' BUCKET '}' HASH, every other key it names starts with KEYS[1],
--- and on a cluster every channel it publishes to is a replica's shard
--- channel for the same bucket, PREFIX '{' BUCKET '}replica:' ID (see
--- `publish` below, and slots.rs for the buckets).
+-- and every channel it publishes to is a replica's shard channel for the
+-- same bucket, PREFIX '{' BUCKET '}replica:' ID (see `publish` below, and
+-- slots.rs for the buckets). Off a cluster, where there are no slots, a
+-- keyed arrival also binds its attempt key (KEYS[2], see below).
 --
 -- KEYS[1], the meeting place of one id, is a hash:
 --   w, wc, wp, we   the waiter: its token, its replica's channel, its payload,
@@ -72,12 +73,13 @@
 --
 -- ARGV[1] is the operation, ARGV[2] the caller's token, then:
 --   arrive  channel payload wait_ms may_park
---           [key_digest grace_ms previous_tries tried_us]
+--           [key_digest grace_ms previous_tries tried_us [binding binding_ms]]
 --   accept
 --   leave   can_accept
 --   detach                          (a shutting-down replica's keyed waiter)
 --   join    channel payload wait_ms may_park parties payload_len max_bytes
---           [key_digest grace_ms previous_tries tried_us]
+--           [key_digest grace_ms previous_tries tried_us [binding binding_ms]]
+-- (a binding, with KEYS[2], only off a cluster: see below).
 --   confirm
 --   claim                           (a member of a completed group)
 -- A retry handed an answer kept for its attempt key gets 'kept', then the
@@ -117,6 +119,22 @@ local function publish(channel, message)
     return redis.call('SPUBLISH', channel, message)
   end
   return redis.call('PUBLISH', channel, message)
+end
+
+-- A keyed arrival binds its attempt key to its id: KEYS[2], named after the
+-- key's hash, holds the id's hash and the group size (the last two ARGV are
+-- that binding and how long it lasts, in ms), so that a try that names
+-- another id or size is refused through any replica. Only off a cluster:
+-- there, a script's keys must share a slot, and the replica binds the key
+-- with a SET of its own before arriving.
+if KEYS[2] then
+  local binding, lasts = ARGV[#ARGV - 1], ARGV[#ARGV]
+  local bound = redis.call('GET', KEYS[2])
+  if not bound then
+    redis.call('SET', KEYS[2], binding, 'PX', lasts)
+  elseif bound ~= binding then
+    return {'rebound', bound}
+  end
 end
 
 -- How many replicas listen on each of `channels`, all of the kind of

@@ -431,8 +431,8 @@ enum Arrived {
     /// A try with an attempt key older than the one that holds its place.
     Superseded,
     /// A retry with an attempt key whose place or kept answer is another
-    /// payload's.
-    Reused,
+    /// payload's, or whose key is bound to another id or group size.
+    Reused(Reuse),
 }
 
 /// How an arrival ended up.
@@ -494,6 +494,21 @@ impl Inner {
             1 => &self.channels[0],
             _ => &self.channels[slots::bucket(digest)],
         }
+    }
+
+    /// On a cluster: a channel per bucket, and a script's keys in one slot.
+    fn on_a_cluster(&self) -> bool {
+        self.channels.len() > 1
+    }
+
+    /// Where a keyed caller's attempt key is bound to its id, and what the
+    /// binding says: the id's hash, then the group size.
+    fn binding(&self, guard: &Guard, keyed: &Keyed) -> (String, String) {
+        let id = Hex16::new(&guard.digest);
+        (
+            slots::claim(&self.key_prefix, &keyed.hash),
+            format!("{} {}", id.as_str(), guard.parties),
+        )
     }
 
     fn token(&self, ticket: u64) -> String {
@@ -730,7 +745,8 @@ impl Inner {
         turn: tokio::sync::SemaphorePermit<'_>,
     ) -> Result<Placed, PairError> {
         let deadline = guard.deadline;
-        if let Some(keyed) = &arrival.attempt {
+        // Off a cluster, the arrival's own script binds the key.
+        if let Some(keyed) = arrival.attempt.as_ref().filter(|_| self.on_a_cluster()) {
             // Refused or failed, nothing of the caller is in Redis yet.
             match Box::pin(self.claim(guard, keyed)).await {
                 Ok(None) => {}
@@ -796,9 +812,9 @@ impl Inner {
                     guard.settled = true;
                     return Ok(Placed::Refused(PairError::Superseded));
                 }
-                Arrived::Reused => {
+                Arrived::Reused(reuse) => {
                     guard.settled = true;
-                    return Ok(Placed::Refused(PairError::AttemptReused(Reuse::Payload)));
+                    return Ok(Placed::Refused(PairError::AttemptReused(reuse)));
                 }
                 Arrived::Mismatch(forming) => {
                     guard.settled = true;
@@ -846,12 +862,21 @@ impl Inner {
                 .arg(payload_len)
                 .arg(self.limits.meeting_bytes(guard.parties));
         }
+        let mut binding = None;
         if let Some(keyed) = &arrival.attempt {
             invocation
                 .arg(Hex16::new(&keyed.hash).as_str())
                 .arg(wait_ms(keyed.grace))
                 .arg(keyed.previous)
                 .arg(keyed.tried_us);
+            if !self.on_a_cluster() {
+                let (key, ours) = self.binding(guard, keyed);
+                invocation
+                    .key(key)
+                    .arg(&ours)
+                    .arg(claim_ms(wait, keyed.grace));
+                binding = Some(ours);
+            }
         }
         let reply = self.run(&invocation).await?;
         let number = || {
@@ -871,7 +896,14 @@ impl Inner {
             Some(b"offered") => Ok(Arrived::Offered),
             Some(b"busy") => Ok(Arrived::Busy),
             Some(b"superseded") => Ok(Arrived::Superseded),
-            Some(b"reused") => Ok(Arrived::Reused),
+            Some(b"reused") => Ok(Arrived::Reused(Reuse::Payload)),
+            Some(b"rebound") => {
+                let ours = binding.as_ref().map(String::as_bytes);
+                (reply.get(1).zip(ours))
+                    .and_then(|(first, ours)| claimed_by_another(first, ours))
+                    .map(Arrived::Reused)
+                    .ok_or_else(|| unexpected(&reply))
+            }
             Some(b"full") => Ok(Arrived::Full),
             Some(b"mismatch") => Ok(Arrived::Mismatch(number()? as u32)),
             Some(b"toolarge") => Ok(Arrived::TooLarge(number()? as usize)),
@@ -881,19 +913,19 @@ impl Inner {
         }
     }
 
-    /// Binds a keyed call's attempt key to its id and group size in Redis
-    /// (`SET NX GET`, one command), for as long as its wait and then its
-    /// kept answer can last: a try that names another id or size is then
-    /// refused through any replica, as the replica that saw the first try
-    /// refuses it. The payload is checked where the place and the kept
-    /// answer are, in the id's slot; the binding cannot be, since a try
-    /// with another id finds only what is in its key's slot.
+    /// Binds a keyed call's attempt key to its id and group size in Redis,
+    /// for as long as its wait and then its kept answer can last: a try
+    /// that names another id or size is then refused through any replica,
+    /// as the replica that saw the first try refuses it. On a cluster, with
+    /// a command of its own (`SET NX GET`): the binding is in its key's
+    /// slot, which a try with another id can find, not in the id's, where
+    /// the script runs. (Off a cluster, the script binds it.)
     async fn claim(&self, guard: &Guard, keyed: &Keyed) -> Result<Option<Reuse>, PairError> {
         let wait = guard.deadline.saturating_duration_since(Instant::now());
-        let ours = format!("{} {}", Hex16::new(&guard.digest).as_str(), guard.parties);
+        let (key, ours) = self.binding(guard, keyed);
         let mut command = redis::cmd("SET");
         command
-            .arg(slots::claim(&self.key_prefix, &keyed.hash))
+            .arg(key)
             .arg(&ours)
             .arg("NX")
             .arg("GET")

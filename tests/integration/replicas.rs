@@ -350,6 +350,44 @@ async fn a_pair_costs_four_commands_in_redis() {
     assert!((1..=2).contains(&loads), "{loads} loads");
 }
 
+/// Off a cluster, a pair whose callers both have attempt keys costs what a
+/// pair without costs: three scripts, and no command of their keys' own.
+/// The arrivals' scripts bind the keys to the id (on a cluster, where a
+/// script's keys share a slot, each keyed caller sends its binding's SET
+/// itself: `redis_failover::the_documented_acl_is_enough_on_a_cluster`).
+#[tokio::test]
+async fn a_keyed_pair_costs_no_more_commands_off_a_cluster() {
+    let replicas = Replicas::start(2).await;
+    let [a, b] = &replicas.servers[..] else {
+        unreachable!()
+    };
+    assert_pair(a, a.client().await, b.client().await, "warm-up").await;
+    replicas.assert_nothing_left().await;
+    let monitor = replicas.redis.monitor().await;
+    for i in 0..10 {
+        let (id, key) = (format!("keyed-{i}"), format!("first-{i}"));
+        let client = a.client().await;
+        let waiter =
+            tokio::spawn(async move { client.wait_with_key(&id, "a".into(), None, &key).await });
+        a.parked(1).await;
+        let (id, key) = (format!("keyed-{i}"), format!("second-{i}"));
+        let on_b = b.client().await;
+        let second = within(on_b.wait_with_key(&id, "b".into(), None, &key)).await;
+        assert_eq!(second.unwrap().peer().payload, "a");
+        let first = within(waiter).await.unwrap().unwrap();
+        assert_eq!(first.peer().payload, "b");
+    }
+    let sent = monitor.stop(&replicas.redis).await;
+    let scripts = sent.iter().filter(|name| *name == "evalsha").count();
+    assert_eq!(scripts, 30, "{sent:?}");
+    let others: Vec<_> = (sent.iter())
+        .filter(|name| !["evalsha", "unlink", "ping"].contains(&name.as_str()))
+        .collect();
+    assert!(others.is_empty(), "{others:?}");
+    // Each caller's key bound, and its answer kept, until they expire.
+    assert_eq!(replicas.redis.bindings(&replicas.prefix).await, 20);
+}
+
 /// An id whose waiter is being offered to by someone else is busy for a
 /// round trip or two. An arriving caller tries again with a growing pause,
 /// never in a tight loop: here the id is held busy for a second (an entry

@@ -160,6 +160,39 @@ impl RedisServer {
         panic!("expected {n} keys under {prefix}, found {keys:?}");
     }
 
+    /// Watches what clients send this Redis (`MONITOR`), leaving out what
+    /// scripts run, until [`Monitored::stop`].
+    pub async fn monitor(&self) -> Monitored {
+        use tokio_stream::StreamExt as _;
+        let marker = format!("monitor-stop-{}", std::process::id());
+        let client = redis::Client::open(self.admin_url()).unwrap();
+        let mut lines = client
+            .get_async_monitor()
+            .await
+            .unwrap()
+            .into_on_message::<String>();
+        let until = marker.clone();
+        let task = tokio::spawn(async move {
+            let mut sent = Vec::new();
+            while let Some(line) = lines.next().await {
+                if line.contains(&until) {
+                    return sent;
+                }
+                // `1700000000.000001 [0 127.0.0.1:5000] "EVALSHA" ...`, or
+                // `[0 lua]` for a script's own command.
+                let Some((from, command)) = line.split_once("] \"") else {
+                    continue;
+                };
+                if !from.ends_with(" lua") {
+                    let name = command.split('"').next().unwrap_or_default();
+                    sent.push(name.to_ascii_lowercase());
+                }
+            }
+            sent
+        });
+        Monitored { marker, task }
+    }
+
     /// How many times Redis has run `command` since it started.
     pub async fn calls(&self, command: &str) -> u64 {
         let info: String = self.query(redis::cmd("INFO").arg("commandstats")).await;
@@ -418,6 +451,21 @@ impl Replicas {
             connection,
             offers,
         }
+    }
+}
+
+/// See [`RedisServer::monitor`].
+pub struct Monitored {
+    marker: String,
+    task: tokio::task::JoinHandle<Vec<String>>,
+}
+
+impl Monitored {
+    /// The name of every command clients sent `redis` since the monitor
+    /// started, in order.
+    pub async fn stop(self, redis: &RedisServer) -> Vec<String> {
+        let _: String = redis.query(redis::cmd("ECHO").arg(&self.marker)).await;
+        super::within(self.task).await.unwrap()
     }
 }
 
