@@ -88,9 +88,10 @@ impl Gateway {
     /// Answers one request. Never fails: every error becomes a response with
     /// a body that says what is wrong.
     ///
-    /// Not an `async fn`: the request's head is read and dropped before the
-    /// returned future exists, so that a parked caller's future holds only
-    /// what the call needs (id, wait, body), not the whole request.
+    /// Not an `async fn`: the request's head is read and dropped, and the
+    /// route chosen, before the returned future exists, so that a parked
+    /// caller's future is the call's alone (its id, wait and body), not the
+    /// whole request, nor the route it was taken from beside the call.
     pub fn handle<B>(
         &self,
         request: Request<B>,
@@ -100,31 +101,30 @@ impl Gateway {
         B::Error: std::error::Error + Send + Sync + 'static,
     {
         let json = wants_json(request.headers());
-        let route = self.route(request);
         let service = self.service.clone();
-        async move {
-            let result = match route {
-                Ok(Route::Answered(response)) => Ok(response),
-                Ok(Route::Call {
-                    group: false,
-                    call,
-                    body,
-                }) => wait::<Pair, _>(&service, call, body, json).await,
-                // Boxed, as on the gRPC port: a member keeps its own payload
-                // for its answer, and inline that would size every pair's.
-                Ok(Route::Call {
-                    group: true,
-                    call,
-                    body,
-                }) => Box::pin(wait::<Group, _>(&service, call, body, json)).await,
-                Err(error) => Err(error),
-            };
-            Ok(result.unwrap_or_else(|error| {
-                if let Some(reason) = error.rejection() {
-                    service.rejected(Protocol::Http, reason, &error);
-                }
-                error.into_response(json)
-            }))
+        match self.route(request) {
+            Ok(Route::Answered(response)) => Handling::Answered {
+                response: Some(response),
+            },
+            Ok(Route::Call {
+                group: false,
+                call,
+                body,
+            }) => Handling::Pair {
+                call: wait::<Pair, _>(service, call, body, json),
+            },
+            // Boxed, as on the gRPC port: a member keeps its own payload for
+            // its answer, and inline that would size every pair's.
+            Ok(Route::Call {
+                group: true,
+                call,
+                body,
+            }) => Handling::Group {
+                call: Box::pin(wait::<Group, _>(service, call, body, json)),
+            },
+            Err(error) => Handling::Answered {
+                response: Some(error_response(&service, error, json)),
+            },
         }
     }
 
@@ -278,22 +278,66 @@ impl Shape for Group {
 
 /// Reads the payload and makes the call, answering as route `S` does.
 async fn wait<S: Shape, B>(
-    service: &Rendezvous,
+    service: Rendezvous,
     mut call: CallRequest,
     body: B,
     json: bool,
-) -> Result<Response<Full<Bytes>>, HttpError>
+) -> Response<Full<Bytes>>
 where
     B: http_body::Body<Data = Bytes>,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
-    call.payload = read_body(body, service.limits().max_payload).await?;
+    call.payload = match read_body(body, service.limits().max_payload).await {
+        Ok(payload) => payload,
+        Err(error) => return error_response(&service, error, json),
+    };
     let keep = S::keep(&call.payload);
-    let meeting = service.call(call).await?;
-    Ok(match json {
-        true => S::json(&meeting, &keep),
-        false => text(StatusCode::OK, "Synced"),
-    })
+    match service.call(call).await {
+        Ok(meeting) if json => S::json(&meeting, &keep),
+        Ok(_) => text(StatusCode::OK, "Synced"),
+        Err(error) => error_response(&service, error.into(), json),
+    }
+}
+
+/// The response to a request that failed, counted if it was refused.
+fn error_response(service: &Rendezvous, error: HttpError, json: bool) -> Response<Full<Bytes>> {
+    if let Some(reason) = error.rejection() {
+        service.rejected(Protocol::Http, reason, &error);
+    }
+    error.into_response(json)
+}
+
+pin_project_lite::pin_project! {
+    /// What [`Gateway::handle`] returns: a response known from the head, or
+    /// a call of either route's. An enum rather than an `async` block, which
+    /// would keep the route beside the call it was taken from.
+    #[project = Handled]
+    enum Handling<P, G> {
+        Answered { response: Option<Response<Full<Bytes>>> },
+        Pair { #[pin] call: P },
+        Group { call: std::pin::Pin<Box<G>> },
+    }
+}
+
+impl<P, G> Future for Handling<P, G>
+where
+    P: Future<Output = Response<Full<Bytes>>>,
+    G: Future<Output = Response<Full<Bytes>>>,
+{
+    type Output = Result<Response<Full<Bytes>>, Infallible>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        match self.project() {
+            Handled::Answered { response } => {
+                std::task::Poll::Ready(Ok(response.take().expect("polled after it was ready")))
+            }
+            Handled::Pair { call } => call.poll(cx).map(Ok),
+            Handled::Group { call } => call.as_mut().poll(cx).map(Ok),
+        }
+    }
 }
 
 /// What a rendezvous request's query asks for. Other parameters are
@@ -315,8 +359,12 @@ impl Query {
     /// The query of a call on the group route (`group`) or the pair route.
     pub(crate) fn parse(query: Option<&str>, group: bool) -> Result<Self, HttpError> {
         let mut parsed = Self::default();
+        // Most calls have no query: nothing to set up a parser for.
+        let Some(query) = query else {
+            return Ok(parsed);
+        };
         let mut seen_previous = false;
-        for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        for (key, value) in form_urlencoded::parse(query.as_bytes()) {
             match &*key {
                 "wait" if parsed.wait.is_none() => {
                     let wait = humantime::parse_duration(&value)

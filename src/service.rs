@@ -390,6 +390,10 @@ impl<E: Engine> Rendezvous<E> {
     /// `max_wait` if that comes sooner, handing them its payload. With an
     /// attempt key, a retry gets the first try's place or answer
     /// ([`Attempts`]).
+    // Inlined, so that the future it returns is built where its caller
+    // keeps it: returned from a call, it was copied whole once more, on
+    // every call (see BENCHMARKS.md, instructions per pair).
+    #[inline(always)]
     pub fn call(
         &self,
         mut request: CallRequest,
@@ -486,11 +490,15 @@ impl<E: Engine> Rendezvous<E> {
             settled: false,
         };
         let deadline = deadline.arrived + wait;
+        // The engine's call is made in the expression that awaits it: held in
+        // a variable first, it was copied once more on every call.
         let (result, delivery) = match attempt {
-            None => {
-                let call = self.engine.gather(id, parties, offer, deadline);
-                (call.instrument(span.clone()).await, Delivery::Fresh)
-            }
+            None => (
+                (self.engine.gather(id, parties, offer, deadline))
+                    .instrument(span.clone())
+                    .await,
+                Delivery::Fresh,
+            ),
             // Boxed: a keyed call's future is not the one most callers pay
             // for while they wait.
             Some(key) => {
