@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
 # Instructions per pair, counted by valgrind (callgrind), for an OLD server
-# binary against this tree's, on the local engine over gRPC and HTTP, with
-# calls without attempt keys. Instruction counts, unlike CPU time, do not
-# move with what else the machine is doing: this is the figure to compare
-# when the CPU measurements' noise is larger than the difference sought.
+# binary against this tree's, over gRPC and HTTP. Instruction counts, unlike
+# CPU time, do not move with what else the machine is doing: this is the
+# figure to compare when the CPU measurements' noise is larger than the
+# difference sought.
 #
 # Each server runs under callgrind twice, for SMALL and then LARGE pairs
 # (after the load tool's warm-up); the difference of the two totals over
 # LARGE - SMALL pairs leaves out start-up, warm-up and shutdown.
 #
+# ENGINE=redis runs each server as a replica on a redis-server of its own,
+# itself under callgrind, and reports Redis's instructions per pair too.
+# KEYED=1 sends an attempt key on every call (gRPC only).
+#
 #   scripts/bench-instructions.sh /tmp/old-target/release/rendezvous
+#   ENGINE=redis KEYED=1 scripts/bench-instructions.sh /tmp/old-target/release/rendezvous
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -18,31 +23,57 @@ old=$(realpath "$1")
 cargo build --quiet --release --bin rendezvous --bin rendezvous-bench
 SMALL=${SMALL:-1000}
 LARGE=${LARGE:-6000}
+ENGINE=${ENGINE:-local}
 out=${OUT:-target/bench-instructions}; mkdir -p "$out"
 new=target/release/rendezvous
+protocols=(grpc http); keys=()
+[ -n "${KEYED:-}" ] && protocols=(grpc) && keys=(--attempt-keys)
 
-# Total instructions of one server run under callgrind, serving `pairs`
-# pairs over `protocol`.
+total() { sed -n 's/^totals: *\([0-9]*\).*/\1/p' "$1"; }
+
+# "server redis" instructions of one run serving `pairs` pairs over
+# `protocol` (redis 0 on the local engine).
 instructions() {
-  local bin=$1 protocol=$2 pairs=$3 file
-  file=$out/callgrind.$(basename "$(dirname "$(dirname "$bin")")").$protocol.$pairs
-  valgrind --tool=callgrind --callgrind-out-file="$file" "$bin" \
-    --grpc-addr 127.0.0.1:50051 --http-addr 127.0.0.1:3030 >"$out/server.log" 2>&1 &
+  local bin=$1 protocol=$2 pairs=$3 name extra=() redis= port
+  name=$out/callgrind.$(basename "$(dirname "$(dirname "$bin")")").$ENGINE.$protocol.$pairs
+  if [ "$ENGINE" = redis ]; then
+    port=$(free_port)
+    valgrind --tool=callgrind --callgrind-out-file="$name.redis" \
+      redis-server --port "$port" --save '' --appendonly no >"$out/redis.log" 2>&1 &
+    redis=$!
+    wait_for_port "$port"
+    extra=(--redis-url "redis://127.0.0.1:$port")
+  fi
+  valgrind --tool=callgrind --callgrind-out-file="$name" "$bin" \
+    --grpc-addr 127.0.0.1:50051 --http-addr 127.0.0.1:3030 "${extra[@]}" >"$out/server.log" 2>&1 &
   local server=$!
   wait_for_port 50051; wait_for_port 3030
+  curl -s --retry 100 --retry-delay 1 --retry-all-errors -o /dev/null http://127.0.0.1:3030/readyz
   local target=127.0.0.1:50051; [ "$protocol" = http ] && target=127.0.0.1:3030
   target/release/rendezvous-bench pairs --protocol "$protocol" --target $target \
-    --pairs "$pairs" --warmup 200 --concurrency 16 >/dev/null
+    --pairs "$pairs" --warmup 200 --concurrency 16 "${keys[@]}" >/dev/null
   kill -TERM $server; wait $server 2>/dev/null || true
-  sed -n 's/^totals: *\([0-9]*\).*/\1/p' "$file"
+  if [ -n "$redis" ]; then
+    kill -TERM $redis; wait $redis 2>/dev/null || true
+    echo "$(total "$name") $(total "$name.redis")"
+  else
+    echo "$(total "$name") 0"
+  fi
 }
 
-for protocol in grpc http; do
+for protocol in "${protocols[@]}"; do
   for which in old new; do
     bin=$old; [ $which = new ] && bin=$new
-    small=$(instructions "$bin" $protocol "$SMALL")
-    large=$(instructions "$bin" $protocol "$LARGE")
-    python3 -c 'import json,sys; w,p,s,l,n=sys.argv[1:]; print(json.dumps({"label": f"instructions-{p}-{w}", "instructions_per_pair": (int(l)-int(s))/int(n)}))' \
-      "$which" $protocol "$small" "$large" "$((LARGE - SMALL))"
+    read -r small small_redis < <(instructions "$bin" "$protocol" "$SMALL")
+    read -r large large_redis < <(instructions "$bin" "$protocol" "$LARGE")
+    python3 -c '
+import json, sys
+engine, keyed, which, protocol, s, l, rs, rl, n = sys.argv[1:]
+d = {"label": f"instructions-{engine}-{protocol}{keyed}-{which}",
+     "instructions_per_pair": (int(l) - int(s)) / int(n)}
+if engine == "redis":
+    d["redis_instructions_per_pair"] = (int(rl) - int(rs)) / int(n)
+print(json.dumps(d))' "$ENGINE" "${KEYED:+-keyed}" "$which" "$protocol" \
+      "$small" "$large" "$small_redis" "$large_redis" "$((LARGE - SMALL))"
   done
 done

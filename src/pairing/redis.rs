@@ -89,7 +89,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// How long an attempt key's binding to its id outlives the longest its
 /// answer can be kept (its wait, then the grace), as the script's entries
 /// outlive their callers' deadlines (`SLACK_MS` in `redis.lua`).
-const CLAIM_SLACK: Duration = Duration::from_secs(1);
+const BINDING_SLACK: Duration = Duration::from_secs(1);
 
 /// What a parked caller's replica learns about it.
 #[derive(Debug)]
@@ -506,7 +506,7 @@ impl Inner {
     fn binding(&self, guard: &Guard, keyed: &Keyed) -> (String, String) {
         let id = Hex16::new(&guard.digest);
         (
-            slots::claim(&self.key_prefix, &keyed.hash),
+            slots::binding(&self.key_prefix, &keyed.hash),
             format!("{} {}", id.as_str(), guard.parties),
         )
     }
@@ -745,10 +745,11 @@ impl Inner {
         turn: tokio::sync::SemaphorePermit<'_>,
     ) -> Result<Placed, PairError> {
         let deadline = guard.deadline;
-        // Off a cluster, the arrival's own script binds the key.
+        // On a cluster, a keyed caller's key is bound by a command of its
+        // own, first; off one, the arrival's script binds it.
         if let Some(keyed) = arrival.attempt.as_ref().filter(|_| self.on_a_cluster()) {
             // Refused or failed, nothing of the caller is in Redis yet.
-            match Box::pin(self.claim(guard, keyed)).await {
+            match Box::pin(self.bind_key(guard, keyed)).await {
                 Ok(None) => {}
                 Ok(Some(reuse)) => {
                     guard.settled = true;
@@ -874,7 +875,7 @@ impl Inner {
                 invocation
                     .key(key)
                     .arg(&ours)
-                    .arg(claim_ms(wait, keyed.grace));
+                    .arg(binding_ms(wait, keyed.grace));
                 binding = Some(ours);
             }
         }
@@ -900,7 +901,7 @@ impl Inner {
             Some(b"rebound") => {
                 let ours = binding.as_ref().map(String::as_bytes);
                 (reply.get(1).zip(ours))
-                    .and_then(|(first, ours)| claimed_by_another(first, ours))
+                    .and_then(|(first, ours)| bound_to_another(first, ours))
                     .map(Arrived::Reused)
                     .ok_or_else(|| unexpected(&reply))
             }
@@ -920,7 +921,7 @@ impl Inner {
     /// a command of its own (`SET NX GET`): the binding is in its key's
     /// slot, which a try with another id can find, not in the id's, where
     /// the script runs. (Off a cluster, the script binds it.)
-    async fn claim(&self, guard: &Guard, keyed: &Keyed) -> Result<Option<Reuse>, PairError> {
+    async fn bind_key(&self, guard: &Guard, keyed: &Keyed) -> Result<Option<Reuse>, PairError> {
         let wait = guard.deadline.saturating_duration_since(Instant::now());
         let (key, ours) = self.binding(guard, keyed);
         let mut command = redis::cmd("SET");
@@ -930,11 +931,11 @@ impl Inner {
             .arg("NX")
             .arg("GET")
             .arg("PX")
-            .arg(claim_ms(wait, keyed.grace));
+            .arg(binding_ms(wait, keyed.grace));
         let first: Option<Vec<u8>> = self
             .send(|mut connection| async move { command.query_async(&mut connection).await })
             .await?;
-        Ok(first.and_then(|first| claimed_by_another(&first, ours.as_bytes())))
+        Ok(first.and_then(|first| bound_to_another(&first, ours.as_bytes())))
     }
 
     async fn accept(&self, guard: &Guard) -> Result<Settled, PairError> {
@@ -1180,15 +1181,15 @@ fn id_digest(id: &Id) -> Digest {
 }
 
 /// How long a keyed try's binding lasts, in ms: as long as its wait (what
-/// is left of it), then its kept answer, can last, and [`CLAIM_SLACK`].
-fn claim_ms(wait: Duration, grace: Duration) -> u64 {
-    wait_ms(wait + grace + CLAIM_SLACK)
+/// is left of it), then its kept answer, can last, and [`BINDING_SLACK`].
+fn binding_ms(wait: Duration, grace: Duration) -> u64 {
+    wait_ms(wait + grace + BINDING_SLACK)
 }
 
 /// What an attempt key's binding says of a try whose own binding, `ours`,
 /// is another: `first` (the id's hash, then the group size) names another
 /// id, or the same id with another size. `None` if it is the same.
-fn claimed_by_another(first: &[u8], ours: &[u8]) -> Option<Reuse> {
+fn bound_to_another(first: &[u8], ours: &[u8]) -> Option<Reuse> {
     fn id(binding: &[u8]) -> Option<&[u8]> {
         binding.split(|&b| b == b' ').next()
     }
@@ -1231,20 +1232,17 @@ mod tests {
     #[test]
     fn a_keys_binding_tells_another_id_from_another_size() {
         let ours = b"0123abcd 2";
-        assert_eq!(claimed_by_another(ours, ours), None);
-        assert_eq!(
-            claimed_by_another(b"0123abcd 3", ours),
-            Some(Reuse::Parties)
-        );
-        assert_eq!(claimed_by_another(b"0123abce 2", ours), Some(Reuse::Id));
-        assert_eq!(claimed_by_another(b"0123abce 3", ours), Some(Reuse::Id));
+        assert_eq!(bound_to_another(ours, ours), None);
+        assert_eq!(bound_to_another(b"0123abcd 3", ours), Some(Reuse::Parties));
+        assert_eq!(bound_to_another(b"0123abce 2", ours), Some(Reuse::Id));
+        assert_eq!(bound_to_another(b"0123abce 3", ours), Some(Reuse::Id));
     }
 
     #[test]
     fn a_keys_binding_outlives_its_wait_and_grace_by_a_second() {
         let (wait, grace) = (Duration::from_secs(60), Duration::from_secs(5));
-        assert_eq!(claim_ms(wait, grace), 66_000);
-        assert_eq!(claim_ms(Duration::ZERO, Duration::from_millis(1)), 1_001);
+        assert_eq!(binding_ms(wait, grace), 66_000);
+        assert_eq!(binding_ms(Duration::ZERO, Duration::from_millis(1)), 1_001);
     }
 
     #[test]

@@ -102,7 +102,7 @@ pub(super) fn key(prefix: &str, digest: &Digest) -> String {
 /// first try: in the bucket of the key's hash, not of any id, since a try
 /// that names another id must find it. `attempt:` cannot be mistaken for an
 /// id's hash, which is hex.
-pub(super) fn claim(prefix: &str, key_hash: &Digest) -> String {
+pub(super) fn binding(prefix: &str, key_hash: &Digest) -> String {
     let tag = &tags()[bucket(key_hash)];
     format!(
         "{prefix}{FORMAT}{{{tag}}}attempt:{}",
@@ -165,16 +165,16 @@ mod tests {
     }
 
     #[test]
-    fn an_attempt_keys_claim_is_in_its_own_hashs_bucket() {
+    fn an_attempt_keys_binding_is_in_its_own_hashs_bucket() {
         let hash: Digest = [0x12, 0x34, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14];
-        let claim = claim("app:", &hash);
+        let binding = binding("app:", &hash);
         assert_eq!(
-            claim,
+            binding,
             format!(
                 "app:v4{{{}}}attempt:12340102030405060708090a0b0c0d0e",
                 tags()[0x1234 % BUCKETS]
             )
         );
-        assert_eq!(slot(claim.as_bytes()) / 16, 0x1234 % BUCKETS);
+        assert_eq!(slot(binding.as_bytes()) / 16, 0x1234 % BUCKETS);
     }
 }
