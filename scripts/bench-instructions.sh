@@ -29,6 +29,12 @@ new=target/release/rendezvous
 protocols=(grpc http); keys=()
 [ -n "${KEYED:-}" ] && protocols=(grpc) && keys=(--attempt-keys)
 
+for port in 50051 3030; do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    echo "something already listens on 127.0.0.1:$port" >&2; exit 1
+  fi
+done
+
 total() { sed -n 's/^totals: *\([0-9]*\).*/\1/p' "$1"; }
 
 # "server redis" instructions of one run serving `pairs` pairs over
@@ -48,7 +54,7 @@ instructions() {
     --grpc-addr 127.0.0.1:50051 --http-addr 127.0.0.1:3030 "${extra[@]}" >"$out/server.log" 2>&1 &
   local server=$!
   wait_for_port 50051; wait_for_port 3030
-  curl -s --retry 100 --retry-delay 1 --retry-all-errors -o /dev/null http://127.0.0.1:3030/readyz
+  until [ "$(curl -s http://127.0.0.1:3030/readyz || true)" = OK ]; do sleep 0.2; done
   local target=127.0.0.1:50051; [ "$protocol" = http ] && target=127.0.0.1:3030
   target/release/rendezvous-bench pairs --protocol "$protocol" --target $target \
     --pairs "$pairs" --warmup 200 --concurrency 16 "${keys[@]}" >/dev/null
