@@ -277,25 +277,35 @@ impl Shape for Group {
 }
 
 /// Reads the payload and makes the call, answering as route `S` does.
-async fn wait<S: Shape, B>(
+///
+/// An `async` block, not an `async fn`, which would keep a second copy of
+/// its arguments (the request among them) for as long as the caller waits
+/// (rust-lang/rust#62958).
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps its arguments twice"
+)]
+fn wait<S: Shape, B>(
     service: Rendezvous,
     mut call: CallRequest,
     body: B,
     json: bool,
-) -> Response<Full<Bytes>>
+) -> impl Future<Output = Response<Full<Bytes>>>
 where
     B: http_body::Body<Data = Bytes>,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
-    call.payload = match read_body(body, service.limits().max_payload).await {
-        Ok(payload) => payload,
-        Err(error) => return error_response(&service, error, json),
-    };
-    let keep = S::keep(&call.payload);
-    match service.call(call).await {
-        Ok(meeting) if json => S::json(&meeting, &keep),
-        Ok(_) => text(StatusCode::OK, "Synced"),
-        Err(error) => error_response(&service, error.into(), json),
+    async move {
+        call.payload = match read_body(body, service.limits().max_payload).await {
+            Ok(payload) => payload,
+            Err(error) => return error_response(&service, error, json),
+        };
+        let keep = S::keep(&call.payload);
+        match service.call(call).await {
+            Ok(meeting) if json => S::json(&meeting, &keep),
+            Ok(_) => text(StatusCode::OK, "Synced"),
+            Err(error) => error_response(&service, error.into(), json),
+        }
     }
 }
 

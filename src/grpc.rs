@@ -481,20 +481,29 @@ impl Method for proto::WaitForPartiesRequest {
 }
 
 /// Reads, decodes and makes one call of method `M`.
-async fn wait<M: Method, B>(
-    service: &Rendezvous,
+///
+/// An `async` block, not an `async fn`, which would keep a second copy of its
+/// arguments for as long as the caller waits (rust-lang/rust#62958).
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps its arguments twice"
+)]
+fn wait<'a, M: Method, B>(
+    service: &'a Rendezvous,
     head: Head,
     body: B,
-) -> Result<M::Response, GrpcError>
+) -> impl Future<Output = Result<M::Response, GrpcError>> + 'a
 where
-    B: http_body::Body<Data = Bytes>,
+    B: http_body::Body<Data = Bytes> + 'a,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let message = read_message(body, service.limits().max_payload).await?;
-    let request: M = M::decode(message).map_err(|e| GrpcError::Decode(M::NAME, e))?;
-    let (call, keep) = request.into_call(head);
-    let meeting = service.call(call).await?;
-    Ok(M::answer(meeting, keep))
+    async move {
+        let message = read_message(body, service.limits().max_payload).await?;
+        let request: M = M::decode(message).map_err(|e| GrpcError::Decode(M::NAME, e))?;
+        let (call, keep) = request.into_call(head);
+        let meeting = service.call(call).await?;
+        Ok(M::answer(meeting, keep))
+    }
 }
 
 fn is_grpc(headers: &HeaderMap) -> bool {

@@ -402,165 +402,204 @@ impl<E: Engine> Rendezvous<E> {
         // the request in every parked caller's future. Boxed: a call that
         // exports nothing carries one pointer for it.
         let exported = telemetry::exporting().then(|| Box::new(CallSpan::start(&mut request)));
-        self.meet(request, exported)
-    }
-
-    /// [`Rendezvous::call`], its exported span (if any) started.
-    async fn meet(
-        &self,
-        request: CallRequest,
-        exported: Option<Box<CallSpan>>,
-    ) -> Result<Meeting, CallError> {
-        // Every way out ends the exported span with the outcome, and one
-        // that never gets here (the caller went away) ends it as cancelled.
-        let ended = |result, delivery| {
-            if let Some(exported) = exported {
-                CallSpan::finish(*exported, &result, delivery);
-            }
-            result
-        };
-        let CallRequest {
-            protocol,
-            operation: _,
-            namespace,
-            deadline,
-            trace,
-            id,
-            parties,
-            payload,
-            attempt_key,
-            previous_attempts,
-        } = request;
-        let id = match Id::in_namespace(namespace.as_deref(), id) {
-            Ok(id) => id,
-            Err(error) => return ended(Err(self.refuse(protocol, error.into())), Delivery::Fresh),
-        };
-        let parties = match Parties::new(parties, self.limits.max_parties) {
-            Ok(parties) => parties,
-            Err(error) => return ended(Err(self.refuse(protocol, error.into())), Delivery::Fresh),
-        };
-        if payload.len() > self.limits.max_payload {
-            let error = CallError::PayloadTooLarge {
-                size: payload.len(),
-                limit: self.limits.max_payload,
+        // An `async` block, not an `async fn`: an `async fn` keeps a second
+        // copy of its arguments (rust-lang/rust#62958), the whole request
+        // here, for as long as the caller waits.
+        async move {
+            // Every way out ends the exported span with the outcome, and one
+            // that never gets here (the caller went away) ends it as cancelled.
+            let ended = |result, delivery| {
+                if let Some(exported) = exported {
+                    CallSpan::finish(*exported, &result, delivery);
+                }
+                result
             };
-            return ended(Err(self.refuse(protocol, error)), Delivery::Fresh);
-        }
-        let attempt = match AttemptKey::in_namespace(namespace.as_deref(), &attempt_key) {
-            // `--attempt-grace 0s`: keys are checked, and not kept.
-            Ok(_) if self.limits.attempt_grace.is_zero() => None,
-            Ok(attempt) => attempt,
-            Err(error) => return ended(Err(self.refuse(protocol, error.into())), Delivery::Fresh),
-        };
-        drop(attempt_key);
-        let offer = Offer { payload, trace };
-        let wait = deadline
-            .requested
-            .map_or(self.limits.max_wait, |w| w.min(self.limits.max_wait));
-
-        // A span per call, at debug level: with the default filter it is
-        // never built, which keeps the hot path cheap (an info-level span cost
-        // about 8% of the server's CPU per pair; see BENCHMARKS.md).
-        // The caller's trace id goes on the span, so that its trace finds
-        // this call's lines; its partner's, once known, too.
-        let span = tracing::debug_span!(
-            "rendezvous",
-            protocol = protocol.as_str(),
-            trace_id = Empty,
-            outcome = Empty,
-            parties = parties.get(),
-            role = Empty,
-            position = Empty,
-            partner_trace_id = Empty,
-            waited = Empty,
-            attempt = Empty,
-        );
-        if let Some(trace) = &offer.trace {
-            span.record("trace_id", tracing::field::display(trace));
-        }
-        // Ids can be secret pairing codes: only in this debug event, never on
-        // the span, whose fields show up on every event inside it.
-        span.in_scope(|| tracing::debug!(id = id.as_str(), ?wait, "arrived"));
-        // Counts the caller as parked until it leaves, and as cancelled if
-        // its future is dropped before the outcome.
-        self.metrics.arrived(protocol);
-        let mut pending = Pending {
-            metrics: &self.metrics,
-            protocol,
-            settled: false,
-        };
-        let deadline = deadline.arrived + wait;
-        // The engine's call is made in the expression that awaits it: held in
-        // a variable first, it was copied once more on every call.
-        let (result, delivery) = match attempt {
-            None => (
-                (self.engine.gather(id, parties, offer, deadline))
-                    .instrument(span.clone())
-                    .await,
-                Delivery::Fresh,
-            ),
-            // Boxed: a keyed call's future is not the one most callers pay
-            // for while they wait.
-            Some(key) => {
-                let call = self.attempts.gather(
-                    &self.engine,
-                    (key, previous_attempts),
-                    (id, parties, offer),
+            let protocol = request.protocol;
+            let wait = (request.deadline.requested)
+                .map_or(self.limits.max_wait, |w| w.min(self.limits.max_wait));
+            // A span per call, at debug level: with the default filter it is
+            // never built, which keeps the hot path cheap (an info-level span cost
+            // about 8% of the server's CPU per pair; see BENCHMARKS.md).
+            // The caller's trace id goes on the span, so that its trace finds
+            // this call's lines; its partner's, once known, too.
+            let span = tracing::debug_span!(
+                "rendezvous",
+                protocol = protocol.as_str(),
+                trace_id = Empty,
+                outcome = Empty,
+                parties = request.parties,
+                role = Empty,
+                position = Empty,
+                partner_trace_id = Empty,
+                waited = Empty,
+                attempt = Empty,
+            );
+            // Counts the caller as parked, once admitted, until it leaves, and as
+            // cancelled if its future is dropped before the outcome.
+            let mut pending = Pending {
+                admitted: None,
+                protocol,
+                settled: false,
+            };
+            // Everything the request holds is checked and handed to the engine in
+            // this block, whose value is what the call waits on: what is left of
+            // the request is then not kept, beside the engine call, for as long
+            // as the caller waits.
+            let (result, delivery) = {
+                let CallRequest {
+                    protocol: _,
+                    operation: _,
+                    namespace,
                     deadline,
-                );
-                Box::pin(call.instrument(span.clone())).await
-            }
-        };
-        pending.settled = true;
-        match delivery {
-            Delivery::Fresh => {}
-            Delivery::Reattached => self.metrics.reattached(protocol),
-            Delivery::Redelivered => self.metrics.redelivered(protocol),
-        }
-        if !span.is_disabled() {
-            span.record("attempt", delivery.as_str());
-        }
-        let result = match result {
-            // An answer handed out before was counted then.
-            Ok(meeting) if delivery == Delivery::Redelivered => Ok(meeting),
-            Ok(meeting) => {
-                self.metrics.paired(protocol, meeting.waited);
-                // Once per group: by its last member, which completed it.
-                if meeting.position + 1 == meeting.parties() {
-                    self.metrics.group_completed(meeting.parties());
-                }
-                Ok(meeting)
-            }
-            Err(error) => match Refusal::new(error) {
-                None => {
-                    if delivery != Delivery::Redelivered {
-                        self.metrics.timed_out(protocol);
+                    trace,
+                    id,
+                    parties,
+                    payload,
+                    attempt_key,
+                    previous_attempts,
+                } = request;
+                let id = match Id::in_namespace(namespace.as_deref(), id) {
+                    Ok(id) => id,
+                    Err(error) => {
+                        return ended(Err(self.refuse(protocol, error.into())), Delivery::Fresh);
                     }
-                    Err(CallError::TimedOut { wait })
+                };
+                let parties = match Parties::new(parties, self.limits.max_parties) {
+                    Ok(parties) => parties,
+                    Err(error) => {
+                        return ended(Err(self.refuse(protocol, error.into())), Delivery::Fresh);
+                    }
+                };
+                if payload.len() > self.limits.max_payload {
+                    let error = CallError::PayloadTooLarge {
+                        size: payload.len(),
+                        limit: self.limits.max_payload,
+                    };
+                    return ended(Err(self.refuse(protocol, error)), Delivery::Fresh);
                 }
-                Some(refusal) => Err(self.refuse(protocol, CallError::Refused(refusal))),
-            },
-        };
-        if !span.is_disabled() {
-            record(&span, &result);
+                let attempt = match AttemptKey::in_namespace(namespace.as_deref(), &attempt_key) {
+                    // `--attempt-grace 0s`: keys are checked, and not kept.
+                    Ok(_) if self.limits.attempt_grace.is_zero() => None,
+                    Ok(attempt) => attempt,
+                    Err(error) => {
+                        return ended(Err(self.refuse(protocol, error.into())), Delivery::Fresh);
+                    }
+                };
+                if let Some(trace) = &trace {
+                    span.record("trace_id", tracing::field::display(trace));
+                }
+                // Ids can be secret pairing codes: only in this debug event,
+                // never on the span, whose fields show up on every event in it.
+                span.in_scope(|| tracing::debug!(id = id.as_str(), ?wait, "arrived"));
+                self.metrics.arrived(protocol);
+                pending.admitted = Some(&self.metrics);
+                let offer = Offer { payload, trace };
+                let deadline = deadline.arrived + wait;
+                match attempt {
+                    None => Engaged::Plain {
+                        call: (self.engine.gather(id, parties, offer, deadline))
+                            .instrument(span.clone()),
+                    },
+                    // Boxed: a keyed call's future is not the one most callers
+                    // pay for while they wait.
+                    Some(key) => Engaged::Keyed {
+                        call: Box::pin(
+                            (self.attempts)
+                                .gather(
+                                    &self.engine,
+                                    (key, previous_attempts),
+                                    (id, parties, offer),
+                                    deadline,
+                                )
+                                .instrument(span.clone()),
+                        ),
+                    },
+                }
+            }
+            .await;
+            pending.settled = true;
+            match delivery {
+                Delivery::Fresh => {}
+                Delivery::Reattached => self.metrics.reattached(protocol),
+                Delivery::Redelivered => self.metrics.redelivered(protocol),
+            }
+            if !span.is_disabled() {
+                span.record("attempt", delivery.as_str());
+            }
+            let result = match result {
+                // An answer handed out before was counted then.
+                Ok(meeting) if delivery == Delivery::Redelivered => Ok(meeting),
+                Ok(meeting) => {
+                    self.metrics.paired(protocol, meeting.waited);
+                    // Once per group: by its last member, which completed it.
+                    if meeting.position + 1 == meeting.parties() {
+                        self.metrics.group_completed(meeting.parties());
+                    }
+                    Ok(meeting)
+                }
+                Err(error) => match Refusal::new(error) {
+                    None => {
+                        if delivery != Delivery::Redelivered {
+                            self.metrics.timed_out(protocol);
+                        }
+                        Err(CallError::TimedOut { wait })
+                    }
+                    Some(refusal) => Err(self.refuse(protocol, CallError::Refused(refusal))),
+                },
+            };
+            if !span.is_disabled() {
+                record(&span, &result);
+            }
+            ended(result, delivery)
         }
-        ended(result, delivery)
     }
 }
 
-/// A call on its way, in the parked gauge until dropped; dropped unsettled,
-/// the caller went away.
+pin_project_lite::pin_project! {
+    /// The engine call a [`Rendezvous::call`] waits on: its own, or, with an
+    /// attempt key, its wait's ([`Attempts`]), which says how it was handed.
+    #[project = EngagedNow]
+    enum Engaged<P, K> {
+        Plain { #[pin] call: P },
+        Keyed { call: std::pin::Pin<Box<K>> },
+    }
+}
+
+impl<P, K> Future for Engaged<P, K>
+where
+    P: Future<Output = Result<Meeting, PairError>>,
+    K: Future<Output = (Result<Meeting, PairError>, Delivery)>,
+{
+    type Output = (Result<Meeting, PairError>, Delivery);
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        match self.project() {
+            EngagedNow::Plain { call } => call.poll(cx).map(|answer| (answer, Delivery::Fresh)),
+            EngagedNow::Keyed { call } => call.as_mut().poll(cx),
+        }
+    }
+}
+
+/// A call on its way, in the parked gauge from when it is admitted until
+/// dropped; dropped unsettled, the caller went away.
 struct Pending<'a> {
-    metrics: &'a Metrics,
+    /// The metrics it was counted in, once admitted.
+    admitted: Option<&'a Metrics>,
     protocol: Protocol,
     settled: bool,
 }
 
 impl Drop for Pending<'_> {
     fn drop(&mut self) {
-        self.metrics.left(self.protocol);
+        let Some(metrics) = self.admitted else {
+            return;
+        };
+        metrics.left(self.protocol);
         if !self.settled {
-            self.metrics.cancelled(self.protocol);
+            metrics.cancelled(self.protocol);
         }
     }
 }
