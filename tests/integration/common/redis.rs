@@ -121,37 +121,35 @@ impl RedisServer {
     /// the places, results and kept answers of ids.
     pub async fn entries(&self, prefix: &str) -> Vec<String> {
         let mut keys = self.keys(prefix).await;
-        keys.retain(|key| !key.contains("}attempt:"));
+        keys.retain(|key| !is_binding(key));
         keys
     }
 
     /// How many attempt keys are bound to their ids under `prefix`.
     pub async fn bindings(&self, prefix: &str) -> usize {
         let keys = self.keys(prefix).await;
-        keys.iter().filter(|key| key.contains("}attempt:")).count()
+        keys.iter().filter(|key| is_binding(key)).count()
     }
 
     /// Waits until exactly `n` [`RedisServer::entries`] are under `prefix`;
     /// fails after 10 s.
     pub async fn until_entries(&self, prefix: &str, n: usize) {
-        let mut entries = Vec::new();
-        for _ in 0..1000 {
-            entries = self.entries(prefix).await;
-            if entries.len() == n {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("expected {n} entries under {prefix}, found {entries:?}");
+        self.until_counted(prefix, n, |key| !is_binding(key)).await;
     }
 
     /// Waits until exactly `n` keys start with `prefix`; fails after 10 s.
     /// (A pair's result key goes a moment after both callers are told, and
     /// a dead replica's entries when their TTL runs out.)
     pub async fn until_keys(&self, prefix: &str, n: usize) {
+        self.until_counted(prefix, n, |_| true).await;
+    }
+
+    /// Waits until exactly `n` of the keys under `prefix` are `counted`.
+    async fn until_counted(&self, prefix: &str, n: usize, counted: impl Fn(&str) -> bool) {
         let mut keys = Vec::new();
         for _ in 0..1000 {
             keys = self.keys(prefix).await;
+            keys.retain(|key| counted(key));
             if keys.len() == n {
                 return;
             }
@@ -467,6 +465,11 @@ impl Monitored {
         let _: String = redis.query(redis::cmd("ECHO").arg(&self.marker)).await;
         super::within(self.task).await.unwrap()
     }
+}
+
+/// Whether `key` is an attempt key's binding to its id.
+fn is_binding(key: &str) -> bool {
+    key.contains("}attempt:")
 }
 
 /// The engine's script, to run as a replica would.
