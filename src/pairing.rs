@@ -127,6 +127,16 @@ pub enum IdError {
     },
 }
 
+/// The first half of `bytes`' SHA-256: how ids and attempt keys, which can
+/// be secrets, are named where they are stored.
+pub(crate) fn half_sha256(bytes: &[u8]) -> [u8; 16] {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(bytes);
+    let mut half = [0; 16];
+    half.copy_from_slice(&digest[..16]);
+    half
+}
+
 /// The longest attempt key accepted, in bytes: room for a UUID or a
 /// 256-bit random value in any common spelling, and a bound on what a held
 /// answer pins besides its payloads.
@@ -146,11 +156,7 @@ impl AttemptKey {
     /// The key as Redis stores it: hashed (the first half of its SHA-256),
     /// since a key stands for a caller's answer.
     pub(crate) fn hash(&self) -> [u8; 16] {
-        use sha2::Digest as _;
-        let digest = sha2::Sha256::digest(self.0.as_bytes());
-        let mut half = [0; 16];
-        half.copy_from_slice(&digest[..16]);
-        half
+        half_sha256(self.0.as_bytes())
     }
 
     /// Validates `key` at the edge, and scopes it to `namespace`. An empty

@@ -385,6 +385,33 @@ impl<E: Engine> Rendezvous<E> {
         &self.engine
     }
 
+    /// A request's id, group size and attempt key, checked against the
+    /// limits; the key is `None` under `--attempt-grace 0s`, where keys are
+    /// checked and not kept.
+    fn admit(
+        &self,
+        namespace: Option<&str>,
+        id: String,
+        parties: u32,
+        payload: &Bytes,
+        attempt_key: &str,
+    ) -> Result<(Id, Parties, Option<AttemptKey>), CallError> {
+        let id = Id::in_namespace(namespace, id)?;
+        let parties = Parties::new(parties, self.limits.max_parties)?;
+        if payload.len() > self.limits.max_payload {
+            return Err(CallError::PayloadTooLarge {
+                size: payload.len(),
+                limit: self.limits.max_payload,
+            });
+        }
+        let attempt = AttemptKey::in_namespace(namespace, attempt_key)?;
+        Ok((
+            id,
+            parties,
+            attempt.filter(|_| !self.limits.attempt_grace.is_zero()),
+        ))
+    }
+
     /// Meets the other `parties - 1` callers with the request's id (one,
     /// for `WaitForSecondParty`), by its deadline at the latest, or after
     /// `max_wait` if that comes sooner, handing them its payload. With an
@@ -458,32 +485,11 @@ impl<E: Engine> Rendezvous<E> {
                     attempt_key,
                     previous_attempts,
                 } = request;
-                let id = match Id::in_namespace(namespace.as_deref(), id) {
-                    Ok(id) => id,
-                    Err(error) => {
-                        return ended(Err(self.refuse(protocol, error.into())), Delivery::Fresh);
-                    }
-                };
-                let parties = match Parties::new(parties, self.limits.max_parties) {
-                    Ok(parties) => parties,
-                    Err(error) => {
-                        return ended(Err(self.refuse(protocol, error.into())), Delivery::Fresh);
-                    }
-                };
-                if payload.len() > self.limits.max_payload {
-                    let error = CallError::PayloadTooLarge {
-                        size: payload.len(),
-                        limit: self.limits.max_payload,
-                    };
-                    return ended(Err(self.refuse(protocol, error)), Delivery::Fresh);
-                }
-                let attempt = match AttemptKey::in_namespace(namespace.as_deref(), &attempt_key) {
-                    // `--attempt-grace 0s`: keys are checked, and not kept.
-                    Ok(_) if self.limits.attempt_grace.is_zero() => None,
-                    Ok(attempt) => attempt,
-                    Err(error) => {
-                        return ended(Err(self.refuse(protocol, error.into())), Delivery::Fresh);
-                    }
+                let admitted =
+                    self.admit(namespace.as_deref(), id, parties, &payload, &attempt_key);
+                let (id, parties, attempt) = match admitted {
+                    Ok(admitted) => admitted,
+                    Err(error) => return ended(Err(self.refuse(protocol, error)), Delivery::Fresh),
                 };
                 if let Some(trace) = &trace {
                     span.record("trace_id", tracing::field::display(trace));

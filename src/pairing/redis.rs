@@ -42,7 +42,6 @@ use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use prometheus_client::registry::Registry;
 use redis::{PushInfo, PushKind, Script, Value};
-use sha2::{Digest as _, Sha256};
 use tokio::{
     sync::{Notify, Semaphore, mpsc, watch},
     time::{Instant, sleep_until, timeout, timeout_at},
@@ -1174,10 +1173,7 @@ impl Inner {
 /// in an id from breaking the hash tag that keeps an id's keys in one
 /// cluster slot.
 fn id_digest(id: &Id) -> Digest {
-    let digest = Sha256::digest(id.as_str().as_bytes());
-    let mut half = [0; 16];
-    half.copy_from_slice(&digest[..16]);
-    half
+    super::half_sha256(id.as_str().as_bytes())
 }
 
 /// How long a keyed try's binding lasts, in ms: as long as its wait (what
