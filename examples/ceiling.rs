@@ -15,7 +15,7 @@ use hyper::{Response, server::conn::http1, service::service_fn};
 use hyper_util::rt::TokioIo;
 use rendezvous::proto::{
     Role, WaitForPartiesRequest, WaitForPartiesResponse, WaitForSecondPartyRequest,
-    WaitForSecondPartyResponse,
+    WaitForSecondPartyResponse, WithdrawRequest, WithdrawResponse, Withdrawal,
     sync_server::{Sync, SyncServer},
 };
 use tonic::{Request, Status};
@@ -44,6 +44,17 @@ impl Sync for Immediate {
             position: 0,
             waited: Some(prost_types::Duration::default()),
             payloads: vec![request.into_inner().payload],
+        }))
+    }
+
+    /// Nothing ever waits here: there is never anything to withdraw.
+    async fn withdraw(
+        &self,
+        _: Request<WithdrawRequest>,
+    ) -> Result<tonic::Response<WithdrawResponse>, Status> {
+        Ok(tonic::Response::new(WithdrawResponse {
+            withdrawal: Withdrawal::Unknown.into(),
+            ..WithdrawResponse::default()
         }))
     }
 }

@@ -18,11 +18,15 @@ use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::{
     Config,
-    client::{Client, ClientError, ClientOptions, DEFAULT_SERVER, Try},
+    client::{Client, ClientError, ClientOptions, DEFAULT_SERVER, Ended, Try, attempt_key},
     json::{JsonError, JsonGroup, JsonMeeting},
-    pairing::Role,
+    pairing::{Role, Withdrawal},
     service::whole_millis,
 };
+
+/// How long `wait` tries to withdraw its wait after SIGINT or SIGTERM: a
+/// server that is gone must not hold up a job that was told to stop.
+const WITHDRAW_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// `rendezvous`: the server, and its command-line clients.
 #[derive(Debug, Parser)]
@@ -53,12 +57,19 @@ pub enum Command {
 }
 
 const WAIT_EXIT_CODES: &str = "Exit codes:
-  0  paired: the other party's payload is on stdout
-  1  any other error
-  2  invalid input: a bad flag, id or payload, or a file that cannot be read
-  3  timed out: nobody came with this id before the timeout
-  4  unavailable: the server cannot be reached, is shutting down or is full
-  5  unauthenticated: no token, or a token the server does not accept";
+  0    paired: the other party's payload is on stdout
+  1    any other error
+  2    invalid input: a bad flag, id or payload, or a file that cannot be read
+  3    timed out: nobody came with this id before the timeout
+  4    unavailable: the server cannot be reached, is shutting down or is full
+  5    unauthenticated: no token, or a token the server does not accept
+  130  interrupted (SIGINT, Ctrl-C): a wait with an attempt key was withdrawn first
+  143  terminated (SIGTERM, a cancelled job): likewise
+
+On SIGINT or SIGTERM, a wait sent with an attempt key (--attempt-key, or
+--retry's own) is withdrawn before exiting: nobody is paired with it
+afterwards. Only a run that cannot say so (SIGKILL, a lost machine or
+network) leaves its place held for the server's --attempt-grace.";
 
 const PROBE_EXIT_CODES: &str = "Exit codes:
   0  SERVING
@@ -85,6 +96,10 @@ pub enum Exit {
     Unavailable = 4,
     /// The server refused the token (or, over mTLS, the certificate).
     Unauthenticated = 5,
+    /// SIGINT (Ctrl-C): 128 + 2, as a shell reports a process it killed.
+    Interrupted = 130,
+    /// SIGTERM: 128 + 15.
+    Terminated = 143,
 }
 
 impl From<Exit> for ExitCode {
@@ -206,8 +221,10 @@ pub struct WaitArgs {
     #[arg(long, value_name = "PATH")]
     pub payload_file: Option<PathBuf>,
 
-    /// Give up after this long (250ms, 30s, 5m, ...), sent as the call's
-    /// deadline. Without it, the server's --max-wait decides.
+    /// Give up after this long (250ms, 30s, 5m, 1h, ...), sent as the
+    /// call's deadline. Without it, the server's --default-wait decides
+    /// (10s unless changed). The server cuts a longer one to its --max-wait
+    /// (1h unless changed), and its timeout message then says so.
     #[arg(long, env = "RENDEZVOUS_TIMEOUT", value_name = "DURATION", value_parser = crate::config::positive_duration)]
     pub timeout: Option<Duration>,
 
@@ -219,8 +236,12 @@ pub struct WaitArgs {
     pub retry: bool,
 
     /// The attempt key to send: the same on every run that is a retry of
-    /// one wait (say, a CI job's id and attempt), so that a run cut off, or
-    /// killed, can be run again and get its place or its answer back.
+    /// one wait (say, a CI job's id and attempt), so that a run whose
+    /// connection was cut, or that was killed without a word (SIGKILL, a
+    /// lost machine), can be run again within the server's --attempt-grace
+    /// and get its place or its answer back. A run stopped by SIGINT or
+    /// SIGTERM withdraws its wait instead: nobody is paired with it, and a
+    /// run with the same key within the grace is refused (CANCELLED).
     #[arg(long, env = "RENDEZVOUS_ATTEMPT_KEY", value_name = "KEY")]
     pub attempt_key: Option<String>,
 
@@ -303,31 +324,66 @@ pub async fn wait(args: WaitArgs) -> Exit {
         ));
     };
     let own = payload.clone();
-    let key = args.attempt_key.as_deref().unwrap_or_default();
+    // --retry's key is made here, not by the client, so that a run that
+    // gives up can withdraw its wait by it.
+    let key = match (&args.attempt_key, args.retry) {
+        (Some(key), _) => key.clone(),
+        (None, true) => attempt_key(),
+        (None, false) => String::new(),
+    };
     let attempt = Try {
-        key,
+        key: &key,
         previous: args.previous_attempts,
     };
-    let result = match (args.parties, args.retry, args.timeout) {
-        (None, true, Some(timeout)) => {
+    let call = async {
+        match (args.parties, args.retry, args.timeout) {
+            (None, true, Some(timeout)) => {
+                client
+                    .wait_retrying(&args.id, payload, timeout, &key, on_retry)
+                    .await
+            }
+            (None, _, _) => {
+                client
+                    .wait_with_key(&args.id, payload, args.timeout, attempt)
+                    .await
+            }
+            (Some(parties), true, Some(timeout)) => {
+                client
+                    .gather_retrying(&args.id, parties, payload, timeout, &key, on_retry)
+                    .await
+            }
+            (Some(parties), _, _) => {
+                client
+                    .gather_with_key(&args.id, parties, payload, args.timeout, attempt)
+                    .await
+            }
+        }
+    };
+    let mut stopped = None;
+    let stop = async {
+        stopped = Some(stop_signal().await);
+    };
+    let ended = match key.is_empty() {
+        // Without a key, the wait ends as its connection closes: there is
+        // nothing to withdraw.
+        true => tokio::select! {
+            result = call => Ended::Answered(result),
+            () = stop => Ended::GaveUp(Ok(Withdrawal::Unknown)),
+        },
+        false => {
             client
-                .wait_retrying(&args.id, payload, timeout, key, on_retry)
+                .unless_given_up((&args.id, &key), call, stop, WITHDRAW_TIMEOUT)
                 .await
         }
-        (None, _, _) => {
-            client
-                .wait_with_key(&args.id, payload, args.timeout, attempt)
-                .await
-        }
-        (Some(parties), true, Some(timeout)) => {
-            client
-                .gather_retrying(&args.id, parties, payload, timeout, key, on_retry)
-                .await
-        }
-        (Some(parties), _, _) => {
-            client
-                .gather_with_key(&args.id, parties, payload, args.timeout, attempt)
-                .await
+    };
+    let result = match ended {
+        Ended::Answered(result) => result,
+        Ended::GaveUp(found) => {
+            let exit = stopped.expect("given up on a signal");
+            if !key.is_empty() {
+                gave_up(&report, exit, found);
+            }
+            return exit;
         }
     };
     match result {
@@ -364,6 +420,63 @@ pub async fn wait(args: WaitArgs) -> Exit {
         }
         Err(status) => report.failed(status.code(), status.message(), Exit::of_status(&status)),
     }
+}
+
+/// Completes on the first SIGINT or SIGTERM, with the exit it calls for.
+/// A second one exits at once, for a user who will not wait for the
+/// withdrawal.
+async fn stop_signal() -> Exit {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt()).expect("can install a SIGINT handler");
+    let mut terminate = signal(SignalKind::terminate()).expect("can install a SIGTERM handler");
+    let exit = tokio::select! {
+        _ = interrupt.recv() => Exit::Interrupted,
+        _ = terminate.recv() => Exit::Terminated,
+    };
+    tokio::spawn(async move {
+        let again = tokio::select! {
+            _ = interrupt.recv() => Exit::Interrupted,
+            _ = terminate.recv() => Exit::Terminated,
+        };
+        std::process::exit(again as i32);
+    });
+    exit
+}
+
+/// Says what withdrawing the wait of a run told to stop found.
+fn gave_up(report: &Report, exit: Exit, found: Result<Withdrawal, Status>) {
+    let signal = match exit {
+        Exit::Terminated => "SIGTERM",
+        _ => "SIGINT",
+    };
+    let message = match found {
+        Ok(Withdrawal::Withdrawn) => "withdrew the wait: nobody will be paired with it".to_owned(),
+        Ok(Withdrawal::Met(meeting)) if meeting.parties() == 2 => format!(
+            "too late to withdraw: the wait had already paired, as the {} party; its partner \
+             was told OK",
+            match meeting.role() {
+                Role::First => "first",
+                Role::Second => "second",
+            }
+        ),
+        Ok(Withdrawal::Met(meeting)) => format!(
+            "too late to withdraw: the wait had already completed its group of {} at position \
+             {}; the other members were told OK",
+            meeting.parties(),
+            meeting.position
+        ),
+        Ok(Withdrawal::TimedOut) => "too late to withdraw: the wait had already timed out".into(),
+        Ok(Withdrawal::Unknown) => "the server knew no wait with this attempt key; a try with \
+             it within the server's --attempt-grace is refused"
+            .into(),
+        Err(status) => format!(
+            "could not withdraw the wait ({}: {}); the server keeps its place for its \
+             --attempt-grace",
+            code_name(status.code()),
+            status.message()
+        ),
+    };
+    report.failed(Code::Cancelled, &format!("{signal}: {message}"), exit);
 }
 
 /// Runs `rendezvous probe`.

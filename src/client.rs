@@ -54,8 +54,11 @@ use tonic_health::pb::{
 use crate::{
     config::PAYLOAD_CEILING,
     grpc::MESSAGE_OVERHEAD,
-    pairing::{Meeting, Offer, Offers},
-    proto::{self, WaitForPartiesRequest, WaitForSecondPartyRequest, sync_client::SyncClient},
+    pairing::{Meeting, Offer, Offers, Withdrawal},
+    proto::{
+        self, WaitForPartiesRequest, WaitForSecondPartyRequest, WithdrawRequest,
+        sync_client::SyncClient,
+    },
     service::whole_millis,
     trace::TraceContext,
 };
@@ -540,6 +543,52 @@ impl Client {
         .await
     }
 
+    /// Withdraws the wait sent with `id` and `attempt_key`, for a caller
+    /// that gives up on it: its place is taken out at once (its connection
+    /// alone going away keeps it for the server's `--attempt-grace`), and
+    /// nobody is paired with it afterwards. Says what it found: withdrawn,
+    /// too late (with what the wait was to be told; in a group, the others'
+    /// payloads, its own left empty), or unknown.
+    pub async fn withdraw(
+        &self,
+        id: &str,
+        attempt_key: &str,
+        timeout: Option<Duration>,
+    ) -> Result<Withdrawal, Status> {
+        let message = WithdrawRequest {
+            id: id.to_owned(),
+            attempt_key: attempt_key.to_owned(),
+        };
+        let response = self
+            .unary(timeout, || {
+                let mut sync = self.sync.clone();
+                let request = self.request(message.clone(), timeout);
+                async move { sync.withdraw(request).await }
+            })
+            .await?;
+        withdrawal(response)
+    }
+
+    /// Runs `wait`, a wait of this client's sent with `id` and
+    /// `attempt_key`, until it ends or `give_up` completes (a signal, a
+    /// cancelled job). Giving up drops the call and withdraws its wait
+    /// ([`Client::withdraw`]) within `withdraw_timeout`, so that a server
+    /// that is gone cannot hold up the caller that gave up.
+    pub async fn unless_given_up(
+        &self,
+        (id, attempt_key): (&str, &str),
+        wait: impl Future<Output = Result<Meeting, Status>>,
+        give_up: impl Future<Output = ()>,
+        withdraw_timeout: Duration,
+    ) -> Ended {
+        tokio::select! {
+            answer = wait => Ended::Answered(answer),
+            () = give_up => {
+                Ended::GaveUp(self.withdraw(id, attempt_key, Some(withdraw_timeout)).await)
+            }
+        }
+    }
+
     /// Asks the server's health service about `service` ("" for the whole
     /// server, `rendezvous.v1.Sync` for readiness to pair).
     pub async fn check(
@@ -663,6 +712,17 @@ fn own_deadline(status: Status, timeout: Option<Duration>) -> Status {
     }
 }
 
+/// How a wait that its caller could give up on ended
+/// ([`Client::unless_given_up`]).
+#[derive(Debug)]
+pub enum Ended {
+    /// The wait ended first: its answer.
+    Answered(Result<Meeting, Status>),
+    /// The caller gave up first: what the withdrawal found, or why it could
+    /// not be made (then the server keeps the place for its grace).
+    GaveUp(Result<Withdrawal, Status>),
+}
+
 /// One try of a wait with an attempt key: the key, and how many tries of
 /// the wait this client made before this one. The server orders a wait's
 /// tries by the count, so that a cut try that reaches it late does not take
@@ -749,6 +809,45 @@ fn group(response: proto::WaitForPartiesResponse) -> Result<Meeting, Status> {
         .unwrap_or_default();
     let offers = response.payloads.into_iter().map(Offer::from).collect();
     Ok(Meeting::new(position, Offers::All(offers), waited))
+}
+
+fn withdrawal(response: proto::WithdrawResponse) -> Result<Withdrawal, Status> {
+    Ok(match response.withdrawal() {
+        proto::Withdrawal::Withdrawn => Withdrawal::Withdrawn,
+        proto::Withdrawal::TooLateTimedOut => Withdrawal::TimedOut,
+        proto::Withdrawal::Unknown => Withdrawal::Unknown,
+        proto::Withdrawal::Unspecified => {
+            return Err(Status::internal(
+                "the server's answer says nothing of the withdrawal",
+            ));
+        }
+        proto::Withdrawal::TooLateMet => {
+            let position = response.position as usize;
+            let waited = response
+                .waited
+                .and_then(|waited| Duration::try_from(waited).ok())
+                .unwrap_or_default();
+            let mut peers = response.peer_payloads.into_iter().map(Offer::from);
+            let offers = match (response.parties, peers.len()) {
+                (2, 1) => Offers::Peer(peers.next().expect("one")),
+                (parties, others)
+                    if others + 1 == parties as usize && position < parties as usize =>
+                {
+                    let mut all: Vec<Offer> = peers.collect();
+                    // Its own payload is the caller's to know.
+                    all.insert(position, Offer::default());
+                    Offers::All(all.into())
+                }
+                (parties, others) => {
+                    return Err(Status::internal(format!(
+                        "the server's answer puts this caller at position {position} of a \
+                         group of {parties}, with {others} other payloads"
+                    )));
+                }
+            };
+            Withdrawal::Met(Meeting::new(position, offers, waited))
+        }
+    })
 }
 
 /// Makes `attempt` (given the time left) until it succeeds, fails in a way

@@ -10,7 +10,14 @@ pub use crate::pairing::RedisArgs;
 
 const DEFAULT_GRPC_ADDR: &str = "127.0.0.1:50051";
 const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:3030";
-const DEFAULT_MAX_WAIT: &str = "10s";
+/// What a caller that sets no deadline of its own waits: the old service's
+/// 10 s, which its callers rely on.
+const DEFAULT_WAIT: &str = "10s";
+/// The longest wait a caller may ask for: long enough for a CI job waiting
+/// on another job's queue and start-up, which takes minutes; short enough
+/// that a client's mistake (a deadline of days) does not hold a place
+/// against --max-waiters for longer than a working session.
+const DEFAULT_MAX_WAIT: &str = "1h";
 const DEFAULT_MAX_PAYLOAD: &str = "64KiB";
 const DEFAULT_SHUTDOWN_GRACE: &str = "5s";
 const DEFAULT_MAX_WAITERS: usize = 200_000;
@@ -45,8 +52,15 @@ pub struct Config {
     #[arg(long, env = "RENDEZVOUS_HTTP_ADDR", value_name = "ADDR", default_value = DEFAULT_HTTP_ADDR)]
     pub http_addr: ListenAddr,
 
-    /// The longest a caller waits for its partner (250ms, 10s, 1m, ...). A gRPC
-    /// deadline or an HTTP ?wait= can only shorten it.
+    /// How long a caller that sets no deadline of its own waits for its
+    /// partner (no grpc-timeout; HTTP without ?wait=, as the legacy
+    /// endpoint's callers). Never more than --max-wait.
+    #[arg(long, env = "RENDEZVOUS_DEFAULT_WAIT", value_name = "DURATION", default_value = DEFAULT_WAIT, value_parser = positive_duration)]
+    pub default_wait: Duration,
+
+    /// The longest a caller may wait for its partner (250ms, 10s, 5m, 1h,
+    /// ...): a longer gRPC deadline or HTTP ?wait= is cut to it, and its
+    /// DEADLINE_EXCEEDED says so.
     #[arg(long, env = "RENDEZVOUS_MAX_WAIT", value_name = "DURATION", default_value = DEFAULT_MAX_WAIT, value_parser = positive_duration)]
     pub max_wait: Duration,
 
@@ -290,6 +304,7 @@ impl Default for Config {
         Self {
             grpc_addr: DEFAULT_GRPC_ADDR.parse().expect("valid default"),
             http_addr: DEFAULT_HTTP_ADDR.parse().expect("valid default"),
+            default_wait: positive_duration(DEFAULT_WAIT).expect("valid default"),
             max_wait: positive_duration(DEFAULT_MAX_WAIT).expect("valid default"),
             max_payload: payload_size(DEFAULT_MAX_PAYLOAD).expect("valid default"),
             log_format: LogFormat::Text,
@@ -340,6 +355,13 @@ fn window_size(value: &str) -> Result<u32, String> {
 }
 
 impl Config {
+    /// How long a caller without a deadline of its own waits: `--default-wait`,
+    /// cut to `--max-wait` (so that `--max-wait` alone still bounds every
+    /// wait, as it did before `--default-wait` existed).
+    pub fn default_wait(&self) -> Duration {
+        self.default_wait.min(self.max_wait)
+    }
+
     /// `--max-connection-age` and its grace, if connections age at all.
     pub fn connection_age(&self) -> Option<ConnectionAge> {
         Some(ConnectionAge {
@@ -449,7 +471,9 @@ mod tests {
         let c = Config::default();
         assert_eq!(c.grpc_addr.to_string(), "127.0.0.1:50051");
         assert_eq!(c.http_addr.to_string(), "127.0.0.1:3030");
-        assert_eq!(c.max_wait, Duration::from_secs(10));
+        assert_eq!(c.default_wait, Duration::from_secs(10));
+        assert_eq!(c.max_wait, Duration::from_secs(3600));
+        assert_eq!(c.default_wait(), Duration::from_secs(10));
         assert_eq!(c.max_payload, 65536);
         assert_eq!(c.shutdown_grace, Duration::from_secs(5));
         assert_eq!(c.max_waiters, 200_000);
@@ -517,7 +541,7 @@ mod tests {
             assert_eq!(env.as_deref(), Some(expected.as_str()), "--{long}");
             flags += 1;
         }
-        assert_eq!(flags, 30);
+        assert_eq!(flags, 31);
     }
 
     #[test]
@@ -583,6 +607,23 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(c.max_wait, Duration::from_secs(60));
+        assert_eq!(c.default_wait(), Duration::from_secs(10));
+        // --max-wait alone still bounds every wait, as it did before
+        // --default-wait.
+        let waits = |args: &[&str]| {
+            let c = Config::try_parse_from(args).unwrap();
+            (c.default_wait(), c.max_wait)
+        };
+        let secs = Duration::from_secs;
+        assert_eq!(waits(&["rendezvous", "--max-wait=2s"]), (secs(2), secs(2)));
+        assert_eq!(
+            waits(&["rendezvous", "--default-wait=30s", "--max-wait=1m"]),
+            (secs(30), secs(60))
+        );
+        assert_eq!(
+            waits(&["rendezvous", "--default-wait=2m", "--max-wait=1m"]),
+            (secs(60), secs(60))
+        );
         let cors = Config::try_parse_from([
             "rendezvous",
             "--cors-allow-origin=https://a.example,http://localhost:8080",
@@ -597,6 +638,7 @@ mod tests {
 
         for bad in [
             &["rendezvous", "--max-wait=0s"][..],
+            &["rendezvous", "--default-wait=0s"],
             &["rendezvous", "--max-wait=soon"],
             &["rendezvous", "--max-payload=1GiB"],
             &["rendezvous", "--max-payload=lots"],

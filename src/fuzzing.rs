@@ -169,6 +169,7 @@ pub fn gateway(data: &[u8]) {
     runtime.block_on(async {
         let engine = Arc::new(AnyEngine::from(LocalEngine::with_capacity(4)));
         let limits = Limits {
+            default_wait: Duration::from_secs(10),
             max_wait: Duration::from_secs(10),
             max_payload: 64,
             max_parties: 64,

@@ -1,6 +1,7 @@
 //! The HTTP gateway: the legacy `POST /wait-for-second-party/{id}` endpoint
 //! and `POST /wait-for-parties/{id}?parties=N` for groups, mapped onto the
-//! same [`Rendezvous`] call as gRPC, plus probes.
+//! same [`Rendezvous`] call as gRPC; `DELETE` on either, with
+//! `?attempt_key=`, to withdraw a keyed wait; plus probes.
 //!
 //! Legacy callers must not notice the switch, so the default answers are the
 //! old service's to the byte: `200 Synced` or `408 Timeout`, as
@@ -17,10 +18,14 @@ use tonic::Code;
 use crate::{
     auth::AuthError,
     health::{Health, NotReady},
-    json::{JsonError, JsonGroup, JsonMeeting, code_name},
+    json::{JsonError, JsonGroup, JsonMeeting, JsonWithdrawal, code_name},
     metrics::{Protocol, Rejection},
-    pairing::{Meeting, PairError},
-    service::{CallError, CallRequest, Codes, Deadline, Operation, Rendezvous, trace_context},
+    pairing::{Meeting, PairError, Withdrawal},
+    proto,
+    service::{
+        CallError, CallRequest, Codes, Deadline, Operation, Rendezvous, WithdrawRequest,
+        trace_context,
+    },
 };
 
 /// The path prefix of the rendezvous route.
@@ -65,7 +70,7 @@ pub(crate) enum HttpError {
     },
     #[error(
         "no such route; the rendezvous endpoints are POST {ROUTE}{{id}} and \
-         POST {GROUP_ROUTE}{{id}}?parties=N"
+         POST {GROUP_ROUTE}{{id}}?parties=N, and DELETE on either with ?attempt_key=K"
     )]
     NotFound,
     #[error("?parties=N is required: how many callers make up the group, at least 2")]
@@ -122,6 +127,9 @@ impl Gateway {
             }) => Handling::Group {
                 call: Box::pin(wait::<Group, _>(service, call, body, json)),
             },
+            Ok(Route::Withdraw(request)) => Handling::Withdraw {
+                call: Box::pin(withdraw(service, request, json)),
+            },
             Err(error) => Handling::Answered {
                 response: Some(error_response(&service, error, json)),
             },
@@ -153,14 +161,15 @@ impl Gateway {
             (_, Some(segment)) => (segment, true),
             (None, None) => return Err(HttpError::NotFound),
         };
-        if request.method() != Method::POST {
+        let withdrawal = request.method() == Method::DELETE;
+        if request.method() != Method::POST && !withdrawal {
             return Err(HttpError::MethodNotAllowed {
                 method: request.method().clone(),
                 path: match group {
                     false => "/wait-for-second-party/{id}",
                     true => "/wait-for-parties/{id}",
                 },
-                allow: "POST",
+                allow: "POST, DELETE",
             });
         }
         if segment.contains('/') {
@@ -169,7 +178,17 @@ impl Gateway {
         let namespace = self
             .service
             .authenticate(Protocol::Http, request.headers())?;
-        let query = Query::parse(request.uri().query(), group)?;
+        // A withdrawal names its wait by id and key alone, on either route.
+        let query = Query::parse(request.uri().query(), group && !withdrawal)?;
+        if withdrawal {
+            return Ok(Route::Withdraw(WithdrawRequest {
+                protocol: Protocol::Http,
+                namespace,
+                deadline: Deadline::starting_now(query.wait),
+                id: decode_id(segment)?,
+                attempt_key: query.attempt_key,
+            }));
+        }
         let parties = match group {
             true => query.parties.ok_or(HttpError::NoParties)?,
             false => 2,
@@ -235,6 +254,8 @@ enum Route<B> {
         call: CallRequest,
         body: B,
     },
+    /// A withdrawal, which needs nothing from the body.
+    Withdraw(WithdrawRequest),
 }
 
 /// A route's answer: how it is made from the meeting. One handler serves
@@ -309,6 +330,32 @@ where
     }
 }
 
+/// Withdraws a keyed wait. The plain body is one word, as the legacy
+/// answers are: `Withdrawn`, or, too late, the wait's own answer (`Synced`,
+/// `Timeout`), or `Unknown`.
+async fn withdraw(
+    service: Rendezvous,
+    request: WithdrawRequest,
+    json: bool,
+) -> Response<Full<Bytes>> {
+    match service.withdraw(request).await {
+        Ok(found) if json => json_response(
+            StatusCode::OK,
+            &JsonWithdrawal::from(&proto::WithdrawResponse::from(found)),
+        ),
+        Ok(found) => text(
+            StatusCode::OK,
+            match found {
+                Withdrawal::Withdrawn => "Withdrawn",
+                Withdrawal::Met(_) => "Synced",
+                Withdrawal::TimedOut => "Timeout",
+                Withdrawal::Unknown => "Unknown",
+            },
+        ),
+        Err(error) => error_response(&service, error.into(), json),
+    }
+}
+
 /// The response to a request that failed, counted if it was refused.
 fn error_response(service: &Rendezvous, error: HttpError, json: bool) -> Response<Full<Bytes>> {
     if let Some(reason) = error.rejection() {
@@ -322,17 +369,19 @@ pin_project_lite::pin_project! {
     /// a call of either route's. An enum rather than an `async` block, which
     /// would keep the route beside the call it was taken from.
     #[project = Handled]
-    enum Handling<P, G> {
+    enum Handling<P, G, W> {
         Answered { response: Option<Response<Full<Bytes>>> },
         Pair { #[pin] call: P },
         Group { call: std::pin::Pin<Box<G>> },
+        Withdraw { call: std::pin::Pin<Box<W>> },
     }
 }
 
-impl<P, G> Future for Handling<P, G>
+impl<P, G, W> Future for Handling<P, G, W>
 where
     P: Future<Output = Response<Full<Bytes>>>,
     G: Future<Output = Response<Full<Bytes>>>,
+    W: Future<Output = Response<Full<Bytes>>>,
 {
     type Output = Result<Response<Full<Bytes>>, Infallible>;
 
@@ -346,6 +395,7 @@ where
             }
             Handled::Pair { call } => call.poll(cx).map(Ok),
             Handled::Group { call } => call.as_mut().poll(cx).map(Ok),
+            Handled::Withdraw { call } => call.as_mut().poll(cx).map(Ok),
         }
     }
 }
@@ -596,6 +646,7 @@ mod tests {
         let (health, _server) = Health::serving().await;
         let health = Arc::new(health);
         let limits = Limits {
+            default_wait: Duration::from_secs(1),
             max_wait: Duration::from_secs(1),
             max_payload: 1,
             max_parties: 64,
@@ -652,6 +703,7 @@ mod tests {
             (
                 CallError::TimedOut {
                     wait: Duration::from_secs(1),
+                    asked: None,
                 }
                 .into(),
                 408,

@@ -1,6 +1,6 @@
-//! The gRPC port: `rendezvous.v1.Sync`'s `WaitForSecondParty` and
-//! `WaitForParties` on top of [`Rendezvous`], and tonic's health and
-//! reflection services beside them.
+//! The gRPC port: `rendezvous.v1.Sync`'s `WaitForSecondParty`,
+//! `WaitForParties` and `Withdraw` on top of [`Rendezvous`], and tonic's
+//! health and reflection services beside them.
 //!
 //! The rendezvous methods are served by a lean handler of its own rather than
 //! by tonic's generated server, for three reasons:
@@ -27,9 +27,12 @@ use tonic::{Status, codegen::Service, service::Routes};
 
 use crate::{
     metrics::{Protocol, Rejection},
-    pairing::{Meeting, Role},
+    pairing::{Meeting, Role, Withdrawal},
     proto,
-    service::{CallError, CallRequest, Deadline, Namespace, Operation, Rendezvous, trace_context},
+    service::{
+        CallError, CallRequest, Deadline, Namespace, Operation, Rendezvous, WithdrawRequest,
+        trace_context,
+    },
     trace::TraceContext,
 };
 
@@ -38,6 +41,9 @@ pub const WAIT_FOR_SECOND_PARTY: &str = "/rendezvous.v1.Sync/WaitForSecondParty"
 
 /// The group method's path on the wire.
 pub const WAIT_FOR_PARTIES: &str = "/rendezvous.v1.Sync/WaitForParties";
+
+/// The withdrawal's path on the wire.
+pub const WITHDRAW: &str = "/rendezvous.v1.Sync/Withdraw";
 
 /// Room left for encoding and sending a `DEADLINE_EXCEEDED` answer before the
 /// caller's own deadline: a twentieth of its timeout, at most this much.
@@ -194,6 +200,11 @@ impl GrpcService {
                     let result = wait::<proto::WaitForPartiesRequest, _>(&service, head, body);
                     Ok(respond(&service, Box::pin(result).await))
                 }
+                // Boxed, for the same reason: it is not what most calls are.
+                Call::Withdraw { head, body } => {
+                    let result = withdraw(&service, head, body);
+                    Ok(respond(&service, Box::pin(result).await))
+                }
                 Call::Other(future) => future.await,
                 Call::Refused(response) => Ok(response),
             }
@@ -220,8 +231,9 @@ impl GrpcService {
         if self.web.is_some() && request.version() != http::Version::HTTP_2 {
             return Call::Refused(http1_refused());
         }
-        let group = request.uri().path() == WAIT_FOR_PARTIES;
-        if !group && request.uri().path() != WAIT_FOR_SECOND_PARTY {
+        let path = request.uri().path();
+        let (group, withdrawal) = (path == WAIT_FOR_PARTIES, path == WITHDRAW);
+        if !group && !withdrawal && path != WAIT_FOR_SECOND_PARTY {
             // Boxed: tonic's routing future is large, and inline it would
             // make every parked rendezvous call as large.
             // A clone of the URI shares its bytes: no copy per health check.
@@ -253,14 +265,21 @@ impl GrpcService {
         {
             return Call::Refused(refusal(&self.service, GrpcError::Compressed));
         }
-        Call::Wait {
-            group,
-            head: Head {
-                namespace,
-                deadline,
-                trace: trace_context(request.headers()),
+        let head = Head {
+            namespace,
+            deadline,
+            trace: trace_context(request.headers()),
+        };
+        match withdrawal {
+            true => Call::Withdraw {
+                head,
+                body: request.into_body(),
             },
-            body: request.into_body(),
+            false => Call::Wait {
+                group,
+                head,
+                body: request.into_body(),
+            },
         }
     }
 }
@@ -280,7 +299,7 @@ fn name_unknown_method(
     }
     Status::unimplemented(format!(
         "unknown method {path}: this server serves {WAIT_FOR_SECOND_PARTY}, \
-         {WAIT_FOR_PARTIES}, grpc.health.v1.Health and server reflection"
+         {WAIT_FOR_PARTIES}, {WITHDRAW}, grpc.health.v1.Health and server reflection"
     ))
     .into_http()
 }
@@ -354,6 +373,8 @@ enum Call<B> {
         head: Head,
         body: B,
     },
+    /// `Withdraw`: what its headers said, and the body to read.
+    Withdraw { head: Head, body: B },
     /// Health or reflection, already handed to tonic.
     Other(Pin<Box<dyn Future<Output = Result<Response<tonic::body::Body>, Infallible>> + Send>>),
     /// Answered without reading the body.
@@ -506,6 +527,31 @@ where
     }
 }
 
+/// Reads, decodes and makes one withdrawal.
+async fn withdraw<B>(
+    service: &Rendezvous,
+    head: Head,
+    body: B,
+) -> Result<proto::WithdrawResponse, GrpcError>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let message = read_message(body, service.limits().max_payload).await?;
+    let request = proto::WithdrawRequest::decode(message)
+        .map_err(|e| GrpcError::Decode("WithdrawRequest", e))?;
+    let found = service
+        .withdraw(WithdrawRequest {
+            protocol: Protocol::Grpc,
+            namespace: head.namespace,
+            deadline: head.deadline,
+            id: request.id,
+            attempt_key: request.attempt_key,
+        })
+        .await?;
+    Ok(found.into())
+}
+
 fn is_grpc(headers: &HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)
@@ -625,6 +671,28 @@ impl From<Meeting> for proto::WaitForSecondPartyResponse {
     }
 }
 
+impl From<Withdrawal> for proto::WithdrawResponse {
+    fn from(found: Withdrawal) -> Self {
+        let withdrawal = match &found {
+            Withdrawal::Withdrawn => proto::Withdrawal::Withdrawn,
+            Withdrawal::Met(_) => proto::Withdrawal::TooLateMet,
+            Withdrawal::TimedOut => proto::Withdrawal::TooLateTimedOut,
+            Withdrawal::Unknown => proto::Withdrawal::Unknown,
+        };
+        let mut response = Self {
+            withdrawal: withdrawal.into(),
+            ..Self::default()
+        };
+        if let Withdrawal::Met(meeting) = found {
+            response.position = meeting.position as u32;
+            response.parties = meeting.parties() as u32;
+            response.waited = prost_types::Duration::try_from(meeting.waited).ok();
+            response.peer_payloads = meeting.partners().map(|o| o.payload.clone()).collect();
+        }
+        response
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -661,6 +729,7 @@ mod tests {
         let service = Rendezvous::new(
             std::sync::Arc::new(crate::pairing::LocalEngine::new().into()),
             crate::service::Limits {
+                default_wait: Duration::from_secs(1),
                 max_wait: Duration::from_secs(1),
                 max_payload: 1,
                 max_parties: 64,
@@ -754,7 +823,8 @@ mod tests {
         );
         assert_eq!(
             code(CallError::TimedOut {
-                wait: Duration::ZERO
+                wait: Duration::ZERO,
+                asked: None,
             }),
             tonic::Code::DeadlineExceeded
         );

@@ -54,6 +54,47 @@ impl JsonGroup {
     }
 }
 
+/// `WithdrawResponse` in proto3's JSON mapping: the answer's fields only
+/// when the withdrawal came too late for a wait that met its partners.
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct JsonWithdrawal {
+    withdrawal: &'static str,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    met: Option<JsonMet>,
+}
+
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct JsonMet {
+    position: u32,
+    parties: u32,
+    waited: String,
+    peer_payloads: Vec<String>,
+}
+
+impl From<&proto::WithdrawResponse> for JsonWithdrawal {
+    fn from(response: &proto::WithdrawResponse) -> Self {
+        let base64 = base64::engine::general_purpose::STANDARD;
+        let met = (response.withdrawal() == proto::Withdrawal::TooLateMet).then(|| JsonMet {
+            position: response.position,
+            parties: response.parties,
+            waited: proto3_duration(
+                (response.waited)
+                    .and_then(|waited| Duration::try_from(waited).ok())
+                    .unwrap_or_default(),
+            ),
+            peer_payloads: (response.peer_payloads.iter())
+                .map(|payload| base64.encode(payload))
+                .collect(),
+        });
+        Self {
+            withdrawal: response.withdrawal().as_str_name(),
+            met,
+        }
+    }
+}
+
 /// An error in the same shape everywhere, with the gRPC code's name.
 #[derive(Debug, serde::Serialize)]
 pub(crate) struct JsonError {

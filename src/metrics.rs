@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use crate::pairing::PairError;
+use crate::pairing::{PairError, Withdrawal};
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
@@ -79,6 +79,8 @@ pub struct Metrics {
     cancellations: [Counter; 2],
     reattached: [Counter; 2],
     redelivered: [Counter; 2],
+    /// Indexed by protocol, then by [`WITHDRAWALS`]' order.
+    withdrawals: [[Counter; WITHDRAWALS.len()]; 2],
     waited: [Histogram; 2],
     /// Indexed by protocol, then by [`Rejection`] in [`Rejection::ALL`]'s order.
     rejections: [[Counter; Rejection::ALL.len()]; 2],
@@ -111,6 +113,15 @@ struct SizeLabel {
     size: &'static str,
 }
 
+/// What a withdrawal found, as the `outcome` label says it.
+const WITHDRAWALS: [&str; 4] = ["withdrawn", "met", "timed_out", "unknown"];
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WithdrawalLabels {
+    protocol: &'static str,
+    outcome: &'static str,
+}
+
 /// Why a call was refused, as the `reason` label says it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rejection {
@@ -132,12 +143,14 @@ pub enum Rejection {
     AttemptReused,
     /// A newer call with the same attempt key took the wait over.
     Superseded,
+    /// The wait was withdrawn with its attempt key.
+    Withdrawn,
 }
 
 impl Rejection {
     /// Every reason, so that each one's series exists (at 0) from the start:
     /// an alert on a reason that has not happened yet still has data.
-    pub const ALL: [Rejection; 9] = [
+    pub const ALL: [Rejection; 10] = [
         Self::InvalidArgument,
         Self::Unauthenticated,
         Self::Full,
@@ -147,6 +160,7 @@ impl Rejection {
         Self::GroupTooLarge,
         Self::AttemptReused,
         Self::Superseded,
+        Self::Withdrawn,
     ];
 
     /// How an engine's refusal is counted: `None` for a timeout, which is
@@ -161,6 +175,7 @@ impl Rejection {
             PairError::GroupTooLarge { .. } => Self::GroupTooLarge,
             PairError::AttemptReused(_) => Self::AttemptReused,
             PairError::Superseded => Self::Superseded,
+            PairError::Withdrawn => Self::Withdrawn,
         })
     }
 
@@ -175,6 +190,7 @@ impl Rejection {
             Self::GroupTooLarge => "group_too_large",
             Self::AttemptReused => "attempt_reused",
             Self::Superseded => "superseded",
+            Self::Withdrawn => "withdrawn",
         }
     }
 }
@@ -240,6 +256,23 @@ impl Metrics {
             "redelivered",
             "Answers handed again to a retry with the same attempt key",
         );
+        let family = Family::<WithdrawalLabels, Counter>::default();
+        registry.register(
+            "withdrawals",
+            "Keyed waits withdrawn by callers that gave up, by what the withdrawal found \
+             (met and timed_out: too late, already decided)",
+            family.clone(),
+        );
+        let withdrawals = PROTOCOLS.map(|p| {
+            WITHDRAWALS.map(|outcome| {
+                family
+                    .get_or_create(&WithdrawalLabels {
+                        protocol: p.as_str(),
+                        outcome,
+                    })
+                    .clone()
+            })
+        });
         let waited = Family::<ProtocolLabel, Histogram>::new_with_constructor(|| {
             // 1 ms to about 16 min, in factors of 4.
             Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
@@ -323,6 +356,7 @@ impl Metrics {
             cancellations,
             reattached,
             redelivered,
+            withdrawals,
             waited,
             rejections,
             connections,
@@ -389,6 +423,17 @@ impl Metrics {
         self.redelivered[index(protocol)].inc();
     }
 
+    /// A withdrawal was answered.
+    pub fn withdrew(&self, protocol: Protocol, found: &Withdrawal) {
+        let outcome = match found {
+            Withdrawal::Withdrawn => 0,
+            Withdrawal::Met(_) => 1,
+            Withdrawal::TimedOut => 2,
+            Withdrawal::Unknown => 3,
+        };
+        self.withdrawals[index(protocol)][outcome].inc();
+    }
+
     /// A call was refused.
     pub fn rejected(&self, protocol: Protocol, reason: Rejection) {
         self.rejections[index(protocol)][reason as usize].inc();
@@ -447,8 +492,8 @@ mod tests {
                 series += 1;
             }
         }
-        assert_eq!(series, 18);
-        assert_eq!(text.matches("rendezvous_rejections_total{").count(), 18);
+        assert_eq!(series, 20);
+        assert_eq!(text.matches("rendezvous_rejections_total{").count(), 20);
     }
 
     /// Each size lands in its own bucket, bounds included.

@@ -203,6 +203,71 @@ pub struct Attempt<'a> {
     pub grace: Duration,
     /// Which try this is.
     pub order: TryOrder,
+    /// Set when the wait is withdrawn through this process. An engine whose
+    /// place lives in this process ends the call on it, as it would at the
+    /// deadline; one that replicas share ends it when the meeting place
+    /// says so ([`Engine::withdraw`]).
+    pub withdrawing: &'a Withdrawing,
+}
+
+/// The signal that a keyed wait is being withdrawn (see [`Attempt`]): set
+/// once, and never unset.
+#[derive(Debug)]
+pub struct Withdrawing(watch::Sender<bool>);
+
+impl Default for Withdrawing {
+    fn default() -> Self {
+        Self(watch::Sender::new(false))
+    }
+}
+
+impl Withdrawing {
+    /// Asks the wait's engine call to end, unless it is decided first.
+    pub fn request(&self) {
+        self.0.send_replace(true);
+    }
+
+    /// Whether [`Withdrawing::request`] was called.
+    pub fn is_requested(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Completes once [`Withdrawing::request`] has been called.
+    pub async fn requested(&self) {
+        let mut requested = self.0.subscribe();
+        // The sender lives in `self`: `wait_for` cannot fail here.
+        let _ = requested.wait_for(|requested| *requested).await;
+    }
+}
+
+/// What a withdrawal found ([`Engine::withdraw`], [`Attempts::withdraw`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Withdrawal {
+    /// The wait's place was taken out before anything was decided: nobody
+    /// is paired with it now.
+    Withdrawn,
+    /// Too late: the wait had met its partner or group, and they were told
+    /// `OK`. What this caller was to be told.
+    Met(Meeting),
+    /// Too late, and nothing lost: the wait had timed out already.
+    TimedOut,
+    /// Nothing under this key was found waiting or decided (never seen, or
+    /// forgotten after the grace). A try with the key that comes within the
+    /// grace is refused all the same, so that one still on its way does not
+    /// park after its caller gave up.
+    Unknown,
+}
+
+impl Withdrawal {
+    /// A wait's answer, as a withdrawal that came after it reads it.
+    pub(crate) fn after(answer: &Result<Meeting, PairError>) -> Self {
+        match answer {
+            Ok(meeting) => Self::Met(meeting.clone()),
+            Err(PairError::TimedOut) => Self::TimedOut,
+            Err(PairError::Withdrawn) => Self::Withdrawn,
+            Err(_) => Self::Unknown,
+        }
+    }
 }
 
 /// Where a try stands among the tries of its wait: by how many tries its
@@ -231,6 +296,12 @@ impl TryOrder {
 /// Why an attempt key was refused. The messages go to callers verbatim.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AttemptKeyError {
+    /// A withdrawal sent none: a wait is withdrawn by its key.
+    #[error(
+        "attempt key is empty: a wait is withdrawn by the attempt key it was sent with, \
+         so only a wait sent with one can be"
+    )]
+    Missing,
     /// The key is longer than [`MAX_ATTEMPT_KEY_BYTES`].
     #[error("attempt key is {len} bytes long; the limit is {MAX_ATTEMPT_KEY_BYTES} bytes")]
     TooLong {
@@ -556,6 +627,10 @@ pub enum PairError {
     /// answer goes to it.
     #[error("a newer call with the same attempt key took this wait over; its answer goes there")]
     Superseded,
+    /// The wait was withdrawn ([`Engine::withdraw`]): its caller gave up,
+    /// and a try with its attempt key within the grace is refused.
+    #[error("this wait was withdrawn with its attempt key; a new wait needs a new attempt key")]
+    Withdrawn,
 }
 
 /// The interface every pairing engine offers: the in-process one
@@ -632,6 +707,23 @@ pub trait Engine: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Meeting, PairError>> + Send {
         let _ = attempt;
         self.gather(id, parties, offer, deadline)
+    }
+
+    /// The meeting place's part of withdrawing the keyed wait `key` for
+    /// `id` ([`Attempts::withdraw`] does the rest): an engine that replicas
+    /// share takes the wait's place out wherever it is held, unless it was
+    /// decided first, tells the replica that holds it, and keeps the
+    /// withdrawal for `grace`, so that a try with the key still on its way
+    /// is refused through any replica. An engine in one process has no
+    /// place of its own for keyed waits: [`Attempts`] holds them.
+    fn withdraw(
+        &self,
+        id: Id,
+        key: &AttemptKey,
+        grace: Duration,
+    ) -> impl Future<Output = Result<Withdrawal, PairError>> + Send {
+        let _ = (id, key, grace);
+        std::future::ready(Ok(Withdrawal::Unknown))
     }
 
     /// Answers every parked caller [`PairError::ShuttingDown`], and every
@@ -724,13 +816,18 @@ impl fmt::Debug for LocalEngine {
     }
 }
 
-impl Engine for LocalEngine {
-    async fn gather(
+impl LocalEngine {
+    /// [`Engine::gather`], with `until` making the future that ends a
+    /// parked caller's wait: its deadline, or (keyed) its deadline or its
+    /// withdrawal. Either way the shard decides, as at a deadline: the
+    /// caller is taken out, or its group completed first. Generic, so that
+    /// a plain call's future holds no room for a withdrawal.
+    async fn gather_until<D: Future<Output = ()>>(
         &self,
         id: Id,
         parties: Parties,
         offer: Offer,
-        deadline: Instant,
+        until: impl FnOnce() -> D,
     ) -> Result<Meeting, PairError> {
         let hash = self.hasher.hash_one(&id);
         let group = shard::Group {
@@ -759,12 +856,48 @@ impl Engine for LocalEngine {
             Arrival::Parked(parking) => parking,
         };
         let start = Instant::now();
-        match parking.outcome(sleep_until(deadline)).await {
+        match parking.outcome(until()).await {
             Outcome::Completed(position, offers) => {
                 Ok(Meeting::new(position, offers, start.elapsed()))
             }
             Outcome::TimedOut => Err(PairError::TimedOut),
             Outcome::Closed => Err(PairError::ShuttingDown),
+        }
+    }
+}
+
+impl Engine for LocalEngine {
+    fn gather(
+        &self,
+        id: Id,
+        parties: Parties,
+        offer: Offer,
+        deadline: Instant,
+    ) -> impl Future<Output = Result<Meeting, PairError>> + Send {
+        self.gather_until(id, parties, offer, move || sleep_until(deadline))
+    }
+
+    /// The place lives here, in the caller's future: a withdrawal ends it
+    /// as the deadline would, and is what it reports.
+    fn gather_keyed(
+        &self,
+        (id, parties, offer): (Id, Parties, Offer),
+        deadline: Instant,
+        attempt: Attempt<'_>,
+    ) -> impl Future<Output = Result<Meeting, PairError>> + Send {
+        let withdrawing = attempt.withdrawing;
+        let until = move || async move {
+            tokio::select! {
+                () = sleep_until(deadline) => {}
+                () = withdrawing.requested() => {}
+            }
+        };
+        let call = self.gather_until(id, parties, offer, until);
+        async move {
+            match call.await {
+                Err(PairError::TimedOut) if withdrawing.is_requested() => Err(PairError::Withdrawn),
+                answer => answer,
+            }
         }
     }
 
@@ -847,12 +980,12 @@ pin_project_lite::pin_project! {
     }
 }
 
-impl<L, R> Future for Meet<L, R>
+impl<L, R, T> Future for Meet<L, R>
 where
-    L: Future<Output = Result<Meeting, PairError>>,
-    R: Future<Output = Result<Meeting, PairError>>,
+    L: Future<Output = T>,
+    R: Future<Output = T>,
 {
-    type Output = Result<Meeting, PairError>;
+    type Output = T;
 
     fn poll(
         self: std::pin::Pin<&mut Self>,
@@ -891,10 +1024,26 @@ impl Engine for AnyEngine {
     ) -> impl Future<Output = Result<Meeting, PairError>> + Send {
         match self {
             Self::Local(engine) => Meet::Local {
-                call: engine.gather(call.0, call.1, call.2, deadline),
+                call: engine.gather_keyed(call, deadline, attempt),
             },
             Self::Redis(engine) => Meet::Redis {
                 call: engine.gather_keyed(call, deadline, attempt),
+            },
+        }
+    }
+
+    fn withdraw(
+        &self,
+        id: Id,
+        key: &AttemptKey,
+        grace: Duration,
+    ) -> impl Future<Output = Result<Withdrawal, PairError>> + Send {
+        match self {
+            Self::Local(engine) => Meet::Local {
+                call: engine.withdraw(id, key, grace),
+            },
+            Self::Redis(engine) => Meet::Redis {
+                call: engine.withdraw(id, key, grace),
             },
         }
     }

@@ -216,6 +216,7 @@ impl Application {
             tls,
         } = self;
         let limits = Limits {
+            default_wait: config.default_wait(),
             max_wait: config.max_wait,
             max_payload: config.max_payload,
             max_parties: config.max_parties,
@@ -248,6 +249,7 @@ impl Application {
         tracing::info!(
             grpc = %grpc.local_addr()?,
             http = %http.local_addr()?,
+            default_wait = duration(config.default_wait()),
             max_wait = duration(config.max_wait),
             max_payload = config.max_payload,
             max_waiters = config.max_waiters,

@@ -20,7 +20,7 @@ use crate::{
     metrics::{Metrics, Protocol, Rejection},
     pairing::{
         AnyEngine, AttemptKey, AttemptKeyError, Attempts, Delivery, Engine, Id, IdError, Meeting,
-        Offer, PairError, Parties, PartiesError,
+        Offer, PairError, Parties, PartiesError, Withdrawal,
     },
     proto,
     telemetry::{self, span::CallSpan},
@@ -57,6 +57,23 @@ pub struct CallRequest {
     /// How many tries of its wait came before it, as its client counts:
     /// what orders the tries of one key (see [`Attempts`]).
     pub previous_attempts: u32,
+}
+
+/// A withdrawal as a transport read it, not validated yet: a caller that
+/// gave up on its keyed wait says so ([`Rendezvous::withdraw`]).
+#[derive(Debug)]
+pub struct WithdrawRequest {
+    /// The transport it came in on.
+    pub protocol: Protocol,
+    /// Where its token lets it meet: only its own namespace's waits are
+    /// found.
+    pub namespace: Namespace,
+    /// How long it may wait for a wait held here to end.
+    pub deadline: Deadline,
+    /// The id the wait was sent with.
+    pub id: String,
+    /// The attempt key the wait was sent with.
+    pub attempt_key: String,
 }
 
 /// Which of the two calls a request is: what its span is named after.
@@ -112,6 +129,8 @@ pub type Namespace = Option<Arc<str>>;
 /// The limits a call is held to; they come from [`crate::Config`].
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
+    /// How long a caller that asks for no wait of its own waits.
+    pub default_wait: Duration,
     /// The longest any caller waits, whatever it asks for.
     pub max_wait: Duration,
     /// The largest payload accepted, in bytes.
@@ -121,6 +140,18 @@ pub struct Limits {
     /// How long a keyed wait keeps its place after its caller went away,
     /// and its answer after the decision (`--attempt-grace`).
     pub attempt_grace: Duration,
+}
+
+impl Limits {
+    /// How long a call that arrived by `deadline` waits, and, when
+    /// `--max-wait` cut what it asked for, what that was.
+    fn wait(&self, deadline: Deadline) -> (Duration, Option<Duration>) {
+        match deadline.requested {
+            None => (self.default_wait, None),
+            Some(asked) if asked > self.max_wait => (self.max_wait, Some(asked)),
+            Some(asked) => (asked, None),
+        }
+    }
 }
 
 /// When a call must be answered by, fixed when its request arrives, so that
@@ -194,14 +225,34 @@ pub enum CallError {
     #[error(transparent)]
     Unauthenticated(#[from] AuthError),
     /// Nobody came with the same id before the caller's deadline.
-    #[error("nobody else arrived with this id within {}", whole_millis(*wait))]
+    #[error("nobody else arrived with this id within {}{}", whole_millis(*wait), Capped(*asked))]
     TimedOut {
         /// The wait the caller was allowed: from its arrival to its deadline.
         wait: Duration,
+        /// What the caller asked for, when `--max-wait` cut it to `wait`.
+        asked: Option<Duration>,
     },
     /// The engine refused the call, for a reason other than a timeout.
     #[error(transparent)]
     Refused(Refusal),
+}
+
+/// The end of a timeout's message when `--max-wait` cut the caller's wait
+/// short: a caller that asked for an hour and was answered after ten
+/// minutes must learn why, and which setting to change.
+struct Capped(Option<Duration>);
+
+impl std::fmt::Display for Capped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            None => Ok(()),
+            Some(asked) => write!(
+                f,
+                " (the server's --max-wait; this call asked for {})",
+                whole_millis(asked)
+            ),
+        }
+    }
 }
 
 /// An engine's refusal: any [`PairError`] but a timeout, which is an
@@ -223,6 +274,18 @@ impl Refusal {
     /// What the engine said.
     pub fn error(&self) -> &PairError {
         &self.0
+    }
+}
+
+/// An engine's refusal of something other than a wait, which cannot time
+/// out: a withdrawal.
+fn refused_by_engine(error: PairError) -> CallError {
+    match Refusal::new(error) {
+        Some(refusal) => CallError::Refused(refusal),
+        None => CallError::TimedOut {
+            wait: Duration::ZERO,
+            asked: None,
+        },
     }
 }
 
@@ -284,6 +347,8 @@ fn engine_codes(error: &PairError) -> Codes {
         PairError::PartiesMismatch { .. } => (Code::FailedPrecondition, StatusCode::CONFLICT),
         PairError::AttemptReused(_) => (Code::FailedPrecondition, StatusCode::UNPROCESSABLE_ENTITY),
         PairError::Superseded => (Code::Aborted, StatusCode::CONFLICT),
+        // The caller gave up, as it said: the wait is gone.
+        PairError::Withdrawn => (Code::Cancelled, StatusCode::GONE),
     };
     Codes { grpc, http }
 }
@@ -412,6 +477,41 @@ impl<E: Engine> Rendezvous<E> {
         ))
     }
 
+    /// Withdraws a keyed wait whose caller gave up: its place is taken out,
+    /// through any replica, so that nobody is paired with it; or, if it was
+    /// decided first, what it was decided. A try with its key within the
+    /// grace is refused. See [`Attempts::withdraw`].
+    pub async fn withdraw(&self, request: WithdrawRequest) -> Result<Withdrawal, CallError> {
+        let protocol = request.protocol;
+        let namespace = request.namespace.as_deref();
+        let admitted = Id::in_namespace(namespace, request.id)
+            .map_err(CallError::from)
+            .and_then(
+                |id| match AttemptKey::in_namespace(namespace, &request.attempt_key) {
+                    Ok(Some(key)) => Ok((id, key)),
+                    Ok(None) => Err(AttemptKeyError::Missing.into()),
+                    Err(error) => Err(error.into()),
+                },
+            );
+        let wait = admitted.map_err(|error| self.refuse(protocol, error))?;
+        let (wait_for, _) = self.limits.wait(request.deadline);
+        let deadline = request.deadline.arrived + wait_for;
+        // Under `--attempt-grace 0s` keys are not kept: no wait holds a
+        // place past its caller, and there is nothing to withdraw.
+        let found = match self.limits.attempt_grace.is_zero() {
+            true => Ok(Withdrawal::Unknown),
+            false => self.attempts.withdraw(&*self.engine, wait, deadline).await,
+        };
+        match found {
+            Ok(found) => {
+                self.metrics.withdrew(protocol, &found);
+                tracing::debug!(protocol = protocol.as_str(), ?found, "withdrew a wait");
+                Ok(found)
+            }
+            Err(error) => Err(self.refuse(protocol, refused_by_engine(error))),
+        }
+    }
+
     /// Meets the other `parties - 1` callers with the request's id (one,
     /// for `WaitForSecondParty`), by its deadline at the latest, or after
     /// `max_wait` if that comes sooner, handing them its payload. With an
@@ -442,8 +542,7 @@ impl<E: Engine> Rendezvous<E> {
                 result
             };
             let protocol = request.protocol;
-            let wait = (request.deadline.requested)
-                .map_or(self.limits.max_wait, |w| w.min(self.limits.max_wait));
+            let (wait, asked) = self.limits.wait(request.deadline);
             // A span per call, at debug level: with the default filter it is
             // never built, which keeps the hot path cheap (an info-level span cost
             // about 8% of the server's CPU per pair; see BENCHMARKS.md).
@@ -548,7 +647,7 @@ impl<E: Engine> Rendezvous<E> {
                         if delivery != Delivery::Redelivered {
                             self.metrics.timed_out(protocol);
                         }
-                        Err(CallError::TimedOut { wait })
+                        Err(CallError::TimedOut { wait, asked })
                     }
                     Some(refusal) => Err(self.refuse(protocol, CallError::Refused(refusal))),
                 },
@@ -633,7 +732,7 @@ fn record(span: &tracing::Span, result: &Result<Meeting, CallError>) {
 pub(crate) fn outcome(result: &Result<Meeting, CallError>) -> (&'static str, Duration) {
     match result {
         Ok(meeting) => ("paired", meeting.waited),
-        Err(CallError::TimedOut { wait }) => ("timed_out", *wait),
+        Err(CallError::TimedOut { wait, .. }) => ("timed_out", *wait),
         Err(error) => (
             error.rejection().map_or("timed_out", Rejection::as_str),
             Duration::ZERO,
@@ -676,6 +775,7 @@ mod tests {
         Rendezvous::new(
             Arc::new(LocalEngine::new().into()),
             Limits {
+                default_wait: max_wait,
                 max_wait,
                 max_payload: 4,
                 max_parties: 5,
@@ -830,37 +930,55 @@ mod tests {
         assert_eq!(svc.engine().waiting(), 0);
     }
 
+    /// A call without a wait of its own waits `--default-wait`; one that
+    /// asks for a wait gets it, up to `--max-wait`, and a timeout cut by
+    /// `--max-wait` says so, and what was asked for.
     #[tokio::test(start_paused = true)]
-    async fn the_shorter_of_the_callers_wait_and_max_wait_wins() {
-        let svc = service(Duration::from_secs(10));
-        let timed_out = |secs| {
-            Err(CallError::TimedOut {
-                wait: Duration::from_secs(secs),
-            })
+    async fn a_callers_own_wait_is_honoured_up_to_max_wait() {
+        let svc: Rendezvous = Rendezvous::new(
+            Arc::new(LocalEngine::new().into()),
+            Limits {
+                default_wait: Duration::from_secs(10),
+                max_wait: Duration::from_secs(60),
+                max_payload: 4,
+                max_parties: 5,
+                attempt_grace: DEFAULT_ATTEMPT_GRACE,
+            },
+        );
+        let waited = |requested: Option<u64>| {
+            svc.call(request(
+                Protocol::Http,
+                "a",
+                2,
+                Bytes::new(),
+                Deadline::starting_now(requested.map(Duration::from_secs)),
+            ))
         };
-        let short = svc.call(request(
-            Protocol::Http,
-            "a",
-            2,
-            Bytes::new(),
-            Deadline::starting_now(Some(Duration::from_secs(2))),
-        ));
-        assert_eq!(short.await, timed_out(2));
-        let long = svc.call(request(
-            Protocol::Http,
-            "a",
-            2,
-            Bytes::new(),
-            Deadline::starting_now(Some(Duration::from_secs(60))),
-        ));
-        assert_eq!(long.await, timed_out(10));
-        let default = svc.call(request(
-            Protocol::Grpc,
-            "a",
-            2,
-            Bytes::new(),
-            Deadline::starting_now(None),
-        ));
-        assert_eq!(default.await, timed_out(10));
+        let timed_out = |secs, asked: Option<u64>| CallError::TimedOut {
+            wait: Duration::from_secs(secs),
+            asked: asked.map(Duration::from_secs),
+        };
+        for (requested, expected, message) in [
+            (Some(2), timed_out(2, None), "within 2s"),
+            (Some(60), timed_out(60, None), "within 1m"),
+            (
+                Some(90),
+                timed_out(60, Some(90)),
+                "within 1m (the server's --max-wait; this call asked for 1m 30s)",
+            ),
+            (None, timed_out(10, None), "within 10s"),
+        ] {
+            let start = Instant::now();
+            let error = waited(requested).await.unwrap_err();
+            assert_eq!(error, expected, "{requested:?}");
+            assert_eq!(
+                error.to_string(),
+                format!("nobody else arrived with this id {message}")
+            );
+            let CallError::TimedOut { wait, .. } = expected else {
+                unreachable!()
+            };
+            assert_eq!(start.elapsed(), wait, "{requested:?}");
+        }
     }
 }

@@ -32,7 +32,10 @@ use tokio::{
     time::{Instant, sleep_until},
 };
 
-use super::{Attempt, AttemptKey, Engine, Id, Meeting, Offer, PairError, Parties, Reuse, TryOrder};
+use super::{
+    Attempt, AttemptKey, Engine, Id, Meeting, Offer, PairError, Parties, Reuse, TryOrder,
+    Withdrawal, Withdrawing,
+};
 
 /// How a keyed call got its answer, for the metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +85,11 @@ struct Wait {
     /// The first call's deadline, which the engine call keeps.
     deadline: Instant,
     state: watch::Sender<State>,
+    /// Set by [`Attempts::withdraw`], for the engine call.
+    withdrawing: Withdrawing,
+    /// A withdrawal of a wait this process never saw, kept for the grace:
+    /// it knows only its id, and refuses every try with its key.
+    tombstone: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -164,6 +172,8 @@ impl Attempts {
                             answer: None,
                             delivered: false,
                         }),
+                        withdrawing: Withdrawing::default(),
+                        tombstone: false,
                     });
                     waits.insert(key.clone(), wait.clone());
                     let call = ((id, parties, offer), deadline);
@@ -202,6 +212,89 @@ impl Attempts {
         (answer, delivery)
     }
 
+    /// Withdraws the keyed wait `key` for `id`: its caller gave up, and
+    /// says so, rather than leave its place held for the grace as a broken
+    /// connection does. Through any replica: the engine takes the place out
+    /// wherever it is held ([`Engine::withdraw`]); a wait held here ends
+    /// as at its deadline, unless it was decided first. Either way a try
+    /// with the key within the grace is refused, so that one still on its
+    /// way does not park for a caller that has gone. Waits at most until
+    /// `deadline` for a wait held here to end.
+    pub async fn withdraw<E: Engine>(
+        self: &Arc<Self>,
+        engine: &E,
+        (id, key): (Id, AttemptKey),
+        deadline: Instant,
+    ) -> Result<Withdrawal, PairError> {
+        let held = self.withdraw_here(&id, &key, false)?;
+        let found = engine.withdraw(id.clone(), &key, self.grace).await?;
+        if found != Withdrawal::Unknown {
+            return Ok(found);
+        }
+        // Looked up again: a first try may have come here meanwhile.
+        let held = match held {
+            Some(wait) => wait,
+            None => match self.withdraw_here(&id, &key, true)? {
+                Some(wait) => wait,
+                None => return Ok(Withdrawal::Unknown),
+            },
+        };
+        let mut state = held.state.subscribe();
+        let ended = tokio::time::timeout_at(deadline, state.wait_for(|s| s.answer.is_some())).await;
+        Ok(match ended {
+            Ok(Ok(state)) => Withdrawal::after(state.answer.as_ref().expect("waited for")),
+            // Still undecided at the caller's deadline: the engine call
+            // has been asked to end, and will.
+            _ => Withdrawal::Unknown,
+        })
+    }
+
+    /// Asks the wait held here under `key` to end, and returns it; or, if
+    /// none is and `or_keep`, keeps a withdrawal in its stead for the
+    /// grace, which refuses the key's tries.
+    fn withdraw_here(
+        self: &Arc<Self>,
+        id: &Id,
+        key: &AttemptKey,
+        or_keep: bool,
+    ) -> Result<Option<Arc<Wait>>, PairError> {
+        let mut waits = self.lock();
+        if let Some(wait) = waits.get(key) {
+            if wait.id != *id {
+                return Err(PairError::AttemptReused(Reuse::Id));
+            }
+            if wait.tombstone {
+                return Ok(None);
+            }
+            wait.withdrawing.request();
+            return Ok(Some(wait.clone()));
+        }
+        if !or_keep {
+            return Ok(None);
+        }
+        let now = Instant::now();
+        let tombstone = Arc::new(Wait {
+            id: id.clone(),
+            parties: Parties::TWO,
+            payload: Bytes::new(),
+            deadline: now,
+            state: watch::Sender::new(State {
+                holder: None,
+                since: now,
+                next_holder: 0,
+                newest: TryOrder::now(0),
+                answer: Some(Err(PairError::Withdrawn)),
+                delivered: false,
+            }),
+            withdrawing: Withdrawing::default(),
+            tombstone: true,
+        });
+        waits.insert(key.clone(), tombstone.clone());
+        drop(waits);
+        self.keep(key.clone(), tombstone);
+        Ok(None)
+    }
+
     /// The wait's engine call, run apart from its callers: it ends with an
     /// answer, or when nobody has come back for it within the grace.
     async fn run<E: Engine>(
@@ -218,6 +311,7 @@ impl Attempts {
                 key: &key,
                 grace,
                 order,
+                withdrawing: &wait.withdrawing,
             };
             let engine_call = engine.gather_keyed(call.clone(), deadline, attempt);
             // The call first: a decision that comes as the grace ends stands.
@@ -243,7 +337,12 @@ impl Attempts {
             return forget(&mut waits, &key, &wait);
         };
         if let Some(answer) = answer {
-            let decided = matches!(answer, Ok(_) | Err(PairError::TimedOut));
+            // A withdrawal is kept as a decision is: a try still on its way
+            // is refused, not parked for a caller that gave up.
+            let decided = matches!(
+                answer,
+                Ok(_) | Err(PairError::TimedOut | PairError::Withdrawn)
+            );
             wait.state.send_modify(|state| state.answer = Some(answer));
             if decided {
                 return self.keep(key, wait);
@@ -309,9 +408,13 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Wait {
     /// Whether a call asks for what the first call with the key asked for.
+    /// A withdrawal this process knew nothing else of knows only the id.
     fn same(&self, id: &Id, parties: Parties, payload: &Bytes) -> Result<(), Reuse> {
         if *id != self.id {
             return Err(Reuse::Id);
+        }
+        if self.tombstone {
+            return Ok(());
         }
         if parties != self.parties {
             return Err(Reuse::Parties);

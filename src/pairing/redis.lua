@@ -68,6 +68,8 @@
 --                                   payloads are in the key `result`
 --   'X' token '\n' key              waiter `token` was taken over by a
 --                                   retry with its attempt key
+--   'W' token '\n' key              caller `token`'s wait was withdrawn with
+--                                   its attempt key, and its place taken out
 -- Publishing returns how many replicas listen: 0 means the caller's replica
 -- is gone (killed, or cut off from Redis), and nobody is paired with it.
 --
@@ -82,9 +84,13 @@
 -- (a binding, with KEYS[2], only off a cluster: see below).
 --   confirm
 --   claim                           (a member of a completed group)
+--   withdraw key_digest grace_ms    (token unused: the wait is found by its
+--                                   attempt key's digest, through any replica)
 -- A retry handed an answer kept for its attempt key gets 'kept', then the
 -- answer as its first try got it; one that sent another payload than the
--- try whose place or answer it finds gets 'reused'.
+-- try whose place or answer it finds gets 'reused'; one whose wait was
+-- withdrawn gets 'withdrawn'. A withdrawal is kept where answers are, in
+-- KEYS[1] .. ':k:' .. digest, as 'withdrawn\n\n', for the grace.
 local key, op, token = KEYS[1], ARGV[1], ARGV[2]
 -- How long entries outlive their caller's deadline, so that the replica's
 -- own answer at the deadline still finds them.
@@ -456,7 +462,7 @@ if op == 'join' then
   if digest then
     -- A retry whose group completed: its answer, again.
     local role, waited, rest = kept_answer(digest, payload)
-    if role == 'reused' then return {'reused'} end
+    if role == 'reused' or role == 'withdrawn' then return {role} end
     if role == 'group' then
       local n, position, list = string.match(rest, '^(%d+)\n(%d+)\n(.*)$')
       if n ~= parties then return {'mismatch', n} end
@@ -547,7 +553,7 @@ if op == 'arrive' then
   if digest then
     -- A retry whose pair was decided: its answer, again.
     local role, waited, given = kept_answer(digest, payload)
-    if role == 'reused' then return {'reused'} end
+    if role == 'reused' or role == 'withdrawn' then return {role} end
     if role == 'group' then return {'mismatch', string.match(given, '^(%d+)')} end
     if role then return {'kept', role, given, waited} end
   end
@@ -650,8 +656,52 @@ if op == 'detach' then
   return {'detached'}
 end
 
+local withdrawing = false
+if op == 'withdraw' then
+  -- A caller with an attempt key gave up. Its answer, if its wait was
+  -- decided first; else its place (a pair's waiter or offerer, a group's
+  -- member or completer) is taken out as `leave` takes out a caller that
+  -- left, without accepting an offer, and its replica is told. Either way
+  -- the withdrawal is kept for the grace, so that a try with the key still
+  -- on its way is refused rather than parked.
+  local digest, grace = ARGV[3], ARGV[4]
+  local kept = redis.call('GET', key .. ':k:' .. digest)
+  if kept then
+    local sha = string.match(kept, '^(%x+)\n')
+    if sha then kept = string.sub(kept, #sha + 2) end
+    local role, waited, rest = string.match(kept, '^(%a+)\n(%d*)\n(.*)$')
+    if role == 'withdrawn' then return {'withdrawn'} end
+    if role == 'group' then
+      local _, position, list = string.match(rest, '^(%d+)\n(%d+)\n(.*)$')
+      return {'kept', 'group', position, list, waited}
+    end
+    return {'kept', role, rest, waited}
+  end
+  redis.call('SET', key .. ':k:' .. digest, 'withdrawn\n\n', 'PX', grace)
+  local s = state()
+  local found, channel
+  if s[8] then
+    local i = keyed_member(digest, tonumber(redis.call('HGET', key, 'k') or '0'))
+    if i then
+      found, channel = redis.call('HGET', key, 't' .. i), redis.call('HGET', key, 'c' .. i)
+    elseif s[3] and redis.call('HGET', key, 'ok') == digest then
+      found, channel = s[3], s[4]
+    end
+  else
+    local k = keys(s)
+    if s[1] and k[1] == digest then
+      found, channel = s[1], s[7]
+    elseif s[3] and k[4] == digest then
+      found, channel = s[3], s[4]
+    end
+  end
+  if not found then return {'unknown'} end
+  publish(channel, 'W' .. found .. '\n' .. key)
+  op, token, withdrawing = 'leave', found, true
+end
+
 if op == 'leave' then
-  local can_accept = ARGV[3] == '1'
+  local can_accept = ARGV[3] == '1' and not withdrawing
   local s = state()
   if s[8] then
     local i, k = member_of(token)

@@ -66,8 +66,8 @@ use wire::{seal, settled, unexpected, unseal, wait_ms};
 
 use super::occupancy::Occupancy;
 use super::{
-    Attempt, Delivery, Engine, EngineLimits, Id, Meeting, Offer, Offers, PairError, Parties, Reuse,
-    Role,
+    Attempt, AttemptKey, Delivery, Engine, EngineLimits, Id, Meeting, Offer, Offers, PairError,
+    Parties, Reuse, Role, Withdrawal,
 };
 use crate::hex::Hex16;
 
@@ -104,6 +104,8 @@ enum Event {
     Grouped(usize),
     /// A retry with this caller's attempt key took its place over.
     Superseded,
+    /// Its wait was withdrawn with its attempt key, and its place taken out.
+    Withdrawn,
     /// Redis cannot be reached: the outcome cannot be known.
     Lost(String),
     /// The engine is closing.
@@ -393,6 +395,19 @@ impl Engine for RedisEngine {
         self.call(call, deadline, Some(keyed))
     }
 
+    /// By one script run on the id's key, through any replica: the
+    /// place is found by the key's digest, wherever its caller parked.
+    fn withdraw(
+        &self,
+        id: Id,
+        key: &AttemptKey,
+        grace: Duration,
+    ) -> impl Future<Output = Result<Withdrawal, PairError>> + Send {
+        let inner = self.inner.clone();
+        let (digest, hash) = (id_digest(&id), key.hash());
+        async move { inner.withdraw(digest, hash, grace).await }
+    }
+
     async fn close(&self) {
         self.inner.close().await;
     }
@@ -429,6 +444,8 @@ enum Arrived {
     Kept(Settled),
     /// A try with an attempt key older than the one that holds its place.
     Superseded,
+    /// A try with an attempt key whose wait was withdrawn.
+    Withdrawn,
     /// A retry with an attempt key whose place or kept answer is another
     /// payload's, or whose key is bound to another id or group size.
     Reused(Reuse),
@@ -651,6 +668,11 @@ impl Inner {
                     guard.settled = true;
                     return Err(PairError::Superseded);
                 }
+                // Nothing of it is left either: the withdrawal took it out.
+                Event::Withdrawn => {
+                    guard.settled = true;
+                    return Err(PairError::Withdrawn);
+                }
                 Event::Lost(reason) => return Err(PairError::Unavailable(reason)),
                 Event::Closed if guard.keyed => {
                     return met(Box::pin(self.detach(&mut guard)).await?);
@@ -658,6 +680,35 @@ impl Inner {
                 Event::Closed => return Err(PairError::ShuttingDown),
             }
         }
+    }
+
+    /// Withdraws the keyed wait whose attempt key hashes to `hash`, if it is
+    /// still undecided (the script's `withdraw`).
+    async fn withdraw(
+        &self,
+        digest: Digest,
+        hash: Digest,
+        grace: Duration,
+    ) -> Result<Withdrawal, PairError> {
+        if let Some(error) = self.unreachable_now() {
+            return Err(error);
+        }
+        let _turn = self.turn().await?;
+        let mut invocation = self.script.key(self.key(&digest));
+        invocation
+            .arg("withdraw")
+            .arg("")
+            .arg(Hex16::new(&hash).as_str())
+            .arg(wait_ms(grace));
+        let reply = self.run(&invocation).await?;
+        let decided = match reply.first().map(Vec::as_slice) {
+            Some(b"withdrawn") => return Ok(Withdrawal::Withdrawn),
+            Some(b"unknown") => return Ok(Withdrawal::Unknown),
+            Some(b"kept") => settled(reply.into_iter().skip(1).collect())?,
+            // Found, and taken out as it was leaving.
+            _ => settled(reply)?,
+        };
+        Ok(meeting_of(decided).map_or(Withdrawal::Withdrawn, Withdrawal::Met))
     }
 
     /// The deadline came: leave, unless an offer came first.
@@ -812,6 +863,10 @@ impl Inner {
                     guard.settled = true;
                     return Ok(Placed::Refused(PairError::Superseded));
                 }
+                Arrived::Withdrawn => {
+                    guard.settled = true;
+                    return Ok(Placed::Refused(PairError::Withdrawn));
+                }
                 Arrived::Reused(reuse) => {
                     guard.settled = true;
                     return Ok(Placed::Refused(PairError::AttemptReused(reuse)));
@@ -896,6 +951,7 @@ impl Inner {
             Some(b"offered") => Ok(Arrived::Offered),
             Some(b"busy") => Ok(Arrived::Busy),
             Some(b"superseded") => Ok(Arrived::Superseded),
+            Some(b"withdrawn") => Ok(Arrived::Withdrawn),
             Some(b"reused") => Ok(Arrived::Reused(Reuse::Payload)),
             Some(b"rebound") => {
                 let ours = binding.as_ref().map(String::as_bytes);
@@ -1122,6 +1178,7 @@ impl Inner {
         let event = match kind {
             b'O' => Event::Offer,
             b'X' => Event::Superseded,
+            b'W' => Event::Withdrawn,
             b'P' => Event::Promoted,
             b'R' => Event::Paired(Bytes::copy_from_slice(parts.next().unwrap_or_default())),
             // The position, then the result's key, which the member's
@@ -1156,8 +1213,9 @@ impl Inner {
             // completed (or leaves before it has read them): so that they
             // do not outstay their last reader.
             (b'G', _) => {}
-            // Taken over by a retry: its entry is the retry's now.
-            (b'X', _) => {}
+            // Taken over by a retry: its entry is the retry's now. Or
+            // withdrawn: the withdrawal took its entry out.
+            (b'X' | b'W', _) => {}
             // An offer to (or a promotion of) a caller that is no longer
             // here: it left, or was answered when Redis was lost. Make sure
             // it is gone from Redis, which hands its place to the offerer.
@@ -1167,6 +1225,21 @@ impl Inner {
             (_, true) => {}
         }
     }
+}
+
+/// What a decided caller is told, from what Redis kept of the decision;
+/// `None` if it was not paired.
+fn meeting_of(settled: Settled) -> Option<Meeting> {
+    let (position, offers, waited) = match settled {
+        Settled::Paired(Role::First, peer, waited) => (0, Offers::Peer(unseal(peer)), waited),
+        Settled::Paired(Role::Second, peer, waited) => (1, Offers::Peer(unseal(peer)), waited),
+        Settled::Grouped(position, all, waited) => {
+            let all = all.into_iter().map(unseal).collect();
+            (position, Offers::All(all), waited)
+        }
+        Settled::Unpaired => return None,
+    };
+    Some(Meeting::new(position, offers, waited.unwrap_or_default()))
 }
 
 /// Ids are hashed: they can be secret meeting codes, and a hash keeps braces

@@ -807,7 +807,7 @@ async fn on_redis_a_key_reused_with_another_id_is_refused_through_any_replica() 
 #[tokio::test]
 async fn on_redis_a_retry_in_another_trace_is_the_same_request() {
     use rendezvous::pairing::{
-        Attempt, AttemptKey, Engine, Id, Offer, Parties, RedisEngine, Reuse, TryOrder,
+        Attempt, AttemptKey, Engine, Id, Offer, Parties, RedisEngine, Reuse, TryOrder, Withdrawing,
     };
     use rendezvous::trace::TraceContext;
     use std::{sync::Arc, time::SystemTime};
@@ -828,6 +828,7 @@ async fn on_redis_a_retry_in_another_trace_is_the_same_request() {
                     previous: n,
                     tried: SystemTime::now(),
                 },
+                withdrawing: &Withdrawing::default(),
             };
             let traceparent = format!("00-{:032x}-00f067aa0ba902b7-01", n + 1);
             let offer = Offer {
@@ -1019,7 +1020,9 @@ async fn eventually_members(redis: &RedisServer, prefix: &str, n: usize) {
 /// with the latest, once.
 #[tokio::test]
 async fn on_redis_a_late_arrival_of_an_older_try_leaves_the_place_to_its_retry() {
-    use rendezvous::pairing::{Attempt, AttemptKey, Engine, Id, Parties, RedisEngine, TryOrder};
+    use rendezvous::pairing::{
+        Attempt, AttemptKey, Engine, Id, Parties, RedisEngine, TryOrder, Withdrawing,
+    };
     use std::{sync::Arc, time::SystemTime};
 
     let redis = RedisServer::start().await;
@@ -1040,6 +1043,7 @@ async fn on_redis_a_late_arrival_of_an_older_try_leaves_the_place_to_its_retry()
                 key: &key,
                 grace: Duration::from_secs(5),
                 order: TryOrder { previous: 0, tried },
+                withdrawing: &Withdrawing::default(),
             };
             let ask = (
                 Id::new("order").unwrap(),

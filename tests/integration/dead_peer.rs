@@ -57,6 +57,7 @@ async fn vanishing_proxy(target: SocketAddr) -> (SocketAddr, Arc<AtomicBool>) {
 #[tokio::test]
 async fn a_vanished_grpc_caller_is_removed_by_keepalive_and_never_paired() {
     let server = TestServer::with(Config {
+        default_wait: Duration::from_secs(60),
         max_wait: Duration::from_secs(60),
         // A PING after 200 ms of silence, and two seconds to answer it: short
         // enough for the test, long enough that a busy machine's live

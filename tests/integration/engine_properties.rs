@@ -305,7 +305,8 @@ fn poll_one(slot: &mut Option<Call<'_>>, told: &mut Option<Told>, start: tokio::
             error @ (PairError::PartiesMismatch { .. }
             | PairError::GroupTooLarge { .. }
             | PairError::AttemptReused(_)
-            | PairError::Superseded),
+            | PairError::Superseded
+            | PairError::Withdrawn),
         ) => {
             panic!("{error}")
         }

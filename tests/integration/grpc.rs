@@ -100,6 +100,7 @@ async fn nobody_coming_is_deadline_exceeded_after_max_wait() {
 #[tokio::test]
 async fn a_client_that_does_not_enforce_its_deadline_still_gets_deadline_exceeded() {
     let server = TestServer::with(rendezvous::Config {
+        default_wait: Duration::from_secs(30),
         max_wait: Duration::from_secs(30),
         ..common::test_config()
     })
@@ -574,7 +575,7 @@ async fn an_unknown_method_is_unimplemented_and_named() {
             format!(
                 "unknown method {path}: this server serves \
                  /rendezvous.v1.Sync/WaitForSecondParty, /rendezvous.v1.Sync/WaitForParties, \
-                 grpc.health.v1.Health and server reflection"
+                 /rendezvous.v1.Sync/Withdraw, grpc.health.v1.Health and server reflection"
             ),
         );
     }

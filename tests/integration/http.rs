@@ -63,6 +63,7 @@ async fn nobody_coming_is_408_timeout() {
 #[tokio::test]
 async fn wait_shortens_the_wait() {
     let server = TestServer::with(rendezvous::Config {
+        default_wait: Duration::from_secs(30),
         max_wait: Duration::from_secs(30),
         ..common::test_config()
     })
@@ -172,24 +173,24 @@ async fn every_bad_request_has_its_status_and_a_message() {
         (
             http.get(server.url("/wait-for-second-party/a")),
             StatusCode::METHOD_NOT_ALLOWED,
-            "GET is not allowed on /wait-for-second-party/{id}; use POST",
+            "GET is not allowed on /wait-for-second-party/{id}; use POST, DELETE",
         ),
         (
             http.put(server.url("/wait-for-second-party/a")),
             StatusCode::METHOD_NOT_ALLOWED,
-            "PUT is not allowed on /wait-for-second-party/{id}; use POST",
+            "PUT is not allowed on /wait-for-second-party/{id}; use POST, DELETE",
         ),
         (
             http.post(server.url("/wait-for-second-party/a/b")),
             StatusCode::NOT_FOUND,
             "no such route; the rendezvous endpoints are POST /wait-for-second-party/{id} and \
-             POST /wait-for-parties/{id}?parties=N",
+             POST /wait-for-parties/{id}?parties=N, and DELETE on either with ?attempt_key=K",
         ),
         (
             http.post(server.url("/")),
             StatusCode::NOT_FOUND,
             "no such route; the rendezvous endpoints are POST /wait-for-second-party/{id} and \
-             POST /wait-for-parties/{id}?parties=N",
+             POST /wait-for-parties/{id}?parties=N, and DELETE on either with ?attempt_key=K",
         ),
         (
             http.post(server.url("/wait-for-parties/a")),
@@ -224,12 +225,29 @@ async fn every_bad_request_has_its_status_and_a_message() {
         (
             http.get(server.url("/wait-for-parties/a?parties=3")),
             StatusCode::METHOD_NOT_ALLOWED,
-            "GET is not allowed on /wait-for-parties/{id}; use POST",
+            "GET is not allowed on /wait-for-parties/{id}; use POST, DELETE",
         ),
         (
             http.post(server.url("/healthz")),
             StatusCode::METHOD_NOT_ALLOWED,
             "POST is not allowed on /healthz; use GET, HEAD",
+        ),
+        (
+            http.delete(server.url("/wait-for-second-party/a")),
+            StatusCode::BAD_REQUEST,
+            "attempt key is empty: a wait is withdrawn by the attempt key it was sent with, \
+             so only a wait sent with one can be",
+        ),
+        (
+            http.delete(server.url("/wait-for-parties/?attempt_key=k")),
+            StatusCode::BAD_REQUEST,
+            "id is empty: send the meeting id both parties agreed on",
+        ),
+        (
+            http.delete(server.url("/wait-for-parties/a?attempt_key=k&wait=soon")),
+            StatusCode::BAD_REQUEST,
+            "?wait=soon is not a duration: it does not start with a number; use a number and \
+             a unit, such as 250ms, 2s or 1m",
         ),
     ];
     for (request, status, message) in cases {
@@ -242,7 +260,7 @@ async fn every_bad_request_has_its_status_and_a_message() {
             let expected = if message.contains("healthz") {
                 "GET, HEAD"
             } else {
-                "POST"
+                "POST, DELETE"
             };
             assert_eq!(allow.unwrap(), expected);
         }

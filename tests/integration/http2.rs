@@ -26,6 +26,7 @@ use tokio::{
 async fn thousands_of_callers_park_and_pair_on_one_connection() {
     const CALLERS: usize = 4_000;
     let server = TestServer::with(Config {
+        default_wait: Duration::from_secs(30),
         max_wait: Duration::from_secs(30),
         ..common::test_config()
     })

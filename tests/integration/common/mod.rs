@@ -36,15 +36,16 @@ pub struct TestServer {
     pub task: JoinHandle<Result<(), rendezvous::ServerError>>,
 }
 
-/// Settings for tests: ports picked by the OS, and a `--max-wait` far longer
-/// than any test, so that no parked caller can time out while a busy machine
-/// is slow to send its partner. A test that wants a timeout asks for one per
+/// Settings for tests: ports picked by the OS, and a `--default-wait` (and
+/// `--max-wait`) far longer than any test, so that no parked caller can time
+/// out while a busy machine is slow to send its partner. A test that wants a timeout asks for one per
 /// call (`grpc-timeout` from a client that does not enforce it, or `?wait=`),
 /// or sets a short `max_wait` with nothing racing it.
 pub fn test_config() -> Config {
     Config {
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
         http_addr: "127.0.0.1:0".parse().unwrap(),
+        default_wait: Duration::from_secs(60),
         max_wait: Duration::from_secs(60),
         shutdown_grace: Duration::from_secs(2),
         ..Config::default()
@@ -503,6 +504,7 @@ impl Process {
             "--http-addr=127.0.0.1:0",
             "--log-format=json",
             "--shutdown-grace=1s",
+            "--default-wait=30s",
             "--max-wait=30s",
         ];
         let unset = defaults.into_iter().filter(|default| {
