@@ -449,7 +449,13 @@ fn gave_up(report: &Report, exit: Exit, found: Result<Withdrawal, Status>) {
         Exit::Terminated => "SIGTERM",
         _ => "SIGINT",
     };
-    let message = match found {
+    let message = withdrawal_found(found);
+    report.failed(Code::Cancelled, &format!("{signal}: {message}"), exit);
+}
+
+/// What a withdrawal found, in words.
+fn withdrawal_found(found: Result<Withdrawal, Status>) -> String {
+    match found {
         Ok(Withdrawal::Withdrawn) => "withdrew the wait: nobody will be paired with it".to_owned(),
         Ok(Withdrawal::Met(meeting)) if meeting.parties() == 2 => format!(
             "too late to withdraw: the wait had already paired, as the {} party; its partner \
@@ -475,8 +481,7 @@ fn gave_up(report: &Report, exit: Exit, found: Result<Withdrawal, Status>) {
             code_name(status.code()),
             status.message()
         ),
-    };
-    report.failed(Code::Cancelled, &format!("{signal}: {message}"), exit);
+    }
 }
 
 /// Runs `rendezvous probe`.
@@ -632,6 +637,61 @@ mod tests {
                 .skip(1)
                 .collect::<String>();
             assert_eq!(name, expected);
+        }
+    }
+
+    /// Each thing a withdrawal can find, as `wait` says it on stderr.
+    #[test]
+    fn what_a_withdrawal_found_is_said_plainly() {
+        use crate::pairing::{Meeting, Offer, Offers};
+        let pair = |position| {
+            Withdrawal::Met(Meeting::new(
+                position,
+                Offers::Peer(Offer::default()),
+                Duration::ZERO,
+            ))
+        };
+        let group = Withdrawal::Met(Meeting::new(
+            2,
+            Offers::All(vec![Offer::default(); 4].into()),
+            Duration::ZERO,
+        ));
+        for (found, said) in [
+            (
+                Ok(Withdrawal::Withdrawn),
+                "withdrew the wait: nobody will be paired with it",
+            ),
+            (
+                Ok(pair(0)),
+                "too late to withdraw: the wait had already paired, as the first party; its \
+                 partner was told OK",
+            ),
+            (
+                Ok(pair(1)),
+                "too late to withdraw: the wait had already paired, as the second party; its \
+                 partner was told OK",
+            ),
+            (
+                Ok(group),
+                "too late to withdraw: the wait had already completed its group of 4 at \
+                 position 2; the other members were told OK",
+            ),
+            (
+                Ok(Withdrawal::TimedOut),
+                "too late to withdraw: the wait had already timed out",
+            ),
+            (
+                Ok(Withdrawal::Unknown),
+                "the server knew no wait with this attempt key; a try with it within the \
+                 server's --attempt-grace is refused",
+            ),
+            (
+                Err(Status::unavailable("cannot reach it")),
+                "could not withdraw the wait (UNAVAILABLE: cannot reach it); the server keeps \
+                 its place for its --attempt-grace",
+            ),
+        ] {
+            assert_eq!(withdrawal_found(found), said);
         }
     }
 

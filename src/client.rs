@@ -582,10 +582,13 @@ impl Client {
         withdraw_timeout: Duration,
     ) -> Ended {
         tokio::select! {
-            answer = wait => Ended::Answered(answer),
+            // A caller that said stop, stops: if its answer came at the
+            // same moment, the withdrawal finds it, and says so.
+            biased;
             () = give_up => {
                 Ended::GaveUp(self.withdraw(id, attempt_key, Some(withdraw_timeout)).await)
             }
+            answer = wait => Ended::Answered(answer),
         }
     }
 

@@ -703,7 +703,7 @@ mod tests {
             (
                 CallError::TimedOut {
                     wait: Duration::from_secs(1),
-                    asked: None,
+                    capped: false,
                 }
                 .into(),
                 408,

@@ -824,7 +824,7 @@ mod tests {
         assert_eq!(
             code(CallError::TimedOut {
                 wait: Duration::ZERO,
-                asked: None,
+                capped: false,
             }),
             tonic::Code::DeadlineExceeded
         );

@@ -143,13 +143,13 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// How long a call that arrived by `deadline` waits, and, when
-    /// `--max-wait` cut what it asked for, what that was.
-    fn wait(&self, deadline: Deadline) -> (Duration, Option<Duration>) {
+    /// How long a call that arrived by `deadline` waits, and whether
+    /// `--max-wait` cut what it asked for.
+    fn wait(&self, deadline: Deadline) -> (Duration, bool) {
         match deadline.requested {
-            None => (self.default_wait, None),
-            Some(asked) if asked > self.max_wait => (self.max_wait, Some(asked)),
-            Some(asked) => (asked, None),
+            None => (self.default_wait, false),
+            Some(asked) if asked > self.max_wait => (self.max_wait, true),
+            Some(asked) => (asked, false),
         }
     }
 }
@@ -225,12 +225,16 @@ pub enum CallError {
     #[error(transparent)]
     Unauthenticated(#[from] AuthError),
     /// Nobody came with the same id before the caller's deadline.
-    #[error("nobody else arrived with this id within {}{}", whole_millis(*wait), Capped(*asked))]
+    #[error(
+        "nobody else arrived with this id within {}{}",
+        whole_millis(*wait),
+        if *capped { CAPPED } else { "" }
+    )]
     TimedOut {
         /// The wait the caller was allowed: from its arrival to its deadline.
         wait: Duration,
-        /// What the caller asked for, when `--max-wait` cut it to `wait`.
-        asked: Option<Duration>,
+        /// Whether `--max-wait` cut the wait the caller asked for to `wait`.
+        capped: bool,
     },
     /// The engine refused the call, for a reason other than a timeout.
     #[error(transparent)]
@@ -238,22 +242,9 @@ pub enum CallError {
 }
 
 /// The end of a timeout's message when `--max-wait` cut the caller's wait
-/// short: a caller that asked for an hour and was answered after ten
-/// minutes must learn why, and which setting to change.
-struct Capped(Option<Duration>);
-
-impl std::fmt::Display for Capped {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.0 {
-            None => Ok(()),
-            Some(asked) => write!(
-                f,
-                " (the server's --max-wait; this call asked for {})",
-                whole_millis(asked)
-            ),
-        }
-    }
-}
+/// short: a caller that asked for two hours and was answered after one
+/// must learn why, and which setting it ran into.
+const CAPPED: &str = ", the server's --max-wait, which cut the longer wait this call asked for";
 
 /// An engine's refusal: any [`PairError`] but a timeout, which is an
 /// outcome ([`CallError::TimedOut`], with the wait in it). Only
@@ -284,7 +275,7 @@ fn refused_by_engine(error: PairError) -> CallError {
         Some(refusal) => CallError::Refused(refusal),
         None => CallError::TimedOut {
             wait: Duration::ZERO,
-            asked: None,
+            capped: false,
         },
     }
 }
@@ -542,7 +533,7 @@ impl<E: Engine> Rendezvous<E> {
                 result
             };
             let protocol = request.protocol;
-            let (wait, asked) = self.limits.wait(request.deadline);
+            let (wait, capped) = self.limits.wait(request.deadline);
             // A span per call, at debug level: with the default filter it is
             // never built, which keeps the hot path cheap (an info-level span cost
             // about 8% of the server's CPU per pair; see BENCHMARKS.md).
@@ -647,7 +638,7 @@ impl<E: Engine> Rendezvous<E> {
                         if delivery != Delivery::Redelivered {
                             self.metrics.timed_out(protocol);
                         }
-                        Err(CallError::TimedOut { wait, asked })
+                        Err(CallError::TimedOut { wait, capped })
                     }
                     Some(refusal) => Err(self.refuse(protocol, CallError::Refused(refusal))),
                 },
@@ -954,19 +945,20 @@ mod tests {
                 Deadline::starting_now(requested.map(Duration::from_secs)),
             ))
         };
-        let timed_out = |secs, asked: Option<u64>| CallError::TimedOut {
+        let timed_out = |secs, capped| CallError::TimedOut {
             wait: Duration::from_secs(secs),
-            asked: asked.map(Duration::from_secs),
+            capped,
         };
         for (requested, expected, message) in [
-            (Some(2), timed_out(2, None), "within 2s"),
-            (Some(60), timed_out(60, None), "within 1m"),
+            (Some(2), timed_out(2, false), "within 2s"),
+            (Some(60), timed_out(60, false), "within 1m"),
             (
                 Some(90),
-                timed_out(60, Some(90)),
-                "within 1m (the server's --max-wait; this call asked for 1m 30s)",
+                timed_out(60, true),
+                "within 1m, the server's --max-wait, which cut the longer wait this call \
+                 asked for",
             ),
-            (None, timed_out(10, None), "within 10s"),
+            (None, timed_out(10, false), "within 10s"),
         ] {
             let start = Instant::now();
             let error = waited(requested).await.unwrap_err();

@@ -34,3 +34,4 @@ mod replicas;
 mod shutdown;
 mod tls;
 mod traces;
+mod withdraw;

@@ -1,0 +1,406 @@
+//! Withdrawing a keyed wait: a caller that gives up (Ctrl-C, a cancelled
+//! CI job, a client that stops waiting) says so, and nobody is paired with
+//! it afterwards, on both engines, through any replica, over both
+//! protocols. A connection that only breaks keeps the place for the grace,
+//! as `attempts.rs` tests.
+
+use std::{
+    process::{Output, Stdio},
+    time::Duration,
+};
+
+use rendezvous::{
+    client::Client,
+    pairing::{Role, Withdrawal},
+};
+use tokio::process::Command;
+use tonic::Code;
+
+use crate::common::{
+    JsonBody, Process, TestServer, http_client,
+    redis::{RedisServer, replica_config, unique_prefix},
+    within,
+};
+
+/// What a try with a withdrawn wait's key is told.
+const WITHDRAWN: &str =
+    "this wait was withdrawn with its attempt key; a new wait needs a new attempt key";
+
+/// How long a partner waits to show that nobody is there: it times out
+/// whatever the machine's speed, and pairs at once if somebody is.
+const ALONE: Duration = Duration::from_millis(300);
+
+/// The binary as a shell runs it, with none of the client's variables
+/// inherited from the tests' environment.
+fn rendezvous(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_rendezvous"));
+    command.args(args).kill_on_drop(true);
+    for name in [
+        "RENDEZVOUS_SERVER",
+        "RENDEZVOUS_TIMEOUT",
+        "RENDEZVOUS_ATTEMPT_KEY",
+        "RENDEZVOUS_TOKEN_FILE",
+        "TRACEPARENT",
+    ] {
+        command.env_remove(name);
+    }
+    command
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// The issue's commands, as a user runs them: a `wait` with an attempt
+/// key (`--retry`'s own, or `--attempt-key`) stopped by SIGINT or SIGTERM
+/// withdraws before it exits 130 or 143; the next caller with the id is
+/// not paired with it, but waits alone and times out. On both engines.
+#[tokio::test]
+async fn a_wait_stopped_by_a_signal_withdraws_and_is_never_paired() {
+    let redis = RedisServer::start().await;
+    let (url, prefix) = (redis.url(), unique_prefix("withdraw-cli"));
+    let engines = [
+        vec![],
+        vec!["--redis-url", &url, "--redis-key-prefix", &prefix],
+    ];
+    for engine in engines {
+        let mut server = Process::start(&engine).await;
+        let grpc = server.grpc.clone();
+        for (signal, exit, name, how) in [
+            ("INT", 130, "SIGINT", &["--retry"][..]),
+            ("TERM", 143, "SIGTERM", &["--retry"]),
+            ("INT", 130, "SIGINT", &["--attempt-key", "ci-job-7"]),
+        ] {
+            let id = format!("ghost-{signal}-{}", how.len());
+            let mut args = vec![
+                "wait",
+                &id,
+                "--server",
+                &grpc,
+                "--timeout",
+                "30s",
+                "--payload",
+                "from-ghost",
+            ];
+            args.extend(how);
+            let ghost = rendezvous(&args)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            // Its own arrival, not the last partner's.
+            while server.next("arrived").await["fields"]["id"] != id.as_str() {}
+            let pid = ghost.id().unwrap().to_string();
+            let killed = std::process::Command::new("kill")
+                .args(["-s", signal, &pid])
+                .status()
+                .unwrap();
+            assert!(killed.success());
+            let ghost = within(ghost.wait_with_output()).await.unwrap();
+            assert_eq!(ghost.status.code(), Some(exit), "{}", stderr(&ghost));
+            assert!(ghost.stdout.is_empty());
+            assert_eq!(
+                stderr(&ghost),
+                format!(
+                    "rendezvous: CANCELLED: {name}: withdrew the wait: nobody will be paired \
+                     with it\n"
+                ),
+                "{how:?}"
+            );
+            let partner = within(
+                rendezvous(&[
+                    "wait",
+                    &id,
+                    "--server",
+                    &grpc,
+                    "--payload",
+                    "partner",
+                    "--timeout",
+                    "300ms",
+                ])
+                .output(),
+            )
+            .await
+            .unwrap();
+            assert_eq!(partner.status.code(), Some(3), "{}", stderr(&partner));
+            assert!(
+                partner.stdout.is_empty(),
+                "paired with a caller that gave up"
+            );
+        }
+    }
+}
+
+/// A withdrawal after the decision is too late, and says what was decided:
+/// the pair (the partner was told `OK`), or the timeout. On both engines,
+/// through the replica that holds the answer. (How `wait` words each
+/// finding is unit-tested in `src/cli.rs`.)
+#[tokio::test]
+async fn a_withdrawal_after_the_decision_is_told_it() {
+    for (holder, _other, _redis) in pairs_of_servers().await {
+        // The answer is decided while nobody hears it: the first try is cut.
+        let client = holder.client().await;
+        let first = tokio::spawn(async move {
+            client
+                .wait_with_key("late", "a".into(), None, "late-key")
+                .await
+        });
+        holder.parked(1).await;
+        first.abort();
+        let _ = first.await;
+        let partner = holder.client().await;
+        let paired = within(partner.wait("late", "b".into(), None))
+            .await
+            .unwrap();
+        assert_eq!(paired.role(), Role::Second);
+        let found = within(holder.client().await.withdraw("late", "late-key", None))
+            .await
+            .unwrap();
+        let Withdrawal::Met(meeting) = found else {
+            panic!("{found:?}");
+        };
+        assert_eq!(
+            (
+                meeting.role(),
+                meeting.parties(),
+                &meeting.peer().payload[..]
+            ),
+            (Role::First, 2, &b"b"[..])
+        );
+        // A wait that timed out: nothing to withdraw, and nothing lost.
+        let client = holder.client().await;
+        let alone = within(client.wait_with_key("lone", "a".into(), Some(ALONE), "lone-key")).await;
+        assert_eq!(alone.unwrap_err().code(), Code::DeadlineExceeded);
+        let found = within(client.withdraw("lone", "lone-key", None)).await;
+        assert_eq!(found.unwrap(), Withdrawal::TimedOut);
+    }
+}
+
+/// The engines every scenario here runs on, as a pair of servers: the one
+/// that holds a wait, and the one a withdrawal goes through. One process
+/// is both; on Redis they are two replicas.
+async fn pairs_of_servers() -> Vec<(TestServer, Option<TestServer>, Option<RedisServer>)> {
+    let local = TestServer::start().await;
+    let redis = RedisServer::start().await;
+    let prefix = unique_prefix("withdraw");
+    let a = TestServer::with(replica_config(&redis, &prefix)).await;
+    a.ready().await;
+    let b = TestServer::with(replica_config(&redis, &prefix)).await;
+    b.ready().await;
+    vec![(local, None, None), (a, Some(b), Some(redis))]
+}
+
+/// A gRPC wait whose stream broke keeps its place (the grace); withdrawn
+/// through the other replica (or the same process), it is gone at once:
+/// the partner waits alone and times out, and a try with the key, through
+/// either, is refused `CANCELLED`. A second withdrawal finds the first.
+#[tokio::test]
+async fn a_held_grpc_wait_is_withdrawn_through_any_replica() {
+    for (holder, other, _redis) in pairs_of_servers().await {
+        let through = other.as_ref().unwrap_or(&holder);
+        let client = holder.client().await;
+        let ghost = tokio::spawn(async move {
+            client
+                .wait_with_key("ghost", "from-ghost".into(), None, "ghost-key")
+                .await
+        });
+        holder.parked(1).await;
+        ghost.abort();
+        let _ = ghost.await;
+        let withdrawer = through.client().await;
+        let found = within(withdrawer.withdraw("ghost", "ghost-key", None)).await;
+        assert_eq!(found.unwrap(), Withdrawal::Withdrawn);
+        assert_alone(&through.client().await, "ghost").await;
+        for server in [&holder, through] {
+            let retry = server.client().await;
+            let refused =
+                within(retry.wait_with_key("ghost", "from-ghost".into(), None, "ghost-key"))
+                    .await
+                    .unwrap_err();
+            assert_eq!(
+                (refused.code(), refused.message()),
+                (Code::Cancelled, WITHDRAWN)
+            );
+        }
+        let again = within(withdrawer.withdraw("ghost", "ghost-key", None)).await;
+        assert_eq!(again.unwrap(), Withdrawal::Withdrawn);
+        assert_eq!(holder.waiting(), 0);
+        assert_eq!(through.waiting(), 0);
+    }
+}
+
+/// The partner of a withdrawn wait, on `client`: it waits alone, and times
+/// out.
+async fn assert_alone(client: &Client, id: &str) {
+    let partner = within(client.wait(id, "partner".into(), Some(ALONE))).await;
+    let status = partner.expect_err("paired with a caller that gave up");
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+}
+
+/// Over HTTP: `DELETE` on the wait's route with its `?attempt_key=`, through
+/// any replica, answers `200 Withdrawn` (JSON: `WITHDRAWAL_WITHDRAWN`); the
+/// partner's `POST` waits alone and is answered `408 Timeout`; a retry of
+/// the wait is `410` with the reason.
+#[tokio::test]
+async fn a_held_http_wait_is_withdrawn_with_delete() {
+    for (holder, other, _redis) in pairs_of_servers().await {
+        let through = other.as_ref().unwrap_or(&holder);
+        let http = http_client();
+        let route = "/wait-for-second-party/web-ghost?attempt_key=web-key";
+        let cut = tokio::spawn(http.post(holder.url(route)).body("from-ghost").send());
+        holder.parked(1).await;
+        cut.abort();
+        let _ = cut.await;
+        let response = within(http.delete(through.url(route)).send())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(
+            response.headers()["content-type"],
+            "text/plain; charset=utf-8"
+        );
+        assert_eq!(response.text().await.unwrap(), "Withdrawn");
+        let partner = within(
+            http.post(through.url("/wait-for-second-party/web-ghost?wait=300ms"))
+                .body("partner")
+                .send(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(partner.status(), 408);
+        assert_eq!(partner.text().await.unwrap(), "Timeout");
+        let retry = within(http.post(holder.url(route)).body("from-ghost").send())
+            .await
+            .unwrap();
+        assert_eq!(retry.status(), 410);
+        assert_eq!(retry.text().await.unwrap(), WITHDRAWN);
+        // In JSON, as grpcurl prints the gRPC answer.
+        let again = within(
+            http.delete(through.url(route))
+                .header("accept", "application/json")
+                .send(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(again.status(), 200);
+        assert_eq!(
+            again.json_body().await,
+            serde_json::json!({"withdrawal": "WITHDRAWAL_WITHDRAWN"})
+        );
+        assert_eq!(holder.waiting(), 0);
+    }
+}
+
+/// A withdrawal with a key nobody sent finds nothing (`Unknown`), and a
+/// try with that key that comes after it, as one still on its way would,
+/// is refused rather than parked. Keys are scoped to their namespace: a
+/// withdrawal of a key the server holds, but for another id, is refused.
+#[tokio::test]
+async fn a_withdrawal_that_comes_first_refuses_the_try_behind_it() {
+    for (holder, other, _redis) in pairs_of_servers().await {
+        let through = other.as_ref().unwrap_or(&holder);
+        let found = within(through.client().await.withdraw("early", "early-key", None)).await;
+        assert_eq!(found.unwrap(), Withdrawal::Unknown);
+        for server in [&holder, through] {
+            let late = within(server.client().await.wait_with_key(
+                "early",
+                "x".into(),
+                None,
+                "early-key",
+            ))
+            .await
+            .unwrap_err();
+            assert_eq!((late.code(), late.message()), (Code::Cancelled, WITHDRAWN));
+        }
+        assert_eq!(holder.waiting(), 0);
+    }
+    let server = TestServer::start().await;
+    let client = server.client().await;
+    let held =
+        tokio::spawn(async move { client.wait_with_key("mine", "a".into(), None, "k").await });
+    server.parked(1).await;
+    let other_id = within(server.client().await.withdraw("theirs", "k", None))
+        .await
+        .unwrap_err();
+    assert_eq!(other_id.code(), Code::FailedPrecondition);
+    assert_eq!(server.waiting(), 1, "the wait is untouched");
+    held.abort();
+}
+
+/// A withdrawal that races the decision gets the decision, or withdraws
+/// the wait before it: whichever it is, every side hears the same. Never
+/// one-sided (a partner told `OK` while the withdrawal says withdrawn),
+/// never doubled.
+#[tokio::test]
+async fn a_withdrawal_racing_the_decision_gets_it_or_wins() {
+    for (holder, other, _redis) in pairs_of_servers().await {
+        let through = other.as_ref().unwrap_or(&holder);
+        let (mut met, mut withdrawn) = (0, 0);
+        for round in 0..12 {
+            let (id, key) = (format!("race-{round}"), format!("race-key-{round}"));
+            let client = holder.client().await;
+            let (waiter_id, waiter_key) = (id.clone(), key.clone());
+            let waiter = tokio::spawn(async move {
+                client
+                    .wait_with_key(&waiter_id, "w".into(), None, &waiter_key)
+                    .await
+            });
+            holder.parked(1).await;
+            let (partner, withdrawer) = (through.client().await, through.client().await);
+            // Each goes first in turn, the other after a gap that grows
+            // from nothing, so that they meet at every point of the
+            // decision: the invariants below hold whichever wins.
+            let gap = Duration::from_micros(200 * (round / 2));
+            let after = |first: bool| async move {
+                if !first {
+                    tokio::time::sleep(gap).await;
+                }
+            };
+            let partner_first = round % 2 == 0;
+            let (partner, found) = tokio::join!(
+                async {
+                    after(partner_first).await;
+                    partner.wait(&id, "p".into(), Some(ALONE)).await
+                },
+                async {
+                    after(!partner_first).await;
+                    withdrawer.withdraw(&id, &key, None).await
+                },
+            );
+            let waiter = within(waiter).await.unwrap();
+            match found.unwrap() {
+                Withdrawal::Met(meeting) => {
+                    met += 1;
+                    assert_eq!(
+                        (meeting.role(), &meeting.peer().payload[..]),
+                        (Role::First, &b"p"[..])
+                    );
+                    let partner = partner.unwrap();
+                    assert_eq!(
+                        (partner.role(), &partner.peer().payload[..]),
+                        (Role::Second, &b"w"[..])
+                    );
+                    let waiter = waiter.unwrap();
+                    assert_eq!(
+                        (waiter.role(), &waiter.peer().payload[..]),
+                        (Role::First, &b"p"[..])
+                    );
+                }
+                Withdrawal::Withdrawn => {
+                    withdrawn += 1;
+                    let partner = partner.expect_err("paired with a withdrawn wait");
+                    assert_eq!(partner.code(), Code::DeadlineExceeded, "{partner:?}");
+                    let waiter = waiter.expect_err("a withdrawn wait was answered OK");
+                    assert_eq!(
+                        (waiter.code(), waiter.message()),
+                        (Code::Cancelled, WITHDRAWN)
+                    );
+                }
+                other => panic!("round {round}: {other:?}"),
+            }
+        }
+        assert_eq!(met + withdrawn, 12);
+        assert_eq!(holder.waiting(), 0);
+        assert_eq!(through.waiting(), 0);
+    }
+}
