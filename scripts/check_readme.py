@@ -25,9 +25,11 @@ without a marker, a port already taken, or a server that never listens fails
 the run. Blocks run with `set -eo pipefail` in a scratch directory that holds
 a copy of the checkout's proto/, deploy/, buf.yaml, scripts/redis-topology.sh
 and scripts/otlp-receiver.* (so that commands written for a checkout's root
-find them), with three helpers defined first:
-  - `cargo run --release [-- ARGS]` and `rendezvous ARGS` run the binary given
-    on the command line (a debug build of the same code, so CI compiles once);
+find them), with two helpers defined first:
+  - `cargo run --release [-- ARGS]` runs the binary given on the command
+    line (a debug build of the same code, so CI compiles once), which is
+    also on PATH as `rendezvous`, as `cargo install` would put it (so that
+    `timeout ... rendezvous` and the like find it);
   - a bare `wait` fails if the last background job failed (bash's own
     `wait` returns 0 whatever the jobs did; the README's blocks start one
     each).
@@ -56,7 +58,6 @@ cargo() {
   fi
   command cargo "$@"
 }
-rendezvous() { "$RENDEZVOUS_BIN" "$@"; }
 wait() {
   if [ $# -gt 0 ]; then builtin wait "$@"; return; fi
   if [ -n "${!:-}" ]; then builtin wait "$!" || return; fi
@@ -161,7 +162,10 @@ def main():
     os.makedirs(os.path.join(workdir, "scripts"))
     for script in ("redis-topology.sh", "otlp-receiver.py", "otlp-receiver.txt"):
         shutil.copy(os.path.join(checkout, "scripts", script), os.path.join(workdir, "scripts"))
-    env = dict(os.environ, RENDEZVOUS_BIN=binary)
+    bin_dir = os.path.join(workdir, ".bin")
+    os.makedirs(bin_dir)
+    os.symlink(os.path.abspath(binary), os.path.join(bin_dir, "rendezvous"))
+    env = dict(os.environ, RENDEZVOUS_BIN=binary, PATH=bin_dir + os.pathsep + os.environ["PATH"])
     server, default_code, failures, logs = None, None, [], 0
 
     def start(code):

@@ -672,6 +672,84 @@ mod tests {
         assert_eq!(get("/healthz").await, (200, "OK".into()));
     }
 
+    /// With the default settings, a legacy call (no `?wait=`) waits the old
+    /// service's 10 s and is answered its `408 Timeout` byte for byte; a
+    /// caller's own `?wait=` is honoured up to `--max-wait` (1 h), and one
+    /// that `--max-wait` cut says so.
+    #[tokio::test(start_paused = true)]
+    async fn a_legacy_call_waits_10s_and_an_asked_wait_is_cut_at_max_wait() {
+        use crate::{pairing::LocalEngine, service::Limits};
+        let config = crate::Config::default();
+        let limits = Limits {
+            default_wait: config.default_wait(),
+            max_wait: config.max_wait,
+            max_payload: config.max_payload,
+            max_parties: config.max_parties,
+            attempt_grace: config.attempt_grace,
+        };
+        let (health, _server) = Health::serving().await;
+        let gateway = Gateway::new(
+            Rendezvous::new(Arc::new(LocalEngine::new().into()), limits),
+            Arc::new(health),
+        );
+        let post = |uri: &'static str, json: bool| {
+            let gateway = gateway.clone();
+            async move {
+                let mut request = Request::post(uri);
+                if json {
+                    request = request.header(header::ACCEPT, JSON);
+                }
+                let request = request.body(Full::new(Bytes::new())).unwrap();
+                let start = tokio::time::Instant::now();
+                let Ok(response) = gateway.handle(request).await;
+                let waited = start.elapsed();
+                let (status, kind) = (
+                    response.status(),
+                    response.headers()[header::CONTENT_TYPE].clone(),
+                );
+                let body = response.into_body().collect().await.unwrap().to_bytes();
+                (
+                    status.as_u16(),
+                    kind,
+                    String::from_utf8(body.to_vec()).unwrap(),
+                    waited,
+                )
+            }
+        };
+        let secs = Duration::from_secs;
+        assert_eq!(
+            post("/wait-for-second-party/legacy", false).await,
+            (
+                408,
+                HeaderValue::from_static(TEXT),
+                "Timeout".into(),
+                secs(10)
+            )
+        );
+        assert_eq!(
+            post("/wait-for-second-party/ci?wait=30m", false).await,
+            (
+                408,
+                HeaderValue::from_static(TEXT),
+                "Timeout".into(),
+                secs(30 * 60)
+            )
+        );
+        let (status, kind, body, waited) = post("/wait-for-second-party/long?wait=2h", true).await;
+        assert_eq!(
+            (status, kind, waited),
+            (408, HeaderValue::from_static(JSON), secs(3600))
+        );
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&body).unwrap(),
+            serde_json::json!({
+                "code": "DEADLINE_EXCEEDED",
+                "message": "nobody else arrived with this id within 1h, the server's --max-wait, \
+                            which cut the longer wait this call asked for",
+            })
+        );
+    }
+
     /// Every error has its documented HTTP status, and in JSON the gRPC
     /// code name for the same failure.
     #[test]

@@ -119,6 +119,49 @@ async fn a_client_that_does_not_enforce_its_deadline_still_gets_deadline_exceede
     assert_eq!(server.waiting(), 0);
 }
 
+/// A caller's own deadline is honoured up to `--max-wait`; a longer one is
+/// cut there, and its message says so; a call with none waits
+/// `--default-wait`. Exact status and message, from a raw client that does
+/// not enforce its deadline, so that the answer is the server's.
+#[tokio::test]
+async fn a_callers_deadline_is_honoured_up_to_max_wait() {
+    let server = TestServer::with(rendezvous::Config {
+        default_wait: Duration::from_millis(200),
+        max_wait: Duration::from_millis(400),
+        ..common::test_config()
+    })
+    .await;
+    let below = within(raw_wait(server.grpc_addr, "below", b"", "300m")).await;
+    assert_eq!(
+        (below.grpc_status.as_str(), below.grpc_message.as_str()),
+        ("4", "nobody else arrived with this id within 285ms"),
+        "the caller's deadline less the margin"
+    );
+    let above = within(raw_wait(server.grpc_addr, "above", b"", "1H")).await;
+    assert_eq!(
+        (above.grpc_status.as_str(), above.grpc_message.as_str()),
+        (
+            "4",
+            "nobody else arrived with this id within 400ms, the server's --max-wait, which cut \
+             the longer wait this call asked for"
+        ),
+    );
+    let none = within(raw_grpc_call(
+        server.grpc_addr,
+        &[],
+        WaitForSecondPartyRequest {
+            id: "none".into(),
+            ..Default::default()
+        },
+    ))
+    .await;
+    assert_eq!(
+        (none.grpc_status.as_str(), none.grpc_message.as_str()),
+        ("4", "nobody else arrived with this id within 200ms"),
+    );
+    assert_eq!(server.waiting(), 0);
+}
+
 #[tokio::test]
 async fn a_raw_client_pairs_and_reads_the_response_fields() {
     let server = TestServer::start().await;

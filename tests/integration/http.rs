@@ -79,6 +79,60 @@ async fn wait_shortens_the_wait() {
     assert_eq!(response.text().await.unwrap(), "Timeout");
 }
 
+/// `?wait=` is honoured up to `--max-wait`; past it the wait is cut there,
+/// the legacy plain body stays `Timeout` byte for byte, and the JSON
+/// message says the cap cut it. Without `?wait=`, `--default-wait`.
+#[tokio::test]
+async fn wait_is_honoured_up_to_max_wait() {
+    let server = TestServer::with(rendezvous::Config {
+        default_wait: Duration::from_millis(200),
+        max_wait: Duration::from_millis(400),
+        ..common::test_config()
+    })
+    .await;
+    let http = common::http_client();
+    let post = |path: &str, json: bool| {
+        let mut request = http.post(server.url(path));
+        if json {
+            request = request.header("accept", "application/json");
+        }
+        within(request.send())
+    };
+    for path in [
+        "/wait-for-second-party/legacy",
+        "/wait-for-second-party/long?wait=1h",
+    ] {
+        assert_eq!(
+            text_of(post(path, false).await.unwrap()).await,
+            (StatusCode::REQUEST_TIMEOUT, TEXT.into(), "Timeout".into()),
+            "{path}"
+        );
+    }
+    for (path, message) in [
+        (
+            "/wait-for-second-party/legacy",
+            "nobody else arrived with this id within 200ms",
+        ),
+        (
+            "/wait-for-second-party/short?wait=300ms",
+            "nobody else arrived with this id within 300ms",
+        ),
+        (
+            "/wait-for-second-party/long?wait=1h",
+            "nobody else arrived with this id within 400ms, the server's --max-wait, which cut \
+             the longer wait this call asked for",
+        ),
+    ] {
+        let response = post(path, true).await.unwrap();
+        assert_eq!(response.status(), StatusCode::REQUEST_TIMEOUT, "{path}");
+        assert_eq!(
+            response.json_body().await,
+            serde_json::json!({"code": "DEADLINE_EXCEEDED", "message": message}),
+        );
+    }
+    assert_eq!(server.waiting(), 0);
+}
+
 #[tokio::test]
 async fn json_carries_role_time_waited_and_the_peers_payload_both_ways() {
     let server = TestServer::start().await;

@@ -2,7 +2,8 @@
 // proto loaded at run time by @grpc/proto-loader (nothing generated): two
 // callers pair and swap payloads, a lone caller with a deadline gets
 // DEADLINE_EXCEEDED, a call cut off gets its answer by retrying with its
-// attempt key, and the server's health says SERVING.
+// attempt key, a caller that gives up withdraws its wait so that nobody is
+// paired with it, and the server's health says SERVING.
 //
 //   node grpc.mjs 127.0.0.1:50051
 //
@@ -69,6 +70,31 @@ assert.equal(partner.peerPayload.toString(), "from a");
 assert.equal(again.peerPayload.toString(), "from b");
 assert.deepEqual(new Set([again.role, partner.role]), new Set(["ROLE_FIRST", "ROLE_SECOND"]));
 console.log(`retried: ${again.role}, with the partner's payload`);
+
+// A caller that gives up (Ctrl-C, a cancelled job) withdraws its wait by its
+// attemptKey: the place is taken out at once, through any replica, and nobody
+// is paired with it. Only cancelling the call would leave the place held for
+// the server's --attempt-grace, as a broken connection's is, and the next
+// caller would be paired with a caller that has gone. In life, do this in a
+// SIGINT/SIGTERM handler: process.once("SIGINT", giveUp).
+const gaveUp = { id: `node-gave-up-${randomUUID()}`, payload: Buffer.from("from a"), attemptKey: randomUUID() };
+const waiting = sync.WaitForSecondParty(gaveUp, deadline(30_000), () => {});
+await new Promise((resolve) => setTimeout(resolve, 200));
+waiting.cancel();
+const withdrawn = await new Promise((resolve, reject) =>
+  sync.Withdraw({ id: gaveUp.id, attemptKey: gaveUp.attemptKey }, deadline(2_000), (error, answer) =>
+    error ? reject(error) : resolve(answer),
+  ),
+);
+// WITHDRAWN: its place was taken out. UNKNOWN: it had not reached the server
+// yet, and now never parks. TOO_LATE_MET would say it had paired.
+assert.ok(["WITHDRAWAL_WITHDRAWN", "WITHDRAWAL_UNKNOWN"].includes(withdrawn.withdrawal), JSON.stringify(withdrawn));
+const next = await wait(gaveUp.id, "from b", 300).then(
+  () => assert.fail("the next caller was paired with one that gave up"),
+  (error) => error,
+);
+assert.equal(next.code, grpc.status.DEADLINE_EXCEEDED);
+console.log(`gave up: ${withdrawn.withdrawal}; the next caller waited alone`);
 
 // Liveness ("") and readiness (rendezvous.v1.Sync), as probes ask.
 const Health = grpc.makeGenericClientConstructor(healthService, "Health");

@@ -1,7 +1,8 @@
 """A Python client of rendezvous.v1.Sync, with stubs generated from proto/ by
 grpcio-tools (see run.sh): two callers pair and swap payloads, a lone caller
 with a deadline gets DEADLINE_EXCEEDED, a call cut off gets its answer by
-retrying with its attempt key, and the server's health says SERVING.
+retrying with its attempt key, a caller that gives up withdraws its wait so
+that nobody is paired with it, and the server's health says SERVING.
 
     python client.py 127.0.0.1:50051
 
@@ -78,6 +79,45 @@ def retried(stub):
     print(f"retried: {sync_pb2.Role.Name(again.role)}, with the partner's payload")
 
 
+def gave_up(stub):
+    """A caller that gives up (Ctrl-C, a cancelled job) withdraws its wait
+    by its attempt_key: the place is taken out at once, through any replica,
+    and nobody is paired with it. Only cancelling the call would leave the
+    place held for the server's --attempt-grace, as a broken connection's
+    is, and the next caller would be paired with a caller that has gone."""
+    meeting = f"python-gave-up-{uuid.uuid4()}"
+    key = str(uuid.uuid4())
+    request = sync_pb2.WaitForSecondPartyRequest(
+        id=meeting, payload=b"from a", attempt_key=key
+    )
+    waiting = stub.WaitForSecondParty.future(request, timeout=30)
+    time.sleep(0.2)
+    try:
+        raise KeyboardInterrupt  # in life: Ctrl-C, or a SIGTERM handler
+    except KeyboardInterrupt:
+        waiting.cancel()
+        answer = stub.Withdraw(
+            sync_pb2.WithdrawRequest(id=meeting, attempt_key=key), timeout=2
+        )
+    # WITHDRAWN: its place was taken out. UNKNOWN: it had not reached the
+    # server yet, and now never parks. TOO_LATE_MET would say it had paired.
+    assert answer.withdrawal in (
+        sync_pb2.WITHDRAWAL_WITHDRAWN,
+        sync_pb2.WITHDRAWAL_UNKNOWN,
+    ), answer
+    try:
+        stub.WaitForSecondParty(
+            sync_pb2.WaitForSecondPartyRequest(id=meeting, payload=b"from b"),
+            timeout=0.3,
+        )
+    except grpc.RpcError as error:
+        assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED, error
+        name = sync_pb2.Withdrawal.Name(answer.withdrawal)
+        print(f"gave up: {name}; the next caller waited alone")
+        return
+    raise AssertionError("the next caller was paired with one that gave up")
+
+
 def health(channel):
     """Liveness ("") and readiness (rendezvous.v1.Sync), as probes ask."""
     stub = health_pb2_grpc.HealthStub(channel)
@@ -94,6 +134,7 @@ def main():
         pair(stub)
         deadline(stub)
         retried(stub)
+        gave_up(stub)
         health(channel)
     print("python client: ok")
 
