@@ -817,17 +817,17 @@ impl fmt::Debug for LocalEngine {
 }
 
 impl LocalEngine {
-    /// [`Engine::gather`], with `until` making the future that ends a
-    /// parked caller's wait: its deadline, or (keyed) its deadline or its
-    /// withdrawal. Either way the shard decides, as at a deadline: the
-    /// caller is taken out, or its group completed first. Generic, so that
-    /// a plain call's future holds no room for a withdrawal.
-    async fn gather_until<D: Future<Output = ()>>(
+    /// [`Engine::gather`], ended early if `give_up` says so: the shard
+    /// decides then as at the deadline (the caller is taken out, or its
+    /// group completed first). Generic, so that a plain call's future holds
+    /// no room for a withdrawal.
+    async fn gather_until<G: GiveUp>(
         &self,
         id: Id,
         parties: Parties,
         offer: Offer,
-        until: impl FnOnce() -> D,
+        deadline: Instant,
+        give_up: G,
     ) -> Result<Meeting, PairError> {
         let hash = self.hasher.hash_one(&id);
         let group = shard::Group {
@@ -856,13 +856,47 @@ impl LocalEngine {
             Arrival::Parked(parking) => parking,
         };
         let start = Instant::now();
-        match parking.outcome(until()).await {
+        match parking.outcome(give_up.until(deadline)).await {
             Outcome::Completed(position, offers) => {
                 Ok(Meeting::new(position, offers, start.elapsed()))
             }
+            Outcome::TimedOut if give_up.given_up() => Err(PairError::Withdrawn),
             Outcome::TimedOut => Err(PairError::TimedOut),
             Outcome::Closed => Err(PairError::ShuttingDown),
         }
+    }
+}
+
+/// What ends a local caller's wait besides its group: its deadline, and,
+/// for a keyed wait, its withdrawal.
+trait GiveUp {
+    fn until(&self, deadline: Instant) -> impl Future<Output = ()>;
+    fn given_up(&self) -> bool;
+}
+
+/// A plain call: only its deadline. Nothing to keep.
+struct AtDeadline;
+
+impl GiveUp for AtDeadline {
+    fn until(&self, deadline: Instant) -> impl Future<Output = ()> {
+        sleep_until(deadline)
+    }
+
+    fn given_up(&self) -> bool {
+        false
+    }
+}
+
+impl GiveUp for &Withdrawing {
+    async fn until(&self, deadline: Instant) {
+        tokio::select! {
+            () = sleep_until(deadline) => {}
+            () = self.requested() => {}
+        }
+    }
+
+    fn given_up(&self) -> bool {
+        self.is_requested()
     }
 }
 
@@ -874,7 +908,7 @@ impl Engine for LocalEngine {
         offer: Offer,
         deadline: Instant,
     ) -> impl Future<Output = Result<Meeting, PairError>> + Send {
-        self.gather_until(id, parties, offer, move || sleep_until(deadline))
+        self.gather_until(id, parties, offer, deadline, AtDeadline)
     }
 
     /// The place lives here, in the caller's future: a withdrawal ends it
@@ -885,20 +919,7 @@ impl Engine for LocalEngine {
         deadline: Instant,
         attempt: Attempt<'_>,
     ) -> impl Future<Output = Result<Meeting, PairError>> + Send {
-        let withdrawing = attempt.withdrawing;
-        let until = move || async move {
-            tokio::select! {
-                () = sleep_until(deadline) => {}
-                () = withdrawing.requested() => {}
-            }
-        };
-        let call = self.gather_until(id, parties, offer, until);
-        async move {
-            match call.await {
-                Err(PairError::TimedOut) if withdrawing.is_requested() => Err(PairError::Withdrawn),
-                answer => answer,
-            }
-        }
+        self.gather_until(id, parties, offer, deadline, attempt.withdrawing)
     }
 
     /// Nothing to wait for: removal from the shards is immediate.

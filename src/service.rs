@@ -484,14 +484,14 @@ impl<E: Engine> Rendezvous<E> {
                     Err(error) => Err(error.into()),
                 },
             );
-        let wait = admitted.map_err(|error| self.refuse(protocol, error))?;
-        let (wait_for, _) = self.limits.wait(request.deadline);
-        let deadline = request.deadline.arrived + wait_for;
+        let named = admitted.map_err(|error| self.refuse(protocol, error))?;
+        let (wait, _) = self.limits.wait(request.deadline);
+        let deadline = request.deadline.arrived + wait;
         // Under `--attempt-grace 0s` keys are not kept: no wait holds a
         // place past its caller, and there is nothing to withdraw.
         let found = match self.limits.attempt_grace.is_zero() {
             true => Ok(Withdrawal::Unknown),
-            false => self.attempts.withdraw(&*self.engine, wait, deadline).await,
+            false => self.attempts.withdraw(&*self.engine, named, deadline).await,
         };
         match found {
             Ok(found) => {
@@ -919,6 +919,26 @@ mod tests {
             Some("0")
         );
         assert_eq!(svc.engine().waiting(), 0);
+    }
+
+    /// Every parked caller pays for its call's future, for as long as it
+    /// waits: BENCHMARKS.md measures memory per parked caller with it at
+    /// this size, and a change that grows it must say so there.
+    #[test]
+    fn a_plain_calls_future_stays_within_600_bytes() {
+        let svc = service(Duration::from_secs(1));
+        let call = svc.call(request(
+            Protocol::Grpc,
+            "a",
+            2,
+            Bytes::new(),
+            Deadline::starting_now(None),
+        ));
+        assert!(
+            std::mem::size_of_val(&call) <= 600,
+            "{} bytes",
+            std::mem::size_of_val(&call)
+        );
     }
 
     /// A call without a wait of its own waits `--default-wait`; one that
