@@ -404,3 +404,57 @@ async fn a_withdrawal_racing_the_decision_gets_it_or_wins() {
         assert_eq!(through.waiting(), 0);
     }
 }
+
+/// Keys are scoped to their namespace: another tenant's withdrawal with
+/// the same id and key finds nothing (`Unknown`), and the wait it named is
+/// untouched: its own partner pairs with it.
+#[tokio::test]
+async fn nobody_withdraws_another_namespaces_wait() {
+    use rendezvous::client::ClientOptions;
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = crate::common::write(
+        dir.path(),
+        "tokens",
+        "team-a-token-0123456789 team-a\nteam-b-token-0123456789 team-b\n",
+    );
+    let server = TestServer::with(rendezvous::Config {
+        auth_token_file: Some(tokens),
+        ..crate::common::test_config()
+    })
+    .await;
+    let client_of = |token: &'static str| {
+        let server = &server;
+        async move {
+            let options = ClientOptions::new(&format!("http://{}", server.grpc_addr))
+                .unwrap()
+                .token(token)
+                .unwrap();
+            Client::from_channel(server.channel().await, &options)
+        }
+    };
+    let a = client_of("team-a-token-0123456789").await;
+    let held = tokio::spawn({
+        let a = a.clone();
+        async move {
+            a.wait_with_key("shared", "a".into(), None, "shared-key")
+                .await
+        }
+    });
+    server.parked(1).await;
+    let b = client_of("team-b-token-0123456789").await;
+    let found = within(b.withdraw("shared", "shared-key", None)).await;
+    assert_eq!(found.unwrap(), Withdrawal::Unknown);
+    assert_eq!(server.waiting(), 1);
+    let partner = within(a.wait("shared", "partner".into(), None))
+        .await
+        .unwrap();
+    assert_eq!(
+        (partner.role(), &partner.peer().payload[..]),
+        (Role::Second, &b"a"[..])
+    );
+    let held = within(held).await.unwrap().unwrap();
+    assert_eq!(
+        (held.role(), &held.peer().payload[..]),
+        (Role::First, &b"partner"[..])
+    );
+}
