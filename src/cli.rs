@@ -222,9 +222,9 @@ pub struct WaitArgs {
     pub payload_file: Option<PathBuf>,
 
     /// Give up after this long (250ms, 30s, 5m, 1h, ...), sent as the
-    /// call's deadline. Without it, the server's --default-wait decides
-    /// (10s unless changed). The server cuts a longer one to its --max-wait
-    /// (1h unless changed), and its timeout message then says so.
+    /// call's deadline. Without it, the server's --default-wait decides. The
+    /// server cuts a longer one to its --max-wait, and its timeout message
+    /// then says so.
     #[arg(long, env = "RENDEZVOUS_TIMEOUT", value_name = "DURATION", value_parser = crate::config::positive_duration)]
     pub timeout: Option<Duration>,
 

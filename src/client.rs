@@ -6,7 +6,7 @@
 //! ```no_run
 //! use std::time::Duration;
 //!
-//! use rendezvous::client::{Client, ClientOptions};
+//! use rendezvous::client::{Client, ClientOptions, Ended};
 //!
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
 //! let options = ClientOptions::new("http://127.0.0.1:50051")?;
@@ -31,6 +31,21 @@
 //!     group.position,
 //!     group.payloads(&"eu".into())
 //! );
+//! // Waits (at most 10 min, retrying through restarts) unless Ctrl-C
+//! // comes first: then the wait is withdrawn, so that nobody is paired
+//! // with a caller that gave up.
+//! let key = rendezvous::client::attempt_key();
+//! let wait = client.wait_retrying("job-7", "up".into(), Duration::from_secs(600), &key, |_, _| {});
+//! let ctrl_c = async {
+//!     let _ = tokio::signal::ctrl_c().await;
+//! };
+//! match client
+//!     .unless_given_up(("job-7", &key), wait, ctrl_c, Duration::from_secs(2))
+//!     .await
+//! {
+//!     Ended::Answered(answer) => println!("{:?}", answer?.role()),
+//!     Ended::GaveUp(found) => println!("gave up; the withdrawal found {found:?}"),
+//! }
 //! # Ok(())
 //! # }
 //! ```
