@@ -458,3 +458,35 @@ async fn nobody_withdraws_another_namespaces_wait() {
         (Role::First, &b"partner"[..])
     );
 }
+
+/// A group member withdrawn is out of its group, as one that left is: the
+/// two members after it do not complete a group of three with it, and
+/// time out. On both engines, through any replica.
+#[tokio::test]
+async fn a_withdrawn_member_is_not_counted_in_its_group() {
+    for (holder, other, _redis) in pairs_of_servers().await {
+        let through = other.as_ref().unwrap_or(&holder);
+        let client = holder.client().await;
+        let ghost = tokio::spawn(async move {
+            client
+                .gather_with_key("crew", 3, "ghost".into(), None, "crew-key")
+                .await
+        });
+        holder.parked(1).await;
+        ghost.abort();
+        let _ = ghost.await;
+        let found = within(through.client().await.withdraw("crew", "crew-key", None)).await;
+        assert_eq!(found.unwrap(), Withdrawal::Withdrawn);
+        let (b, c) = (through.client().await, through.client().await);
+        let (b, c) = tokio::join!(
+            b.gather("crew", 3, "b".into(), Some(ALONE)),
+            c.gather("crew", 3, "c".into(), Some(ALONE)),
+        );
+        for member in [b, c] {
+            let status = member.expect_err("a group counted a withdrawn member");
+            assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+        }
+        assert_eq!(holder.waiting(), 0);
+        assert_eq!(through.waiting(), 0);
+    }
+}
