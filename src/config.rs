@@ -8,6 +8,13 @@ use clap::{Parser, ValueEnum};
 /// The Redis engine's flags, which its module owns.
 pub use crate::pairing::RedisArgs;
 
+pub(crate) mod values;
+
+pub use values::PAYLOAD_CEILING;
+pub(crate) use values::{
+    duration, duration_problem, group_size, origin, payload_size, positive_duration, window_size,
+};
+
 const DEFAULT_GRPC_ADDR: &str = "127.0.0.1:50051";
 const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:3030";
 /// What a caller that sets no deadline of its own waits: the old service's
@@ -35,10 +42,6 @@ const DEFAULT_HTTP2_CONNECTION_WINDOW: &str = "64MiB";
 const DEFAULT_HTTP2_STREAM_WINDOW: &str = "1MiB";
 const DEFAULT_HTTP2_KEEPALIVE_INTERVAL: &str = "20s";
 const DEFAULT_HTTP2_KEEPALIVE_TIMEOUT: &str = "20s";
-
-/// The largest `--max-payload` accepted: payloads are meant to be small, and
-/// every parked caller can hold one in memory.
-pub const PAYLOAD_CEILING: usize = 16 << 20;
 
 /// The rendezvous server's settings.
 #[derive(Debug, Clone, Parser)]
@@ -343,17 +346,6 @@ impl Default for Http2Config {
     }
 }
 
-fn window_size(value: &str) -> Result<u32, String> {
-    let size: bytesize::ByteSize = value
-        .parse()
-        .map_err(|e| format!("{e}; use a size such as 1MiB or 16MiB"))?;
-    match u32::try_from(size.as_u64()) {
-        // HTTP/2 windows are 31-bit; below 64KiB is below the protocol default.
-        Ok(n) if (65_535..=(1 << 30)).contains(&n) => Ok(n),
-        _ => Err(format!("{size} is outside 64KiB to 1GiB")),
-    }
-}
-
 impl Config {
     /// How long a caller without a deadline of its own waits: `--default-wait`,
     /// cut to `--max-wait` (so that `--max-wait` alone still bounds every
@@ -380,85 +372,6 @@ impl Config {
             key: self.tls_key.clone()?,
             client_ca: self.tls_client_ca.clone(),
         })
-    }
-}
-
-/// An origin as browsers send it (`scheme://host[:port]`, nothing after),
-/// or `*`.
-fn origin(value: &str) -> Result<String, String> {
-    if value == "*" {
-        return Ok(value.into());
-    }
-    let hint = "use SCHEME://HOST[:PORT], such as https://app.example.com, or *";
-    let uri: http::Uri = value.parse().map_err(|e| format!("{e}; {hint}"))?;
-    // Nothing but a scheme and an authority: without a scheme, the value
-    // would have to start with "://", which is no URI at all.
-    let bare = value
-        == format!(
-            "{}://{}",
-            uri.scheme_str().unwrap_or(""),
-            uri.authority().map_or("", |a| a.as_str())
-        );
-    match bare {
-        true => Ok(value.into()),
-        false => Err(format!("{value:?} is not an origin; {hint}")),
-    }
-}
-
-/// A duration that may be zero (a grace period that can be skipped).
-pub(crate) fn duration(value: &str) -> Result<Duration, String> {
-    humantime::parse_duration(value).map_err(|e| {
-        format!(
-            "{}; use a duration such as 250ms, 10s or 1m",
-            duration_problem(&e)
-        )
-    })
-}
-
-/// A duration greater than zero.
-pub(crate) fn positive_duration(value: &str) -> Result<Duration, String> {
-    match duration(value)? {
-        d if d.is_zero() => Err("must be greater than zero".into()),
-        d => Ok(d),
-    }
-}
-
-/// What is wrong with a duration, in words: humantime's own messages
-/// ("expected number at 0") point at a character offset, which means
-/// nothing to someone who typed `?wait=abc`.
-pub(crate) fn duration_problem(error: &humantime::DurationError) -> String {
-    use humantime::DurationError as E;
-    match error {
-        E::Empty => "it is empty".into(),
-        E::NumberExpected(0) => "it does not start with a number".into(),
-        E::NumberExpected(_) => "a unit must be followed by a number or end it".into(),
-        E::InvalidCharacter(_) => "it has a character that is not a digit or a unit".into(),
-        E::UnknownUnit { unit, .. } if unit.is_empty() => "the number has no unit".into(),
-        E::UnknownUnit { unit, .. } => format!("{unit:?} is not a unit"),
-        E::NumberOverflow => "it is too long".into(),
-    }
-}
-
-fn payload_size(value: &str) -> Result<usize, String> {
-    let size: bytesize::ByteSize = value
-        .parse()
-        .map_err(|e| format!("{e}; use a size such as 512B, 64KiB or 1MiB"))?;
-    match usize::try_from(size.as_u64()) {
-        Ok(n) if n <= PAYLOAD_CEILING => Ok(n),
-        _ => Err(format!("{size} is over the ceiling of 16MiB")),
-    }
-}
-
-/// A group's payload budget: at least a byte, at most 256MiB (what one
-/// answer to every member could reasonably carry).
-fn group_size(value: &str) -> Result<usize, String> {
-    let size: bytesize::ByteSize = value
-        .parse()
-        .map_err(|e| format!("{e}; use a size such as 256KiB or 1MiB"))?;
-    match usize::try_from(size.as_u64()) {
-        Ok(0) => Err("a group needs room for at least one byte".into()),
-        Ok(n) if n <= 256 << 20 => Ok(n),
-        _ => Err(format!("{size} is over the ceiling of 256MiB")),
     }
 }
 

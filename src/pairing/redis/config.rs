@@ -6,7 +6,7 @@ use std::{fmt, path::PathBuf, time::Duration};
 
 use percent_encoding::percent_decode_str;
 
-use crate::config::positive_duration;
+use crate::config::values::positive_duration;
 use crate::pairing::EngineLimits;
 
 const DEFAULT_KEY_PREFIX: &str = "rendezvous:";
