@@ -15,6 +15,10 @@ use tracing::{Instrument, field::Empty};
 
 use http::{HeaderMap, StatusCode, header::AUTHORIZATION};
 
+mod span;
+
+use span::CallSpan;
+
 use crate::{
     auth::{Auth, AuthError},
     metrics::{Metrics, Protocol, Rejection},
@@ -22,8 +26,7 @@ use crate::{
         AnyEngine, AttemptKey, AttemptKeyError, Attempts, Delivery, Engine, Id, IdError, Meeting,
         Offer, PairError, Parties, PartiesError, Withdrawal,
     },
-    proto,
-    telemetry::{self, span::CallSpan},
+    proto, telemetry,
     trace::TraceContext,
 };
 

@@ -3,7 +3,7 @@
 //! - Logs go to stderr, filtered by `RUST_LOG`, as text or JSON.
 //! - Traces are exported over OTLP/gRPC when the standard OpenTelemetry
 //!   variables ask for it ([`otlp`]): each call is one server span
-//!   ([`span`]), linked to its partners' spans. With none of them set,
+//!   (the service's, `service/span.rs`), linked to its partners' spans. With none of them set,
 //!   nothing is exported and no span is built for it.
 
 use std::{io::IsTerminal, time::Duration};
@@ -13,8 +13,8 @@ use tracing_subscriber::{EnvFilter, Layer, fmt, layer::SubscriberExt, util::Subs
 use crate::config::LogFormat;
 
 mod otlp;
-pub(crate) mod span;
 
+pub(crate) use otlp::EXPORTED;
 pub use otlp::{TracesError, register_metrics};
 
 /// What [`init`] set up, to be shut down when the server stops.

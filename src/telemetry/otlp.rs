@@ -41,7 +41,8 @@ use prometheus_client::{
 use tracing::Subscriber;
 use tracing_subscriber::{Layer, filter::filter_fn, registry::LookupSpan};
 
-use super::span::EXPORTED;
+/// The target of exported spans, which the exporter's layer alone takes.
+pub(crate) const EXPORTED: &str = "rendezvous::exported";
 
 /// The queue's size unless `OTEL_BSP_MAX_QUEUE_SIZE` says otherwise: the
 /// specification's default.

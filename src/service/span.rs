@@ -2,7 +2,7 @@
 //! or route, the child of the caller's `traceparent`, linked to the spans
 //! of the callers it met.
 //!
-//! Built only while traces are exported ([`super::exporting`]), and apart
+//! Built only while traces are exported ([`crate::telemetry::exporting`]), and apart
 //! from the call's log span: the log span keeps the fields people read in
 //! logs, this one OpenTelemetry's semantic conventions for RPC and HTTP
 //! server spans, and the attributes under `rendezvous.*`. Neither holds the
@@ -20,11 +20,9 @@ use crate::{
     pairing::{Delivery, Meeting},
     proto,
     service::{CallError, CallRequest, Operation, outcome},
+    telemetry::EXPORTED,
     trace::TraceContext,
 };
-
-/// The target of exported spans, which the exporter's layer alone takes.
-pub(crate) const EXPORTED: &str = "rendezvous::exported";
 
 /// One call's exported span, ended when dropped.
 #[derive(Debug)]
