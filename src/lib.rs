@@ -16,8 +16,11 @@
 //!   engine (one process is the meeting place) and the Redis engine
 //!   (replicas meet in Redis); [`pairing::AnyEngine`] is whichever one the
 //!   configuration chose, and the only one the rest of the crate names.
-//! - [`service`]: the one call both protocols map onto: validation, the wait
-//!   limit, the per-call span, and the typed [`service::CallError`].
+//!   Attempt keys ([`pairing::Attempts`]) make a retry safe over either, and
+//!   let a caller that gives up withdraw its wait.
+//! - [`service`]: the one call both protocols map onto (and withdrawals):
+//!   validation, the wait limits, the per-call spans, and the typed
+//!   [`service::CallError`].
 //! - [`grpc`]: the gRPC port. `rendezvous.v1.Sync` by a lean handler of its
 //!   own (the caller's `grpc-timeout`, and errors to `tonic::Status`); health
 //!   and reflection by tonic; gRPC-Web (browsers) through tonic-web and CORS,
@@ -30,8 +33,9 @@
 //! - [`auth`] and [`tls`]: bearer tokens with namespaces, and TLS/mTLS; both
 //!   reloaded on SIGHUP through [`Reloader`].
 //! - [`server`]: listeners, connections, reflection, and ordered shutdown.
-//! - [`config`] and [`telemetry`]: flags (and their environment variables),
-//!   and logging; [`trace`]: a caller's W3C `traceparent`, whose trace id
+//! - [`config`] and [`telemetry`]: flags (and their environment variables;
+//!   their value parsers in a leaf, `config/values.rs`), and the process's
+//!   logs and trace exporter; [`trace`]: a caller's W3C `traceparent`, whose trace id
 //!   goes on its span and, through the engine, into its partner's log.
 //! - [`client`]: the Rust client, which the CLI, the load tool and the tests
 //!   share; [`cli`]: the subcommands, `serve` and the `wait` and `probe`

@@ -147,7 +147,7 @@ mod sync {
 // The engine's own shard code, built a second time on purpose, against the
 // primitives above. The model does not use every item in it.
 #[allow(dead_code, clippy::duplicate_mod)]
-#[path = "occupancy.rs"]
+#[path = "../occupancy.rs"]
 mod occupancy;
 #[allow(dead_code, clippy::duplicate_mod)]
 #[path = "shard.rs"]
