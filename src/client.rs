@@ -1060,6 +1060,74 @@ mod tests {
         assert_eq!(other.code(), Code::Cancelled);
     }
 
+    /// A withdrawal's answer reads back as the server meant it: a pair's
+    /// partner, a group's other members around this caller's own (empty)
+    /// place; an answer whose counts do not add up is refused, never
+    /// misread.
+    #[test]
+    fn a_withdrawals_answer_reads_back_or_is_refused() {
+        let met = |position, parties, peers: &[&'static str]| proto::WithdrawResponse {
+            withdrawal: proto::Withdrawal::TooLateMet.into(),
+            position,
+            parties,
+            waited: Some(prost_types::Duration {
+                seconds: 2,
+                nanos: 0,
+            }),
+            peer_payloads: peers
+                .iter()
+                .map(|p| Bytes::from_static(p.as_bytes()))
+                .collect(),
+        };
+        let Ok(Withdrawal::Met(pair)) = withdrawal(met(1, 2, &["a"])) else {
+            panic!("a pair");
+        };
+        assert_eq!(
+            (pair.role(), pair.parties()),
+            (crate::pairing::Role::Second, 2)
+        );
+        assert_eq!(pair.peer().payload, "a");
+        assert_eq!(pair.waited, Duration::from_secs(2));
+        let Ok(Withdrawal::Met(group)) = withdrawal(met(1, 3, &["a", "c"])) else {
+            panic!("a group");
+        };
+        assert_eq!((group.position, group.parties()), (1, 3));
+        assert_eq!(group.payloads(&Bytes::new()), ["a", "", "c"]);
+        let Ok(Withdrawal::Met(last)) = withdrawal(met(2, 3, &["a", "b"])) else {
+            panic!("the last member");
+        };
+        assert_eq!(last.payloads(&Bytes::new()), ["a", "b", ""]);
+        for bad in [
+            met(3, 3, &["a", "b"]),
+            met(0, 3, &["a"]),
+            met(0, 3, &["a", "b", "c"]),
+        ] {
+            assert_eq!(withdrawal(bad).unwrap_err().code(), Code::Internal);
+        }
+        let plain = |found: proto::Withdrawal| proto::WithdrawResponse {
+            withdrawal: found.into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            withdrawal(plain(proto::Withdrawal::Withdrawn)).unwrap(),
+            Withdrawal::Withdrawn
+        );
+        assert_eq!(
+            withdrawal(plain(proto::Withdrawal::TooLateTimedOut)).unwrap(),
+            Withdrawal::TimedOut
+        );
+        assert_eq!(
+            withdrawal(plain(proto::Withdrawal::Unknown)).unwrap(),
+            Withdrawal::Unknown
+        );
+        assert_eq!(
+            withdrawal(plain(proto::Withdrawal::Unspecified))
+                .unwrap_err()
+                .code(),
+            Code::Internal
+        );
+    }
+
     #[test]
     fn only_refusals_that_left_no_trace_are_retried() {
         assert!(retryable(&Status::unavailable("")));
