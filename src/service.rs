@@ -9,172 +9,33 @@
 use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
-use tokio::time::Instant;
-use tonic::Code;
 use tracing::{Instrument, field::Empty};
 
-use http::{HeaderMap, StatusCode, header::AUTHORIZATION};
+use http::{HeaderMap, header::AUTHORIZATION};
 
+mod error;
+mod request;
 mod span;
 
+#[cfg(test)]
+pub(crate) use error::refused;
+use error::refused_by_engine;
+pub use error::{CallError, Codes, Refusal};
+pub use request::{
+    CallRequest, DEFAULT_ATTEMPT_GRACE, Deadline, Limits, Namespace, Operation, WithdrawRequest,
+};
 use span::CallSpan;
 
 use crate::{
-    auth::{Auth, AuthError},
+    auth::Auth,
     metrics::{Metrics, Protocol, Rejection},
     pairing::{
-        AnyEngine, AttemptKey, AttemptKeyError, Attempts, Delivery, Engine, Id, IdError, Meeting,
-        Offer, PairError, Parties, PartiesError, Withdrawal,
+        AnyEngine, AttemptKey, AttemptKeyError, Attempts, Delivery, Engine, Id, Meeting, Offer,
+        PairError, Parties, Withdrawal,
     },
     proto, telemetry,
     trace::TraceContext,
 };
-
-/// How long a keyed wait keeps its place after its caller went away, and
-/// its answer after the decision, unless configured (`--attempt-grace`).
-pub const DEFAULT_ATTEMPT_GRACE: Duration = Duration::from_secs(5);
-
-/// One rendezvous call as a transport read it, not validated yet: the one
-/// request both transports build, from a gRPC message or from an HTTP path,
-/// query and body, and hand to [`Rendezvous::call`].
-#[derive(Debug)]
-pub struct CallRequest {
-    /// The transport it came in on.
-    pub protocol: Protocol,
-    /// Which call it is, as its transport named it.
-    pub operation: Operation,
-    /// Where its token lets it meet.
-    pub namespace: Namespace,
-    /// When it must be answered by.
-    pub deadline: Deadline,
-    /// From the caller's `traceparent`, if it sent a valid one.
-    pub trace: Option<TraceContext>,
-    /// The meeting id, as sent.
-    pub id: String,
-    /// How many callers make up its group: 2 for `WaitForSecondParty`.
-    pub parties: u32,
-    /// What it brings for the others.
-    pub payload: Bytes,
-    /// Its attempt key, as sent; empty for none.
-    pub attempt_key: String,
-    /// How many tries of its wait came before it, as its client counts:
-    /// what orders the tries of one key (see [`Attempts`]).
-    pub previous_attempts: u32,
-}
-
-/// A withdrawal as a transport read it, not validated yet: a caller that
-/// gave up on its keyed wait says so ([`Rendezvous::withdraw`]).
-#[derive(Debug)]
-pub struct WithdrawRequest {
-    /// The transport it came in on.
-    pub protocol: Protocol,
-    /// Where its token lets it meet: only its own namespace's waits are
-    /// found.
-    pub namespace: Namespace,
-    /// How long it may wait for a wait held here to end.
-    pub deadline: Deadline,
-    /// The id the wait was sent with.
-    pub id: String,
-    /// The attempt key the wait was sent with.
-    pub attempt_key: String,
-}
-
-/// Which of the two calls a request is: what its span is named after.
-/// A group of two asked for by `WaitForParties` is still that call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Operation {
-    /// `WaitForSecondParty`, `POST /wait-for-second-party/{id}`.
-    WaitForSecondParty,
-    /// `WaitForParties`, `POST /wait-for-parties/{id}`.
-    WaitForParties,
-}
-
-impl Operation {
-    /// The gRPC service both methods belong to.
-    pub const GRPC_SERVICE: &str = "rendezvous.v1.Sync";
-
-    /// The gRPC method's name.
-    pub fn grpc_method(self) -> &'static str {
-        match self {
-            Self::WaitForSecondParty => "WaitForSecondParty",
-            Self::WaitForParties => "WaitForParties",
-        }
-    }
-
-    /// `service/method`, as OpenTelemetry names a gRPC span.
-    pub fn grpc_name(self) -> &'static str {
-        match self {
-            Self::WaitForSecondParty => "rendezvous.v1.Sync/WaitForSecondParty",
-            Self::WaitForParties => "rendezvous.v1.Sync/WaitForParties",
-        }
-    }
-
-    /// The HTTP route, with the id as a parameter (never the id itself).
-    pub fn http_route(self) -> &'static str {
-        match self {
-            Self::WaitForSecondParty => "/wait-for-second-party/{id}",
-            Self::WaitForParties => "/wait-for-parties/{id}",
-        }
-    }
-
-    /// `METHOD route`, as OpenTelemetry names an HTTP server span.
-    pub fn http_name(self) -> &'static str {
-        match self {
-            Self::WaitForSecondParty => "POST /wait-for-second-party/{id}",
-            Self::WaitForParties => "POST /wait-for-parties/{id}",
-        }
-    }
-}
-
-/// The namespace a call meets in: `None` when tokens are not required.
-pub type Namespace = Option<Arc<str>>;
-
-/// The limits a call is held to; they come from [`crate::Config`].
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    /// How long a caller that asks for no wait of its own waits.
-    pub default_wait: Duration,
-    /// The longest any caller waits, whatever it asks for.
-    pub max_wait: Duration,
-    /// The largest payload accepted, in bytes.
-    pub max_payload: usize,
-    /// The largest group a caller may ask for.
-    pub max_parties: u32,
-    /// How long a keyed wait keeps its place after its caller went away,
-    /// and its answer after the decision (`--attempt-grace`).
-    pub attempt_grace: Duration,
-}
-
-impl Limits {
-    /// How long a call that arrived by `deadline` waits, and whether
-    /// `--max-wait` cut what it asked for.
-    fn wait(&self, deadline: Deadline) -> (Duration, bool) {
-        match deadline.requested {
-            None => (self.default_wait, false),
-            Some(asked) if asked > self.max_wait => (self.max_wait, true),
-            Some(asked) => (asked, false),
-        }
-    }
-}
-
-/// When a call must be answered by, fixed when its request arrives, so that
-/// time spent reading the request counts against the caller's wait.
-#[derive(Debug, Clone, Copy)]
-pub struct Deadline {
-    arrived: Instant,
-    requested: Option<Duration>,
-}
-
-impl Deadline {
-    /// A call arriving now, willing to wait `requested` (`None`: as long as
-    /// the server allows).
-    pub fn starting_now(requested: Option<Duration>) -> Self {
-        Self {
-            arrived: Instant::now(),
-            requested,
-        }
-    }
-}
 
 /// The rendezvous service, shared by every connection of both protocols.
 ///
@@ -201,150 +62,6 @@ impl<E> Clone for Rendezvous<E> {
             attempts: self.attempts.clone(),
         }
     }
-}
-
-/// Every way a call can fail. Each transport maps it to its own answer in
-/// exactly one place; the messages are written for the caller to act on.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum CallError {
-    /// The id is empty or too long.
-    #[error(transparent)]
-    InvalidId(#[from] IdError),
-    /// The payload is over `--max-payload`.
-    #[error("payload is {size} bytes; the limit is {limit} bytes (--max-payload)")]
-    PayloadTooLarge {
-        /// The size the caller sent, in bytes.
-        size: usize,
-        /// The configured limit, in bytes.
-        limit: usize,
-    },
-    /// `parties` is below 2 or over `--max-parties`.
-    #[error(transparent)]
-    InvalidParties(#[from] PartiesError),
-    /// The attempt key is too long, or not printable ASCII.
-    #[error(transparent)]
-    InvalidAttemptKey(#[from] AttemptKeyError),
-    /// The caller sent no valid bearer token, and `--auth-token-file` is set.
-    #[error(transparent)]
-    Unauthenticated(#[from] AuthError),
-    /// Nobody came with the same id before the caller's deadline.
-    #[error(
-        "nobody else arrived with this id within {}{}",
-        whole_millis(*wait),
-        if *capped { CAPPED } else { "" }
-    )]
-    TimedOut {
-        /// The wait the caller was allowed: from its arrival to its deadline.
-        wait: Duration,
-        /// Whether `--max-wait` cut the wait the caller asked for to `wait`.
-        capped: bool,
-    },
-    /// The engine refused the call, for a reason other than a timeout.
-    #[error(transparent)]
-    Refused(Refusal),
-}
-
-/// The end of a timeout's message when `--max-wait` cut the caller's wait
-/// short: a caller that asked for two hours and was answered after one
-/// must learn why, and which setting it ran into.
-const CAPPED: &str = ", the server's --max-wait, which cut the longer wait this call asked for";
-
-/// An engine's refusal: any [`PairError`] but a timeout, which is an
-/// outcome ([`CallError::TimedOut`], with the wait in it). Only
-/// [`Refusal::new`] builds one, so no table needs a row for it.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(transparent)]
-pub struct Refusal(PairError);
-
-impl Refusal {
-    /// `error` as a refusal, or `None` for a timeout.
-    pub fn new(error: PairError) -> Option<Self> {
-        match error {
-            PairError::TimedOut => None,
-            error => Some(Self(error)),
-        }
-    }
-
-    /// What the engine said.
-    pub fn error(&self) -> &PairError {
-        &self.0
-    }
-}
-
-/// An engine's refusal of something other than a wait, which cannot time
-/// out: a withdrawal.
-fn refused_by_engine(error: PairError) -> CallError {
-    match Refusal::new(error) {
-        Some(refusal) => CallError::Refused(refusal),
-        None => CallError::TimedOut {
-            wait: Duration::ZERO,
-            capped: false,
-        },
-    }
-}
-
-/// `error` as the service reports it, for tests: a refusal, never a timeout.
-#[cfg(test)]
-pub(crate) fn refused(error: PairError) -> CallError {
-    CallError::Refused(Refusal::new(error).expect("not a timeout"))
-}
-
-/// How a failure reads on each protocol: its gRPC code, which the HTTP
-/// gateway's JSON bodies name too, and its HTTP status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Codes {
-    /// The gRPC status code.
-    pub grpc: Code,
-    /// The HTTP status.
-    pub http: StatusCode,
-}
-
-impl CallError {
-    /// The one table of how each failure is answered, on both protocols.
-    pub fn codes(&self) -> Codes {
-        let (grpc, http) = match self {
-            Self::InvalidId(_) | Self::InvalidParties(_) | Self::InvalidAttemptKey(_) => {
-                (Code::InvalidArgument, StatusCode::BAD_REQUEST)
-            }
-            Self::PayloadTooLarge { .. } => (Code::InvalidArgument, StatusCode::PAYLOAD_TOO_LARGE),
-            Self::Unauthenticated(_) => (Code::Unauthenticated, StatusCode::UNAUTHORIZED),
-            Self::TimedOut { .. } => return engine_codes(&PairError::TimedOut),
-            Self::Refused(refusal) => return engine_codes(refusal.error()),
-        };
-        Codes { grpc, http }
-    }
-
-    /// How the metrics count this failure: `None` for a timeout, which is an
-    /// outcome, not a refusal.
-    pub fn rejection(&self) -> Option<Rejection> {
-        Some(match self {
-            Self::InvalidId(_)
-            | Self::PayloadTooLarge { .. }
-            | Self::InvalidParties(_)
-            | Self::InvalidAttemptKey(_) => Rejection::InvalidArgument,
-            Self::Unauthenticated(_) => Rejection::Unauthenticated,
-            Self::TimedOut { .. } => return None,
-            Self::Refused(refusal) => return Rejection::of(refusal.error()),
-        })
-    }
-}
-
-/// How each of the engines' answers reads on each protocol.
-fn engine_codes(error: &PairError) -> Codes {
-    let (grpc, http) = match error {
-        PairError::TimedOut => (Code::DeadlineExceeded, StatusCode::REQUEST_TIMEOUT),
-        PairError::ShuttingDown | PairError::Unavailable(_) => {
-            (Code::Unavailable, StatusCode::SERVICE_UNAVAILABLE)
-        }
-        PairError::Full { .. } => (Code::ResourceExhausted, StatusCode::SERVICE_UNAVAILABLE),
-        PairError::GroupTooLarge { .. } => (Code::ResourceExhausted, StatusCode::PAYLOAD_TOO_LARGE),
-        PairError::PartiesMismatch { .. } => (Code::FailedPrecondition, StatusCode::CONFLICT),
-        PairError::AttemptReused(_) => (Code::FailedPrecondition, StatusCode::UNPROCESSABLE_ENTITY),
-        PairError::Superseded => (Code::Aborted, StatusCode::CONFLICT),
-        // The caller gave up, as it said: the wait is gone.
-        PairError::Withdrawn => (Code::Cancelled, StatusCode::GONE),
-    };
-    Codes { grpc, http }
 }
 
 /// The caller's trace context, from its `traceparent`, if anything would
@@ -739,7 +456,9 @@ mod tests {
     use super::refused as refused_by;
     use super::*;
     use crate::pairing::LocalEngine;
+    use crate::pairing::{IdError, PartiesError};
     use bytes::Bytes;
+    use tokio::time::Instant;
 
     fn request(
         protocol: Protocol,
