@@ -49,18 +49,19 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! Here: the client and its calls. `client/options.rs`: what a connection
+//! needs (address, TLS, token); `client/retry.rs`: attempt keys, which
+//! failures are retried, and the backoff; `client/answers.rs`: the server's
+//! answers read back and checked.
 
-use std::{
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::time::Instant;
 use tonic::{
     Code, Status,
     metadata::AsciiMetadataValue,
-    transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Uri},
+    transport::{Channel, Uri},
 };
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
@@ -69,270 +70,21 @@ use tonic_health::pb::{
 use crate::{
     config::PAYLOAD_CEILING,
     grpc::MESSAGE_OVERHEAD,
-    pairing::{Meeting, Offer, Offers, Withdrawal},
+    pairing::{Meeting, Withdrawal},
     proto::{
-        self, WaitForPartiesRequest, WaitForSecondPartyRequest, WithdrawRequest,
-        sync_client::SyncClient,
+        WaitForPartiesRequest, WaitForSecondPartyRequest, WithdrawRequest, sync_client::SyncClient,
     },
     service::whole_millis,
-    trace::TraceContext,
 };
 
-/// The server a client talks to when it is given none: the server's own
-/// default gRPC address.
-pub const DEFAULT_SERVER: &str = "http://127.0.0.1:50051";
+mod answers;
+mod options;
+mod retry;
 
-/// The least time left for which [`Client::wait_retrying`] tries again.
-const MIN_TRY: Duration = Duration::from_millis(250);
-
-/// The longest a connection may take to open, whatever the calls' deadlines.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Why a client could not be set up. Errors from calls are `tonic::Status`.
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    /// The server address is not `HOST:PORT` or an `http(s)://` URI.
-    #[error("{address:?} is not a server address ({why}); use HOST:PORT or https://HOST:PORT")]
-    BadServer {
-        /// The address as given.
-        address: String,
-        /// What is wrong with it.
-        why: String,
-    },
-    /// A file named in the options could not be read.
-    #[error("cannot read the {what} {path}: {source}")]
-    Read {
-        /// Which file: "token file", "CA certificate", ...
-        what: &'static str,
-        /// The file named in the options.
-        path: PathBuf,
-        /// What the operating system said.
-        source: std::io::Error,
-    },
-    /// The token is empty, or cannot be a header value.
-    #[error("the token{} {why}", match path {
-        Some(path) => format!(" in {}", path.display()),
-        None => String::new(),
-    })]
-    BadToken {
-        /// The file it came from, if it came from one.
-        path: Option<PathBuf>,
-        /// What is wrong with it.
-        why: &'static str,
-    },
-    /// The TLS settings could not be used (a bad certificate, say).
-    #[error("cannot set up TLS: {0}")]
-    Tls(#[source] tonic::transport::Error),
-    /// The server could not be reached.
-    #[error("cannot connect to {server}: {source}")]
-    Connect {
-        /// The server's URI.
-        server: Uri,
-        /// What went wrong, from the transport.
-        #[source]
-        source: tonic::transport::Error,
-    },
-}
-
-/// Where the server is, how to trust it, and what to prove to it: all that a
-/// connection needs, checked before any connection is made.
-#[derive(Debug, Clone)]
-pub struct ClientOptions {
-    server: Uri,
-    tls_ca: Option<PathBuf>,
-    identity: Option<(PathBuf, PathBuf)>,
-    tls_server_name: Option<String>,
-    /// `Bearer <token>`, ready to send.
-    authorization: Option<AsciiMetadataValue>,
-    /// A valid W3C `traceparent`, ready to send.
-    traceparent: Option<AsciiMetadataValue>,
-}
-
-impl ClientOptions {
-    /// Options for the server at `server`: `HOST:PORT` (plain HTTP/2),
-    /// `http://HOST:PORT`, or `https://HOST:PORT` (TLS, trusting the
-    /// system's CAs unless [`ClientOptions::tls_ca`] says otherwise).
-    pub fn new(server: &str) -> Result<Self, ClientError> {
-        let bad = |why: String| ClientError::BadServer {
-            address: server.into(),
-            why,
-        };
-        let with_scheme = match server.contains("://") {
-            true => server.to_owned(),
-            false => format!("http://{server}"),
-        };
-        let uri: Uri = with_scheme.parse().map_err(|e| bad(format!("{e}")))?;
-        if !matches!(uri.scheme_str(), Some("http" | "https")) {
-            return Err(bad("the scheme must be http or https".into()));
-        }
-        if uri.port_u16().is_none() {
-            return Err(bad("it has no port".into()));
-        }
-        if uri.path_and_query().is_some_and(|p| p.as_str() != "/") {
-            return Err(bad("a server address has no path".into()));
-        }
-        Ok(Self {
-            server: uri,
-            tls_ca: None,
-            identity: None,
-            tls_server_name: None,
-            authorization: None,
-            traceparent: None,
-        })
-    }
-
-    /// Trusts the server's certificate only if it chains to these PEM CA
-    /// certificates, and speaks TLS whatever the address's scheme.
-    pub fn tls_ca(self, ca: impl Into<PathBuf>) -> Self {
-        Self {
-            tls_ca: Some(ca.into()),
-            ..self
-        }
-    }
-
-    /// Presents this PEM certificate chain and key, for a server that
-    /// requires client certificates (mTLS). Implies TLS.
-    pub fn client_identity(self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
-        Self {
-            identity: Some((cert.into(), key.into())),
-            ..self
-        }
-    }
-
-    /// Expects the server's certificate to be for `name` rather than for the
-    /// address's host (an address that is an IP, a tunnel). Implies TLS.
-    pub fn tls_server_name(self, name: impl Into<String>) -> Self {
-        Self {
-            tls_server_name: Some(name.into()),
-            ..self
-        }
-    }
-
-    /// Sends this bearer token with every rendezvous call, for a server run
-    /// with `--auth-token-file`.
-    pub fn token(self, token: &str) -> Result<Self, ClientError> {
-        let bad = |why| ClientError::BadToken { path: None, why };
-        if token.trim().is_empty() {
-            return Err(bad("is empty"));
-        }
-        let authorization = AsciiMetadataValue::try_from(format!("Bearer {}", token.trim()))
-            .map_err(|_| bad("holds a character that cannot go in a header"))?;
-        Ok(Self {
-            authorization: Some(authorization),
-            ..self
-        })
-    }
-
-    /// [`ClientOptions::token`], read from the first line of a file, so that
-    /// it never shows in a command line or a process list.
-    pub fn token_file(self, path: &Path) -> Result<Self, ClientError> {
-        let text = read("token file", path)?;
-        let text = String::from_utf8_lossy(&text);
-        let first = text.lines().next().unwrap_or_default();
-        self.token(first).map_err(|error| match error {
-            ClientError::BadToken { why, .. } => ClientError::BadToken {
-                path: Some(path.to_owned()),
-                why,
-            },
-            other => other,
-        })
-    }
-
-    /// Sends this W3C `traceparent` with every rendezvous call, so that the
-    /// server's log lines for the call, and its partner's, carry this trace
-    /// id. A malformed one is dropped, not sent, as Trace Context asks of
-    /// anyone who would pass one on.
-    pub fn traceparent(self, value: &str) -> Self {
-        let valid = TraceContext::from_traceparent(value.as_bytes()).is_some();
-        Self {
-            traceparent: valid.then(|| value.parse().expect("a valid traceparent is ASCII")),
-            ..self
-        }
-    }
-
-    /// The `traceparent` header these options send, if any: for a caller
-    /// that also speaks HTTP to the gateway (the load tool).
-    pub fn traceparent_header(&self) -> Option<http::HeaderValue> {
-        http_header(self.traceparent.as_ref())
-    }
-
-    /// The `authorization` header these options send, if any: for a caller
-    /// that also speaks HTTP to the gateway (the load tool).
-    pub fn authorization(&self) -> Option<http::HeaderValue> {
-        http_header(self.authorization.as_ref())
-    }
-
-    /// The server's URI.
-    pub fn server(&self) -> &Uri {
-        &self.server
-    }
-
-    /// Whether connections use TLS: an `https` address, or any TLS option.
-    pub fn uses_tls(&self) -> bool {
-        self.server.scheme_str() == Some("https")
-            || self.tls_ca.is_some()
-            || self.identity.is_some()
-            || self.tls_server_name.is_some()
-    }
-
-    /// The endpoint these options describe, for a caller that wants to tune
-    /// it further (the load tool sets flow-control windows) before
-    /// connecting. Reads the TLS files now, so a bad one fails here.
-    pub fn endpoint(&self) -> Result<Endpoint, ClientError> {
-        let uri = match self.uses_tls() && self.server.scheme_str() == Some("http") {
-            // TLS was asked for by an option: the address's scheme follows.
-            true => {
-                let authority = self.server.authority().expect("checked in new").as_str();
-                format!("https://{authority}")
-                    .parse()
-                    .expect("a valid URI with another scheme")
-            }
-            false => self.server.clone(),
-        };
-        let mut endpoint = Endpoint::from(uri)
-            // A call's own deadline, when shorter, ends it sooner.
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true);
-        if self.uses_tls() {
-            endpoint = endpoint
-                .tls_config(self.tls_config()?)
-                .map_err(ClientError::Tls)?;
-        }
-        Ok(endpoint)
-    }
-
-    fn tls_config(&self) -> Result<ClientTlsConfig, ClientError> {
-        let mut tls = ClientTlsConfig::new();
-        tls = match &self.tls_ca {
-            Some(ca) => tls.ca_certificate(Certificate::from_pem(read("CA certificate", ca)?)),
-            None => tls.with_native_roots(),
-        };
-        if let Some((cert, key)) = &self.identity {
-            tls = tls.identity(Identity::from_pem(
-                read("client certificate", cert)?,
-                read("client key", key)?,
-            ));
-        }
-        if let Some(name) = &self.tls_server_name {
-            tls = tls.domain_name(name);
-        }
-        Ok(tls)
-    }
-}
-
-/// A gRPC metadata value as the HTTP header it is on the wire.
-fn http_header(value: Option<&AsciiMetadataValue>) -> Option<http::HeaderValue> {
-    let value = value?;
-    Some(http::HeaderValue::from_bytes(value.as_bytes()).expect("a valid metadata value"))
-}
-
-fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, ClientError> {
-    std::fs::read(path).map_err(|source| ClientError::Read {
-        what,
-        path: path.to_owned(),
-        source,
-    })
-}
+use answers::{group, meeting, withdrawal};
+pub use options::{ClientError, ClientOptions, DEFAULT_SERVER};
+pub use retry::{Try, attempt_key, retryable};
+use retry::{key_or_new, retrying};
 
 /// A connection to a rendezvous server: its rendezvous method and its
 /// health service. Cheap to clone; clones share the connection.
@@ -741,192 +493,11 @@ pub enum Ended {
     GaveUp(Result<Withdrawal, Status>),
 }
 
-/// One try of a wait with an attempt key: the key, and how many tries of
-/// the wait this client made before this one. The server orders a wait's
-/// tries by the count, so that a cut try that reaches it late does not take
-/// the wait back from its retry.
-#[derive(Debug, Clone, Copy)]
-pub struct Try<'a> {
-    /// The wait's attempt key; empty for none.
-    pub key: &'a str,
-    /// The tries before this one: 0 for the first.
-    pub previous: u32,
-}
-
-impl<'a> From<&'a str> for Try<'a> {
-    /// The first try of the wait with `key`.
-    fn from(key: &'a str) -> Self {
-        Self { key, previous: 0 }
-    }
-}
-
-impl<'a> From<&'a String> for Try<'a> {
-    /// The first try of the wait with `key`.
-    fn from(key: &'a String) -> Self {
-        Self::from(key.as_str())
-    }
-}
-
-/// A new attempt key: a random UUID, so that no other wait has it, and so
-/// that nobody can guess it.
-pub fn attempt_key() -> String {
-    uuid::Uuid::new_v4().to_string()
-}
-
-/// `key`, or a new one if it is empty.
-fn key_or_new(key: &str) -> String {
-    match key {
-        "" => attempt_key(),
-        key => key.to_owned(),
-    }
-}
-
-/// Whether a failed call may be tried again with the same attempt key:
-/// refusals that left no trace (the server was unreachable, shutting down
-/// or full), and calls whose stream broke before an answer came back (the
-/// key gets the broken try's place or answer back).
-pub fn retryable(status: &Status) -> bool {
-    match status.code() {
-        Code::Unavailable | Code::ResourceExhausted => true,
-        // From the transport, not the server: the stream was cut (a proxy's
-        // route timeout, a connection reset). The client's own deadline is
-        // reported as DEADLINE_EXCEEDED, and is not retried.
-        Code::Cancelled | Code::Unknown => std::error::Error::source(status).is_some(),
-        _ => false,
-    }
-}
-
-fn meeting(response: proto::WaitForSecondPartyResponse) -> Result<Meeting, Status> {
-    let position = match response.role() {
-        proto::Role::First => 0,
-        proto::Role::Second => 1,
-        proto::Role::Unspecified => {
-            return Err(Status::internal("the server's answer has no role"));
-        }
-    };
-    let waited = response
-        .waited
-        .and_then(|waited| Duration::try_from(waited).ok())
-        .unwrap_or_default();
-    // The server does not tell a caller its partner's trace id.
-    let peer = Offer::from(response.peer_payload);
-    Ok(Meeting::new(position, Offers::Peer(peer), waited))
-}
-
-fn group(response: proto::WaitForPartiesResponse) -> Result<Meeting, Status> {
-    let position = response.position as usize;
-    if position >= response.payloads.len() {
-        return Err(Status::internal(format!(
-            "the server's answer puts this caller at position {position} of a group of {}",
-            response.payloads.len()
-        )));
-    }
-    let waited = response
-        .waited
-        .and_then(|waited| Duration::try_from(waited).ok())
-        .unwrap_or_default();
-    let offers = response.payloads.into_iter().map(Offer::from).collect();
-    Ok(Meeting::new(position, Offers::All(offers), waited))
-}
-
-fn withdrawal(response: proto::WithdrawResponse) -> Result<Withdrawal, Status> {
-    Ok(match response.withdrawal() {
-        proto::Withdrawal::Withdrawn => Withdrawal::Withdrawn,
-        proto::Withdrawal::TooLateTimedOut => Withdrawal::TimedOut,
-        proto::Withdrawal::Unknown => Withdrawal::Unknown,
-        proto::Withdrawal::Unspecified => {
-            return Err(Status::internal(
-                "the server's answer says nothing of the withdrawal",
-            ));
-        }
-        proto::Withdrawal::TooLateMet => {
-            let position = response.position as usize;
-            let waited = response
-                .waited
-                .and_then(|waited| Duration::try_from(waited).ok())
-                .unwrap_or_default();
-            let mut peers = response.peer_payloads.into_iter().map(Offer::from);
-            let offers = match (response.parties, peers.len()) {
-                (2, 1) => Offers::Peer(peers.next().expect("one")),
-                (parties, others)
-                    if others + 1 == parties as usize && position < parties as usize =>
-                {
-                    let mut all: Vec<Offer> = peers.collect();
-                    // Its own payload is the caller's to know.
-                    all.insert(position, Offer::default());
-                    Offers::All(all.into())
-                }
-                (parties, others) => {
-                    return Err(Status::internal(format!(
-                        "the server's answer puts this caller at position {position} of a \
-                         group of {parties}, with {others} other payloads"
-                    )));
-                }
-            };
-            Withdrawal::Met(Meeting::new(position, offers, waited))
-        }
-    })
-}
-
-/// Makes `attempt` (given the time left) until it succeeds, fails in a way
-/// that retrying cannot mend, or `timeout` has passed since the first.
-async fn retrying<F>(
-    timeout: Duration,
-    mut on_retry: impl FnMut(&Status, Duration),
-    mut attempt: impl FnMut(Duration, u32) -> F,
-) -> Result<Meeting, Status>
-where
-    F: Future<Output = Result<Meeting, Status>>,
-{
-    let deadline = Instant::now() + timeout;
-    let mut backoff = backoff();
-    let mut previous = 0;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let status = match attempt(left, previous).await {
-            Ok(meeting) => return Ok(meeting),
-            Err(status) => status,
-        };
-        if !retryable(&status) {
-            return Err(status);
-        }
-        let pause = backoff.next().expect("retries without end");
-        let left = deadline.saturating_duration_since(Instant::now());
-        // A try needs time to be worth making: one that its own deadline
-        // cuts short says only "timed out", and hides why the tries before
-        // it failed.
-        if pause + MIN_TRY >= left {
-            return Err(Status::new(
-                status.code(),
-                format!(
-                    "{} (still, after {} of retries)",
-                    status.message(),
-                    whole_millis(timeout),
-                ),
-            ));
-        }
-        on_retry(&status, pause);
-        tokio::time::sleep(pause).await;
-        previous = previous.saturating_add(1);
-    }
-}
-
-/// Exponential backoff with jitter, from 50 ms up to 2 s a pause (each
-/// pause up to twice that, at random), so that callers turned away together
-/// do not come back together.
-fn backoff() -> impl Iterator<Item = Duration> {
-    use backon::BackoffBuilder;
-    backon::ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(50))
-        .with_max_delay(Duration::from_secs(2))
-        .with_jitter()
-        .without_max_times()
-        .build()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto;
+    use retry::backoff;
 
     #[test]
     fn server_addresses() {
