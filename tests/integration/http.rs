@@ -487,3 +487,32 @@ async fn http2_prior_knowledge_pairs_with_a_payload_at_the_limit() {
     assert_eq!(first.status(), StatusCode::OK);
     assert_eq!(first.text().await.unwrap(), "Synced");
 }
+
+/// `?parties=` means something on the group route's `POST` alone: the pair
+/// route ignores it, as the old service ignored every parameter it did not
+/// know, and a withdrawal on either route names its wait by id and key.
+#[tokio::test]
+async fn parties_is_read_only_where_a_group_is_asked_for() {
+    let server = TestServer::start().await;
+    let http = common::http_client();
+    let pair = within(
+        http.post(server.url("/wait-for-second-party/p?parties=x&wait=200ms"))
+            .send(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        text_of(pair).await,
+        (StatusCode::REQUEST_TIMEOUT, TEXT.into(), "Timeout".into())
+    );
+    let withdrawn = within(
+        http.delete(server.url("/wait-for-parties/g?parties=x&attempt_key=k"))
+            .send(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        text_of(withdrawn).await,
+        (StatusCode::OK, TEXT.into(), "Unknown".into())
+    );
+}
