@@ -116,7 +116,7 @@ impl Gateway {
                 call,
                 body,
             }) => Handling::Pair {
-                call: wait::<Pair, _>(service, call, body, json),
+                call: wait::<PairRoute, _>(service, call, body, json),
             },
             // Boxed, as on the gRPC port: a member keeps its own payload for
             // its answer, and inline that would size every pair's.
@@ -125,7 +125,7 @@ impl Gateway {
                 call,
                 body,
             }) => Handling::Group {
-                call: Box::pin(wait::<Group, _>(service, call, body, json)),
+                call: Box::pin(wait::<GroupRoute, _>(service, call, body, json)),
             },
             Ok(Route::Withdraw(request)) => Handling::Withdraw {
                 call: Box::pin(withdraw(service, request, json)),
@@ -249,7 +249,7 @@ enum Route<B> {
     /// A rendezvous or group call: all of it but the payload, which is in
     /// the body.
     Call {
-        /// On the group route, which answers as [`Group`] does.
+        /// On the group route, which answers as [`GroupRoute`] does.
         group: bool,
         call: CallRequest,
         body: B,
@@ -269,9 +269,9 @@ trait Shape {
 }
 
 /// `POST /wait-for-second-party/{id}`.
-struct Pair;
+struct PairRoute;
 
-impl Shape for Pair {
+impl Shape for PairRoute {
     type Keep = ();
 
     fn keep(_: &Bytes) {}
@@ -282,9 +282,9 @@ impl Shape for Pair {
 }
 
 /// `POST /wait-for-parties/{id}?parties=N`.
-struct Group;
+struct GroupRoute;
 
-impl Shape for Group {
+impl Shape for GroupRoute {
     /// The caller's own payload, which a group of two does not hand back.
     type Keep = Bytes;
 

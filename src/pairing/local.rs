@@ -19,7 +19,7 @@ mod model;
 mod shard;
 
 use occupancy::Occupancy;
-use shard::{Arrival, Outcome, Shard};
+use shard::{Joined, Outcome, Shard};
 
 /// Shards spread ids over independent locks, so that callers on different
 /// cores rarely contend. A power of two, and comfortably above the core count.
@@ -105,7 +105,7 @@ impl LocalEngine {
         give_up: G,
     ) -> Result<Meeting, PairError> {
         let hash = self.hasher.hash_one(&id);
-        let group = shard::Group {
+        let group = shard::Terms {
             parties: parties.get(),
             max_bytes: self.limits.meeting_bytes(parties.get()),
         };
@@ -114,21 +114,21 @@ impl LocalEngine {
             .arrive(id, hash, group, offer, &self.occupancy)
         {
             // The last caller never waits: it finds the others already there.
-            Arrival::Completed(position, offers) => {
+            Joined::Completed(position, offers) => {
                 return Ok(Meeting::new(position, offers, Duration::ZERO));
             }
-            Arrival::Closed => return Err(PairError::ShuttingDown),
-            Arrival::Full => return Err(self.limits.full()),
-            Arrival::Mismatch { forming } => {
+            Joined::Closed => return Err(PairError::ShuttingDown),
+            Joined::Full => return Err(self.limits.full()),
+            Joined::Mismatch { forming } => {
                 return Err(PairError::PartiesMismatch {
                     forming,
                     asked: parties.get(),
                 });
             }
-            Arrival::TooLarge { held, payload } => {
+            Joined::TooLarge { held, payload } => {
                 return Err(self.limits.too_large(held, payload));
             }
-            Arrival::Parked(parking) => parking,
+            Joined::Parked(parking) => parking,
         };
         let start = Instant::now();
         match parking.outcome(give_up.until(deadline)).await {
@@ -257,7 +257,7 @@ mod tests {
     fn a_member_gone_without_cleanup_is_never_counted() {
         let shard = Shard::default();
         let occupancy = Occupancy::new(2, 1);
-        let group = shard::Group {
+        let group = shard::Terms {
             parties: 3,
             max_bytes: usize::MAX,
         };
@@ -270,17 +270,17 @@ mod tests {
                 &occupancy,
             )
         };
-        let (Arrival::Parked(gone), Arrival::Parked(b)) = (arrive(b"gone"), arrive(b"b")) else {
+        let (Joined::Parked(gone), Joined::Parked(b)) = (arrive(b"gone"), arrive(b"b")) else {
             panic!("the first two wait");
         };
         gone.leave_without_cleanup();
         // The cap (2) is full until the one that left is dropped.
-        let Arrival::Parked(c) = arrive(b"c") else {
+        let Joined::Parked(c) = arrive(b"c") else {
             panic!("counted a member that had gone");
         };
         assert_eq!(shard.waiting(), 2);
         assert_eq!(occupancy.taken(), 2);
-        let Arrival::Completed(2, Offers::All(all)) = arrive(b"d") else {
+        let Joined::Completed(2, Offers::All(all)) = arrive(b"d") else {
             panic!("the group did not complete");
         };
         let payloads: Vec<_> = all.iter().map(|o| o.payload.clone()).collect();

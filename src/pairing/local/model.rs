@@ -154,7 +154,7 @@ mod occupancy;
 mod shard;
 
 use occupancy::Occupancy;
-use shard::{Arrival, Group, Outcome, Shard};
+use shard::{Joined, Outcome, Shard, Terms};
 
 /// One shard and its cap, shared by the model's threads.
 struct World {
@@ -218,21 +218,21 @@ fn payloads(position: usize, offers: Offers, own: &'static [u8]) -> Vec<Bytes> {
 /// `plan`.
 fn call(world: &World, id: &str, payload: &'static [u8], parties: u32, plan: Plan) -> Told {
     let id = Id::new(id).unwrap();
-    let group = Group {
+    let group = Terms {
         parties,
         max_bytes: usize::MAX,
     };
     let offer = Offer::from(Bytes::from_static(payload));
     let parking = match world.shard.arrive(id, HASH, group, offer, &world.occupancy) {
-        Arrival::Completed(position, offers) => {
+        Joined::Completed(position, offers) => {
             return Told::Completed(position, payloads(position, offers, payload));
         }
-        Arrival::Closed => return Told::Closed,
-        Arrival::Full => return Told::Full,
-        Arrival::Mismatch { .. } | Arrival::TooLarge { .. } => {
+        Joined::Closed => return Told::Closed,
+        Joined::Full => return Told::Full,
+        Joined::Mismatch { .. } | Joined::TooLarge { .. } => {
             unreachable!("every caller asks for the same group, without a limit")
         }
-        Arrival::Parked(parking) => parking,
+        Joined::Parked(parking) => parking,
     };
     let outcome = match plan {
         Plan::Deadline => loom::future::block_on(parking.outcome(ready(()))),

@@ -75,16 +75,19 @@ struct Member {
     /// Goes to the other members.
     offer: Offer,
     /// Brings this caller's position and the others' offers back to it.
-    tx: oneshot::Sender<Delivery>,
+    tx: oneshot::Sender<Completion>,
 }
 
 /// What a parked member is handed when its group completes: its position,
 /// and the others' offers.
-pub(super) struct Delivery(usize, Offers);
+pub(super) struct Completion {
+    position: usize,
+    offers: Offers,
+}
 
 /// What an arriving caller asks for.
 #[derive(Clone, Copy)]
-pub(super) struct Group {
+pub(super) struct Terms {
     /// How many callers make up its group.
     pub(super) parties: u32,
     /// The most bytes of payloads the group may hold
@@ -94,7 +97,7 @@ pub(super) struct Group {
 }
 
 /// What a caller finds when it arrives.
-pub(super) enum Arrival<'a> {
+pub(super) enum Joined<'a> {
     /// It was the last member: its position, and the others' offers.
     Completed(usize, Offers),
     Parked(Parking<'a>),
@@ -124,24 +127,24 @@ impl Shard {
         &'a self,
         id: Id,
         hash: u64,
-        group: Group,
+        group: Terms,
         offer: Offer,
         occupancy: &'a Occupancy,
-    ) -> Arrival<'a> {
+    ) -> Joined<'a> {
         let mut guard = self.lock();
         let state = &mut *guard;
         if state.closed {
-            return Arrival::Closed;
+            return Joined::Closed;
         }
         let payload = offer.payload.len();
         let max_bytes = group.max_bytes;
         let Ok(mut entry) = state.table.find_entry(hash, |f| f.id == id) else {
             if payload > max_bytes {
-                return Arrival::TooLarge { held: 0, payload };
+                return Joined::TooLarge { held: 0, payload };
             }
             let Some((member, parking)) = self.park(&mut state.counts, hash, offer, occupancy)
             else {
-                return Arrival::Full;
+                return Joined::Full;
             };
             let forming = Forming {
                 id,
@@ -152,11 +155,11 @@ impl Shard {
             state
                 .table
                 .insert_unique(hash, Box::new(forming), |f| f.hash);
-            return Arrival::Parked(parking);
+            return Joined::Parked(parking);
         };
         let forming: &mut Forming = entry.get_mut();
         if forming.parties != group.parties {
-            return Arrival::Mismatch {
+            return Joined::Mismatch {
                 forming: forming.parties,
             };
         }
@@ -165,7 +168,7 @@ impl Shard {
         if max_bytes != usize::MAX {
             let held = forming.members.iter().map(|m| m.offer.payload.len()).sum();
             if payload.saturating_add(held) > max_bytes {
-                return Arrival::TooLarge { held, payload };
+                return Joined::TooLarge { held, payload };
             }
         }
         // A member whose caller went away withdraws itself under this lock
@@ -182,10 +185,10 @@ impl Shard {
         });
         if forming.members.len() + 1 < forming.parties as usize {
             let Some((member, parking)) = self.park(counts, hash, offer, occupancy) else {
-                return Arrival::Full;
+                return Joined::Full;
             };
             forming.members.push(member);
-            return Arrival::Parked(parking);
+            return Joined::Parked(parking);
         }
         let (forming, _) = entry.remove();
         let members = forming.members;
@@ -193,7 +196,7 @@ impl Shard {
             occupancy.release(&mut counts.spares);
         }
         counts.parked -= members.len();
-        Arrival::Completed(members.len(), complete(members, offer))
+        Joined::Completed(members.len(), complete(members, offer))
     }
 
     /// A new member's entry, and its claim on it, if the cap has a place.
@@ -255,7 +258,10 @@ fn complete(members: SmallVec<[Member; 1]>, offer: Offer) -> Offers {
     if members.len() == 1 {
         // A pair: each side gets the other's offer, and nothing is shared.
         let waiter = members.into_iter().next().expect("one member");
-        let _ = waiter.tx.send(Delivery(0, Offers::Peer(offer)));
+        let _ = waiter.tx.send(Completion {
+            position: 0,
+            offers: Offers::Peer(offer),
+        });
         return Offers::Peer(waiter.offer);
     }
     let mut senders = Vec::with_capacity(members.len());
@@ -267,7 +273,10 @@ fn complete(members: SmallVec<[Member; 1]>, offer: Offer) -> Offers {
     offers.push(offer);
     let offers: Arc<[Offer]> = offers.into();
     for (position, tx) in senders.into_iter().enumerate() {
-        let _ = tx.send(Delivery(position, Offers::All(offers.clone())));
+        let _ = tx.send(Completion {
+            position,
+            offers: Offers::All(offers.clone()),
+        });
     }
     Offers::All(offers)
 }
@@ -282,7 +291,7 @@ pub(super) struct Parking<'a> {
     /// Set once the outcome is known and the member is already gone.
     settled: bool,
     // Declared last so it drops after `Drop::drop` has removed the member.
-    rx: oneshot::Receiver<Delivery>,
+    rx: oneshot::Receiver<Completion>,
 }
 
 /// How a parked caller's wait ended.
@@ -390,7 +399,7 @@ impl<D: Future<Output = ()>> Future for Waiting<'_, D> {
         };
         parking.settled = true;
         Poll::Ready(match delivered {
-            Some(Delivery(position, offers)) => Outcome::Completed(position, offers),
+            Some(Completion { position, offers }) => Outcome::Completed(position, offers),
             // The sender was dropped without a delivery: only `close` does that.
             None => Outcome::Closed,
         })
