@@ -40,6 +40,9 @@
 //! - [`client`]: the Rust client, which the CLI, the load tool and the tests
 //!   share; [`cli`]: the subcommands, `serve` and the `wait` and `probe`
 //!   clients for shells, CI jobs and exec probes.
+//! - `json` (private): proto3's JSON forms, for the gateway and `wait
+//!   --json`; `hex` (private): lowercase hex of 16-byte values, for trace ids
+//!   and the id hashes in Redis keys.
 //!
 //! - `fuzzing` (hidden, feature `fuzzing`): the fuzz targets' bodies, shared by `fuzz/` and
 //!   the corpus replay in `tests/integration/fuzz_corpus.rs`.

@@ -2,7 +2,7 @@
 //!
 //! - Logs go to stderr, filtered by `RUST_LOG`, as text or JSON.
 //! - Traces are exported over OTLP/gRPC when the standard OpenTelemetry
-//!   variables ask for it ([`otlp`]): each call is one server span
+//!   variables ask for it (`telemetry/otlp.rs`): each call is one server span
 //!   (the service's, `service/span.rs`), linked to its partners' spans. With none of them set,
 //!   nothing is exported and no span is built for it.
 

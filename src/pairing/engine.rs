@@ -132,7 +132,7 @@ pub trait Engine: Send + Sync + 'static {
     }
 
     /// The meeting place's part of withdrawing the keyed wait `key` for
-    /// `id` ([`Attempts::withdraw`] does the rest): an engine that replicas
+    /// `id` ([`Attempts::withdraw`](super::Attempts::withdraw) does the rest): an engine that replicas
     /// share takes the wait's place out wherever it is held, unless it was
     /// decided first, tells the replica that holds it, and keeps the
     /// withdrawal for `grace`, so that a try with the key still on its way

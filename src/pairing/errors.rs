@@ -141,7 +141,7 @@ pub enum PairError {
     /// answer goes to it.
     #[error("a newer call with the same attempt key took this wait over; its answer goes there")]
     Superseded,
-    /// The wait was withdrawn ([`Engine::withdraw`]): its caller gave up,
+    /// The wait was withdrawn ([`Engine::withdraw`](super::Engine::withdraw)): its caller gave up,
     /// and a try with its attempt key within the grace is refused.
     #[error("this wait was withdrawn with its attempt key; a new wait needs a new attempt key")]
     Withdrawn,

@@ -37,7 +37,7 @@ pub struct CallRequest {
     /// Its attempt key, as sent; empty for none.
     pub attempt_key: String,
     /// How many tries of its wait came before it, as its client counts:
-    /// what orders the tries of one key (see [`Attempts`]).
+    /// what orders the tries of one key (see [`Attempts`](crate::pairing::Attempts)).
     pub previous_attempts: u32,
 }
 
