@@ -137,7 +137,7 @@ async fn a_wait_stopped_by_a_signal_withdraws_and_is_never_paired() {
 /// finding is unit-tested in `src/cli.rs`.)
 #[tokio::test]
 async fn a_withdrawal_after_the_decision_is_told_it() {
-    for (holder, _other, _redis) in pairs_of_servers().await {
+    for (holder, other, _redis) in pairs_of_servers().await {
         // The answer is decided while nobody hears it: the first try is cut.
         let client = holder.client().await;
         let first = tokio::spawn(async move {
@@ -167,6 +167,19 @@ async fn a_withdrawal_after_the_decision_is_told_it() {
             ),
             (Role::First, 2, &b"b"[..])
         );
+        // Through a replica that never saw the wait, the same; and a late
+        // withdrawal leaves the answer to a retry there, not a refusal.
+        if let Some(other) = &other {
+            let client = other.client().await;
+            let found = within(client.withdraw("late", "late-key", None)).await;
+            assert!(matches!(found, Ok(Withdrawal::Met(_))), "{found:?}");
+            let retry = within(client.wait_with_key("late", "a".into(), None, "late-key")).await;
+            let retry = retry.unwrap();
+            assert_eq!(
+                (retry.role(), &retry.peer().payload[..]),
+                (Role::First, &b"b"[..])
+            );
+        }
         // A wait that timed out: nothing to withdraw, and nothing lost.
         let client = holder.client().await;
         let alone = within(client.wait_with_key("lone", "a".into(), Some(ALONE), "lone-key")).await;
