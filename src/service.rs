@@ -39,29 +39,17 @@ use crate::{
 
 /// The rendezvous service, shared by every connection of both protocols.
 ///
-/// Cheap to clone: clones share one engine. The engine is a type parameter
-/// only for tests that drive one directly; the server uses [`AnyEngine`].
-#[derive(Debug)]
-pub struct Rendezvous<E = AnyEngine> {
-    engine: Arc<E>,
+/// Cheap to clone: clones share one engine, whichever the configuration
+/// chose ([`AnyEngine`]).
+#[derive(Debug, Clone)]
+pub struct Rendezvous {
+    engine: Arc<AnyEngine>,
     limits: Limits,
     /// `None` when `--auth-token-file` is not set: everyone may call.
     auth: Option<Arc<Auth>>,
     metrics: Arc<Metrics>,
     /// The waits of calls with attempt keys.
     attempts: Arc<Attempts>,
-}
-
-impl<E> Clone for Rendezvous<E> {
-    fn clone(&self) -> Self {
-        Self {
-            engine: self.engine.clone(),
-            limits: self.limits,
-            auth: self.auth.clone(),
-            metrics: self.metrics.clone(),
-            attempts: self.attempts.clone(),
-        }
-    }
 }
 
 /// The caller's trace context, from its `traceparent`, if anything would
@@ -84,9 +72,9 @@ pub(crate) fn whole_millis(wait: Duration) -> humantime::FormattedDuration {
     humantime::format_duration(Duration::from_millis(wait.as_millis() as u64))
 }
 
-impl<E: Engine> Rendezvous<E> {
+impl Rendezvous {
     /// A service over `engine`, holding every call to `limits`.
-    pub fn new(engine: Arc<E>, limits: Limits) -> Self {
+    pub fn new(engine: Arc<AnyEngine>, limits: Limits) -> Self {
         Self {
             engine,
             limits,
@@ -157,7 +145,7 @@ impl<E: Engine> Rendezvous<E> {
     }
 
     /// The engine behind this service, for tests.
-    pub fn engine(&self) -> &Arc<E> {
+    pub fn engine(&self) -> &Arc<AnyEngine> {
         &self.engine
     }
 
@@ -668,7 +656,7 @@ mod tests {
     /// `--max-wait` says so, and what was asked for.
     #[tokio::test(start_paused = true)]
     async fn a_callers_own_wait_is_honoured_up_to_max_wait() {
-        let svc: Rendezvous = Rendezvous::new(
+        let svc = Rendezvous::new(
             Arc::new(LocalEngine::new().into()),
             Limits {
                 default_wait: Duration::from_secs(10),
