@@ -99,13 +99,22 @@ async fn a_wait_stopped_by_a_signal_withdraws_and_is_never_paired() {
             let ghost = within(ghost.wait_with_output()).await.unwrap();
             assert_eq!(ghost.status.code(), Some(exit), "{}", stderr(&ghost));
             assert!(ghost.stdout.is_empty());
-            assert_eq!(
-                stderr(&ghost),
-                format!(
-                    "rendezvous: CANCELLED: {name}: withdrew the wait: nobody will be paired \
-                     with it\n"
-                ),
-                "{how:?}"
+            // The server logs the arrival a moment before it holds the
+            // wait; a busy machine can let the withdrawal in between, and
+            // then it finds nothing, and the wait is refused as it comes.
+            // Either way nobody is paired with it (the partner, below).
+            let said = stderr(&ghost);
+            let found = said
+                .strip_prefix(&format!("rendezvous: CANCELLED: {name}: "))
+                .unwrap_or_else(|| panic!("{how:?}: {said}"));
+            assert!(
+                [
+                    "withdrew the wait: nobody will be paired with it\n",
+                    "the server knew no wait with this attempt key; a try with it within the \
+                     server's --attempt-grace is refused\n",
+                ]
+                .contains(&found),
+                "{how:?}: {said}"
             );
             let partner = within(
                 rendezvous(&[
