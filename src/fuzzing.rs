@@ -173,7 +173,7 @@ pub fn gateway(data: &[u8]) {
             max_wait: Duration::from_secs(10),
             max_payload: 64,
             max_parties: 64,
-            attempt_grace: crate::service::DEFAULT_ATTEMPT_GRACE,
+            attempt_grace: crate::Config::default().attempt_grace,
         };
         let (health, _) = Health::serving().await;
         let gateway = Gateway::new(Rendezvous::new(engine.clone(), limits), Arc::new(health));

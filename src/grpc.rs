@@ -733,7 +733,7 @@ mod tests {
                 max_wait: Duration::from_secs(1),
                 max_payload: 1,
                 max_parties: 64,
-                attempt_grace: crate::service::DEFAULT_ATTEMPT_GRACE,
+                attempt_grace: crate::Config::default().attempt_grace,
             },
         );
         let routes = tonic::service::Routes::default();

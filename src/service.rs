@@ -21,9 +21,7 @@ mod span;
 pub(crate) use error::refused;
 use error::refused_by_engine;
 pub use error::{CallError, Codes, Refusal};
-pub use request::{
-    CallRequest, DEFAULT_ATTEMPT_GRACE, Deadline, Limits, Namespace, Operation, WithdrawRequest,
-};
+pub use request::{CallRequest, Deadline, Limits, Namespace, Operation, WithdrawRequest};
 use span::CallSpan;
 
 use crate::{
@@ -480,7 +478,7 @@ mod tests {
                 max_wait,
                 max_payload: 4,
                 max_parties: 5,
-                attempt_grace: DEFAULT_ATTEMPT_GRACE,
+                attempt_grace: crate::Config::default().attempt_grace,
             },
         )
     }
@@ -663,7 +661,7 @@ mod tests {
                 max_wait: Duration::from_secs(60),
                 max_payload: 4,
                 max_parties: 5,
-                attempt_grace: DEFAULT_ATTEMPT_GRACE,
+                attempt_grace: crate::Config::default().attempt_grace,
             },
         );
         let waited = |requested: Option<u64>| {

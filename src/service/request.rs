@@ -9,10 +9,6 @@ use tokio::time::Instant;
 
 use crate::{metrics::Protocol, trace::TraceContext};
 
-/// How long a keyed wait keeps its place after its caller went away, and
-/// its answer after the decision, unless configured (`--attempt-grace`).
-pub const DEFAULT_ATTEMPT_GRACE: Duration = Duration::from_secs(5);
-
 /// One rendezvous call as a transport read it, not validated yet: the one
 /// request both transports build, from a gRPC message or from an HTTP path,
 /// query and body, and hand to [`Rendezvous::call`](super::Rendezvous::call).
