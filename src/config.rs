@@ -7,6 +7,7 @@ use clap::{Parser, ValueEnum};
 
 /// The Redis engine's flags, which its module owns.
 pub use crate::pairing::RedisArgs;
+use crate::pairing::{EngineChoice, EngineLimits, RedisError};
 
 pub(crate) mod values;
 
@@ -347,6 +348,15 @@ impl Default for Http2Config {
 }
 
 impl Config {
+    /// The engine these flags choose, holding its callers to `limits`: Redis
+    /// with `--redis-url`, this process otherwise.
+    pub fn engine(&self, limits: EngineLimits) -> Result<EngineChoice, RedisError> {
+        Ok(match self.redis.engine_config(limits)? {
+            None => EngineChoice::Local(limits),
+            Some(config) => EngineChoice::Redis(config),
+        })
+    }
+
     /// How long a caller without a deadline of its own waits: `--default-wait`,
     /// cut to `--max-wait` (so that `--max-wait` alone still bounds every
     /// wait, as it did before `--default-wait` existed).

@@ -50,7 +50,7 @@ mod occupancy;
 mod redis;
 mod values;
 
-pub use any::{AnyEngine, EngineError};
+pub use any::{AnyEngine, EngineChoice, EngineError};
 pub use attempts::{Attempts, Delivery};
 pub use engine::{Engine, EngineLimits};
 pub use errors::{AttemptKeyError, IdError, PairError, PartiesError, Reuse};

@@ -137,11 +137,8 @@ impl Application {
             max_waiters: config.max_waiters,
             max_group_bytes: config.max_group_bytes,
         };
-        let engine = Arc::new(AnyEngine::build(
-            &config.redis,
-            limits,
-            metrics.registry_mut(),
-        )?);
+        let choice = config.engine(limits).map_err(EngineError::from)?;
+        let engine = Arc::new(AnyEngine::build(choice, metrics.registry_mut())?);
         let auth = match &config.auth_token_file {
             Some(path) => Some(Arc::new(Auth::load(path.clone())?)),
             None => None,

@@ -1,5 +1,11 @@
 //! [`AnyEngine`]: whichever engine the configuration chose, the one type
 //! the service, the transports and the server hold.
+//!
+//! Each engine is named once in each of three places here: a variant of
+//! [`AnyEngine`] (with its `From`), of [`EngineChoice`] (what
+//! [`AnyEngine::build`] builds it from), and of [`Meet`], whose arms
+//! [`dispatch!`] writes for every method. A new engine adds one line to
+//! each, and to `dispatch!`.
 
 use std::time::Duration;
 
@@ -7,7 +13,7 @@ use tokio::{sync::watch, time::Instant};
 
 use super::{
     Attempt, AttemptKey, Engine, EngineLimits, Id, LocalEngine, Meeting, Offer, PairError, Parties,
-    RedisArgs, RedisEngine, RedisError, Withdrawal,
+    RedisConfig, RedisEngine, RedisError, Withdrawal,
 };
 
 /// Whichever engine the configuration chose: the one type the service, the
@@ -46,20 +52,46 @@ pub enum EngineError {
     Redis(#[from] RedisError),
 }
 
+/// Which engine to build, with its settings: what the configuration chose
+/// (`Config::engine`).
+#[derive(Debug)]
+pub enum EngineChoice {
+    /// This process, holding its callers to these limits.
+    Local(EngineLimits),
+    /// Redis, as configured (its limits included).
+    Redis(RedisConfig),
+}
+
 impl AnyEngine {
-    /// The one place the engine is chosen: Redis with `--redis-url`, this
-    /// process otherwise. An engine with series of its own registers them
-    /// in `registry`.
+    /// Builds the chosen engine. An engine with series of its own
+    /// registers them in `registry`.
     pub fn build(
-        redis: &RedisArgs,
-        limits: EngineLimits,
+        choice: EngineChoice,
         registry: &mut prometheus_client::registry::Registry,
     ) -> Result<Self, EngineError> {
-        Ok(match redis.engine_config(limits)? {
-            None => LocalEngine::with_limits(limits).into(),
-            Some(config) => RedisEngine::start(config, registry)?.into(),
+        Ok(match choice {
+            EngineChoice::Local(limits) => LocalEngine::with_limits(limits).into(),
+            EngineChoice::Redis(config) => RedisEngine::start(config, registry)?.into(),
         })
     }
+}
+
+/// Calls `$call` on whichever engine `$any` is, as `$engine`; with a
+/// `$meet` given, wraps the call's future in that variant of [`Meet`], so
+/// that the futures of different engines are one type.
+macro_rules! dispatch {
+    ($any:expr, $engine:ident => $call:expr) => {
+        match $any {
+            AnyEngine::Local($engine) => $call,
+            AnyEngine::Redis($engine) => $call,
+        }
+    };
+    ($any:expr, meet $engine:ident => $call:expr) => {
+        match $any {
+            AnyEngine::Local($engine) => Meet::Local { call: $call },
+            AnyEngine::Redis($engine) => Meet::Redis { call: $call },
+        }
+    };
 }
 
 pin_project_lite::pin_project! {
@@ -99,14 +131,7 @@ impl Engine for AnyEngine {
         offer: Offer,
         deadline: Instant,
     ) -> impl Future<Output = Result<Meeting, PairError>> + Send {
-        match self {
-            Self::Local(engine) => Meet::Local {
-                call: engine.gather(id, parties, offer, deadline),
-            },
-            Self::Redis(engine) => Meet::Redis {
-                call: engine.gather(id, parties, offer, deadline),
-            },
-        }
+        dispatch!(self, meet engine => engine.gather(id, parties, offer, deadline))
     }
 
     fn gather_keyed(
@@ -115,14 +140,7 @@ impl Engine for AnyEngine {
         deadline: Instant,
         attempt: Attempt<'_>,
     ) -> impl Future<Output = Result<Meeting, PairError>> + Send {
-        match self {
-            Self::Local(engine) => Meet::Local {
-                call: engine.gather_keyed(call, deadline, attempt),
-            },
-            Self::Redis(engine) => Meet::Redis {
-                call: engine.gather_keyed(call, deadline, attempt),
-            },
-        }
+        dispatch!(self, meet engine => engine.gather_keyed(call, deadline, attempt))
     }
 
     fn withdraw(
@@ -131,41 +149,22 @@ impl Engine for AnyEngine {
         key: &AttemptKey,
         grace: Duration,
     ) -> impl Future<Output = Result<Withdrawal, PairError>> + Send {
-        match self {
-            Self::Local(engine) => Meet::Local {
-                call: engine.withdraw(id, key, grace),
-            },
-            Self::Redis(engine) => Meet::Redis {
-                call: engine.withdraw(id, key, grace),
-            },
-        }
+        dispatch!(self, meet engine => engine.withdraw(id, key, grace))
     }
 
-    async fn close(&self) {
-        match self {
-            Self::Local(engine) => engine.close().await,
-            Self::Redis(engine) => engine.close().await,
-        }
+    fn close(&self) -> impl Future<Output = ()> + Send {
+        dispatch!(self, meet engine => engine.close())
     }
 
     fn waiting(&self) -> usize {
-        match self {
-            Self::Local(engine) => engine.waiting(),
-            Self::Redis(engine) => engine.waiting(),
-        }
+        dispatch!(self, engine => engine.waiting())
     }
 
     fn reachable(&self) -> watch::Receiver<bool> {
-        match self {
-            Self::Local(engine) => engine.reachable(),
-            Self::Redis(engine) => engine.reachable(),
-        }
+        dispatch!(self, engine => engine.reachable())
     }
 
     fn unreachable_reason(&self) -> &'static str {
-        match self {
-            Self::Local(engine) => engine.unreachable_reason(),
-            Self::Redis(engine) => engine.unreachable_reason(),
-        }
+        dispatch!(self, engine => engine.unreachable_reason())
     }
 }
