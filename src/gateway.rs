@@ -679,14 +679,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_legacy_call_waits_10s_and_an_asked_wait_is_cut_at_max_wait() {
         use crate::{pairing::LocalEngine, service::Limits};
-        let config = crate::Config::default();
-        let limits = Limits {
-            default_wait: config.default_wait(),
-            max_wait: config.max_wait,
-            max_payload: config.max_payload,
-            max_parties: config.max_parties,
-            attempt_grace: config.attempt_grace,
-        };
+        let limits = Limits::of(&crate::Config::default());
         let (health, _server) = Health::serving().await;
         let gateway = Gateway::new(
             Rendezvous::new(Arc::new(LocalEngine::new().into()), limits),

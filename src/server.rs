@@ -201,13 +201,7 @@ impl Application {
             auth,
             tls,
         } = self;
-        let limits = Limits {
-            default_wait: config.default_wait(),
-            max_wait: config.max_wait,
-            max_payload: config.max_payload,
-            max_parties: config.max_parties,
-            attempt_grace: config.attempt_grace,
-        };
+        let limits = Limits::of(&config);
         let metrics = Arc::new(metrics);
         let service = Rendezvous::new(engine.clone(), limits)
             .with_metrics(metrics.clone())

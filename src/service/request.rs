@@ -121,6 +121,17 @@ pub struct Limits {
 }
 
 impl Limits {
+    /// The limits `config`'s flags set.
+    pub fn of(config: &crate::Config) -> Self {
+        Self {
+            default_wait: config.default_wait(),
+            max_wait: config.max_wait,
+            max_payload: config.max_payload,
+            max_parties: config.max_parties,
+            attempt_grace: config.attempt_grace,
+        }
+    }
+
     /// How long a call that arrived by `deadline` waits, and whether
     /// `--max-wait` cut what it asked for.
     pub(super) fn wait(&self, deadline: Deadline) -> (Duration, bool) {
