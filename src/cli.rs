@@ -19,9 +19,9 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use crate::{
     Config,
     client::{Client, ClientError, ClientOptions, DEFAULT_SERVER, Ended, Try, attempt_key},
+    human::whole_millis,
     json::{JsonError, JsonGroup, JsonMeeting},
     pairing::{Role, Withdrawal},
-    service::whole_millis,
 };
 
 /// How long `wait` tries to withdraw its wait after SIGINT or SIGTERM: a

@@ -68,13 +68,12 @@ use tonic_health::pb::{
 };
 
 use crate::{
-    config::PAYLOAD_CEILING,
-    grpc::MESSAGE_OVERHEAD,
+    human::whole_millis,
     pairing::{Meeting, Withdrawal},
     proto::{
-        WaitForPartiesRequest, WaitForSecondPartyRequest, WithdrawRequest, sync_client::SyncClient,
+        MESSAGE_OVERHEAD, PAYLOAD_CEILING, WaitForPartiesRequest, WaitForSecondPartyRequest,
+        WithdrawRequest, sync_client::SyncClient,
     },
-    service::whole_millis,
 };
 
 mod answers;

@@ -11,7 +11,7 @@ use crate::pairing::{EngineChoice, EngineLimits, RedisError};
 
 pub(crate) mod values;
 
-pub use values::PAYLOAD_CEILING;
+pub use crate::proto::PAYLOAD_CEILING;
 pub(crate) use values::{
     duration, duration_problem, group_size, origin, payload_size, positive_duration, window_size,
 };

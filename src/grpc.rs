@@ -49,11 +49,6 @@ pub const WITHDRAW: &str = "/rendezvous.v1.Sync/Withdraw";
 /// caller's own deadline: a twentieth of its timeout, at most this much.
 pub(crate) const MAX_DEADLINE_MARGIN: Duration = Duration::from_millis(50);
 
-/// How much bigger than `--max-payload` a request message may be: room for
-/// the id (at most 256 bytes), the attempt key (at most 128) and the
-/// protobuf framing.
-pub const MESSAGE_OVERHEAD: usize = 1024;
-
 /// Serves every request on the gRPC port. Cheap to clone per connection.
 #[derive(Clone)]
 pub struct GrpcService {
@@ -566,7 +561,7 @@ where
     B: http_body::Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let limit = payload_limit + MESSAGE_OVERHEAD + 5;
+    let limit = payload_limit + proto::MESSAGE_OVERHEAD + 5;
     let mut bytes = match Limited::new(body, limit).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.is::<LengthLimitError>() => {

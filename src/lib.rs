@@ -65,25 +65,16 @@ pub mod gateway;
 pub mod grpc;
 pub mod health;
 mod hex;
+mod human;
 mod json;
 pub mod metrics;
 pub mod pairing;
+pub mod proto;
 pub mod server;
 pub mod service;
 pub mod telemetry;
 pub mod tls;
 pub mod trace;
-
-/// The generated `rendezvous.v1` types, client and server.
-#[allow(missing_docs, clippy::all)]
-pub mod proto {
-    tonic::include_proto!("rendezvous.v1");
-
-    /// The encoded descriptors of `rendezvous/v1/sync.proto` and its imports,
-    /// with comments, served by reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] =
-        include_bytes!(concat!(env!("OUT_DIR"), "/rendezvous_descriptor.bin"));
-}
 
 pub use config::Config;
 pub use server::{Application, Reloader, ServerError};

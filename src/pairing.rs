@@ -51,14 +51,14 @@ mod redis;
 mod values;
 
 pub use any::{AnyEngine, EngineChoice, EngineError};
-pub use attempts::{Attempts, Delivery};
+pub use attempts::Attempts;
 pub use engine::{Engine, EngineLimits};
 pub use errors::{AttemptKeyError, IdError, PairError, PartiesError, Reuse};
 pub use local::LocalEngine;
 pub use redis::{RedisArgs, RedisConfig, RedisEngine, RedisError};
 pub use values::{
-    Attempt, AttemptKey, Id, MAX_ATTEMPT_KEY_BYTES, MAX_ID_BYTES, Meeting, Offer, Parties, Role,
-    TryOrder, Withdrawal, Withdrawing,
+    Attempt, AttemptKey, Delivery, Id, MAX_ATTEMPT_KEY_BYTES, MAX_ID_BYTES, Meeting, Offer,
+    Parties, Role, TryOrder, Withdrawal, Withdrawing,
 };
 pub(crate) use values::{Offers, half_sha256};
 

@@ -65,11 +65,6 @@ pub fn trace_context(headers: &HeaderMap) -> Option<TraceContext> {
     TraceContext::from_headers(headers)
 }
 
-/// A wait as people read it: `1s 950ms`, not `1s 949ms 998us 389ns`.
-pub(crate) fn whole_millis(wait: Duration) -> humantime::FormattedDuration {
-    humantime::format_duration(Duration::from_millis(wait.as_millis() as u64))
-}
-
 impl Rendezvous {
     /// A service over `engine`, holding every call to `limits`.
     pub fn new(engine: Arc<AnyEngine>, limits: Limits) -> Self {

@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tonic::{Code, Status};
 
-use crate::{pairing::Meeting, service::whole_millis};
+use crate::{human::whole_millis, pairing::Meeting};
 
 /// The least time left for which [`Client::wait_retrying`] tries again.
 pub(super) const MIN_TRY: Duration = Duration::from_millis(250);

@@ -1,14 +1,12 @@
 //! The value parsers of the flags: what a duration, a size or an origin
 //! may be, and the words for what is wrong with one. A leaf: it imports
-//! nothing from the crate, so that every module's flags (the server's, the
+//! nothing from the crate but the wire's limits ([`crate::proto`]), so that every module's flags (the server's, the
 //! Redis engine's, the clients') can use it without reaching back into the
 //! aggregate configuration.
 
 use std::time::Duration;
 
-/// The largest `--max-payload` accepted: payloads are meant to be small, and
-/// every parked caller can hold one in memory.
-pub const PAYLOAD_CEILING: usize = 16 << 20;
+use crate::proto::PAYLOAD_CEILING;
 
 /// An origin as browsers send it (`scheme://host[:port]`, nothing after),
 /// or `*`.

@@ -33,32 +33,9 @@ use tokio::{
 };
 
 use super::{
-    Attempt, AttemptKey, Engine, Id, Meeting, Offer, PairError, Parties, Reuse, TryOrder,
+    Attempt, AttemptKey, Delivery, Engine, Id, Meeting, Offer, PairError, Parties, Reuse, TryOrder,
     Withdrawal, Withdrawing,
 };
-
-/// How a keyed call got its answer, for the metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Delivery {
-    /// The first call with its key, or a retry after the key was forgotten.
-    Fresh,
-    /// A retry that took over a wait still undecided, or decided while
-    /// nobody was there to hear it.
-    Reattached,
-    /// A retry handed an answer that an earlier try was handed already.
-    Redelivered,
-}
-
-impl Delivery {
-    /// As the call's span records it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Fresh => "fresh",
-            Self::Reattached => "reattached",
-            Self::Redelivered => "redelivered",
-        }
-    }
-}
 
 /// The keyed waits of one service: open ones, and answers kept for the
 /// grace. Shared by every connection of both protocols.

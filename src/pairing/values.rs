@@ -11,7 +11,7 @@ use std::{
 use bytes::Bytes;
 use tokio::sync::watch;
 
-use super::{AttemptKeyError, Delivery, IdError, PairError, PartiesError};
+use super::{AttemptKeyError, IdError, PairError, PartiesError};
 use crate::trace::TraceContext;
 
 /// The longest id accepted, in bytes. Ids are meeting codes, not documents;
@@ -384,6 +384,29 @@ impl Meeting {
                 _ => vec![peer.payload.clone(), own.clone()],
             },
             Offers::All(all) => all.iter().map(|offer| offer.payload.clone()).collect(),
+        }
+    }
+}
+
+/// How a keyed call got its answer, for the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// The first call with its key, or a retry after the key was forgotten.
+    Fresh,
+    /// A retry that took over a wait still undecided, or decided while
+    /// nobody was there to hear it.
+    Reattached,
+    /// A retry handed an answer that an earlier try was handed already.
+    Redelivered,
+}
+
+impl Delivery {
+    /// As the call's span records it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Fresh => "fresh",
+            Self::Reattached => "reattached",
+            Self::Redelivered => "redelivered",
         }
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use http::StatusCode;
 use tonic::Code;
 
-use super::whole_millis;
+use crate::human::whole_millis;
 use crate::{
     auth::AuthError,
     metrics::Rejection,
