@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The example clients in examples/clients, each against the real binary:
-# Python (grpcio) and Node (@grpc/grpc-js) over gRPC, and Node over gRPC-Web
+# The example clients, each against the real binary: Rust with the crate
+# built as a client alone (examples/client.rs), Python (grpcio) and Node
+# (@grpc/grpc-js) over gRPC, and Node over gRPC-Web
 # (@connectrpc/connect-node). Installs their pinned dependencies, generates
 # their code from proto/ (nothing generated is committed), and starts one
 # server for all of them.
@@ -19,6 +20,9 @@ target/debug/rendezvous --grpc-addr "127.0.0.1:$grpc" --http-addr "127.0.0.1:$ht
 server=$!
 trap 'kill "$server" 2>/dev/null; rm -f "$log"' EXIT
 wait_for_port "$grpc"
+
+echo "== Rust, the client-only build (examples/client.rs)"
+cargo run --quiet --no-default-features --example client -- "127.0.0.1:$grpc"
 
 echo "== Python (grpcio)"
 examples/clients/python/run.sh "127.0.0.1:$grpc"

@@ -38,11 +38,22 @@
 //!   logs and trace exporter; [`trace`]: a caller's W3C `traceparent`, whose trace id
 //!   goes on its span and, through the engine, into its partner's log.
 //! - [`client`]: the Rust client, which the CLI, the load tool and the tests
-//!   share; [`cli`]: the subcommands, `serve` and the `wait` and `probe`
-//!   clients for shells, CI jobs and exec probes.
+//!   share; [`proto`]: the generated types, and the wire's limits that the
+//!   server's decoders and the client's are both sized by; [`cli`]: the
+//!   subcommands, `serve` and the `wait` and `probe` clients for shells, CI
+//!   jobs and exec probes.
 //! - `json` (private): proto3's JSON forms, for the gateway and `wait
 //!   --json`; `hex` (private): lowercase hex of 16-byte values, for trace ids
-//!   and the id hashes in Redis keys.
+//!   and the id hashes in Redis keys; `human` (private): durations as people
+//!   read them, in errors and the CLI.
+//!
+//! # Features
+//!
+//! `server`, on by default, is everything but the client. Without it
+//! (`default-features = false`) the crate is [`client`], [`proto`],
+//! [`trace`] and the values of [`pairing`] (ids, meetings, roles) alone: what
+//! a Rust service needs to call the server, with no Redis, no hyper server,
+//! no Prometheus and no OpenTelemetry in its build.
 //!
 //! - `fuzzing` (hidden, feature `fuzzing`): the fuzz targets' bodies, shared by `fuzz/` and
 //!   the corpus replay in `tests/integration/fuzz_corpus.rs`.
@@ -54,27 +65,44 @@
 
 #![warn(missing_docs)]
 
-pub mod auth;
-pub mod cli;
+// The client, and what it shares with the server: in every build.
 pub mod client;
-pub mod config;
-#[cfg(feature = "fuzzing")]
-#[doc(hidden)]
-pub mod fuzzing;
-pub mod gateway;
-pub mod grpc;
-pub mod health;
 mod hex;
 mod human;
-mod json;
-pub mod metrics;
 pub mod pairing;
 pub mod proto;
-pub mod server;
-pub mod service;
-pub mod telemetry;
-pub mod tls;
 pub mod trace;
 
+// The server and the binary's command line: feature `server`, on by default.
+#[cfg(feature = "server")]
+pub mod auth;
+#[cfg(feature = "server")]
+pub mod cli;
+#[cfg(feature = "server")]
+pub mod config;
+#[cfg(all(feature = "server", feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
+#[cfg(feature = "server")]
+pub mod gateway;
+#[cfg(feature = "server")]
+pub mod grpc;
+#[cfg(feature = "server")]
+pub mod health;
+#[cfg(feature = "server")]
+mod json;
+#[cfg(feature = "server")]
+pub mod metrics;
+#[cfg(feature = "server")]
+pub mod server;
+#[cfg(feature = "server")]
+pub mod service;
+#[cfg(feature = "server")]
+pub mod telemetry;
+#[cfg(feature = "server")]
+pub mod tls;
+
+#[cfg(feature = "server")]
 pub use config::Config;
+#[cfg(feature = "server")]
 pub use server::{Application, Reloader, ServerError};

@@ -11,7 +11,7 @@ use std::{
 use bytes::Bytes;
 use tokio::sync::watch;
 
-use super::{AttemptKeyError, IdError, PairError, PartiesError};
+use super::{AttemptKeyError, IdError, PartiesError};
 use crate::trace::TraceContext;
 
 /// The longest id accepted, in bytes. Ids are meeting codes, not documents;
@@ -62,6 +62,7 @@ impl fmt::Debug for Id {
 
 /// The first half of `bytes`' SHA-256: how ids and attempt keys, which can
 /// be secrets, are named where they are stored.
+#[cfg(feature = "server")]
 pub(crate) fn half_sha256(bytes: &[u8]) -> [u8; 16] {
     use sha2::Digest as _;
     let digest = sha2::Sha256::digest(bytes);
@@ -88,6 +89,7 @@ pub struct AttemptKey(String);
 impl AttemptKey {
     /// The key as Redis stores it: hashed (the first half of its SHA-256),
     /// since a key stands for a caller's answer.
+    #[cfg(feature = "server")]
     pub(crate) fn hash(&self) -> [u8; 16] {
         half_sha256(self.0.as_bytes())
     }
@@ -193,7 +195,9 @@ pub enum Withdrawal {
 
 impl Withdrawal {
     /// A wait's answer, as a withdrawal that came after it reads it.
-    pub(crate) fn after(answer: &Result<Meeting, PairError>) -> Self {
+    #[cfg(feature = "server")]
+    pub(crate) fn after(answer: &Result<Meeting, super::PairError>) -> Self {
+        use super::PairError;
         match answer {
             Ok(meeting) => Self::Met(meeting.clone()),
             Err(PairError::TimedOut) => Self::TimedOut,
@@ -207,7 +211,7 @@ impl Withdrawal {
 /// client says came before it, then by when it reached its replica (for
 /// clients that do not count, and across replicas as good as their clocks).
 /// A later try takes a wait over; an earlier one that comes late is told
-/// [`PairError::Superseded`].
+/// [`PairError::Superseded`](super::PairError::Superseded).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct TryOrder {
     /// The client's count of the tries before this one.
@@ -294,6 +298,7 @@ pub struct Meeting {
     /// retry through another replica than its first try's takes the place
     /// back there, or is handed the answer kept there. For the metrics
     /// alone, so it is not part of what two meetings are compared on.
+    #[cfg(feature = "server")]
     pub(crate) handed: Delivery,
 }
 
@@ -324,6 +329,7 @@ impl Meeting {
             position,
             offers,
             waited,
+            #[cfg(feature = "server")]
             handed: Delivery::Fresh,
         }
     }
