@@ -43,7 +43,7 @@ use rendezvous::{
 };
 use tokio::{net::TcpStream, task::JoinSet};
 
-use crate::{fresh_id, grpc_clients, soak};
+use crate::{fresh_id, load::grpc_clients, soak};
 
 #[derive(Debug, Args)]
 pub struct CutsArgs {

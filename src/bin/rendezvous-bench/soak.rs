@@ -38,7 +38,11 @@ use rendezvous::client::{Client, ClientOptions};
 use tokio::{net::TcpStream, task::JoinSet};
 use tonic::Code;
 
-use crate::{HttpPool, HttpSender, fresh_id, grpc_clients, quiesce, usage};
+use crate::{
+    fresh_id,
+    load::{HttpPool, HttpSender, grpc_clients},
+    usage::{quiesce, usage},
+};
 
 #[derive(Debug, Args)]
 pub struct SoakArgs {
