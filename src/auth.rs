@@ -10,7 +10,7 @@
 use std::{fmt, path::PathBuf, sync::Arc};
 
 use arc_swap::ArcSwap;
-use http::HeaderValue;
+use http::{HeaderMap, HeaderValue, header::AUTHORIZATION};
 use sha2::{Digest, Sha256};
 use subtle::{ConditionallySelectable, ConstantTimeEq};
 
@@ -189,6 +189,12 @@ impl Auth {
     /// See [`Tokens::namespace_of`].
     pub fn namespace_of(&self, header: Option<&HeaderValue>) -> Result<Arc<str>, AuthError> {
         self.tokens.load().namespace_of(header)
+    }
+
+    /// The namespace opened by a request's `authorization` header, on
+    /// either port.
+    pub fn namespace_in(&self, headers: &HeaderMap) -> Result<Arc<str>, AuthError> {
+        self.namespace_of(headers.get(AUTHORIZATION))
     }
 }
 

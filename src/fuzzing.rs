@@ -21,7 +21,7 @@ use crate::{
     grpc::{self, MAX_DEADLINE_MARGIN},
     health::Health,
     pairing::{AnyEngine, Engine as _, Id, IdError, LocalEngine, MAX_ID_BYTES},
-    service::{Limits, Rendezvous},
+    service::{Limits, Operation, Rendezvous},
 };
 
 /// A target: it panics on an input that breaks one of its properties.
@@ -116,7 +116,9 @@ fn spec_grpc_timeout_nanos(data: &[u8]) -> Option<u128> {
 /// encoding, a humantime duration), the server reads back exactly those.
 pub fn http_target(data: &[u8]) {
     if let Ok(uri) = Uri::try_from(data)
-        && let Some(segment) = uri.path().strip_prefix(gateway::ROUTE)
+        && let Some(segment) = uri
+            .path()
+            .strip_prefix(Operation::WaitForSecondParty.http().prefix)
         && let Ok((id, _)) = gateway::call_target(segment, uri.query())
     {
         assert_eq!(
@@ -135,11 +137,14 @@ pub fn http_target(data: &[u8]) {
         .finish();
     let target = format!(
         "{}{}?{query}",
-        gateway::ROUTE,
+        Operation::WaitForSecondParty.http().prefix,
         utf8_percent_encode(&id, NON_ALPHANUMERIC)
     );
     let uri = Uri::try_from(&target).expect("a percent-encoded target is a valid URI");
-    let segment = uri.path().strip_prefix(gateway::ROUTE).unwrap();
+    let segment = uri
+        .path()
+        .strip_prefix(Operation::WaitForSecondParty.http().prefix)
+        .unwrap();
     let read = gateway::call_target(segment, uri.query())
         .unwrap_or_else(|e| panic!("{target} was refused: {e}"));
     assert_eq!(read, (id.into_owned(), Some(wait)), "{target}");
@@ -215,7 +220,10 @@ pub fn gateway(data: &[u8]) {
                 a.status, b.status,
                 "twins were answered differently: {input:?}"
             );
-            let route = input.uri.path().starts_with(gateway::ROUTE);
+            let route = input
+                .uri
+                .path()
+                .starts_with(Operation::WaitForSecondParty.http().prefix);
             if a.status == StatusCode::OK && route && input.json {
                 let (a, b) = (meeting(a_body), meeting(b_body));
                 assert_eq!(&a.0, *b_sent, "{input:?}");

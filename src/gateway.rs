@@ -22,17 +22,9 @@ use crate::{
     metrics::{Protocol, Rejection},
     pairing::{Meeting, PairError, Withdrawal},
     proto,
-    service::{
-        CallError, CallRequest, Codes, Deadline, Operation, Rendezvous, WithdrawRequest,
-        trace_context,
-    },
+    service::{CallError, CallRequest, Codes, Deadline, Operation, Rendezvous, WithdrawRequest},
+    trace,
 };
-
-/// The path prefix of the rendezvous route.
-pub(crate) const ROUTE: &str = "/wait-for-second-party/";
-
-/// The path prefix of the group route.
-pub(crate) const GROUP_ROUTE: &str = "/wait-for-parties/";
 
 const TEXT: &str = "text/plain; charset=utf-8";
 const JSON: &str = "application/json";
@@ -66,11 +58,14 @@ pub(crate) enum HttpError {
     MethodNotAllowed {
         method: Method,
         path: &'static str,
-        allow: &'static str,
+        allow: Cow<'static, str>,
     },
     #[error(
-        "no such route; the rendezvous endpoints are POST {ROUTE}{{id}} and \
-         POST {GROUP_ROUTE}{{id}}?parties=N, and DELETE on either with ?attempt_key=K"
+        "no such route; the rendezvous endpoints are {pair} and {group}?parties=N, and {} on \
+         either with ?attempt_key=K",
+        Operation::Withdraw.http().method,
+        pair = Operation::WaitForSecondParty.http().name,
+        group = Operation::WaitForParties.http().name,
     )]
     NotFound,
     #[error("?parties=N is required: how many callers make up the group, at least 2")]
@@ -111,21 +106,13 @@ impl Gateway {
             Ok(Route::Answered(response)) => Handling::Answered {
                 response: Some(response),
             },
-            Ok(Route::Call {
-                group: false,
-                call,
-                body,
-            }) => Handling::Pair {
+            Ok(Route::Call { call, body }) if call.operation == Operation::WaitForParties => {
+                Handling::Group {
+                    call: Box::pin(wait::<GroupRoute, _>(service, call, body, json)),
+                }
+            }
+            Ok(Route::Call { call, body }) => Handling::Pair {
                 call: wait::<PairRoute, _>(service, call, body, json),
-            },
-            // Boxed, as on the gRPC port: a member keeps its own payload for
-            // its answer, and inline that would size every pair's.
-            Ok(Route::Call {
-                group: true,
-                call,
-                body,
-            }) => Handling::Group {
-                call: Box::pin(wait::<GroupRoute, _>(service, call, body, json)),
             },
             Ok(Route::Withdraw(request)) => Handling::Withdraw {
                 call: Box::pin(withdraw(service, request, json)),
@@ -156,22 +143,9 @@ impl Gateway {
                 Bytes::from(text),
             )));
         }
-        let (segment, group) = match (path.strip_prefix(ROUTE), path.strip_prefix(GROUP_ROUTE)) {
-            (Some(segment), _) => (segment, false),
-            (_, Some(segment)) => (segment, true),
-            (None, None) => return Err(HttpError::NotFound),
+        let Some((operation, segment)) = route(request.method(), path)? else {
+            return Err(HttpError::NotFound);
         };
-        let withdrawal = request.method() == Method::DELETE;
-        if request.method() != Method::POST && !withdrawal {
-            return Err(HttpError::MethodNotAllowed {
-                method: request.method().clone(),
-                path: match group {
-                    false => "/wait-for-second-party/{id}",
-                    true => "/wait-for-parties/{id}",
-                },
-                allow: "POST, DELETE",
-            });
-        }
         if segment.contains('/') {
             return Err(HttpError::NotFound);
         }
@@ -179,8 +153,9 @@ impl Gateway {
             .service
             .authenticate(Protocol::Http, request.headers())?;
         // A withdrawal names its wait by id and key alone, on either route.
-        let query = Query::parse(request.uri().query(), group && !withdrawal)?;
-        if withdrawal {
+        let group = operation == Operation::WaitForParties;
+        let query = Query::parse(request.uri().query(), group)?;
+        if operation == Operation::Withdraw {
             return Ok(Route::Withdraw(WithdrawRequest {
                 protocol: Protocol::Http,
                 namespace,
@@ -195,13 +170,10 @@ impl Gateway {
         };
         let call = CallRequest {
             protocol: Protocol::Http,
-            operation: match group {
-                true => Operation::WaitForParties,
-                false => Operation::WaitForSecondParty,
-            },
+            operation,
             namespace,
             deadline: Deadline::starting_now(query.wait),
-            trace: trace_context(request.headers()),
+            trace: trace::if_wanted(request.headers()),
             id: decode_id(segment)?,
             parties,
             // Read from the body once the route is known.
@@ -210,7 +182,6 @@ impl Gateway {
             previous_attempts: query.previous_attempts,
         };
         Ok(Route::Call {
-            group,
             call,
             body: request.into_body(),
         })
@@ -238,7 +209,27 @@ fn only_get(method: &Method, path: &'static str) -> Result<(), HttpError> {
     Err(HttpError::MethodNotAllowed {
         method: method.clone(),
         path,
-        allow: "GET, HEAD",
+        allow: "GET, HEAD".into(),
+    })
+}
+
+/// The operation that `method` on `path` asks for, with the id's segment:
+/// `None` if `path` is on no route of the service's.
+fn route<'p>(method: &Method, path: &'p str) -> Result<Option<(Operation, &'p str)>, HttpError> {
+    let mut on_path = Operation::http_routes(path).peekable();
+    let Some(&(_, own, _)) = on_path.peek() else {
+        return Ok(None);
+    };
+    if let Some((operation, _, segment)) = on_path.find(|(_, route, _)| method == route.method) {
+        return Ok(Some((operation, segment)));
+    }
+    let allow: Vec<_> = Operation::http_routes(path)
+        .map(|(_, route, _)| route.method)
+        .collect();
+    Err(HttpError::MethodNotAllowed {
+        method: method.clone(),
+        path: own.route,
+        allow: allow.join(", ").into(),
     })
 }
 
@@ -248,12 +239,7 @@ enum Route<B> {
     Answered(Response<Full<Bytes>>),
     /// A rendezvous or group call: all of it but the payload, which is in
     /// the body.
-    Call {
-        /// On the group route, which answers as [`GroupRoute`] does.
-        group: bool,
-        call: CallRequest,
-        body: B,
-    },
+    Call { call: CallRequest, body: B },
     /// A withdrawal, which needs nothing from the body.
     Withdraw(WithdrawRequest),
 }
@@ -564,10 +550,11 @@ impl HttpError {
             (false, _) => text(status, self.to_string()),
         };
         match self {
+            // Method names: always a valid header value.
             Self::MethodNotAllowed { allow, .. } => {
-                response
-                    .headers_mut()
-                    .insert(header::ALLOW, HeaderValue::from_static(allow));
+                if let Ok(allow) = HeaderValue::try_from(allow.as_ref()) {
+                    response.headers_mut().insert(header::ALLOW, allow);
+                }
             }
             // RFC 6750: say which scheme, and whether the token was wrong.
             Self::Call(CallError::Unauthenticated(error)) => {
@@ -804,7 +791,7 @@ mod tests {
                 HttpError::MethodNotAllowed {
                     method: Method::GET,
                     path: "/x",
-                    allow: "POST",
+                    allow: "POST".into(),
                 },
                 405,
                 "UNIMPLEMENTED",

@@ -31,19 +31,9 @@ use crate::{
     proto,
     service::{
         CallError, CallRequest, Deadline, Namespace, Operation, Rendezvous, WithdrawRequest,
-        trace_context,
     },
-    trace::TraceContext,
+    trace::{self, TraceContext},
 };
-
-/// The pair method's path on the wire.
-pub const WAIT_FOR_SECOND_PARTY: &str = "/rendezvous.v1.Sync/WaitForSecondParty";
-
-/// The group method's path on the wire.
-pub const WAIT_FOR_PARTIES: &str = "/rendezvous.v1.Sync/WaitForParties";
-
-/// The withdrawal's path on the wire.
-pub const WITHDRAW: &str = "/rendezvous.v1.Sync/Withdraw";
 
 /// Room left for encoding and sending a `DEADLINE_EXCEEDED` answer before the
 /// caller's own deadline: a twentieth of its timeout, at most this much.
@@ -176,8 +166,8 @@ impl GrpcService {
         // which doubled what each parked call cost.
         async move {
             match call {
-                Call::Wait {
-                    group: false,
+                Call::Rpc {
+                    operation: Operation::WaitForSecondParty,
                     head,
                     body,
                 } => {
@@ -187,8 +177,8 @@ impl GrpcService {
                 // Boxed: a group member's future is larger (it keeps its own
                 // payload for its answer), and inline it would size every
                 // parked pair's.
-                Call::Wait {
-                    group: true,
+                Call::Rpc {
+                    operation: Operation::WaitForParties,
                     head,
                     body,
                 } => {
@@ -196,7 +186,11 @@ impl GrpcService {
                     Ok(respond(&service, Box::pin(result).await))
                 }
                 // Boxed, for the same reason: it is not what most calls are.
-                Call::Withdraw { head, body } => {
+                Call::Rpc {
+                    operation: Operation::Withdraw,
+                    head,
+                    body,
+                } => {
                     let result = withdraw(&service, head, body);
                     Ok(respond(&service, Box::pin(result).await))
                 }
@@ -227,8 +221,7 @@ impl GrpcService {
             return Call::Refused(http1_refused());
         }
         let path = request.uri().path();
-        let (group, withdrawal) = (path == WAIT_FOR_PARTIES, path == WITHDRAW);
-        if !group && !withdrawal && path != WAIT_FOR_SECOND_PARTY {
+        let Some(operation) = Operation::from_grpc_path(path) else {
             // Boxed: tonic's routing future is large, and inline it would
             // make every parked rendezvous call as large.
             // A clone of the URI shares its bytes: no copy per health check.
@@ -239,7 +232,7 @@ impl GrpcService {
                     .await
                     .map(|response| name_unknown_method(response, uri.path()))
             }));
-        }
+        };
         if !is_grpc(request.headers()) {
             let mut response = Response::new(tonic::body::Body::empty());
             *response.status_mut() = StatusCode::UNSUPPORTED_MEDIA_TYPE;
@@ -263,18 +256,12 @@ impl GrpcService {
         let head = Head {
             namespace,
             deadline,
-            trace: trace_context(request.headers()),
+            trace: trace::if_wanted(request.headers()),
         };
-        match withdrawal {
-            true => Call::Withdraw {
-                head,
-                body: request.into_body(),
-            },
-            false => Call::Wait {
-                group,
-                head,
-                body: request.into_body(),
-            },
+        Call::Rpc {
+            operation,
+            head,
+            body: request.into_body(),
         }
     }
 }
@@ -293,8 +280,9 @@ fn name_unknown_method(
         return response;
     }
     Status::unimplemented(format!(
-        "unknown method {path}: this server serves {WAIT_FOR_SECOND_PARTY}, \
-         {WAIT_FOR_PARTIES}, {WITHDRAW}, grpc.health.v1.Health and server reflection"
+        "unknown method {path}: this server serves {}, grpc.health.v1.Health and server \
+         reflection",
+        Operation::grpc_paths()
     ))
     .into_http()
 }
@@ -361,15 +349,13 @@ fn http1_refused() -> Response<tonic::body::Body> {
 
 /// What is left of a request once its headers have been read.
 enum Call<B> {
-    /// A rendezvous method: what its headers said, and the body to read.
-    Wait {
-        /// `WaitForParties`, rather than `WaitForSecondParty`.
-        group: bool,
+    /// A method of `rendezvous.v1.Sync`: which, what its headers said, and
+    /// the body to read.
+    Rpc {
+        operation: Operation,
         head: Head,
         body: B,
     },
-    /// `Withdraw`: what its headers said, and the body to read.
-    Withdraw { head: Head, body: B },
     /// Health or reflection, already handed to tonic.
     Other(Pin<Box<dyn Future<Output = Result<Response<tonic::body::Body>, Infallible>> + Send>>),
     /// Answered without reading the body.

@@ -20,7 +20,8 @@
 //!   let a caller that gives up withdraw its wait.
 //! - [`service`]: the one call both protocols map onto (and withdrawals):
 //!   validation, the wait limits, the per-call spans, and the typed
-//!   [`service::CallError`].
+//!   [`service::CallError`]; and [`service::Operation`], every RPC with its
+//!   names on both ports, which both route by.
 //! - [`grpc`]: the gRPC port. `rendezvous.v1.Sync` by a lean handler of its
 //!   own (the caller's `grpc-timeout`, and errors to `tonic::Status`); health
 //!   and reflection by tonic; gRPC-Web (browsers) through tonic-web and CORS,

@@ -5,15 +5,21 @@
 //! answer. Validation, the wait limit and the per-call span live here, once,
 //! so the two protocols cannot drift apart, and so that an HTTP caller and a
 //! gRPC caller with the same id meet in the same engine.
+//!
+//! Here: the call and the withdrawal. `service/operation.rs`: every RPC and
+//! its names on each port; `service/request.rs`: a call as a transport read
+//! it, and its limits; `service/error.rs`: every way a call fails, with its
+//! gRPC and HTTP codes; `service/span.rs`: the exported span.
 
 use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use tracing::{Instrument, field::Empty};
 
-use http::{HeaderMap, header::AUTHORIZATION};
+use http::HeaderMap;
 
 mod error;
+mod operation;
 mod request;
 mod span;
 
@@ -21,7 +27,8 @@ mod span;
 pub(crate) use error::refused;
 use error::refused_by_engine;
 pub use error::{CallError, Codes, Refusal};
-pub use request::{CallRequest, Deadline, Limits, Namespace, Operation, WithdrawRequest};
+pub use operation::{HttpRoute, Operation};
+pub use request::{CallRequest, Deadline, Limits, Namespace, WithdrawRequest};
 use span::CallSpan;
 
 use crate::{
@@ -32,7 +39,6 @@ use crate::{
         PairError, Parties, Withdrawal,
     },
     proto, telemetry,
-    trace::TraceContext,
 };
 
 /// The rendezvous service, shared by every connection of both protocols.
@@ -48,21 +54,6 @@ pub struct Rendezvous {
     metrics: Arc<Metrics>,
     /// The waits of calls with attempt keys.
     attempts: Arc<Attempts>,
-}
-
-/// The caller's trace context, from its `traceparent`, if anything would
-/// use it: the exported span (its parent), or the per-call log span that
-/// would show its trace id (`RUST_LOG=rendezvous=debug`). With both off,
-/// the default, looking the header up would cost every call for nothing
-/// (BENCHMARKS.md has the figure). So turn them on in every replica at
-/// once: a replica with them off passes no trace on to its callers'
-/// partners.
-pub fn trace_context(headers: &HeaderMap) -> Option<TraceContext> {
-    // The same target and level as the call's log span below.
-    if !telemetry::exporting() && !tracing::enabled!(tracing::Level::DEBUG) {
-        return None;
-    }
-    TraceContext::from_headers(headers)
 }
 
 impl Rendezvous {
@@ -104,7 +95,7 @@ impl Rendezvous {
         let Some(auth) = &self.auth else {
             return Ok(None);
         };
-        auth.namespace_of(headers.get(AUTHORIZATION))
+        auth.namespace_in(headers)
             .map(Some)
             .map_err(|error| self.refuse(protocol, error.into()))
     }
@@ -220,16 +211,30 @@ impl Rendezvous {
         // Started here, not in an `async` wrapper, which would keep a copy of
         // the request in every parked caller's future. Boxed: a call that
         // exports nothing carries one pointer for it.
-        let exported = telemetry::exporting().then(|| Box::new(CallSpan::start(&mut request)));
+        let exported = telemetry::exporting().then(|| Box::new(CallSpan::start(&request)));
+        // Its partners link to this call's span, not to its caller's.
+        if let Some(own) = exported.as_ref().and_then(|span| span.own()) {
+            request.trace = Some(own);
+        }
         // An `async` block, not an `async fn`: an `async fn` keeps a second
         // copy of its arguments (rust-lang/rust#62958), the whole request
         // here, for as long as the caller waits.
         async move {
             // Every way out ends the exported span with the outcome, and one
-            // that never gets here (the caller went away) ends it as cancelled.
-            let ended = |result, delivery| {
+            // that never gets here (the caller went away) ends it as
+            // cancelled. One summary feeds both spans; with neither on, none
+            // is made.
+            let ended = |result, delivery, log: Option<&tracing::Span>| {
+                let log = log.filter(|span| !span.is_disabled());
+                if log.is_none() && exported.is_none() {
+                    return result;
+                }
+                let summary = Summary::of(&result);
+                if let Some(span) = log {
+                    record(span, &summary);
+                }
                 if let Some(exported) = exported {
-                    CallSpan::finish(*exported, &result, delivery);
+                    CallSpan::finish(*exported, &result, &summary, delivery);
                 }
                 result
             };
@@ -280,7 +285,9 @@ impl Rendezvous {
                     self.admit(namespace.as_deref(), id, parties, &payload, &attempt_key);
                 let (id, parties, attempt) = match admitted {
                     Ok(admitted) => admitted,
-                    Err(error) => return ended(Err(self.refuse(protocol, error)), Delivery::Fresh),
+                    Err(error) => {
+                        return ended(Err(self.refuse(protocol, error)), Delivery::Fresh, None);
+                    }
                 };
                 if let Some(trace) = &trace {
                     span.record("trace_id", tracing::field::display(trace));
@@ -344,10 +351,7 @@ impl Rendezvous {
                     Some(refusal) => Err(self.refuse(protocol, CallError::Refused(refusal))),
                 },
             };
-            if !span.is_disabled() {
-                record(&span, &result);
-            }
-            ended(result, delivery)
+            ended(result, delivery, Some(&span))
         }
     }
 }
@@ -401,34 +405,64 @@ impl Drop for Pending<'_> {
     }
 }
 
-fn record(span: &tracing::Span, result: &Result<Meeting, CallError>) {
-    if let Ok(meeting) = result {
+/// Records how the call ended on its log span, and logs it.
+fn record(span: &tracing::Span, summary: &Summary<'_>) {
+    if let Some(meeting) = summary.meeting {
         span.record("position", meeting.position);
-        // A pair's partner; in a larger group, every other member is
-        // a partner, and the span has room for one.
-        if meeting.parties() == 2 {
-            span.record("role", proto::Role::from(meeting.role()).as_str_name());
-            if let Some(partner) = &meeting.peer().trace {
-                span.record("partner_trace_id", tracing::field::display(partner));
-            }
+    }
+    if let Some(role) = summary.role {
+        span.record("role", role);
+        // A pair's partner; in a larger group, every other member is a
+        // partner, and the span has room for one.
+        if let Some(partner) = summary
+            .meeting
+            .and_then(|meeting| meeting.peer().trace.as_ref())
+        {
+            span.record("partner_trace_id", tracing::field::display(partner));
         }
     }
-    let (outcome, waited) = outcome(result);
+    let Summary {
+        outcome, waited, ..
+    } = *summary;
     span.record("outcome", outcome);
     span.record("waited", tracing::field::debug(waited));
     span.in_scope(|| tracing::debug!(outcome, ?waited, "finished"));
 }
 
-/// How a call ended, as its spans and logs name it (`paired`, `timed_out`,
-/// or the reason it was refused), and how long it waited.
-pub(crate) fn outcome(result: &Result<Meeting, CallError>) -> (&'static str, Duration) {
-    match result {
-        Ok(meeting) => ("paired", meeting.waited),
-        Err(CallError::TimedOut { wait, .. }) => ("timed_out", *wait),
-        Err(error) => (
-            error.rejection().map_or("timed_out", Rejection::as_str),
-            Duration::ZERO,
-        ),
+/// How a call ended, as both its spans (the log span and the exported one)
+/// record it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Summary<'a> {
+    /// `paired`, `timed_out`, or the reason it was refused.
+    outcome: &'static str,
+    /// How long it waited.
+    waited: Duration,
+    /// What it was told, if it met its group.
+    meeting: Option<&'a Meeting>,
+    /// Its role, in a pair.
+    role: Option<&'static str>,
+}
+
+impl<'a> Summary<'a> {
+    pub(crate) fn of(result: &'a Result<Meeting, CallError>) -> Self {
+        let (outcome, waited) = match result {
+            Ok(meeting) => ("paired", meeting.waited),
+            Err(CallError::TimedOut { wait, .. }) => ("timed_out", *wait),
+            Err(error) => (
+                error.rejection().map_or("timed_out", Rejection::as_str),
+                Duration::ZERO,
+            ),
+        };
+        let meeting = result.as_ref().ok();
+        let role = meeting
+            .filter(|meeting| meeting.parties() == 2)
+            .map(|meeting| proto::Role::from(meeting.role()).as_str_name());
+        Self {
+            outcome,
+            waited,
+            meeting,
+            role,
+        }
     }
 }
 
@@ -476,27 +510,6 @@ mod tests {
                 attempt_grace: crate::Config::default().attempt_grace,
             },
         )
-    }
-
-    #[test]
-    fn traceparent_is_read_only_while_call_spans_are_on() {
-        let mut headers = HeaderMap::new();
-        let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
-        headers.insert("traceparent", traceparent.parse().unwrap());
-        let at = |level| {
-            let subscriber = tracing_subscriber::fmt()
-                .with_max_level(level)
-                .with_writer(std::io::sink)
-                .finish();
-            tracing::subscriber::with_default(subscriber, || trace_context(&headers))
-        };
-        assert_eq!(at(tracing::Level::INFO), None);
-        assert_eq!(
-            at(tracing::Level::DEBUG)
-                .map(|id| id.to_string())
-                .as_deref(),
-            Some("0af7651916cd43dd8448eb211c80319c")
-        );
     }
 
     #[tokio::test]

@@ -123,6 +123,22 @@ impl fmt::Debug for TraceContext {
     }
 }
 
+/// The caller's trace context, from its `traceparent`, if anything would
+/// use it: the exported span (its parent), or the per-call log span that
+/// would show its trace id (`RUST_LOG=rendezvous=debug`). With both off,
+/// the default, looking the header up would cost every call for nothing
+/// (BENCHMARKS.md has the figure). So turn them on in every replica at
+/// once: a replica with them off passes no trace on to its callers'
+/// partners.
+#[cfg(feature = "server")]
+pub fn if_wanted(headers: &HeaderMap) -> Option<TraceContext> {
+    // The same target and level as the call's log span in the service.
+    if !crate::telemetry::exporting() && !tracing::enabled!(tracing::Level::DEBUG) {
+        return None;
+    }
+    TraceContext::from_headers(headers)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -218,6 +234,28 @@ mod tests {
         assert_eq!(
             TraceContext::from_traceparent(unsampled.as_bytes()).map(|c| c.flags()),
             Some(0)
+        );
+    }
+
+    #[cfg(feature = "server")]
+    #[test]
+    fn traceparent_is_read_only_while_call_spans_are_on() {
+        let mut headers = HeaderMap::new();
+        let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        headers.insert("traceparent", traceparent.parse().unwrap());
+        let at = |level| {
+            let subscriber = tracing_subscriber::fmt()
+                .with_max_level(level)
+                .with_writer(std::io::sink)
+                .finish();
+            tracing::subscriber::with_default(subscriber, || if_wanted(&headers))
+        };
+        assert_eq!(at(tracing::Level::INFO), None);
+        assert_eq!(
+            at(tracing::Level::DEBUG)
+                .map(|id| id.to_string())
+                .as_deref(),
+            Some("0af7651916cd43dd8448eb211c80319c")
         );
     }
 }

@@ -7,6 +7,7 @@ use std::{sync::Arc, time::Duration};
 use bytes::Bytes;
 use tokio::time::Instant;
 
+use super::Operation;
 use crate::{metrics::Protocol, trace::TraceContext};
 
 /// One rendezvous call as a transport read it, not validated yet: the one
@@ -52,53 +53,6 @@ pub struct WithdrawRequest {
     pub id: String,
     /// The attempt key the wait was sent with.
     pub attempt_key: String,
-}
-
-/// Which of the two calls a request is: what its span is named after.
-/// A group of two asked for by `WaitForParties` is still that call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Operation {
-    /// `WaitForSecondParty`, `POST /wait-for-second-party/{id}`.
-    WaitForSecondParty,
-    /// `WaitForParties`, `POST /wait-for-parties/{id}`.
-    WaitForParties,
-}
-
-impl Operation {
-    /// The gRPC service both methods belong to.
-    pub const GRPC_SERVICE: &str = "rendezvous.v1.Sync";
-
-    /// The gRPC method's name.
-    pub fn grpc_method(self) -> &'static str {
-        match self {
-            Self::WaitForSecondParty => "WaitForSecondParty",
-            Self::WaitForParties => "WaitForParties",
-        }
-    }
-
-    /// `service/method`, as OpenTelemetry names a gRPC span.
-    pub fn grpc_name(self) -> &'static str {
-        match self {
-            Self::WaitForSecondParty => "rendezvous.v1.Sync/WaitForSecondParty",
-            Self::WaitForParties => "rendezvous.v1.Sync/WaitForParties",
-        }
-    }
-
-    /// The HTTP route, with the id as a parameter (never the id itself).
-    pub fn http_route(self) -> &'static str {
-        match self {
-            Self::WaitForSecondParty => "/wait-for-second-party/{id}",
-            Self::WaitForParties => "/wait-for-parties/{id}",
-        }
-    }
-
-    /// `METHOD route`, as OpenTelemetry names an HTTP server span.
-    pub fn http_name(self) -> &'static str {
-        match self {
-            Self::WaitForSecondParty => "POST /wait-for-second-party/{id}",
-            Self::WaitForParties => "POST /wait-for-parties/{id}",
-        }
-    }
 }
 
 /// The namespace a call meets in: `None` when tokens are not required.

@@ -18,8 +18,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use crate::{
     metrics::Protocol,
     pairing::{Delivery, Meeting},
-    proto,
-    service::{CallError, CallRequest, Operation, outcome},
+    service::{CallError, CallRequest, Operation, Summary},
     telemetry::EXPORTED,
     trace::TraceContext,
 };
@@ -28,19 +27,20 @@ use crate::{
 #[derive(Debug)]
 pub(crate) struct CallSpan {
     span: tracing::Span,
+    /// The span's own context, once started.
+    own: Option<TraceContext>,
     protocol: Protocol,
     finished: bool,
 }
 
 impl CallSpan {
     /// Starts the span of `request`, as the child of the caller's
-    /// `traceparent` if it sent one, and puts the span's own context in
-    /// the request, for its partners to link to and for its log lines.
-    pub(crate) fn start(request: &mut CallRequest) -> Self {
+    /// `traceparent` if it sent one.
+    pub(crate) fn start(request: &CallRequest) -> Self {
         let operation = request.operation;
         let name = match request.protocol {
             Protocol::Grpc => operation.grpc_name(),
-            Protocol::Http => operation.http_name(),
+            Protocol::Http => operation.http().name,
         };
         let span =
             tracing::info_span!(target: EXPORTED, "call", otel.name = name, otel.kind = "server");
@@ -51,8 +51,8 @@ impl CallSpan {
                 KeyValue::new("rpc.method", operation.grpc_method()),
             ],
             Protocol::Http => vec![
-                KeyValue::new("http.request.method", "POST"),
-                KeyValue::new("http.route", operation.http_route()),
+                KeyValue::new("http.request.method", operation.http().method),
+                KeyValue::new("http.route", operation.http().route),
             ],
         };
         for KeyValue { key, value, .. } in attributes {
@@ -69,22 +69,33 @@ impl CallSpan {
         // Starts it: from here it has its own span id.
         let context = span.context();
         let own = context.span().span_context().clone();
-        request.trace = TraceContext::new(
+        let own = TraceContext::new(
             own.trace_id().to_bytes(),
             own.span_id().to_bytes(),
             own.trace_flags().to_u8(),
-        )
-        .or(request.trace.take());
+        );
         Self {
             span,
+            own,
             protocol: request.protocol,
             finished: false,
         }
     }
 
+    /// The span's own trace context: what the call's partners link to, and
+    /// what its log lines name, in place of its caller's.
+    pub(crate) fn own(&self) -> Option<TraceContext> {
+        self.own.clone()
+    }
+
     /// Records how the call ended: its status code, outcome, time waited,
     /// its place and role, and a link to each partner's span.
-    pub(crate) fn finish(mut self, result: &Result<Meeting, CallError>, delivery: Delivery) {
+    pub(crate) fn finish(
+        mut self,
+        result: &Result<Meeting, CallError>,
+        summary: &Summary<'_>,
+        delivery: Delivery,
+    ) {
         self.finished = true;
         let span = &self.span;
         let (grpc, http) = match result {
@@ -117,18 +128,16 @@ impl CallSpan {
         if let (true, Err(error)) = (failed, result) {
             span.set_status(Status::error(error.to_string()));
         }
-        let (outcome, waited) = outcome(result);
-        span.set_attribute("rendezvous.outcome", outcome);
-        span.set_attribute("rendezvous.waited", waited.as_secs_f64());
+        span.set_attribute("rendezvous.outcome", summary.outcome);
+        span.set_attribute("rendezvous.waited", summary.waited.as_secs_f64());
         if delivery != Delivery::Fresh {
             span.set_attribute("rendezvous.attempt", delivery.as_str());
         }
-        if let Ok(meeting) = result {
+        if let Some(role) = summary.role {
+            span.set_attribute("rendezvous.role", role);
+        }
+        if let Some(meeting) = summary.meeting {
             span.set_attribute("rendezvous.position", meeting.position as i64);
-            if meeting.parties() == 2 {
-                let role = proto::Role::from(meeting.role()).as_str_name();
-                span.set_attribute("rendezvous.role", role);
-            }
             for partner in meeting.partners() {
                 if let Some(trace) = &partner.trace {
                     span.add_link(span_context(trace));

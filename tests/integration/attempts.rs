@@ -472,14 +472,19 @@ async fn on_redis_a_drain_costs_keyed_callers_only_a_reconnect() {
     const CALLERS: usize = 1_000;
     let redis = RedisServer::start().await;
     let prefix = unique_prefix("attempts-drain");
-    let other = TestServer::with(replica_config(&redis, &prefix)).await;
+    // Graces no busy machine runs out of: a thousand keyed callers each
+    // detach their place in Redis before they are answered, and their
+    // places and answers must outlast every step below.
+    let other = TestServer::with(rendezvous::Config {
+        attempt_grace: Duration::from_secs(600),
+        ..replica_config(&redis, &prefix)
+    })
+    .await;
     other.ready().await;
     let url = redis.url();
-    // A grace no busy machine runs out of: a thousand keyed callers each
-    // detach their place in Redis before they are answered.
     let args = ["--redis-url", &url, "--redis-key-prefix", &prefix];
-    let mut drained =
-        crate::common::Process::start(&[&args[..], &["--shutdown-grace", "60s"]].concat()).await;
+    let graces = ["--shutdown-grace", "60s", "--attempt-grace", "10m"];
+    let mut drained = crate::common::Process::start(&[&args[..], &graces].concat()).await;
     drained.until_ready(200).await;
     let client = drained.client().await;
     let id = |i: usize| format!("drain-{i}");
