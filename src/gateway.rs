@@ -609,6 +609,10 @@ fn respond(status: StatusCode, content_type: &'static str, body: Bytes) -> Respo
 
 #[cfg(test)]
 mod tests {
+    /// The most a pair's request future may take, with a `Full` body: a
+    /// little above what it takes today (BENCHMARKS.md).
+    const FUTURE_BYTES: usize = 1_000;
+
     use super::*;
 
     #[test]
@@ -623,6 +627,25 @@ mod tests {
         assert!(!accepts("text/plain"));
         assert!(!accepts("*/*"));
         assert!(!wants_json(&http::HeaderMap::new()));
+    }
+
+    /// What a parked HTTP caller costs is mostly its request's future (see
+    /// `handle`): a pair's must not grow unnoticed. BENCHMARKS.md has the
+    /// bytes per parked caller that this keeps.
+    #[tokio::test]
+    async fn a_pair_requests_future_stays_within_its_bytes() {
+        let (health, _server) = Health::serving().await;
+        let service = Rendezvous::new(
+            Arc::new(crate::pairing::LocalEngine::new().into()),
+            crate::service::Limits::of(&crate::Config::default()),
+        );
+        let gateway = Gateway::new(service, Arc::new(health));
+        let request = Request::post("/wait-for-second-party/a")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let future = gateway.handle(request);
+        let size = std::mem::size_of_val(&future);
+        assert!(size <= FUTURE_BYTES, "{size} bytes");
     }
 
     #[tokio::test]

@@ -676,6 +676,10 @@ impl From<Withdrawal> for proto::WithdrawResponse {
 
 #[cfg(test)]
 mod tests {
+    /// The most a pair's request future may take, with a `Full` body: a
+    /// little above what it takes today (BENCHMARKS.md).
+    const FUTURE_BYTES: usize = 1_000;
+
     use super::*;
 
     /// A request the transport refuses is counted as invalid; one the
@@ -705,23 +709,34 @@ mod tests {
         assert_eq!(counted.rejection(), None);
     }
 
-    #[test]
-    fn debug_names_the_service_and_whether_grpc_web_is_on() {
+    fn grpc_service() -> GrpcService {
         let service = Rendezvous::new(
             std::sync::Arc::new(crate::pairing::LocalEngine::new().into()),
-            crate::service::Limits {
-                default_wait: Duration::from_secs(1),
-                max_wait: Duration::from_secs(1),
-                max_payload: 1,
-                max_parties: 64,
-                attempt_grace: crate::Config::default().attempt_grace,
-            },
+            crate::service::Limits::of(&crate::Config::default()),
         );
-        let routes = tonic::service::Routes::default();
-        let grpc = GrpcService::new(service, routes, cors(&[]));
+        GrpcService::new(service, tonic::service::Routes::default(), cors(&[]))
+    }
+
+    #[test]
+    fn debug_names_the_service_and_whether_grpc_web_is_on() {
+        let grpc = grpc_service();
         let debug = format!("{grpc:?}");
         assert!(debug.starts_with("GrpcService { service: "), "{debug}");
         assert!(debug.contains("web: true"), "{debug}");
+    }
+
+    /// What a parked gRPC caller costs is mostly its request's future (see
+    /// `handle`): a pair's must not grow unnoticed. BENCHMARKS.md has the
+    /// bytes per parked caller that this keeps.
+    #[test]
+    fn a_pair_requests_future_stays_within_its_bytes() {
+        let request = Request::post(Operation::WaitForSecondParty.grpc_path())
+            .header("content-type", "application/grpc")
+            .body(http_body_util::Full::new(Bytes::new()))
+            .unwrap();
+        let future = grpc_service().handle(request);
+        let size = std::mem::size_of_val(&future);
+        assert!(size <= FUTURE_BYTES, "{size} bytes");
     }
 
     #[test]
