@@ -999,7 +999,8 @@ async fn completes(
 
 /// Until the group forming under some id of `prefix` has `n` members.
 async fn eventually_members(redis: &RedisServer, prefix: &str, n: usize) {
-    for _ in 0..1000 {
+    let what = format!("a group of {n} members under {prefix}");
+    crate::common::until(Duration::from_secs(10), &what, || async {
         for key in redis.entries(prefix).await {
             // A place's key, not a kept answer's (`...}HASH:k:...`).
             if key
@@ -1008,13 +1009,13 @@ async fn eventually_members(redis: &RedisServer, prefix: &str, n: usize) {
             {
                 let k: Option<usize> = redis.query(redis::cmd("HGET").arg(&key).arg("k")).await;
                 if k == Some(n) {
-                    return;
+                    return Some(());
                 }
             }
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("no group of {n} members under {prefix}");
+        None
+    })
+    .await
 }
 
 /// On Redis, tries of one wait are ordered by when each reached its

@@ -209,9 +209,10 @@ async fn a_member_cancelling_while_the_last_arrives(deployment: Deployment) {
     // left, which it did if it was decided first), or the server counted
     // the departure and the last member waits in its place.
     let gone = [("protocol", "grpc")];
-    let completed = loop {
+    let what = "the last member answered, or the departure counted";
+    let completed = common::until(std::time::Duration::from_secs(10), what, || async {
         if last.is_finished() {
-            break true;
+            return Some(true);
         }
         let cancelled = value(
             &scrape(d.server(0)).await,
@@ -219,11 +220,9 @@ async fn a_member_cancelling_while_the_last_arrives(deployment: Deployment) {
             &gone,
         );
         let waiting: usize = d.servers.iter().map(TestServer::waiting).sum();
-        if cancelled == 1.0 && waiting == 2 {
-            break false;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    };
+        (cancelled == 1.0 && waiting == 2).then_some(false)
+    })
+    .await;
     let (everyone, last_position) = match completed {
         true => (vec!["leaving", "staying", "last"], 2),
         false => {

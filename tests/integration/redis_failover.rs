@@ -167,13 +167,11 @@ async fn every_caller_answered([a, b]: &[Arc<RedisEngine>; 2], ids: &[String], w
 
 /// Waits (up to 30 s) until exactly `expected` say they are primaries.
 async fn until_primaries(topology: &Topology, expected: &[u16]) {
-    for _ in 0..300 {
-        if topology.primaries().await == expected {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("the primaries never became {expected:?}");
+    let what = format!("the primaries to become {expected:?}");
+    crate::common::until(Duration::from_secs(30), &what, || async {
+        (topology.primaries().await == expected).then_some(())
+    })
+    .await
 }
 
 fn ids(test: &str, n: usize) -> Vec<String> {
@@ -249,18 +247,15 @@ async fn cluster_primary_killed_while_callers_wait() {
     // The replicas may have paired on the other shards before the cluster
     // promoted the dead primary's replica: wait for that, then pair on the
     // ids of its slots, which only the promoted node can serve.
-    let mut promoted = Vec::new();
-    for _ in 0..300 {
-        promoted = topology.primaries().await;
-        if promoted.len() == 3 && !promoted.contains(&primaries[0]) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(
-        promoted.len() == 3 && !promoted.contains(&primaries[0]),
-        "a replica took over: {promoted:?}"
-    );
+    crate::common::until(
+        Duration::from_secs(30),
+        "a replica to take over",
+        || async {
+            let promoted = topology.primaries().await;
+            (promoted.len() == 3 && !promoted.contains(&primaries[0])).then_some(promoted)
+        },
+    )
+    .await;
     let [a, b] = &engines;
     for id in &orphans {
         let deadline = Instant::now() + Duration::from_secs(60);

@@ -273,13 +273,11 @@ async fn metric(server: &Process, name: &str, labels: &[(&str, &str)]) -> f64 {
 
 /// Waits until `name` reads `want` (the server says so at its own pace).
 async fn until_metric(server: &Process, name: &str, want: f64) {
-    for _ in 0..1000 {
-        if metric(server, name, &[]).await == want {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    panic!("{name} never read {want}");
+    let what = format!("{name} to read {want}");
+    common::until(std::time::Duration::from_secs(10), &what, || async {
+        (metric(server, name, &[]).await == want).then_some(())
+    })
+    .await
 }
 
 /// On Redis, partners on two replicas link to each other: a pair, and each
@@ -505,14 +503,15 @@ async fn a_collector_that_is_down_changes_nothing_for_callers() {
     ];
     let server = Process::start_with_env(&[], &env).await;
     pairs(&server, 10).await;
-    let mut counted = spans_counted(&server).await;
-    for _ in 0..600 {
-        if counted[2] == 20.0 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        counted = spans_counted(&server).await;
-    }
+    let counted = common::until(
+        std::time::Duration::from_secs(30),
+        "20 spans exported",
+        || async {
+            let counted = spans_counted(&server).await;
+            (counted[2] == 20.0).then_some(counted)
+        },
+    )
+    .await;
     assert_eq!(counted, [0.0, 0.0, 20.0]);
 }
 

@@ -2,8 +2,15 @@
 
 pub mod edges;
 pub mod otlp;
+mod process;
+mod raw;
 pub mod redis;
+mod tls;
 pub mod topology;
+
+pub use process::*;
+pub use raw::*;
+pub use tls::*;
 
 use std::{future::Future, net::SocketAddr, process::Stdio, sync::Arc, time::Duration};
 
@@ -133,13 +140,29 @@ impl TestServer {
 
 /// Polls `condition` until it holds; fails the test after 10 s.
 pub async fn eventually(mut condition: impl FnMut() -> bool, what: &str) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !condition() {
+    until(Duration::from_secs(10), what, || {
+        std::future::ready(condition().then_some(()))
+    })
+    .await
+}
+
+/// [`eventually`], for a check that must await (a scrape, a Redis query,
+/// a probe): polls `check` until it finds what it looks for, and returns
+/// that; fails the test after `limit`, naming `what`.
+pub async fn until<T, F>(limit: Duration, what: &str, mut check: impl FnMut() -> F) -> T
+where
+    F: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(found) = check().await {
+            return found;
+        }
         assert!(
             tokio::time::Instant::now() < deadline,
             "gave up waiting for {what}"
         );
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
@@ -301,45 +324,6 @@ pub fn value(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &st
         .sum()
 }
 
-/// A throwaway CA, and certificates it signs. Nothing is committed.
-pub struct Ca {
-    params: rcgen::CertificateParams,
-    key: rcgen::KeyPair,
-    pub pem: String,
-}
-
-pub struct Leaf {
-    pub cert: String,
-    pub key: String,
-}
-
-impl Ca {
-    pub fn new() -> Self {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let pem = params.self_signed(&key).unwrap().pem();
-        Self { params, key, pem }
-    }
-
-    pub fn leaf(&self, names: &[&str]) -> Leaf {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-        let params = rcgen::CertificateParams::new(names).unwrap();
-        let issuer = rcgen::Issuer::from_params(&self.params, &self.key);
-        Leaf {
-            cert: params.signed_by(&key, &issuer).unwrap().pem(),
-            key: key.serialize_pem(),
-        }
-    }
-}
-
-pub fn write(dir: &std::path::Path, name: &str, text: &str) -> std::path::PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
 /// reqwest's `json()` needs a feature we do not otherwise use.
 pub trait JsonBody {
     async fn json_body(self) -> serde_json::Value;
@@ -353,325 +337,4 @@ impl JsonBody for reqwest::Response {
 
 pub fn http_client() -> reqwest::Client {
     reqwest::Client::builder().build().unwrap()
-}
-
-/// What a raw gRPC call answered: the status from the headers or trailers.
-#[derive(Debug)]
-pub struct RawGrpcAnswer {
-    pub grpc_status: String,
-    pub grpc_message: String,
-    pub message: Option<WaitForSecondPartyResponse>,
-}
-
-/// A bare HTTP/2 gRPC call with hand-set headers. Unlike a tonic client it
-/// enforces no deadline of its own, so whatever it sees came from the server.
-pub async fn raw_grpc_call(
-    addr: SocketAddr,
-    headers: &[(&str, &str)],
-    request: WaitForSecondPartyRequest,
-) -> RawGrpcAnswer {
-    raw_grpc_body(addr, headers, grpc_frame(0, &request)).await
-}
-
-/// A call that asks the server to give up after `timeout` (a `grpc-timeout`
-/// value such as `"100m"`) and does not enforce it itself: the answer,
-/// however late a busy machine makes it, is the server's own.
-pub async fn raw_wait(addr: SocketAddr, id: &str, payload: &[u8], timeout: &str) -> RawGrpcAnswer {
-    raw_grpc_call(
-        addr,
-        &[("grpc-timeout", timeout)],
-        WaitForSecondPartyRequest {
-            id: id.into(),
-            payload: Bytes::copy_from_slice(payload),
-            ..Default::default()
-        },
-    )
-    .await
-}
-
-/// The server's timeout answer: `DEADLINE_EXCEEDED`, nobody came.
-pub fn assert_timed_out(answer: &RawGrpcAnswer) {
-    assert_eq!(answer.grpc_status, "4", "{answer:?}");
-    assert!(
-        answer
-            .grpc_message
-            .starts_with("nobody else arrived with this id within"),
-        "{answer:?}"
-    );
-}
-
-/// One length-prefixed gRPC message; `flag` 1 claims it is compressed.
-pub fn grpc_frame(flag: u8, message: &WaitForSecondPartyRequest) -> Vec<u8> {
-    let message = message.encode_to_vec();
-    let mut frame = vec![flag];
-    frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
-    frame.extend_from_slice(&message);
-    frame
-}
-
-/// A bare HTTP/2 gRPC call with any body at all.
-pub async fn raw_grpc_body(
-    addr: SocketAddr,
-    headers: &[(&str, &str)],
-    frame: Vec<u8>,
-) -> RawGrpcAnswer {
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut sender, connection) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(connection);
-
-    let mut builder = http::Request::post(format!(
-        "http://{addr}/rendezvous.v1.Sync/WaitForSecondParty"
-    ))
-    .header("content-type", "application/grpc")
-    .header("te", "trailers");
-    for (name, value) in headers {
-        builder = builder.header(*name, *value);
-    }
-    let response = sender
-        .send_request(builder.body(Full::new(Bytes::from(frame))).unwrap())
-        .await
-        .unwrap();
-    let (parts, body) = response.into_parts();
-    let collected = body.collect().await.unwrap();
-    let trailers = collected.trailers().cloned().unwrap_or_default();
-    let data = collected.to_bytes();
-    let find = |name: &str| {
-        trailers
-            .get(name)
-            .or_else(|| parts.headers.get(name))
-            .map(|v| v.to_str().unwrap().to_owned())
-            .unwrap_or_default()
-    };
-    RawGrpcAnswer {
-        grpc_status: find("grpc-status"),
-        grpc_message: percent_decode(&find("grpc-message")),
-        message: (data.len() > 5).then(|| WaitForSecondPartyResponse::decode(&data[5..]).unwrap()),
-    }
-}
-
-fn percent_decode(s: &str) -> String {
-    percent_encoding::percent_decode_str(s)
-        .decode_utf8_lossy()
-        .into_owned()
-}
-
-/// The binary, started as users start it, with its addresses read from its
-/// own startup log line.
-pub struct Process {
-    pub child: Child,
-    /// The log, parsed, line by line. A task drains the pipe all the time:
-    /// a server whose stderr fills up blocks on its next log line.
-    events: tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>,
-    /// Lines read before "listening" (which [`Process::next`] looks at
-    /// first): the engine may log before the server does.
-    early: std::collections::VecDeque<serde_json::Value>,
-    pub grpc: String,
-    pub http: String,
-    /// The startup line, with every setting in force: the server's, and the
-    /// engine's merged in (see [`settings`]).
-    pub listening: serde_json::Value,
-}
-
-/// Collects the fields of the engine's startup line, if `event` is it: the
-/// settings a server logs come in two lines, its own and its engine's.
-pub fn settings(
-    event: &serde_json::Value,
-    engine: &mut serde_json::Map<String, serde_json::Value>,
-) {
-    if event["fields"]["message"] == "meeting through Redis" {
-        for (name, value) in event["fields"].as_object().unwrap() {
-            if name != "message" {
-                engine.insert(name.clone(), value.clone());
-            }
-        }
-    }
-}
-
-impl Process {
-    /// Starts the binary on port 0 with `args`, and the defaults here for
-    /// any flag `args` does not set.
-    pub async fn start(args: &[&str]) -> Self {
-        Self::start_with_env(args, &[]).await
-    }
-
-    /// [`Process::start`], with more environment variables.
-    pub async fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
-        let defaults = [
-            "--grpc-addr=127.0.0.1:0",
-            "--http-addr=127.0.0.1:0",
-            "--log-format=json",
-            "--shutdown-grace=1s",
-            "--default-wait=30s",
-            "--max-wait=30s",
-        ];
-        let unset = defaults.into_iter().filter(|default| {
-            let flag = default.split('=').next().unwrap();
-            !args.iter().any(|arg| arg.split('=').next() == Some(flag))
-        });
-        let mut child = Command::new(env!("CARGO_BIN_EXE_rendezvous"))
-            .args(unset)
-            .args(args)
-            .env("RUST_LOG", "info,rendezvous::service=debug")
-            .envs(env.iter().copied())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let (sender, events) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
-                let _ = sender.send(serde_json::from_str(&line).unwrap());
-            }
-        });
-        let mut process = Self {
-            child,
-            events,
-            early: std::collections::VecDeque::new(),
-            grpc: String::new(),
-            http: String::new(),
-            listening: serde_json::Value::Null,
-        };
-        let listening = process.settings().await;
-        let field = |name: &str| listening["fields"][name].as_str().unwrap().to_owned();
-        (process.grpc, process.http) = (field("grpc"), field("http"));
-        process.listening = listening;
-        process
-    }
-
-    /// Waits until `/readyz` answers `status` (200: ready; 503: not).
-    pub async fn until_ready(&self, status: u16) {
-        let readyz = format!("http://{}/readyz", self.http);
-        let http = http_client();
-        for _ in 0..1000 {
-            if let Ok(response) = http.get(&readyz).send().await
-                && response.status() == status
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("/readyz never answered {status}");
-    }
-
-    /// Every log line the process has written so far and not yet read.
-    pub fn drain_log(&mut self) -> Vec<serde_json::Value> {
-        std::iter::from_fn(|| self.events.try_recv().ok()).collect()
-    }
-
-    /// Waits for the next log line with this message.
-    /// The "listening" line, with the fields of the engine's own startup
-    /// line ("meeting through Redis") merged in.
-    async fn settings(&mut self) -> serde_json::Value {
-        within(async {
-            let mut engine = serde_json::Map::new();
-            loop {
-                let event = self.events.recv().await.expect("the server starts");
-                settings(&event, &mut engine);
-                self.early.push_back(event.clone());
-                if event["fields"]["message"] == "listening" {
-                    let mut event = event;
-                    let fields = event["fields"].as_object_mut().unwrap();
-                    fields.extend(engine);
-                    return event;
-                }
-            }
-        })
-        .await
-    }
-
-    /// The next log line whose message is `message`, skipping others.
-    pub async fn next(&mut self, message: &str) -> serde_json::Value {
-        while let Some(event) = self.early.pop_front() {
-            if event["fields"]["message"] == message {
-                return event;
-            }
-        }
-        within(async {
-            loop {
-                let event = self
-                    .events
-                    .recv()
-                    .await
-                    .expect("the server is still running");
-                if event["fields"]["message"] == message {
-                    return event;
-                }
-            }
-        })
-        .await
-    }
-
-    /// The crate's own client, connected to the process.
-    pub async fn client(&self) -> Client {
-        Client::connect(&ClientOptions::new(&self.grpc).unwrap())
-            .await
-            .expect("connects to the process")
-    }
-
-    /// A gRPC connection to the process.
-    pub async fn channel(&self) -> tonic::transport::Channel {
-        tonic::transport::Channel::from_shared(format!("http://{}", self.grpc))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap()
-    }
-
-    /// Sends a signal by name, as `kill -s NAME` would.
-    pub fn signal(&self, name: &str) {
-        let pid = self.child.id().unwrap().to_string();
-        let status = std::process::Command::new("kill")
-            .args(["-s", name, &pid])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-}
-
-/// One HTTP/2 frame, as read off the wire by the tests' own proxies and raw
-/// clients.
-#[derive(Debug)]
-pub struct H2Frame {
-    pub kind: u8,
-    pub flags: u8,
-    pub stream: u32,
-    pub payload: Vec<u8>,
-}
-
-pub const H2_HEADERS: u8 = 0x1;
-pub const H2_RST_STREAM: u8 = 0x3;
-pub const H2_SETTINGS: u8 = 0x4;
-pub const H2_PING: u8 = 0x6;
-pub const H2_GOAWAY: u8 = 0x7;
-pub const H2_WINDOW_UPDATE: u8 = 0x8;
-pub const H2_ACK: u8 = 0x1;
-pub const H2_END_HEADERS: u8 = 0x4;
-
-/// Reads one frame (RFC 9113, section 4.1); `None` at the end of the stream.
-pub async fn read_h2_frame(reader: &mut (impl tokio::io::AsyncRead + Unpin)) -> Option<H2Frame> {
-    use tokio::io::AsyncReadExt;
-    let mut head = [0u8; 9];
-    reader.read_exact(&mut head).await.ok()?;
-    let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
-    let mut payload = vec![0; len];
-    reader.read_exact(&mut payload).await.ok()?;
-    Some(H2Frame {
-        kind: head[3],
-        flags: head[4],
-        stream: u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff,
-        payload,
-    })
-}
-
-/// Encodes one frame.
-pub fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = (payload.len() as u32).to_be_bytes();
-    let mut frame = vec![len[1], len[2], len[3], kind, flags];
-    frame.extend_from_slice(&stream.to_be_bytes());
-    frame.extend_from_slice(payload);
-    frame
 }

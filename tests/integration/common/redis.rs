@@ -146,16 +146,13 @@ impl RedisServer {
 
     /// Waits until exactly `n` of the keys under `prefix` are `counted`.
     async fn until_counted(&self, prefix: &str, n: usize, counted: impl Fn(&str) -> bool) {
-        let mut keys = Vec::new();
-        for _ in 0..1000 {
-            keys = self.keys(prefix).await;
+        let what = format!("{n} keys under {prefix}");
+        super::until(Duration::from_secs(10), &what, || async {
+            let mut keys = self.keys(prefix).await;
             keys.retain(|key| counted(key));
-            if keys.len() == n {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("expected {n} keys under {prefix}, found {keys:?}");
+            (keys.len() == n).then_some(())
+        })
+        .await
     }
 
     /// Watches what clients send this Redis (`MONITOR`), leaving out what
