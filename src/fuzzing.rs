@@ -25,10 +25,10 @@ use crate::{
 };
 
 /// A target: it panics on an input that breaks one of its properties.
-pub type Target = fn(&[u8]);
+pub type FuzzTarget = fn(&[u8]);
 
 /// Every target, by the name of its corpus directory and cargo-fuzz binary.
-pub const TARGETS: &[(&str, Target)] = &[
+pub const TARGETS: &[(&str, FuzzTarget)] = &[
     ("id", id),
     ("grpc_timeout", grpc_timeout),
     ("http_target", http_target),

@@ -166,7 +166,7 @@ impl GrpcService {
         // which doubled what each parked call cost.
         async move {
             match call {
-                Call::Rpc {
+                Accepted::Rpc {
                     operation: Operation::WaitForSecondParty,
                     head,
                     body,
@@ -177,7 +177,7 @@ impl GrpcService {
                 // Boxed: a group member's future is larger (it keeps its own
                 // payload for its answer), and inline it would size every
                 // parked pair's.
-                Call::Rpc {
+                Accepted::Rpc {
                     operation: Operation::WaitForParties,
                     head,
                     body,
@@ -186,7 +186,7 @@ impl GrpcService {
                     Ok(respond(&service, Box::pin(result).await))
                 }
                 // Boxed, for the same reason: it is not what most calls are.
-                Call::Rpc {
+                Accepted::Rpc {
                     operation: Operation::Withdraw,
                     head,
                     body,
@@ -194,15 +194,15 @@ impl GrpcService {
                     let result = withdraw(&service, head, body);
                     Ok(respond(&service, Box::pin(result).await))
                 }
-                Call::Other(future) => future.await,
-                Call::Refused(response) => Ok(response),
+                Accepted::Other(future) => future.await,
+                Accepted::Refused(response) => Ok(response),
             }
         }
     }
 
     /// Routes a request and checks its headers, keeping only what the call
     /// needs from here on.
-    fn accept<B>(&self, request: Request<B>) -> Call<B>
+    fn accept<B>(&self, request: Request<B>) -> Accepted<B>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -213,12 +213,12 @@ impl GrpcService {
             // Boxed, like tonic's routes: a browser's call pays for it, and
             // a plain gRPC call's future stays as small as it was.
             let request = request.map(tonic::body::Body::new);
-            return Call::Other(Box::pin(tower::ServiceExt::oneshot(web.clone(), request)));
+            return Accepted::Other(Box::pin(tower::ServiceExt::oneshot(web.clone(), request)));
         }
         // (Inside the gRPC-Web stack, `web` is `None`: its requests keep
         // the browser's HTTP version.)
         if self.web.is_some() && request.version() != http::Version::HTTP_2 {
-            return Call::Refused(http1_refused());
+            return Accepted::Refused(http1_refused());
         }
         let path = request.uri().path();
         let Some(operation) = Operation::from_grpc_path(path) else {
@@ -227,7 +227,7 @@ impl GrpcService {
             // A clone of the URI shares its bytes: no copy per health check.
             let uri = request.uri().clone();
             let routed = self.routes.clone().call(request);
-            return Call::Other(Box::pin(async move {
+            return Accepted::Other(Box::pin(async move {
                 routed
                     .await
                     .map(|response| name_unknown_method(response, uri.path()))
@@ -236,29 +236,29 @@ impl GrpcService {
         if !is_grpc(request.headers()) {
             let mut response = Response::new(tonic::body::Body::empty());
             *response.status_mut() = StatusCode::UNSUPPORTED_MEDIA_TYPE;
-            return Call::Refused(response);
+            return Accepted::Refused(response);
         }
         let deadline = match caller_wait(request.headers()) {
             Ok(wait) => Deadline::starting_now(wait),
-            Err(error) => return Call::Refused(refusal(&self.service, error)),
+            Err(error) => return Accepted::Refused(refusal(&self.service, error)),
         };
         let namespace = match self.service.authenticate(Protocol::Grpc, request.headers()) {
             Ok(namespace) => namespace,
-            Err(error) => return Call::Refused(refusal(&self.service, error.into())),
+            Err(error) => return Accepted::Refused(refusal(&self.service, error.into())),
         };
         if request
             .headers()
             .get("grpc-encoding")
             .is_some_and(|e| e != "identity")
         {
-            return Call::Refused(refusal(&self.service, GrpcError::Compressed));
+            return Accepted::Refused(refusal(&self.service, GrpcError::Compressed));
         }
         let head = Head {
             namespace,
             deadline,
             trace: trace::if_wanted(request.headers()),
         };
-        Call::Rpc {
+        Accepted::Rpc {
             operation,
             head,
             body: request.into_body(),
@@ -348,7 +348,7 @@ fn http1_refused() -> Response<tonic::body::Body> {
 }
 
 /// What is left of a request once its headers have been read.
-enum Call<B> {
+enum Accepted<B> {
     /// A method of `rendezvous.v1.Sync`: which, what its headers said, and
     /// the body to read.
     Rpc {

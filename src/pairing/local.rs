@@ -19,7 +19,7 @@ mod model;
 mod shard;
 
 use occupancy::Occupancy;
-use shard::{Joined, Outcome, Shard};
+use shard::{Joined, Shard, WaitEnd};
 
 /// Shards spread ids over independent locks, so that callers on different
 /// cores rarely contend. A power of two, and comfortably above the core count.
@@ -132,12 +132,12 @@ impl LocalEngine {
         };
         let start = Instant::now();
         match parking.outcome(give_up.until(deadline)).await {
-            Outcome::Completed(position, offers) => {
+            WaitEnd::Completed(position, offers) => {
                 Ok(Meeting::new(position, offers, start.elapsed()))
             }
-            Outcome::TimedOut if give_up.given_up() => Err(PairError::Withdrawn),
-            Outcome::TimedOut => Err(PairError::TimedOut),
-            Outcome::Closed => Err(PairError::ShuttingDown),
+            WaitEnd::TimedOut if give_up.given_up() => Err(PairError::Withdrawn),
+            WaitEnd::TimedOut => Err(PairError::TimedOut),
+            WaitEnd::Closed => Err(PairError::ShuttingDown),
         }
     }
 }
@@ -288,7 +288,7 @@ mod tests {
         for (parking, position) in [(b, 0), (c, 1)] {
             let outcome = futures_poll(std::pin::pin!(parking.outcome(std::future::pending())));
             assert!(
-                matches!(outcome, Poll::Ready(shard::Outcome::Completed(p, _)) if p == position)
+                matches!(outcome, Poll::Ready(shard::WaitEnd::Completed(p, _)) if p == position)
             );
         }
         assert_eq!((shard.waiting(), occupancy.taken()), (0, 0));

@@ -138,7 +138,7 @@ pub(super) fn exporting() -> bool {
 }
 
 /// The exporter's counts, for `/metrics`: process-wide, as the exporter is.
-struct Counts {
+struct ExportCounts {
     exported: Counter,
     dropped: Family<DropLabel, Counter>,
     queue_full: Counter,
@@ -150,10 +150,10 @@ struct DropLabel {
     reason: &'static str,
 }
 
-static COUNTS: LazyLock<Counts> = LazyLock::new(|| {
+static COUNTS: LazyLock<ExportCounts> = LazyLock::new(|| {
     let dropped = Family::<DropLabel, Counter>::default();
     let reason = |reason| dropped.get_or_create(&DropLabel { reason }).clone();
-    Counts {
+    ExportCounts {
         exported: Counter::default(),
         queue_full: reason("queue_full"),
         export_failed: reason("export_failed"),

@@ -94,7 +94,7 @@ pub struct CutsArgs {
 
 /// What one try that was not cut was told.
 #[derive(Debug, Clone, PartialEq)]
-enum Told {
+enum TryAnswer {
     Paired {
         role: Role,
         peer: Bytes,
@@ -107,7 +107,7 @@ enum Told {
 /// Counts over the run; everything but `pairs_ok`, `cuts`, `asked_again`
 /// and `retried` must stay 0.
 #[derive(Debug, Default)]
-struct Tally {
+struct CutsTally {
     pairs_ok: AtomicU64,
     cuts: AtomicU64,
     asked_again: AtomicU64,
@@ -121,7 +121,7 @@ struct Tally {
     waited_changed: AtomicU64,
 }
 
-impl Tally {
+impl CutsTally {
     fn add(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }
@@ -159,15 +159,15 @@ impl Tally {
 }
 
 /// One replica's two ports.
-struct Replica {
+struct ReplicaPorts {
     grpc: Arc<[Client]>,
     http: SocketAddr,
 }
 
 struct Run {
-    replicas: Vec<Replica>,
+    replicas: Vec<ReplicaPorts>,
     args: CutsArgs,
-    tally: Tally,
+    tally: CutsTally,
 }
 
 /// One logical wait: a caller, its key and its payload.
@@ -181,7 +181,7 @@ impl Run {
     /// Every try of one caller, until one that is not cut has an answer
     /// (and, sometimes, one more to ask again); the answers of the tries
     /// that were not cut, in order.
-    async fn wait(&self, caller: &Caller, rng: &mut fastrand::Rng) -> Vec<Told> {
+    async fn wait(&self, caller: &Caller, rng: &mut fastrand::Rng) -> Vec<TryAnswer> {
         let (mut cuts, mut refusals, mut again) = (0, 0, false);
         let mut answers = Vec::new();
         for previous in 0.. {
@@ -196,24 +196,24 @@ impl Run {
                     Ok(told) => told,
                     Err(_) => {
                         cuts += 1;
-                        Tally::add(&self.tally.cuts);
+                        CutsTally::add(&self.tally.cuts);
                         continue;
                     }
                 },
             };
-            if let Told::Failed(error) = &told
+            if let TryAnswer::Failed(error) = &told
                 && error.starts_with("retry:")
                 && refusals < 20
             {
                 refusals += 1;
-                Tally::add(&self.tally.retried);
+                CutsTally::add(&self.tally.retried);
                 continue;
             }
-            let answered = matches!(told, Told::Paired { .. });
+            let answered = matches!(told, TryAnswer::Paired { .. });
             answers.push(told);
             if answered && !again && rng.f64() < self.args.ask_again {
                 again = true;
-                Tally::add(&self.tally.asked_again);
+                CutsTally::add(&self.tally.asked_again);
                 continue;
             }
             return answers;
@@ -226,11 +226,11 @@ impl Run {
     /// from its retry.
     async fn try_once(
         &self,
-        replica: &Replica,
+        replica: &ReplicaPorts,
         grpc: bool,
         caller: &Caller,
         previous: u32,
-    ) -> Told {
+    ) -> TryAnswer {
         if !grpc {
             return http_try(replica.http, caller, previous, self.args.wait).await;
         }
@@ -247,14 +247,14 @@ impl Run {
             )
             .await;
         match result {
-            Ok(meeting) => Told::Paired {
+            Ok(meeting) => TryAnswer::Paired {
                 role: meeting.role(),
                 peer: meeting.peer().payload.clone(),
                 waited: meeting.waited,
             },
-            Err(status) if status.code() == tonic::Code::DeadlineExceeded => Told::TimedOut,
-            Err(status) if retryable(&status) => Told::Failed(format!("retry: grpc {status}")),
-            Err(status) => Told::Failed(format!("grpc: {status}")),
+            Err(status) if status.code() == tonic::Code::DeadlineExceeded => TryAnswer::TimedOut,
+            Err(status) if retryable(&status) => TryAnswer::Failed(format!("retry: grpc {status}")),
+            Err(status) => TryAnswer::Failed(format!("grpc: {status}")),
         }
     }
 
@@ -296,55 +296,60 @@ impl Run {
         self.judge(&id, (&a, &a_told), (&b, &b_told));
     }
 
-    fn judge(&self, id: &str, (a, a_told): (&Caller, &[Told]), (b, b_told): (&Caller, &[Told])) {
+    fn judge(
+        &self,
+        id: &str,
+        (a, a_told): (&Caller, &[TryAnswer]),
+        (b, b_told): (&Caller, &[TryAnswer]),
+    ) {
         let tally = &self.tally;
         let a_final = self.verdict_of(id, a_told);
         let b_final = self.verdict_of(id, b_told);
-        let paired = |told: &Option<&Told>| matches!(told, Some(Told::Paired { .. }));
+        let paired = |told: &Option<&TryAnswer>| matches!(told, Some(TryAnswer::Paired { .. }));
         match (a_final, b_final) {
             (
-                Some(Told::Paired {
+                Some(TryAnswer::Paired {
                     role: a_role,
                     peer: a_peer,
                     ..
                 }),
-                Some(Told::Paired {
+                Some(TryAnswer::Paired {
                     role: b_role,
                     peer: b_peer,
                     ..
                 }),
             ) => {
                 if a_role != b_role && *a_peer == b.payload && *b_peer == a.payload {
-                    Tally::add(&tally.pairs_ok);
+                    CutsTally::add(&tally.pairs_ok);
                 } else {
                     eprintln!("pair {id} wrong: {a_told:?} / {b_told:?}");
-                    Tally::add(&tally.wrong);
+                    CutsTally::add(&tally.wrong);
                 }
             }
             (a_final, b_final) if paired(&a_final) || paired(&b_final) => {
                 eprintln!("pair {id} one-sided: {a_told:?} / {b_told:?}");
-                Tally::add(&tally.one_sided);
+                CutsTally::add(&tally.one_sided);
             }
-            (Some(Told::TimedOut), Some(Told::TimedOut)) => {
+            (Some(TryAnswer::TimedOut), Some(TryAnswer::TimedOut)) => {
                 eprintln!("pair {id} unpaired: both timed out");
-                Tally::add(&tally.unpaired);
+                CutsTally::add(&tally.unpaired);
             }
             _ => {
                 eprintln!("pair {id} failed: {a_told:?} / {b_told:?}");
-                Tally::add(&tally.failed);
+                CutsTally::add(&tally.failed);
             }
         }
     }
 
     /// What one caller was told in the end: its first answer, once every
     /// later try is checked against it.
-    fn verdict_of<'a>(&self, id: &str, told: &'a [Told]) -> Option<&'a Told> {
+    fn verdict_of<'a>(&self, id: &str, told: &'a [TryAnswer]) -> Option<&'a TryAnswer> {
         let first = told.first()?;
         for later in &told[1..] {
             match (first, later) {
                 (
-                    Told::Paired { role, peer, waited },
-                    Told::Paired {
+                    TryAnswer::Paired { role, peer, waited },
+                    TryAnswer::Paired {
                         role: again,
                         peer: again_peer,
                         waited: again_waited,
@@ -352,14 +357,14 @@ impl Run {
                 ) => {
                     if (role, peer) != (again, again_peer) {
                         eprintln!("pair {id}: decided twice: {first:?}, then {later:?}");
-                        Tally::add(&self.tally.double_decisions);
+                        CutsTally::add(&self.tally.double_decisions);
                     } else if waited != again_waited {
-                        Tally::add(&self.tally.waited_changed);
+                        CutsTally::add(&self.tally.waited_changed);
                     }
                 }
-                (Told::Paired { .. }, _) => {
+                (TryAnswer::Paired { .. }, _) => {
                     eprintln!("pair {id}: answer forgotten: {first:?}, then {later:?}");
-                    Tally::add(&self.tally.forgotten);
+                    CutsTally::add(&self.tally.forgotten);
                 }
                 _ => {}
             }
@@ -375,10 +380,10 @@ fn random_within(rng: &mut fastrand::Rng, bound: Duration) -> Duration {
 
 /// One HTTP try, on a connection of its own that is reset (not closed: no
 /// TIME_WAIT to pile up) when the try is dropped: the HTTP cut.
-async fn http_try(addr: SocketAddr, caller: &Caller, previous: u32, wait: Duration) -> Told {
+async fn http_try(addr: SocketAddr, caller: &Caller, previous: u32, wait: Duration) -> TryAnswer {
     let stream = match TcpStream::connect(addr).await {
         Ok(stream) => stream,
-        Err(error) => return Told::Failed(format!("retry: http connect: {error}")),
+        Err(error) => return TryAnswer::Failed(format!("retry: http connect: {error}")),
     };
     stream.set_nodelay(true).unwrap();
     socket2::SockRef::from(&stream)
@@ -387,7 +392,7 @@ async fn http_try(addr: SocketAddr, caller: &Caller, previous: u32, wait: Durati
     let (mut sender, connection) =
         match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
             Ok(handshake) => handshake,
-            Err(error) => return Told::Failed(format!("retry: http handshake: {error}")),
+            Err(error) => return TryAnswer::Failed(format!("retry: http handshake: {error}")),
         };
     let _connection = soak::AbortOnDrop(tokio::spawn(connection));
     let request = http::Request::post(format!(
@@ -402,11 +407,11 @@ async fn http_try(addr: SocketAddr, caller: &Caller, previous: u32, wait: Durati
     .unwrap();
     let response = match sender.send_request(request).await {
         Ok(response) => response,
-        Err(error) => return Told::Failed(format!("retry: http: {error}")),
+        Err(error) => return TryAnswer::Failed(format!("retry: http: {error}")),
     };
     let status = response.status().as_u16();
     let Ok(body) = response.into_body().collect().await else {
-        return Told::Failed("retry: http: body cut short".into());
+        return TryAnswer::Failed("retry: http: body cut short".into());
     };
     let body = body.to_bytes();
     match status {
@@ -415,7 +420,7 @@ async fn http_try(addr: SocketAddr, caller: &Caller, previous: u32, wait: Durati
             let role = match json["role"].as_str() {
                 Some("ROLE_FIRST") => Role::First,
                 Some("ROLE_SECOND") => Role::Second,
-                other => return Told::Failed(format!("http: role {other:?}")),
+                other => return TryAnswer::Failed(format!("http: role {other:?}")),
             };
             let peer = base64::engine::general_purpose::STANDARD
                 .decode(json["peerPayload"].as_str().unwrap_or_default())
@@ -425,18 +430,18 @@ async fn http_try(addr: SocketAddr, caller: &Caller, previous: u32, wait: Durati
                 .and_then(|w| w.strip_suffix('s')?.parse::<f64>().ok())
                 .map(Duration::from_secs_f64)
                 .unwrap_or_default();
-            Told::Paired {
+            TryAnswer::Paired {
                 role,
                 peer: peer.into(),
                 waited,
             }
         }
-        408 => Told::TimedOut,
-        503 => Told::Failed(format!(
+        408 => TryAnswer::TimedOut,
+        503 => TryAnswer::Failed(format!(
             "retry: http 503: {}",
             String::from_utf8_lossy(&body)
         )),
-        other => Told::Failed(format!("http {other}: {}", String::from_utf8_lossy(&body))),
+        other => TryAnswer::Failed(format!("http {other}: {}", String::from_utf8_lossy(&body))),
     }
 }
 
@@ -449,7 +454,7 @@ pub async fn cuts(args: CutsArgs) -> serde_json::Value {
     let mut replicas = Vec::new();
     for (&grpc, &http) in args.grpc.iter().zip(&args.http) {
         let options = ClientOptions::new(&grpc.to_string()).expect("a valid address");
-        replicas.push(Replica {
+        replicas.push(ReplicaPorts {
             grpc: grpc_clients(&options, 2).await,
             http,
         });
@@ -459,7 +464,7 @@ pub async fn cuts(args: CutsArgs) -> serde_json::Value {
     let run = Arc::new(Run {
         replicas,
         args,
-        tally: Tally::default(),
+        tally: CutsTally::default(),
     });
     let next = Arc::new(AtomicU64::new(0));
     let started = Instant::now();

@@ -10,7 +10,7 @@ use rendezvous::client::{Client, ClientOptions};
 use tokio::{net::TcpStream, sync::mpsc};
 use tonic::Code;
 
-use crate::{Outcome, Protocol, Target};
+use crate::{CallOutcome, Target, Transport};
 
 /// Connections to each target, and one call over them.
 #[derive(Clone)]
@@ -27,7 +27,7 @@ impl Load {
 
     /// A call from `slot`: consecutive slots go to different targets, so the
     /// two callers of a pair (slots 2i and 2i + 1) meet across replicas.
-    pub(crate) async fn call(&self, slot: usize, id: String) -> Outcome {
+    pub(crate) async fn call(&self, slot: usize, id: String) -> CallOutcome {
         let targets = self.0.len();
         self.0[slot % targets].call(slot / targets, id).await
     }
@@ -45,18 +45,18 @@ impl TargetClient {
     pub(crate) async fn connect(target: &Target, addr: SocketAddr, connections: usize) -> Self {
         let options = client_options(target, addr);
         match target.protocol {
-            Protocol::Grpc => Self::Grpc(
+            Transport::Grpc => Self::Grpc(
                 grpc_clients(&options, connections).await,
                 target.attempt_keys,
             ),
-            Protocol::Http => Self::Http(
+            Transport::Http => Self::Http(
                 HttpPool::connect(addr, connections, headers(&options), tls_connector(target))
                     .await,
             ),
         }
     }
 
-    pub(crate) async fn call(&self, slot: usize, id: String) -> Outcome {
+    pub(crate) async fn call(&self, slot: usize, id: String) -> CallOutcome {
         match self {
             Self::Grpc(clients, keys) => {
                 let client = &clients[slot % clients.len()];
@@ -65,9 +65,9 @@ impl TargetClient {
                     false => String::new(),
                 };
                 match client.wait_with_key(&id, Bytes::new(), None, &key).await {
-                    Ok(_) => Outcome::Ok,
-                    Err(status) if status.code() == Code::DeadlineExceeded => Outcome::Timeout,
-                    Err(_) => Outcome::Error,
+                    Ok(_) => CallOutcome::Ok,
+                    Err(status) if status.code() == Code::DeadlineExceeded => CallOutcome::Timeout,
+                    Err(_) => CallOutcome::Error,
                 }
             }
             Self::Http(pool) => pool.call(&id).await,
@@ -198,7 +198,7 @@ impl HttpPool {
         let _ = self.give_back.send(sender).await;
     }
 
-    pub(crate) async fn call(&self, id: &str) -> Outcome {
+    pub(crate) async fn call(&self, id: &str) -> CallOutcome {
         let mut sender = self.take().await;
         let mut request = http::Request::post(format!("/wait-for-second-party/{id}"))
             .header(http::header::HOST, self.target.to_string())
@@ -212,12 +212,12 @@ impl HttpPool {
                 let status = response.status();
                 let complete = response.into_body().collect().await.is_ok();
                 match status.as_u16() {
-                    200 if complete => Outcome::Ok,
-                    408 => Outcome::Timeout,
-                    _ => Outcome::Error,
+                    200 if complete => CallOutcome::Ok,
+                    408 => CallOutcome::Timeout,
+                    _ => CallOutcome::Error,
                 }
             }
-            Err(_) => Outcome::Error,
+            Err(_) => CallOutcome::Error,
         };
         self.put_back(sender).await;
         outcome

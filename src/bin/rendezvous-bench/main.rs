@@ -46,7 +46,7 @@ use usage::{RedisInfo, quiesce, usage_of};
 #[command(
     about = "Load for a rendezvous server (or a ceiling), with server CPU and RSS from /proc"
 )]
-struct Cli {
+struct BenchCli {
     #[command(subcommand)]
     mode: Mode,
     /// Print one JSON object instead of text.
@@ -78,8 +78,8 @@ enum Mode {
 #[derive(Debug, Args)]
 struct Target {
     /// grpc: rendezvous.v1.Sync over HTTP/2. http: the legacy endpoint over HTTP/1.1.
-    #[arg(long, value_enum, default_value_t = Protocol::Grpc)]
-    protocol: Protocol,
+    #[arg(long, value_enum, default_value_t = Transport::Grpc)]
+    protocol: Transport,
     /// The server's address (its gRPC or HTTP port, to match --protocol).
     /// Several, comma-separated, for replicas: the two callers of each pair
     /// go to different ones.
@@ -171,13 +171,13 @@ struct IdleArgs {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Protocol {
+enum Transport {
     Grpc,
     Http,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Outcome {
+enum CallOutcome {
     Ok,
     Timeout,
     Error,
@@ -211,9 +211,9 @@ async fn run_pairs(client: &Load, pairs: u64, concurrency: usize, tag: &str) -> 
                 stats.latencies.push(t.elapsed());
                 for outcome in [a, b] {
                     match outcome {
-                        Outcome::Ok => {}
-                        Outcome::Timeout => stats.timeouts += 1,
-                        Outcome::Error => stats.errors += 1,
+                        CallOutcome::Ok => {}
+                        CallOutcome::Timeout => stats.timeouts += 1,
+                        CallOutcome::Error => stats.errors += 1,
                     }
                 }
             }
@@ -240,7 +240,7 @@ struct PairStats {
 
 /// Parks `n` callers with ids nobody else uses; returns them as tasks, and
 /// their ids so that partners can release them.
-fn park(client: &Load, n: usize, tag: &str) -> (JoinSet<Outcome>, Vec<String>) {
+fn park(client: &Load, n: usize, tag: &str) -> (JoinSet<CallOutcome>, Vec<String>) {
     let mut parked = JoinSet::new();
     let mut ids = Vec::with_capacity(n);
     for i in 0..n {
@@ -256,7 +256,7 @@ fn park(client: &Load, n: usize, tag: &str) -> (JoinSet<Outcome>, Vec<String>) {
 /// waits for both sides of every pair.
 async fn release(
     client: &Load,
-    parked: &mut JoinSet<Outcome>,
+    parked: &mut JoinSet<CallOutcome>,
     ids: Vec<String>,
 ) -> (Duration, u64, u64) {
     let started = Instant::now();
@@ -269,7 +269,7 @@ async fn release(
     for set in [&mut partners, parked] {
         while let Some(outcome) = set.join_next().await {
             match outcome.unwrap() {
-                Outcome::Ok => ok += 1,
+                CallOutcome::Ok => ok += 1,
                 _ => failed += 1,
             }
         }
@@ -291,7 +291,7 @@ fn micros(d: Duration) -> f64 {
 
 #[tokio::main]
 async fn main() {
-    let cli = Cli::parse();
+    let cli = BenchCli::parse();
     RUN.store(
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -321,8 +321,8 @@ async fn pairs(args: PairsArgs) -> serde_json::Value {
         .target
         .connections
         .unwrap_or(match args.target.protocol {
-            Protocol::Grpc => 4,
-            Protocol::Http => 2 * args.concurrency,
+            Transport::Grpc => 4,
+            Transport::Http => 2 * args.concurrency,
         });
     let client = Load::connect(&args.target, connections).await;
     run_pairs(&client, args.warmup, args.concurrency, "warmup").await;
@@ -420,7 +420,7 @@ async fn run_groups(
 
 fn grpc_only(target: &Target) {
     assert!(
-        target.protocol == Protocol::Grpc && target.target.len() == 1,
+        target.protocol == Transport::Grpc && target.target.len() == 1,
         "groups run over gRPC, against one target"
     );
 }
@@ -539,8 +539,8 @@ async fn idle(args: IdleArgs) -> serde_json::Value {
         .target
         .connections
         .unwrap_or(match args.target.protocol {
-            Protocol::Grpc => 64,
-            Protocol::Http => args.waiters,
+            Transport::Grpc => 64,
+            Transport::Http => args.waiters,
         });
     // Warm the server's allocator first, on a few connections of its own, so
     // that the RSS delta is what the parked callers (and, over HTTP/1.1, their
@@ -567,8 +567,8 @@ async fn idle(args: IdleArgs) -> serde_json::Value {
     // Over HTTP/1.1 the parked callers hold every connection: partners need
     // their own (few: each partner's call completes at once).
     let partners = match args.target.protocol {
-        Protocol::Grpc => client.clone(),
-        Protocol::Http => warmup,
+        Transport::Grpc => client.clone(),
+        Transport::Http => warmup,
     };
     let (release_time, ok, failed) = release(&partners, &mut parked, ids).await;
 

@@ -80,7 +80,7 @@ pub struct SoakArgs {
 
 /// What one caller was told.
 #[derive(Debug)]
-enum Told {
+enum SoakAnswer {
     Paired(Bytes),
     TimedOut,
     Failed(String),
@@ -88,7 +88,7 @@ enum Told {
 
 /// Tallies of a run; `wrong` must stay 0.
 #[derive(Debug, Default)]
-struct Tally {
+struct SoakTally {
     pairs_ok: AtomicU64,
     timeouts_ok: AtomicU64,
     cancels_ok: AtomicU64,
@@ -96,7 +96,7 @@ struct Tally {
     failed: AtomicU64,
 }
 
-impl Tally {
+impl SoakTally {
     fn json(&self) -> serde_json::Value {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         serde_json::json!({
@@ -112,14 +112,14 @@ impl Tally {
 /// Connections to every replica.
 #[derive(Clone)]
 struct Clients {
-    replicas: Arc<[Replica]>,
+    replicas: Arc<[ReplicaClients]>,
     timeout_wait: Duration,
     cancel_after: Duration,
 }
 
 /// Connections to one replica's two ports.
 #[derive(Clone)]
-struct Replica {
+struct ReplicaClients {
     grpc: Arc<[Client]>,
     http: HttpPool,
     http_addr: SocketAddr,
@@ -128,7 +128,7 @@ struct Replica {
 impl Clients {
     /// The replica for a call in `slot`: consecutive slots, different
     /// replicas.
-    fn replica(&self, slot: u64) -> &Replica {
+    fn replica(&self, slot: u64) -> &ReplicaClients {
         &self.replicas[slot as usize % self.replicas.len()]
     }
 
@@ -138,20 +138,26 @@ impl Clients {
         id: String,
         payload: Bytes,
         wait: Option<Duration>,
-    ) -> Told {
+    ) -> SoakAnswer {
         let grpc = &self.replica(slot).grpc;
         let client = &grpc[slot as usize / self.replicas.len() % grpc.len()];
         match client.wait(&id, payload, wait).await {
-            Ok(meeting) => Told::Paired(meeting.peer().payload.clone()),
+            Ok(meeting) => SoakAnswer::Paired(meeting.peer().payload.clone()),
             // (Also when tonic's own timer won the race with the server's
             // answer: the client reports that as DEADLINE_EXCEEDED too, and
             // the server counts a cancellation.)
-            Err(status) if status.code() == Code::DeadlineExceeded => Told::TimedOut,
-            Err(status) => Told::Failed(format!("grpc: {status}")),
+            Err(status) if status.code() == Code::DeadlineExceeded => SoakAnswer::TimedOut,
+            Err(status) => SoakAnswer::Failed(format!("grpc: {status}")),
         }
     }
 
-    async fn http_call(&self, slot: u64, id: &str, payload: Bytes, wait: Option<Duration>) -> Told {
+    async fn http_call(
+        &self,
+        slot: u64,
+        id: &str,
+        payload: Bytes,
+        wait: Option<Duration>,
+    ) -> SoakAnswer {
         let replica = self.replica(slot);
         let mut sender = replica.http.take().await;
         let told = http_call(&mut sender, replica.http_addr, id, payload, wait).await;
@@ -166,7 +172,7 @@ impl Clients {
         id: String,
         payload: Bytes,
         wait: Option<Duration>,
-    ) -> Told {
+    ) -> SoakAnswer {
         match grpc {
             true => self.grpc_call(slot, id, payload, wait).await,
             false => self.http_call(slot, &id, payload, wait).await,
@@ -174,7 +180,7 @@ impl Clients {
     }
 
     /// One job: see the module docs for the mix.
-    async fn job(&self, j: u64, tag: &str, tally: &Tally) {
+    async fn job(&self, j: u64, tag: &str, tally: &SoakTally) {
         let id = fresh_id(tag, j);
         let (round, kind) = (j / 6, j % 6);
         match kind {
@@ -190,12 +196,12 @@ impl Clients {
                     self.call(b_grpc, j + 1, id.clone(), b_sent.clone(), None),
                 );
                 match (a, b) {
-                    (Told::Paired(a_got), Told::Paired(b_got))
+                    (SoakAnswer::Paired(a_got), SoakAnswer::Paired(b_got))
                         if a_got == b_sent && b_got == a_sent =>
                     {
                         tally.pairs_ok.fetch_add(1, Ordering::Relaxed);
                     }
-                    (Told::Paired(_), _) | (_, Told::Paired(_)) => {
+                    (SoakAnswer::Paired(_), _) | (_, SoakAnswer::Paired(_)) => {
                         tally.wrong.fetch_add(1, Ordering::Relaxed);
                     }
                     (a, b) => {
@@ -218,7 +224,7 @@ impl Clients {
                 match tokio::time::timeout(self.cancel_after, call).await {
                     // Dropped mid-wait: that is the cancellation.
                     Err(_) => tally.cancels_ok.fetch_add(1, Ordering::Relaxed),
-                    Ok(Told::Paired(_)) => tally.wrong.fetch_add(1, Ordering::Relaxed),
+                    Ok(SoakAnswer::Paired(_)) => tally.wrong.fetch_add(1, Ordering::Relaxed),
                     Ok(other) => {
                         eprintln!("cancelling caller {id} was answered first: {other:?}");
                         tally.failed.fetch_add(1, Ordering::Relaxed)
@@ -232,9 +238,9 @@ impl Clients {
                     .call(grpc, j, id.clone(), Bytes::from_static(b"alone"), wait)
                     .await
                 {
-                    Told::TimedOut => tally.timeouts_ok.fetch_add(1, Ordering::Relaxed),
-                    Told::Paired(_) => tally.wrong.fetch_add(1, Ordering::Relaxed),
-                    Told::Failed(error) => {
+                    SoakAnswer::TimedOut => tally.timeouts_ok.fetch_add(1, Ordering::Relaxed),
+                    SoakAnswer::Paired(_) => tally.wrong.fetch_add(1, Ordering::Relaxed),
+                    SoakAnswer::Failed(error) => {
                         eprintln!("timing-out caller {id}: {error}");
                         tally.failed.fetch_add(1, Ordering::Relaxed)
                     }
@@ -245,7 +251,7 @@ impl Clients {
 
     /// An HTTP caller on a connection of its own, which is reset (not
     /// closed: no TIME_WAIT to pile up) when the caller is dropped.
-    async fn http_cancelled_call(&self, slot: u64, id: &str) -> Told {
+    async fn http_cancelled_call(&self, slot: u64, id: &str) -> SoakAnswer {
         let http_addr = self.replica(slot).http_addr;
         let stream = TcpStream::connect(http_addr).await.expect("connects");
         socket2::SockRef::from(&stream)
@@ -284,7 +290,7 @@ async fn http_call(
     id: &str,
     payload: Bytes,
     wait: Option<Duration>,
-) -> Told {
+) -> SoakAnswer {
     let query = wait
         .map(|w| format!("?wait={}ms", w.as_millis()))
         .unwrap_or_default();
@@ -295,11 +301,11 @@ async fn http_call(
         .unwrap();
     let response = match sender.send_request(request).await {
         Ok(response) => response,
-        Err(error) => return Told::Failed(format!("http: {error}")),
+        Err(error) => return SoakAnswer::Failed(format!("http: {error}")),
     };
     let status = response.status();
     let Ok(body) = response.into_body().collect().await else {
-        return Told::Failed("http: body cut short".into());
+        return SoakAnswer::Failed("http: body cut short".into());
     };
     match status.as_u16() {
         200 => {
@@ -307,15 +313,20 @@ async fn http_call(
             let payload = base64::engine::general_purpose::STANDARD
                 .decode(json["peerPayload"].as_str().unwrap_or_default())
                 .expect("base64");
-            Told::Paired(payload.into())
+            SoakAnswer::Paired(payload.into())
         }
-        408 => Told::TimedOut,
-        other => Told::Failed(format!("http: status {other}")),
+        408 => SoakAnswer::TimedOut,
+        other => SoakAnswer::Failed(format!("http: status {other}")),
     }
 }
 
-async fn run(clients: &Clients, rounds: u64, concurrency: usize, tag: &str) -> (Tally, Duration) {
-    let tally = Arc::new(Tally::default());
+async fn run(
+    clients: &Clients,
+    rounds: u64,
+    concurrency: usize,
+    tag: &str,
+) -> (SoakTally, Duration) {
+    let tally = Arc::new(SoakTally::default());
     let next = Arc::new(AtomicU64::new(0));
     let jobs = rounds * 6;
     let started = Instant::now();
@@ -371,7 +382,7 @@ pub async fn soak(args: SoakArgs) -> serde_json::Value {
     );
     let mut replicas = Vec::new();
     for (&grpc, &http) in args.grpc.iter().zip(&args.http) {
-        replicas.push(Replica {
+        replicas.push(ReplicaClients {
             grpc: grpc_clients(
                 &ClientOptions::new(&grpc.to_string()).expect("a valid address"),
                 4,

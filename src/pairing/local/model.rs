@@ -154,7 +154,7 @@ mod occupancy;
 mod shard;
 
 use occupancy::Occupancy;
-use shard::{Joined, Outcome, Shard, Terms};
+use shard::{Joined, Shard, Terms, WaitEnd};
 
 /// One shard and its cap, shared by the model's threads.
 struct World {
@@ -250,11 +250,11 @@ fn call(world: &World, id: &str, payload: &'static [u8], parties: u32, plan: Pla
         }
     };
     match outcome {
-        Outcome::Completed(position, offers) => {
+        WaitEnd::Completed(position, offers) => {
             Told::Completed(position, payloads(position, offers, payload))
         }
-        Outcome::TimedOut => Told::TimedOut,
-        Outcome::Closed => Told::Closed,
+        WaitEnd::TimedOut => Told::TimedOut,
+        WaitEnd::Closed => Told::Closed,
     }
 }
 
@@ -295,14 +295,14 @@ fn check_within(name: &str, bound: usize, f: impl Fn() + Sync + Send + 'static) 
 }
 
 /// A caller in a model run: its id, payload and plan.
-type Caller = (&'static str, &'static [u8], Plan);
+type CallerPlan = (&'static str, &'static [u8], Plan);
 
 /// The callers of one model run. Each runs on its own thread; `replacement`
 /// arrives on the cancelling caller's thread once that one has gone, and
 /// `closer` adds a thread that closes the shard.
 struct Scenario {
-    callers: &'static [Caller],
-    replacement: Option<Caller>,
+    callers: &'static [CallerPlan],
+    replacement: Option<CallerPlan>,
     /// How many callers make up each group.
     parties: u32,
     capacity: usize,
@@ -311,7 +311,7 @@ struct Scenario {
 
 impl Scenario {
     /// Every caller, the replacement last.
-    fn all(&self) -> Vec<Caller> {
+    fn all(&self) -> Vec<CallerPlan> {
         self.callers
             .iter()
             .copied()

@@ -45,11 +45,11 @@ struct ShardState {
     table: HashTable<Box<Forming>>,
     closed: bool,
     /// Kept apart from the table, so that both can be borrowed at once.
-    counts: Counts,
+    counts: ShardCounts,
 }
 
 #[derive(Default)]
-struct Counts {
+struct ShardCounts {
     next_ticket: u64,
     /// Callers parked in this shard, over all its groups.
     parked: usize,
@@ -202,7 +202,7 @@ impl Shard {
     /// A new member's entry, and its claim on it, if the cap has a place.
     fn park<'a>(
         &'a self,
-        counts: &mut Counts,
+        counts: &mut ShardCounts,
         hash: u64,
         offer: Offer,
         occupancy: &'a Occupancy,
@@ -295,7 +295,7 @@ pub(super) struct Parking<'a> {
 }
 
 /// How a parked caller's wait ended.
-pub(super) enum Outcome {
+pub(super) enum WaitEnd {
     /// The group completed: this caller's position, and the others' offers.
     Completed(usize, Offers),
     /// The deadline came first; the member is gone, so nobody counts it.
@@ -378,9 +378,9 @@ pin_project! {
 }
 
 impl<D: Future<Output = ()>> Future for Waiting<'_, D> {
-    type Output = Outcome;
+    type Output = WaitEnd;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<WaitEnd> {
         let this = self.project();
         let parking = this.parking;
         // The channel first: once the delivery is in it, the group stands
@@ -390,7 +390,7 @@ impl<D: Future<Output = ()>> Future for Waiting<'_, D> {
             Poll::Pending => {
                 ready!(this.deadline.poll(cx));
                 if parking.withdraw() {
-                    return Poll::Ready(Outcome::TimedOut);
+                    return Poll::Ready(WaitEnd::TimedOut);
                 }
                 // Too late to withdraw: the last arrival removed the group
                 // first, and handed the delivery over before releasing the lock.
@@ -399,9 +399,9 @@ impl<D: Future<Output = ()>> Future for Waiting<'_, D> {
         };
         parking.settled = true;
         Poll::Ready(match delivered {
-            Some(Completion { position, offers }) => Outcome::Completed(position, offers),
+            Some(Completion { position, offers }) => WaitEnd::Completed(position, offers),
             // The sender was dropped without a delivery: only `close` does that.
-            None => Outcome::Closed,
+            None => WaitEnd::Closed,
         })
     }
 }

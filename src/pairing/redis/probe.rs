@@ -63,7 +63,7 @@ pub(super) async fn sweep(inner: Weak<Inner>, mut swept: mpsc::UnboundedReceiver
 
 /// What the probe has said already, so that it says each thing once.
 #[derive(Default)]
-struct Told {
+struct Said {
     /// "waiting for Redis", before the first answer.
     waiting: bool,
     /// "still cannot reach Redis", when that lasts.
@@ -80,7 +80,7 @@ pub(super) async fn probe(inner: Weak<Inner>, cell: Arc<OnceLock<Weak<Inner>>>) 
     // Before the first answer, failing is normal for a moment (Redis may be
     // starting beside us): say so at info, and warn only if it lasts.
     let started = Instant::now();
-    let mut told = Told::default();
+    let mut told = Said::default();
     loop {
         let Some(engine) = inner.upgrade() else {
             return;
