@@ -246,6 +246,7 @@ impl Rendezvous {
             // The caller's trace id goes on the span, so that its trace finds
             // this call's lines; its partner's, once known, too.
             let span = tracing::debug_span!(
+                target: telemetry::CALLS,
                 "rendezvous",
                 protocol = protocol.as_str(),
                 trace_id = Empty,
@@ -294,7 +295,7 @@ impl Rendezvous {
                 }
                 // Ids can be secret pairing codes: only in this debug event,
                 // never on the span, whose fields show up on every event in it.
-                span.in_scope(|| tracing::debug!(id = id.as_str(), ?wait, "arrived"));
+                span.in_scope(|| tracing::debug!(target: telemetry::CALLS, id = id.as_str(), ?wait, "arrived"));
                 self.metrics.arrived(protocol);
                 pending.admitted = Some(&self.metrics);
                 let offer = Offer { payload, trace };
@@ -426,7 +427,7 @@ fn record(span: &tracing::Span, summary: &Summary<'_>) {
     } = *summary;
     span.record("outcome", outcome);
     span.record("waited", tracing::field::debug(waited));
-    span.in_scope(|| tracing::debug!(outcome, ?waited, "finished"));
+    span.in_scope(|| tracing::debug!(target: telemetry::CALLS, outcome, ?waited, "finished"));
 }
 
 /// How a call ended, as both its spans (the log span and the exported one)

@@ -15,6 +15,11 @@ use crate::config::LogFormat;
 mod otlp;
 
 pub(crate) use otlp::EXPORTED;
+
+/// The target of each call's log span and its lines (`arrived`,
+/// `finished`): what `RUST_LOG=rendezvous::service=debug` turns on, and
+/// what decides whether a caller's `traceparent` is read for them.
+pub(crate) const CALLS: &str = "rendezvous::service";
 pub use otlp::{TracesError, register_metrics};
 
 /// What [`init`] set up, to be shut down when the server stops.

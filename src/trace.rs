@@ -133,7 +133,8 @@ impl fmt::Debug for TraceContext {
 #[cfg(feature = "server")]
 pub fn if_wanted(headers: &HeaderMap) -> Option<TraceContext> {
     // The same target and level as the call's log span in the service.
-    if !crate::telemetry::exporting() && !tracing::enabled!(tracing::Level::DEBUG) {
+    use crate::telemetry::{CALLS, exporting};
+    if !exporting() && !tracing::enabled!(target: CALLS, tracing::Level::DEBUG) {
         return None;
     }
     TraceContext::from_headers(headers)
@@ -243,16 +244,19 @@ mod tests {
         let mut headers = HeaderMap::new();
         let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
         headers.insert("traceparent", traceparent.parse().unwrap());
-        let at = |level| {
+        // Read only when the calls' own log lines are on: the filter users
+        // set with RUST_LOG, by target.
+        let at = |filter: &str| {
             let subscriber = tracing_subscriber::fmt()
-                .with_max_level(level)
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
                 .with_writer(std::io::sink)
                 .finish();
             tracing::subscriber::with_default(subscriber, || if_wanted(&headers))
         };
-        assert_eq!(at(tracing::Level::INFO), None);
+        assert_eq!(at("info"), None);
+        assert_eq!(at("rendezvous=info,rendezvous::trace=debug"), None);
         assert_eq!(
-            at(tracing::Level::DEBUG)
+            at("rendezvous::service=debug")
                 .map(|id| id.to_string())
                 .as_deref(),
             Some("0af7651916cd43dd8448eb211c80319c")
