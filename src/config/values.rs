@@ -70,20 +70,35 @@ pub(crate) fn payload_size(value: &str) -> Result<usize, String> {
         .map_err(|e| format!("{e}; use a size such as 512B, 64KiB or 1MiB"))?;
     match usize::try_from(size.as_u64()) {
         Ok(n) if n <= PAYLOAD_CEILING => Ok(n),
-        _ => Err(format!("{size} is over the ceiling of 16MiB")),
+        _ => Err(format!(
+            "{size} is over the ceiling of {}",
+            mebibytes(PAYLOAD_CEILING)
+        )),
     }
 }
 
-/// A group's payload budget: at least a byte, at most 256MiB (what one
-/// answer to every member could reasonably carry).
+/// The most `--max-group-bytes` may be: what one answer to every member
+/// could reasonably carry.
+pub(crate) const GROUP_BYTES_CEILING: usize = 256 << 20;
+
+/// A size of whole mebibytes as the flags take it: `16MiB`.
+fn mebibytes(bytes: usize) -> String {
+    format!("{}MiB", bytes >> 20)
+}
+
+/// A group's payload budget: at least a byte, at most
+/// [`GROUP_BYTES_CEILING`].
 pub(crate) fn group_size(value: &str) -> Result<usize, String> {
     let size: bytesize::ByteSize = value
         .parse()
         .map_err(|e| format!("{e}; use a size such as 256KiB or 1MiB"))?;
     match usize::try_from(size.as_u64()) {
         Ok(0) => Err("a group needs room for at least one byte".into()),
-        Ok(n) if n <= 256 << 20 => Ok(n),
-        _ => Err(format!("{size} is over the ceiling of 256MiB")),
+        Ok(n) if n <= GROUP_BYTES_CEILING => Ok(n),
+        _ => Err(format!(
+            "{size} is over the ceiling of {}",
+            mebibytes(GROUP_BYTES_CEILING)
+        )),
     }
 }
 
@@ -95,5 +110,20 @@ pub(crate) fn window_size(value: &str) -> Result<u32, String> {
         // HTTP/2 windows are 31-bit; below 64KiB is below the protocol default.
         Ok(n) if (65_535..=(1 << 30)).contains(&n) => Ok(n),
         _ => Err(format!("{size} is outside 64KiB to 1GiB")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_over_their_ceilings_name_the_ceiling() {
+        assert_eq!(payload_size("16MiB"), Ok(PAYLOAD_CEILING));
+        let over = payload_size("17MiB").unwrap_err();
+        assert!(over.ends_with(" is over the ceiling of 16MiB"), "{over}");
+        assert_eq!(group_size("256MiB"), Ok(GROUP_BYTES_CEILING));
+        let over = group_size("257MiB").unwrap_err();
+        assert!(over.ends_with(" is over the ceiling of 256MiB"), "{over}");
     }
 }
