@@ -71,8 +71,8 @@ pub(crate) use values::Offers;
 #[cfg(feature = "server")]
 pub(crate) use values::half_sha256;
 pub use values::{
-    Attempt, AttemptKey, Delivery, Id, MAX_ATTEMPT_KEY_BYTES, MAX_ID_BYTES, Meeting, Offer,
-    Parties, Role, TryOrder, Withdrawal, Withdrawing,
+    Attempt, AttemptKey, Delivery, Id, Joining, MAX_ATTEMPT_KEY_BYTES, MAX_ID_BYTES, Meeting,
+    Offer, Parties, Role, TryOrder, Withdrawal, Withdrawing,
 };
 
 /// The primitives the shards and the cap synchronise with. The loom model

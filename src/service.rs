@@ -35,8 +35,8 @@ use crate::{
     auth::Auth,
     metrics::{Metrics, Protocol, Rejection},
     pairing::{
-        AnyEngine, AttemptKey, AttemptKeyError, Attempts, Delivery, Engine, Id, Meeting, Offer,
-        PairError, Parties, Withdrawal,
+        AnyEngine, AttemptKey, AttemptKeyError, Attempts, Delivery, Engine, Id, Joining, Meeting,
+        Offer, PairError, Parties, Withdrawal,
     },
     proto, telemetry,
 };
@@ -313,7 +313,7 @@ impl Rendezvous {
                                 .gather(
                                     &self.engine,
                                     (key, previous_attempts),
-                                    (id, parties, offer),
+                                    Joining { id, parties, offer },
                                     deadline,
                                 )
                                 .instrument(span.clone()),

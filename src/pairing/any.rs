@@ -12,8 +12,8 @@ use std::time::Duration;
 use tokio::{sync::watch, time::Instant};
 
 use super::{
-    Attempt, AttemptKey, Engine, EngineLimits, Id, LocalEngine, Meeting, Offer, PairError, Parties,
-    RedisConfig, RedisEngine, RedisError, Withdrawal,
+    Attempt, AttemptKey, Engine, EngineLimits, Id, Joining, LocalEngine, Meeting, Offer, PairError,
+    Parties, RedisConfig, RedisEngine, RedisError, Withdrawal,
 };
 
 /// Whichever engine the configuration chose: the one type the service, the
@@ -136,7 +136,7 @@ impl Engine for AnyEngine {
 
     fn gather_keyed(
         &self,
-        call: (Id, Parties, Offer),
+        call: Joining,
         deadline: Instant,
         attempt: Attempt<'_>,
     ) -> impl Future<Output = Result<Meeting, PairError>> + Send {

@@ -33,8 +33,8 @@ use tokio::{
 };
 
 use super::{
-    Attempt, AttemptKey, Delivery, Engine, Id, Meeting, Offer, PairError, Parties, Reuse, TryOrder,
-    Withdrawal, Withdrawing,
+    Attempt, AttemptKey, Delivery, Engine, Id, Joining, Meeting, PairError, Parties, Reuse,
+    TryOrder, Withdrawal, Withdrawing,
 };
 
 /// The keyed waits of one service: open ones, and answers kept for the
@@ -119,7 +119,7 @@ impl Attempts {
         self: &Arc<Self>,
         engine: &Arc<E>,
         (key, previous): (AttemptKey, u32),
-        (id, parties, offer): (Id, Parties, Offer),
+        Joining { id, parties, offer }: Joining,
         deadline: Instant,
     ) -> (Result<Meeting, PairError>, Delivery) {
         let order = TryOrder::now(previous);
@@ -153,7 +153,7 @@ impl Attempts {
                         tombstone: false,
                     });
                     waits.insert(key.clone(), wait.clone());
-                    let call = ((id, parties, offer), deadline);
+                    let call = (Joining { id, parties, offer }, deadline);
                     let run = self.clone().run(engine.clone(), key, wait.clone(), call);
                     tokio::spawn(run);
                     (wait, 0, true)
@@ -279,7 +279,7 @@ impl Attempts {
         engine: Arc<E>,
         key: AttemptKey,
         wait: Arc<Wait>,
-        (call, deadline): ((Id, Parties, Offer), Instant),
+        (call, deadline): (Joining, Instant),
     ) {
         let grace = self.grace;
         let mut order = wait.state.borrow().newest;
@@ -515,7 +515,7 @@ mod tests {
     use std::task::Poll;
 
     use super::*;
-    use crate::pairing::{LocalEngine, Offers, Role};
+    use crate::pairing::{LocalEngine, Offer, Offers, Role};
 
     const GRACE: Duration = Duration::from_secs(5);
     const FAR: Duration = Duration::from_secs(60);
@@ -524,12 +524,12 @@ mod tests {
         AttemptKey::in_namespace(None, k).unwrap().unwrap()
     }
 
-    fn ask(id: &str, parties: u32, payload: &'static [u8]) -> (Id, Parties, Offer) {
-        (
-            Id::new(id).unwrap(),
-            Parties::new(parties, 64).unwrap(),
-            Bytes::from_static(payload).into(),
-        )
+    fn ask(id: &str, parties: u32, payload: &'static [u8]) -> Joining {
+        Joining {
+            id: Id::new(id).unwrap(),
+            parties: Parties::new(parties, 64).unwrap(),
+            offer: Bytes::from_static(payload).into(),
+        }
     }
 
     struct Fixture {
@@ -582,7 +582,7 @@ mod tests {
             wait: Duration,
         ) -> tokio::task::JoinHandle<Result<Meeting, PairError>> {
             let engine = self.engine.clone();
-            let (id, parties, offer) = ask(id, parties, payload);
+            let Joining { id, parties, offer } = ask(id, parties, payload);
             let deadline = Instant::now() + wait;
             tokio::spawn(async move { engine.gather(id, parties, offer, deadline).await })
         }
@@ -953,7 +953,7 @@ mod tests {
 
         fn gather_keyed(
             &self,
-            _: (Id, Parties, Offer),
+            _: Joining,
             _: Instant,
             attempt: Attempt<'_>,
         ) -> impl Future<Output = Result<Meeting, PairError>> + Send {

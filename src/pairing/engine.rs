@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tokio::{sync::watch, time::Instant};
 
-use super::{Attempt, AttemptKey, Id, Meeting, Offer, PairError, Parties, Withdrawal};
+use super::{Attempt, AttemptKey, Id, Joining, Meeting, Offer, PairError, Parties, Withdrawal};
 
 /// The limits that every engine holds its callers to, whichever engine it
 /// is: one place for them, so that the engines cannot drift apart.
@@ -123,7 +123,7 @@ pub trait Engine: Send + Sync + 'static {
     /// nothing to add to what [`Attempts`](super::Attempts) keeps.
     fn gather_keyed(
         &self,
-        (id, parties, offer): (Id, Parties, Offer),
+        Joining { id, parties, offer }: Joining,
         deadline: Instant,
         attempt: Attempt<'_>,
     ) -> impl Future<Output = Result<Meeting, PairError>> + Send {

@@ -10,8 +10,8 @@ use tokio::{
 };
 
 use super::{
-    Attempt, Engine, EngineLimits, Id, Meeting, Offer, Offers, PairError, Parties, Withdrawing,
-    occupancy, sync,
+    Attempt, Engine, EngineLimits, Id, Joining, Meeting, Offer, Offers, PairError, Parties,
+    Withdrawing, occupancy, sync,
 };
 
 #[cfg(test)]
@@ -19,7 +19,7 @@ mod model;
 mod shard;
 
 use occupancy::Occupancy;
-use shard::{Joined, Shard, WaitEnd};
+use shard::{Completion, Joined, Shard, WaitEnd};
 
 /// Shards spread ids over independent locks, so that callers on different
 /// cores rarely contend. A power of two, and comfortably above the core count.
@@ -114,7 +114,7 @@ impl LocalEngine {
             .arrive(id, hash, group, offer, &self.occupancy)
         {
             // The last caller never waits: it finds the others already there.
-            Joined::Completed(position, offers) => {
+            Joined::Completed(Completion { position, offers }) => {
                 return Ok(Meeting::new(position, offers, Duration::ZERO));
             }
             Joined::Closed => return Err(PairError::ShuttingDown),
@@ -132,7 +132,7 @@ impl LocalEngine {
         };
         let start = Instant::now();
         match parking.outcome(give_up.until(deadline)).await {
-            WaitEnd::Completed(position, offers) => {
+            WaitEnd::Completed(Completion { position, offers }) => {
                 Ok(Meeting::new(position, offers, start.elapsed()))
             }
             WaitEnd::TimedOut if give_up.given_up() => Err(PairError::Withdrawn),
@@ -190,7 +190,7 @@ impl Engine for LocalEngine {
     /// as the deadline would, and is what it reports.
     fn gather_keyed(
         &self,
-        (id, parties, offer): (Id, Parties, Offer),
+        Joining { id, parties, offer }: Joining,
         deadline: Instant,
         attempt: Attempt<'_>,
     ) -> impl Future<Output = Result<Meeting, PairError>> + Send {
@@ -280,7 +280,11 @@ mod tests {
         };
         assert_eq!(shard.waiting(), 2);
         assert_eq!(occupancy.taken(), 2);
-        let Joined::Completed(2, Offers::All(all)) = arrive(b"d") else {
+        let Joined::Completed(Completion {
+            position: 2,
+            offers: Offers::All(all),
+        }) = arrive(b"d")
+        else {
             panic!("the group did not complete");
         };
         let payloads: Vec<_> = all.iter().map(|o| o.payload.clone()).collect();
@@ -288,7 +292,7 @@ mod tests {
         for (parking, position) in [(b, 0), (c, 1)] {
             let outcome = futures_poll(std::pin::pin!(parking.outcome(std::future::pending())));
             assert!(
-                matches!(outcome, Poll::Ready(shard::WaitEnd::Completed(p, _)) if p == position)
+                matches!(outcome, Poll::Ready(shard::WaitEnd::Completed(c)) if c.position == position)
             );
         }
         assert_eq!((shard.waiting(), occupancy.taken()), (0, 0));

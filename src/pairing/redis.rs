@@ -76,7 +76,7 @@ use commands::COMMANDS_WAIT;
 use mailbox::{Event, Slot};
 use meeting::{Arrival, Keyed, Sealed};
 use pubsub::pushes_for;
-use script::{Arrived, Settled};
+use script::{Arrived, Verdict};
 
 use config::Deployment;
 pub use config::{RedisArgs, RedisConfig, RedisError, redact};
@@ -85,12 +85,12 @@ use links::{Conn, Connector, Links, Pushes};
 use metrics::RedisMetrics;
 use probe::{probe, sweep};
 use slots::{BUCKETS, Digest};
-use wire::{seal, settled, unexpected, unseal, wait_ms};
+use wire::{seal, unexpected, unseal, verdict, wait_ms};
 
 use super::occupancy::Occupancy;
 use super::{
-    Attempt, AttemptKey, Delivery, Engine, EngineLimits, Id, Meeting, Offer, Offers, PairError,
-    Parties, Reuse, Role, Withdrawal,
+    Attempt, AttemptKey, Delivery, Engine, EngineLimits, Id, Joining, Meeting, Offer, Offers,
+    PairError, Parties, Reuse, Role, Withdrawal,
 };
 use crate::hex::Hex16;
 
@@ -143,7 +143,7 @@ struct Inner {
     /// Cleanups started from `Drop` that have not finished yet.
     cleanups: AtomicUsize,
     /// Woken whenever a slot or a cleanup ends, for `close`.
-    settled: Notify,
+    released: Notify,
     /// Result keys whose message arrived, for [`sweep`] to remove.
     janitor: mpsc::UnboundedSender<String>,
     /// Turns for commands in flight: [`IN_FLIGHT`] of them.
@@ -211,7 +211,7 @@ impl RedisEngine {
             reachable,
             misconfigured: Mutex::new(None),
             cleanups: AtomicUsize::new(0),
-            settled: Notify::new(),
+            released: Notify::new(),
             janitor,
             turns: Semaphore::new(IN_FLIGHT),
             metrics,
@@ -242,11 +242,11 @@ impl RedisEngine {
     pub async fn let_go(&self) {
         let inner = &self.inner;
         loop {
-            let settled = inner.settled.notified();
+            let released = inner.released.notified();
             if inner.cleanups.load(Ordering::Acquire) == 0 {
                 return;
             }
-            settled.await;
+            released.await;
         }
     }
 }
@@ -256,7 +256,7 @@ impl RedisEngine {
     /// [`super::AnyEngine`]'s it would make every local call as large.
     fn call(
         &self,
-        (id, parties, offer): (Id, Parties, Offer),
+        Joining { id, parties, offer }: Joining,
         deadline: Instant,
         attempt: Option<Keyed>,
     ) -> std::pin::Pin<Box<dyn Future<Output = Result<Meeting, PairError>> + Send>> {
@@ -291,7 +291,7 @@ impl Engine for RedisEngine {
         offer: Offer,
         deadline: Instant,
     ) -> impl Future<Output = Result<Meeting, PairError>> + Send {
-        self.call((id, parties, offer), deadline, None)
+        self.call(Joining { id, parties, offer }, deadline, None)
     }
 
     /// The answer (a pair's or a group's) is kept in Redis too, under the
@@ -300,7 +300,7 @@ impl Engine for RedisEngine {
     /// answer there, or takes the place back.
     fn gather_keyed(
         &self,
-        call: (Id, Parties, Offer),
+        call: Joining,
         deadline: Instant,
         attempt: Attempt<'_>,
     ) -> impl Future<Output = Result<Meeting, PairError>> + Send {

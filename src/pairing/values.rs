@@ -259,6 +259,18 @@ impl From<Bytes> for Offer {
     }
 }
 
+/// A keyed engine call's caller ([`Engine::gather_keyed`](super::Engine::gather_keyed)):
+/// the id it meets under, how many make up its group, and what it brings.
+#[derive(Debug, Clone)]
+pub struct Joining {
+    /// The meeting id.
+    pub id: Id,
+    /// How many callers make up its group.
+    pub parties: Parties,
+    /// What it brings for the others.
+    pub offer: Offer,
+}
+
 /// How many callers make up a group: 2 (a pair, `WaitForSecondParty`) or
 /// more (`WaitForParties`). Only [`Parties::new`] builds one, so the engines
 /// never see a group of one.

@@ -812,7 +812,8 @@ async fn on_redis_a_key_reused_with_another_id_is_refused_through_any_replica() 
 #[tokio::test]
 async fn on_redis_a_retry_in_another_trace_is_the_same_request() {
     use rendezvous::pairing::{
-        Attempt, AttemptKey, Engine, Id, Offer, Parties, RedisEngine, Reuse, TryOrder, Withdrawing,
+        Attempt, AttemptKey, Engine, Id, Joining, Offer, Parties, RedisEngine, Reuse, TryOrder,
+        Withdrawing,
     };
     use rendezvous::trace::TraceContext;
     use std::{sync::Arc, time::SystemTime};
@@ -841,7 +842,11 @@ async fn on_redis_a_retry_in_another_trace_is_the_same_request() {
                 trace: TraceContext::from_traceparent(traceparent.as_bytes()),
             };
             let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-            let ask = (Id::new("traced").unwrap(), Parties::TWO, offer);
+            let ask = Joining {
+                id: Id::new("traced").unwrap(),
+                parties: Parties::TWO,
+                offer,
+            };
             engine.gather_keyed(ask, deadline, attempt).await
         }
     };
@@ -1027,7 +1032,7 @@ async fn eventually_members(redis: &RedisServer, prefix: &str, n: usize) {
 #[tokio::test]
 async fn on_redis_a_late_arrival_of_an_older_try_leaves_the_place_to_its_retry() {
     use rendezvous::pairing::{
-        Attempt, AttemptKey, Engine, Id, Parties, RedisEngine, TryOrder, Withdrawing,
+        Attempt, AttemptKey, Engine, Id, Joining, Parties, RedisEngine, TryOrder, Withdrawing,
     };
     use std::{sync::Arc, time::SystemTime};
 
@@ -1051,11 +1056,11 @@ async fn on_redis_a_late_arrival_of_an_older_try_leaves_the_place_to_its_retry()
                 order: TryOrder { previous: 0, tried },
                 withdrawing: &Withdrawing::default(),
             };
-            let ask = (
-                Id::new("order").unwrap(),
-                Parties::TWO,
-                Bytes::from_static(b"from a").into(),
-            );
+            let ask = Joining {
+                id: Id::new("order").unwrap(),
+                parties: Parties::TWO,
+                offer: Bytes::from_static(b"from a").into(),
+            };
             let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
             engine.gather_keyed(ask, deadline, attempt).await
         }

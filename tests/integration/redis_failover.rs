@@ -562,7 +562,9 @@ async fn the_documented_acl_is_enough_on_a_cluster() {
     // An attempt key's binding to its id is a key of its own, in its key's
     // slot, not the id's: a try with the key and another id, through the
     // other replica, finds it there and is refused.
-    use rendezvous::pairing::{Attempt, AttemptKey, Parties, Reuse, TryOrder, Withdrawing};
+    use rendezvous::pairing::{
+        Attempt, AttemptKey, Joining, Parties, Reuse, TryOrder, Withdrawing,
+    };
     let key = AttemptKey::in_namespace(None, "acl-key").unwrap().unwrap();
     async fn keyed(engine: &RedisEngine, key: &AttemptKey, id: &str) -> PairError {
         let attempt = Attempt {
@@ -571,7 +573,11 @@ async fn the_documented_acl_is_enough_on_a_cluster() {
             order: TryOrder::now(0),
             withdrawing: &Withdrawing::default(),
         };
-        let call = (Id::new(id).unwrap(), Parties::TWO, Bytes::new().into());
+        let call = Joining {
+            id: Id::new(id).unwrap(),
+            parties: Parties::TWO,
+            offer: Bytes::new().into(),
+        };
         let deadline = Instant::now() + Duration::from_millis(200);
         let answer = engine.gather_keyed(call, deadline, attempt);
         within(answer).await.unwrap_err()

@@ -154,7 +154,7 @@ mod occupancy;
 mod shard;
 
 use occupancy::Occupancy;
-use shard::{Joined, Shard, Terms, WaitEnd};
+use shard::{Completion, Joined, Shard, Terms, WaitEnd};
 
 /// One shard and its cap, shared by the model's threads.
 struct World {
@@ -224,7 +224,7 @@ fn call(world: &World, id: &str, payload: &'static [u8], parties: u32, plan: Pla
     };
     let offer = Offer::from(Bytes::from_static(payload));
     let parking = match world.shard.arrive(id, HASH, group, offer, &world.occupancy) {
-        Joined::Completed(position, offers) => {
+        Joined::Completed(Completion { position, offers }) => {
             return Told::Completed(position, payloads(position, offers, payload));
         }
         Joined::Closed => return Told::Closed,
@@ -250,7 +250,7 @@ fn call(world: &World, id: &str, payload: &'static [u8], parties: u32, plan: Pla
         }
     };
     match outcome {
-        WaitEnd::Completed(position, offers) => {
+        WaitEnd::Completed(Completion { position, offers }) => {
             Told::Completed(position, payloads(position, offers, payload))
         }
         WaitEnd::TimedOut => Told::TimedOut,

@@ -78,11 +78,13 @@ struct Member {
     tx: oneshot::Sender<Completion>,
 }
 
-/// What a parked member is handed when its group completes: its position,
-/// and the others' offers.
+/// What a member is handed when its group completes, whether it completed
+/// the group or waited in it.
 pub(super) struct Completion {
-    position: usize,
-    offers: Offers,
+    /// Its place in the group's arrival order, from 0.
+    pub(super) position: usize,
+    /// The others' offers.
+    pub(super) offers: Offers,
 }
 
 /// What an arriving caller asks for.
@@ -98,8 +100,8 @@ pub(super) struct Terms {
 
 /// What a caller finds when it arrives.
 pub(super) enum Joined<'a> {
-    /// It was the last member: its position, and the others' offers.
-    Completed(usize, Offers),
+    /// It was the last member.
+    Completed(Completion),
     Parked(Parking<'a>),
     Closed,
     Full,
@@ -196,7 +198,10 @@ impl Shard {
             occupancy.release(&mut counts.spares);
         }
         counts.parked -= members.len();
-        Joined::Completed(members.len(), complete(members, offer))
+        Joined::Completed(Completion {
+            position: members.len(),
+            offers: complete(members, offer),
+        })
     }
 
     /// A new member's entry, and its claim on it, if the cap has a place.
@@ -296,8 +301,8 @@ pub(super) struct Parking<'a> {
 
 /// How a parked caller's wait ended.
 pub(super) enum WaitEnd {
-    /// The group completed: this caller's position, and the others' offers.
-    Completed(usize, Offers),
+    /// The group completed.
+    Completed(Completion),
     /// The deadline came first; the member is gone, so nobody counts it.
     TimedOut,
     /// The shard was closed (the server is shutting down).
@@ -399,7 +404,7 @@ impl<D: Future<Output = ()>> Future for Waiting<'_, D> {
         };
         parking.settled = true;
         Poll::Ready(match delivered {
-            Some(Completion { position, offers }) => WaitEnd::Completed(position, offers),
+            Some(completion) => WaitEnd::Completed(completion),
             // The sender was dropped without a delivery: only `close` does that.
             None => WaitEnd::Closed,
         })

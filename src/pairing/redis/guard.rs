@@ -1,5 +1,5 @@
 //! The drop guard: a caller's claim on its entries in Redis, which removes
-//! them in a task of its own when the caller goes away unsettled.
+//! them in a task of its own when the caller goes away before it is cleared.
 
 use std::sync::{Arc, atomic::Ordering};
 
@@ -7,7 +7,7 @@ use tokio::time::Instant;
 
 use super::{Inner, slots::Digest};
 
-/// A caller's claim on its entries: dropped unsettled (the caller left, or
+/// A caller's claim on its entries: dropped before it is cleared (the caller left, or
 /// its outcome is unknown), it removes them from Redis in a task.
 pub(super) struct Guard {
     pub(super) inner: Arc<Inner>,
@@ -25,7 +25,7 @@ pub(super) struct Guard {
     /// Counted as parked.
     pub(super) parked: bool,
     /// The outcome is known, and nothing of this caller is left in Redis.
-    pub(super) settled: bool,
+    pub(super) cleared: bool,
 }
 
 impl Guard {
@@ -42,7 +42,7 @@ impl Drop for Guard {
     fn drop(&mut self) {
         // The cleanup is counted before the slot goes, so that `close`
         // never sees neither (and returns before the entry is gone).
-        if !self.settled {
+        if !self.cleared {
             self.inner
                 .spawn_cleanup(self.key(), self.token(), self.deadline);
         }
@@ -53,6 +53,6 @@ impl Drop for Guard {
         if self.parked {
             self.inner.parked.fetch_sub(1, Ordering::Relaxed);
         }
-        self.inner.settled.notify_waiters();
+        self.inner.released.notify_waiters();
     }
 }

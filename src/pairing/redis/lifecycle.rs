@@ -25,11 +25,11 @@ impl Inner {
             slot.send(Event::Closed);
         }
         loop {
-            let settled = self.settled.notified();
+            let released = self.released.notified();
             if self.lock_slots().is_empty() && self.cleanups.load(Ordering::Acquire) == 0 {
                 return;
             }
-            settled.await;
+            released.await;
         }
     }
 
@@ -52,10 +52,10 @@ impl Inner {
             }
         }
         self.cleanups.fetch_sub(1, Ordering::AcqRel);
-        self.settled.notify_waiters();
+        self.released.notify_waiters();
     }
 
-    pub(super) async fn leave_in_turn(&self, key: &str, token: &str) -> Result<Settled, PairError> {
+    pub(super) async fn leave_in_turn(&self, key: &str, token: &str) -> Result<Verdict, PairError> {
         let _turn = self.turn().await?;
         self.leave(key, token, false).await
     }

@@ -34,7 +34,7 @@ pub(super) enum Placed {
     /// attempt key.
     Waiting(Delivery),
     Refused(PairError),
-    Answered(Settled, Delivery),
+    Answered(Verdict, Delivery),
 }
 
 /// What a caller's replica learned, the offers still sealed.
@@ -75,7 +75,7 @@ impl Inner {
             keyed: arrival.attempt.is_some(),
             place: false,
             parked: false,
-            settled: false,
+            cleared: false,
         };
         let start = Instant::now();
         // The first turn is waited for here, before anything is built for the
@@ -86,7 +86,7 @@ impl Inner {
         let turn = match self.turn().await {
             Ok(turn) => turn,
             Err(error) => {
-                guard.settled = true;
+                guard.cleared = true;
                 return Err(error);
             }
         };
@@ -99,16 +99,26 @@ impl Inner {
         };
 
         // The payloads here are sealed offers; `gather` unseals them.
-        let met = |settled| {
-            let (position, offers, waited) = match settled {
-                Settled::Paired(Role::First, peer, waited) => (0, Sealed::Peer(peer), waited),
+        let met = |verdict| {
+            let (position, offers, waited) = match verdict {
+                Verdict::Paired {
+                    role: Role::First,
+                    peer,
+                    waited,
+                } => (0, Sealed::Peer(peer), waited),
                 // Zero, as the contract says and the local engine and the
                 // kept answer for a retry do: it found its partner waiting.
-                Settled::Paired(Role::Second, peer, _) => {
-                    (1, Sealed::Peer(peer), Some(Duration::ZERO))
-                }
-                Settled::Grouped(position, all, waited) => (position, Sealed::All(all), waited),
-                Settled::Unpaired => return Err(PairError::TimedOut),
+                Verdict::Paired {
+                    role: Role::Second,
+                    peer,
+                    ..
+                } => (1, Sealed::Peer(peer), Some(Duration::ZERO)),
+                Verdict::Grouped {
+                    position,
+                    all,
+                    waited,
+                } => (position, Sealed::All(all), waited),
+                Verdict::Unpaired => return Err(PairError::TimedOut),
             };
             Ok(Met {
                 position,
@@ -134,20 +144,28 @@ impl Inner {
             match event {
                 Event::Offer => {
                     let accepted = Box::pin(self.accept_in_turn(&guard)).await?;
-                    if !matches!(accepted, Settled::Unpaired) {
-                        guard.settled = true;
+                    if !matches!(accepted, Verdict::Unpaired) {
+                        guard.cleared = true;
                         return met(accepted);
                     }
                 }
                 Event::Paired(peer_payload) => {
-                    guard.settled = true;
-                    return met(Settled::Paired(Role::Second, peer_payload, None));
+                    guard.cleared = true;
+                    return met(Verdict::Paired {
+                        role: Role::Second,
+                        peer: peer_payload,
+                        waited: None,
+                    });
                 }
                 Event::Grouped(position) => {
                     let claimed = Box::pin(self.group_result(&guard)).await;
-                    guard.settled = true;
+                    guard.cleared = true;
                     let (all, waited) = claimed?;
-                    return met(Settled::Grouped(position, all, waited));
+                    return met(Verdict::Grouped {
+                        position,
+                        all,
+                        waited,
+                    });
                 }
                 // Now a waiter, it takes a place against the cap like one;
                 // with none left, it leaves (the guard removes it).
@@ -163,12 +181,12 @@ impl Inner {
                 }
                 // Nothing of it is left here: the retry holds its entry.
                 Event::Superseded => {
-                    guard.settled = true;
+                    guard.cleared = true;
                     return Err(PairError::Superseded);
                 }
                 // Nothing of it is left either: the withdrawal took it out.
                 Event::Withdrawn => {
-                    guard.settled = true;
+                    guard.cleared = true;
                     return Err(PairError::Withdrawn);
                 }
                 Event::Lost(reason) => return Err(PairError::Unavailable(reason)),
@@ -185,28 +203,36 @@ impl Inner {
         &self,
         guard: &mut Guard,
         slot: &Slot,
-    ) -> Result<Settled, PairError> {
+    ) -> Result<Verdict, PairError> {
         let _turn = self.turn().await?;
-        let settled = self.leave(&guard.key(), &guard.token(), true).await?;
-        guard.settled = true;
-        if !matches!(settled, Settled::Unpaired) {
-            return Ok(settled);
+        let verdict = self.leave(&guard.key(), &guard.token(), true).await?;
+        guard.cleared = true;
+        if !matches!(verdict, Verdict::Unpaired) {
+            return Ok(verdict);
         }
         // Its result key is gone only if the message that paired it arrived,
         // and then that message is waiting in its slot.
         while let Some(event) = slot.try_next() {
             match event {
                 Event::Paired(peer_payload) => {
-                    return Ok(Settled::Paired(Role::Second, peer_payload, None));
+                    return Ok(Verdict::Paired {
+                        role: Role::Second,
+                        peer: peer_payload,
+                        waited: None,
+                    });
                 }
                 Event::Grouped(position) => {
                     let (all, waited) = self.group_result(guard).await?;
-                    return Ok(Settled::Grouped(position, all, waited));
+                    return Ok(Verdict::Grouped {
+                        position,
+                        all,
+                        waited,
+                    });
                 }
                 _ => {}
             }
         }
-        Ok(Settled::Unpaired)
+        Ok(Verdict::Unpaired)
     }
 
     /// Shutting down, a waiter with an attempt key lets go of its place in
@@ -215,20 +241,20 @@ impl Inner {
     /// within the grace, and a partner that comes first pairs with it and
     /// leaves the answer for the retry. An offer already made to it is
     /// accepted, and then the caller is answered here after all.
-    pub(super) async fn detach(&self, guard: &mut Guard) -> Result<Settled, PairError> {
+    pub(super) async fn detach(&self, guard: &mut Guard) -> Result<Verdict, PairError> {
         let _turn = self.turn().await?;
         let mut invocation = self.script.key(guard.key());
         invocation.arg("detach").arg(guard.token());
         let reply = self.run(&invocation).await?;
         if reply.first().map(Vec::as_slice) == Some(b"detached") {
-            guard.settled = true;
+            guard.cleared = true;
             return Err(PairError::ShuttingDown);
         }
-        match settled(reply)? {
+        match verdict(reply)? {
             // Not its place (an offerer's, say): the guard takes it out.
-            Settled::Unpaired => Err(PairError::ShuttingDown),
+            Verdict::Unpaired => Err(PairError::ShuttingDown),
             answered => {
-                guard.settled = true;
+                guard.cleared = true;
                 Ok(answered)
             }
         }
@@ -246,15 +272,15 @@ impl Inner {
         let mut invocation = self.script.key(guard.key());
         invocation.arg("claim").arg(guard.token());
         let reply = self.run(&invocation).await?;
-        match settled(reply)? {
-            Settled::Grouped(_, all, waited) => Ok((all, waited)),
+        match verdict(reply)? {
+            Verdict::Grouped { all, waited, .. } => Ok((all, waited)),
             _ => Err(PairError::Unavailable(
                 "the group completed, but its answer expired in Redis before it was read".into(),
             )),
         }
     }
 
-    pub(super) async fn accept_in_turn(&self, guard: &Guard) -> Result<Settled, PairError> {
+    pub(super) async fn accept_in_turn(&self, guard: &Guard) -> Result<Verdict, PairError> {
         let _turn = self.turn().await?;
         self.accept(guard).await
     }
@@ -275,11 +301,11 @@ impl Inner {
             match Box::pin(self.bind_key(guard, keyed)).await {
                 Ok(None) => {}
                 Ok(Some(reuse)) => {
-                    guard.settled = true;
+                    guard.cleared = true;
                     return Ok(Placed::Refused(PairError::AttemptReused(reuse)));
                 }
                 Err(error) => {
-                    guard.settled = true;
+                    guard.cleared = true;
                     return Err(error);
                 }
             }
@@ -289,7 +315,7 @@ impl Inner {
         loop {
             let wait = deadline.saturating_duration_since(Instant::now());
             if wait.is_zero() {
-                guard.settled = true;
+                guard.cleared = true;
                 return Ok(Placed::Refused(PairError::TimedOut));
             }
             let _turn = match first_turn.take() {
@@ -321,38 +347,38 @@ impl Inner {
                     return Ok(Placed::Waiting(Delivery::Fresh));
                 }
                 Arrived::Answered(answer) => {
-                    guard.settled = true;
+                    guard.cleared = true;
                     return Ok(Placed::Answered(answer, Delivery::Fresh));
                 }
                 Arrived::Kept(answer) => {
-                    guard.settled = true;
+                    guard.cleared = true;
                     return Ok(Placed::Answered(answer, Delivery::Redelivered));
                 }
                 Arrived::Full => {
-                    guard.settled = true;
+                    guard.cleared = true;
                     return Ok(Placed::Refused(self.limits.full()));
                 }
                 Arrived::Superseded => {
-                    guard.settled = true;
+                    guard.cleared = true;
                     return Ok(Placed::Refused(PairError::Superseded));
                 }
                 Arrived::Withdrawn => {
-                    guard.settled = true;
+                    guard.cleared = true;
                     return Ok(Placed::Refused(PairError::Withdrawn));
                 }
                 Arrived::Reused(reuse) => {
-                    guard.settled = true;
+                    guard.cleared = true;
                     return Ok(Placed::Refused(PairError::AttemptReused(reuse)));
                 }
                 Arrived::Mismatch(forming) => {
-                    guard.settled = true;
+                    guard.cleared = true;
                     return Ok(Placed::Refused(PairError::PartiesMismatch {
                         forming,
                         asked: guard.parties,
                     }));
                 }
                 Arrived::TooLarge(held) => {
-                    guard.settled = true;
+                    guard.cleared = true;
                     let payload_len = arrival.payload_len;
                     return Ok(Placed::Refused(self.limits.too_large(held, payload_len)));
                 }

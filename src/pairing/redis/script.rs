@@ -23,9 +23,9 @@ pub(super) enum Arrived {
     TooLarge(usize),
     /// Decided as it arrived (a keyed caller that paired with a waiter
     /// whose replica is gone, or completed a group).
-    Answered(Settled),
+    Answered(Verdict),
     /// A retry with an attempt key: the answer Redis kept for it.
-    Kept(Settled),
+    Kept(Verdict),
     /// A try with an attempt key older than the one that holds its place.
     Superseded,
     /// A try with an attempt key whose wait was withdrawn.
@@ -36,15 +36,26 @@ pub(super) enum Arrived {
 }
 
 /// What `accept`, `confirm` and `leave` decided.
-pub(super) enum Settled {
-    /// Paired: the role, the partner's sealed offer, and how long Redis
-    /// says the caller waited, where it keeps that (for an answer that a
-    /// retry may be handed again).
-    Paired(Role, Bytes, Option<Duration>),
-    /// The group completed: this caller's position, every member's sealed
-    /// offer, and how long Redis says it waited, for a caller with an
-    /// attempt key (as for a pair).
-    Grouped(usize, Vec<Bytes>, Option<Duration>),
+pub(super) enum Verdict {
+    /// Paired.
+    Paired {
+        role: Role,
+        /// The partner's sealed offer.
+        peer: Bytes,
+        /// How long Redis says the caller waited, where it keeps that (for
+        /// an answer that a retry may be handed again).
+        waited: Option<Duration>,
+    },
+    /// The group completed.
+    Grouped {
+        /// This caller's position.
+        position: usize,
+        /// Every member's sealed offer.
+        all: Vec<Bytes>,
+        /// How long Redis says it waited, for a caller with an attempt key
+        /// (as for a pair).
+        waited: Option<Duration>,
+    },
     /// No pair: `accept` found the offer withdrawn, or `leave` removed the
     /// caller (or found it gone already).
     Unpaired,
@@ -73,9 +84,9 @@ impl Inner {
         let decided = match reply.first().map(Vec::as_slice) {
             Some(b"withdrawn") => return Ok(Withdrawal::Withdrawn),
             Some(b"unknown") => return Ok(Withdrawal::Unknown),
-            Some(b"kept") => settled(reply.into_iter().skip(1).collect())?,
+            Some(b"kept") => verdict(reply.into_iter().skip(1).collect())?,
             // Found, and taken out as it was leaving.
-            _ => settled(reply)?,
+            _ => verdict(reply)?,
         };
         Ok(meeting_of(decided).map_or(Withdrawal::Withdrawn, Withdrawal::Met))
     }
@@ -150,8 +161,8 @@ impl Inner {
             Some(b"full") => Ok(Arrived::Full),
             Some(b"mismatch") => Ok(Arrived::Mismatch(number()? as u32)),
             Some(b"toolarge") => Ok(Arrived::TooLarge(number()? as usize)),
-            Some(b"first" | b"second" | b"group") => Ok(Arrived::Answered(settled(reply)?)),
-            Some(b"kept") => Ok(Arrived::Kept(settled(reply.into_iter().skip(1).collect())?)),
+            Some(b"first" | b"second" | b"group") => Ok(Arrived::Answered(verdict(reply)?)),
+            Some(b"kept") => Ok(Arrived::Kept(verdict(reply.into_iter().skip(1).collect())?)),
             _ => Err(unexpected(&reply)),
         }
     }
@@ -184,14 +195,14 @@ impl Inner {
         Ok(first.and_then(|first| bound_to_another(&first, ours.as_bytes())))
     }
 
-    pub(super) async fn accept(&self, guard: &Guard) -> Result<Settled, PairError> {
+    pub(super) async fn accept(&self, guard: &Guard) -> Result<Verdict, PairError> {
         let (key, token) = (guard.key(), guard.token());
         let mut invocation = self.script.key(&key);
         let confirm = guard.parties > 2;
         invocation
             .arg(if confirm { "confirm" } else { "accept" })
             .arg(&token);
-        settled(self.run(&invocation).await?)
+        verdict(self.run(&invocation).await?)
     }
 
     pub(super) async fn leave(
@@ -199,13 +210,13 @@ impl Inner {
         key: &str,
         token: &str,
         can_accept: bool,
-    ) -> Result<Settled, PairError> {
+    ) -> Result<Verdict, PairError> {
         let mut invocation = self.script.key(key);
         invocation
             .arg("leave")
             .arg(token)
             .arg(if can_accept { "1" } else { "0" });
-        settled(self.run(&invocation).await?)
+        verdict(self.run(&invocation).await?)
     }
 
     /// Where a keyed caller's attempt key is bound to its id, and what the
@@ -221,15 +232,27 @@ impl Inner {
 
 /// What a decided caller is told, from what Redis kept of the decision;
 /// `None` if it was not paired.
-pub(super) fn meeting_of(settled: Settled) -> Option<Meeting> {
-    let (position, offers, waited) = match settled {
-        Settled::Paired(Role::First, peer, waited) => (0, Offers::Peer(unseal(peer)), waited),
-        Settled::Paired(Role::Second, peer, waited) => (1, Offers::Peer(unseal(peer)), waited),
-        Settled::Grouped(position, all, waited) => {
+pub(super) fn meeting_of(verdict: Verdict) -> Option<Meeting> {
+    let (position, offers, waited) = match verdict {
+        Verdict::Paired {
+            role: Role::First,
+            peer,
+            waited,
+        } => (0, Offers::Peer(unseal(peer)), waited),
+        Verdict::Paired {
+            role: Role::Second,
+            peer,
+            waited,
+        } => (1, Offers::Peer(unseal(peer)), waited),
+        Verdict::Grouped {
+            position,
+            all,
+            waited,
+        } => {
             let all = all.into_iter().map(unseal).collect();
             (position, Offers::All(all), waited)
         }
-        Settled::Unpaired => return None,
+        Verdict::Unpaired => return None,
     };
     Some(Meeting::new(position, offers, waited.unwrap_or_default()))
 }

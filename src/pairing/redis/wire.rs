@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::{PairError, Role, Settled};
+use super::{PairError, Role, Verdict};
 use crate::{pairing::Offer, trace::TraceContext};
 
 /// A caller's offer as Redis keeps and sends it, one string: a first byte
@@ -44,7 +44,7 @@ pub(super) fn unseal(sealed: Bytes) -> Offer {
     }
 }
 
-pub(super) fn settled(reply: Vec<Vec<u8>>) -> Result<Settled, PairError> {
+pub(super) fn verdict(reply: Vec<Vec<u8>>) -> Result<Verdict, PairError> {
     let role = match reply.first().map(Vec::as_slice) {
         Some(b"first") => Role::First,
         Some(b"second") => Role::Second,
@@ -55,24 +55,28 @@ pub(super) fn settled(reply: Vec<Vec<u8>>) -> Result<Settled, PairError> {
                 .and_then(|p| String::from_utf8(p).ok()?.parse().ok());
             let list = parts.next();
             return match (position, list) {
-                (Some(position), Some(list)) => Ok(Settled::Grouped(
+                (Some(position), Some(list)) => Ok(Verdict::Grouped {
                     position,
-                    unpack(Bytes::from(list))?,
-                    waited(parts.next()),
-                )),
+                    all: unpack(Bytes::from(list))?,
+                    waited: waited(parts.next()),
+                }),
                 _ => Err(PairError::Unavailable(
                     "Redis answered a group without its payloads".into(),
                 )),
             };
         }
-        Some(b"none" | b"left" | b"gone") => return Ok(Settled::Unpaired),
+        Some(b"none" | b"left" | b"gone") => return Ok(Verdict::Unpaired),
         _ => return Err(unexpected(&reply)),
     };
     let mut parts = reply.into_iter().skip(1);
     let payload = parts.next();
     let waited = waited(parts.next());
     match payload {
-        Some(payload) => Ok(Settled::Paired(role, Bytes::from(payload), waited)),
+        Some(payload) => Ok(Verdict::Paired {
+            role,
+            peer: Bytes::from(payload),
+            waited,
+        }),
         None => Err(PairError::Unavailable(
             "Redis answered a pair without a payload".into(),
         )),
