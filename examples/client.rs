@@ -78,7 +78,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let wait = client.wait_with_key(&id, "gone".into(), TIMEOUT, key.as_str());
     let given_up = tokio::time::sleep(Duration::from_millis(200));
     match client
-        .unless_given_up((&id, &key), wait, given_up, Duration::from_secs(2))
+        .unless_given_up(&id, &key, wait, given_up, Duration::from_secs(2))
         .await
     {
         // Unknown if the wait had not reached the server yet: a try with

@@ -372,7 +372,7 @@ pub async fn wait(args: WaitArgs) -> Exit {
         },
         false => {
             client
-                .unless_given_up((&args.id, &key), call, stop, WITHDRAW_TIMEOUT)
+                .unless_given_up(&args.id, &key, call, stop, WITHDRAW_TIMEOUT)
                 .await
         }
     };

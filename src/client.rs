@@ -40,7 +40,7 @@
 //!     let _ = tokio::signal::ctrl_c().await;
 //! };
 //! match client
-//!     .unless_given_up(("job-7", &key), wait, ctrl_c, Duration::from_secs(2))
+//!     .unless_given_up("job-7", &key, wait, ctrl_c, Duration::from_secs(2))
 //!     .await
 //! {
 //!     Ended::Answered(answer) => println!("{:?}", answer?.role()),
@@ -342,7 +342,8 @@ impl Client {
     /// that is gone cannot hold up the caller that gave up.
     pub async fn unless_given_up(
         &self,
-        (id, attempt_key): (&str, &str),
+        id: &str,
+        attempt_key: &str,
         wait: impl Future<Output = Result<Meeting, Status>>,
         give_up: impl Future<Output = ()>,
         withdraw_timeout: Duration,

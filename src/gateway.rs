@@ -285,9 +285,8 @@ impl Shape for GroupRoute {
 
 /// Reads the payload and makes the call, answering as route `S` does.
 ///
-/// An `async` block, not an `async fn`, which would keep a second copy of
-/// its arguments (the request among them) for as long as the caller waits
-/// (rust-lang/rust#62958).
+/// An `async` block, not an `async fn`, which would keep the request a
+/// second time (the crate doc's "What a parked caller costs").
 #[allow(
     clippy::manual_async_fn,
     reason = "an async fn keeps its arguments twice"

@@ -161,9 +161,9 @@ impl GrpcService {
     {
         let call = self.accept(request);
         let service = self.service.clone();
-        // Returned as is, not wrapped in another `async` block by the caller:
-        // awaiting a future inside another one stores it twice (rustc #62958),
-        // which doubled what each parked call cost.
+        // Returned as is, not wrapped in another `async` block by the caller
+        // (the crate doc's "What a parked caller costs"): wrapped, it
+        // doubled what each parked call cost.
         async move {
             match call {
                 Accepted::Rpc {
@@ -484,8 +484,8 @@ impl Method for proto::WaitForPartiesRequest {
 
 /// Reads, decodes and makes one call of method `M`.
 ///
-/// An `async` block, not an `async fn`, which would keep a second copy of its
-/// arguments for as long as the caller waits (rust-lang/rust#62958).
+/// An `async` block, not an `async fn` (the crate doc's "What a parked
+/// caller costs").
 #[allow(
     clippy::manual_async_fn,
     reason = "an async fn keeps its arguments twice"

@@ -48,6 +48,21 @@
 //!   and the id hashes in Redis keys; `human` (private): durations as people
 //!   read them, in errors and the CLI.
 //!
+//! # What a parked caller costs
+//!
+//! A parked caller is its request's future, so the futures on a call's path
+//! are kept small, by two rules that the code points back here for:
+//! - a function that returns an `async` block, not an `async fn`, wherever
+//!   the future lives as long as the wait: an `async fn` keeps a second copy
+//!   of its arguments beside its locals for as long as it is pending
+//!   (rust-lang/rust#62958);
+//! - a future returned as it is, not awaited inside another `async` block,
+//!   which would store it twice.
+//!
+//! Tests guard the sizes: a call's future in `service.rs`, a pair's request
+//! on each port in `grpc.rs` and `gateway.rs`. BENCHMARKS.md has the bytes
+//! per parked caller.
+//!
 //! # Features
 //!
 //! `server`, on by default, is everything but the client. Without it

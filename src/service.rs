@@ -216,9 +216,9 @@ impl Rendezvous {
         if let Some(own) = exported.as_ref().and_then(|span| span.own()) {
             request.trace = Some(own);
         }
-        // An `async` block, not an `async fn`: an `async fn` keeps a second
-        // copy of its arguments (rust-lang/rust#62958), the whole request
-        // here, for as long as the caller waits.
+        // An `async` block, not an `async fn`, which would keep the whole
+        // request a second time (the crate doc's "What a parked caller
+        // costs").
         async move {
             // Every way out ends the exported span with the outcome, and one
             // that never gets here (the caller went away) ends it as

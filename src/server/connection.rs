@@ -180,9 +180,9 @@ async fn serve_http_on<I>(
 /// Serves HTTP/1.1 on either port: the legacy endpoint and probes on the
 /// HTTP port, gRPC-Web on the gRPC port.
 ///
-/// Not an `async fn`: it returns `drive`'s future itself, so that awaiting
-/// it stores the connection once, not once more in a wrapper (rustc #62958);
-/// an HTTP/1.1 connection is what each parked legacy caller costs.
+/// Not an `async fn`: it returns `drive`'s future itself, so that the
+/// connection is stored once (the crate doc's "What a parked caller
+/// costs"); an HTTP/1.1 connection is what each parked legacy caller costs.
 fn serve_http1<I, S, B>(
     io: I,
     service: S,

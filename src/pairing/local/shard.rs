@@ -372,9 +372,9 @@ impl Drop for Parking<'_> {
 pin_project! {
     /// A parked caller waiting for its group or its deadline.
     ///
-    /// A hand-written future rather than an async fn: an async fn keeps its
-    /// arguments apart from its locals (rust-lang/rust#62958), and every byte
-    /// here is paid once per parked caller.
+    /// A hand-written future rather than an async fn (the crate doc's "What
+    /// a parked caller costs"): every byte here is paid once per parked
+    /// caller.
     pub(super) struct Waiting<'a, D> {
         parking: Parking<'a>,
         #[pin]
