@@ -377,52 +377,6 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_third_caller_starts_a_new_pair() {
-        let engine = LocalEngine::new();
-        let first = engine.meet(id("a"), Offer::default(), after(FAR));
-        tokio::pin!(first);
-        assert!(futures_poll(first.as_mut()).is_pending());
-        engine
-            .meet(id("a"), Offer::default(), after(FAR))
-            .await
-            .unwrap();
-        assert_eq!(first.await.unwrap().role(), Role::First);
-
-        let third = engine.meet(id("a"), Offer::default(), after(SECOND));
-        assert_eq!(third.await, Err(PairError::TimedOut));
-        assert_eq!(engine.waiting(), 0);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn different_ids_do_not_pair() {
-        let engine = LocalEngine::new();
-        let deadline = Duration::from_millis(500);
-        let (a, b) = tokio::join!(
-            engine.meet(id("a"), Offer::default(), after(deadline)),
-            engine.meet(id("b"), Offer::default(), after(deadline)),
-        );
-        assert!(matches!(a, Err(PairError::TimedOut)));
-        assert!(matches!(b, Err(PairError::TimedOut)));
-        assert_eq!(engine.waiting(), 0);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_dropped_waiter_leaves_nothing_behind() {
-        let engine = LocalEngine::new();
-        {
-            let gone = engine.meet(id("a"), Bytes::from_static(b"stale").into(), after(FAR));
-            tokio::pin!(gone);
-            assert!(futures_poll(gone.as_mut()).is_pending());
-            assert_eq!(engine.waiting(), 1);
-        }
-        assert_eq!(engine.waiting(), 0);
-
-        // The next caller waits instead of pairing with the one that left.
-        let next = engine.meet(id("a"), Offer::default(), after(SECOND));
-        assert!(matches!(next.await, Err(PairError::TimedOut)));
-    }
-
-    #[tokio::test(start_paused = true)]
     async fn a_partner_arriving_after_the_deadline_fired_but_before_the_waiter_ran_still_pairs_both()
      {
         let engine = LocalEngine::new();
