@@ -1005,7 +1005,7 @@ async fn completes(
 /// Until the group forming under some id of `prefix` has `n` members.
 async fn eventually_members(redis: &RedisServer, prefix: &str, n: usize) {
     let what = format!("a group of {n} members under {prefix}");
-    crate::common::until(Duration::from_secs(10), &what, || async {
+    crate::common::until(&what, || async {
         for key in redis.entries(prefix).await {
             // A place's key, not a kept answer's (`...}HASH:k:...`).
             if key

@@ -210,7 +210,7 @@ async fn a_member_cancelling_while_the_last_arrives(deployment: Deployment) {
     // the departure and the last member waits in its place.
     let gone = [("protocol", "grpc")];
     let what = "the last member answered, or the departure counted";
-    let completed = common::until(std::time::Duration::from_secs(10), what, || async {
+    let completed = common::until(what, || async {
         if last.is_finished() {
             return Some(true);
         }

@@ -168,7 +168,7 @@ async fn every_caller_answered([a, b]: &[Arc<RedisEngine>; 2], ids: &[String], w
 /// Waits (up to 30 s) until exactly `expected` say they are primaries.
 async fn until_primaries(topology: &Topology, expected: &[u16]) {
     let what = format!("the primaries to become {expected:?}");
-    crate::common::until(Duration::from_secs(30), &what, || async {
+    crate::common::until(&what, || async {
         (topology.primaries().await == expected).then_some(())
     })
     .await
@@ -247,14 +247,10 @@ async fn cluster_primary_killed_while_callers_wait() {
     // The replicas may have paired on the other shards before the cluster
     // promoted the dead primary's replica: wait for that, then pair on the
     // ids of its slots, which only the promoted node can serve.
-    crate::common::until(
-        Duration::from_secs(30),
-        "a replica to take over",
-        || async {
-            let promoted = topology.primaries().await;
-            (promoted.len() == 3 && !promoted.contains(&primaries[0])).then_some(promoted)
-        },
-    )
+    crate::common::until("a replica to take over", || async {
+        let promoted = topology.primaries().await;
+        (promoted.len() == 3 && !promoted.contains(&primaries[0])).then_some(promoted)
+    })
     .await;
     let [a, b] = &engines;
     for id in &orphans {

@@ -274,7 +274,7 @@ async fn metric(server: &Process, name: &str, labels: &[(&str, &str)]) -> f64 {
 /// Waits until `name` reads `want` (the server says so at its own pace).
 async fn until_metric(server: &Process, name: &str, want: f64) {
     let what = format!("{name} to read {want}");
-    common::until(std::time::Duration::from_secs(10), &what, || async {
+    common::until(&what, || async {
         (metric(server, name, &[]).await == want).then_some(())
     })
     .await
@@ -503,14 +503,10 @@ async fn a_collector_that_is_down_changes_nothing_for_callers() {
     ];
     let server = Process::start_with_env(&[], &env).await;
     pairs(&server, 10).await;
-    let counted = common::until(
-        std::time::Duration::from_secs(30),
-        "20 spans exported",
-        || async {
-            let counted = spans_counted(&server).await;
-            (counted[2] == 20.0).then_some(counted)
-        },
-    )
+    let counted = common::until("20 spans exported", || async {
+        let counted = spans_counted(&server).await;
+        (counted[2] == 20.0).then_some(counted)
+    })
     .await;
     assert_eq!(counted, [0.0, 0.0, 20.0]);
 }

@@ -138,22 +138,24 @@ impl TestServer {
     }
 }
 
-/// Polls `condition` until it holds; fails the test after 10 s.
+/// How long a test waits for what a server does at its own pace: far
+/// longer than a passing test ever waits, so that a busy machine does not
+/// fail one.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// Polls `condition` until it holds; fails the test after [`PATIENCE`].
 pub async fn eventually(mut condition: impl FnMut() -> bool, what: &str) {
-    until(Duration::from_secs(10), what, || {
-        std::future::ready(condition().then_some(()))
-    })
-    .await
+    until(what, || std::future::ready(condition().then_some(()))).await
 }
 
 /// [`eventually`], for a check that must await (a scrape, a Redis query,
 /// a probe): polls `check` until it finds what it looks for, and returns
-/// that; fails the test after `limit`, naming `what`.
-pub async fn until<T, F>(limit: Duration, what: &str, mut check: impl FnMut() -> F) -> T
+/// that; fails the test after [`PATIENCE`], naming `what`.
+pub async fn until<T, F>(what: &str, mut check: impl FnMut() -> F) -> T
 where
     F: Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + limit;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
         if let Some(found) = check().await {
             return found;

@@ -132,12 +132,13 @@ impl RedisServer {
     }
 
     /// Waits until exactly `n` [`RedisServer::entries`] are under `prefix`;
-    /// fails after 10 s.
+    /// fails after [`PATIENCE`](super::PATIENCE).
     pub async fn until_entries(&self, prefix: &str, n: usize) {
         self.until_counted(prefix, n, |key| !is_binding(key)).await;
     }
 
-    /// Waits until exactly `n` keys start with `prefix`; fails after 10 s.
+    /// Waits until exactly `n` keys start with `prefix`; fails after
+    /// [`PATIENCE`](super::PATIENCE).
     /// (A pair's result key goes a moment after both callers are told, and
     /// a dead replica's entries when their TTL runs out.)
     pub async fn until_keys(&self, prefix: &str, n: usize) {
@@ -147,7 +148,7 @@ impl RedisServer {
     /// Waits until exactly `n` of the keys under `prefix` are `counted`.
     async fn until_counted(&self, prefix: &str, n: usize, counted: impl Fn(&str) -> bool) {
         let what = format!("{n} keys under {prefix}");
-        super::until(Duration::from_secs(10), &what, || async {
+        super::until(&what, || async {
             let mut keys = self.keys(prefix).await;
             keys.retain(|key| counted(key));
             (keys.len() == n).then_some(())
