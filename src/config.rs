@@ -389,6 +389,41 @@ impl Config {
 mod tests {
     use super::*;
 
+    /// `--help` and the README's table take their text from doc comments
+    /// and prose, which cannot name a constant: the ceilings they state
+    /// must be the constants' own.
+    #[test]
+    fn the_ceilings_in_help_and_readme_are_the_constants() {
+        use clap::Args;
+        let payload = format!("at most {}MiB", PAYLOAD_CEILING >> 20);
+        let parties = format!("2 to {PARTIES_CEILING}");
+        let serve = Config::augment_args(clap::Command::new("serve"));
+        let help = |flag: &str| {
+            let arg = serve.get_arguments().find(|arg| arg.get_id() == flag);
+            arg.and_then(|arg| arg.get_help()).unwrap().to_string()
+        };
+        assert!(
+            help("max_payload").contains(&payload),
+            "{}",
+            help("max_payload")
+        );
+        assert!(
+            help("max_parties").contains(&parties),
+            "{}",
+            help("max_parties")
+        );
+        let readme = include_str!("../README.md");
+        let row = |flag: &str| {
+            let start = format!("| `{flag}` |");
+            readme
+                .lines()
+                .find(|line| line.starts_with(&start))
+                .unwrap()
+        };
+        assert!(row("--max-payload").contains(&format!("at most `{}MiB`", PAYLOAD_CEILING >> 20)));
+        assert!(row("--max-parties").contains(&parties));
+    }
+
     #[test]
     fn defaults_match_the_docs() {
         let c = Config::default();
