@@ -472,18 +472,26 @@ async fn on_redis_a_drain_costs_keyed_callers_only_a_reconnect() {
     const CALLERS: usize = 1_000;
     let redis = RedisServer::start().await;
     let prefix = unique_prefix("attempts-drain");
-    // Graces no busy machine runs out of: a thousand keyed callers each
-    // detach their place in Redis before they are answered, and their
-    // places and answers must outlast every step below.
-    let other = TestServer::with(rendezvous::Config {
-        attempt_grace: Duration::from_secs(600),
-        ..replica_config(&redis, &prefix)
-    })
-    .await;
+    // Graces and Redis timeouts no busy machine runs out of: a thousand
+    // keyed callers each detach their place in Redis before they are
+    // answered, their places and answers must outlast every step below, and
+    // a command that a loaded Redis answers late must not answer a caller
+    // UNAVAILABLE before it has parked.
+    let mut config = replica_config(&redis, &prefix);
+    config.attempt_grace = Duration::from_secs(600);
+    config.redis.timeout = Duration::from_secs(30);
+    let other = TestServer::with(config).await;
     other.ready().await;
     let url = redis.url();
     let args = ["--redis-url", &url, "--redis-key-prefix", &prefix];
-    let graces = ["--shutdown-grace", "60s", "--attempt-grace", "10m"];
+    let graces = [
+        "--shutdown-grace",
+        "60s",
+        "--attempt-grace",
+        "10m",
+        "--redis-timeout",
+        "30s",
+    ];
     let mut drained = crate::common::Process::start(&[&args[..], &graces].concat()).await;
     drained.until_ready(200).await;
     let client = drained.client().await;
