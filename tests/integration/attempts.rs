@@ -39,20 +39,6 @@ fn keyed(
     tokio::spawn(async move { client.wait_with_key(id, payload.into(), None, key).await })
 }
 
-/// A call with attempt key `key` on `server`, cut once it is parked: its
-/// task aborted, so that its client resets the stream.
-async fn cut_while_parked(
-    server: &TestServer,
-    id: &'static str,
-    payload: &'static str,
-    key: &'static str,
-) {
-    let waiter = keyed(server.client().await, id, payload, key);
-    server.parked(1).await;
-    waiter.abort();
-    let _ = waiter.await;
-}
-
 /// The engines every scenario here runs on: one process, and a replica on
 /// a Redis of its own.
 async fn servers() -> Vec<(TestServer, Option<RedisServer>)> {
@@ -82,7 +68,7 @@ async fn replicas(name: &str) -> (RedisServer, String, [TestServer; 2]) {
 #[tokio::test]
 async fn a_cut_grpc_waiter_retries_and_gets_its_answer() {
     for (server, _redis) in servers().await {
-        cut_while_parked(&server, "cut", "from a", "key-1").await;
+        server.cut_while_parked("cut", 2, "from a", "key-1").await;
         // The place is held: the partner pairs with it at once.
         let partner = server.client().await;
         let second = within(partner.wait("cut", "from b".into(), None))
@@ -111,7 +97,7 @@ async fn a_cut_grpc_waiter_retries_and_gets_its_answer() {
 #[tokio::test]
 async fn a_retry_before_the_partner_keeps_the_first_place() {
     for (server, _redis) in servers().await {
-        cut_while_parked(&server, "keep", "a", "key-2").await;
+        server.cut_while_parked("keep", 2, "a", "key-2").await;
         let retry = keyed(server.client().await, "keep", "a", "key-2");
         // Still one caller parked: the retry did not park a second time.
         server.parked(1).await;

@@ -148,7 +148,7 @@ async fn a_wait_stopped_by_a_signal_withdraws_and_is_never_paired() {
 async fn a_withdrawal_after_the_decision_is_told_it() {
     for (holder, other, _redis) in pairs_of_servers().await {
         // The answer is decided while nobody hears it: the first try is cut.
-        cut_while_parked(&holder, ("late", 2, "a"), "late-key").await;
+        holder.cut_while_parked("late", 2, "a", "late-key").await;
         let partner = holder.client().await;
         let paired = within(partner.wait("late", "b".into(), None))
             .await
@@ -212,7 +212,9 @@ async fn pairs_of_servers() -> Vec<(TestServer, Option<TestServer>, Option<Redis
 async fn a_held_grpc_wait_is_withdrawn_through_any_replica() {
     for (holder, other, _redis) in pairs_of_servers().await {
         let through = other.as_ref().unwrap_or(&holder);
-        cut_while_parked(&holder, ("ghost", 2, "from-ghost"), "ghost-key").await;
+        holder
+            .cut_while_parked("ghost", 2, "from-ghost", "ghost-key")
+            .await;
         let withdrawer = through.client().await;
         let found = within(withdrawer.withdraw("ghost", "ghost-key", None)).await;
         assert_eq!(found.unwrap(), Withdrawal::Withdrawn);
@@ -233,31 +235,6 @@ async fn a_held_grpc_wait_is_withdrawn_through_any_replica() {
         assert_eq!(holder.waiting(), 0);
         assert_eq!(through.waiting(), 0);
     }
-}
-
-/// A wait with attempt key `key` on `server` (`(id, parties, payload)`; a
-/// pair asks `WaitForSecondParty`), cut once it is parked: its task aborted,
-/// so that its client resets the stream and the server holds its place for
-/// the grace, as for a broken connection.
-async fn cut_while_parked(
-    server: &TestServer,
-    (id, parties, payload): (&'static str, u32, &'static str),
-    key: &'static str,
-) {
-    let client = server.client().await;
-    let wait = tokio::spawn(async move {
-        match parties {
-            2 => client.wait_with_key(id, payload.into(), None, key).await,
-            n => {
-                client
-                    .gather_with_key(id, n, payload.into(), None, key)
-                    .await
-            }
-        }
-    });
-    server.parked(1).await;
-    wait.abort();
-    let _ = wait.await;
 }
 
 /// The partner of a withdrawn wait, on `client`: it waits alone, and times
@@ -497,7 +474,9 @@ async fn nobody_withdraws_another_namespaces_wait() {
 async fn a_withdrawn_member_is_not_counted_in_its_group() {
     for (holder, other, _redis) in pairs_of_servers().await {
         let through = other.as_ref().unwrap_or(&holder);
-        cut_while_parked(&holder, ("crew", 3, "ghost"), "crew-key").await;
+        holder
+            .cut_while_parked("crew", 3, "ghost", "crew-key")
+            .await;
         let found = within(through.client().await.withdraw("crew", "crew-key", None)).await;
         assert_eq!(found.unwrap(), Withdrawal::Withdrawn);
         let (b, c) = (through.client().await, through.client().await);

@@ -127,6 +127,33 @@ impl TestServer {
         within(reachable.wait_for(|up| *up)).await.unwrap();
     }
 
+    /// A wait with attempt key `key` (`parties` 2 asks
+    /// `WaitForSecondParty`), cut once it is parked: its task aborted, so
+    /// that its client resets the stream and the server holds its place for
+    /// the grace, as for a broken connection.
+    pub async fn cut_while_parked(
+        &self,
+        id: &'static str,
+        parties: u32,
+        payload: &'static str,
+        key: &'static str,
+    ) {
+        let client = self.client().await;
+        let wait = tokio::spawn(async move {
+            match parties {
+                2 => client.wait_with_key(id, payload.into(), None, key).await,
+                n => {
+                    client
+                        .gather_with_key(id, n, payload.into(), None, key)
+                        .await
+                }
+            }
+        });
+        self.parked(1).await;
+        wait.abort();
+        let _ = wait.await;
+    }
+
     /// Waits until exactly `n` callers are parked. The engine count is the
     /// signal; the short pause between looks is only the polling interval.
     pub async fn parked(&self, n: usize) {
