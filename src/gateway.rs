@@ -106,6 +106,8 @@ impl Gateway {
             Ok(Route::Answered(response)) => Handling::Answered {
                 response: Some(response),
             },
+            // Boxed, as on the gRPC port: a member keeps its own payload for
+            // its answer, and inline that would size every pair's.
             Ok(Route::Call { call, body }) if call.operation == Operation::WaitForParties => {
                 Handling::Group {
                     call: Box::pin(wait::<GroupRoute, _>(service, call, body, json)),
