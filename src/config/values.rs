@@ -123,6 +123,10 @@ mod tests {
         let over = payload_size("17MiB").unwrap_err();
         assert!(over.ends_with(" is over the ceiling of 16MiB"), "{over}");
         assert_eq!(group_size("256MiB"), Ok(GROUP_BYTES_CEILING));
+        assert_eq!(
+            group_size("0B"),
+            Err("a group needs room for at least one byte".into())
+        );
         let over = group_size("257MiB").unwrap_err();
         assert!(over.ends_with(" is over the ceiling of 256MiB"), "{over}");
     }
