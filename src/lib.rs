@@ -81,6 +81,13 @@
 
 #![warn(missing_docs)]
 
+/// Items that only the server has: each gets `#[cfg(feature = "server")]`.
+macro_rules! server {
+    ($($item:item)*) => {
+        $(#[cfg(feature = "server")] $item)*
+    };
+}
+
 // The client, and what it shares with the server: in every build.
 pub mod client;
 mod hex;
@@ -90,35 +97,23 @@ pub mod proto;
 pub mod trace;
 
 // The server and the binary's command line: feature `server`, on by default.
-#[cfg(feature = "server")]
-pub mod auth;
-#[cfg(feature = "server")]
-pub mod cli;
-#[cfg(feature = "server")]
-pub mod config;
+server! {
+    pub mod auth;
+    pub mod cli;
+    pub mod config;
+    pub mod gateway;
+    pub mod grpc;
+    pub mod health;
+    mod json;
+    pub mod metrics;
+    pub mod server;
+    pub mod service;
+    pub mod telemetry;
+    pub mod tls;
+
+    pub use config::Config;
+    pub use server::{Application, Reloader, ServerError};
+}
 #[cfg(all(feature = "server", feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
-#[cfg(feature = "server")]
-pub mod gateway;
-#[cfg(feature = "server")]
-pub mod grpc;
-#[cfg(feature = "server")]
-pub mod health;
-#[cfg(feature = "server")]
-mod json;
-#[cfg(feature = "server")]
-pub mod metrics;
-#[cfg(feature = "server")]
-pub mod server;
-#[cfg(feature = "server")]
-pub mod service;
-#[cfg(feature = "server")]
-pub mod telemetry;
-#[cfg(feature = "server")]
-pub mod tls;
-
-#[cfg(feature = "server")]
-pub use config::Config;
-#[cfg(feature = "server")]
-pub use server::{Application, Reloader, ServerError};

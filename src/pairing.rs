@@ -41,35 +41,27 @@
 //! - `attempts.rs`: attempt keys, over any engine ([`Attempts`]);
 //! - `any.rs`: [`AnyEngine`], the one the configuration chose.
 
-#[cfg(feature = "server")]
-mod any;
-#[cfg(feature = "server")]
-mod attempts;
-#[cfg(feature = "server")]
-mod engine;
+server! {
+    mod any;
+    mod attempts;
+    mod engine;
+    mod local;
+    mod occupancy;
+    mod redis;
+
+    pub use any::{AnyEngine, EngineChoice, EngineError};
+    pub use attempts::Attempts;
+    pub use engine::{Engine, EngineLimits};
+    pub use local::LocalEngine;
+    pub use redis::{RedisArgs, RedisConfig, RedisEngine, RedisError};
+    pub(crate) use values::half_sha256;
+}
+
 mod errors;
-#[cfg(feature = "server")]
-mod local;
-#[cfg(feature = "server")]
-mod occupancy;
-#[cfg(feature = "server")]
-mod redis;
 mod values;
 
-#[cfg(feature = "server")]
-pub use any::{AnyEngine, EngineChoice, EngineError};
-#[cfg(feature = "server")]
-pub use attempts::Attempts;
-#[cfg(feature = "server")]
-pub use engine::{Engine, EngineLimits};
 pub use errors::{AttemptKeyError, IdError, PairError, PartiesError, Reuse};
-#[cfg(feature = "server")]
-pub use local::LocalEngine;
-#[cfg(feature = "server")]
-pub use redis::{RedisArgs, RedisConfig, RedisEngine, RedisError};
 pub(crate) use values::Offers;
-#[cfg(feature = "server")]
-pub(crate) use values::half_sha256;
 pub use values::{
     Attempt, AttemptKey, Delivery, Id, Joining, MAX_ATTEMPT_KEY_BYTES, MAX_ID_BYTES, Meeting,
     Offer, Parties, Role, TryOrder, Withdrawal, Withdrawing,
