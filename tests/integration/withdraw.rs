@@ -26,11 +26,16 @@ use crate::common::{
 const WITHDRAWN: &str =
     "this wait was withdrawn with its attempt key; a new wait needs a new attempt key";
 
-/// How long a partner waits to show that nobody is there, as a
-/// `grpc-timeout` (300 ms): it times out whatever the machine's speed, and
-/// pairs at once if somebody is. The server enforces it, so the answer is
-/// its own however late a busy machine makes it.
-const ALONE: &str = "300m";
+/// How long, in milliseconds, a partner waits to show that nobody is there:
+/// it times out whatever the machine's speed, and pairs at once if somebody
+/// is. Sent as `grpc-timeout` or `?wait=`, the server enforces it, so the
+/// answer is its own however late a busy machine makes it.
+const ALONE_MS: u64 = 300;
+
+/// [`ALONE_MS`] as a `grpc-timeout` value.
+fn alone() -> String {
+    format!("{ALONE_MS}m")
+}
 
 /// The binary as a shell runs it, with none of the client's variables
 /// inherited from the tests' environment.
@@ -192,7 +197,8 @@ async fn a_withdrawal_after_the_decision_is_told_it() {
             attempt_key: "lone-key".into(),
             ..Default::default()
         };
-        let timeout = [("grpc-timeout", ALONE)];
+        let timeout = alone();
+        let timeout = [("grpc-timeout", timeout.as_str())];
         let alone = within(crate::common::raw_grpc_call(
             holder.grpc_addr,
             &timeout,
@@ -261,7 +267,7 @@ async fn assert_alone(server: &TestServer, id: &str) {
         server.grpc_addr,
         id,
         b"partner",
-        ALONE,
+        &alone(),
     ))
     .await;
     crate::common::assert_timed_out(&partner);
@@ -392,7 +398,7 @@ async fn a_withdrawal_racing_the_decision_gets_it_or_wins() {
                     after(partner_first).await;
                     // The server's own deadline: a client enforcing its own
                     // can give up on an answer a busy machine delays.
-                    crate::common::raw_wait(through.grpc_addr, &id, b"p", ALONE).await
+                    crate::common::raw_wait(through.grpc_addr, &id, b"p", &alone()).await
                 },
                 async {
                     after(!partner_first).await;
@@ -508,9 +514,11 @@ async fn a_withdrawn_member_is_not_counted_in_its_group() {
         // enforcing its own can give up on an answer a busy machine delays.
         let http = crate::common::http_client();
         let member = |payload: &'static str| {
-            http.post(through.url(&format!("/wait-for-parties/crew?parties=3&wait={ALONE}s")))
-                .body(payload)
-                .send()
+            http.post(through.url(&format!(
+                "/wait-for-parties/crew?parties=3&wait={ALONE_MS}ms"
+            )))
+            .body(payload)
+            .send()
         };
         let (b, c) = tokio::join!(member("b"), member("c"));
         for member in [b, c] {
