@@ -218,13 +218,17 @@ fn only_get(method: &Method, path: &'static str) -> Result<(), HttpError> {
 /// The operation that `method` on `path` asks for, with the id's segment:
 /// `None` if `path` is on no route of the service's.
 fn route<'p>(method: &Method, path: &'p str) -> Result<Option<(Operation, &'p str)>, HttpError> {
-    let mut on_path = Operation::http_routes(path).peekable();
-    let Some(&(_, own, _)) = on_path.peek() else {
+    let mut own = None;
+    for (operation, route, segment) in Operation::http_routes(path) {
+        if method == route.method {
+            return Ok(Some((operation, segment)));
+        }
+        own.get_or_insert(route);
+    }
+    let Some(own) = own else {
         return Ok(None);
     };
-    if let Some((operation, _, segment)) = on_path.find(|(_, route, _)| method == route.method) {
-        return Ok(Some((operation, segment)));
-    }
+    // Only for a 405: every method served on the path.
     let allow: Vec<_> = Operation::http_routes(path)
         .map(|(_, route, _)| route.method)
         .collect();
